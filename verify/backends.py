@@ -1,0 +1,116 @@
+"""Certifier registry and the one entry point `certify` that every method shares.
+
+A certifier is registered under a name with its options dataclass and one function
+`run(net, specs, options) -> list[Certificate]`; `certify` validates the user's input, builds the
+specification and dispatches. New certifiers plug in with `register(...)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from .certificate import Certificate
+from .errors import InputError
+from .network import Network
+from .spec import Specification, robustness_spec
+
+RunFn = Callable[[Network, Sequence[Specification], Any], list[Certificate]]
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    run: RunFn
+    options_type: type
+    summary: str
+
+
+REGISTRY: dict[str, Backend] = {}
+
+
+def register(name: str, run: RunFn, options_type: type, summary: str) -> None:
+    REGISTRY[name] = Backend(name, run, options_type, summary)
+
+
+def methods() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def make_options(method: str, options: dict[str, Any]):
+    """The method's options dataclass from keyword options; unknown or mistyped ones refused."""
+    backend = get_backend(method)
+    valid = {f.name: f for f in dataclasses.fields(backend.options_type)}
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise InputError(f"unknown option(s) {', '.join(unknown)} for method '{method}'; valid: "
+                         f"{', '.join(valid) or 'none'}")
+    defaults = backend.options_type()
+    for key, value in options.items():
+        default = getattr(defaults, key)
+        if isinstance(default, bool) and not isinstance(value, bool) or \
+                isinstance(default, int) and not isinstance(default, bool) and \
+                not isinstance(value, (int, np.integer)) or \
+                isinstance(default, float) and not isinstance(value, (int, float, np.number)):
+            raise InputError(f"option {key} of method '{method}' must be of type "
+                             f"{type(default).__name__}, got {value!r}")
+    return backend.options_type(**options)
+
+
+def get_backend(method: str) -> Backend:
+    _load_builtin()
+    if method not in REGISTRY:
+        raise InputError(f"unknown method '{method}': use one of {', '.join(methods())}")
+    return REGISTRY[method]
+
+
+def certify_specs(net: Network, specs: Sequence[Specification], method: str = "ibp",
+                  **options) -> list[Certificate]:
+    """Run one certifier on already-built specifications."""
+    backend = get_backend(method)
+    opts = make_options(method, options)
+    return backend.run(net, list(specs), opts)
+
+
+def certify_batch(net: Network, xs, labels, eps: float, norm="inf", method: str = "ibp",
+                  domain=None, **options) -> list[Certificate]:
+    """`certify` for many inputs at once (batched on the device where the method allows)."""
+    xs = np.asarray(xs, dtype=np.float64).reshape(len(labels), -1)
+    specs = [robustness_spec(net.input_size, net.output_size, x, y, eps, norm, domain)
+             for x, y in zip(xs, labels)]
+    return certify_specs(net, specs, method, **options)
+
+
+def certify(net: Network, x, label: int, eps: float, norm="inf", method: str = "ibp",
+            domain=None, **options) -> Certificate:
+    """Is the network's margin z_label - z_j > 0 for every j != label over the ball
+    {x' : ||x' - x||_norm <= eps} ∩ domain?  Returns a Certificate (YES / NO / MAYBE).
+
+    `domain`: None, or (low, high) scalars or per-feature vectors (e.g. (0, 1) for images).
+    `options`: the method's options (e.g. device="cpu"); unknown ones raise InputError.
+    """
+    get_backend(method)
+    spec = robustness_spec(net.input_size, net.output_size, x, label, eps, norm, domain)
+    t0 = time.perf_counter()
+    cert = certify_specs(net, [spec], method, **options)[0]
+    cert.time_s = time.perf_counter() - t0
+    return cert
+
+
+_loaded = False
+
+
+def _load_builtin() -> None:
+    """Register the certifiers shipped with the package (import on first use)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    from .bounds import ibp
+
+    register("ibp", ibp.certify, ibp.IBPOptions,
+             "interval bound propagation: fastest, loosest (sound, incomplete)")

@@ -1,0 +1,194 @@
+"""The `verify` command: info, certify, demo.
+
+User errors (bad files, arguments, models) print one line `verify: error: ...` on stderr and exit
+with code 2; a completed run exits 0 whatever the verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import __version__
+from .backends import certify, certify_batch, get_backend, methods
+from .errors import InputError, VerifyError
+from .network import Network
+from .onnx_io import load_onnx
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise InputError(f"{self.prog}: {message}")
+
+
+def read_input(path: str) -> np.ndarray:
+    """A flat float64 input from .npy, .json (a list, or {"x": [...]}) or .csv/.txt numbers."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{path}: no such input file")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npy":
+            value = np.load(p, allow_pickle=False)
+        elif suffix == ".json":
+            data = json.loads(p.read_text())
+            if isinstance(data, dict):
+                key = next((k for k in ("x", "input", "data") if k in data), None)
+                if key is None:
+                    raise InputError(f"{path}: JSON object needs a key 'x' holding the input")
+                data = data[key]
+            value = np.asarray(data, dtype=np.float64)
+        elif suffix in (".csv", ".txt", ""):
+            tokens = p.read_text().replace(",", " ").replace(";", " ").split()
+            value = np.asarray([float(t) for t in tokens], dtype=np.float64)
+        else:
+            raise InputError(f"{path}: unknown input format '{suffix}' (use .npy, .json or .csv)")
+    except InputError:
+        raise
+    except (ValueError, TypeError, OSError, json.JSONDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: cannot read the input ({first})") from None
+    return np.asarray(value, dtype=np.float64).reshape(-1)
+
+
+def model_metadata(model_path: str) -> dict:
+    """The metadata JSON beside a model (models/NAME.json), or {}."""
+    meta = Path(model_path).with_suffix(".json")
+    if meta.is_file():
+        try:
+            return json.loads(meta.read_text())
+        except json.JSONDecodeError:
+            return {}
+    return {}
+
+
+def parse_domain(text: Optional[str], model_path: str):
+    """--domain LO,HI; 'none' for no domain; default: the model's metadata domain, if any."""
+    if text is None:
+        domain = model_metadata(model_path).get("domain")
+        return tuple(domain) if domain else None
+    if text.strip().lower() == "none":
+        return None
+    parts = text.split(",")
+    try:
+        lo, hi = (float(v) for v in parts)
+    except ValueError:
+        raise InputError(f"--domain must be LO,HI (two numbers) or none, got '{text}'") from None
+    return lo, hi
+
+
+def _options(args) -> dict:
+    return {"device": args.device} if args.device else {}
+
+
+def cmd_info(args) -> int:
+    net = load_onnx(args.model)
+    print(net.summary())
+    print(f"  fingerprint {net.fingerprint()}, file sha256 {net.source_sha256}")
+    meta = model_metadata(args.model)
+    if meta:
+        keys = ("description", "domain", "test_accuracy", "training")
+        print("  metadata: " + ", ".join(f"{k} {meta[k]}" for k in keys if k in meta))
+    return 0
+
+
+def cmd_certify(args) -> int:
+    get_backend(args.method)
+    net = load_onnx(args.model)
+    x = read_input(args.input)
+    domain = parse_domain(args.domain, args.model)
+    cert = certify(net, x, args.label, args.eps, norm=args.norm, method=args.method,
+                   domain=domain, **_options(args))
+    print(cert.to_json() if args.json else str(cert))
+    return 0
+
+
+def bundled_model() -> tuple[Path, Path]:
+    import models
+
+    folder = models.models_dir()
+    return folder / "digits_mlp.onnx", folder / "digits_test.npz"
+
+
+def cmd_demo(args) -> int:
+    if args.count < 1:
+        raise InputError(f"--count must be at least 1, got {args.count}")
+    model_path, data_path = bundled_model()
+    net: Network = load_onnx(model_path)
+    data = np.load(data_path)
+    xs, ys = data["x"][: args.count], data["y"][: args.count]
+    domain = tuple(model_metadata(str(model_path)).get("domain", (0.0, 1.0)))
+    print(net.summary())
+    print(f"\nCertifying the first {len(xs)} test digits, l_{args.norm} balls in domain {domain}, "
+          f"method {args.method}:\n")
+    print(f"{'eps':>7s}  {'YES':>4s}  {'NO':>4s}  {'MAYBE':>5s}  {'time/input':>11s}   statuses")
+    for eps in args.eps:
+        t0 = time.perf_counter()
+        certs = certify_batch(net, xs, ys, eps, norm=args.norm, method=args.method,
+                              domain=domain, **_options(args))
+        per_input = (time.perf_counter() - t0) / len(xs)
+        counts = {s: sum(c.status.value == s for c in certs) for s in ("YES", "NO", "MAYBE")}
+        marks = "".join({"YES": "Y", "NO": "N", "MAYBE": "?"}[c.status.value] for c in certs)
+        print(f"{eps:7.3f}  {counts['YES']:4d}  {counts['NO']:4d}  {counts['MAYBE']:5d}  "
+              f"{per_input * 1e3:8.3f} ms   {marks}")
+    print("\nY = proved robust, N = counterexample (misclassified or attacked), ? = not proved.")
+    first = certify(net, xs[0], int(ys[0]), args.eps[len(args.eps) // 2], norm=args.norm,
+                    method=args.method, domain=domain, **_options(args))
+    print("\nOne certificate in full:\n" + str(first))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="verify", description="Prove or refute robustness of ONNX ReLU networks.")
+    parser.add_argument("--version", action="version", version=f"verify {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    p = sub.add_parser("info", help="layers, shapes, neurons and parameters of a model")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("certify", help="certify one input's robustness")
+    p.add_argument("model")
+    p.add_argument("--input", required=True, help="input file: .npy, .json or .csv")
+    p.add_argument("--label", required=True, type=int, help="the class to protect")
+    p.add_argument("--eps", required=True, type=float, help="radius of the ball")
+    p.add_argument("--norm", default="inf", help="inf, 2 or 1 (default inf)")
+    p.add_argument("--method", default="ibp", help=f"certifier: {', '.join(methods())}")
+    p.add_argument("--domain", default=None,
+                   help="valid input box LO,HI (default: the model's metadata domain; 'none')")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda")
+    p.add_argument("--json", action="store_true", help="print the certificate as JSON")
+    p.set_defaults(func=cmd_certify)
+
+    p = sub.add_parser("demo", help="certify a few test digits on the bundled model")
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--eps", type=float, nargs="+", default=[0.005, 0.01, 0.02, 0.05])
+    p.add_argument("--norm", default="inf")
+    p.add_argument("--method", default="ibp")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            build_parser().print_help()
+            return 2
+        return args.func(args)
+    except VerifyError as exc:
+        print(f"verify: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

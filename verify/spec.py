@@ -1,0 +1,245 @@
+"""Specifications: an input set and an output property "C z > d for every row".
+
+Input sets (all flat float64 over the network's input):
+- `Box(lower, upper)`;
+- `LpBall(center, eps, norm, lower, upper)`: {x : ||x - center||_p <= eps} ∩ [lower, upper].
+
+Output property: `OutputProperty(C, d)` holds at x when every row of C f(x) - d is > 0. The
+robustness property for label y has rows e_y - e_j for every j != y and d = 0, so row j's value is
+the margin z_y - z_j. `robustness_spec` builds and validates that case from user input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from .errors import InputError
+
+NORMS = ("inf", "2", "1")
+_NORM_ALIASES = {
+    "inf": "inf", "linf": "inf", "l_inf": "inf", "infinity": "inf", "max": "inf",
+    "2": "2", "l2": "2", "l_2": "2", "1": "1", "l1": "1", "l_1": "1",
+}
+
+
+def parse_norm(norm: Union[str, int, float]) -> str:
+    """Canonical norm name ("inf", "2" or "1") from "inf"/"linf"/np.inf/2/"l2"/1/...."""
+    if isinstance(norm, (int, float, np.integer, np.floating)) and not isinstance(norm, bool):
+        key = "inf" if np.isinf(norm) else (str(int(norm)) if float(norm).is_integer() else "")
+    else:
+        key = str(norm).strip().lower()
+    if key not in _NORM_ALIASES:
+        raise InputError(f"unknown norm '{norm}': use one of inf, 2, 1")
+    return _NORM_ALIASES[key]
+
+
+def lp_norm(v: np.ndarray, norm: str) -> np.ndarray:
+    """||v||_p along the last axis."""
+    return np.linalg.norm(v, ord=np.inf if norm == "inf" else int(norm), axis=-1)
+
+
+@dataclass
+class Box:
+    """{x : lower <= x <= upper} (flat)."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.lower = np.asarray(self.lower, dtype=np.float64).reshape(-1)
+        self.upper = np.asarray(self.upper, dtype=np.float64).reshape(-1)
+
+    @property
+    def dim(self) -> int:
+        return self.lower.size
+
+    @property
+    def center(self) -> np.ndarray:
+        return (self.lower + self.upper) / 2
+
+    def bounding_box(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.lower, self.upper
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        return np.clip(x, self.lower, self.upper)
+
+    def contains(self, x: np.ndarray) -> bool:
+        return bool(np.all(x >= self.lower) and np.all(x <= self.upper))
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n points: uniform inside, with random corners mixed in (a quarter of them)."""
+        u = rng.uniform(size=(n, self.dim))
+        corners = rng.uniform(size=(n, 1)) < 0.25
+        u = np.where(corners, np.round(u), u)
+        return self.project(self.lower + u * (self.upper - self.lower))
+
+
+@dataclass
+class LpBall:
+    """{x : ||x - center||_p <= eps} ∩ [lower, upper] (flat; the box may be infinite)."""
+
+    center: np.ndarray
+    eps: float
+    norm: str = "inf"
+    lower: Optional[np.ndarray] = None
+    upper: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        self.center = np.asarray(self.center, dtype=np.float64).reshape(-1)
+        n = self.center.size
+        self.lower = np.full(n, -np.inf) if self.lower is None else \
+            np.broadcast_to(np.asarray(self.lower, dtype=np.float64), (n,)).copy()
+        self.upper = np.full(n, np.inf) if self.upper is None else \
+            np.broadcast_to(np.asarray(self.upper, dtype=np.float64), (n,)).copy()
+        self.eps = float(self.eps)
+        self.norm = parse_norm(self.norm)
+
+    @property
+    def dim(self) -> int:
+        return self.center.size
+
+    def bounding_box(self) -> tuple[np.ndarray, np.ndarray]:
+        """The smallest box holding the set: [center - eps, center + eps] ∩ [lower, upper]."""
+        return (np.maximum(self.center - self.eps, self.lower),
+                np.minimum(self.center + self.eps, self.upper))
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """A point of the set near x: radial shrink onto the ball, then clip into the box.
+
+        Clipping keeps the point in the ball because the center lies in the box: each coordinate
+        only moves towards the center's. The shrink is repeated until float64 agrees.
+        """
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        delta = x - self.center
+        if self.norm == "inf":
+            delta = np.clip(delta, -self.eps, self.eps)
+        else:
+            for _ in range(60):
+                size = lp_norm(delta, self.norm)
+                if size <= self.eps:
+                    break
+                delta = delta * (self.eps / size) * (1 - 1e-15)
+                if not np.isfinite(size) or size == 0:
+                    delta = np.zeros_like(delta)
+        return np.clip(self.center + delta, self.lower, self.upper)
+
+    def contains(self, x: np.ndarray) -> bool:
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        return bool(lp_norm(x - self.center, self.norm) <= self.eps
+                    and np.all(x >= self.lower) and np.all(x <= self.upper))
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n points of the set: uniform in the ball, plus extreme points (l_inf corners, l_1
+        vertices, l_2 sphere points) for a quarter of them; then clipped into the box."""
+        d = self.dim
+        extreme = rng.uniform(size=(n, 1)) < 0.25
+        if self.norm == "inf":
+            u = rng.uniform(-1, 1, size=(n, d))
+            delta = np.where(extreme, np.sign(u), u)
+        elif self.norm == "2":
+            g = rng.normal(size=(n, d))
+            g /= np.linalg.norm(g, axis=1, keepdims=True)
+            r = np.where(extreme, 1.0, rng.uniform(size=(n, 1)) ** (1.0 / d))
+            delta = g * r
+        else:  # uniform in the l_1 ball: Dirichlet(1,...,1) magnitudes, random signs, radius
+            e = rng.exponential(size=(n, d + 1))
+            mags = e[:, :d] / e.sum(axis=1, keepdims=True)
+            vertex = np.eye(d)[rng.integers(d, size=n)]
+            mags = np.where(extreme, vertex, mags)
+            delta = mags * rng.choice([-1.0, 1.0], size=(n, d))
+        points = self.center + self.eps * delta
+        return np.array([self.project(p) for p in points])
+
+
+InputSet = Union[Box, LpBall]
+
+
+@dataclass
+class OutputProperty:
+    """Holds at x when C f(x) - d > 0 row by row. `row_class[i]` is the class row i competes
+    with (robustness), or None for general rows."""
+
+    C: np.ndarray
+    d: np.ndarray
+    row_class: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.C = np.atleast_2d(np.asarray(self.C, dtype=np.float64))
+        self.d = np.asarray(self.d, dtype=np.float64).reshape(-1)
+        if not self.row_class:
+            self.row_class = [None] * len(self.C)
+
+    @classmethod
+    def robustness(cls, label: int, n_classes: int) -> "OutputProperty":
+        """Rows e_label - e_j for every j != label: the margins z_label - z_j."""
+        others = [j for j in range(n_classes) if j != label]
+        C = np.zeros((len(others), n_classes))
+        C[:, label] = 1.0
+        C[np.arange(len(others)), others] = -1.0
+        return cls(C, np.zeros(len(others)), others)
+
+    def values(self, logits: np.ndarray) -> np.ndarray:
+        """C z - d for logits of shape (..., k)."""
+        return logits @ self.C.T - self.d
+
+
+@dataclass
+class Specification:
+    """An input set, an output property, and (for robustness) the label it protects."""
+
+    input_set: InputSet
+    output: OutputProperty
+    label: Optional[int] = None
+
+
+def _domain_bounds(domain, n: int) -> tuple[np.ndarray, np.ndarray]:
+    if domain is None:
+        return np.full(n, -np.inf), np.full(n, np.inf)
+    try:
+        lo, hi = domain
+        lo = np.broadcast_to(np.asarray(lo, dtype=np.float64).reshape(-1), (n,)).copy()
+        hi = np.broadcast_to(np.asarray(hi, dtype=np.float64).reshape(-1), (n,)).copy()
+    except (TypeError, ValueError):
+        raise InputError(f"domain must be a pair (low, high) of numbers or of {n}-vectors") \
+            from None
+    if np.any(np.isnan(lo)) or np.any(np.isnan(hi)) or np.any(lo > hi):
+        raise InputError("domain must have low <= high and no NaN")
+    return lo, hi
+
+
+def robustness_spec(n_inputs: int, n_classes: int, x, label, eps, norm="inf",
+                    domain=None) -> Specification:
+    """Validated robustness specification: ball(x, eps, norm) ∩ domain, rows z_label - z_j."""
+    try:
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise InputError("input must be numbers") from None
+    if x.size != n_inputs:
+        raise InputError(f"input has {x.size} values, the network expects {n_inputs}")
+    if not np.all(np.isfinite(x)):
+        bad = int(np.flatnonzero(~np.isfinite(x))[0])
+        raise InputError(f"input holds NaN or infinity (first at index {bad})")
+    if isinstance(label, bool) or not isinstance(label, (int, np.integer)) \
+            and not (isinstance(label, float) and label.is_integer()):
+        raise InputError(f"label must be an integer class index, got {label!r}")
+    label = int(label)
+    if not 0 <= label < n_classes:
+        raise InputError(f"label {label} is outside the classes 0..{n_classes - 1}")
+    try:
+        eps = float(eps)
+    except (TypeError, ValueError):
+        raise InputError(f"eps must be a number, got {eps!r}") from None
+    if not np.isfinite(eps) or eps < 0:
+        raise InputError(f"eps must be a finite number >= 0, got {eps}")
+    norm = parse_norm(norm)
+    lo, hi = _domain_bounds(domain, n_inputs)
+    outside = np.flatnonzero((x < lo) | (x > hi))
+    if outside.size:
+        i = int(outside[0])
+        raise InputError(f"input value {x[i]:g} at index {i} lies outside the domain "
+                         f"[{lo[i]:g}, {hi[i]:g}]")
+    ball = LpBall(x, eps, norm, lo, hi)
+    return Specification(ball, OutputProperty.robustness(label, n_classes), label)

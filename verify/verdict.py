@@ -1,0 +1,109 @@
+"""From numbers to a verdict: the one place where bounds and points become YES / NO / MAYBE.
+
+Trusted: lower bounds handed in by a certifier (each certifier documents why they are sound).
+Re-checked here: every candidate counterexample is projected into the input set, checked to lie
+in it, and run through the float64 numpy forward pass; only then can it make a NO.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import numpy as np
+
+from .certificate import Certificate, Status
+from .network import Network
+from .spec import LpBall, Specification
+
+
+def property_values(net: Network, spec: Specification, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, C f(x) - d) in float64 for one flat input."""
+    logits = net.forward(np.asarray(x, dtype=np.float64).reshape(-1))
+    return logits, spec.output.values(logits)
+
+
+def validated_counterexample(net: Network, spec: Specification, x: np.ndarray
+                             ) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(x', logits, row values) if x projected into the set violates a row (value <= 0)."""
+    x = spec.input_set.project(np.asarray(x, dtype=np.float64).reshape(-1))
+    if not spec.input_set.contains(x):
+        return None
+    logits, values = property_values(net, spec, x)
+    if np.all(values > 0):
+        return None
+    return x, logits, values
+
+
+def _per_class(spec: Specification, rows: np.ndarray, n_classes: int) -> list[Optional[float]]:
+    """Row values as a per-class list (None at the label) for robustness; else row order."""
+    if spec.label is None or any(j is None for j in spec.output.row_class):
+        return [float(v) for v in rows]
+    out: list[Optional[float]] = [None] * n_classes
+    for j, v in zip(spec.output.row_class, rows):
+        out[j] = float(v)
+    return out
+
+
+def _row_name(spec: Specification, i: int) -> str:
+    j = spec.output.row_class[i]
+    return f"class {j}" if j is not None else f"row {i}"
+
+
+def certificate_from_bounds(net: Network, spec: Specification, method: str,
+                            lower: np.ndarray, upper: Optional[np.ndarray] = None,
+                            candidates: Iterable[np.ndarray] = (), yes_tolerance: float = 0.0,
+                            reason: str = "", time_s: float = 0.0, cost: Optional[dict] = None,
+                            details: Optional[dict] = None) -> Certificate:
+    """Certificate from sound row lower bounds, optional row upper bounds, and candidate points.
+
+    The center of the input set is always tried as a candidate: its row values are valid upper
+    bounds on the minimum, and it gives a NO at once when the input itself is misclassified.
+    YES needs every lower bound > `yes_tolerance` (a solver's tolerance; 0 for pure arithmetic).
+    """
+    lower = np.asarray(lower, dtype=np.float64).reshape(-1)
+    upper = np.full_like(lower, np.inf) if upper is None else \
+        np.asarray(upper, dtype=np.float64).reshape(-1).copy()
+    counterexample = None
+    for x in [spec.input_set.center, *candidates]:
+        checked = validated_counterexample(net, spec, x)
+        if checked is None:
+            x = spec.input_set.project(np.asarray(x, dtype=np.float64).reshape(-1))
+            if spec.input_set.contains(x):
+                upper = np.minimum(upper, property_values(net, spec, x)[1])
+            continue
+        upper = np.minimum(upper, checked[2])
+        if counterexample is None or checked[2].min() < counterexample[2].min():
+            counterexample = checked
+
+    if counterexample is not None:
+        status = Status.NO
+        worst = int(np.argmin(counterexample[2]))
+        reason = reason or (f"counterexample found: {_row_name(spec, worst)} reaches "
+                            f"{counterexample[2][worst]:.6g} <= 0 (float64 forward pass)")
+    elif np.all(lower > yes_tolerance):
+        status, reason = Status.YES, ""
+    else:
+        status = Status.MAYBE
+        worst = int(np.argmin(lower))
+        unproved = int(np.sum(lower <= yes_tolerance))
+        reason = reason or (f"not proved: {unproved} of {len(lower)} rows unproved; lower bound "
+                            f"for {_row_name(spec, worst)} is {lower[worst]:.6g} (relaxation "
+                            f"too loose, or the property does not hold)")
+    ball = spec.input_set
+    lo, hi = ball.lower, ball.upper
+    domain = None
+    if np.all(np.isfinite(lo)) or np.all(np.isfinite(hi)):
+        domain = [float(lo[0]), float(hi[0])] if np.all(lo == lo[0]) and np.all(hi == hi[0]) \
+            else [lo.tolist(), hi.tolist()]
+    n_classes = net.output_size
+    return Certificate(
+        status=status, method=method, label=spec.label,
+        norm=ball.norm if isinstance(ball, LpBall) else "box",
+        eps=ball.eps if isinstance(ball, LpBall) else 0.0,
+        margin_lower=_per_class(spec, lower, n_classes),
+        margin_upper=_per_class(spec, upper, n_classes),
+        counterexample=None if counterexample is None else counterexample[0].tolist(),
+        counterexample_logits=None if counterexample is None else counterexample[1].tolist(),
+        reason=reason, time_s=time_s, domain=domain, model=f"{net.name}@{net.fingerprint()}",
+        cost=cost or {}, details=details or {},
+    )
