@@ -110,25 +110,30 @@ class LpBall:
         """A point of the set near x: radial shrink onto the ball, then clip into the box.
 
         Clipping keeps the point in the ball because the center lies in the box: each coordinate
-        only moves towards the center's. The shrink is repeated until float64 agrees.
+        only moves towards the center's. The ball is shrunk by a relative 1e-13 so that the real
+        point, not only its float64 rounding, lies inside.
         """
         x = np.asarray(x, dtype=np.float64).reshape(-1)
         delta = x - self.center
+        radius = self.eps * (1 - 1e-13)
         if self.norm == "inf":
-            delta = np.clip(delta, -self.eps, self.eps)
+            delta = np.clip(delta, -radius, radius)
         else:
             for _ in range(60):
                 size = lp_norm(delta, self.norm)
-                if size <= self.eps:
+                if size <= radius:
                     break
-                delta = delta * (self.eps / size) * (1 - 1e-15)
-                if not np.isfinite(size) or size == 0:
+                if not np.isfinite(size):
                     delta = np.zeros_like(delta)
+                    break
+                delta = delta * (radius / size) * (1 - 1e-15)
         return np.clip(self.center + delta, self.lower, self.upper)
 
     def contains(self, x: np.ndarray) -> bool:
+        """Membership; the ball test allows float64 rounding of x - center (1e-12 relative)."""
         x = np.asarray(x, dtype=np.float64).reshape(-1)
-        return bool(lp_norm(x - self.center, self.norm) <= self.eps
+        tolerance = 1e-12 * (self.eps + np.max(np.abs(self.center), initial=0.0))
+        return bool(lp_norm(x - self.center, self.norm) <= self.eps + tolerance
                     and np.all(x >= self.lower) and np.all(x <= self.upper))
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -1,0 +1,180 @@
+"""The `verify` command: tables, JSON, demo, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from onnx_reference import make_model, tensor
+from verify.cli import main
+
+
+@pytest.fixture
+def digit_file(tmp_path, digits_test):
+    xs, ys = digits_test
+    path = tmp_path / "digit.npy"
+    np.save(path, xs[0])
+    return path, int(ys[0])
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_info(capsys, digits_mlp_path):
+    code, out, _ = run(capsys, "info", digits_mlp_path)
+    assert code == 0
+    assert "input (64,) -> output (10,), 100 ReLUs" in out and "Dense 64 -> 50" in out
+    assert "test_accuracy" in out
+
+
+def test_certify_json(capsys, digits_mlp_path, digit_file):
+    path, label = digit_file
+    code, out, _ = run(capsys, "certify", digits_mlp_path, "--input", path, "--label", label,
+                       "--eps", 0.005, "--method", "ibp", "--json")
+    assert code == 0
+    data = json.loads(out)
+    for key in ("status", "method", "label", "norm", "eps", "margin_lower", "margin_upper",
+                "counterexample", "radius", "confidence", "reason", "time_s"):
+        assert key in data
+    assert data["method"] == "ibp" and data["label"] == label and data["norm"] == "inf"
+    assert data["domain"] == [0.0, 1.0]  # from models/digits_mlp.json
+    assert data["margin_lower"][label] is None and len(data["margin_lower"]) == 10
+    assert data["status"] in ("YES", "MAYBE")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "json_dict", "txt"])
+def test_input_formats_agree(capsys, tmp_path, digits_mlp_path, digits_test, fmt):
+    x = digits_test[0][1]
+    label = int(digits_test[1][1])
+    path = tmp_path / f"x.{fmt.split('_')[0]}"
+    if fmt in ("csv", "txt"):
+        path.write_text(",".join(repr(float(v)) for v in x) if fmt == "csv"
+                        else "\n".join(repr(float(v)) for v in x))
+    else:
+        payload = x.tolist() if fmt == "json" else {"x": x.tolist()}
+        path.write_text(json.dumps(payload))
+    npy = tmp_path / "x.npy"
+    np.save(npy, x)
+    outs = []
+    for p in (path, npy):
+        code, out, _ = run(capsys, "certify", digits_mlp_path, "--input", p, "--label", label,
+                           "--eps", 0.01, "--norm", "2", "--json")
+        assert code == 0
+        outs.append(json.loads(out)["margin_lower"])
+    assert outs[0] == outs[1]
+
+
+def test_table_output(capsys, digits_mlp_path, digit_file):
+    path, label = digit_file
+    code, out, _ = run(capsys, "certify", digits_mlp_path, "--input", path, "--label", label,
+                       "--eps", 0.05, "--domain", "0,1")
+    assert code == 0
+    assert out.startswith("MAYBE") and "margin_lower" in out and "(label)" in out
+
+
+def test_demo(capsys):
+    code, out, _ = run(capsys, "demo", "--count", 12, "--eps", 0.005, 0.05)
+    assert code == 0
+    assert "YES" in out and "One certificate in full" in out
+    assert out.count("ms") >= 2
+
+
+@pytest.fixture
+def sigmoid_model(tmp_path):
+    rng = np.random.default_rng(0)
+    model = make_model([helper.make_node("Gemm", ["x", "w", "b"], ["g"], name="fc"),
+                        helper.make_node("Sigmoid", ["g"], ["y"], name="squash")],
+                       [tensor("x", ["N", 4])], [tensor("y", ["N", 4])],
+                       [("w", rng.normal(size=(4, 4))), ("b", np.zeros(4))])
+    path = tmp_path / "sigmoid.onnx"
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing_model", "no such file"),
+    ("not_onnx", "not a valid ONNX model"),
+    ("truncated", "not a valid ONNX model"),
+    ("sigmoid", "'squash' (Sigmoid)"),
+    ("wrong_length", "input has 3 values, the network expects 64"),
+    ("nan", "NaN or infinity"),
+    ("negative_eps", "eps must be a finite number >= 0"),
+    ("label", "label 10 is outside the classes 0..9"),
+    ("norm", "unknown norm 'l3'"),
+    ("method", "unknown method 'magic'"),
+    ("missing_input", "no such input file"),
+    ("bad_domain", "--domain must be LO,HI"),
+    ("missing_arg", "required: --label"),
+    ("bad_number", "invalid float value"),
+    ("unreadable_input", "cannot read the input"),
+])
+def test_user_errors_are_one_line_exit_2(capsys, tmp_path, digits_mlp_path, digit_file,
+                                         sigmoid_model, case, expected):
+    good_input, label = digit_file
+    model, x_path = digits_mlp_path, good_input
+    args = {"--label": label, "--eps": 0.01}
+    extra = []
+    if case == "missing_model":
+        model = tmp_path / "nope.onnx"
+    elif case == "not_onnx":
+        model = good_input
+    elif case == "truncated":
+        model = tmp_path / "cut.onnx"
+        model.write_bytes(digits_mlp_path.read_bytes()[:500])
+    elif case == "sigmoid":
+        model = sigmoid_model
+        x_path = tmp_path / "four.json"
+        x_path.write_text("[0, 0, 0, 0]")
+    elif case == "wrong_length":
+        x_path = tmp_path / "three.csv"
+        x_path.write_text("1,2,3")
+    elif case == "nan":
+        x_path = tmp_path / "nan.npy"
+        np.save(x_path, np.full(64, np.nan))
+    elif case == "negative_eps":
+        args["--eps"] = -1
+    elif case == "label":
+        args["--label"] = 10
+    elif case == "norm":
+        extra = ["--norm", "l3"]
+    elif case == "method":
+        extra = ["--method", "magic"]
+    elif case == "missing_input":
+        x_path = tmp_path / "absent.npy"
+    elif case == "bad_domain":
+        extra = ["--domain", "zero,one"]
+    elif case == "missing_arg":
+        del args["--label"]
+    elif case == "bad_number":
+        args["--eps"] = "tiny"
+    elif case == "unreadable_input":
+        x_path = tmp_path / "words.csv"
+        x_path.write_text("one,two")
+    argv = ["certify", model, "--input", x_path] + [str(v) for kv in args.items() for v in kv]
+    code, out, err = run(capsys, *argv, *extra)
+    assert code == 2, (out, err)
+    assert err.startswith("verify: error:") and expected in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_console_script_exit_codes(tmp_path, digits_mlp_path, digit_file):
+    """The installed entry point, run as a process: exit 0 on success, 2 on a user error."""
+    path, label = digit_file
+    ok = subprocess.run([sys.executable, "-m", "verify", "certify", str(digits_mlp_path),
+                         "--input", str(path), "--label", str(label), "--eps", "0.01", "--json"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["method"] == "ibp"
+    bad = subprocess.run([sys.executable, "-m", "verify", "certify", str(digits_mlp_path),
+                          "--input", str(path), "--label", "99", "--eps", "0.01"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+    assert "Traceback" not in bad.stderr
