@@ -66,3 +66,10 @@ def shared_benchmarks() -> Path:
     if not SHARED_BENCHMARKS.is_dir():
         pytest.skip(f"third-party benchmarks not found at {SHARED_BENCHMARKS} (../shared/benchmarks)")
     return SHARED_BENCHMARKS
+
+
+# The networks under test are small: one torch thread is as fast as two and, on a shared 2-core
+# machine, avoids the spin-waiting of oversubscribed OpenMP threads (30x slowdowns seen).
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

@@ -110,7 +110,31 @@ def _load_builtin() -> None:
     if _loaded:
         return
     _loaded = True
-    from .bounds import ibp
+    from . import attack
+
+    register("attack", attack.certify, attack.AttackOptions,
+             "PGD attack with random restarts: finds counterexamples (NO or MAYBE, never YES)")
+    from .bounds import alpha_crown, crown, ibp
 
     register("ibp", ibp.certify, ibp.IBPOptions,
              "interval bound propagation: fastest, loosest (sound, incomplete)")
+    register("crown", crown.certify, crown.CROWNOptions,
+             "linear bound propagation (CROWN): tighter than IBP (sound, incomplete)")
+    register("alpha-crown", alpha_crown.certify, alpha_crown.AlphaCROWNOptions,
+             "CROWN with optimised ReLU slopes: tighter, slower (sound, incomplete)")
+    from .smoothing import certify as smoothing
+
+    register("smoothing", smoothing.run, smoothing.SmoothingOptions,
+             "randomized smoothing (CERTIFY): certifies the smoothed classifier g at "
+             "confidence 1 - alpha")
+    from .bounds import lp
+    from .exact import milp
+
+    register("lp", lp.certify, lp.LPOptions,
+             "triangle LP relaxation on HiGHS (l_2: Clarabel): tighter, slower (sound, incomplete)")
+    register("milp", milp.certify, milp.MILPOptions,
+             "big-M MILP on HiGHS: exact, YES or NO (l_inf, l_1; MAYBE only on timeout)")
+    from .exact import bab
+
+    register("bab", bab.certify, bab.BaBOptions,
+             "branch and bound over input boxes with CROWN: complete for few inputs (l_inf, box)")

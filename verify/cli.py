@@ -106,7 +106,7 @@ def cmd_certify(args) -> int:
     x = read_input(args.input)
     domain = parse_domain(args.domain, args.model)
     cert = certify(net, x, args.label, args.eps, norm=args.norm, method=args.method,
-                   domain=domain, **_options(args))
+                   domain=domain, **_options(args), **_smoothing_options(args))
     print(cert.to_json() if args.json else str(cert))
     return 0
 
@@ -146,6 +146,87 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _write_atomically(path: str, text: str) -> None:
+    """Write via a temporary file and rename: no partial file is left behind on failure."""
+    out = Path(path)
+    if not out.parent.is_dir():
+        raise InputError(f"{path}: the folder {out.parent} does not exist")
+    tmp = out.with_name(out.name + ".part")
+    tmp.write_text(text)
+    tmp.replace(out)
+
+
+def cmd_vnnlib(args) -> int:
+    from .vnncomp import solve_files
+
+    if args.timeout <= 0:
+        raise InputError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    result = solve_files(args.model, args.property, args.method, args.timeout)
+    text = result.text()
+    print(text, end="")
+    detail = f"{result.method or args.method}, {result.time_s:.3f} s"
+    print(f"({detail}{'; ' + result.reason if result.reason else ''})", file=sys.stderr)
+    if args.out:
+        _write_atomically(args.out, text)
+    return 0
+
+
+def cmd_vnncomp(args) -> int:
+    from .vnncomp import run_instances, summary
+
+    rows = run_instances(args.instances, args.method, args.timeout_cap, args.out, args.limit)
+    print(summary(rows))
+    return 0
+
+
+# ---- randomized smoothing: `certify --method smoothing` options and `smooth-predict`
+_SMOOTHING_FLAGS = {"noise": "--noise", "sigma": "--sigma", "n0": "--n0", "n": "--n",
+                    "alpha": "--alpha", "batch_size": "--batch-size", "seed": "--seed"}
+
+
+def _add_smoothing_arguments(p, predict_only: bool = False) -> None:
+    g = p.add_argument_group("randomized smoothing" + ("" if predict_only else
+                                                       " (--method smoothing only)"))
+    g.add_argument("--noise", default=None,
+                   help="gaussian (default), laplace, uniform, gennorm:BETA")
+    g.add_argument("--sigma", type=float, default=None,
+                   help="noise std per coordinate (default: the model metadata's sigma)")
+    if not predict_only:
+        g.add_argument("--n0", type=int, default=None, help="selection samples (default 100)")
+    g.add_argument("--n", type=int, default=None, help="samples (default 100000)")
+    g.add_argument("--alpha", type=float, default=None, help="1 - confidence (default 0.001)")
+    g.add_argument("--batch-size", type=int, default=None, help="noisy inputs per forward pass")
+    g.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+
+
+def _smoothing_options(args) -> dict:
+    """The smoothing options given on the command line; sigma and noise default to the model
+    metadata's. Refused with any other method."""
+    given = {k: getattr(args, k) for k in _SMOOTHING_FLAGS
+             if getattr(args, k, None) is not None}
+    if getattr(args, "method", "smoothing") != "smoothing":
+        if given:
+            flags = ", ".join(_SMOOTHING_FLAGS[k] for k in given)
+            raise InputError(f"{flags}: only for --method smoothing")
+        return {}
+    meta = model_metadata(args.model)
+    for key in ("sigma", "noise"):
+        if key not in given and meta.get(key) is not None:
+            given[key] = meta[key]
+    return given
+
+
+def cmd_smooth_predict(args) -> int:
+    from .smoothing import predict
+
+    net = load_onnx(args.model)
+    x = read_input(args.input)
+    options = _smoothing_options(args)
+    result = predict(net, x, **options, **_options(args))
+    print(json.dumps(result.to_dict(), indent=2) if args.json else str(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="verify", description="Prove or refute robustness of ONNX ReLU networks.")
     parser.add_argument("--version", action="version", version=f"verify {__version__}")
@@ -167,6 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda")
     p.add_argument("--json", action="store_true", help="print the certificate as JSON")
     p.set_defaults(func=cmd_certify)
+    _add_smoothing_arguments(p)
+
+    p = sub.add_parser("smooth-predict", help="PREDICT: the smoothed classifier's class (or abstain)")
+    p.add_argument("model")
+    p.add_argument("--input", required=True, help="input file: .npy, .json or .csv")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_smoothing_arguments(p, predict_only=True)
+    p.set_defaults(func=cmd_smooth_predict)
 
     p = sub.add_parser("demo", help="certify a few test digits on the bundled model")
     p.add_argument("--count", type=int, default=20)
@@ -175,6 +265,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="ibp")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("vnnlib", help="answer a VNN-LIB property: sat, unsat, unknown, timeout")
+    p.add_argument("model")
+    p.add_argument("property", help="VNN-LIB 1.0 file (describes the violation)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds, loading included")
+    p.add_argument("--method", default="auto", help="auto, bab, or a certifier name")
+    p.add_argument("--out", default=None, help="write the result (and counterexample) here")
+    p.set_defaults(func=cmd_vnnlib)
+
+    p = sub.add_parser("vnncomp", help="run a VNN-COMP instances.csv and score it")
+    p.add_argument("instances", help="instances.csv: onnx, vnnlib, timeout per row")
+    p.add_argument("--method", default="auto")
+    p.add_argument("--timeout-cap", type=float, default=None, help="cap each row's timeout")
+    p.add_argument("--limit", type=int, default=None, help="only the first N rows")
+    p.add_argument("--out", default=None, help="results CSV")
+    p.set_defaults(func=cmd_vnncomp)
     return parser
 
 

@@ -83,7 +83,11 @@ class Conv2d:
         self.out_shape = (c_out, h_out, w_out)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Sum over kernel offsets of a strided slice of the padded input (float64, exact order)."""
+        return self.correlate(x) + self.bias[None, :, None, None]
+
+    def correlate(self, x: np.ndarray) -> np.ndarray:
+        """The convolution without bias: sum over kernel offsets of strided slices of the
+        zero-padded input (float64)."""
         x = x.reshape(len(x), *self.in_shape)
         top, left, bottom, right = self.padding
         x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
@@ -95,15 +99,14 @@ class Conv2d:
                 patch = x[:, :, i * dh : i * dh + sh * (h_out - 1) + 1 : sh,
                           j * dw : j * dw + sw * (w_out - 1) + 1 : sw]
                 out += np.einsum("bchw,oc->bohw", patch, self.weight[:, :, i, j])
-        return out + self.bias[None, :, None, None]
+        return out
 
     def dense_matrix(self) -> np.ndarray:
         """The equivalent (out_size, in_size) matrix, built once from the identity basis."""
         if getattr(self, "_matrix", None) is None:
             n = _size(self.in_shape)
             basis = np.eye(n).reshape(n, *self.in_shape)
-            self._matrix = np.ascontiguousarray(
-                (self.forward(basis) - self.bias[None, :, None, None]).reshape(n, -1).T)
+            self._matrix = np.ascontiguousarray(self.correlate(basis).reshape(n, -1).T)
         return self._matrix
 
     def torch_forward(self, x: torch.Tensor, params: dict) -> torch.Tensor:

@@ -102,9 +102,10 @@ class LpBall:
         return self.center.size
 
     def bounding_box(self) -> tuple[np.ndarray, np.ndarray]:
-        """The smallest box holding the set: [center - eps, center + eps] ∩ [lower, upper]."""
-        return (np.maximum(self.center - self.eps, self.lower),
-                np.minimum(self.center + self.eps, self.upper))
+        """The smallest box holding the set, [center - eps, center + eps] ∩ [lower, upper],
+        with center ± eps rounded outwards so that the float box holds the real one."""
+        return (np.maximum(np.nextafter(self.center - self.eps, -np.inf), self.lower),
+                np.minimum(np.nextafter(self.center + self.eps, np.inf), self.upper))
 
     def project(self, x: np.ndarray) -> np.ndarray:
         """A point of the set near x: radial shrink onto the ball, then clip into the box.

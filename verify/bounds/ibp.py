@@ -106,6 +106,7 @@ def layer_bounds(net: Network, batch: InputBatch, device: Optional[torch.device]
             first_affine = False
         elif isinstance(layer, ReLU):
             lower, upper = lower.clamp(min=0), upper.clamp(min=0)
+            first_affine = False  # the ball bound holds only for an affine layer reading x itself
         else:  # pragma: no cover - the loader only builds the layers above
             raise TypeError(f"IBP cannot handle {type(layer).__name__}")
         out.append((lower, upper))

@@ -1,0 +1,181 @@
+"""Relaxed certifiers side by side: certified count, mean margin lower bound, time per input.
+
+    python benchmarks/relaxed_tightness.py [--threads 1] [--device auto] [--quick]
+
+Models: the bundled digits MLP (first 100 test digits) and, when ../shared/benchmarks is present,
+VNN-COMP mnist_fc mnist-net_256x2 (its 15 images, recovered from the prop_*_0.03 VNN-LIB boxes).
+Both on l_inf balls ∩ [0, 1] over a grid of eps. Also: CROWN's cost in "forward-pass
+equivalents" (time of its bound computation for the 100 digits as one batch / time of one batched
+float64 forward pass of the same 100 inputs on the same device).
+
+Writes benchmarks/results/relaxed_tightness.csv and .md. Add a method by appending to METHODS:
+(name passed to verify.certify_batch, options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import verify  # noqa: E402
+from verify.bounds import InputBatch  # noqa: E402
+from verify.bounds import crown  # noqa: E402
+from verify.network import resolve_device  # noqa: E402
+
+METHODS: list[tuple[str, dict]] = [
+    ("ibp", {}),
+    ("crown", {}),
+    ("alpha-crown", {"early_stop": False}),  # all steps for every input: tightness, not speed
+]
+DIGITS_EPS = [0.01, 0.02, 0.03, 0.05, 0.08]
+MNIST_EPS = [0.01, 0.02, 0.03, 0.05]
+MNIST_FC = REPO.parent / "shared" / "benchmarks" / "mnist_fc"
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def digits() -> tuple[verify.Network, np.ndarray, np.ndarray]:
+    net = verify.load_onnx(REPO / "models" / "digits_mlp.onnx")
+    data = np.load(REPO / "models" / "digits_test.npz")
+    return net, data["x"][:100], data["y"][:100]
+
+
+def mnist_fc() -> tuple[verify.Network, np.ndarray, np.ndarray]:
+    """mnist-net_256x2 and its 15 images: each prop_i_0.03 box is [x - eps, x + eps] ∩ [0, 1]."""
+    net = verify.load_onnx(MNIST_FC / "onnx" / "mnist-net_256x2.onnx")
+    xs, ys = [], []
+    for i in range(15):
+        text = (MNIST_FC / "vnnlib" / f"prop_{i}_0.03.vnnlib").read_text()
+        lower, upper = np.zeros(784), np.zeros(784)
+        for op, j, value in re.findall(r"\(assert \((<=|>=) X_(\d+) ([-+0-9.eE]+)\)\)", text):
+            (upper if op == "<=" else lower)[int(j)] = float(value)
+        eps = float(np.max(upper - lower)) / 2
+        x = np.where(lower <= 0, upper - eps,
+                     np.where(upper >= 1, lower + eps, (lower + upper) / 2))
+        xs.append(np.clip(x, 0, 1))
+        ys.append(int(re.search(r"label: (\d+)", text).group(1)))
+    return net, np.array(xs), np.array(ys)
+
+
+def run_grid(model: str, net, xs, ys, eps_grid, device: str) -> list[dict]:
+    for method, options in METHODS:  # warm-up (imports, kernels) outside the timings
+        verify.certify_batch(net, xs[:2], ys[:2], eps_grid[0], "inf", method, (0, 1),
+                             device=device, **options)
+    rows = []
+    for eps in eps_grid:
+        for method, options in METHODS:
+            t0 = time.perf_counter()
+            certs = verify.certify_batch(net, xs, ys, eps, "inf", method, (0, 1), device=device,
+                                         **options)
+            wall = time.perf_counter() - t0
+            margins = [np.mean([v for v in c.margin_lower if v is not None]) for c in certs]
+            rows.append({
+                "model": model, "eps": eps, "method": method, "inputs": len(xs),
+                "certified": sum(c.status is verify.Status.YES for c in certs),
+                "counterexamples": sum(c.status is verify.Status.NO for c in certs),
+                "mean_margin_lower": float(np.mean(margins)),
+                "median_time_per_input_ms": 1e3 * statistics.median(c.time_s for c in certs),
+                "wall_s": wall,
+            })
+            print(f"{model:16s} eps {eps:<5g} {method:12s} certified {rows[-1]['certified']:3d}/"
+                  f"{len(xs)}  mean margin lower {rows[-1]['mean_margin_lower']:9.4f}  "
+                  f"{rows[-1]['median_time_per_input_ms']:8.3f} ms/input", flush=True)
+    return rows
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def forward_pass_equivalents(net, xs, ys, eps: float, device: str) -> dict:
+    """CROWN's margin bounds for all inputs as one batch, in units of one batched forward pass."""
+    dev = resolve_device(device)
+    specs = [verify.robustness_spec(net.input_size, net.output_size, x, int(y), eps, "inf", (0, 1))
+             for x, y in zip(xs, ys)]
+    batch = InputBatch.from_specs(specs, dev)
+    inputs = torch.as_tensor(xs, dtype=torch.float64, device=dev)
+    crown.margin_lower_bounds(net, batch)  # warm-up
+    forward = median_time(lambda: net.torch_forward(inputs), 50)
+    bound = median_time(lambda: crown.margin_lower_bounds(net, batch), 7)
+    return {"inputs": len(xs), "eps": eps, "forward_ms": 1e3 * forward,
+            "crown_ms": 1e3 * bound, "forward_pass_equivalents": bound / forward}
+
+
+def write_results(rows: list[dict], cost: dict, header: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / "relaxed_tightness.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["# Relaxed certifiers: tightness and cost", "", header, "",
+             "l_inf balls ∩ [0, 1]. certified = YES; NO = the input itself is misclassified; "
+             "mean margin lower = mean over inputs and rows of the lower bound on z_y - z_j; "
+             "time = median per input (batched).", ""]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        lines += [f"## {model}", "", "| eps | " + " | ".join(m for m, _ in METHODS) + " |",
+                  "|---|" + "---|" * len(METHODS)]
+        for eps in dict.fromkeys(r["eps"] for r in rows if r["model"] == model):
+            cells = []
+            for method, _ in METHODS:
+                r = next(r for r in rows if r["model"] == model and r["eps"] == eps
+                         and r["method"] == method)
+                cells.append(f"{r['certified']}/{r['inputs']}, {r['mean_margin_lower']:.3f}, "
+                             f"{r['median_time_per_input_ms']:.2f} ms")
+            lines.append(f"| {eps:g} | " + " | ".join(cells) + " |")
+        lines += ["", "Cells: certified / inputs, mean margin lower bound, median time per input.",
+                  ""]
+    lines += ["## CROWN in forward-pass equivalents", "",
+              f"digits_mlp, {cost['inputs']} inputs as one batch, eps {cost['eps']:g}: one batched "
+              f"forward pass {cost['forward_ms']:.3f} ms, CROWN margin bounds "
+              f"{cost['crown_ms']:.2f} ms: **{cost['forward_pass_equivalents']:.0f} forward-pass "
+              "equivalents** (medians).", ""]
+    (RESULTS / "relaxed_tightness.md").write_text("\n".join(lines))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--quick", action="store_true", help="eps 0.03 only")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = str(resolve_device(args.device))
+    header = (f"verify {verify.__version__}, torch {torch.__version__}, device {device}, "
+              f"{torch.get_num_threads()} CPU thread(s); {time.strftime('%Y-%m-%d')}.")
+    print(header)
+    net, xs, ys = digits()
+    rows = run_grid("digits_mlp", net, xs, ys, [0.03] if args.quick else DIGITS_EPS, device)
+    cost = forward_pass_equivalents(net, xs, ys, 0.03, device)
+    print(f"CROWN, 100 digits as one batch: {cost['forward_pass_equivalents']:.0f} forward-pass "
+          f"equivalents ({cost['crown_ms']:.2f} ms vs {cost['forward_ms']:.3f} ms)")
+    if MNIST_FC.is_dir():
+        net, xs, ys = mnist_fc()
+        rows += run_grid("mnist_fc 256x2", net, xs, ys, [0.03] if args.quick else MNIST_EPS,
+                         device)
+    else:
+        print(f"skipping mnist_fc: {MNIST_FC} not found")
+    write_results(rows, cost, header)
+    print(f"wrote {RESULTS / 'relaxed_tightness.csv'} and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""MILP: exact minima equal an independent activation-pattern oracle; the tightness ordering
+IBP <= LP <= MILP <= sampled margins; YES/NO agree with known answers; export round-trips."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import re
+
+import highspy
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from scipy.optimize import linprog
+
+from conftest import random_conv_net, random_mlp, sampled_margins
+from verify import Box, Dense, InputError, Network, OutputProperty, ReLU, Specification, Status
+from verify import certify, certify_specs, load_onnx, robustness_spec
+from verify.exact import milp
+from verify.spec import LpBall
+
+
+def margins(cert) -> np.ndarray:
+    return np.array([v for v in cert.margin_lower if v is not None])
+
+
+def uppers(cert) -> np.ndarray:
+    return np.array([v for v in cert.margin_upper if v is not None])
+
+
+# --------------------------------------------------------------------------- independent oracle
+
+def _input_polytope(spec: Specification) -> tuple[np.ndarray, np.ndarray, list]:
+    """(A, b, box) with the input set = {x in box : A x <= b}; l_1 balls as 2^n facets."""
+    s = spec.input_set
+    lower, upper = s.bounding_box()
+    n = len(lower)
+    A, b = np.zeros((0, n)), np.zeros(0)
+    if isinstance(s, LpBall) and s.norm == "1":
+        signs = np.array(list(itertools.product([-1.0, 1.0], repeat=n)))
+        A, b = signs, s.eps + signs @ s.center
+    return A, b, list(zip(lower, upper))
+
+
+def _feasible(A, b, box) -> bool:
+    n = len(box)
+    res = linprog(np.zeros(n), A_ub=A if len(A) else None, b_ub=b if len(b) else None,
+                  bounds=box, method="highs")
+    return res.status == 0
+
+
+def pattern_oracle(net: Network, spec: Specification) -> np.ndarray:
+    """min over the input set of every row, by enumerating activation patterns: depth first over
+    the neurons, each branch adding y_i >= 0 or y_i <= 0 (in input space, where the network is
+    affine) and pruned once infeasible; at each leaf one LP per row. Shares no code with the
+    certifiers."""
+    A0, b0, box = _input_polytope(spec)
+    n_in = len(box)
+    best = np.full(len(spec.output.C), np.inf)
+    layers = net.layers
+
+    def walk(k: int, H: np.ndarray, h0: np.ndarray, A: np.ndarray, b: np.ndarray) -> None:
+        # the current activation is H x + h0 on the region {A x <= b} ∩ box
+        if k == len(layers):
+            rows_H, rows_h = spec.output.C @ H, spec.output.C @ h0 - spec.output.d
+            for r in range(len(best)):
+                res = linprog(rows_H[r], A_ub=A if len(A) else None, b_ub=b if len(b) else None,
+                              bounds=box, method="highs")
+                if res.status == 0:
+                    best[r] = min(best[r], res.fun + rows_h[r])
+            return
+        layer = layers[k]
+        if isinstance(layer, Dense):
+            walk(k + 1, layer.weight @ H, layer.weight @ h0 + layer.bias, A, b)
+            return
+        assert isinstance(layer, ReLU)
+
+        def branch(i: int, H: np.ndarray, h0: np.ndarray, A, b) -> None:
+            if i == len(h0):
+                walk(k + 1, H, h0, A, b)
+                return
+            for active in (True, False):
+                sign = -1.0 if active else 1.0  # active: -(H_i x + h0_i) <= 0
+                A2 = np.vstack([A, sign * H[i]]) if len(A) else (sign * H[i])[None]
+                b2 = np.append(b, -sign * h0[i])
+                if not _feasible(A2, b2, box):
+                    continue
+                if active:
+                    branch(i + 1, H, h0, A2, b2)
+                else:
+                    H2, h2 = H.copy(), h0.copy()
+                    H2[i], h2[i] = 0.0, 0.0
+                    branch(i + 1, H2, h2, A2, b2)
+
+        branch(0, H, h0, A, b)
+
+    walk(0, np.eye(n_in), np.zeros(n_in), A0, b0)
+    return best
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n_in=st.integers(2, 4), h1=st.integers(2, 6), h2=st.integers(0, 6),
+       norm=st.sampled_from(["inf", "1"]), eps=st.floats(0.05, 1.0), box=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_exact_margins_equal_the_pattern_oracle(n_in, h1, h2, norm, eps, box, seed):
+    rng = np.random.default_rng(seed)
+    sizes = [n_in, h1] + ([h2] if h2 else []) + [3]
+    net = random_mlp(rng, sizes)
+    x = rng.uniform(0, 1, size=n_in)
+    spec = robustness_spec(n_in, 3, x, int(rng.integers(3)), eps, norm, (0, 1) if box else None)
+    cert = certify_specs(net, [spec], "milp", exact_margins=True, bounds="ibp", attack=False)[0]
+    oracle = pattern_oracle(net, spec)
+    assert np.max(np.abs(margins(cert) - oracle)) <= 1e-6, (margins(cert), oracle)
+    assert np.max(np.abs(uppers(cert) - oracle)) <= 1e-6, (uppers(cert), oracle)
+    fast = certify_specs(net, [spec], "milp")[0]  # stops on the sign; CROWN bounds, attack
+    for c in (cert, fast):
+        assert np.all(margins(c) <= oracle + 1e-6) and np.all(uppers(c) >= oracle - 1e-6)
+        if oracle.min() > 1e-5:
+            assert c.status is Status.YES
+        elif oracle.min() < -1e-5:
+            assert c.status is Status.NO
+
+
+# --------------------------------------------------------------------------- ordering law
+
+def _law_cases():
+    rng = np.random.default_rng(7)
+    for k, (sizes, norm, box) in enumerate([([3, 8, 6, 4], "inf", True), ([4, 10, 3], "1", False),
+                                            ([2, 6, 6, 3], "inf", False),
+                                            ([4, 7, 5, 3], "1", True)]):
+        net = random_mlp(rng, sizes)
+        x = rng.uniform(0.2, 0.8, size=sizes[0])
+        yield robustness_spec(sizes[0], sizes[-1], x, k % sizes[-1], 0.3, norm,
+                              (0, 1) if box else None), net
+    net = random_conv_net(rng)  # Conv2d layers enter the builder as their dense matrices
+    yield robustness_spec(net.input_size, 4, rng.uniform(0, 1, net.input_size), 2, 0.02, "inf",
+                          (0, 1)), net
+
+
+@pytest.mark.parametrize("bounds", ["ibp", "crown"])
+def test_ordering_ibp_lp_milp_sampled(bounds):
+    for spec, net in _law_cases():
+        ibp = margins(certify_specs(net, [spec], "ibp")[0])
+        lp = margins(certify_specs(net, [spec], "lp", bounds=bounds)[0])
+        exact = certify_specs(net, [spec], "milp", bounds=bounds, exact_margins=True,
+                              attack=False)[0]
+        sampled = sampled_margins(net, spec, 1000, seed=3).min(axis=0)
+        assert np.all(ibp <= lp + 1e-9), (ibp, lp)
+        assert np.all(lp <= margins(exact) + 1e-6), (lp, margins(exact))
+        assert np.all(margins(exact) <= sampled + 1e-9), (margins(exact), sampled)
+        assert np.all(uppers(exact) <= sampled + 1e-9)
+
+
+def test_crown_never_tighter_than_lp_on_the_same_bounds():
+    crown = pytest.importorskip("verify.bounds.crown")
+    del crown
+    for spec, net in _law_cases():
+        c = margins(certify_specs(net, [spec], "crown")[0])
+        lp = margins(certify_specs(net, [spec], "lp", bounds="crown")[0])
+        assert np.all(c <= lp + 1e-9), (c, lp)
+
+
+# --------------------------------------------------------------------------- hand-computed values
+
+def _twin_net(offset: float) -> Network:
+    """y1 = y2 = x on [-1, 1]; margin (label 0) = relu(y1) - relu(y2) + offset = offset exactly.
+    IBP: offset - 1. LP (triangle): min max(0, x) - (x + 1) / 2 + offset = offset - 1/2 at x = 0."""
+    first = Dense(np.array([[1.0], [1.0]]), np.zeros(2), (1,), (2,))
+    last = Dense(np.eye(2), np.array([offset, 0.0]), (2,), (2,))
+    return Network([first, ReLU((2,)), last], (1,))
+
+
+@pytest.mark.parametrize("norm", ["inf", "1"])
+def test_hand_computed_milp_closes_the_gap(norm):
+    net = _twin_net(0.25)
+    ibp, lp, exact = (certify(net, [0.0], 0, 1.0, norm=norm, method=m, **o) for m, o in
+                      [("ibp", {}), ("lp", {"bounds": "ibp"}),
+                       ("milp", {"bounds": "ibp", "exact_margins": True, "attack": False})])
+    assert ibp.margin_lower[1] == pytest.approx(-0.75, abs=1e-9)
+    assert lp.margin_lower[1] == pytest.approx(-0.25, abs=1e-7) and lp.status is Status.MAYBE
+    assert exact.margin_lower[1] == pytest.approx(0.25, abs=1e-7) and exact.status is Status.YES
+    fast = certify(net, [0.0], 0, 1.0, norm=norm, method="milp", bounds="ibp")
+    assert fast.status is Status.YES and fast.margin_lower[1] > 1e-6
+
+
+@pytest.mark.parametrize("exact, tolerance", [(False, 1e-6), (True, 1e-9)])
+def test_yes_needs_more_than_the_solver_tolerance(exact, tolerance):
+    # The exact minimum is the offset; HiGHS's MIP tolerance is 1e-6 (1e-9 for exact margins).
+    below = certify(_twin_net(tolerance / 2), [0.0], 0, 1.0, method="milp", bounds="ibp",
+                    exact_margins=exact)
+    assert below.status is Status.MAYBE and "tolerance" in below.reason, below.reason
+    above = certify(_twin_net(tolerance * 10), [0.0], 0, 1.0, method="milp", exact_margins=exact)
+    assert above.status is Status.YES
+
+
+def test_l2_is_refused_with_a_pointer_to_other_methods():
+    net = _twin_net(0.25)
+    with pytest.raises(InputError, match="lp.*crown.*smoothing"):
+        certify(net, [0.0], 0, 0.5, norm="2", method="milp")
+
+
+def test_timeout_gives_maybe_with_the_bounds_so_far(digits_mlp_path, digits_test):
+    net = load_onnx(digits_mlp_path)
+    xs, ys = digits_test
+    cert = certify(net, xs[0], int(ys[0]), 0.05, domain=(0, 1), method="milp", bounds="ibp",
+                   attack=False, exact_margins=True, timeout=0.3)
+    assert cert.status is Status.MAYBE and cert.reason.startswith("timeout"), cert.reason
+    lower, upper = margins(cert), uppers(cert)
+    assert np.all(lower <= upper) and np.all(np.isfinite(lower))
+
+
+# --------------------------------------------------------------------------- bundled model
+
+def test_digits_milp_decides_and_counterexamples_are_real(digits_mlp_path, digits_test):
+    ort = pytest.importorskip("onnxruntime")
+    net = load_onnx(digits_mlp_path)
+    session = ort.InferenceSession(str(digits_mlp_path))
+    input_name = session.get_inputs()[0].name
+    xs, ys = digits_test
+    seen = set()
+    for i, eps in [(1, 0.02), (2, 0.05), (3, 0.05), (4, 0.05), (7, 0.03), (9, 0.02)]:
+        spec = robustness_spec(64, 10, xs[i], int(ys[i]), eps, "inf", (0, 1))
+        exact = certify_specs(net, [spec], "milp", timeout=60.0)[0]
+        lp = certify_specs(net, [spec], "lp")[0]
+        assert exact.status in (Status.YES, Status.NO), exact.reason
+        assert np.all(margins(lp) <= margins(exact) + 1e-9)
+        seen.add(exact.status)
+        if exact.status is Status.NO:
+            x = np.array(exact.counterexample)
+            assert spec.input_set.contains(x)
+            assert int(np.argmax(net.forward(x))) != ys[i] or \
+                np.max(np.delete(net.forward(x), ys[i])) >= net.forward(x)[ys[i]]
+            logits = session.run(None, {input_name: x.astype(np.float32)[None]})[0][0]
+            assert int(np.argmax(logits)) != ys[i]
+    assert seen == {Status.YES, Status.NO}
+
+
+# --------------------------------------------------------------------------- mnist_fc (VNN-COMP)
+
+def vnnlib_box_spec(path) -> Specification:
+    """The box from the X_i bounds and the label from the '; Mnist property with label: N.' line."""
+    text = path.read_text()
+    label = int(re.search(r"property with label: (\d+)", text).group(1))
+    bounds = {(op, int(i)): float(v) for op, i, v in
+              re.findall(r"\(assert \((<=|>=) X_(\d+) ([-+0-9.eE]+)\)\)", text)}
+    n = 1 + max(i for _, i in bounds)
+    lower = np.array([bounds[(">=", i)] for i in range(n)])
+    upper = np.array([bounds[("<=", i)] for i in range(n)])
+    return Specification(Box(lower, upper), OutputProperty.robustness(label, 10), label)
+
+
+def _mnist_cases(shared_benchmarks, names=None):
+    folder = shared_benchmarks / "mnist_fc"
+    with open(folder / "ground_truth.csv") as f:
+        truth = {r["property"]: r["ground_truth"] for r in csv.DictReader(f)}
+    net = load_onnx(folder / "onnx" / "mnist-net_256x2.onnx")
+    for name in names or sorted(truth):
+        yield name, truth[name], net, vnnlib_box_spec(folder / "vnnlib" / f"{name}.vnnlib")
+
+
+def _check_known_answer(name, answer, net, spec, timeout):
+    cert = certify_specs(net, [spec], "milp", timeout=timeout)[0]
+    expected = Status.NO if answer == "sat" else Status.YES
+    assert cert.status in (expected, Status.MAYBE), (name, answer, cert.status, cert.reason)
+    if cert.status is Status.MAYBE:
+        assert "timeout" in cert.reason
+    return cert.status is expected
+
+
+def test_mnist_fc_known_answers(shared_benchmarks):
+    names = ["prop_0_0.03", "prop_1_0.03", "prop_3_0.05", "prop_4_0.05"]
+    decided = [_check_known_answer(*case, timeout=30.0)
+               for case in _mnist_cases(shared_benchmarks, names)]
+    assert all(decided)
+
+
+@pytest.mark.slow
+def test_mnist_fc_full_sweep(shared_benchmarks):
+    decided = [_check_known_answer(*case, timeout=120.0)
+               for case in _mnist_cases(shared_benchmarks)]
+    assert sum(decided) >= len(decided) - 2
+
+
+# --------------------------------------------------------------------------- teaching export
+
+@pytest.mark.parametrize("fmt", ["lp", "mps"])
+def test_export_solves_to_the_same_minimum(tmp_path, fmt):
+    rng = np.random.default_rng(11)
+    net = random_mlp(rng, [3, 6, 5, 3])
+    spec = robustness_spec(3, 3, rng.uniform(0.2, 0.8, 3), 1, 0.3, "inf", (0, 1))
+    exact = certify_specs(net, [spec], "milp", exact_margins=True, attack=False)[0]
+    row = 0
+    j = spec.output.row_class[row]
+    for relax in (False, True):
+        path = milp.export_model(net, spec, tmp_path / f"model.{fmt}", relax=relax, format=fmt)
+        text = path.read_text()
+        assert "x_0" in text and "z_1_" in text and "a_1_" in text
+        highs = highspy.Highs()
+        highs.setOptionValue("output_flag", False)
+        highs.setOptionValue("mip_rel_gap", 0.0)
+        assert highs.readModel(str(path)) == highspy.HighsStatus.kOk
+        highs.run()
+        value = highs.getInfo().objective_function_value
+        if relax:  # the big-M relaxation is the triangle relaxation: the LP's value
+            lp = certify_specs(net, [spec], "lp")[0]
+            assert value == pytest.approx(lp.margin_lower[j], abs=1e-6)
+        else:
+            assert value == pytest.approx(exact.margin_lower[j], abs=1e-6)

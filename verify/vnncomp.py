@@ -1,0 +1,258 @@
+"""VNN-LIB queries end to end: solve one (sat / unsat / unknown / timeout) and run an instances.csv
+the way VNN-COMP does (loading time counts; +10 per correct answer, -150 per wrong one; a sat
+whose counterexample does not replay counts as wrong).
+
+Methods: "auto" (falsify, then complete search: input-splitting branch and bound for inputs of at
+most `BAB_MAX_INPUTS` dimensions, else bound with alpha-CROWN and finish with the MILP where one
+is registered), "bab", or any registered certifier (incomplete ones answer unsat or unknown).
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, TextIO
+
+import numpy as np
+
+from .backends import REGISTRY, certify_specs, get_backend
+from .errors import InputError
+from .network import Network
+from .onnx_io import load_onnx
+from .spec import OutputProperty, Specification
+from .vnnlib import VnnlibQuery, format_counterexample, load_vnnlib
+
+BAB_MAX_INPUTS = 16
+
+
+@dataclass
+class QueryResult:
+    result: str  # "sat", "unsat", "unknown" or "timeout"
+    counterexample: Optional[tuple[np.ndarray, np.ndarray]] = None  # (x, f(x)) replayed
+    time_s: float = 0.0
+    method: str = ""
+    reason: str = ""
+
+    def text(self) -> str:
+        """The VNN-COMP result file: the verdict, and for sat the assignment."""
+        if self.result == "sat" and self.counterexample is not None:
+            return "sat\n" + format_counterexample(*self.counterexample) + "\n"
+        return self.result + "\n"
+
+
+def replay(net: Network, query: VnnlibQuery, x: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(x, f(x)) if the float64 forward pass confirms that x violates the property."""
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    y = net.forward(x)
+    return (x, y) if query.violated_by(x, y) else None
+
+
+def _disjunct_specs(query: VnnlibQuery) -> list[tuple[Specification, int]]:
+    """One specification per (case, disjunct): rows A y - b, to be refuted by *some* row > 0."""
+    return [(Specification(case.box, OutputProperty(d.A, d.b)), len(d.A))
+            for case in query.cases for d in case.disjuncts]
+
+
+def _solve_with_certifier(net: Network, query: VnnlibQuery, method: str, deadline: float,
+                          options: dict) -> QueryResult:
+    """Incomplete or exact certifier on each (case, disjunct): refuted when a row's lower bound
+    is > 0 (one-row disjuncts: the certificate's own YES)."""
+    if "timeout" in {f for f in get_backend(method).options_type.__dataclass_fields__}:
+        options = {**options, "timeout": max(0.1, deadline - time.perf_counter())}
+    pairs = _disjunct_specs(query)
+    certs = certify_specs(net, [s for s, _ in pairs], method, **options)
+    open_reasons = []
+    for (spec, rows), cert in zip(pairs, certs):
+        if cert.counterexample is not None:
+            found = replay(net, query, np.array(cert.counterexample))
+            if found is not None:
+                return QueryResult("sat", found, method=method)
+        lower = np.array([-np.inf if v is None else v for v in cert.margin_lower])
+        refuted = cert.proved if rows == 1 else bool(np.max(lower) > 0)
+        if not refuted:
+            open_reasons.append(cert.reason or "not proved")
+    if not open_reasons:
+        return QueryResult("unsat", method=method)
+    timed_out = time.perf_counter() > deadline
+    return QueryResult("timeout" if timed_out else "unknown", method=method,
+                       reason=open_reasons[0])
+
+
+def _solve_bab(net: Network, query: VnnlibQuery, deadline: float, options: dict) -> QueryResult:
+    from .backends import make_options
+    from .exact.bab import refute
+
+    opts = make_options("bab", options)
+    unknown = ""
+    for case in query.cases:
+        for d in case.disjuncts:
+            result = refute(net, case.box, d.A, d.b, opts, deadline,
+                            check=lambda x: replay(net, query, x) is not None)
+            if result.status == "sat":
+                return QueryResult("sat", replay(net, query, result.counterexample), method="bab")
+            if result.status != "unsat":
+                unknown = result.reason
+                if time.perf_counter() > deadline:
+                    return QueryResult("timeout", method="bab", reason=unknown)
+    if unknown:
+        return QueryResult("unknown", method="bab", reason=unknown)
+    return QueryResult("unsat", method="bab")
+
+
+def solve(net: Network, query: VnnlibQuery, method: str = "auto", timeout: float = 60.0,
+          **options) -> QueryResult:
+    """Answer a VNN-LIB query on a network: sat (with a replayed counterexample), unsat,
+    unknown (the method could not decide) or timeout."""
+    t0 = time.perf_counter()
+    if timeout <= 0:
+        raise InputError(f"timeout must be > 0 seconds, got {timeout}")
+    query.check_sizes(net.input_size, net.output_size)
+    deadline = t0 + timeout
+    if method == "bab" or (method == "auto" and net.input_size <= BAB_MAX_INPUTS):
+        result = _solve_bab(net, query, deadline, options)
+    elif method == "auto":
+        result = QueryResult("unknown")
+        for step in ("attack", "alpha-crown", "milp"):
+            if step not in REGISTRY and step != "alpha-crown":
+                get_backend("ibp")  # loads the built-in registry once
+            if step not in REGISTRY or time.perf_counter() > deadline:
+                continue
+            result = _solve_with_certifier(net, query, step, deadline, {})
+            if result.result in ("sat", "unsat"):
+                break
+        result.method = f"auto:{result.method}"
+    else:
+        get_backend(method)
+        result = _solve_with_certifier(net, query, method, deadline, options)
+    result.time_s = time.perf_counter() - t0
+    if result.result == "sat" and result.counterexample is None:
+        result.result, result.reason = "unknown", "counterexample failed the float64 replay"
+    if result.result in ("unknown",) and time.perf_counter() > deadline:
+        result.result = "timeout"
+    return result
+
+
+def solve_files(model: str, prop: str, method: str = "auto", timeout: float = 60.0,
+                **options) -> QueryResult:
+    """Load (timed, as in the competition) and solve."""
+    t0 = time.perf_counter()
+    net = load_onnx(model)
+    query = load_vnnlib(prop)
+    remaining = timeout - (time.perf_counter() - t0)
+    if remaining <= 0:
+        return QueryResult("timeout", time_s=time.perf_counter() - t0, reason="loading")
+    result = solve(net, query, method, remaining, **options)
+    result.time_s = time.perf_counter() - t0
+    return result
+
+
+# -- instances.csv runner -------------------------------------------------------------------------
+
+@dataclass
+class InstanceRow:
+    network: str
+    property: str
+    result: str
+    time_s: float
+    expected: str = ""
+    score: int = 0
+    method: str = ""
+    reference: dict = field(default_factory=dict)
+
+
+def score(result: str, expected: str) -> int:
+    """VNN-COMP points: +10 for a correct sat/unsat, -150 for a wrong one, 0 otherwise."""
+    if result not in ("sat", "unsat") or expected not in ("sat", "unsat"):
+        return 0
+    return 10 if result == expected else -150
+
+
+def _median_reference(values: list[str]) -> Optional[float]:
+    times = []
+    for v in values:
+        if ":" in v and v.split(":")[0] in ("sat", "unsat"):
+            times.append(float(v.split(":")[1]))
+    return statistics.median(times) if times else None
+
+
+def run_instances(instances_csv: str, method: str = "auto", timeout_cap: Optional[float] = None,
+                  out_csv: Optional[str] = None, limit: Optional[int] = None,
+                  progress: Optional[TextIO] = sys.stderr, **options) -> list[InstanceRow]:
+    """Run every (onnx, vnnlib, timeout) row; compare with ground_truth.csv when present."""
+    path = Path(instances_csv)
+    if not path.is_file():
+        raise InputError(f"{path}: no such instances file")
+    folder = path.parent
+    truth: dict[tuple[str, str], dict] = {}
+    if (folder / "ground_truth.csv").is_file():
+        with open(folder / "ground_truth.csv") as fh:
+            for row in csv.DictReader(fh):
+                truth[(row["network"], row["property"])] = row
+    with open(path) as fh:
+        instances = [r for r in csv.reader(fh) if r and not r[0].startswith("#")]
+    if limit is not None:
+        instances = instances[:limit]
+    rows: list[InstanceRow] = []
+    for k, inst in enumerate(instances):
+        if len(inst) < 3:
+            raise InputError(f"{path}:{k + 1}: expected onnx,vnnlib,timeout")
+        onnx_rel, prop_rel, timeout = inst[0], inst[1], float(inst[2])
+        if timeout_cap is not None:
+            timeout = min(timeout, timeout_cap)
+        network = Path(onnx_rel).stem.replace("_batch_2000", "")
+        prop = Path(prop_rel).stem
+        result = solve_files(str(folder / onnx_rel), str(folder / prop_rel), method, timeout,
+                             **options)
+        ref = truth.get((network, prop), {})
+        expected = ref.get("ground_truth", "")
+        row = InstanceRow(network, prop, result.result, result.time_s, expected,
+                          score(result.result, expected), result.method,
+                          {k: v for k, v in ref.items() if "_20" in k})
+        rows.append(row)
+        if progress is not None:
+            mark = {10: "ok", -150: "WRONG", 0: ""}[row.score]
+            print(f"[{k + 1}/{len(instances)}] {network} {prop}: {row.result} in "
+                  f"{row.time_s:.2f}s (expected {expected or '?'}) {mark}", file=progress,
+                  flush=True)
+    if out_csv is not None:
+        write_results(rows, out_csv)
+    return rows
+
+
+def write_results(rows: list[InstanceRow], out_csv: str) -> None:
+    """instance, result, time, expected, score: written to a temp file, then renamed."""
+    out = Path(out_csv)
+    tmp = out.with_name(out.name + ".part")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["network", "property", "result", "time_s", "expected", "score", "method"])
+        for r in rows:
+            writer.writerow([r.network, r.property, r.result, f"{r.time_s:.4f}", r.expected,
+                             r.score, r.method])
+    tmp.replace(out)
+
+
+def summary(rows: list[InstanceRow]) -> str:
+    """Counts, score, median time, and the competition tools' medians on the same instances."""
+    n = len(rows)
+    solved = [r for r in rows if r.result in ("sat", "unsat")]
+    wrong = [r for r in rows if r.score < 0]
+    lines = [f"instances {n}: solved {len(solved)} (sat {sum(r.result == 'sat' for r in rows)}, "
+             f"unsat {sum(r.result == 'unsat' for r in rows)}), unknown "
+             f"{sum(r.result == 'unknown' for r in rows)}, timeout "
+             f"{sum(r.result == 'timeout' for r in rows)}, wrong {len(wrong)}",
+             f"score {sum(r.score for r in rows)} (max {10 * sum(bool(r.expected) for r in rows)})"]
+    if rows:
+        lines.append(f"median time per instance {statistics.median(r.time_s for r in rows):.3f} s"
+                     f" (solved only: {statistics.median(r.time_s for r in solved):.3f} s)"
+                     if solved else "")
+    tools = sorted({k for r in rows for k in r.reference})
+    for tool in tools:
+        med = _median_reference([r.reference.get(tool, "") for r in rows])
+        if med is not None:
+            lines.append(f"  {tool}: median {med:.2f} s (competition hardware, start-up included)")
+    return "\n".join(line for line in lines if line)
