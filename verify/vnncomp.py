@@ -84,23 +84,27 @@ def _solve_with_certifier(net: Network, query: VnnlibQuery, method: str, deadlin
 
 def _solve_bab(net: Network, query: VnnlibQuery, deadline: float, options: dict) -> QueryResult:
     from .backends import make_options
-    from .exact.bab import refute
+    from .exact.bab import BoxSearch, falsify_box, search_all
 
     opts = make_options("bab", options)
-    unknown = ""
-    for case in query.cases:
+    for case in query.cases:  # a cheap attack on every disjunct before any search
         for d in case.disjuncts:
-            result = refute(net, case.box, d.A, d.b, opts, deadline,
-                            check=lambda x: replay(net, query, x) is not None)
-            if result.status == "sat":
-                return QueryResult("sat", replay(net, query, result.counterexample), method="bab")
-            if result.status != "unsat":
-                unknown = result.reason
-                if time.perf_counter() > deadline:
-                    return QueryResult("timeout", method="bab", reason=unknown)
-    if unknown:
-        return QueryResult("unknown", method="bab", reason=unknown)
-    return QueryResult("unsat", method="bab")
+            x = falsify_box(net, case.box, d.A, d.b, opts.device)
+            found = None if x is None else replay(net, query, x)
+            if found is not None:
+                return QueryResult("sat", found, method="bab")
+    searches = search_all([BoxSearch(net, case.box, d.A, d.b, opts,
+                                     check=lambda x: replay(net, query, x) is not None)
+                           for case in query.cases for d in case.disjuncts], deadline)
+    for s in searches:
+        if s.result.status == "sat":
+            return QueryResult("sat", replay(net, query, s.result.counterexample), method="bab")
+    open_searches = [s for s in searches if s.result.status != "unsat"]
+    if not open_searches:
+        return QueryResult("unsat", method="bab")
+    reason = open_searches[0].result.reason
+    return QueryResult("timeout" if reason == "timeout" else "unknown", method="bab",
+                       reason=reason)
 
 
 def solve(net: Network, query: VnnlibQuery, method: str = "auto", timeout: float = 60.0,

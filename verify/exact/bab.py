@@ -97,79 +97,122 @@ def falsify(net: Network, lower: torch.Tensor, upper: torch.Tensor, A: torch.Ten
     return best_x, best_v
 
 
+def falsify_box(net: Network, box: Box, A: np.ndarray, b: np.ndarray, device="auto",
+                restarts: int = 1024, steps: int = 60, seed: int = 0) -> Optional[np.ndarray]:
+    """A point of the box where every row of A f(x) <= b holds (float PGD; not yet replayed)."""
+    device = resolve_device(device)
+    lo = torch.as_tensor(box.lower, dtype=torch.float64, device=device)[None]
+    up = torch.as_tensor(box.upper, dtype=torch.float64, device=device)[None]
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.rand((restarts, lo.shape[1]), generator=generator, dtype=torch.float64)
+    x, value = falsify(net, lo, up, torch.as_tensor(A, dtype=torch.float64, device=device),
+                       torch.as_tensor(b, dtype=torch.float64, device=device),
+                       lo + starts.to(device) * (up - lo), steps=steps)
+    return x.cpu().numpy() if value <= 0 else None
+
+
+class BoxSearch:
+    """Branch and bound on one disjunct, one batch of boxes per `step()`: several searches can
+    share a time budget round-robin, so an easy counterexample in a later disjunct is not
+    starved by a hard earlier one."""
+
+    def __init__(self, net: Network, box: Box, A: np.ndarray, b: np.ndarray,
+                 options: BaBOptions, check=None):
+        self.net, self.options, self.check = net, options, check
+        self.device = resolve_device(options.device)
+        self.bound = bound_function(options.bounds)
+        self.A = torch.as_tensor(A, dtype=torch.float64, device=self.device)
+        self.b = torch.as_tensor(b, dtype=torch.float64, device=self.device)
+        self.lower = torch.as_tensor(box.lower, dtype=torch.float64, device=self.device)[None]
+        self.upper = torch.as_tensor(box.upper, dtype=torch.float64, device=self.device)[None]
+        self.priority = torch.full((1,), -np.inf, dtype=torch.float64, device=self.device)
+        self.result = BabResult("searching")
+        if A.shape[0] == 0:  # no output constraint: every point of the box violates
+            x = box.center
+            if check is None or check(x):
+                self.result = BabResult("sat", x, "the violation has no output constraint")
+
+    @property
+    def done(self) -> bool:
+        return self.result.status != "searching"
+
+    def step(self) -> None:
+        """Bound one batch (best first), drop the proved boxes, attack and split the rest."""
+        result, options = self.result, self.options
+        if not len(self.lower):
+            result.status = "unsat"
+            return
+        if result.boxes >= options.max_boxes:
+            result.status, result.reason = "unknown", f"box budget of {options.max_boxes} spent"
+            return
+        take = min(options.batch_size, len(self.lower))
+        order = torch.argsort(self.priority)
+        chosen, rest = order[:take], order[take:]
+        lo, up = self.lower[chosen], self.upper[chosen]
+        self.lower, self.upper, self.priority = self.lower[rest], self.upper[rest], \
+            self.priority[rest]
+        batch = InputBatch(lower=lo, upper=up, center=(lo + up) / 2,
+                           eps=torch.zeros(take, dtype=torch.float64, device=self.device),
+                           norm="box", C=self.A.expand(take, -1, -1), d=self.b.expand(take, -1))
+        with torch.no_grad():
+            row_lower, _ = self.bound(self.net, batch)
+        result.boxes += take
+        result.passes += 1
+        best_row = row_lower.max(dim=1).values
+        refuted = best_row > 0  # some row of A f(x) - b is > 0 on the whole box
+        if torch.any(refuted):
+            result.proved_lower = min(result.proved_lower, best_row[refuted].min().item())
+        keep = ~refuted
+        if not torch.any(keep):
+            if not len(self.lower):
+                result.status = "unsat"
+            return
+        lo, up, row_lower, best_row = lo[keep], up[keep], row_lower[keep], best_row[keep]
+        # Counterexample search from the centers of the most suspicious boxes left (short PGD
+        # inside each box; a candidate is replayed in float64 by `check`).
+        suspicious = torch.argsort(best_row)[:128]
+        s_lo, s_up = lo[suspicious], up[suspicious]
+        x, value = falsify(self.net, s_lo, s_up, self.A, self.b, (s_lo + s_up) / 2, steps=8)
+        if value <= 0 and (self.check is None or self.check(x.cpu().numpy())):
+            result.status, result.counterexample = "sat", x.cpu().numpy()
+            return
+        scores = _split_scores(self.net, self.A, self.b, lo, up, row_lower)
+        dim = scores.argmax(dim=1)
+        mid = ((lo + up) / 2).gather(1, dim[:, None]).squeeze(1)
+        up_left, lo_right = up.clone(), lo.clone()
+        rows_idx = torch.arange(len(lo), device=self.device)
+        up_left[rows_idx, dim] = mid
+        lo_right[rows_idx, dim] = mid
+        self.lower = torch.cat([self.lower, lo, lo_right])
+        self.upper = torch.cat([self.upper, up_left, up])
+        self.priority = torch.cat([self.priority, best_row, best_row])
+
+
+def search_all(searches: list[BoxSearch], deadline: float) -> list[BoxSearch]:
+    """Step the searches round-robin until one finds a counterexample, all are decided, or the
+    deadline passes (the undecided ones then say "timeout")."""
+    while True:
+        active = [s for s in searches if not s.done]
+        if not active or any(s.result.status == "sat" for s in searches):
+            return searches
+        for s in active:
+            if time.perf_counter() > deadline:
+                for t in active:
+                    if not t.done:
+                        t.result.status, t.result.reason = "unknown", "timeout"
+                return searches
+            s.step()
+            if s.result.status == "sat":
+                return searches
+
+
 def refute(net: Network, box: Box, A: np.ndarray, b: np.ndarray, options: BaBOptions,
            deadline: float, check=None) -> BabResult:
     """Prove that no x in `box` has A f(x) <= b (all rows), or find one such x.
 
     `check(x) -> bool` re-checks a candidate (float64 forward pass plus any extra condition).
     """
-    device = resolve_device(options.device)
-    bound = bound_function(options.bounds)
-    A_t = torch.as_tensor(A, dtype=torch.float64, device=device)
-    b_t = torch.as_tensor(b, dtype=torch.float64, device=device)
-    rows = A.shape[0]
-    lo0 = torch.as_tensor(box.lower, dtype=torch.float64, device=device)[None]
-    up0 = torch.as_tensor(box.upper, dtype=torch.float64, device=device)[None]
-    result = BabResult("unsat")
-    if rows == 0:  # nothing to violate: every point of a non-empty box is a counterexample
-        x = box.center
-        if check is None or check(x):
-            return BabResult("sat", x, "the violation has no output constraint", 0, 0)
-    generator = torch.Generator().manual_seed(0)
-    starts = torch.rand((256, lo0.shape[1]), generator=generator, dtype=torch.float64).to(device)
-    x, value = falsify(net, lo0, up0, A_t, b_t, lo0 + starts * (up0 - lo0), steps=50)
-    if value <= 0 and (check is None or check(x.cpu().numpy())):
-        result.status, result.counterexample = "sat", x.cpu().numpy()
-        return result
-    lower, upper = lo0, up0
-    priority = torch.full((1,), -np.inf, dtype=torch.float64, device=device)
-    while len(lower):
-        if time.perf_counter() > deadline:
-            result.status, result.reason = "unknown", "timeout"
-            return result
-        if result.boxes >= options.max_boxes:
-            result.status, result.reason = "unknown", f"box budget of {options.max_boxes} spent"
-            return result
-        # Best first: bound the boxes whose parents had the lowest bounds.
-        take = min(options.batch_size, len(lower))
-        order = torch.argsort(priority)
-        chosen, rest = order[:take], order[take:]
-        lo, up = lower[chosen], upper[chosen]
-        lower, upper, priority = lower[rest], upper[rest], priority[rest]
-        batch = InputBatch(lower=lo, upper=up, center=(lo + up) / 2,
-                           eps=torch.zeros(take, dtype=torch.float64, device=device), norm="box",
-                           C=A_t.expand(take, -1, -1), d=b_t.expand(take, -1))
-        with torch.no_grad():
-            row_lower, _ = bound(net, batch)
-        result.boxes += take
-        result.passes += 1
-        best_row = row_lower.max(dim=1).values
-        refuted = best_row > 0
-        if torch.any(refuted):
-            result.proved_lower = min(result.proved_lower, best_row[refuted].min().item())
-        keep = ~refuted
-        if not torch.any(keep):
-            continue
-        lo, up, row_lower, best_row = lo[keep], up[keep], row_lower[keep], best_row[keep]
-        # Counterexample search from the centers of the most suspicious boxes left (short PGD
-        # inside each box; a candidate is replayed in float64 by `check`).
-        suspicious = torch.argsort(best_row)[:64]
-        s_lo, s_up = lo[suspicious], up[suspicious]
-        x, value = falsify(net, s_lo, s_up, A_t, b_t, (s_lo + s_up) / 2, steps=5)
-        if value <= 0 and (check is None or check(x.cpu().numpy())):
-            result.status, result.counterexample = "sat", x.cpu().numpy()
-            return result
-        scores = _split_scores(net, A_t, b_t, lo, up, row_lower)
-        dim = scores.argmax(dim=1)
-        mid = ((lo + up) / 2).gather(1, dim[:, None]).squeeze(1)
-        up_left, lo_right = up.clone(), lo.clone()
-        rows_idx = torch.arange(len(lo), device=device)
-        up_left[rows_idx, dim] = mid
-        lo_right[rows_idx, dim] = mid
-        lower = torch.cat([lower, lo, lo_right])
-        upper = torch.cat([upper, up_left, up])
-        priority = torch.cat([priority, best_row, best_row])
-    return result
+    return search_all([BoxSearch(net, box, A, b, options, check)], deadline)[0].result
 
 
 def _as_box(spec: Specification) -> Box:
@@ -198,17 +241,23 @@ def certify(net: Network, specs: Sequence[Specification], options: BaBOptions
             values = spec.output.values(net.forward(spec.input_set.project(x)))
             return bool(np.any(values <= 0))
 
-        for i in range(len(C)):  # violation of row i: -(C_i f(x) - d_i) >= 0, i.e. C_i f <= d_i
-            result = refute(net, box, C[i:i + 1], d[i:i + 1], options, deadline, check)
-            boxes += result.boxes
-            if result.status == "unsat":
-                lower[i] = result.proved_lower  # > 0: the minimum over the proved leaves
-            elif result.status == "sat":
-                candidates.append(result.counterexample)
+        for i in range(len(C)):  # cheap attack on every row before any search
+            x = falsify_box(net, box, C[i:i + 1], d[i:i + 1], options.device)
+            if x is not None and check(x):
+                candidates.append(x)
                 break
-            else:
-                reasons.append(result.reason)
-                break
+        if not candidates:  # row i is violated where C_i f(x) <= d_i
+            searches = search_all([BoxSearch(net, box, C[i:i + 1], d[i:i + 1], options, check)
+                                   for i in range(len(C))], deadline)
+            for i, search in enumerate(searches):
+                result = search.result
+                boxes += result.boxes
+                if result.status == "unsat":
+                    lower[i] = result.proved_lower  # > 0: the minimum over the proved leaves
+                elif result.status == "sat":
+                    candidates.append(result.counterexample)
+                elif result.reason:
+                    reasons.append(result.reason)
         reason = f"bab stopped: {reasons[0]}" if reasons else ""
         out.append(certificate_from_bounds(
             net, spec, "bab", lower, candidates=candidates, reason=reason,
