@@ -63,7 +63,8 @@ def run_sigma(sigma: float, xs, ys, args) -> dict:
             "acr": robustness_score(radii, correct), "seconds": seconds,
             "samples_per_s": certs[0].cost["samples_per_s"],
             "best_case": best_case_radius(args.n, args.alpha, sigma),
-            "statuses": {s: sum(c.status.value == s for c in certs) for s in ("YES", "NO", "MAYBE")}}
+            "statuses": {s: sum(c.status.value == s for c in certs)
+                         for s in ("YES", "NO", "MAYBE")}}
 
 
 def write_png(rows: list[dict], args, path: Path) -> bool:

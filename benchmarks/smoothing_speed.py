@@ -95,7 +95,8 @@ def measure(net, x, label, sigma, n, args, device) -> dict:
         rng_wall2, rng_cpu2 = clocks(device)
         rng_share = ((rng_cpu2 - rng_cpu) / bare_cpu if device.type == "cpu"
                      else (rng_wall2 - rng_wall) / bare_wall)
-        rows.append({"rng_share": rng_share, "bare": n / bare_wall, "certify": cert.cost["samples_per_s"],
+        rows.append({"rng_share": rng_share, "bare": n / bare_wall,
+                     "certify": cert.cost["samples_per_s"],
                      "end_to_end": (n + 100) / (wall2 - wall),
                      "ratio_wall": (wall2 - wall) / bare_wall * n / (n + 100) - 1,
                      "ratio_cpu": (cpu2 - cpu) / bare_cpu * n / (n + 100) - 1})

@@ -20,3 +20,12 @@ __all__ = [
     "robustness_spec",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`verify.smoothing`, `verify.attack`, `verify.vnnlib`, ... imported on first use."""
+    import importlib
+
+    if name in ("smoothing", "attack", "vnnlib", "vnncomp", "bounds", "exact"):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'verify' has no attribute '{name}'")

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Optional, Sequence, Union
 
@@ -81,7 +81,7 @@ class SmoothingOptions:
     device: str = "auto"
     dtype: str = "float32"  # of the base classifier's forward pass
     two_class: bool = False  # Gaussian: bound pA and pB separately (Bonferroni)
-    radius_method: str = "auto"  # "auto" (closed form when the noise has one), "closed", "numerical"
+    radius_method: str = "auto"  # "auto" (closed form if the noise has one), "closed", "numerical"
     mc_alpha_share: float = 0.1  # share of alpha given to a numerical radius's Monte-Carlo
     mc_samples: int = 200_000  # validation samples of a numerical radius
 
@@ -375,7 +375,7 @@ def _certificate(net: Network, spec: Specification, noise: NoiseDistribution,
             reason = (f"certified radius {radius:.6g} of g is not above eps {ball.eps:g} "
                       f"(l_{ball.norm}; pA >= {p_a:.6g})")
     else:
-        predicted, p_value = _predict_test(counts, opts.alpha)
+        predicted, p_value = predict_from_counts(counts, opts.alpha)
         details["predict"] = {"prediction": predicted, "p_value": p_value}
         if predicted not in (ABSTAIN, label):
             status = Status.NO
@@ -393,10 +393,6 @@ def _certificate(net: Network, spec: Specification, noise: NoiseDistribution,
         counterexample_logits=None, radius=radius, confidence=1 - opts.alpha, reason=reason,
         domain=_domain(ball), model=f"{net.name}@{net.fingerprint()}", certifies="g",
         details=details, cost={"noise": noise.describe()})
-
-
-def _predict_test(counts: np.ndarray, alpha: float) -> tuple[int, float]:
-    return predict_from_counts(counts, alpha)
 
 
 def _margins(noise: NoiseDistribution, opts: SmoothingOptions, details: dict, label: int,

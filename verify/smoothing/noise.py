@@ -19,7 +19,7 @@ Closed forms (p = lower bound on the top class's probability at x, d = input dim
                                   bound max(1 - e^t (1 - p), e^-t p) with t = ||delta||_1 / lam:
                                   the likelihood ratio of a shift is within e^{±t} everywhere, so
                                   the pure-DP trade-off bound applies; it reproduces the radius.
-                                  l_2 / l_inf via ||delta||_1 <= √d ||delta||_2 <= d ||delta||_inf.
+                                  l_2, l_inf via ||delta||_1 <= √d ||delta||_2 <= d ||delta||_inf.
     Uniform on [-lam, lam], lam = sigma √3:
                                   l_1 radius 2 lam (p - 1/2) (Yang et al. 2020); l_inf radius
                                   2 lam (1 - (3/2 - p)^(1/d)). Shifted bound p - (1 - overlap),
@@ -34,7 +34,6 @@ Closed forms (p = lower bound on the top class's probability at x, d = input dim
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import numpy as np

@@ -59,7 +59,7 @@ from scipy.stats import beta as _beta
 from scipy.stats import norm as _normal
 
 from ..errors import InputError
-from .noise import Gaussian, Laplace, NoiseDistribution, Uniform
+from .noise import Laplace, NoiseDistribution, Uniform
 
 ArrayLike = Union[float, int, Sequence, np.ndarray]
 
