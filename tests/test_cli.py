@@ -178,3 +178,11 @@ def test_console_script_exit_codes(tmp_path, digits_mlp_path, digit_file):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
     assert "Traceback" not in bad.stderr
+
+
+def test_methods_lists_every_certifier(capsys):
+    code, out, _ = run(capsys, "methods")
+    assert code == 0
+    names = [line.split()[0] for line in out.splitlines()]
+    assert names == sorted(["alpha-crown", "attack", "bab", "crown", "ibp", "lp", "milp",
+                            "smoothing"])

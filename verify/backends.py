@@ -38,6 +38,7 @@ def register(name: str, run: RunFn, options_type: type, summary: str) -> None:
 
 
 def methods() -> list[str]:
+    _load_builtin()
     return sorted(REGISTRY)
 
 
