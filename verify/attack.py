@@ -1,7 +1,7 @@
 """PGD attack: a falsifier that searches the input set for a point violating the property.
 
-Accepts:   Network of Dense/Conv2d/ReLU layers; input set = l_inf/l_2/l_1 ball (∩ box) or a bounded
-           box; any output property C f(x) - d (rows: robustness margins z_y - z_j or VNN-LIB).
+Accepts:   Network of Dense/Conv2d/ReLU layers; input set = l_inf/l_2/l_1 ball (∩ box) or a
+           bounded box; any output property C f(x) - d (robustness margins z_y - z_j, VNN-LIB).
 Returns:   Certificate; margin_lower = -inf (an attack proves nothing), margin_upper[j] = the
            lowest value of row j found (an upper bound on its minimum over the set). NO with the
            counterexample when a row reaches <= 0, else MAYBE.
@@ -9,7 +9,8 @@ Method:    projected gradient descent with random restarts, all trajectories of 
            in one torch batch: `restarts` on the worst row (min over rows, the Carlini-Wagner
            margin loss for robustness) and `row_restarts` on each row alone, so that every row's
            upper bound is searched for. The first trajectory of each objective starts at the
-           set's center, the others uniformly in the set. Steps follow the norm:
+           set's center, the others at points of the set's own sampler (uniform, a quarter at
+           corners / vertices / sphere points). Steps follow the norm:
            l_inf (and box): sign of the gradient; l_2: normalised gradient; l_1: sparse steepest
            descent on the top-k coordinates that can still move inside the box (k shrinks to 1),
            then the exact Euclidean projection onto the l_1 ball (Duchi et al.) and a clip to the
@@ -29,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -150,21 +152,29 @@ def _random_starts(spec: Specification, count: int, rng: np.random.Generator) ->
     return spec.input_set.sample(count, rng)
 
 
-def _build_batch(specs: Sequence[Specification], positions: Sequence[int], options: AttackOptions,
+def _entropy(spec: Specification, seed: int) -> list[int]:
+    """Seed material for one specification's starts: the user's seed and checksums of the set's
+    center and the property, so that the same question gets the same starts wherever it is asked."""
+    s = spec.input_set
+    return [int(seed), zlib.crc32(s.center.tobytes()), zlib.crc32(s.bounding_box()[0].tobytes()),
+            zlib.crc32(spec.output.C.tobytes() + spec.output.d.tobytes())]
+
+
+def _build_batch(specs: Sequence[Specification], options: AttackOptions,
                  device: torch.device, dtype: torch.dtype) -> tuple[_Batch, torch.Tensor]:
     norm = _norm_of(specs[0])
     m = specs[0].output.C.shape[0]
     objective, at_center = _objectives(m, options)
     per_spec = len(objective)
     centers, lowers, uppers, radii, epss, starts = [], [], [], [], [], []
-    for spec, position in zip(specs, positions):
+    for spec in specs:
         s = spec.input_set
         lower, upper = s.bounding_box()
         if not (np.all(np.isfinite(lower)) and np.all(np.isfinite(upper))):
             raise InputError("the attack needs a bounded input set: give the box finite bounds")
         eps = s.eps if isinstance(s, LpBall) else 0.0
         radius = np.full(lower.size, eps) if isinstance(s, LpBall) else (upper - lower) / 2
-        rng = np.random.default_rng([options.seed, position])
+        rng = np.random.default_rng(_entropy(spec, options.seed))
         x0 = _random_starts(spec, per_spec, rng)
         x0[at_center] = s.center
         for store, value in ((centers, s.center), (lowers, lower), (uppers, upper),
@@ -216,11 +226,11 @@ def _step(batch: _Batch, x: torch.Tensor, grad: torch.Tensor, size: float, k: in
     return torch.clamp(x, batch.lower, batch.upper)
 
 
-def _run_batch(net: Network, specs: Sequence[Specification], positions: Sequence[int],
+def _run_batch(net: Network, specs: Sequence[Specification],
                options: AttackOptions, device: torch.device, dtype: torch.dtype
                ) -> tuple[np.ndarray, int, int]:
     """PGD on one batch: (B, m, n) the torch-best point per row, forward passes, steps run."""
-    batch, x = _build_batch(specs, positions, options, device, dtype)
+    batch, x = _build_batch(specs, options, device, dtype)
     n_specs, m, per_spec = len(specs), batch.C.shape[1], batch.per_spec
     if m == 0:  # no rows: nothing to attack
         return np.zeros((n_specs, 0, x.shape[1])), 0, 0
@@ -288,8 +298,8 @@ def pgd_attack_many(net: Network, specs: Sequence[Specification],
                     options: Optional[AttackOptions] = None) -> list[AttackResult]:
     """PGD on every specification, batched by norm and row count; results replayed in float64.
 
-    Specification i draws its random starts from the seed (options.seed, i), so its result does
-    not depend on the batch it ran in (up to torch's float rounding)."""
+    A specification draws its random starts from the seed and its own content (`_entropy`), so
+    its result does not depend on the list or batch it came in (up to torch's float rounding)."""
     options = options or AttackOptions()
     _check(options)
     device = resolve_device(options.device)
@@ -302,8 +312,8 @@ def pgd_attack_many(net: Network, specs: Sequence[Specification],
         for first in range(0, len(indices), options.batch_size):
             chunk = indices[first:first + options.batch_size]
             t0 = time.perf_counter()
-            points, passes, steps_run = _run_batch(net, [specs[i] for i in chunk], chunk, options,
-                                                   device, dtype)
+            points, passes, steps_run = _run_batch(net, [specs[i] for i in chunk], options, device,
+                                                   dtype)
             for row, i in enumerate(chunk):
                 upper, row_points = _replay(net, specs[i], points[row])
                 worst = int(np.argmin(upper)) if upper.size else 0
@@ -362,7 +372,7 @@ def certify(net: Network, specs: Sequence[Specification],
             candidates=[result.best_x], time_s=result.time_s,
             cost={"forward_passes": result.forward_passes, "steps_run": result.steps_run,
                   "trajectories": trajectories, "device": str(device)},
-            details=details)
+            details=dict(details))
         if cert.status is not Status.NO:  # an attack never proves: MAYBE, even with no rows
             cert.status = Status.MAYBE
             cert.reason = (f"no counterexample found by PGD ({options.restarts} restarts x "
