@@ -12,6 +12,7 @@ the margin z_y - z_j. `robustness_spec` builds and validates that case from user
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from .errors import InputError
 
 NORMS = ("inf", "2", "1")
+_EPS64 = 2.0 ** -52
 _NORM_ALIASES = {
     "inf": "inf", "linf": "inf", "l_inf": "inf", "infinity": "inf", "max": "inf",
     "2": "2", "l2": "2", "l_2": "2", "1": "1", "l1": "1", "l_1": "1",
@@ -111,31 +113,50 @@ class LpBall:
         """A point of the set near x: radial shrink onto the ball, then clip into the box.
 
         Clipping keeps the point in the ball because the center lies in the box: each coordinate
-        only moves towards the center's. The ball is shrunk by a relative 1e-13 so that the real
-        point, not only its float64 rounding, lies inside.
+        only moves towards the center's. The float64 result is then pulled towards the center
+        until `contains` (an exact test) accepts it, so the real point lies in the set.
         """
         x = np.asarray(x, dtype=np.float64).reshape(-1)
         delta = x - self.center
-        radius = self.eps * (1 - 1e-13)
         if self.norm == "inf":
-            delta = np.clip(delta, -radius, radius)
+            delta = np.clip(delta, -self.eps, self.eps)
         else:
-            for _ in range(60):
-                size = lp_norm(delta, self.norm)
-                if size <= radius:
-                    break
-                if not np.isfinite(size):
-                    delta = np.zeros_like(delta)
-                    break
-                delta = delta * (radius / size) * (1 - 1e-15)
-        return np.clip(self.center + delta, self.lower, self.upper)
+            size = lp_norm(delta, self.norm)
+            if not np.isfinite(size):
+                delta = np.zeros_like(delta)
+            elif size > self.eps:
+                delta = delta * (self.eps / size)
+        for k in range(64):
+            point = np.clip(self.center + delta, self.lower, self.upper)
+            if self.contains(point):
+                return point
+            delta = delta * (1 - 2.0 ** (k - 52))  # shrink by 1, 2, 4, ... ulps, then more
+        return np.clip(self.center, self.lower, self.upper)
 
     def contains(self, x: np.ndarray) -> bool:
-        """Membership; the ball test allows float64 rounding of x - center (1e-12 relative)."""
+        """Exact membership of the float64 point x in the real set (rational arithmetic where
+        float64 cannot decide)."""
         x = np.asarray(x, dtype=np.float64).reshape(-1)
-        tolerance = 1e-12 * (self.eps + np.max(np.abs(self.center), initial=0.0))
-        return bool(lp_norm(x - self.center, self.norm) <= self.eps + tolerance
-                    and np.all(x >= self.lower) and np.all(x <= self.upper))
+        if not (np.all(x >= self.lower) and np.all(x <= self.upper)):
+            return False
+        delta = np.abs(x - self.center)
+        if self.norm == "inf":
+            # |x - c| in float64 is within half an ulp of the truth: decide clear cases in float.
+            unclear = np.flatnonzero(delta >= self.eps * (1 - 4 * _EPS64))
+            if np.any(delta > self.eps * (1 + 4 * _EPS64)):
+                return False
+            eps = Fraction(self.eps)
+            return all(abs(Fraction(x[i]) - Fraction(self.center[i])) <= eps for i in unclear)
+        size = lp_norm(delta, self.norm)
+        slack = 4 * (self.dim + 2) * _EPS64  # relative error of the float norm, generously
+        if size <= self.eps * (1 - slack):
+            return True
+        if size > self.eps * (1 + slack):
+            return False
+        diffs = [abs(Fraction(a) - Fraction(c)) for a, c in zip(x, self.center)]
+        if self.norm == "1":
+            return sum(diffs) <= Fraction(self.eps)
+        return sum(d * d for d in diffs) <= Fraction(self.eps) ** 2
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """n points of the set: uniform in the ball, plus extreme points (l_inf corners, l_1

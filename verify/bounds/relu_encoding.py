@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Optional, Sequence
 
 import highspy
@@ -36,8 +37,7 @@ import scipy.sparse as sp
 
 from ..network import AFFINE, Network, ReLU
 from ..spec import Box, InputSet, LpBall
-
-UNIT_ROUNDOFF = 2.0 ** -53
+from . import UNIT_ROUNDOFF
 NumpyBounds = tuple[np.ndarray, np.ndarray]  # (lower, upper) of one layer's flat output
 
 
@@ -164,6 +164,15 @@ class ReluProgram:
     @property
     def n_cols(self) -> int:
         return len(self.col_lower)
+
+    @cached_property
+    def abs_matrix_t(self) -> sp.csr_matrix:
+        """|A|^T, for rounding allowances."""
+        return abs(self.matrix).T.tocsr()
+
+    @cached_property
+    def max_col_nnz(self) -> int:
+        return int(np.diff(self.matrix.tocsc().indptr).max(initial=0)) if self.matrix.nnz else 0
 
     @property
     def n_rows(self) -> int:
@@ -325,9 +334,8 @@ def lagrangian_bound(program: ReluProgram, cost: np.ndarray, offset: float,
     rhs = np.where(np.isfinite(rhs), rhs, 0.0)
     row_terms = y * rhs
     reduced = cost - A.T @ y
-    col_nnz = np.diff(A.tocsc().indptr) if A.nnz else np.zeros(program.n_cols, dtype=np.int64)
-    reduced_error = cost_error + _gamma(int(col_nnz.max(initial=0)) + 1) * (
-        np.abs(cost) + abs(A).T @ np.abs(y))
+    reduced_error = cost_error + _gamma(program.max_col_nnz + 1) * (
+        np.abs(cost) + program.abs_matrix_t @ np.abs(y))
     lo, hi = program.col_lower, program.col_upper
     reach = np.maximum(np.abs(lo), np.abs(hi))
     col_terms = np.minimum(reduced * lo, reduced * hi)

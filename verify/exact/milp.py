@@ -16,10 +16,13 @@ Method:    neuron bounds interval -> CROWN -> (option `lp_tighten`) LP per neuro
            its sign is decided: a cutoff ("objective_bound") just above the tolerance prunes
            every node that cannot go below it, a callback interrupts once the dual bound clears
            the tolerance or an improving solution's float64 replay violates the property.
-Trusted:   HiGHS's MIP dual bound (branch and bound over LPs with feasibility tolerance
-           `mip_feasibility_tolerance`, 1e-6): a row counts as proved only when it exceeds that
-           tolerance. Rows proved by the LP screen rest on our own float64 Lagrangian bound.
-           Never trusted: the incumbent's objective; every candidate point is replayed in float64
+Trusted:   HiGHS's MIP dual bound and its "no point below the cutoff" (branch and bound over
+           LPs with feasibility tolerance `mip_feasibility_tolerance`, 1e-6; 1e-9 with
+           `exact_margins`): a row counts as proved only when its bound exceeds that tolerance.
+           A row proved through the cutoff reports margin_lower = the cutoff (2 x tolerance),
+           all that the stop proves; `exact_margins` gives the values. Rows proved by the LP
+           screen rest on our own float64 Lagrangian bound instead. Never trusted: the
+           incumbent's objective; every candidate point is replayed in float64
            (`verdict.certificate_from_bounds`), and only a replayed violation gives NO.
 Soundness: sound and complete up to the solver tolerance (YES or NO; MAYBE as said above).
 Reference: Tjeng, Xiao, Tedrake, "Evaluating Robustness of Neural Networks with Mixed Integer

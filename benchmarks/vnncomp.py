@@ -1,0 +1,73 @@
+"""VNN-COMP benchmarks with known answers, scored the competition's way.
+
+    python benchmarks/vnncomp.py [--bench acasxu mnist_fc] [--timeout-cap 30] [--limit N]
+
+Runs `verify vnncomp` (method auto) on ../shared/benchmarks/<bench>/instances.csv, loading time
+included, each instance capped at --timeout-cap seconds (the competition's own timeouts are
+116-120 s). Writes benchmarks/results/vnncomp_<bench>.csv (instance, result, time) and .md (counts,
+score, wrong answers, median times next to the competition tools' medians on the same instances,
+which ran on many-core machines with GPUs and include their start-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import verify  # noqa: E402
+from verify.vnncomp import run_instances, summary, write_results  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "benchmarks"
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def machine() -> str:
+    import os
+
+    return (f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"verify {verify.__version__}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bench", nargs="+", default=["acasxu", "mnist_fc"])
+    parser.add_argument("--timeout-cap", type=float, default=30.0)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for bench in args.bench:
+        instances = SHARED / bench / "instances.csv"
+        if not instances.is_file():
+            print(f"skip {bench}: {instances} not found")
+            continue
+        rows = run_instances(str(instances), "auto", args.timeout_cap, limit=args.limit)
+        write_results(rows, str(RESULTS / f"vnncomp_{bench}.csv"))
+        text = summary(rows)
+        by_prop: dict[str, list] = {}
+        for r in rows:
+            by_prop.setdefault(r.property if bench == "acasxu" else "all", []).append(r)
+        table = ["| property | instances | solved | wrong | median time (s) |", "|---|---|---|---|---|"]
+        for prop, group in sorted(by_prop.items()):
+            table.append(f"| {prop} | {len(group)} | "
+                         f"{sum(r.result in ('sat', 'unsat') for r in group)} | "
+                         f"{sum(r.score < 0 for r in group)} | "
+                         f"{statistics.median(r.time_s for r in group):.2f} |")
+        md = (f"# VNN-COMP {bench}: method auto, each instance capped at {args.timeout_cap:g} s\n\n"
+              f"Machine: {machine()}\n\n```\n{text}\n```\n\n" + "\n".join(table) + "\n")
+        (RESULTS / f"vnncomp_{bench}.md").write_text(md)
+        print(md)
+
+
+if __name__ == "__main__":
+    main()
