@@ -5,6 +5,8 @@ nets, exact projections, determinism."""
 from __future__ import annotations
 
 import numpy as np
+
+from verify.spec import lp_norm
 import pytest
 import torch
 
@@ -230,8 +232,13 @@ def test_steps_stay_in_the_set(norm):
         grad[rng.uniform(size=tuple(x.shape)) < 0.1] = 0.0
         x = _step(batch, x, grad, float(rng.choice([0.05, 0.5, 3.0])), int(rng.integers(1, 5)))
         for i, spec in enumerate(specs):
+            ball = spec.input_set
             for p in x[i * per_spec:(i + 1) * per_spec].numpy():
-                assert spec.input_set.contains(p), (t, i)
+                # Iterates are float points: in the set up to rounding (reported points are then
+                # projected exactly by verify.verdict).
+                assert lp_norm(p - ball.center, ball.norm) <= ball.eps * (1 + 1e-12), (t, i)
+                assert np.all(p >= ball.lower) and np.all(p <= ball.upper), (t, i)
+                assert ball.contains(ball.project(p))
 
 
 # --------------------------------------------------------------------------------------------

@@ -106,3 +106,35 @@ def test_certificate_table_mentions_every_class():
     assert text.startswith("MAYBE") and "reason: loose" in text
     assert "(label)" in text and "-0.5" in text and "-0.25" in text
     assert "l_inf ball of radius 0.05" in text
+
+
+def test_no_counterexample_outside_the_real_ball():
+    """The margin (1 + u) - x is > 0 on the whole ball [1 - 0.75u, 1 + 0.75u]; the float point
+    1 + u lies just outside it. No method may return it as a NO."""
+    import verify
+    from verify import Dense, Network
+
+    u = 2.0 ** -52
+    net = Network([Dense(np.array([[1.0], [0.0]]), np.array([0.0, 1.0 + u]), (1,), (2,))], (1,))
+    for method in ("attack", "ibp", "crown", "lp", "milp", "bab"):
+        options = {"timeout": 2.0} if method in ("milp", "bab") else {}
+        cert = verify.certify(net, [1.0], 1, 0.75 * u, "inf", method, **options)
+        assert cert.status is not Status.NO, method
+
+
+@pytest.mark.parametrize("norm", ["inf", "2", "1"])
+def test_projection_is_exactly_inside(norm):
+    from fractions import Fraction
+
+    rng = np.random.default_rng(3)
+    center = rng.uniform(0.5, 1.0, size=200)
+    for eps in (1e-12, 1e-9, 0.3):
+        ball = LpBall(center, eps, norm)
+        for _ in range(5):
+            p = ball.project(center + rng.normal(size=200))
+            diffs = [abs(Fraction(a) - Fraction(c)) for a, c in zip(p, center)]
+            size = {"inf": max(diffs), "1": sum(diffs)}.get(norm)
+            if norm == "2":
+                assert sum(d * d for d in diffs) <= Fraction(eps) ** 2
+            else:
+                assert size <= Fraction(eps)

@@ -152,3 +152,31 @@ def test_cli_vnnlib_errors(tmp_path, capsys, shared_benchmarks):
     code = main(["vnnlib", str(model), str(shared_benchmarks / "acasxu/vnnlib/prop_1.vnnlib"),
                  "--timeout", "0"])
     assert code == 2 and "--timeout must be > 0" in capsys.readouterr().err
+
+
+def test_disjunct_without_output_constraint_is_sat():
+    from verify import Dense, Network
+
+    net = Network([Dense(np.eye(2), np.zeros(2), (2,), (2,))], (2,))
+    query = parse_vnnlib(
+        "(declare-const X_0 Real)(declare-const X_1 Real)(declare-const Y_0 Real)"
+        "(declare-const Y_1 Real)(assert (>= X_0 0))(assert (<= X_0 1))(assert (>= X_1 0))"
+        "(assert (<= X_1 1))(assert (or (and (<= X_0 0.5)) (and (<= Y_0 -5))))")
+    for method in ("auto", "bab", "crown", "milp"):
+        result = solve(net, query, method, timeout=10)
+        assert result.result == "sat" and query.violated_by(*result.counterexample), method
+
+
+def test_multi_row_disjunct_respects_solver_tolerance():
+    """Y_0 <= -5e-7 and Y_1 <= 0.5 over [0, 1]^2 with f(x) = (x0, x1, 0): the minimum of the
+    first row is 5e-7, below HiGHS' 1e-6 tolerance: the MILP may not call it unsat."""
+    from verify import Dense, Network
+
+    net = Network([Dense(np.array([[1.0, 0], [0, 1.0], [0, 0]]), np.zeros(3), (2,), (3,))], (2,))
+    query = parse_vnnlib(
+        "".join(f"(declare-const X_{i} Real)" for i in range(2))
+        + "".join(f"(declare-const Y_{j} Real)" for j in range(3))
+        + "(assert (>= X_0 0))(assert (<= X_0 1))(assert (>= X_1 0))(assert (<= X_1 1))"
+        "(assert (<= Y_0 -5e-7))(assert (<= Y_1 0.5))")
+    assert solve(net, query, "milp", timeout=10).result != "unsat"
+    assert solve(net, query, "bab", timeout=10).result == "unsat"  # exact arithmetic bound

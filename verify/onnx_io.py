@@ -10,9 +10,11 @@ y = s * x + t and are folded exactly into the neighbouring Dense or Conv2d layer
   are constant per channel;
 - else into the next Dense (W' = W diag(s), b' = b + W t), or the next Conv2d when s is per
   channel and t is zero (or per channel with no padding: zero padding would see t otherwise);
-- else as an explicit diagonal Dense layer, which is exact too.
+- else as an explicit diagonal Dense layer.
 
-Anything else is refused with `UnsupportedModelError`, never approximated.
+Folding is exact up to the float64 rounding of the folded weights (~1e-16 relative; the network
+certified is this float64 one). Anything else is refused with `UnsupportedModelError`, never
+approximated.
 """
 
 from __future__ import annotations
@@ -282,7 +284,11 @@ class _GraphReader:
             raise self.fail(node, "the variable must be the data input X")
         if attrs.get("spatial", 1) != 1 or attrs.get("training_mode", 0) != 0:
             raise self.fail(node, "only inference mode with spatial=1 is supported")
+        if len(builder.shape) < 2:
+            raise self.fail(node, f"input of shape {builder.shape} has no channel axis")
         scale, bias, mean, var = (np.asarray(v, dtype=np.float64) for v in inputs[1:5])
+        if not scale.shape == bias.shape == mean.shape == var.shape == (builder.shape[1],):
+            raise self.fail(node, f"parameters do not match the {builder.shape[1]} channels")
         s = scale / np.sqrt(var + attrs.get("epsilon", 1e-5))
         t = bias - mean * s
         channel_shape = (1, len(s)) + (1,) * (len(builder.shape) - 2)

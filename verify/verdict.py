@@ -75,11 +75,11 @@ def certificate_from_bounds(net: Network, spec: Specification, method: str,
         if counterexample is None or checked[2].min() < counterexample[2].min():
             counterexample = checked
 
-    if counterexample is not None:
+    if counterexample is not None:  # a replayed point beats any reason the caller gave
         status = Status.NO
         worst = int(np.argmin(counterexample[2]))
-        reason = reason or (f"counterexample found: {_row_name(spec, worst)} reaches "
-                            f"{counterexample[2][worst]:.6g} <= 0 (float64 forward pass)")
+        reason = (f"counterexample found: {_row_name(spec, worst)} reaches "
+                  f"{counterexample[2][worst]:.6g} <= 0 (float64 forward pass)")
     elif np.all(lower > yes_tolerance):
         status, reason = Status.YES, ""
     else:
@@ -105,5 +105,6 @@ def certificate_from_bounds(net: Network, spec: Specification, method: str,
         counterexample=None if counterexample is None else counterexample[0].tolist(),
         counterexample_logits=None if counterexample is None else counterexample[1].tolist(),
         reason=reason, time_s=time_s, domain=domain, model=f"{net.name}@{net.fingerprint()}",
-        cost=cost or {}, details=details or {},
+        cost=cost or {},
+        details={**(details or {}), **({"yes_tolerance": yes_tolerance} if yes_tolerance else {})},
     )

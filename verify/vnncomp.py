@@ -72,7 +72,9 @@ def _solve_with_certifier(net: Network, query: VnnlibQuery, method: str, deadlin
             if found is not None:
                 return QueryResult("sat", found, method=method)
         lower = np.array([-np.inf if v is None else v for v in cert.margin_lower])
-        refuted = cert.proved if rows == 1 else bool(np.max(lower) > 0)
+        # A solver's bound counts only above its tolerance, as in the certificate's own YES.
+        tolerance = cert.details.get("yes_tolerance", 0.0)
+        refuted = cert.proved if rows == 1 else bool(np.max(lower) > tolerance)
         if not refuted:
             open_reasons.append(cert.reason or "not proved")
     if not open_reasons:
@@ -116,6 +118,12 @@ def solve(net: Network, query: VnnlibQuery, method: str = "auto", timeout: float
         raise InputError(f"timeout must be > 0 seconds, got {timeout}")
     query.check_sizes(net.input_size, net.output_size)
     deadline = t0 + timeout
+    for case in query.cases:  # a disjunct without output constraints: the box itself violates
+        if any(len(d.A) == 0 for d in case.disjuncts):
+            found = replay(net, query, case.box.center)
+            if found is not None:
+                return QueryResult("sat", found, time.perf_counter() - t0, method,
+                                   "the violation has no output constraint")
     if method == "bab" or (method == "auto" and net.input_size <= BAB_MAX_INPUTS):
         result = _solve_bab(net, query, deadline, options)
     elif method == "auto":

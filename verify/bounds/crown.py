@@ -56,6 +56,9 @@ class ReluRelaxation:
 
 def relu_relaxation(lower: Tensor, upper: Tensor) -> ReluRelaxation:
     """CROWN's relaxation of relu on [lower, upper] (B, n), sound in real arithmetic."""
+    # A NaN bound (inf - inf upstream) means "unknown": widen it to -inf / +inf.
+    lower = torch.nan_to_num(lower, nan=float("-inf"))
+    upper = torch.nan_to_num(upper, nan=float("inf"))
     unstable = (lower < 0) & (upper > 0)
     active = (lower >= 0).to(lower.dtype)
     neg_l = torch.where(unstable, -lower, torch.ones_like(lower))  # -l > 0; placeholder if stable

@@ -125,6 +125,7 @@ def tighten_with_lp(net: Network, input_set: InputSet, bounds: Sequence[NumpyBou
         program = build_program(prefix, input_set, bounds[:k + 1], TRIANGLE)
         solver = RowSolver(program)
         for i in unstable:
+            before = (lo[i], up[i])
             for sign in (1.0, -1.0):
                 c = np.zeros(len(lo))
                 c[i] = sign
@@ -134,8 +135,8 @@ def tighten_with_lp(net: Network, input_set: InputSet, bounds: Sequence[NumpyBou
                     lo[i] = max(lo[i], result.lower)
                 else:
                     up[i] = min(up[i], -result.lower)
-            if lo[i] > up[i]:  # only rounding can cross them; keep a valid (wider) interval
-                lo[i] = up[i] = (lo[i] + up[i]) / 2
+            if lo[i] > up[i]:  # crossed: one of the two LPs is wrong; keep the earlier bounds
+                lo[i], up[i] = before
     for k in range(1, len(net.layers)):
         _interval_refine(net, bounds, k)
     return bounds, n_lps

@@ -35,6 +35,7 @@ import highspy
 import numpy as np
 import scipy.sparse as sp
 
+from ..errors import InputError
 from ..network import AFFINE, Network, ReLU
 from ..spec import Box, InputSet, LpBall
 from . import UNIT_ROUNDOFF
@@ -376,8 +377,9 @@ def to_highs(program: ReluProgram, relax: bool = False, options: Optional[dict] 
         int(highspy.ObjSense.kMinimize), 0.0, np.zeros(program.n_cols), program.col_lower,
         program.col_upper, program.row_lower, program.row_upper, A.indptr.astype(np.int32),
         A.indices.astype(np.int32), A.data.astype(np.float64), integrality)
-    if status != highspy.HighsStatus.kOk:  # pragma: no cover - the builder's output is valid
-        raise RuntimeError(f"HiGHS refused the model ({status})")
+    if status != highspy.HighsStatus.kOk:  # infinite or overflowing bounds and coefficients
+        raise InputError("HiGHS refused the model: the input set or the neuron bounds are "
+                         "unbounded or too large (give a finite domain and a smaller eps)")
     return highs
 
 
