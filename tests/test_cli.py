@@ -186,3 +186,31 @@ def test_methods_lists_every_certifier(capsys):
     names = [line.split()[0] for line in out.splitlines()]
     assert names == sorted(["alpha-crown", "attack", "bab", "crown", "ibp", "lp", "milp",
                             "smoothing"])
+
+
+def test_export_lp_agrees_with_milp(capsys, tmp_path, digits_mlp_path, digits_test):
+    import highspy
+
+    import verify
+
+    xs, ys = digits_test
+    x, y = xs[4], int(ys[4])
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "model.lp"
+    code, printed, _ = run(capsys, "export", digits_mlp_path, "--input", tmp_path / "x.npy",
+                           "--label", y, "--eps", 0.02, "--against", 3, "--out", out)
+    assert code == 0 and out.is_file() and not list(tmp_path.glob("*.part"))
+    assert "z_7 - z_3" in printed or f"z_{y} - z_3" in printed
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.readModel(str(out))
+    h.run()
+    exact = verify.certify(verify.load_onnx(digits_mlp_path), x, y, 0.02, "inf", "milp",
+                           (0, 1), exact_margins=True)
+    assert h.getInfo().objective_function_value == pytest.approx(exact.margin_lower[3], abs=1e-5)
+    code, _, err = run(capsys, "export", digits_mlp_path, "--input", tmp_path / "x.npy",
+                       "--label", y, "--eps", 0.05, "--against", y, "--out", out)
+    assert code == 2 and "--against" in err
+    code, _, err = run(capsys, "export", digits_mlp_path, "--input", tmp_path / "x.npy",
+                       "--label", y, "--eps", 0.05, "--norm", "2", "--out", tmp_path / "l2.lp")
+    assert code == 2 and "l_2" in err and not (tmp_path / "l2.lp").exists()

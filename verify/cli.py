@@ -165,6 +165,40 @@ def _write_atomically(path: str, text: str) -> None:
     tmp.replace(out)
 
 
+def cmd_export(args) -> int:
+    """The MILP (or its LP relaxation) of one margin row as a readable .lp / .mps file."""
+    from .exact.milp import export_model
+    from .spec import robustness_spec
+
+    net = load_onnx(args.model)
+    x = read_input(args.input)
+    spec = robustness_spec(net.input_size, net.output_size, x, args.label, args.eps, args.norm,
+                           parse_domain(args.domain, args.model))
+    if args.against is None:  # the runner-up class at the input: the margin most at risk
+        logits = net.forward(x)
+        against = int(max((j for j in range(net.output_size) if j != args.label),
+                          key=lambda j: logits[j]))
+    else:
+        against = args.against
+    if against not in spec.output.row_class:
+        raise InputError(f"--against {against} is not a class other than the label "
+                         f"(0..{net.output_size - 1})")
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise InputError(f"{args.out}: the folder {out.parent} does not exist")
+    tmp = out.with_name(out.name + ".part")
+    try:
+        export_model(net, spec, tmp, relax=args.relax, format=args.format,
+                     row=spec.output.row_class.index(against))
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    kind = "LP relaxation" if args.relax else "MILP"
+    print(f"wrote the {kind} of min z_{args.label} - z_{against} over the l_{args.norm} ball "
+          f"of radius {args.eps:g} to {out} ({args.format})")
+    return 0
+
+
 def cmd_vnnlib(args) -> int:
     from .vnncomp import solve_files
 
@@ -277,6 +311,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="ibp")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("export", help="write the MILP (or LP relaxation) of a margin as .lp/.mps")
+    p.add_argument("model")
+    p.add_argument("--input", required=True)
+    p.add_argument("--label", required=True, type=int)
+    p.add_argument("--eps", required=True, type=float)
+    p.add_argument("--norm", default="inf", help="inf or 1 (l_2 needs a cone: not a MILP)")
+    p.add_argument("--domain", default=None)
+    p.add_argument("--against", type=int, default=None,
+                   help="the competing class j of the margin z_label - z_j (default: runner-up)")
+    p.add_argument("--format", default="lp", choices=["lp", "mps"])
+    p.add_argument("--relax", action="store_true", help="the LP relaxation (triangle) instead")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("vnnlib", help="answer a VNN-LIB property: sat, unsat, unknown, timeout")
     p.add_argument("model")
