@@ -37,6 +37,7 @@ METHODS: list[tuple[str, dict]] = [
     ("ibp", {}),
     ("crown", {}),
     ("alpha-crown", {"early_stop": False}),  # all steps for every input: tightness, not speed
+    ("lp", {}),
 ]
 DIGITS_EPS = [0.01, 0.02, 0.03, 0.05, 0.08]
 MNIST_EPS = [0.01, 0.02, 0.03, 0.05]

@@ -5,10 +5,11 @@ Accepts:   Network; input set = a box (or an l_inf ball ∩ box); a violation re
 Returns:   Certificate (robustness) or `BabResult` (VNN-LIB): proved, counterexample, or unknown
            when the time or box budget runs out.
 Method:    keep a stack of sub-boxes per disjunct. Each round bounds a batch of them with CROWN
-           (or IBP) at once: a box is discarded when some row of A f(x) - b has a lower bound
-           > 0 there (the conjunction cannot hold). Every box's center is tried as a
-           counterexample. The rest are split in two along the input whose
-           |gradient of the best row| x width is largest, and pushed back.
+           (or IBP) at once, best first: a box is discarded when some row of A f(x) - b has a
+           lower bound > 0 there (the conjunction cannot hold). A short PGD from the centers of
+           the most suspicious boxes looks for a counterexample. The rest are split in two along
+           the input whose halving raises the bound most to first order (the bound's gradient
+           with respect to the box's ends, times the width), and pushed back.
 Soundness: sound and complete for boxes: a sub-box is dropped only when its bound proves it; a
            counterexample is replayed by the float64 forward pass. Terminates (for a property
            that holds strictly, or fails strictly) as boxes shrink, within budget.
@@ -54,25 +55,36 @@ class BabResult:
     time_s: float = 0.0
 
 
-def bound_function(name: str):
+def bound_and_split_scores(net: Network, lower: torch.Tensor, upper: torch.Tensor,
+                           A: torch.Tensor, b: torch.Tensor, bounds: str
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower bounds (B, rows) of A f(x) - b on each box, and per input a split score.
+
+    The score of input i is (dL/dlower_i - dL/dupper_i) x width_i for L = the box's best row
+    bound: to first order, how much halving the box along i raises the bound (the bound is
+    differentiable in the box, through the intermediate bounds too). The bounds themselves are
+    the same numbers `crown.margin_lower_bounds` / `ibp.margin_lower_bounds` compute."""
     from ..bounds import crown, ibp
 
-    table = {"crown": crown.margin_lower_bounds, "ibp": ibp.margin_lower_bounds}
-    if name not in table:
-        raise InputError(f"unknown bounds '{name}' for bab: use one of {', '.join(table)}")
-    return table[name]
-
-
-def _split_scores(net: Network, A: torch.Tensor, b: torch.Tensor, lower: torch.Tensor,
-                  upper: torch.Tensor, row_lower: torch.Tensor) -> torch.Tensor:
-    """|d(best row)/dx| x width at each box center: which input to split."""
-    center = ((lower + upper) / 2).requires_grad_(True)
-    values = net.torch_forward(center) @ A.T - b  # (B, rows)
-    best = row_lower.argmax(dim=1)
-    chosen = values.gather(1, best[:, None]).sum()
-    (grad,) = torch.autograd.grad(chosen, center)
-    width = upper - lower
-    return grad.abs() * width + 1e-12 * width  # widest side breaks ties (and zero gradients)
+    if bounds not in ("crown", "ibp"):
+        raise InputError(f"unknown bounds '{bounds}' for bab: use crown or ibp")
+    lower = lower.detach().clone().requires_grad_(True)
+    upper = upper.detach().clone().requires_grad_(True)
+    take = len(lower)
+    batch = InputBatch(lower=lower, upper=upper, center=(lower + upper) / 2,
+                       eps=torch.zeros(take, dtype=lower.dtype, device=lower.device), norm="box",
+                       C=A.expand(take, -1, -1), d=b.expand(take, -1))
+    with torch.enable_grad():
+        interval = ibp.layer_bounds(net, batch)
+        row_lower = ibp.margin_bounds(net, batch, interval)[0]
+        if bounds == "crown":  # CROWN's margin bound over CROWN's neuron bounds, within IBP's
+            neuron, _ = crown.propagate(net, batch, interval, include_last=False)
+            row_lower = torch.maximum(row_lower, crown.margin_lower_from(net, batch, neuron))
+        best = row_lower.max(dim=1).values
+        grad_lower, grad_upper = torch.autograd.grad(best.sum(), (lower, upper))
+    width = (upper - lower).detach()
+    scores = (grad_lower - grad_upper) * width + 1e-12 * width  # ties: the widest side
+    return row_lower.detach(), scores.nan_to_num(0.0)
 
 
 def falsify(net: Network, lower: torch.Tensor, upper: torch.Tensor, A: torch.Tensor,
@@ -120,7 +132,8 @@ class BoxSearch:
                  options: BaBOptions, check=None):
         self.net, self.options, self.check = net, options, check
         self.device = resolve_device(options.device)
-        self.bound = bound_function(options.bounds)
+        if options.bounds not in ("crown", "ibp"):
+            raise InputError(f"unknown bounds '{options.bounds}' for bab: use crown or ibp")
         self.A = torch.as_tensor(A, dtype=torch.float64, device=self.device)
         self.b = torch.as_tensor(b, dtype=torch.float64, device=self.device)
         self.lower = torch.as_tensor(box.lower, dtype=torch.float64, device=self.device)[None]
@@ -151,11 +164,8 @@ class BoxSearch:
         lo, up = self.lower[chosen], self.upper[chosen]
         self.lower, self.upper, self.priority = self.lower[rest], self.upper[rest], \
             self.priority[rest]
-        batch = InputBatch(lower=lo, upper=up, center=(lo + up) / 2,
-                           eps=torch.zeros(take, dtype=torch.float64, device=self.device),
-                           norm="box", C=self.A.expand(take, -1, -1), d=self.b.expand(take, -1))
-        with torch.no_grad():
-            row_lower, _ = self.bound(self.net, batch)
+        row_lower, scores = bound_and_split_scores(self.net, lo, up, self.A, self.b,
+                                                   self.options.bounds)
         result.boxes += take
         result.passes += 1
         best_row = row_lower.max(dim=1).values
@@ -167,7 +177,7 @@ class BoxSearch:
             if not len(self.lower):
                 result.status = "unsat"
             return
-        lo, up, row_lower, best_row = lo[keep], up[keep], row_lower[keep], best_row[keep]
+        lo, up, best_row, scores = lo[keep], up[keep], best_row[keep], scores[keep]
         # Counterexample search from the centers of the most suspicious boxes left (short PGD
         # inside each box; a candidate is replayed in float64 by `check`).
         suspicious = torch.argsort(best_row)[:128]
@@ -176,7 +186,6 @@ class BoxSearch:
         if value <= 0 and (self.check is None or self.check(x.cpu().numpy())):
             result.status, result.counterexample = "sat", x.cpu().numpy()
             return
-        scores = _split_scores(self.net, self.A, self.b, lo, up, row_lower)
         dim = scores.argmax(dim=1)
         mid = ((lo + up) / 2).gather(1, dim[:, None]).squeeze(1)
         up_left, lo_right = up.clone(), lo.clone()
