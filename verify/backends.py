@@ -105,37 +105,36 @@ def certify(net: Network, x, label: int, eps: float, norm="inf", method: str = "
 _loaded = False
 
 
+# name -> (module, entry function, options class, one-line summary), imported on first use.
+BUILTIN = {
+    "ibp": ("verify.bounds.ibp", "certify", "IBPOptions",
+            "interval bound propagation: fastest, loosest (sound, incomplete)"),
+    "crown": ("verify.bounds.crown", "certify", "CROWNOptions",
+              "linear bound propagation (CROWN): tighter than IBP (sound, incomplete)"),
+    "alpha-crown": ("verify.bounds.alpha_crown", "certify", "AlphaCROWNOptions",
+                    "CROWN with optimised ReLU slopes: tighter, slower (sound, incomplete)"),
+    "lp": ("verify.bounds.lp", "certify", "LPOptions",
+           "triangle LP relaxation on HiGHS (l_2: Clarabel): tighter, slower (sound, incomplete)"),
+    "milp": ("verify.exact.milp", "certify", "MILPOptions",
+             "big-M MILP on HiGHS: exact, YES or NO (l_inf, l_1; MAYBE only on timeout)"),
+    "bab": ("verify.exact.bab", "certify", "BaBOptions",
+            "branch and bound over input boxes with CROWN: complete for few inputs (l_inf, box)"),
+    "attack": ("verify.attack", "certify", "AttackOptions",
+               "PGD attack with random restarts: finds counterexamples (NO or MAYBE, never YES)"),
+    "smoothing": ("verify.smoothing.certify", "run", "SmoothingOptions",
+                  "randomized smoothing (CERTIFY): certifies the smoothed classifier g at "
+                  "confidence 1 - alpha"),
+}
+
+
 def _load_builtin() -> None:
     """Register the certifiers shipped with the package (import on first use)."""
     global _loaded
     if _loaded:
         return
     _loaded = True
-    from . import attack
+    import importlib
 
-    register("attack", attack.certify, attack.AttackOptions,
-             "PGD attack with random restarts: finds counterexamples (NO or MAYBE, never YES)")
-    from .bounds import alpha_crown, crown, ibp
-
-    register("ibp", ibp.certify, ibp.IBPOptions,
-             "interval bound propagation: fastest, loosest (sound, incomplete)")
-    register("crown", crown.certify, crown.CROWNOptions,
-             "linear bound propagation (CROWN): tighter than IBP (sound, incomplete)")
-    register("alpha-crown", alpha_crown.certify, alpha_crown.AlphaCROWNOptions,
-             "CROWN with optimised ReLU slopes: tighter, slower (sound, incomplete)")
-    from .smoothing import certify as smoothing
-
-    register("smoothing", smoothing.run, smoothing.SmoothingOptions,
-             "randomized smoothing (CERTIFY): certifies the smoothed classifier g at "
-             "confidence 1 - alpha")
-    from .bounds import lp
-    from .exact import milp
-
-    register("lp", lp.certify, lp.LPOptions,
-             "triangle LP relaxation on HiGHS (l_2: Clarabel): tighter, slower (sound, incomplete)")
-    register("milp", milp.certify, milp.MILPOptions,
-             "big-M MILP on HiGHS: exact, YES or NO (l_inf, l_1; MAYBE only on timeout)")
-    from .exact import bab
-
-    register("bab", bab.certify, bab.BaBOptions,
-             "branch and bound over input boxes with CROWN: complete for few inputs (l_inf, box)")
+    for name, (module_name, function, options_name, summary) in BUILTIN.items():
+        module = importlib.import_module(module_name)
+        register(name, getattr(module, function), getattr(module, options_name), summary)
