@@ -34,7 +34,7 @@ def validated_counterexample(net: Network, spec: Specification, x: np.ndarray
     return x, logits, values
 
 
-def _per_class(spec: Specification, rows: np.ndarray, n_classes: int) -> list[Optional[float]]:
+def per_class(spec: Specification, rows: np.ndarray, n_classes: int) -> list[Optional[float]]:
     """Row values as a per-class list (None at the label) for robustness; else row order."""
     if spec.label is None or any(j is None for j in spec.output.row_class):
         return [float(v) for v in rows]
@@ -100,8 +100,8 @@ def certificate_from_bounds(net: Network, spec: Specification, method: str,
         status=status, method=method, label=spec.label,
         norm=ball.norm if isinstance(ball, LpBall) else "box",
         eps=ball.eps if isinstance(ball, LpBall) else 0.0,
-        margin_lower=_per_class(spec, lower, n_classes),
-        margin_upper=_per_class(spec, upper, n_classes),
+        margin_lower=per_class(spec, lower, n_classes),
+        margin_upper=per_class(spec, upper, n_classes),
         counterexample=None if counterexample is None else counterexample[0].tolist(),
         counterexample_logits=None if counterexample is None else counterexample[1].tolist(),
         reason=reason, time_s=time_s, domain=domain, model=f"{net.name}@{net.fingerprint()}",

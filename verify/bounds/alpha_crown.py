@@ -30,7 +30,7 @@ import torch
 from ..certificate import Certificate
 from ..network import Network, ReLU, resolve_device
 from ..spec import LpBall, Specification
-from ..verdict import _per_class
+from ..verdict import per_class
 from . import InputBatch, certify_with_bounds
 from . import crown, ibp
 from .ibp import Bounds
@@ -141,7 +141,7 @@ def certify(net: Network, specs: Sequence[Specification], options: AlphaCROWNOpt
             certs = certify_with_bounds(net, [specs[i] for i in chunk], "alpha-crown",
                                         margin_lower, device, len(chunk))
             for row, (i, cert) in enumerate(zip(chunk, certs)):
-                cert.details["crown_margin_lower"] = _per_class(
+                cert.details["crown_margin_lower"] = per_class(
                     specs[i], recorded["crown"][row], net.output_size)
                 cert.details["steps"] = options.steps
                 cert.details["lr"] = options.lr
