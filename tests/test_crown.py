@@ -19,6 +19,7 @@ from verify import certify, certify_batch, certify_specs, load_onnx, robustness_
 from verify.bounds import InputBatch, ibp
 from verify.bounds import crown
 from verify.certificate import Certificate
+from verify.errors import InputError
 
 CPU = torch.device("cpu")
 
@@ -535,3 +536,21 @@ def test_zero_radius_bound_is_below_the_exact_rational_margin():
         floats = spec.output.values(net.forward(x))
         overshoots += sum(Fraction(f) > e for f, e in zip(floats, exact))
     assert overshoots > 0  # so the allowance is doing work here
+
+
+@pytest.mark.parametrize("norm", ["inf", "2", "1"])
+def test_crown_ibp_variant_is_sound_and_not_looser_than_ibp(norm, digits_mlp_path, digits_test):
+    """intermediate="ibp" (CROWN-IBP): interval neuron bounds, one backward pass from C."""
+    net = load_onnx(digits_mlp_path)
+    xs, ys = digits_test
+    eps = {"inf": 0.03, "2": 0.3, "1": 1.0}[norm]
+    for x, y in zip(xs[:5], ys[:5]):
+        spec = robustness_spec(64, 10, x, int(y), eps, norm, (0, 1))
+        cheap = certify_specs(net, [spec], "crown", intermediate="ibp")[0]
+        interval = certify_specs(net, [spec], "ibp")[0]
+        lo = np.array([v for v in cheap.margin_lower if v is not None])
+        lo_ibp = np.array([v for v in interval.margin_lower if v is not None])
+        assert np.all(lo >= lo_ibp - 1e-12)
+        assert np.all(sampled_margins(net, spec, 1000).min(axis=0) >= lo - 1e-12)
+    with pytest.raises(InputError, match="unknown intermediate bounds"):
+        certify_specs(net, [spec], "crown", intermediate="lp")
