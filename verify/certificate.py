@@ -59,7 +59,7 @@ class Certificate:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["status"] = self.status.value
-        return _encode(out)
+        return json_safe(out)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Certificate":
@@ -117,16 +117,17 @@ def _short(values: list[float], k: int = 8) -> str:
     return f"[{shown}{', ...' if len(values) > k else ''}] ({len(values)} values)"
 
 
-def _encode(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """Floats made JSON-safe (inf/nan as strings), recursively; numpy scalars as Python."""
     if isinstance(value, float):
         return value if math.isfinite(value) else ("nan" if math.isnan(value) else
                                                    ("inf" if value > 0 else "-inf"))
     if isinstance(value, dict):
-        return {k: _encode(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_encode(v) for v in value]
+        return [json_safe(v) for v in value]
     if hasattr(value, "item") and hasattr(value, "dtype"):  # numpy scalars
-        return _encode(value.item())
+        return json_safe(value.item())
     return value
 
 

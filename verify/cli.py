@@ -175,6 +175,49 @@ def _write_atomically(path: str, text: str) -> None:
     tmp.replace(out)
 
 
+def cmd_compare(args) -> int:
+    from .compare import compare, compare_one, format_table, plot_curves, write_json
+
+    net = load_onnx(args.model)
+    domain = parse_domain(args.domain, args.model)
+    for method in args.methods:
+        get_backend(method)
+    if args.input is not None:
+        if args.label is None:
+            raise InputError("--input needs --label")
+        table, _ = compare_one(net, read_input(args.input), args.label, args.eps[0], args.norm,
+                               args.methods, domain)
+        print(table)
+        return 0
+    data_path = Path(args.data) if args.data else bundled_model()[1]
+    if not data_path.is_file():
+        raise InputError(f"{data_path}: no such data file (an .npz with arrays x and y)")
+    try:
+        data = np.load(data_path)
+        xs, ys = np.asarray(data["x"], dtype=np.float64), np.asarray(data["y"])
+    except (OSError, ValueError, KeyError):
+        raise InputError(f"{data_path}: needs an .npz with arrays x and y") from None
+    if args.n < 1:
+        raise InputError(f"--n must be at least 1, got {args.n}")
+    if xs[0].size != net.input_size:
+        raise InputError(f"{data_path}: inputs have {xs[0].size} values, the network expects "
+                         f"{net.input_size}")
+    xs, ys = xs[: args.n], ys[: args.n]
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    rows, records = compare(net, xs, ys, args.eps, args.norm, args.methods, domain,
+                            out / "compare.csv" if out else None,
+                            progress=lambda text: print(text, file=sys.stderr, flush=True))
+    print(format_table(rows))
+    if out is not None:
+        write_json(rows, records, out / "compare.json")
+        drawn = plot_curves(rows, out / "compare.png", f"{net.name}, l_{args.norm}")
+        print(f"wrote {out / 'compare.csv'}, {out / 'compare.json'}"
+              + (f", {out / 'compare.png'}" if drawn else " (no plot: matplotlib missing)"))
+    return 0
+
+
 def cmd_export(args) -> int:
     """The MILP (or its LP relaxation) of one margin row as a readable .lp / .mps file."""
     from .exact.milp import export_model
@@ -321,6 +364,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=["ibp", "crown", "milp"])
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("compare", help="certifiers side by side on the same inputs")
+    p.add_argument("model")
+    p.add_argument("--eps", type=float, nargs="+", required=True)
+    p.add_argument("--norm", default="inf")
+    p.add_argument("--methods", nargs="+", default=["ibp", "crown", "alpha-crown", "milp",
+                                                     "attack"])
+    p.add_argument("--n", type=int, default=100, help="number of inputs (default 100)")
+    p.add_argument("--data", default=None,
+                   help=".npz with arrays x, y (default: the bundled digits test split)")
+    p.add_argument("--domain", default=None)
+    p.add_argument("--out", default=None, help="folder for compare.csv, .json, .png")
+    p.add_argument("--input", default=None, help="one input: per-class margins side by side")
+    p.add_argument("--label", type=int, default=None)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("export", help="write the MILP (or LP relaxation) of a margin as .lp/.mps")
     p.add_argument("model")

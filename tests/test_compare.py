@@ -1,0 +1,87 @@
+"""verify compare: the same inputs through every certifier; the ordering law on the counts."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from verify import load_onnx
+from verify.cli import main
+from verify.compare import compare, compare_one
+
+
+def test_counts_obey_the_ordering_law(tmp_path, digits_mlp_path, digits_test):
+    net = load_onnx(digits_mlp_path)
+    xs, ys = digits_test
+    out = tmp_path / "rows.csv"
+    rows, records = compare(net, xs[:15], ys[:15], [0.02, 0.05], "inf",
+                            ["ibp", "crown", "milp", "attack"], (0, 1), out)
+    misclassified = int(np.sum(net.forward(xs[:15]).argmax(1) != ys[:15]))
+    for eps in (0.02, 0.05):
+        r = {row["method"]: row for row in rows if row["eps"] == eps}
+        assert r["ibp"]["yes"] <= r["crown"]["yes"] <= r["milp"]["yes"]
+        assert r["milp"]["maybe"] == 0  # exact: YES or NO
+        assert r["attack"]["no"] <= r["milp"]["no"] and r["attack"]["yes"] == 0
+        assert r["crown"]["robust_accuracy"] <= r["milp"]["robust_accuracy"] \
+            <= r["attack"]["robust_accuracy"]
+        assert r["ibp"]["no"] == r["crown"]["no"] == misclassified  # relaxations: NO = input
+    # Per input: never YES from one method and NO from another.
+    by_input: dict = {}
+    for rec in records:
+        by_input.setdefault((rec["eps"], rec["index"]), set()).add(rec["status"])
+    assert all(not {"YES", "NO"} <= statuses for statuses in by_input.values())
+    with open(out) as fh:
+        assert len(list(csv.reader(fh))) == 1 + len(rows)
+
+
+def test_interrupted_run_keeps_finished_rows(tmp_path, digits_mlp_path, digits_test):
+    net = load_onnx(digits_mlp_path)
+    xs, ys = digits_test
+    out = tmp_path / "rows.csv"
+    calls = []
+
+    def stop_after_two(text):
+        calls.append(text)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        compare(net, xs[:5], ys[:5], [0.01, 0.02], "inf", ["ibp", "crown"], (0, 1), out,
+                progress=stop_after_two)
+    with open(out) as fh:
+        lines = list(csv.reader(fh))
+    assert len(lines) == 3 and [line[2] for line in lines[1:]] == ["ibp", "crown"]
+
+
+def test_one_input_side_by_side(digits_mlp_path, digits_test):
+    net = load_onnx(digits_mlp_path)
+    xs, ys = digits_test
+    table, certs = compare_one(net, xs[4], int(ys[4]), 0.05, "inf",
+                               ["ibp", "crown", "lp", "milp", "attack"], (0, 1))
+    for j in range(10):
+        if j == ys[4]:
+            continue
+        ibp, crown, lp, exact = (certs[m].margin_lower[j] for m in ("ibp", "crown", "lp", "milp"))
+        attack = certs["attack"].margin_upper[j]
+        assert ibp <= crown + 1e-9 and crown <= lp + 1e-6 and lp <= exact + 1e-6
+        assert exact <= attack + 1e-6
+    assert "milp" in table and "attack" in table
+
+
+def test_cli_writes_csv_json_png(tmp_path, capsys, digits_mlp_path):
+    code = main(["compare", str(digits_mlp_path), "--eps", "0.01", "0.03", "--n", "8",
+                 "--methods", "ibp", "crown", "attack", "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert code == 0 and "robust acc" in captured.out
+    data = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert len(data["rows"]) == 6 and len(data["inputs"]) == 48
+    assert (tmp_path / "out" / "compare.png").stat().st_size > 1000
+    assert not list((tmp_path / "out").glob("*.part*"))
+    assert main(["compare", str(digits_mlp_path), "--eps", "0.01", "--n", "0"]) == 2
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, a=np.zeros(3))
+    assert main(["compare", str(digits_mlp_path), "--eps", "0.01", "--data", str(bad)]) == 2
+    assert "needs an .npz with arrays x and y" in capsys.readouterr().err

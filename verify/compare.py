@@ -1,0 +1,167 @@
+"""Certifiers side by side on the same inputs: tightness and cost tables, CSV/JSON, a plot.
+
+For each radius and method, over N inputs: YES / NO / MAYBE counts and the robust accuracy they
+bound. A relaxed certifier's YES fraction is a lower bound on the true robust accuracy, the exact
+certifier's is the value itself, and an attack's "not refuted" fraction an upper bound, so the
+curves of `plot_curves` bracket the relaxed ones between the attack and the exact method.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .backends import certify, certify_batch, get_backend
+from .certificate import Certificate, Status, json_safe
+from .network import Network
+
+KIND = {"attack": "upper", "milp": "exact", "bab": "exact", "smoothing": "of g"}
+FIELDS = ["eps", "norm", "method", "bound", "inputs", "yes", "no", "maybe",
+          "robust_accuracy", "mean_margin_lower", "median_margin_lower", "median_time_s",
+          "total_time_s"]
+
+
+def _worst(values: Sequence[Optional[float]]) -> float:
+    finite = [v for v in values if v is not None]
+    return min(finite) if finite else float("nan")
+
+
+def summarize(eps: float, norm: str, method: str, certs: list[Certificate],
+              seconds: float) -> dict:
+    """One table row from the certificates of one method at one radius."""
+    statuses = [c.status for c in certs]
+    n = len(certs)
+    yes, no = statuses.count(Status.YES), statuses.count(Status.NO)
+    bound = KIND.get(method, "lower")
+    accuracy = (n - no) / n if bound == "upper" else yes / n
+    worst = [_worst(c.margin_lower) for c in certs]
+    worst = [w for w in worst if np.isfinite(w)]
+    times = [c.time_s for c in certs]
+    return {"eps": eps, "norm": norm, "method": method, "bound": bound, "inputs": n,
+            "yes": yes, "no": no, "maybe": n - yes - no, "robust_accuracy": accuracy,
+            "mean_margin_lower": float(np.mean(worst)) if worst else float("nan"),
+            "median_margin_lower": float(np.median(worst)) if worst else float("nan"),
+            "median_time_s": statistics.median(times) if any(times) else seconds / max(n, 1),
+            "total_time_s": seconds}
+
+
+def compare(net: Network, xs: np.ndarray, ys: np.ndarray, eps_list: Sequence[float],
+            norm: str = "inf", methods: Sequence[str] = ("ibp", "crown", "milp", "attack"),
+            domain=None, out_csv: Optional[Path] = None,
+            progress: Optional[Callable[[str], None]] = None,
+            options: Optional[dict] = None) -> tuple[list[dict], list[dict]]:
+    """Every method on every input at every radius: (table rows, per-input records).
+
+    With `out_csv`, each row is appended as soon as it is finished (an interrupted run keeps
+    what it completed). `options[method]` passes options to one method."""
+    for method in methods:
+        get_backend(method)
+    options = options or {}
+    rows, records = [], []
+    if out_csv is not None:
+        with open(out_csv, "w", newline="") as fh:
+            csv.writer(fh).writerow(FIELDS)
+    for eps in eps_list:
+        for method in methods:
+            t0 = time.perf_counter()
+            certs = certify_batch(net, xs, ys, eps, norm, method, domain,
+                                  **options.get(method, {}))
+            row = summarize(eps, norm, method, certs, time.perf_counter() - t0)
+            rows.append(row)
+            records += [{"eps": eps, "method": method, "index": i, "label": int(y),
+                         "status": c.status.value, "worst_margin_lower": _worst(c.margin_lower),
+                         "worst_margin_upper": _worst(c.margin_upper), "time_s": c.time_s}
+                        for i, (y, c) in enumerate(zip(ys, certs))]
+            if out_csv is not None:
+                with open(out_csv, "a", newline="") as fh:
+                    csv.writer(fh).writerow([row[f] for f in FIELDS])
+            if progress is not None:
+                progress(f"eps {eps:g} {method}: {row['yes']} YES, {row['no']} NO, "
+                         f"{row['maybe']} MAYBE in {row['total_time_s']:.2f} s")
+    return rows, records
+
+
+def format_table(rows: list[dict]) -> str:
+    """One block per radius: counts, robust accuracy (and which bound it is), margins, time."""
+    lines = []
+    for eps in dict.fromkeys(r["eps"] for r in rows):
+        block = [r for r in rows if r["eps"] == eps]
+        lines.append(f"eps {eps:g} (l_{block[0]['norm']}), {block[0]['inputs']} inputs")
+        lines.append(f"  {'method':12s} {'YES':>4s} {'NO':>4s} {'MAYBE':>5s}  {'robust acc':>10s}"
+                     f" {'bound':>6s}  {'mean lower':>10s} {'median lower':>12s}"
+                     f"  {'median time':>11s} {'total':>8s}")
+        for r in block:
+            lines.append(
+                f"  {r['method']:12s} {r['yes']:4d} {r['no']:4d} {r['maybe']:5d}  "
+                f"{r['robust_accuracy']:10.3f} {r['bound']:>6s}  {r['mean_margin_lower']:10.4g} "
+                f"{r['median_margin_lower']:12.4g}  {r['median_time_s'] * 1e3:8.2f} ms "
+                f"{r['total_time_s']:7.2f}s")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def compare_one(net: Network, x: np.ndarray, label: int, eps: float, norm: str = "inf",
+                methods: Sequence[str] = ("ibp", "crown", "alpha-crown", "lp", "milp", "attack"),
+                domain=None) -> tuple[str, dict[str, Certificate]]:
+    """One input: every method's per-class margin bounds side by side (the exact minimum from
+    the MILP with exact_margins, the attack's value as an upper bound)."""
+    certs = {}
+    for method in methods:
+        extra = {"exact_margins": True} if method == "milp" else {}
+        certs[method] = certify(net, x, label, eps, norm, method, domain, **extra)
+    header = f"{'class':>5s} " + " ".join(f"{m:>12s}" for m in methods)
+    lines = [f"label {label}, l_{norm} ball of radius {eps:g}: lower bounds on min z_{label} - "
+             "z_j (milp: the exact minimum; attack: an upper bound)", header]
+    for j in range(net.output_size):
+        if j == label:
+            continue
+        cells = []
+        for method in methods:
+            c = certs[method]
+            value = c.margin_upper[j] if method == "attack" else c.margin_lower[j]
+            cells.append(f"{value:12.4f}" if value is not None else f"{'-':>12s}")
+        lines.append(f"{j:5d} " + " ".join(cells))
+    lines.append(f"{'':5s} " + " ".join(f"{certs[m].status.value:>12s}" for m in methods))
+    return "\n".join(lines), certs
+
+
+def plot_curves(rows: list[dict], path: Path, title: str = "") -> bool:
+    """Robust accuracy vs eps, one curve per method; False if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        pts = [(r["eps"], r["robust_accuracy"]) for r in rows if r["method"] == method]
+        bound = next(r["bound"] for r in rows if r["method"] == method)
+        style = {"upper": "--", "exact": "-", "lower": "-.", "of g": ":"}[bound]
+        ax.plot(*zip(*pts), style, marker="o", label=f"{method} ({bound})")
+    ax.set_xlabel("eps")
+    ax.set_ylabel("robust accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title or "certified accuracy vs radius")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".part.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
+def write_json(rows: list[dict], records: list[dict], path: Path) -> None:
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(json_safe({"rows": rows, "inputs": records}), indent=1,
+                              allow_nan=False))
+    tmp.replace(path)
