@@ -218,6 +218,27 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_plot2d(args) -> int:
+    from .plot2d import plot2d
+
+    try:
+        x = [float(v) for v in args.x.split(",")]
+    except ValueError:
+        raise InputError(f"--x must be two numbers X0,X1, got '{args.x}'") from None
+    if len(x) != 2:
+        raise InputError(f"--x must be two numbers X0,X1, got '{args.x}'")
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise InputError(f"{args.out}: the folder {out.parent} does not exist")
+    net = load_onnx(args.model)
+    info = plot2d(net, x, args.eps, out, args.norm, args.label,
+                  parse_domain(args.domain, args.model), args.methods)
+    bounds = ", ".join(f"{m} {v:.4g}" for m, v in info["margin_lower"].items() if v is not None)
+    print(f"wrote {out}: margin z_{info['label']} - z_{info['runner_up']} lower bounds: {bounds}; "
+          f"sampled minimum {info['sampled_min']:.4g}")
+    return 0
+
+
 def cmd_export(args) -> int:
     """The MILP (or its LP relaxation) of one margin row as a readable .lp / .mps file."""
     from .exact.milp import export_model
@@ -379,6 +400,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", default=None, help="one input: per-class margins side by side")
     p.add_argument("--label", type=int, default=None)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("plot2d", help="input and output space picture for a 2-input network")
+    p.add_argument("model")
+    p.add_argument("--x", required=True, help="the point X0,X1")
+    p.add_argument("--eps", required=True, type=float)
+    p.add_argument("--norm", default="inf")
+    p.add_argument("--label", type=int, default=None, help="default: the predicted class")
+    p.add_argument("--domain", default=None)
+    p.add_argument("--methods", nargs="+", default=["ibp", "crown", "lp", "milp"])
+    p.add_argument("--out", required=True, help="PNG file")
+    p.set_defaults(func=cmd_plot2d)
 
     p = sub.add_parser("export", help="write the MILP (or LP relaxation) of a margin as .lp/.mps")
     p.add_argument("model")

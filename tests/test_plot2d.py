@@ -1,0 +1,51 @@
+"""plot2d: the teaching figure for 2-input networks, and the bounds it draws."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from conftest import random_mlp
+from onnx_reference import make_model, tensor
+from verify.cli import main
+from verify.plot2d import plot2d
+
+
+@pytest.mark.parametrize("norm", ["inf", "2", "1"])
+def test_drawn_bounds_are_ordered(tmp_path, norm):
+    net = random_mlp(np.random.default_rng(4), [2, 16, 16, 3])
+    info = plot2d(net, [0.3, 0.2], 0.3, tmp_path / "fig.png", norm,
+                  methods=("ibp", "crown", "lp") + (("milp",) if norm != "2" else ()))
+    m = info["margin_lower"]
+    assert m["ibp"] <= m["crown"] + 1e-9 and m["crown"] <= m["lp"] + 1e-6
+    if norm != "2":
+        assert m["lp"] <= m["milp"] + 1e-6 and m["milp"] <= info["sampled_min"] + 1e-9
+    assert m["lp"] <= info["sampled_min"] + 1e-9
+    assert (tmp_path / "fig.png").stat().st_size > 10_000
+
+
+def test_cli(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    model = make_model(
+        [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1),
+         helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], transB=1)],
+        [tensor("x", ["N", 2])], [tensor("y", ["N", 2])],
+        [("w1", rng.normal(size=(8, 2))), ("b1", rng.normal(size=8)),
+         ("w2", rng.normal(size=(2, 8))), ("b2", np.zeros(2))])
+    path = tmp_path / "toy.onnx"
+    onnx.save(model, path)
+    out = tmp_path / "toy.png"
+    assert main(["plot2d", str(path), "--x", "0.1,0.2", "--eps", "0.2", "--out", str(out)]) == 0
+    assert out.is_file() and "lower bounds" in capsys.readouterr().out
+    assert main(["plot2d", str(path), "--x", "0.1", "--eps", "0.2", "--out", str(out)]) == 2
+    assert "--x must be two numbers" in capsys.readouterr().err
+
+
+def test_refuses_other_input_sizes(tmp_path, capsys, digits_mlp_path):
+    code = main(["plot2d", str(digits_mlp_path), "--x", "0,0", "--eps", "0.1",
+                 "--out", str(tmp_path / "x.png")])
+    assert code == 2 and "2-input networks; this one has 64" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
