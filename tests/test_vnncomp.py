@@ -180,3 +180,38 @@ def test_multi_row_disjunct_respects_solver_tolerance():
         "(assert (<= Y_0 -5e-7))(assert (<= Y_1 0.5))")
     assert solve(net, query, "milp", timeout=10).result != "unsat"
     assert solve(net, query, "bab", timeout=10).result == "unsat"  # exact arithmetic bound
+
+
+def test_runner_workers_agree_with_sequential(tmp_path, shared_benchmarks):
+    folder = shared_benchmarks / "acasxu"
+    instances = tmp_path / "instances.csv"
+    instances.write_text("".join(
+        f"{folder}/onnx/ACASXU_run2a_{n}_batch_2000.onnx,{folder}/vnnlib/{p}.vnnlib,116\n"
+        for n, p in [("1_1", "prop_1"), ("1_2", "prop_2"), ("2_1", "prop_2")]))
+    one = run_instances(str(instances), timeout_cap=30, progress=None)
+    two = run_instances(str(instances), timeout_cap=30, progress=None, workers=2)
+    assert [(r.network, r.property, r.result) for r in one] == \
+        [(r.network, r.property, r.result) for r in two] and one[0].result == "unsat"
+
+
+def test_runner_on_a_dask_cluster(tmp_path, shared_benchmarks):
+    distributed = pytest.importorskip("dask.distributed")
+    folder = shared_benchmarks / "acasxu"
+    instances = tmp_path / "instances.csv"
+    instances.write_text(f"{folder}/onnx/ACASXU_run2a_1_2_batch_2000.onnx,"
+                         f"{folder}/vnnlib/prop_2.vnnlib,116\n")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster:
+        rows = run_instances(str(instances), timeout_cap=30, progress=None,
+                             cluster=cluster.scheduler_address)
+    assert rows[0].result == "sat"
+
+
+def test_bad_workers_and_cluster(tmp_path, shared_benchmarks):
+    from verify import InputError
+
+    folder = shared_benchmarks / "acasxu"
+    instances = tmp_path / "instances.csv"
+    instances.write_text(f"{folder}/onnx/ACASXU_run2a_1_1_batch_2000.onnx,"
+                         f"{folder}/vnnlib/prop_1.vnnlib,116\n")
+    with pytest.raises(InputError, match="--workers must be at least 1"):
+        run_instances(str(instances), progress=None, workers=0)

@@ -291,7 +291,8 @@ def cmd_vnnlib(args) -> int:
 def cmd_vnncomp(args) -> int:
     from .vnncomp import run_instances, summary
 
-    rows = run_instances(args.instances, args.method, args.timeout_cap, args.out, args.limit)
+    rows = run_instances(args.instances, args.method, args.timeout_cap, args.out, args.limit,
+                         workers=args.workers, cluster=args.cluster)
     print(summary(rows))
     return 0
 
@@ -440,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-cap", type=float, default=None, help="cap each row's timeout")
     p.add_argument("--limit", type=int, default=None, help="only the first N rows")
     p.add_argument("--out", default=None, help="results CSV")
+    p.add_argument("--workers", type=int, default=1, help="local processes (default 1)")
+    p.add_argument("--cluster", default=None,
+                   help="address of an existing Dask scheduler (needs dask[distributed])")
     p.set_defaults(func=cmd_vnncomp)
     return parser
 

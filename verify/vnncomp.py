@@ -189,10 +189,24 @@ def _median_reference(values: list[str]) -> Optional[float]:
     return statistics.median(times) if times else None
 
 
+def _solve_job(model: str, prop: str, method: str, timeout: float, options: dict,
+               single_thread: bool) -> QueryResult:
+    """One instance, in this process or a worker (module level, so it pickles)."""
+    if single_thread:  # several workers share the cores: one torch thread each
+        import torch
+
+        torch.set_num_threads(1)
+    return solve_files(model, prop, method, timeout, **options)
+
+
 def run_instances(instances_csv: str, method: str = "auto", timeout_cap: Optional[float] = None,
                   out_csv: Optional[str] = None, limit: Optional[int] = None,
-                  progress: Optional[TextIO] = sys.stderr, **options) -> list[InstanceRow]:
-    """Run every (onnx, vnnlib, timeout) row; compare with ground_truth.csv when present."""
+                  progress: Optional[TextIO] = sys.stderr, workers: int = 1,
+                  cluster: Optional[str] = None, **options) -> list[InstanceRow]:
+    """Run every (onnx, vnnlib, timeout) row, on `workers` local processes or a Dask `cluster`;
+    compare with ground_truth.csv when the folder has one."""
+    from .executor import run_jobs
+
     path = Path(instances_csv)
     if not path.is_file():
         raise InputError(f"{path}: no such instances file")
@@ -206,31 +220,34 @@ def run_instances(instances_csv: str, method: str = "auto", timeout_cap: Optiona
         instances = [r for r in csv.reader(fh) if r and not r[0].startswith("#")]
     if limit is not None:
         instances = instances[:limit]
-    rows: list[InstanceRow] = []
+    jobs, names = [], []
     for k, inst in enumerate(instances):
         if len(inst) < 3:
             raise InputError(f"{path}:{k + 1}: expected onnx,vnnlib,timeout")
         onnx_rel, prop_rel, timeout = inst[0], inst[1], float(inst[2])
         if timeout_cap is not None:
             timeout = min(timeout, timeout_cap)
-        network = Path(onnx_rel).stem.replace("_batch_2000", "")
-        prop = Path(prop_rel).stem
-        result = solve_files(str(folder / onnx_rel), str(folder / prop_rel), method, timeout,
-                             **options)
+        names.append((Path(onnx_rel).stem.replace("_batch_2000", ""), Path(prop_rel).stem))
+        jobs.append((str(folder / onnx_rel), str(folder / prop_rel), method, timeout, options,
+                     workers > 1 or cluster is not None))
+    rows: list[Optional[InstanceRow]] = [None] * len(jobs)
+    for done, (k, result) in enumerate(run_jobs(_solve_job, jobs, workers, cluster), 1):
+        network, prop = names[k]
         ref = truth.get((network, prop), {})
         expected = ref.get("ground_truth", "")
         row = InstanceRow(network, prop, result.result, result.time_s, expected,
                           score(result.result, expected), result.method,
-                          {k: v for k, v in ref.items() if "_20" in k})
-        rows.append(row)
+                          {key: v for key, v in ref.items() if "_20" in key})
+        rows[k] = row
         if progress is not None:
             mark = {10: "ok", -150: "WRONG", 0: ""}[row.score]
-            print(f"[{k + 1}/{len(instances)}] {network} {prop}: {row.result} in "
+            print(f"[{done}/{len(jobs)}] {network} {prop}: {row.result} in "
                   f"{row.time_s:.2f}s (expected {expected or '?'}) {mark}", file=progress,
                   flush=True)
+    finished = [r for r in rows if r is not None]
     if out_csv is not None:
-        write_results(rows, out_csv)
-    return rows
+        write_results(finished, out_csv)
+    return finished
 
 
 def write_results(rows: list[InstanceRow], out_csv: str) -> None:

@@ -1,0 +1,46 @@
+"""Independent jobs (VNN-COMP instances, inputs of a comparison) on one machine or a cluster.
+
+One mechanism for every sweep: `run_jobs(fn, jobs, workers, cluster)` yields (index, result) as
+jobs finish. workers = 1 runs them here, in order; workers > 1 uses a local process pool
+(concurrent.futures); `cluster="tcp://host:port"` submits them to an existing Dask distributed
+scheduler (the optional `dask[distributed]` dependency). `fn` must be a module-level function.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+from .errors import InputError
+
+
+def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int = 1,
+             cluster: Optional[str] = None) -> Iterator[tuple[int, Any]]:
+    """Yield (job index, fn(*job)) for every job, in completion order."""
+    if workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
+    if cluster is not None:
+        try:
+            from dask.distributed import Client, as_completed as dask_completed
+        except ImportError:
+            raise InputError("--cluster needs dask.distributed: pip install 'dask[distributed]'") \
+                from None
+        try:
+            client = Client(cluster, timeout=10)
+        except (OSError, TimeoutError) as exc:
+            raise InputError(f"cannot reach the Dask scheduler at {cluster} ({exc})") from None
+        try:
+            futures = {client.submit(fn, *job, pure=False): i for i, job in enumerate(jobs)}
+            for future in dask_completed(futures):
+                yield futures[future], future.result()
+        finally:
+            client.close()
+        return
+    if workers == 1:
+        for i, job in enumerate(jobs):
+            yield i, fn(*job)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
