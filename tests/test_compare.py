@@ -85,3 +85,14 @@ def test_cli_writes_csv_json_png(tmp_path, capsys, digits_mlp_path):
     np.savez(bad, a=np.zeros(3))
     assert main(["compare", str(digits_mlp_path), "--eps", "0.01", "--data", str(bad)]) == 2
     assert "needs an .npz with arrays x and y" in capsys.readouterr().err
+
+
+def test_workers_give_the_same_table(digits_mlp_path, digits_test):
+    net = load_onnx(digits_mlp_path)
+    xs, ys = digits_test
+    one, rec_one = compare(net, xs[:12], ys[:12], [0.03], "inf", ["crown", "milp"], (0, 1))
+    two, rec_two = compare(net, xs[:12], ys[:12], [0.03], "inf", ["crown", "milp"], (0, 1),
+                           workers=2)
+    strip = [{k: v for k, v in r.items() if "time" not in k} for r in one]
+    assert strip == [{k: v for k, v in r.items() if "time" not in k} for r in two]
+    assert [r["status"] for r in rec_one] == [r["status"] for r in rec_two]

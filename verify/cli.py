@@ -208,7 +208,8 @@ def cmd_compare(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
     rows, records = compare(net, xs, ys, args.eps, args.norm, args.methods, domain,
                             out / "compare.csv" if out else None,
-                            progress=lambda text: print(text, file=sys.stderr, flush=True))
+                            progress=lambda text: print(text, file=sys.stderr, flush=True),
+                            workers=args.workers, cluster=args.cluster)
     print(format_table(rows))
     if out is not None:
         write_json(rows, records, out / "compare.json")
@@ -398,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=".npz with arrays x, y (default: the bundled digits test split)")
     p.add_argument("--domain", default=None)
     p.add_argument("--out", default=None, help="folder for compare.csv, .json, .png")
+    p.add_argument("--workers", type=int, default=1, help="local processes sharing the inputs")
+    p.add_argument("--cluster", default=None, help="address of an existing Dask scheduler")
     p.add_argument("--input", default=None, help="one input: per-class margins side by side")
     p.add_argument("--label", type=int, default=None)
     p.set_defaults(func=cmd_compare)

@@ -51,15 +51,29 @@ def summarize(eps: float, norm: str, method: str, certs: list[Certificate],
             "total_time_s": seconds}
 
 
+def _certify_chunk(net: Network, xs: np.ndarray, ys: np.ndarray, eps: float, norm: str,
+                   method: str, domain, options: dict, single_thread: bool) -> list[Certificate]:
+    """One method on a chunk of inputs (module level: it runs in worker processes too)."""
+    if single_thread:
+        import torch
+
+        torch.set_num_threads(1)
+    return certify_batch(net, xs, ys, eps, norm, method, domain, **options)
+
+
 def compare(net: Network, xs: np.ndarray, ys: np.ndarray, eps_list: Sequence[float],
             norm: str = "inf", methods: Sequence[str] = ("ibp", "crown", "milp", "attack"),
             domain=None, out_csv: Optional[Path] = None,
             progress: Optional[Callable[[str], None]] = None,
-            options: Optional[dict] = None) -> tuple[list[dict], list[dict]]:
+            options: Optional[dict] = None, workers: int = 1,
+            cluster: Optional[str] = None) -> tuple[list[dict], list[dict]]:
     """Every method on every input at every radius: (table rows, per-input records).
 
     With `out_csv`, each row is appended as soon as it is finished (an interrupted run keeps
-    what it completed). `options[method]` passes options to one method."""
+    what it completed). `options[method]` passes options to one method. `workers` local
+    processes (or a Dask `cluster`) share each method's inputs (verify.executor)."""
+    from .executor import run_jobs
+
     for method in methods:
         get_backend(method)
     options = options or {}
@@ -70,8 +84,12 @@ def compare(net: Network, xs: np.ndarray, ys: np.ndarray, eps_list: Sequence[flo
     for eps in eps_list:
         for method in methods:
             t0 = time.perf_counter()
-            certs = certify_batch(net, xs, ys, eps, norm, method, domain,
-                                  **options.get(method, {}))
+            parallel = workers > 1 or cluster is not None
+            chunks = np.array_split(np.arange(len(xs)), workers if parallel else 1)
+            jobs = [(net, xs[idx], ys[idx], eps, norm, method, domain, options.get(method, {}),
+                     parallel) for idx in chunks if len(idx)]
+            parts = dict(run_jobs(_certify_chunk, jobs, workers, cluster))
+            certs = [c for k in sorted(parts) for c in parts[k]]
             row = summarize(eps, norm, method, certs, time.perf_counter() - t0)
             rows.append(row)
             records += [{"eps": eps, "method": method, "index": i, "label": int(y),
