@@ -138,6 +138,73 @@ def _onnx_logits(path: pathlib.Path, x: np.ndarray) -> np.ndarray:
     return sess.run(["logits"], {"input": x.astype(np.float32)})[0]
 
 
+def _fit(model, xt, yt, epochs: int, batch: int = 64, lr: float = 1e-3) -> None:
+    """Plain cross-entropy training with Adam, shuffled minibatches from a seeded generator."""
+    import torch
+    from torch import nn
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(SEED)
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(xt), generator=gen)
+        for start in range(0, len(xt), batch):
+            idx = perm[start : start + batch]
+            opt.zero_grad()
+            loss_fn(model(xt[idx]), yt[idx]).backward()
+            opt.step()
+
+
+def train_toy2d(out_dir: pathlib.Path, epochs: int = 300) -> dict:
+    """A 2-16-16-2 ReLU MLP on scikit-learn's two moons, inputs scaled into [0, 1]^2: small
+    enough to draw (verify plot2d) and to solve exactly by hand-sized MILPs."""
+    import torch
+    from sklearn.datasets import make_moons
+    from sklearn.model_selection import train_test_split
+    from torch import nn
+
+    _seed_everything()
+    x, y = make_moons(n_samples=1000, noise=0.1, random_state=SEED)
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    x = (x - lo) / (hi - lo)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=SEED,
+                                                        stratify=y)
+    model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                          nn.Linear(16, 2)).float()
+    _fit(model, torch.tensor(x_train, dtype=torch.float32),
+         torch.tensor(y_train, dtype=torch.int64), epochs, batch=64, lr=3e-3)
+    model.eval()
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    onnx_path = out_dir / "toy2d.onnx"
+    sha = export_mlp_onnx([m.weight.detach().numpy() for m in linears],
+                          [m.bias.detach().numpy() for m in linears], onnx_path, input_size=2)
+    with torch.no_grad():
+        torch_test = model(torch.tensor(x_test, dtype=torch.float32)).numpy()
+    ort_test = _onnx_logits(onnx_path, x_test)
+    diff = float(np.max(np.abs(ort_test - torch_test)))
+    if diff >= 1e-4:
+        raise RuntimeError(f"onnxruntime and torch disagree: max abs diff {diff:.3g}")
+    train_acc = float((_onnx_logits(onnx_path, x_train).argmax(1) == y_train).mean())
+    test_acc = float((ort_test.argmax(1) == y_test).mean())
+    np.savez_compressed(out_dir / "toy2d_test.npz", x=x_test.astype(np.float64),
+                        y=y_test.astype(np.int64))
+    meta = {
+        "name": "toy2d", "description": "Two moons, 2 inputs and 2 classes: the picture model.",
+        "input_shape": [2], "domain": [0.0, 1.0], "classes": [0, 1], "n_classes": 2,
+        "architecture": "2-16-16-2 ReLU MLP",
+        "data": "scikit-learn make_moons(n_samples=1000, noise=0.1, random_state=0), each input "
+                f"scaled by (x - {lo.round(6).tolist()}) / {(hi - lo).round(6).tolist()} into "
+                "[0, 1]; stratified 80/20 split",
+        "training": "standard (cross-entropy, Adam lr 3e-3)", "epochs": epochs, "seed": SEED,
+        "train_accuracy": round(train_acc, 6), "test_accuracy": round(test_acc, 6),
+        "onnx_sha256": sha,
+    }
+    (out_dir / "toy2d.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"toy2d: train acc {train_acc:.4f}, test acc {test_acc:.4f}, sha256 {sha}")
+    return meta
+
+
 def train_digits_mlp(out_dir: pathlib.Path, epochs: int = 60) -> dict:
     """Train the 64-50-50-10 ReLU MLP on scikit-learn digits; write .onnx, .json, test .npz."""
     import torch
@@ -164,19 +231,7 @@ def train_digits_mlp(out_dir: pathlib.Path, epochs: int = 60) -> dict:
     model = MLP().float()
     xt = torch.tensor(x_train, dtype=torch.float32)
     yt = torch.tensor(y_train, dtype=torch.int64)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = nn.CrossEntropyLoss()
-    gen = torch.Generator().manual_seed(SEED)
-    batch = 64
-    for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(xt), generator=gen)
-        for start in range(0, len(xt), batch):
-            idx = perm[start : start + batch]
-            opt.zero_grad()
-            loss_fn(model(xt[idx]), yt[idx]).backward()
-            opt.step()
-
+    _fit(model, xt, yt, epochs)
     model.eval()
     with torch.no_grad():
         train_acc = float((model(xt).argmax(1).numpy() == y_train).mean())
@@ -313,6 +368,7 @@ SMOOTHING_SIGMAS = (0.12, 0.25, 0.5, 1.0)
 
 TRAINERS: dict[str, Callable[[pathlib.Path], dict]] = {
     "digits_mlp": train_digits_mlp,
+    "toy2d": train_toy2d,
     **{f"digits_mlp_noise{round(s * 100):03d}":
        (lambda out, s=s: train_digits_mlp_noise(out, s)) for s in SMOOTHING_SIGMAS},
 }
