@@ -42,7 +42,9 @@ def test_bundled_models_match_onnxruntime():
     rng = np.random.default_rng(0)
     for path in paths:
         net = load_onnx(path)
-        assert_matches_onnxruntime(net, path, rng, low=0.0, high=1.0)
+        has_conv = any(n.op_type == "Conv" for n in onnx.load(str(path)).graph.node)
+        # onnxruntime has no float64 Conv: such models are compared at float32 precision.
+        assert_matches_onnxruntime(net, path, rng, low=0.0, high=1.0, float64=not has_conv)
 
 
 def test_shared_benchmark_networks_match_onnxruntime(shared_benchmarks):
