@@ -1,4 +1,4 @@
-"""VNN-LIB 1.0 properties -> input boxes and violation regions over the outputs.
+"""VNN-LIB 1.0 and 2.0 properties -> input boxes and violation regions over the outputs.
 
 A VNN-LIB file describes the *violation*: `sat` means some input satisfies every assertion (a
 counterexample exists), `unsat` means the property is proved. We read the file into DNF:
@@ -10,19 +10,31 @@ Strict and non-strict inequalities are read alike (as VNN-COMP does). A disjunct
 a.y <= b is the complement of the row a.y - b > 0, so a case whose disjuncts all have one row is
 exactly the internal `Specification` "C f(x) - d > 0 for every row" (`to_specifications`).
 
-Grammar read: `(declare-const X_i Real)`, `(declare-const Y_j Real)`, `(assert E)` with E built
-from `and`, `or`, `<=`, `>=`, `<`, `>`, `=` over linear terms (`+`, `-`, `*` by constants,
-numbers, declared names). Errors carry the file, line and column.
+VNN-LIB 1.0, read by our own parser: `(declare-const X_i Real)`, `(declare-const Y_j Real)`,
+`(assert E)` with E built from `and`, `or`, `<=`, `>=`, `<`, `>`, `=` over linear terms (`+`, `-`,
+`*` by constants, numbers, declared names). Errors carry the file, line and column.
+
+VNN-LIB 2.0 (`(vnnlib-version <2.0>)`, `(declare-network N (declare-input X real [1,5])
+(declare-output Y real [1,5]))`, indexed elements `X[0,3]`), parsed and type-checked by the
+`vnnlib` package (`pip install 'verify[vnnlib2]'`). We walk its typed AST ourselves into the same
+DNF (the package's `compat.transform` returns wrong cases when a query has several `assert`s:
+it treats them as alternatives instead of a conjunction). Supported: one network with one input
+and one output tensor, no hidden nodes, real or floating-point element types; tensor elements
+flatten row-major. Errors carry the file and, where the package gives them, line and column.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import json
+import os
 import re
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 
@@ -54,17 +66,60 @@ class VnnlibCase:
 
 
 @dataclass
+class VnnlibVariable:
+    """A declared variable: a 1.0 scalar `X_3`, or a 2.0 tensor `X real [1,5]`; its values are
+    the flat network input (or output) entries offset .. offset + size - 1, row-major."""
+
+    name: str
+    element_type: str  # as declared: "Real" (1.0), "real", "float32", ... (2.0)
+    shape: tuple[int, ...]
+    kind: str  # "input" or "output"
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass
 class VnnlibQuery:
     n_inputs: int
     n_outputs: int
     cases: list[VnnlibCase]
     source: str = ""
+    version: str = "1.0"
+    network: Optional[str] = None  # the declared network's name (2.0)
+    variables: list[VnnlibVariable] = field(default_factory=list)  # in declaration order
 
-    def check_sizes(self, n_inputs: int, n_outputs: int) -> None:
+    def check_sizes(self, n_inputs: int, n_outputs: int,
+                    input_shape: Optional[tuple[int, ...]] = None) -> None:
+        """Refuse a network whose input/output sizes differ from the declared ones; with
+        `input_shape`, also a declared 2.0 input shape that differs beyond dimensions of 1."""
         if (n_inputs, n_outputs) != (self.n_inputs, self.n_outputs):
             raise VnnlibError(
                 f"{self.source}: property declares {self.n_inputs} inputs and {self.n_outputs} "
                 f"outputs, the network has {n_inputs} inputs and {n_outputs} outputs")
+        declared = [v for v in self.variables if v.kind == "input"]
+        if input_shape is not None and self.version != "1.0" and len(declared) == 1:
+            def squeeze(shape):
+                return [int(d) for d in shape if d != 1]
+            if squeeze(declared[0].shape) != squeeze(input_shape):
+                raise VnnlibError(
+                    f"{self.source}: input {declared[0].name} is declared "
+                    f"{_dims(declared[0].shape)}, the network's input has shape "
+                    f"{_dims(input_shape)}")
+
+    def format_assignment(self, x: np.ndarray, y: np.ndarray) -> str:
+        """The VNN-LIB standard's command-line assignment (section 5.3.1): per declared
+        variable, in declaration order, `NAME TYPE [DIMS]` and then its values row-major, one
+        per line, at full float64 precision."""
+        flat = {"input": np.ravel(np.asarray(x, dtype=np.float64)),
+                "output": np.ravel(np.asarray(y, dtype=np.float64))}
+        lines = []
+        for v in self.variables:
+            lines.append(f"{v.name} {v.element_type} {_dims(v.shape)}")
+            lines += [repr(float(value)) for value in flat[v.kind][v.offset:v.offset + v.size]]
+        return "".join(line + "\n" for line in lines)
 
     @property
     def single_row(self) -> bool:
@@ -94,6 +149,10 @@ class VnnlibQuery:
         y = np.asarray(y, dtype=np.float64).reshape(-1)
         return any(case.box.contains(x) and any(d.holds(y) for d in case.disjuncts)
                    for case in self.cases)
+
+
+def _dims(shape) -> str:
+    return "[" + ",".join(str(int(d)) for d in shape) + "]"
 
 
 def _robustness_pattern(C: np.ndarray, d: np.ndarray) -> tuple[Optional[int], list]:
@@ -243,7 +302,10 @@ def _combine(parts, weights) -> tuple[dict, float]:
 
 
 def parse_vnnlib(text: str, source: str = "<vnnlib>") -> VnnlibQuery:
-    """Read VNN-LIB 1.0 text into a VnnlibQuery (see the module docstring)."""
+    """Read VNN-LIB text into a VnnlibQuery: 2.0 when the first form is `(vnnlib-version ...)`
+    (or `(declare-network ...)`), else 1.0 (see the module docstring)."""
+    if vnnlib_version(text) != "1.0":
+        return parse_vnnlib2(text, source)
     reader = _Reader(source)
     asserts = []
     for node in _parse_sexprs(text, source):
@@ -258,7 +320,8 @@ def parse_vnnlib(text: str, source: str = "<vnnlib>") -> VnnlibQuery:
                 raise reader.fail(node, "(assert ...) takes one formula")
             asserts.append(node.value[1])
         elif head in ("vnnlib-version", "declare-network"):
-            raise reader.fail(node, "this is VNN-LIB 2.0; only VNN-LIB 1.0 is read here")
+            raise reader.fail(node, f"'{head}' is VNN-LIB 2.0, in a file that starts as VNN-LIB "
+                                    "1.0 (a 2.0 file starts with (vnnlib-version <2.0>))")
         else:
             raise reader.fail(node, f"'{head}' is not supported (declare-const, assert)")
     n = {kind: sorted(i for k, i in reader.names.values() if k == kind) for kind in "XY"}
@@ -274,46 +337,61 @@ def parse_vnnlib(text: str, source: str = "<vnnlib>") -> VnnlibQuery:
         terms = [a + b for a, b in itertools.product(terms, reader.dnf(formula))]
         if len(terms) > MAX_DNF_TERMS:
             raise reader.fail(formula, f"more than {MAX_DNF_TERMS} cases after expansion")
+    keyed = [[({reader.names[name]: c for name, c in coef.items()}, const, node)
+              for coef, const, node in term] for term in terms]
+    cases = _cases_from_dnf(keyed, n_in, n_out, source, reader.fail, lambda i: f"X_{i}")
+    variables = [VnnlibVariable(name, "Real", (), "input" if kind == "X" else "output", index)
+                 for name, (kind, index) in reader.names.items()]
+    return VnnlibQuery(n_in, n_out, cases, source, "1.0", None, variables)
 
+
+_Atom = tuple[dict, float, Any]  # ({("X" | "Y", flat index): coefficient}, constant, where)
+
+
+def _cases_from_dnf(terms: list[list[_Atom]], n_in: int, n_out: int, source: str,
+                    fail: Callable[[Any, str], VnnlibError],
+                    input_name: Callable[[int], str]) -> list[VnnlibCase]:
+    """Conjunctions of atoms `sum coef * var + constant <= 0` -> cases (one per distinct input
+    box, infeasible boxes dropped), each with its disjuncts over the outputs."""
     cases: dict[bytes, VnnlibCase] = {}
     for term in terms:
         lower, upper = np.full(n_in, -np.inf), np.full(n_in, np.inf)
         rows, rhs, feasible = [], [], True
-        for coef, const, node in term:
-            kinds = {reader.names[name][0] for name in coef}
+        for coef, const, where in term:
+            kinds = {kind for kind, _ in coef}
             if kinds == {"X", "Y"}:
-                raise reader.fail(node, "a constraint mixes inputs and outputs")
+                raise fail(where, "a constraint mixes inputs and outputs")
             if not kinds:  # constant atom: const <= 0
                 feasible &= const <= 0
             elif kinds == {"X"}:
                 if len(coef) != 1:
-                    raise reader.fail(node, "only bounds on single inputs are supported "
-                                            "(e.g. (<= X_0 1))")
-                (name, c), = coef.items()
-                i = reader.names[name][1]
+                    raise fail(where, "only bounds on single inputs are supported "
+                                      f"(e.g. (<= {input_name(0)} 1))")
+                ((_, i), c), = coef.items()
                 if c > 0:
                     upper[i] = min(upper[i], -const / c)
                 else:
                     lower[i] = max(lower[i], -const / c)
             else:
                 row = np.zeros(n_out)
-                for name, c in coef.items():
-                    row[reader.names[name][1]] = c
+                for (_, j), c in coef.items():
+                    row[j] = c
                 rows.append(row)
                 rhs.append(-const)
         if not feasible or np.any(lower > upper):
             continue
         missing = np.flatnonzero(~np.isfinite(lower) | ~np.isfinite(upper))
         if missing.size:
-            raise VnnlibError(f"{source}: input X_{missing[0]} is not bounded on both sides")
+            raise VnnlibError(f"{source}: input {input_name(int(missing[0]))} is not bounded "
+                              "on both sides")
         key = lower.tobytes() + upper.tobytes()
         case = cases.setdefault(key, VnnlibCase(Box(lower, upper)))
         case.disjuncts.append(Disjunct(np.array(rows).reshape(len(rows), n_out), np.array(rhs)))
-    return VnnlibQuery(n_in, n_out, list(cases.values()), source)
+    return list(cases.values())
 
 
 def load_vnnlib(path: Union[str, Path]) -> VnnlibQuery:
-    """Read a VNN-LIB 1.0 file (errors name the file, line and column)."""
+    """Read a VNN-LIB 1.0 or 2.0 file (errors name the file, line and column)."""
     path = Path(path)
     if not path.is_file():
         raise VnnlibError(f"{path}: no such file")
@@ -322,6 +400,223 @@ def load_vnnlib(path: Union[str, Path]) -> VnnlibQuery:
     except UnicodeDecodeError:
         raise VnnlibError(f"{path}: not a text file") from None
     return parse_vnnlib(text, str(path))
+
+
+# -- VNN-LIB 2.0 through the `vnnlib` package --------------------------------------------------
+
+VNNLIB2_VERSION = (2, 0)
+_FIRST_FORM = re.compile(r"\A(?:\s+|;[^\n]*)*\(\s*([^\s()]+)")
+_VERSION_FORM = re.compile(r"\(\s*vnnlib-version\s*<\s*(\d+)\s*\.\s*(\d+)\s*>\s*\)")
+# The package's element types (enum member names) that we read, as the standard spells them.
+# Values are analysed as reals in float64 whatever the declared type.
+_ELEMENT_TYPES = {"Real": "real", "F64": "float64", "F32": "float32", "F16": "float16",
+                  "BF16": "bfloat16"}
+
+
+def vnnlib_version(text: str) -> str:
+    """"2.0" (or whatever `(vnnlib-version <M.m>)` says) when the first form is a 2.0 one,
+    "1.0" otherwise."""
+    first = _FIRST_FORM.match(text)
+    if first is None or first.group(1) not in ("vnnlib-version", "declare-network"):
+        return "1.0"
+    version = _VERSION_FORM.search(text)
+    return f"{version.group(1)}.{version.group(2)}" if version else "2.0"
+
+
+def vnnlib2_available() -> bool:
+    """Is the `vnnlib` package (the VNN-LIB 2.0 parser) importable?"""
+    try:
+        import vnnlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 while the package's C++ parser runs: it prints its warnings
+    and some errors there itself (multi-line JSON); ours come as one-line exceptions."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable stderr: nothing to protect
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def _package_error(exc: Exception, source: str) -> VnnlibError:
+    """The package's exception (plain text with line and column, or a JSON report) as one
+    line naming the file and the position."""
+    body = str(exc).strip()
+    try:
+        report = json.loads(body)
+    except ValueError:
+        match = re.search(r"(.*?) at line (\d+), column (\d+):?\s*(.*)", body, re.S)
+        if match:
+            what, line, col, near = match.groups()
+            near = " ".join(near.split())
+            near = f" near {near}" if near and near != "''" else " (unexpected end)"
+            return VnnlibError(f"{source}:{line}:{col}: {what.strip().lower()}{near}")
+        return VnnlibError(f"{source}: {' '.join(body.split()) or 'cannot be parsed'}")
+    errors = report.get("errors") if isinstance(report, dict) else None
+    if not errors or not isinstance(errors[0], dict):
+        return VnnlibError(f"{source}: the VNN-LIB 2.0 type checker refused the query")
+    first = errors[0]
+    where = f"{source}:{first['line']}" if first.get("line") is not None else source
+    text = "; ".join(str(first[k]) for k in ("message", "hint") if first.get(k))
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return VnnlibError(f"{where}: {' '.join(text.split())}{more}")
+
+
+def _line_of(node: Any) -> Optional[int]:
+    """The first source line found in a node's subtree (variables and literals carry one)."""
+    line = getattr(node, "line", None)
+    if isinstance(line, int) and line > 0:
+        return line
+    for child in node.children():
+        line = _line_of(child)
+        if line is not None:
+            return line
+    return None
+
+
+class _Reader2:
+    """Walks the package's typed AST of a single-network query into DNF atoms."""
+
+    def __init__(self, vnnlib: Any, source: str, inputs: Any, outputs: Any):
+        self.v = vnnlib
+        self.source = source
+        self.tensors = {inputs.name: ("X", tuple(inputs.shape)),
+                        outputs.name: ("Y", tuple(outputs.shape))}
+
+    def fail(self, node: Any, message: str) -> VnnlibError:
+        line = node if isinstance(node, int) else (None if node is None else _line_of(node))
+        return VnnlibError(f"{self.source}{'' if line is None else f':{line}'}: {message}")
+
+    def linear(self, node: Any) -> tuple[dict, float]:
+        """An arithmetic expression as ({(kind, flat index): coefficient}, constant)."""
+        v = self.v
+        if isinstance(node, v.Var):
+            if node.name not in self.tensors:
+                raise self.fail(node, f"'{node.name}' is not the declared input or output")
+            kind, shape = self.tensors[node.name]
+            index = int(np.ravel_multi_index(tuple(node.indices), shape)) if shape else 0
+            return {(kind, index): 1.0}, 0.0
+        if isinstance(node, v.Literal):
+            return {}, float(node.lexeme)  # correctly rounded from the text
+        if isinstance(node, v.Negate):
+            return _combine([self.linear(node.expr)], [-1.0])
+        if isinstance(node, v.Plus):
+            args = [self.linear(a) for a in node.args]
+            return _combine(args, [1.0] * len(args))
+        if isinstance(node, v.Minus):
+            args = [self.linear(node.head)] + [self.linear(a) for a in node.rest]
+            return _combine(args, [1.0] + [-1.0] * (len(args) - 1))
+        if isinstance(node, v.Multiply):
+            args = [self.linear(a) for a in node.args]
+            variable = [a for a in args if a[0]]
+            if len(variable) > 1:
+                raise self.fail(node, f"product of two variables (not linear): {node}")
+            factor = float(np.prod([a[1] for a in args if not a[0]]))
+            if not variable:
+                return {}, factor
+            return {k: c * factor for k, c in variable[0][0].items()}, variable[0][1] * factor
+        raise self.fail(node, f"'{type(node).__name__}' is not supported in a linear term")
+
+    def dnf(self, node: Any) -> list[list[_Atom]]:
+        """A Boolean expression as a list of conjunctions of atoms `expr <= 0`."""
+        v = self.v
+        if isinstance(node, v.And):
+            terms: list[list[_Atom]] = [[]]
+            for arg in node.args:
+                terms = [a + b for a, b in itertools.product(terms, self.dnf(arg))]
+                if len(terms) > MAX_DNF_TERMS:
+                    raise self.fail(node, f"more than {MAX_DNF_TERMS} cases after expansion")
+            return terms
+        if isinstance(node, v.Or):
+            return [t for arg in node.args for t in self.dnf(arg)]
+        line = _line_of(node)
+        if isinstance(node, v.NotEqual):
+            raise self.fail(line, "'!=' is not supported (it is not a closed region)")
+        if isinstance(node, v.Comparison):
+            lhs, rhs = self.linear(node.lhs), self.linear(node.rhs)
+            less = _combine([lhs, rhs], [1.0, -1.0])  # lhs - rhs <= 0
+            more = _combine([lhs, rhs], [-1.0, 1.0])
+            if isinstance(node, (v.LessEqual, v.LessThan)):
+                atoms = [less]
+            elif isinstance(node, (v.GreaterEqual, v.GreaterThan)):
+                atoms = [more]
+            elif isinstance(node, v.Equal):
+                atoms = [less, more]
+            else:
+                raise self.fail(line, f"comparison '{type(node).__name__}' is not supported")
+            return [[(coef, const, line) for coef, const in atoms]]
+        raise self.fail(line, f"'{type(node).__name__}' is not supported (and, or, <=, >=, <, "
+                              ">, ==)")
+
+
+def parse_vnnlib2(text: str, source: str = "<vnnlib>") -> VnnlibQuery:
+    """Read VNN-LIB 2.0 text with the `vnnlib` package's parser and type checker into a
+    VnnlibQuery: one network, one input and one output tensor, flattened row-major."""
+    try:
+        import vnnlib
+    except ImportError:
+        raise VnnlibError(f"{source}: reading VNN-LIB 2.0 needs the 'vnnlib' package: "
+                          "pip install 'verify[vnnlib2]'") from None
+    version = vnnlib_version(text)
+    if version != "{}.{}".format(*VNNLIB2_VERSION):
+        raise VnnlibError(f"{source}: VNN-LIB version {version} is not supported (1.0 and 2.0)")
+    try:
+        with _quiet_native_stderr():
+            query = vnnlib.parse_query_string(text)
+    except vnnlib.VNNLibException as exc:
+        raise _package_error(exc, source) from None
+    if query is None:
+        raise VnnlibError(f"{source}: the VNN-LIB 2.0 parser could not read the query")
+    networks = list(query.networks)
+    if len(networks) != 1:
+        names = ", ".join(n.name for n in networks)
+        raise VnnlibError(f"{source}: declares {len(networks)} networks ({names}); only queries "
+                          "over one network are supported")
+    net = networks[0]
+    if len(net.hidden):
+        raise VnnlibError(f"{source}: network '{net.name}' declares hidden nodes "
+                          f"({', '.join(h.name for h in net.hidden)}); not supported")
+    if len(net.inputs) != 1 or len(net.outputs) != 1:
+        raise VnnlibError(f"{source}: network '{net.name}' declares {len(net.inputs)} inputs "
+                          f"and {len(net.outputs)} outputs; only one of each is supported")
+    (inputs,), (outputs,) = net.inputs, net.outputs
+    variables = []
+    for decl, kind in ((inputs, "input"), (outputs, "output")):
+        element_type = _ELEMENT_TYPES.get(decl.dtype.name)
+        if element_type is None:
+            raise VnnlibError(f"{source}: {kind} {decl.name} has element type "
+                              f"{decl.dtype.name}; only real and floating-point types "
+                              f"({', '.join(_ELEMENT_TYPES.values())}) are supported")
+        variables.append(VnnlibVariable(decl.name, element_type, tuple(decl.shape), kind, 0))
+    n_in, n_out = variables[0].size, variables[1].size
+
+    reader = _Reader2(vnnlib, source, inputs, outputs)
+    terms: list[list[_Atom]] = [[]]
+    for assertion in query.assertions:
+        terms = [a + b for a, b in itertools.product(terms, reader.dnf(assertion.expr))]
+        if len(terms) > MAX_DNF_TERMS:
+            raise reader.fail(assertion, f"more than {MAX_DNF_TERMS} cases after expansion")
+
+    def input_name(i: int) -> str:
+        shape = variables[0].shape
+        return inputs.name + (_dims(np.unravel_index(i, shape)) if shape else "")
+
+    cases = _cases_from_dnf(terms, n_in, n_out, source, reader.fail, input_name)
+    return VnnlibQuery(n_in, n_out, cases, source, version, net.name, variables)
 
 
 def format_counterexample(x: np.ndarray, y: np.ndarray) -> str:

@@ -1,0 +1,267 @@
+"""`verify-solver`: the VNN-LIB standard's solver command-line interface (standard chapter 5, as
+the `vnnlib-test-solver` package implements it).
+
+    verify-solver --name | --version
+    verify-solver verify QUERY --network NAME=MODEL.onnx [--timeout SECONDS] [--method auto]
+    verify-solver supports --onnx-opset-versions | --onnx-operators | --vnnlib-versions | ...
+
+`verify` answers one line on stdout, `sat`, `unsat`, `unknown` or `timed-out`, and after `sat`
+the satisfying assignment in the standard's command-line format (each declared variable in
+declaration order: `NAME TYPE [DIMS]`, then its values row-major, one per line), replayed in
+float64 before it is printed. Loading the model and the query counts inside `--timeout` (whole
+or decimal seconds; none: no limit). `supports` answers from what the loader and the reader
+really do (`SUPPORTED_OPS`, `SUPPORTED_OPSETS`, the VNN-LIB versions readable here).
+
+Element types: the analysis runs over the reals (float64 with rounding allowances), which is not
+a sound analysis of float32/float16 execution, so the only element type reported is `real` and,
+as section 5.3.2 requires, a 2.0 query declaring any other type is refused (declare `real` to
+consent). Exit codes as in vnnlib-test-solver: 0 for an answer, whatever it is; 1 for a usage
+or query error, printed as one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn, Optional, Sequence, TextIO
+
+from . import __version__
+from .errors import VerifyError
+
+PROGRAM = "verify-solver"
+SOLVER_NAME = "verify (ReLU network verifier: branch and bound, CROWN, MILP)"
+EXIT_OK, EXIT_USAGE_ERROR = 0, 1
+NO_TIMEOUT_S = 1e7  # no --timeout: effectively unlimited, but finite for the MILP's time limit
+
+# The theories of standard chapter 4 that the reader maps into its DNF of input boxes and linear
+# output constraints: no hidden nodes, one input and one output tensor, one network, no
+# comparison between inputs and outputs, single-input bounds and linear output constraints.
+THEORIES = {
+    "--hidden-node-theories": ("NH",),
+    "--multiple-input-output-theories": ("SIO",),
+    "--multiple-network-theories": ("SNET",),
+    "--multiple-node-comparison-theories": ("SNC",),
+    "--arithmetic-complexity-theories": ("BND", "OUTC"),
+}
+BOOLEANS = {
+    "--optimised-disjunctive-reasoning": False,  # queries are expanded to DNF
+    "--serialise-assignments": False,            # assignments go to stdout only
+    "--unsat-proofs": False,
+}
+CAPABILITIES = ("--onnx-opset-versions", "--onnx-element-types", "--onnx-operators",
+                "--vnnlib-versions", *THEORIES, *BOOLEANS)
+ALIASES = {"--multiple-inputs-output-theories": "--multiple-input-output-theories"}
+VERIFY_OPTIONS = ("--network", "--timeout", "--serialise-assignments")
+
+
+class UsageError(VerifyError):
+    """A command line, query or model that cannot be answered about (exit code 1)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, exit code 1 and no abbreviated options."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def capability_answer(capability: str) -> str:
+    """The exact stdout text for `supports CAPABILITY` (each line newline-terminated)."""
+    from .onnx_io import SUPPORTED_OPS, SUPPORTED_OPSETS
+    from .vnnlib import vnnlib2_available
+
+    capability = ALIASES.get(capability, capability)
+    if capability == "--onnx-opset-versions":
+        lines = [str(v) for v in SUPPORTED_OPSETS]
+    elif capability == "--onnx-element-types":
+        lines = ["real"]
+    elif capability == "--onnx-operators":  # bare: for every reported element type
+        lines = list(SUPPORTED_OPS)
+    elif capability == "--vnnlib-versions":
+        lines = ["1.0", "2.0" if vnnlib2_available() else "1.0"]
+    elif capability in THEORIES:
+        lines = list(THEORIES[capability])
+    elif capability in BOOLEANS:
+        lines = ["true" if BOOLEANS[capability] else "false"]
+    else:
+        raise UsageError(f"unknown capability '{capability}'; the standard defines "
+                         f"{', '.join(CAPABILITIES)}")
+    return "".join(line + "\n" for line in lines)
+
+
+def parse_timeout(text: Optional[str]) -> float:
+    """--timeout: whole or decimal seconds >= 0 (none: no limit)."""
+    if text is None:
+        return NO_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise UsageError(f"--timeout must be a number of seconds >= 0, got '{text}'")
+    return value
+
+
+def _network_model(networks: Sequence[str], query, query_path: str) -> Path:
+    """The model file for the query's network (section 5.3.2, first error condition)."""
+    pairs: dict[str, str] = {}
+    for token in networks:
+        name, sep, path = token.partition("=")
+        if not (sep and name and path):
+            raise UsageError(f"--network takes NAME=MODEL.onnx, got '{token}'")
+        if name in pairs:
+            raise UsageError(f"--network maps '{name}' more than once")
+        pairs[name] = path
+    if query.network is None:  # VNN-LIB 1.0 declares no network: one model, any name
+        if len(pairs) != 1:
+            raise UsageError(f"{query_path} is VNN-LIB 1.0 and needs exactly one --network "
+                             f"NAME=MODEL.onnx, got {len(pairs)}")
+        return Path(next(iter(pairs.values())))
+    for name in pairs:
+        if name != query.network:
+            raise UsageError(f"--network maps '{name}', which {query_path} does not declare "
+                             f"(it declares network '{query.network}')")
+    if query.network not in pairs:
+        raise UsageError(f"no model file for network '{query.network}', which {query_path} "
+                         f"declares: give --network {query.network}=MODEL.onnx")
+    return Path(pairs[query.network])
+
+
+def _check_element_types(query, query_path: str, floats_as_reals: bool = False) -> None:
+    """Section 5.3.2, third error condition: only `real` is analysed soundly here; with
+    `--floats-as-reals` the user accepts the real-arithmetic semantics for float types too."""
+    for v in query.variables:
+        kind = v.element_type.lower()
+        if kind != "real" and not (floats_as_reals and kind.startswith("float")):
+            raise UsageError(
+                f"{query_path} declares {v.name} as {v.element_type}, which verify cannot "
+                f"analyse soundly (it reasons over the reals); declare every variable 'real', "
+                f"or pass --floats-as-reals to accept real-arithmetic semantics")
+
+
+def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
+    """Load (timed), solve with `verify.vnncomp.solve`, replay, print."""
+    from .onnx_io import load_onnx
+    from .vnncomp import solve
+    from .vnnlib import load_vnnlib
+
+    t0 = time.perf_counter()
+    timeout = parse_timeout(args.timeout)
+    if not args.query:
+        raise UsageError("verify needs the path to a query file")
+    query = load_vnnlib(args.query)
+    model = _network_model(args.networks, query, args.query)
+    _check_element_types(query, args.query, args.floats_as_reals)
+    if args.serialise_assignments is not None:
+        print(f"{PROGRAM}: warning: --serialise-assignments is not supported (see supports "
+              "--serialise-assignments); the assignment goes to stdout", file=sys.stderr)
+    net = load_onnx(model)
+    query.check_sizes(net.input_size, net.output_size, net.input_shape)
+    remaining = timeout - (time.perf_counter() - t0)
+    if remaining <= 0:
+        result, counterexample, method = "timed-out", None, "loading"
+    else:
+        solved = solve(net, query, args.method, remaining)
+        result, counterexample, method = solved.result, solved.counterexample, solved.method
+        if result == "timeout":
+            result = "timed-out"
+    text = result + "\n"
+    if result == "sat":
+        x, _ = counterexample
+        y = net.forward(x)  # replayed once more, here, on the numbers that are printed
+        if not query.violated_by(x, y):
+            result, text = "unknown", "unknown\n"
+        else:
+            text += query.format_assignment(x, y)
+    print(f"{PROGRAM}: {result} ({method or args.method}, "
+          f"{time.perf_counter() - t0:.3f} s)", file=sys.stderr)
+    out.write(text)
+    out.flush()
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROGRAM, description="The VNN-LIB solver command-line interface "
+                                               "of verify.")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--name", action="store_true", help="print the solver's full name")
+    group.add_argument("--version", action="store_true", help="print the solver's version")
+    commands = parser.add_subparsers(dest="command", metavar="<command>",
+                                     parser_class=_Parser)
+    p = commands.add_parser("verify", help="answer a VNN-LIB query: sat, unsat, unknown, "
+                                           "timed-out")
+    p.add_argument("query", metavar="<filepath>", help="VNN-LIB 1.0 or 2.0 query file")
+    p.add_argument("--network", metavar="<name>=<filepath>", action="append", dest="networks",
+                   default=[], help="the ONNX model of the declared network (any name for "
+                                    "VNN-LIB 1.0)")
+    p.add_argument("--timeout", metavar="<seconds>", default=None,
+                   help="seconds, loading included (whole or decimal; default: none)")
+    p.add_argument("--serialise-assignments", "--assignments", metavar="<filepath>",
+                   dest="serialise_assignments", default=None,
+                   help="not supported: the assignment is printed on stdout")
+    p.add_argument("--method", default="auto", help="non-standard: auto, bab, or a certifier")
+    p.add_argument("--floats-as-reals", action="store_true",
+                   help="non-standard: analyse float16/32/64 variables as reals (the usual "
+                   "verifier semantics) instead of refusing them")
+    for name in ("supports", "capabilities"):
+        p = commands.add_parser(name, help="report one capability" if name == "supports"
+                                else argparse.SUPPRESS)
+        flags = p.add_mutually_exclusive_group()
+        for capability in (*CAPABILITIES, *ALIASES):
+            flags.add_argument(capability, dest="capability", action="store_const",
+                               const=capability, help=argparse.SUPPRESS
+                               if capability in ALIASES else None)
+    return parser
+
+
+def _unrecognised(args: argparse.Namespace, token: str) -> UsageError:
+    if args.command in ("supports", "capabilities"):
+        return UsageError(f"unknown capability '{token}'; the standard defines "
+                          f"{', '.join(CAPABILITIES)}")
+    if args.command == "verify":
+        if token.startswith("-"):
+            return UsageError(f"unknown option '{token}' for verify; the standard defines "
+                              f"{', '.join(VERIFY_OPTIONS)}")
+        return UsageError(f"verify takes exactly one query file and '{token}' is a second")
+    return UsageError(f"unrecognised option '{token}'")
+
+
+def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> int:
+    """Run the command line; answers go to `out` (default stdout), errors to stderr."""
+    out = sys.stdout if out is None else out
+    try:
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            raise _unrecognised(args, unknown[0])
+        if args.command is not None and (args.name or args.version):
+            raise UsageError(f"--name and --version cannot be combined with {args.command}")
+        if args.name or args.version:
+            out.write((SOLVER_NAME if args.name else __version__) + "\n")
+        elif args.command == "verify":
+            return cmd_verify(args, out)
+        elif args.command is not None:
+            if args.capability is None:
+                raise UsageError(f"{args.command} needs exactly one capability; the standard "
+                                 f"defines {', '.join(CAPABILITIES)}")
+            out.write(capability_answer(args.capability))
+        else:
+            raise UsageError("no global option or command given (--name, --version, verify, "
+                             "supports)")
+        out.flush()
+        return EXIT_OK
+    except VerifyError as exc:
+        message = " ".join(str(exc).split())
+        print(f"{PROGRAM}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
