@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -40,15 +38,10 @@ sys.path.insert(0, str(REPO))
 import verify  # noqa: E402
 from verify import Conv2d, Dense, ReLU, Status  # noqa: E402
 from verify.bounds import InputBatch, crown, ibp  # noqa: E402
+from benchmarks.reporting import machine  # noqa: E402
 
 MODELS = REPO / "models"
 RESULTS = REPO / "benchmarks" / "results"
-
-
-def machine(threads: int) -> str:
-    return (f"{platform.platform()}, {platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} cores, torch {torch.__version__} ({threads} thread(s)), "
-            f"verify {verify.__version__}, Python {platform.python_version()}")
 
 
 def metadata(name: str) -> dict:
@@ -154,7 +147,7 @@ def write_md(stab: list[dict], cert: list[dict], args, path: Path) -> list[str]:
     lines = [
         "# ReLU stability and certified training",
         "",
-        f"Machine: {machine(args.threads)}. HiGHS MIP single-threaded. Shared machine: absolute "
+        f"Machine: {machine()}. HiGHS MIP single-threaded. Shared machine: absolute "
         "times vary from run to run (the two models of a pair run back to back per input).",
         "",
         f"## digits_mlp_plain vs digits_mlp_rs (l_inf eps {eps:g} ∩ [0, 1], first {stab[0]['inputs']}"
@@ -227,7 +220,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"machine: {machine(args.threads)}")
+    print(f"machine: {machine()}")
     data = np.load(MODELS / "digits_test.npz")
     xs, ys = data["x"], data["y"]
     stab = stability_part(args, xs, ys)

@@ -12,7 +12,6 @@ which ran on many-core machines with GPUs and include their start-up).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -22,19 +21,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import verify  # noqa: E402
 from verify.vnncomp import run_instances, summary, write_results  # noqa: E402
+from benchmarks.reporting import machine  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "benchmarks"
 RESULTS = REPO / "benchmarks" / "results"
-
-
-def machine() -> str:
-    import os
-
-    return (f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"verify {verify.__version__}")
 
 
 def main() -> None:
