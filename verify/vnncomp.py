@@ -89,15 +89,17 @@ def _solve_bab(net: Network, query: VnnlibQuery, deadline: float, options: dict)
     from .exact.bab import BoxSearch, falsify_box, search_all
 
     opts = make_options("bab", options)
-    for case in query.cases:  # a cheap attack on every disjunct before any search
-        for d in case.disjuncts:
-            x = falsify_box(net, case.box, d.A, d.b, opts.device)
-            found = None if x is None else replay(net, query, x)
-            if found is not None:
-                return QueryResult("sat", found, method="bab")
+    pairs = [(case, d) for case in query.cases for d in case.disjuncts]
+    hints = []  # a cheap attack on every disjunct before any search; its best point seeds it
+    for case, d in pairs:
+        x, value = falsify_box(net, case.box, d.A, d.b, opts.device, best=True)
+        found = replay(net, query, x) if value <= 0 else None
+        if found is not None:
+            return QueryResult("sat", found, method="bab")
+        hints.append((x, value))
     searches = search_all([BoxSearch(net, case.box, d.A, d.b, opts,
-                                     check=lambda x: replay(net, query, x) is not None)
-                           for case in query.cases for d in case.disjuncts], deadline)
+                                     check=lambda x: replay(net, query, x) is not None, hint=hint)
+                           for (case, d), hint in zip(pairs, hints)], deadline)
     for s in searches:
         if s.result.status == "sat":
             return QueryResult("sat", replay(net, query, s.result.counterexample), method="bab")
@@ -116,7 +118,7 @@ def solve(net: Network, query: VnnlibQuery, method: str = "auto", timeout: float
     t0 = time.perf_counter()
     if timeout <= 0:
         raise InputError(f"timeout must be > 0 seconds, got {timeout}")
-    query.check_sizes(net.input_size, net.output_size)
+    query.check_sizes(net.input_size, net.output_size, net.input_shape)
     deadline = t0 + timeout
     for case in query.cases:  # a disjunct without output constraints: the box itself violates
         if any(len(d.A) == 0 for d in case.disjuncts):

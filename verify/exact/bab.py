@@ -6,7 +6,9 @@ Returns:   Certificate (robustness) or `BabResult` (VNN-LIB): proved, counterexa
            when the time or box budget runs out.
 Method:    keep a stack of sub-boxes per disjunct. Each round bounds a batch of them with CROWN
            (or IBP) at once, best first: a box is discarded when some row of A f(x) - b has a
-           lower bound > 0 there (the conjunction cannot hold). A short PGD from the centers of
+           lower bound > 0 there (the conjunction cannot hold); boxes CROWN leaves open get a
+           few alpha-CROWN steps on one combined row lam^T (A f(x) - b), lam >= 0, whose positive
+           lower bound refutes them too (`optimized_lower`). A short PGD from the centers of
            the most suspicious boxes looks for a counterexample. The rest are split in two along
            the input whose halving raises the bound most to first order (the bound's gradient
            with respect to the box's ends, times the width), and pushed back.
@@ -21,7 +23,7 @@ Reference: Wang et al., "Formal Security Analysis of Neural Networks using Symbo
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -42,6 +44,15 @@ class BaBOptions:
     batch_size: int = 1024  # boxes bounded per pass
     timeout: float = 60.0  # seconds per query
     max_boxes: int = 5_000_000  # total boxes bounded before giving up
+    # Boxes CROWN leaves open get `alpha_steps` of projected Adam on the final lower ReLU slopes
+    # and a convex combination of the violation's rows (0 turns it off).
+    alpha_steps: int = 20
+    alpha_lr: float = 0.5
+    # A search still open after `polish_after` seconds runs the exact MILP once on a small box
+    # (`polish_radius` x the box's width per side) around its best attack point (`local_milp`).
+    polish_after: float = 2.0
+    polish_radius: float = 0.02
+    polish_time: float = 10.0
 
 
 @dataclass
@@ -57,8 +68,9 @@ class BabResult:
 
 def bound_and_split_scores(net: Network, lower: torch.Tensor, upper: torch.Tensor,
                            A: torch.Tensor, b: torch.Tensor, bounds: str
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lower bounds (B, rows) of A f(x) - b on each box, and per input a split score.
+                           ) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Lower bounds (B, rows) of A f(x) - b on each box, per input a split score, and the
+    neuron bounds used (detached; IBP's for `bounds="ibp"`).
 
     The score of input i is (dL/dlower_i - dL/dupper_i) x width_i for L = the box's best row
     bound: to first order, how much halving the box along i raises the bound (the bound is
@@ -70,12 +82,9 @@ def bound_and_split_scores(net: Network, lower: torch.Tensor, upper: torch.Tenso
         raise InputError(f"unknown bounds '{bounds}' for bab: use crown or ibp")
     lower = lower.detach().clone().requires_grad_(True)
     upper = upper.detach().clone().requires_grad_(True)
-    take = len(lower)
-    batch = InputBatch(lower=lower, upper=upper, center=(lower + upper) / 2,
-                       eps=torch.zeros(take, dtype=lower.dtype, device=lower.device), norm="box",
-                       C=A.expand(take, -1, -1), d=b.expand(take, -1))
+    batch = _box_batch(lower, upper, A, b)
     with torch.enable_grad():
-        interval = ibp.layer_bounds(net, batch)
+        neuron = interval = ibp.layer_bounds(net, batch)
         row_lower = ibp.margin_bounds(net, batch, interval)[0]
         if bounds == "crown":  # CROWN's margin bound over CROWN's neuron bounds, within IBP's
             neuron, _ = crown.propagate(net, batch, interval, include_last=False)
@@ -84,34 +93,93 @@ def bound_and_split_scores(net: Network, lower: torch.Tensor, upper: torch.Tenso
         grad_lower, grad_upper = torch.autograd.grad(best.sum(), (lower, upper))
     width = (upper - lower).detach()
     scores = (grad_lower - grad_upper) * width + 1e-12 * width  # ties: the widest side
-    return row_lower.detach(), scores.nan_to_num(0.0)
+    return (row_lower.detach(), scores.nan_to_num(0.0),
+            [(lo.detach(), up.detach()) for lo, up in neuron])
+
+
+def _box_batch(lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, d: torch.Tensor
+               ) -> InputBatch:
+    """Boxes (B, n) with property rows C (m, k) or (B, m, k) and offsets d as an InputBatch."""
+    take = len(lower)
+    return InputBatch(lower=lower, upper=upper, center=(lower + upper) / 2,
+                      eps=torch.zeros(take, dtype=lower.dtype, device=lower.device), norm="box",
+                      C=C.expand(take, -1, -1), d=d.expand(take, -1))
+
+
+def optimized_lower(net: Network, lower: torch.Tensor, upper: torch.Tensor, A: torch.Tensor,
+                    b: torch.Tensor, neuron: list, steps: int = 20, lr: float = 0.5
+                    ) -> torch.Tensor:
+    """Per box, a lower bound L (B,) such that L > 0 proves that no x in the box has
+    A f(x) <= b (every row), from alpha-CROWN on one combined row.
+
+    For any lam >= 0, A f(x) <= b implies lam^T (A f(x) - b) <= 0; so a positive lower bound of
+    lam^T (A f(x) - b) over the box refutes it. lam = softmax(theta) and the final lower ReLU
+    slopes alpha in [0, 1] are optimised jointly by projected Adam over the fixed neuron bounds
+    `neuron`; every iterate is sound, the best is kept. The row c = fl(lam^T A) and offset
+    fl(lam^T b) carry rounding: c f - d' exceeds lam^T (A f - b) by at most
+    gamma_m ((|lam|^T |A|) |f| + |lam|^T |b|), subtracted with |f| bounded by the logit bounds.
+    """
+    from ..bounds import crown, rounding_slack
+    from ..bounds.alpha_crown import _initial_slopes
+
+    batch = _box_batch(lower, upper, A[None, :1], b[None, :1])
+    f_max = torch.maximum(neuron[-1][0].abs(), neuron[-1][1].abs())
+    theta = torch.zeros((len(lower), len(A)), dtype=lower.dtype, device=lower.device,
+                        requires_grad=True)
+    alphas = _initial_slopes(net, batch, neuron, 1, len(net.layers))
+    optimizer = torch.optim.Adam([theta, *alphas.values()], lr=lr)
+    best = torch.full((len(lower),), -np.inf, dtype=lower.dtype, device=lower.device)
+    with torch.enable_grad():
+        for _ in range(steps):
+            lam = torch.softmax(theta, dim=1)
+            C, d = lam @ A, lam @ b
+            batch.C, batch.d = C[:, None, :], d[:, None]
+            value = crown.margin_lower_from(net, batch, neuron, alphas)[:, 0]
+            with torch.no_grad():
+                lam_abs = lam.detach().abs()
+                magnitude = ((lam_abs @ A.abs()) * f_max).sum(1) + lam_abs @ b.abs()
+                best = torch.maximum(best, value.detach() - rounding_slack(magnitude, len(A)))
+            optimizer.zero_grad(set_to_none=True)
+            (-value.sum()).backward()
+            optimizer.step()
+            with torch.no_grad():
+                for alpha in alphas.values():
+                    alpha.clamp_(0.0, 1.0)
+    return best
 
 
 def falsify(net: Network, lower: torch.Tensor, upper: torch.Tensor, A: torch.Tensor,
-            b: torch.Tensor, start: torch.Tensor, steps: int = 20) -> tuple[torch.Tensor, float]:
+            b: torch.Tensor, start: torch.Tensor, steps: int = 20, every: bool = False
+            ) -> tuple[torch.Tensor, float]:
     """Projected sign-gradient descent on max_i (A f(x) - b)_i, each start inside its own box
-    (lower, upper: (R, n)). Returns the best point and its value (<= 0: a candidate violation)."""
+    (lower, upper: (R, n)). Returns the best point and its value (<= 0: a candidate violation);
+    with `every`, each start's best point (R, n) and value (R,) instead, as tensors."""
     x = start.clone().requires_grad_(True)
     width = upper - lower
-    best_x, best_v = start[0], float("inf")
+    best_x, best_v = start.clone(), torch.full((len(start),), np.inf, dtype=start.dtype,
+                                                device=start.device)
     for step in range(steps + 1):
         values = (net.torch_forward(x) @ A.T - b).max(dim=1).values
-        i = int(values.argmin())
-        if values[i].item() < best_v:
-            best_x, best_v = x.detach()[i].clone(), values[i].item()
-        if best_v <= 0 or step == steps:
+        with torch.no_grad():
+            better = values < best_v
+            best_x[better], best_v[better] = x[better], values[better]
+        if bool((best_v <= 0).any()) and not every or step == steps:
             break
         (grad,) = torch.autograd.grad(values.sum(), x)
         size = 0.5 * width * (1 - step / steps) / 2
         with torch.no_grad():
             x = torch.minimum(torch.maximum(x - size * grad.sign(), lower), upper)
         x.requires_grad_(True)
-    return best_x, best_v
+    if every:
+        return best_x.detach(), best_v.detach()
+    i = int(best_v.argmin())
+    return best_x[i].detach().clone(), best_v[i].item()
 
 
 def falsify_box(net: Network, box: Box, A: np.ndarray, b: np.ndarray, device="auto",
-                restarts: int = 1024, steps: int = 60, seed: int = 0) -> Optional[np.ndarray]:
-    """A point of the box where every row of A f(x) <= b holds (float PGD; not yet replayed)."""
+                restarts: int = 1024, steps: int = 60, seed: int = 0, best: bool = False):
+    """A point of the box where every row of A f(x) <= b holds (float PGD; not yet replayed),
+    else None; with `best`, the best point found and its value max_i (A f(x) - b)_i instead."""
     device = resolve_device(device)
     lo = torch.as_tensor(box.lower, dtype=torch.float64, device=device)[None]
     up = torch.as_tensor(box.upper, dtype=torch.float64, device=device)[None]
@@ -120,7 +188,43 @@ def falsify_box(net: Network, box: Box, A: np.ndarray, b: np.ndarray, device="au
     x, value = falsify(net, lo, up, torch.as_tensor(A, dtype=torch.float64, device=device),
                        torch.as_tensor(b, dtype=torch.float64, device=device),
                        lo + starts.to(device) * (up - lo), steps=steps)
+    if best:
+        return x.cpu().numpy(), value
     return x.cpu().numpy() if value <= 0 else None
+
+
+def local_milp(net: Network, box: Box, A: np.ndarray, b: np.ndarray, center: np.ndarray,
+               radius: float, time_limit: float) -> Optional[np.ndarray]:
+    """A point x of box ∩ [center -/+ radius (upper - lower)] with A f(x) <= b (every row), or
+    None: the exact MILP  min t  s.t.  A f(x) - b <= t  on that small box (big-M over CROWN's
+    neuron bounds there, so few binaries), solved with HiGHS within `time_limit`. It reaches the
+    thin violation regions a gradient attack stops short of. Not yet replayed."""
+    from ..bounds import crown
+    from ..bounds.relu_encoding import BIG_M, build_program, to_highs
+
+    reach = radius * (box.upper - box.lower)
+    lower = np.maximum(box.lower, center - reach)
+    upper = np.minimum(box.upper, center + reach)
+    small = Box(lower, upper)
+    as_tensor = lambda v: torch.as_tensor(v, dtype=torch.float64)[None]  # noqa: E731
+    batch = InputBatch(lower=as_tensor(lower), upper=as_tensor(upper),
+                       center=as_tensor((lower + upper) / 2), eps=torch.zeros(1, dtype=torch.float64),
+                       norm="box", C=as_tensor(A), d=as_tensor(b))
+    neuron = [(lo[0].numpy(), up[0].numpy()) for lo, up in crown.layer_bounds(net, batch)]
+    program = build_program(net, small, neuron, BIG_M)
+    highs = to_highs(program, options={"time_limit": max(float(time_limit), 0.01)})
+    t_col = program.n_cols  # t, free; the objective
+    highs.addCol(1.0, -np.inf, np.inf, 0, np.zeros(0, dtype=np.int32), np.zeros(0))
+    for row, bound in zip(A, b):  # cost . v + offset - t <= 0
+        cost, offset, _ = program.objective(row, bound)
+        cols = np.nonzero(cost)[0]
+        highs.addRow(-np.inf, -offset, len(cols) + 1, np.append(cols, t_col).astype(np.int32),
+                     np.append(cost[cols], -1.0))
+    highs.run()
+    solution = highs.getSolution()
+    if not solution.value_valid or highs.getInfo().objective_function_value > 0:
+        return None
+    return np.clip(np.asarray(solution.col_value)[program.input_cols], lower, upper)
 
 
 class BoxSearch:
@@ -129,8 +233,13 @@ class BoxSearch:
     starved by a hard earlier one."""
 
     def __init__(self, net: Network, box: Box, A: np.ndarray, b: np.ndarray,
-                 options: BaBOptions, check=None):
+                 options: BaBOptions, check=None,
+                 hint: Optional[tuple[np.ndarray, float]] = None):
         self.net, self.options, self.check = net, options, check
+        self.box, self.A_array, self.b_array = box, A, b
+        # The best attack point so far and its value max_i (A f(x) - b)_i, for `polish`.
+        self.best_x, self.best_value = hint if hint is not None else (box.center, np.inf)
+        self.polished = False
         self.device = resolve_device(options.device)
         if options.bounds not in ("crown", "ibp"):
             raise InputError(f"unknown bounds '{options.bounds}' for bab: use crown or ibp")
@@ -164,12 +273,18 @@ class BoxSearch:
         lo, up = self.lower[chosen], self.upper[chosen]
         self.lower, self.upper, self.priority = self.lower[rest], self.upper[rest], \
             self.priority[rest]
-        row_lower, scores = bound_and_split_scores(self.net, lo, up, self.A, self.b,
-                                                   self.options.bounds)
+        row_lower, scores, neuron = bound_and_split_scores(self.net, lo, up, self.A, self.b,
+                                                           self.options.bounds)
         result.boxes += take
         result.passes += 1
         best_row = row_lower.max(dim=1).values
         refuted = best_row > 0  # some row of A f(x) - b is > 0 on the whole box
+        if options.alpha_steps > 0 and options.bounds == "crown" and not bool(refuted.all()):
+            open_ = ~refuted
+            best_row[open_] = torch.maximum(best_row[open_], optimized_lower(
+                self.net, lo[open_], up[open_], self.A, self.b,
+                [(l[open_], u[open_]) for l, u in neuron], options.alpha_steps, options.alpha_lr))
+            refuted = best_row > 0
         if torch.any(refuted):
             result.proved_lower = min(result.proved_lower, best_row[refuted].min().item())
         keep = ~refuted
@@ -183,6 +298,8 @@ class BoxSearch:
         suspicious = torch.argsort(best_row)[:128]
         s_lo, s_up = lo[suspicious], up[suspicious]
         x, value = falsify(self.net, s_lo, s_up, self.A, self.b, (s_lo + s_up) / 2, steps=8)
+        if value < self.best_value:
+            self.best_x, self.best_value = x.cpu().numpy(), value
         if value <= 0 and (self.check is None or self.check(x.cpu().numpy())):
             result.status, result.counterexample = "sat", x.cpu().numpy()
             return
@@ -197,9 +314,47 @@ class BoxSearch:
         self.priority = torch.cat([self.priority, best_row, best_row])
 
 
+    def polish(self, deadline: float, candidates: int = 8, seed: int = 1) -> None:
+        """Once: a longer attack (4096 starts, 200 steps), then the exact MILP on a small box
+        around each of the best `candidates` points it ends at and the best point so far
+        (`local_milp`), until one holds a violation or the time is spent."""
+        self.polished = True
+        options = self.options
+        end = min(time.perf_counter() + options.polish_time, deadline)
+        if self.done:
+            return
+        lo, up = self._box_tensors()
+        generator = torch.Generator().manual_seed(seed)
+        starts = torch.rand((4096, lo.shape[1]), generator=generator, dtype=torch.float64)
+        points, values = falsify(self.net, lo, up, self.A, self.b,
+                                 lo + starts.to(self.device) * (up - lo), steps=200, every=True)
+        order = torch.argsort(values)[:candidates]
+        tries = [(self.best_x, self.best_value)] + \
+            [(points[i].cpu().numpy(), values[i].item()) for i in order]
+        for x0, value in sorted(tries, key=lambda t: t[1]):
+            if value <= 0 and (self.check is None or self.check(x0)):
+                x = x0
+            elif time.perf_counter() < end:
+                x = local_milp(self.net, self.box, self.A_array, self.b_array, x0,
+                               options.polish_radius, end - time.perf_counter())
+            else:
+                return
+            if x is not None and (self.check is None or self.check(x)):
+                self.result.status, self.result.counterexample = "sat", x
+                self.result.reason = "exact MILP on a small box around an attack point"
+                return
+
+    def _box_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The searched box as (1, n) tensors on the device."""
+        return (torch.as_tensor(self.box.lower, dtype=torch.float64, device=self.device)[None],
+                torch.as_tensor(self.box.upper, dtype=torch.float64, device=self.device)[None])
+
+
 def search_all(searches: list[BoxSearch], deadline: float) -> list[BoxSearch]:
     """Step the searches round-robin until one finds a counterexample, all are decided, or the
-    deadline passes (the undecided ones then say "timeout")."""
+    deadline passes (the undecided ones then say "timeout"). A search still open after its
+    `polish_after` seconds gets one local exact MILP around its best attack point."""
+    start = time.perf_counter()
     while True:
         active = [s for s in searches if not s.done]
         if not active or any(s.result.status == "sat" for s in searches):
@@ -211,6 +366,9 @@ def search_all(searches: list[BoxSearch], deadline: float) -> list[BoxSearch]:
                         t.result.status, t.result.reason = "unknown", "timeout"
                 return searches
             s.step()
+            if not s.polished and not s.done and \
+                    time.perf_counter() - start > s.options.polish_after:
+                s.polish(deadline)
             if s.result.status == "sat":
                 return searches
 
