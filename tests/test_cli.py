@@ -180,6 +180,46 @@ def test_console_script_exit_codes(tmp_path, digits_mlp_path, digit_file):
     assert "Traceback" not in bad.stderr
 
 
+def test_lp_tighten_and_method_options(capsys, digits_mlp_path, digit_file):
+    """--lp-tighten (LP-all) never loosens the LP's margin bounds; --option reaches the method's
+    options with its type; wrong names, values and combinations are one-line errors."""
+    path, label = digit_file
+    base = ["certify", digits_mlp_path, "--input", path, "--label", label, "--eps", 0.04,
+            "--json"]
+    code, out, _ = run(capsys, *base, "--method", "lp")
+    plain = json.loads(out)
+    code2, out, _ = run(capsys, *base, "--method", "lp", "--lp-tighten")
+    tight = json.loads(out)
+    assert code == code2 == 0
+    pairs = [(t, p) for t, p in zip(tight["margin_lower"], plain["margin_lower"])
+             if t is not None and p is not None]
+    assert len(pairs) == 9 and all(t >= p - 1e-9 for t, p in pairs)
+    assert any(t > p + 1e-6 for t, p in pairs)  # eps 0.04 leaves LP-all something to tighten
+    code, out, _ = run(capsys, *base, "--method", "crown", "--option", "intermediate=ibp")
+    code2, out2, _ = run(capsys, *base, "--method", "crown")
+    assert code == code2 == 0
+    assert json.loads(out)["margin_lower"] != json.loads(out2)["margin_lower"]
+    for extra, expected in ((["--method", "crown", "--lp-tighten"], "--lp-tighten"),
+                            (["--method", "crown", "--option", "steps=3"], "unknown option"),
+                            (["--method", "alpha-crown", "--option", "steps=many"], "takes a int"),
+                            (["--method", "lp", "--option", "lp_tighten=maybe"], "takes a bool"),
+                            (["--method", "lp", "--option", "lp_tighten"], "KEY=VALUE")):
+        code, _, err = run(capsys, *base, *extra)
+        assert code == 2 and expected in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("method", ["lp", "milp"])
+def test_json_output_is_clean_with_solver_backed_methods(method, digits_mlp_path, digit_file):
+    """stdout holds the JSON certificate and nothing else (HiGHS 1.16 prints a banner to fd 1
+    when a process makes its first instance)."""
+    path, label = digit_file
+    done = subprocess.run([sys.executable, "-m", "verify", "certify", str(digits_mlp_path),
+                           "--input", str(path), "--label", str(label), "--eps", "0.01",
+                           "--method", method, "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["method"] == method
+
+
 def test_methods_lists_every_certifier(capsys):
     code, out, _ = run(capsys, "methods")
     assert code == 0

@@ -94,5 +94,7 @@ def test_workers_give_the_same_table(digits_mlp_path, digits_test):
     two, rec_two = compare(net, xs[:12], ys[:12], [0.03], "inf", ["crown", "milp"], (0, 1),
                            workers=2)
     strip = [{k: v for k, v in r.items() if "time" not in k} for r in one]
-    assert strip == [{k: v for k, v in r.items() if "time" not in k} for r in two]
+    # Counts equal exactly; bounds to 1e-12 (a fresh worker process may sum in another order).
+    assert strip == [{k: pytest.approx(v, rel=1e-12, abs=1e-12) if isinstance(v, float) else v
+                      for k, v in r.items() if "time" not in k} for r in two]
     assert [r["status"] for r in rec_one] == [r["status"] for r in rec_two]

@@ -93,6 +93,42 @@ def _options(args, method: Optional[str] = None) -> dict:
     return {"device": args.device} if "device" in fields else {}
 
 
+def _method_options(args) -> dict:
+    """`--option KEY=VALUE` (and `--lp-tighten`) as typed keyword options of the method: each
+    value is read as the type of the option's default (bool: true/false/1/0)."""
+    defaults = get_backend(args.method).options_type()
+    pairs = list(args.option or [])
+    if args.lp_tighten:
+        if args.method != "lp":
+            raise InputError(f"--lp-tighten applies to --method lp, not '{args.method}'")
+        pairs.append("lp_tighten=true")
+    options: dict = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise InputError(f"--option expects KEY=VALUE, got '{pair}'")
+        if not hasattr(defaults, key) or key == "device":
+            valid = [k for k in defaults.__dataclass_fields__ if k != "device"]
+            raise InputError(f"unknown option '{key}' for method '{args.method}'; valid: "
+                             f"{', '.join(valid) or 'none'}")
+        default = getattr(defaults, key)
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                value = text.lower() in ("true", "1")
+            elif isinstance(default, (int, float)) or default is None:
+                value = type(default)(text) if default is not None else float(text)
+            else:
+                value = text
+        except ValueError:
+            raise InputError(f"option {key} of method '{args.method}' takes a "
+                             f"{type(default).__name__}, got '{text}'") from None
+        options[key] = value
+    return options
+
+
 def cmd_info(args) -> int:
     net = load_onnx(args.model)
     print(net.summary())
@@ -119,7 +155,8 @@ def cmd_certify(args) -> int:
     x = read_input(args.input)
     domain = parse_domain(args.domain, args.model)
     cert = certify(net, x, args.label, args.eps, norm=args.norm, method=args.method,
-                   domain=domain, **_options(args), **_smoothing_options(args))
+                   domain=domain, **{**_options(args), **_smoothing_options(args),
+                                     **_method_options(args)})
     print(cert.to_json() if args.json else str(cert))
     return 0
 
@@ -369,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="valid input box LO,HI (default: the model's metadata domain; 'none')")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda")
     p.add_argument("--json", action="store_true", help="print the certificate as JSON")
+    p.add_argument("--lp-tighten", action="store_true",
+                   help="lp: tighten unstable neurons layer by layer with two LPs each (LP-all)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="any option of the method, e.g. steps=50 for alpha-crown, timeout=30 "
+                   "for milp, intermediate=ibp for crown (repeatable)")
     p.set_defaults(func=cmd_certify)
     _add_smoothing_arguments(p)
 
@@ -432,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("vnnlib", help="answer a VNN-LIB property: sat, unsat, unknown, timeout")
     p.add_argument("model")
-    p.add_argument("property", help="VNN-LIB 1.0 file (describes the violation)")
+    p.add_argument("property", help="VNN-LIB 1.0 or 2.0 file (describes the violation)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds, loading included")
     p.add_argument("--method", default="auto", help="auto, bab, or a certifier name")
     p.add_argument("--out", default=None, help="write the result (and counterexample) here")

@@ -4,10 +4,15 @@ One mechanism for every sweep: `run_jobs(fn, jobs, workers, cluster)` yields (in
 jobs finish. workers = 1 runs them here, in order; workers > 1 uses a local process pool
 (concurrent.futures); `cluster="tcp://host:port"` submits them to an existing Dask distributed
 scheduler (the optional `dask[distributed]` dependency). `fn` must be a module-level function.
+
+Local workers start from a fresh process ("forkserver", or "spawn" where there is none), never
+by forking this one: a fork inherits HiGHS's and torch's thread pools in whatever state they are
+in, and a MILP solve in the child can then wait forever on a lock no thread will release.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -40,7 +45,9 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int = 1,
         for i, job in enumerate(jobs):
             yield i, fn(*job)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
         for future in as_completed(futures):
             yield futures[future], future.result()

@@ -27,7 +27,7 @@ from typing import Optional, Union
 import numpy as np
 
 from .errors import ModelLoadError, UnsupportedModelError
-from .network import AFFINE, Conv2d, Dense, Network, ReLU, _size
+from .network import Conv2d, Dense, Network, ReLU, _size
 
 SUPPORTED_OPS = (
     "Add", "BatchNormalization", "Constant", "Conv", "Div", "Flatten", "Gemm", "Identity",
@@ -184,8 +184,6 @@ class _GraphReader:
 
     # -- main loop ------------------------------------------------------------------------------
     def read(self) -> Network:
-        import onnx
-
         for init in self.graph.initializer:
             self.consts[init.name] = _to_array(init)
         graph_inputs = [i for i in self.graph.input if i.name not in self.consts]
@@ -447,7 +445,6 @@ class _GraphReader:
     def fold_constant(self, node) -> np.ndarray:
         """Evaluate a node whose inputs are all constants (shape arithmetic, weight scaling)."""
         vals = [self.consts[name] if name else None for name in node.input]
-        attrs = self.attrs(node)
         op = node.op_type
         binary = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
         if op in binary:

@@ -27,6 +27,8 @@ float64 with a rounding allowance: the certifiers use it instead of the solver's
 from __future__ import annotations
 
 import math
+import os
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Optional, Sequence
@@ -360,14 +362,38 @@ def lagrangian_bound(program: ReluProgram, cost: np.ndarray, offset: float,
     return value if math.isfinite(value) else -math.inf
 
 
+_BANNER_SILENCED = False
+
+
+def new_highs() -> highspy.Highs:
+    """A HiGHS instance that prints nothing. HiGHS 1.16 writes a banner to the process's stdout
+    (file descriptor 1, bypassing sys.stdout) when the first instance is made, which would corrupt
+    `verify certify --json`; that first construction runs with fd 1 pointed at os.devnull."""
+    global _BANNER_SILENCED
+    if not _BANNER_SILENCED:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        try:
+            with open(os.devnull, "w") as devnull:
+                os.dup2(devnull.fileno(), 1)
+                highs = highspy.Highs()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        _BANNER_SILENCED = True
+    else:
+        highs = highspy.Highs()
+    highs.setOptionValue("output_flag", False)
+    return highs
+
+
 def to_highs(program: ReluProgram, relax: bool = False, options: Optional[dict] = None
              ) -> highspy.Highs:
     """A silent HiGHS instance holding the program (binaries continuous in [0, 1] if `relax`),
     passed as a row-wise sparse matrix; the objective is set later with `set_objective`."""
     if program.ball is not None:
         raise ValueError("an l_2 ball needs a second-order cone: HiGHS cannot hold it")
-    highs = highspy.Highs()
-    highs.setOptionValue("output_flag", False)
+    highs = new_highs()
     for key, value in (options or {}).items():
         highs.setOptionValue(key, value)
     A = program.matrix.tocsr()
