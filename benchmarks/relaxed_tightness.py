@@ -32,6 +32,7 @@ import verify  # noqa: E402
 from verify.bounds import InputBatch  # noqa: E402
 from verify.bounds import crown  # noqa: E402
 from verify.network import resolve_device  # noqa: E402
+from benchmarks.reporting import machine  # noqa: E402
 
 METHODS: list[tuple[str, dict]] = [
     ("ibp", {}),
@@ -179,8 +180,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = str(resolve_device(args.device))
-    header = (f"verify {verify.__version__}, torch {torch.__version__}, device {device}, "
-              f"{torch.get_num_threads()} CPU thread(s); {time.strftime('%Y-%m-%d')}.")
+    header = f"Machine: {machine()}; device {device}."
     print(header)
     net, xs, ys = digits()
     rows = run_grid("digits_mlp", net, xs, ys, [0.03] if args.quick else DIGITS_EPS, device)

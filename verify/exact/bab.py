@@ -44,15 +44,17 @@ class BaBOptions:
     batch_size: int = 1024  # boxes bounded per pass
     timeout: float = 60.0  # seconds per query
     max_boxes: int = 5_000_000  # total boxes bounded before giving up
-    # Boxes CROWN leaves open get `alpha_steps` of projected Adam on the final lower ReLU slopes
-    # and a convex combination of the violation's rows (0 turns it off).
+    # Once a search has run `alpha_after` seconds (easy ones are done by then), the boxes CROWN
+    # leaves open get `alpha_steps` of projected Adam on the final lower ReLU slopes and a convex
+    # combination of the violation's rows (0 steps turns it off).
     alpha_steps: int = 20
     alpha_lr: float = 0.5
+    alpha_after: float = 3.0
     # A search still open after `polish_after` seconds runs the exact MILP once on a small box
     # (`polish_radius` x the box's width per side) around its best attack point (`local_milp`).
-    polish_after: float = 2.0
+    polish_after: float = 8.0
     polish_radius: float = 0.02
-    polish_time: float = 10.0
+    polish_time: float = 8.0
 
 
 @dataclass
@@ -240,6 +242,7 @@ class BoxSearch:
         # The best attack point so far and its value max_i (A f(x) - b)_i, for `polish`.
         self.best_x, self.best_value = hint if hint is not None else (box.center, np.inf)
         self.polished = False
+        self.started: Optional[float] = None  # perf_counter at the first step
         self.device = resolve_device(options.device)
         if options.bounds not in ("crown", "ibp"):
             raise InputError(f"unknown bounds '{options.bounds}' for bab: use crown or ibp")
@@ -261,6 +264,8 @@ class BoxSearch:
     def step(self) -> None:
         """Bound one batch (best first), drop the proved boxes, attack and split the rest."""
         result, options = self.result, self.options
+        if self.started is None:
+            self.started = time.perf_counter()
         if not len(self.lower):
             result.status = "unsat"
             return
@@ -279,7 +284,9 @@ class BoxSearch:
         result.passes += 1
         best_row = row_lower.max(dim=1).values
         refuted = best_row > 0  # some row of A f(x) - b is > 0 on the whole box
-        if options.alpha_steps > 0 and options.bounds == "crown" and not bool(refuted.all()):
+        refine = options.alpha_steps > 0 and options.bounds == "crown" and \
+            time.perf_counter() - self.started >= options.alpha_after
+        if refine and not bool(refuted.all()):
             open_ = ~refuted
             best_row[open_] = torch.maximum(best_row[open_], optimized_lower(
                 self.net, lo[open_], up[open_], self.A, self.b,
