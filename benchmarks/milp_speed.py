@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import platform
 import statistics
 import sys
 import time
@@ -39,6 +38,7 @@ import verify  # noqa: E402
 from verify.bounds.lp import neuron_bounds  # noqa: E402
 from verify.bounds.relu_encoding import BIG_M, build_program, set_objective, to_highs  # noqa: E402
 from verify.verdict import certificate_from_bounds  # noqa: E402
+from benchmarks.reporting import machine  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -75,11 +75,12 @@ def write_report(rows: list[dict], args) -> list[str]:
     lines = ["# MILP speed: milp (default options) against a naive MILP",
              "",
              f"Bundled digits MLP (64-50-50-10), first {n} test inputs, l_inf ∩ [0, 1]; "
-             f"{platform.processor() or platform.machine()}, torch threads {args.threads}, "
-             f"HiGHS {highspy.Highs().version()} (MIP single-threaded). Naive: IBP bounds, all 9 "
+             f"torch threads {args.threads}, HiGHS MIP single-threaded. Naive: IBP bounds, all 9 "
              "rows to optimality with HiGHS defaults. Both run back to back per input, on a "
              "machine shared with other jobs (absolute times vary from run to run; the ratio is "
              "from one run).",
+             "",
+             f"Machine: {machine()}.",
              "",
              "| eps | naive median (s) | milp median (s) | ratio | inputs needing a MILP: "
              "naive / milp median (s), ratio | naive max (s) | milp max (s) "

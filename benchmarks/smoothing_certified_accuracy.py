@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import verify  # noqa: E402
+from benchmarks.reporting import machine  # noqa: E402
 from verify.smoothing import best_case_radius, certified_accuracy, robustness_score  # noqa: E402
 
 SIGMAS = (0.12, 0.25, 0.5, 1.0)
@@ -126,6 +127,8 @@ def main() -> int:
         f"l_2 radius in pixel units (d = 64). Base classifiers models/digits_mlp_noiseNNN.onnx "
         f"trained with Gaussian noise of the same sigma. Device {certs_device(args.device)}"
         f", {args.threads} CPU thread(s). `python benchmarks/smoothing_certified_accuracy.py`",
+        "",
+        f"Machine: {machine()}.",
         "",
         "Certified accuracy = fraction of test digits that g classifies correctly with certified "
         "radius >= r (each at confidence 1 - alpha). ACR = average certified radius = area "

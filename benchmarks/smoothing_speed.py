@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 import verify  # noqa: E402
 from verify.network import resolve_device  # noqa: E402
+from benchmarks.reporting import machine  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -133,6 +134,8 @@ def main() -> int:
         f"Device {where} ({args.threads} CPU thread(s)), float32, batch {args.batch_size}, "
         f"Gaussian sigma 0.25, n0 = 100, medians of {args.repeats} interleaved pairs of runs "
         f"(`python benchmarks/smoothing_speed.py`).",
+        "",
+        f"Machine: {machine()}.",
         "",
         "| model | n per run | bare forward loop (samples/s) | CERTIFY sampling loop "
         "(samples/s) | CERTIFY end to end (samples/s) | overhead | overhead range | "

@@ -55,6 +55,8 @@ class BaBOptions:
     polish_after: float = 8.0
     polish_radius: float = 0.02
     polish_time: float = 8.0
+    polish_starts: int = 4096  # the longer attack whose end points the local MILPs start from
+    polish_steps: int = 50
 
 
 @dataclass
@@ -322,9 +324,9 @@ class BoxSearch:
 
 
     def polish(self, deadline: float, candidates: int = 8, seed: int = 1) -> None:
-        """Once: a longer attack (4096 starts, 200 steps), then the exact MILP on a small box
-        around each of the best `candidates` points it ends at and the best point so far
-        (`local_milp`), until one holds a violation or the time is spent."""
+        """Once: a longer attack (`polish_starts` x `polish_steps`), then the exact MILP on a
+        small box around each of the best `candidates` points it ends at and the best point so
+        far (`local_milp`, each with its share of `polish_time`), until one holds a violation."""
         self.polished = True
         options = self.options
         end = min(time.perf_counter() + options.polish_time, deadline)
@@ -332,18 +334,21 @@ class BoxSearch:
             return
         lo, up = self._box_tensors()
         generator = torch.Generator().manual_seed(seed)
-        starts = torch.rand((4096, lo.shape[1]), generator=generator, dtype=torch.float64)
+        starts = torch.rand((options.polish_starts, lo.shape[1]), generator=generator,
+                            dtype=torch.float64)
         points, values = falsify(self.net, lo, up, self.A, self.b,
-                                 lo + starts.to(self.device) * (up - lo), steps=200, every=True)
+                                 lo + starts.to(self.device) * (up - lo),
+                                 steps=options.polish_steps, every=True)
         order = torch.argsort(values)[:candidates]
         tries = [(self.best_x, self.best_value)] + \
             [(points[i].cpu().numpy(), values[i].item()) for i in order]
         for x0, value in sorted(tries, key=lambda t: t[1]):
             if value <= 0 and (self.check is None or self.check(x0)):
                 x = x0
-            elif time.perf_counter() < end:
+            elif time.perf_counter() < end:  # each candidate gets at most its share
                 x = local_milp(self.net, self.box, self.A_array, self.b_array, x0,
-                               options.polish_radius, end - time.perf_counter())
+                               options.polish_radius,
+                               min(end - time.perf_counter(), options.polish_time / len(tries)))
             else:
                 return
             if x is not None and (self.check is None or self.check(x)):
