@@ -254,3 +254,48 @@ def test_export_lp_agrees_with_milp(capsys, tmp_path, digits_mlp_path, digits_te
     code, _, err = run(capsys, "export", digits_mlp_path, "--input", tmp_path / "x.npy",
                        "--label", y, "--eps", 0.05, "--norm", "2", "--out", tmp_path / "l2.lp")
     assert code == 2 and "l_2" in err and not (tmp_path / "l2.lp").exists()
+
+
+def test_unreadable_npy_inputs_are_one_line_errors(capsys, tmp_path, digits_mlp_path):
+    """An empty .npy, a .npy of strings and one of complex numbers: one line, exit 2."""
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    words = tmp_path / "words.npy"
+    np.save(words, np.array(["a"] * 64))
+    complex_ = tmp_path / "complex.npy"
+    np.save(complex_, np.ones(64) * (1 + 1j))
+    for path, expected in ((empty, "cannot read the input"), (words, "must be real numbers"),
+                           (complex_, "must be real numbers")):
+        code, _, err = run(capsys, "certify", digits_mlp_path, "--input", path, "--label", 0,
+                           "--eps", 0.01)
+        assert code == 2 and expected in err and err.count("\n") == 1, err
+
+
+def test_compare_checks_every_eps_before_writing(capsys, tmp_path, digits_mlp_path):
+    out = tmp_path / "cmp"
+    code, _, err = run(capsys, "compare", digits_mlp_path, "--eps", 0.01, -1, "--n", 2,
+                       "--methods", "ibp", "--out", out)
+    assert code == 2 and "--eps must be finite and >= 0" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_plot2d_without_matplotlib_is_a_clear_error(capsys, tmp_path, monkeypatch):
+    import sys as _sys
+
+    monkeypatch.setitem(_sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    code, _, err = run(capsys, "plot2d", "models/toy2d.onnx", "--x", "0.7,0.3", "--eps", 0.1,
+                       "--out", tmp_path / "f.png")
+    assert code == 2 and "pip install 'verify[plot]'" in err
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_closed_pipe_gives_no_traceback(digits_mlp_path, digit_file):
+    path, label = digit_file
+    proc = subprocess.Popen([sys.executable, "-m", "verify", "certify", str(digits_mlp_path),
+                             "--input", str(path), "--label", str(label), "--eps", "0.01",
+                             "--method", "crown"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader leaves before the certificate is printed
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipeError" not in err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,12 +52,15 @@ def read_input(path: str) -> np.ndarray:
             value = np.asarray([float(t) for t in tokens], dtype=np.float64)
         else:
             raise InputError(f"{path}: unknown input format '{suffix}' (use .npy, .json or .csv)")
+        value = np.asarray(value)
+        if value.dtype.kind not in "iuf":
+            raise InputError(f"{path}: the input must be real numbers, not {value.dtype} values")
+        return value.astype(np.float64).reshape(-1)
     except InputError:
         raise
-    except (ValueError, TypeError, OSError, json.JSONDecodeError) as exc:
+    except (ValueError, TypeError, OSError, EOFError, json.JSONDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{path}: cannot read the input ({first})") from None
-    return np.asarray(value, dtype=np.float64).reshape(-1)
 
 
 def model_metadata(model_path: str) -> dict:
@@ -240,6 +244,9 @@ def cmd_compare(args) -> int:
         raise InputError(f"{data_path}: inputs have {xs[0].size} values, the network expects "
                          f"{net.input_size}")
     xs, ys = xs[: args.n], ys[: args.n]
+    for eps in args.eps:  # all of them before any file is opened
+        if not np.isfinite(eps) or eps < 0:
+            raise InputError(f"--eps must be finite and >= 0, got {eps}")
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -258,6 +265,11 @@ def cmd_compare(args) -> int:
 
 def cmd_plot2d(args) -> int:
     from .plot2d import plot2d
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise InputError("plot2d draws with matplotlib: pip install 'verify[plot]'") from None
 
     try:
         x = [float(v) for v in args.x.split(",")]
@@ -503,6 +515,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except VerifyError as exc:
         print(f"verify: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `verify certify ... | head -2`: the reader left, say nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "verifier semantics) instead of refusing them")
     for name in ("supports", "capabilities"):
         p = commands.add_parser(name, help="report one capability" if name == "supports"
-                                else argparse.SUPPRESS)
+                                else "the same as supports")
         flags = p.add_mutually_exclusive_group()
         for capability in (*CAPABILITIES, *ALIASES):
             flags.add_argument(capability, dest="capability", action="store_const",

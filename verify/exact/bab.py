@@ -401,7 +401,7 @@ def _as_box(spec: Specification) -> Box:
     if isinstance(s, LpBall) and s.norm == "inf":
         return Box(*s.bounding_box())
     raise InputError(f"bab splits input boxes: it takes l_inf balls or boxes, not l_{s.norm} "
-                     "balls (use crown, lp or smoothing)")
+                     "balls (use milp for l_1; crown, lp or smoothing for l_1 and l_2)")
 
 
 def certify(net: Network, specs: Sequence[Specification], options: BaBOptions
