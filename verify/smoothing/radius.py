@@ -169,6 +169,24 @@ def _unit(u: np.ndarray, p: float) -> np.ndarray:
     return u / np.linalg.norm(u, ord=p)
 
 
+def _candidate_directions(dim: int, q: float, restarts: int, rng: np.random.Generator
+                          ) -> dict[str, np.ndarray]:
+    """Shift directions to search, unit in l_q, sorted decreasingly (the noises are symmetric
+    under coordinate permutations and sign flips): the k-sparse corners 1, 2, 4, ..., dim and
+    `restarts` random profiles."""
+    candidates: dict[str, np.ndarray] = {}
+    k = 1
+    while True:
+        candidates[f"{k}-sparse"] = _unit(np.ones(k), q)
+        if k >= dim:
+            break
+        k = min(2 * k, dim)
+    for i in range(restarts):
+        u = rng.exponential(size=dim) ** rng.uniform(0.5, 3.0)
+        candidates[f"random{i}"] = _unit(np.sort(u)[::-1], q)
+    return candidates
+
+
 def dkw_epsilon(n: int, beta: float) -> float:
     """One-sided DKW/Massart deviation: P(sup (S - S_hat) > eps) <= exp(-2 n eps^2) = beta."""
     return math.sqrt(math.log(1.0 / beta) / (2.0 * n))
@@ -334,16 +352,7 @@ def _numerical_radius(noise, p_lower, norm, dim, alpha_mc, n_mc, n_search, resta
     search = _RayBisection(_ShiftSampler(noise, n_search, seed, device), p_lower)
     guess = _initial_guess(noise, p_lower, q, dim)
 
-    candidates: dict[str, np.ndarray] = {}
-    k = 1
-    while True:
-        candidates[f"{k}-sparse"] = _unit(np.ones(k), q)
-        if k >= dim:
-            break
-        k = min(2 * k, dim)
-    for i in range(restarts):
-        u = rng.exponential(size=dim) ** rng.uniform(0.5, 3.0)
-        candidates[f"random{i}"] = _unit(np.sort(u)[::-1], q)
+    candidates = _candidate_directions(dim, q, restarts, rng)
     radii = {name: search.boundary(u, guess) for name, u in candidates.items()}
 
     best_name = min(radii, key=radii.get)
@@ -551,16 +560,7 @@ def _numerical_radius_curve(noise, p_grid, norm, dim, alpha_mc, n_mc, n_search, 
         return RadiusCurve(p_all, zeros, zeros.copy(), directions=[], radius_grid=[],
                            directions_tried=0, evaluations=0, **base)
 
-    candidates: dict[str, np.ndarray] = {}
-    k = 1
-    while True:
-        candidates[f"{k}-sparse"] = _unit(np.ones(k), q)
-        if k >= dim:
-            break
-        k = min(2 * k, dim)
-    for i in range(restarts):
-        u = rng.exponential(size=dim) ** rng.uniform(0.5, 3.0)
-        candidates[f"random{i}"] = _unit(np.sort(u)[::-1], q)
+    candidates = _candidate_directions(dim, q, restarts, rng)
     bounds = {name: search_boundaries(u) for name, u in candidates.items()}
 
     best_name = min(bounds, key=lambda name: score(bounds[name]))
