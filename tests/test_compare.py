@@ -56,6 +56,22 @@ def test_interrupted_run_keeps_finished_rows(tmp_path, digits_mlp_path, digits_t
     assert len(lines) == 3 and [line[2] for line in lines[1:]] == ["ibp", "crown"]
 
 
+def test_ticks_count_every_input_and_change_no_result(digits_mlp_path, digits_test):
+    """The progress ticks go 0 .. N for every (eps, method), in order, and chunking the inputs
+    for them leaves every verdict as it was."""
+    net = load_onnx(digits_mlp_path)
+    xs, ys = digits_test
+    ticks = []
+    rows, records = compare(net, xs[:23], ys[:23], [0.01, 0.03], "inf", ["crown", "milp"],
+                            (0, 1), tick=lambda *t: ticks.append(t))
+    _, plain = compare(net, xs[:23], ys[:23], [0.01, 0.03], "inf", ["crown", "milp"], (0, 1))
+    assert [r["status"] for r in records] == [r["status"] for r in plain]
+    for eps in (0.01, 0.03):
+        for method in ("crown", "milp"):
+            done = [d for e, m, d, n in ticks if (e, m) == (eps, method)]
+            assert done[0] == 0 and done[-1] == 23 and done == sorted(done) and len(done) == 11
+
+
 def test_one_input_side_by_side(digits_mlp_path, digits_test):
     net = load_onnx(digits_mlp_path)
     xs, ys = digits_test

@@ -252,8 +252,9 @@ def cmd_compare(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
     rows, records = compare(net, xs, ys, args.eps, args.norm, args.methods, domain,
                             out / "compare.csv" if out else None,
-                            progress=lambda text: print(text, file=sys.stderr, flush=True),
-                            workers=args.workers, cluster=args.cluster)
+                            progress=_progress_line, workers=args.workers,
+                            cluster=args.cluster,
+                            tick=_progress_bar if sys.stderr.isatty() else None)
     print(format_table(rows))
     if out is not None:
         write_json(rows, records, out / "compare.json")
@@ -261,6 +262,19 @@ def cmd_compare(args) -> int:
         print(f"wrote {out / 'compare.csv'}, {out / 'compare.json'}"
               + (f", {out / 'compare.png'}" if drawn else " (no plot: matplotlib missing)"))
     return 0
+
+
+def _progress_bar(eps: float, method: str, done: int, total: int, width: int = 30) -> None:
+    """`eps 0.05 milp [#########.....................] 30/100`, redrawn in place on stderr."""
+    filled = width * done // max(total, 1)
+    print(f"\r  eps {eps:g} {method} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
+          end="", file=sys.stderr, flush=True)
+
+
+def _progress_line(text: str) -> None:
+    """One finished row; on a terminal it replaces the progress bar's line."""
+    clear = "\r\033[K" if sys.stderr.isatty() else ""
+    print(clear + text, file=sys.stderr, flush=True)
 
 
 def cmd_plot2d(args) -> int:

@@ -66,12 +66,16 @@ def compare(net: Network, xs: np.ndarray, ys: np.ndarray, eps_list: Sequence[flo
             domain=None, out_csv: Optional[Path] = None,
             progress: Optional[Callable[[str], None]] = None,
             options: Optional[dict] = None, workers: int = 1,
-            cluster: Optional[str] = None) -> tuple[list[dict], list[dict]]:
+            cluster: Optional[str] = None,
+            tick: Optional[Callable[[float, str, int, int], None]] = None
+            ) -> tuple[list[dict], list[dict]]:
     """Every method on every input at every radius: (table rows, per-input records).
 
     With `out_csv`, each row is appended as soon as it is finished (an interrupted run keeps
     what it completed). `options[method]` passes options to one method. `workers` local
-    processes (or a Dask `cluster`) share each method's inputs (verify.executor)."""
+    processes (or a Dask `cluster`) share each method's inputs (verify.executor). `progress`
+    gets one line per finished row; `tick(eps, method, done, total)` is called as inputs
+    finish (the inputs then go in up to 10 chunks per row, so a progress bar can move)."""
     from .executor import run_jobs
 
     for method in methods:
@@ -85,10 +89,18 @@ def compare(net: Network, xs: np.ndarray, ys: np.ndarray, eps_list: Sequence[flo
         for method in methods:
             t0 = time.perf_counter()
             parallel = workers > 1 or cluster is not None
-            chunks = np.array_split(np.arange(len(xs)), workers if parallel else 1)
+            pieces = max(workers if parallel else 1, 10 if tick is not None else 1)
+            chunks = [idx for idx in np.array_split(np.arange(len(xs)), pieces) if len(idx)]
             jobs = [(net, xs[idx], ys[idx], eps, norm, method, domain, options.get(method, {}),
-                     parallel) for idx in chunks if len(idx)]
-            parts = dict(run_jobs(_certify_chunk, jobs, workers, cluster))
+                     parallel) for idx in chunks]
+            parts, done = {}, 0
+            if tick is not None:
+                tick(eps, method, 0, len(xs))
+            for k, part in run_jobs(_certify_chunk, jobs, workers, cluster):
+                parts[k] = part
+                done += len(part)
+                if tick is not None:
+                    tick(eps, method, done, len(xs))
             certs = [c for k in sorted(parts) for c in parts[k]]
             row = summarize(eps, norm, method, certs, time.perf_counter() - t0)
             rows.append(row)
