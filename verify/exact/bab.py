@@ -330,7 +330,7 @@ class BoxSearch:
         self.polished = True
         options = self.options
         end = min(time.perf_counter() + options.polish_time, deadline)
-        if self.done:
+        if self.done or end - time.perf_counter() < 1.0:  # no time left for attack and MILPs
             return
         lo, up = self._box_tensors()
         generator = torch.Generator().manual_seed(seed)
