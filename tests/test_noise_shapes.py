@@ -216,3 +216,15 @@ def test_study_summary_is_the_robustness_score():
     np.testing.assert_allclose(cell["curve"], certified_accuracy(
         [0.3, None, 0.1, 0.6], ok, np.asarray(study.RADII["2"])))
     assert cell["curve"][0] == pytest.approx(0.5)  # r = 0.1: both correct ones reach it
+
+
+def test_radius_curve_with_pa_one_stays_finite_and_sound():
+    """pA = 1 has no boundary along any ray (an infinite true radius); it must neither make the
+    curve infinite nor lift the other entries above their closed forms."""
+    grid = np.array([0.9, 0.99, 1.0])
+    curve = numerical_radius_curve(GeneralNormal(0.5, 2.0), grid, "2", 4, alpha_mc=1e-3, seed=3,
+                                   **FAST_CURVE)
+    exact = np.array([Gaussian(0.5).closed_radius(p, "2", 4) for p in grid[:2]])
+    assert np.all(np.isfinite(curve.radius))
+    assert np.all(curve.radius[:2] <= exact + curve.error()[:2] + 1e-12)
+    assert np.all(curve.radius[:2] >= 0.9 * exact) and curve.radius[2] >= curve.radius[1]

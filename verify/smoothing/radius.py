@@ -428,10 +428,15 @@ def np_lower_bounds(log_w: np.ndarray, p: np.ndarray) -> np.ndarray:
     scaled = np.where(finite, np.exp(lw - top), 0.0)
     below = np.concatenate(([0.0], np.cumsum(scaled)[:-1]))
     usable = finite & (lw > top - 600.0)
-    inv_w = np.exp(-lw[usable])
+    with np.errstate(over="ignore"):  # a huge 1/w is +inf: its line is -inf for p < 1
+        inv_w = np.exp(-lw[usable])
     offset = 1.0 - (np.arange(n)[usable] - below[usable] / scaled[usable]) / n
-    # f_j(p) = offset_j - (1 - p) inv_w_j, maximised over j, for each p
-    values = np.max(offset[None, :] - (1.0 - p)[:, None] * inv_w[None, :], axis=1)
+    # f_j(p) = offset_j - (1 - p) inv_w_j, maximised over j, for each p (at p = 1 the slope
+    # term is 0 even where 1/w overflowed, not 0 x inf = NaN)
+    gap = (1.0 - p)[:, None]
+    with np.errstate(invalid="ignore"):
+        slope = np.where(gap == 0.0, 0.0, gap * inv_w[None, :])
+    values = np.max(offset[None, :] - slope, axis=1)
     return np.maximum(values, 0.0)
 
 
@@ -539,10 +544,15 @@ def _numerical_radius_curve(noise, p_grid, norm, dim, alpha_mc, n_mc, n_search, 
         return np_lower_bounds(sampler.log_weights(r * u[u > 0]), p)
 
     def search_boundaries(u: np.ndarray) -> np.ndarray:
-        """Uncorrected prefix boundary per p along u on the search samples."""
-        hi = _initial_guess(noise, float(p[-1]), q, dim)
+        """Uncorrected prefix boundary per p along u on the search samples (pA = 1, whose
+        true radius is infinite, gets the top of the ladder bracketing the largest p < 1)."""
+        below_one = np.flatnonzero(p < 1.0)
+        if not below_one.size:
+            return np.full(p.size, math.inf)
+        target = int(below_one[-1])
+        hi = _initial_guess(noise, float(p[target]), q, dim)
         for _ in range(60):
-            if not values(search_sampler, u, hi)[-1] > 0.5:
+            if not values(search_sampler, u, hi)[target] > 0.5:
                 break
             hi *= 2
         else:
@@ -594,10 +604,12 @@ def _numerical_radius_curve(noise, p_grid, norm, dim, alpha_mc, n_mc, n_search, 
     estimate = np.full(p.size, math.inf)
     ladders = []
     for name in chosen:
-        u, top = candidates[name], 1.25 * float(np.max(bounds[name]))
-        if not math.isfinite(top):
+        u, found = candidates[name], bounds[name][np.isfinite(bounds[name])]
+        if not found.size:  # no boundary found on the search samples: nothing validated
+            radius, estimate = np.zeros(p.size), np.zeros(p.size)
             ladders.append([])
             continue
+        top = 1.25 * float(found.max())  # a p without a boundary gets at most the ladder top
         ladder = _ladder(top, grid, decades)
         ok_corrected = np.ones(p.size, dtype=bool)  # still certified at every point so far
         ok_raw = np.ones(p.size, dtype=bool)
