@@ -50,7 +50,14 @@ def test_acasxu_answers_agree_with_ground_truth(shared_benchmarks):
     assert solved >= 4
 
 
-def test_bab_agrees_with_milp_on_small_networks():
+# BaB's alpha refinement and local MILP start after seconds; `eager` runs them from the start so
+# that the quick tests exercise them too.
+BAB_VARIANTS = {"default": {}, "eager": {"alpha_after": 0.0, "polish_after": 0.0,
+                                         "polish_time": 2.0, "polish_starts": 256}}
+
+
+@pytest.mark.parametrize("variant", sorted(BAB_VARIANTS))
+def test_bab_agrees_with_milp_on_small_networks(variant):
     """Cross-method oracle on random nets: the complete input-splitting search and the exact
     MILP give the same YES / NO wherever both decide."""
     rng = np.random.default_rng(11)
@@ -60,7 +67,8 @@ def test_bab_agrees_with_milp_on_small_networks():
         x = rng.uniform(0, 1, size=3)
         label = int(net.forward(x).argmax())
         eps = float(rng.uniform(0.02, 0.3))
-        a = certify(net, x, label, eps, "inf", "bab", (0, 1), timeout=10.0)
+        a = certify(net, x, label, eps, "inf", "bab", (0, 1), timeout=10.0,
+                    **BAB_VARIANTS[variant])
         b = certify(net, x, label, eps, "inf", "milp", (0, 1), exact_margins=True)
         if Status.MAYBE in (a.status, b.status):
             continue
@@ -72,6 +80,35 @@ def test_bab_agrees_with_milp_on_small_networks():
             ours = [v for v in a.margin_lower if v is not None]
             assert all(o <= m + 1e-9 for o, m in zip(ours, mins))
     assert decided >= 8
+
+
+def test_eager_bab_refinements_agree_on_multi_row_violations():
+    """Violations "output 0 is the largest" (3 rows, a conjunction) on random nets and boxes:
+    BaB with its alpha refinement and local MILP running from the start gives the same sat /
+    unsat as plain CROWN splitting, and every sat point replays."""
+    rng = np.random.default_rng(5)
+    A = np.array([[-1.0, 1.0, 0.0, 0.0], [-1.0, 0.0, 1.0, 0.0], [-1.0, 0.0, 0.0, 1.0]])
+    decided, answers = 0, set()
+    for _ in range(10):
+        net = random_mlp(rng, [3, 12, 12, 4])
+        lo = [float(v) for v in rng.uniform(-1, 0.5, size=3)]
+        text = "".join(f"(declare-const X_{i} Real)" for i in range(3)) + \
+            "".join(f"(declare-const Y_{j} Real)" for j in range(4)) + \
+            "".join(f"(assert (>= X_{i} {lo[i]!r}))(assert (<= X_{i} {lo[i] + 0.4!r}))"
+                    for i in range(3)) + \
+            "".join(f"(assert (<= Y_0 Y_{j}))" for j in range(1, 4))  # y_0 - y_j <= 0
+        query = parse_vnnlib(text)
+        plain = solve(net, query, "bab", timeout=10, alpha_steps=0, polish_after=1e9)
+        eager = solve(net, query, "bab", timeout=10, **BAB_VARIANTS["eager"])
+        for result in (plain, eager):
+            if result.result == "sat":
+                x, y = result.counterexample
+                assert np.all(A @ y <= 0) or query.violated_by(x, y)
+        if {plain.result, eager.result} <= {"sat", "unsat"}:
+            decided += 1
+            answers.add(plain.result)
+            assert plain.result == eager.result
+    assert decided >= 6 and answers == {"sat", "unsat"}
 
 
 def test_bab_refuses_l2_balls():
