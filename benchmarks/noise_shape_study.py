@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 
 import verify  # noqa: E402
 from models.train import GENNORM_BETAS, gennorm_model_name  # noqa: E402
-from benchmarks.reporting import machine  # noqa: E402
+from benchmarks.reporting import machine, pyplot, save_png  # noqa: E402
 from verify.smoothing import (Gaussian, GeneralNormal, Laplace, NoisySampler,  # noqa: E402
                               certified_accuracy, clopper_pearson_lower,
                               numerical_radius_curve, robustness_score)
@@ -146,12 +146,8 @@ def summarize(radii: np.ndarray, ok: np.ndarray, norm: str, method: str, seconds
 
 
 def write_png(rows: list[dict], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     betas = [r["beta"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -173,7 +169,7 @@ def write_png(rows: list[dict], path: Path) -> bool:
     fig.suptitle("Noise shape vs certified robustness on digits (each beta: its own model)",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_png(fig, path)
     plt.close(fig)
     return True
 

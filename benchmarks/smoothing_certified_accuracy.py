@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import verify  # noqa: E402
-from benchmarks.reporting import machine  # noqa: E402
+from benchmarks.reporting import machine, pyplot, save_png  # noqa: E402
 from verify.smoothing import best_case_radius, certified_accuracy, robustness_score  # noqa: E402
 
 SIGMAS = (0.12, 0.25, 0.5, 1.0)
@@ -69,12 +69,8 @@ def run_sigma(sigma: float, xs, ys, args) -> dict:
 
 
 def write_png(rows: list[dict], args, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     top = max(max((v for v in r["radii"] if v is not None), default=0.0) for r in rows)
     grid = np.linspace(0, top * 1.15 + 1e-9, 400)
@@ -90,7 +86,7 @@ def write_png(rows: list[dict], args, path: Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_png(fig, path)
     plt.close(fig)
     return True
 

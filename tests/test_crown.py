@@ -24,16 +24,6 @@ from verify.errors import InputError
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These bounds are many small tensor operations: on a shared 2-core machine, OpenMP threads
-    spinning against other processes made them 30x slower. One thread here, restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def lower_bounds(net, spec, method, **options) -> np.ndarray:
     cert = certify_specs(net, [spec], method, device="cpu", **options)[0]
     return np.array([v for v in cert.margin_lower if v is not None])

@@ -25,14 +25,6 @@ from verify.smoothing.radius import np_lower_bound, np_lower_bounds
 BETAS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------- the samplers
 
 @pytest.mark.parametrize("shape", [0.25, 0.5, 2 / 3, 1.0, 2.0])

@@ -22,17 +22,6 @@ from verify.smoothing import (Gaussian, GeneralNormal, Laplace, Mixture, Uniform
                               uniform_radius)
 from conftest import MODELS
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small tensors on a shared machine: one intra-op thread is faster (restored after)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 SMOOTHING_MODELS = ["digits_mlp_noise012", "digits_mlp_noise025", "digits_mlp_noise050",
                     "digits_mlp_noise100"]
 

@@ -112,10 +112,9 @@ def _method_options(args) -> dict:
         key = key.strip().replace("-", "_")
         if not sep or not key:
             raise InputError(f"--option expects KEY=VALUE, got '{pair}'")
-        if not hasattr(defaults, key) or key == "device":
-            valid = [k for k in defaults.__dataclass_fields__ if k != "device"]
-            raise InputError(f"unknown option '{key}' for method '{args.method}'; valid: "
-                             f"{', '.join(valid) or 'none'}")
+        if not hasattr(defaults, key):  # backends.make_options names the valid ones
+            options[key] = text
+            continue
         default = getattr(defaults, key)
         try:
             if isinstance(default, bool):

@@ -210,10 +210,8 @@ def local_milp(net: Network, box: Box, A: np.ndarray, b: np.ndarray, center: np.
     lower = np.maximum(box.lower, center - reach)
     upper = np.minimum(box.upper, center + reach)
     small = Box(lower, upper)
-    as_tensor = lambda v: torch.as_tensor(v, dtype=torch.float64)[None]  # noqa: E731
-    batch = InputBatch(lower=as_tensor(lower), upper=as_tensor(upper),
-                       center=as_tensor((lower + upper) / 2), eps=torch.zeros(1, dtype=torch.float64),
-                       norm="box", C=as_tensor(A), d=as_tensor(b))
+    batch = _box_batch(*(torch.as_tensor(v, dtype=torch.float64)[None]
+                         for v in (lower, upper, A, b)))
     neuron = [(lo[0].numpy(), up[0].numpy()) for lo, up in crown.layer_bounds(net, batch)]
     program = build_program(net, small, neuron, BIG_M)
     highs = to_highs(program, options={"time_limit": max(float(time_limit), 0.01)})
