@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 import verify  # noqa: E402
 from benchmarks.reporting import (RESULTS, SHARED_NOTE, check_records, loglog_slope,  # noqa: E402
-                                  machine, pyplot, save_png, single_thread, write_csv,
+                                  machine, pyplot, finish_png, single_thread, write_csv,
                                   write_text)
 from models import train  # noqa: E402
 from verify.compare import compare  # noqa: E402
@@ -233,10 +233,7 @@ def write_png(rows: list[dict], k: dict, path: Path) -> bool:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("median time per input (s)")
-    fig.tight_layout()
-    save_png(fig, path)
-    plt.close(fig)
-    return True
+    return finish_png(fig, path)
 
 
 def architectures(widths, depths, depth_width) -> list[tuple[str, tuple[int, ...]]]:

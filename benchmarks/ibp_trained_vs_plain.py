@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 import verify  # noqa: E402
 from benchmarks.reporting import (RESULTS, SHARED_NOTE, check_records, machine,  # noqa: E402
-                                  pyplot, save_png, single_thread, write_csv, write_text)
+                                  pyplot, finish_png, single_thread, write_csv, write_text)
 from verify.compare import compare  # noqa: E402
 
 MODELS = REPO / "models"
@@ -209,10 +209,7 @@ def write_png(rows: list[dict], names: Sequence[str], path: Path) -> bool:
     axes[0].set_ylabel("certified accuracy")
     axes[0].set_ylim(-0.02, 1.02)
     axes[-1].legend(fontsize=8)
-    fig.tight_layout()
-    save_png(fig, path)
-    plt.close(fig)
-    return True
+    return finish_png(fig, path)
 
 
 def main(argv=None) -> int:

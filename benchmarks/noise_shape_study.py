@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 
 import verify  # noqa: E402
 from models.train import GENNORM_BETAS, gennorm_model_name  # noqa: E402
-from benchmarks.reporting import machine, pyplot, save_png  # noqa: E402
+from benchmarks.reporting import machine, pyplot, finish_png  # noqa: E402
 from verify.smoothing import (Gaussian, GeneralNormal, Laplace, NoisySampler,  # noqa: E402
                               certified_accuracy, clopper_pearson_lower,
                               numerical_radius_curve, robustness_score)
@@ -168,10 +168,7 @@ def write_png(rows: list[dict], path: Path) -> bool:
         ax.legend()
     fig.suptitle("Noise shape vs certified robustness on digits (each beta: its own model)",
                  fontsize=10)
-    fig.tight_layout()
-    save_png(fig, path)
-    plt.close(fig)
-    return True
+    return finish_png(fig, path)
 
 
 def main() -> int:

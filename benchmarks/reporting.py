@@ -87,6 +87,14 @@ def save_png(fig, path: Path) -> None:
     tmp.replace(path)
 
 
+def finish_png(fig, path: Path) -> bool:
+    """Lay out, write whole (`save_png`) and close a finished figure; True (it was drawn)."""
+    fig.tight_layout()
+    save_png(fig, path)
+    pyplot().close(fig)
+    return True
+
+
 def check_records(records: list[dict], order: tuple[tuple[str, str], ...] = (),
                   slack: float = 1e-9) -> list[str]:
     """Cross-method checks on `verify.compare` records (one per eps, method, input); returns one

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import verify  # noqa: E402
-from benchmarks.reporting import machine, pyplot, save_png  # noqa: E402
+from benchmarks.reporting import machine, pyplot, finish_png  # noqa: E402
 from verify.smoothing import best_case_radius, certified_accuracy, robustness_score  # noqa: E402
 
 SIGMAS = (0.12, 0.25, 0.5, 1.0)
@@ -85,10 +85,7 @@ def write_png(rows: list[dict], args, path: Path) -> bool:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    save_png(fig, path)
-    plt.close(fig)
-    return True
+    return finish_png(fig, path)
 
 
 def main() -> int:

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 import verify  # noqa: E402
 from benchmarks.reporting import (RESULTS, SHARED_NOTE, check_records,  # noqa: E402
-                                  machine, pyplot, save_png, single_thread, write_csv,
+                                  machine, pyplot, finish_png, single_thread, write_csv,
                                   write_text)
 from verify.compare import compare  # noqa: E402
 
@@ -185,10 +185,7 @@ def write_png(rows: list[dict], path: Path) -> bool:
     handles, labels = max(((a.get_legend_handles_labels()) for a in axes.flat),
                           key=lambda hl: len(hl[1]))
     fig.legend(handles, labels, loc="lower right", fontsize=8)
-    fig.tight_layout()
-    save_png(fig, path)
-    plt.close(fig)
-    return True
+    return finish_png(fig, path)
 
 
 def main(argv=None) -> int:
