@@ -84,8 +84,10 @@ def relu_relaxation(lower: Tensor, upper: Tensor) -> ReluRelaxation:
 
 
 def _matvec(matrix: Tensor, vector: Tensor) -> Tensor:
-    """(L, m, n) x (B, n) -> (B, m), L in {1, B}."""
-    return (matrix @ vector.unsqueeze(-1)).squeeze(-1)
+    """(L, m, n) x (B, n) -> (B, m), L in {1, B}. Products then a sum: on the CPU about three
+    times faster than a batched matrix-vector product (bmm with one column); any summation order
+    is within the rounding allowances, which bound |fl(sum) - sum| for every order."""
+    return (matrix * vector.unsqueeze(-2)).sum(-1)
 
 
 def _full_bias(layer, params: dict) -> Tensor:
@@ -187,11 +189,15 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
             lower_slope = relax.lower_slope[:, None, :]
             if alphas is not None and k in alphas:
                 lower_slope = torch.where(relax.unstable[:, None, :], alphas[k], lower_slope)
-            positive = coeffs.clamp(min=0)  # these use the line alpha z, the others s z + t
-            negative = coeffs - positive  # exact
+            negative = coeffs.clamp(max=0)  # these use the chord s z + t, the others alpha z
+            positive = coeffs - negative  # exact
             increment = _matvec(negative, relax.upper_intercept)
             const = const + increment
-            coeffs = positive * lower_slope + negative * relax.upper_slope[:, None, :]
+            upper_slope = relax.upper_slope[:, None, :]
+            if torch.is_grad_enabled():
+                coeffs = positive * lower_slope + negative * upper_slope
+            else:  # the same products and sums, in place (no autograd): fewer large temporaries
+                coeffs = positive.mul_(lower_slope).add_(negative.mul_(upper_slope))
             with torch.no_grad():
                 abs_coeffs = coeffs.detach().abs()
                 magnitude = (_matvec(abs_coeffs, in_magnitude) + increment.detach().abs()
