@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
+import os
 import re
 import statistics
+import subprocess
 import sys
 import time
+from typing import Optional
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +35,10 @@ sys.path.insert(0, str(REPO))
 import verify  # noqa: E402
 from verify.bounds import InputBatch  # noqa: E402
 from verify.bounds import crown  # noqa: E402
+from verify import executor  # noqa: E402
+from verify.executor import tune_cpu_allocator  # noqa: E402
 from verify.network import resolve_device  # noqa: E402
-from benchmarks.reporting import machine  # noqa: E402
+from benchmarks.reporting import clocks, machine  # noqa: E402
 
 METHODS: list[tuple[str, dict]] = [
     ("ibp", {}),
@@ -103,37 +109,65 @@ def run_grid(model: str, net, xs, ys, eps_grid, device: str) -> list[dict]:
     return rows
 
 
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def seconds(fn, device: torch.device, calls: int = 1) -> float:
+    """Mean seconds per call of `calls` calls: process CPU time on the CPU, wall time on CUDA."""
+    wall, cpu = clocks(device)
+    for _ in range(calls):
         fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    wall2, cpu2 = clocks(device)
+    return ((cpu2 - cpu) if device.type == "cpu" else (wall2 - wall)) / calls
 
 
-def forward_pass_equivalents(net, xs, ys, eps: float, device: str) -> dict:
-    """CROWN's margin bounds for all inputs as one batch, in units of one batched forward pass."""
+def forward_pass_equivalents(net, xs, ys, eps: float, device: str, repeats: int = 15) -> dict:
+    """CROWN's margin bounds for all inputs as one batch, in units of one batched forward pass:
+    `repeats` interleaved rounds (50 forward passes, one CROWN, one CROWN-IBP), ratios taken
+    within each round, medians and ranges reported."""
     dev = resolve_device(device)
     specs = [verify.robustness_spec(net.input_size, net.output_size, x, int(y), eps, "inf", (0, 1))
              for x, y in zip(xs, ys)]
     batch = InputBatch.from_specs(specs, dev)
     inputs = torch.as_tensor(xs, dtype=torch.float64, device=dev)
     crown.margin_lower_bounds(net, batch)  # warm-up
-    forward = median_time(lambda: net.torch_forward(inputs), 50)
-    bound = median_time(lambda: crown.margin_lower_bounds(net, batch), 7)
-    cheap = median_time(lambda: crown.margin_lower_bounds(net, batch, "ibp"), 7)
+    rounds = []
+    for _ in range(repeats):
+        forward = seconds(lambda: net.torch_forward(inputs), dev, calls=50)
+        full = seconds(lambda: crown.margin_lower_bounds(net, batch), dev)
+        cheap = seconds(lambda: crown.margin_lower_bounds(net, batch, "ibp"), dev)
+        rounds.append((forward, full, cheap))
     proved = [int((crown.margin_lower_bounds(net, batch, kind)[0].min(1).values > 0).sum())
               for kind in ("crown", "ibp")]
-    return {"inputs": len(xs), "eps": eps, "forward_ms": 1e3 * forward,
-            "crown_ms": 1e3 * bound, "forward_pass_equivalents": bound / forward,
-            "crown_ibp_ms": 1e3 * cheap, "crown_ibp_equivalents": cheap / forward,
-            "proved": proved}
+    ops = [torch_ops(lambda: net.torch_forward(inputs)),
+           torch_ops(lambda: crown.margin_lower_bounds(net, batch))]
+    crown_fpe = [full / forward for forward, full, _ in rounds]
+    ibp_fpe = [cheap / forward for forward, _, cheap in rounds]
+    return {"inputs": len(xs), "eps": eps, "rounds": repeats,
+            "forward_ms": 1e3 * statistics.median(r[0] for r in rounds),
+            "crown_ms": 1e3 * statistics.median(r[1] for r in rounds),
+            "forward_pass_equivalents": statistics.median(crown_fpe),
+            "fpe_range": (min(crown_fpe), max(crown_fpe)),
+            "crown_ibp_ms": 1e3 * statistics.median(r[2] for r in rounds),
+            "crown_ibp_equivalents": statistics.median(ibp_fpe), "proved": proved,
+            "torch_ops": ops}
 
 
-def write_results(rows: list[dict], cost: dict, header: str) -> None:
+def torch_ops(fn) -> int:
+    """How many torch operations fn issues (top-level aten calls, as the profiler sees them)."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::")
+               and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
+
+
+def cost_with_default_allocator() -> dict:
+    """forward_pass_equivalents in a fresh process that leaves glibc's allocator as it is."""
+    done = subprocess.run([sys.executable, __file__, "--cost-only"], capture_output=True,
+                          text=True, check=True, env={**os.environ, "VERIFY_MALLOC": "default"})
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def write_results(rows: list[dict], cost: dict, default: Optional[dict], header: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / "relaxed_tightness.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -156,23 +190,35 @@ def write_results(rows: list[dict], cost: dict, header: str) -> None:
             lines.append(f"| {eps:g} | " + " | ".join(cells) + " |")
         lines += ["", "Cells: certified / inputs, mean margin lower bound, median time per input.",
                   ""]
+    low, high = cost["fpe_range"]
     lines += ["## CROWN in forward-pass equivalents", "",
-              f"digits_mlp, {cost['inputs']} inputs as one batch, eps {cost['eps']:g}: one batched "
-              f"forward pass {cost['forward_ms']:.3f} ms, CROWN margin bounds "
-              f"{cost['crown_ms']:.2f} ms: **{cost['forward_pass_equivalents']:.0f} forward-pass "
-              f"equivalents** (medians), {cost['proved'][0]} proved. CROWN-IBP "
-              "(`intermediate=\"ibp\"`: interval neuron bounds, one backward pass from the "
-              f"margins): {cost['crown_ibp_ms']:.2f} ms, **{cost['crown_ibp_equivalents']:.0f} "
-              f"forward-pass equivalents**, {cost['proved'][1]} proved.",
-              "", "Full CROWN bounds every neuron that intervals leave unstable with its own "
-              "backward pass (lower and upper: 2 rows each). Here that is 29.6 second-layer "
-              "neurons per input on average (44 at most; the batch pads to the most), each "
-              "row a 50 x 64 product through the first layer, plus 9 margin rows through both "
-              "layers (50 x 50 + 50 x 64), against one forward pass of 64 x 50 + 50 x 50 + 50 "
-              "x 10 multiply-adds: 39 forward passes in arithmetic (54 with the padding). The "
-              "rest of the measured figure is elementwise work on those coefficient tensors "
-              "(the ReLU relaxation and the float64 rounding allowances) and dispatch "
-              "overhead of small tensors.", ""]
+              f"digits_mlp, {cost['inputs']} inputs as one batch, eps {cost['eps']:g}, "
+              f"{cost['rounds']} interleaved rounds, process CPU time: one batched forward pass "
+              f"{cost['forward_ms']:.3f} ms, CROWN margin bounds {cost['crown_ms']:.2f} ms: "
+              f"**{cost['forward_pass_equivalents']:.0f} forward-pass equivalents** (median of "
+              f"the rounds' ratios; range {low:.0f} .. {high:.0f}), {cost['proved'][0]} proved. "
+              "CROWN-IBP (`intermediate=\"ibp\"`: interval neuron bounds, one backward pass from "
+              f"the margins): {cost['crown_ibp_ms']:.2f} ms, "
+              f"**{cost['crown_ibp_equivalents']:.0f} forward-pass equivalents**, "
+              f"{cost['proved'][1]} proved."]
+    if default is not None:
+        lines += ["", "With glibc's default allocator (`VERIFY_MALLOC=default`, a fresh process): "
+                  f"CROWN {default['crown_ms']:.2f} ms, **{default['forward_pass_equivalents']:.0f} "
+                  f"forward-pass equivalents** (range {default['fpe_range'][0]:.0f} .. "
+                  f"{default['fpe_range'][1]:.0f}). Its multi-MB coefficient tensors then come "
+                  "from fresh pages that fault in on every call; the command-line tools and "
+                  "benchmarks tune the allocator (`verify.executor.tune_cpu_allocator`)."]
+    lines += ["", "Where the time goes. Full CROWN bounds every neuron that intervals leave "
+              "unstable with its own backward pass (lower and upper: 2 rows each). Here that is "
+              "29.6 second-layer neurons per input on average (44 at most; the batch pads to the "
+              "most), each row a 50 x 64 product through the first layer, plus 9 margin rows "
+              "through both layers (50 x 50 + 50 x 64), against one forward pass of 64 x 50 + 50 "
+              "x 50 + 50 x 10 multiply-adds: 39 forward passes in arithmetic (54 with the "
+              "padding). The forward pass of 100 inputs, though, is not arithmetic-bound: it is "
+              f"{cost['torch_ops'][0]} torch operations, against CROWN's "
+              f"{cost['torch_ops'][1]} (the ReLU relaxations, the float64 rounding allowances, "
+              "the interval bounds CROWN is intersected with), each a few microseconds of "
+              "dispatch before any arithmetic.", ""]
     (RESULTS / "relaxed_tightness.md").write_text("\n".join(lines))
 
 
@@ -181,24 +227,34 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help="eps 0.03 only")
+    parser.add_argument("--cost-only", action="store_true",
+                        help="print the forward-pass-equivalents figures as JSON and stop")
     args = parser.parse_args()
+    tune_cpu_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = str(resolve_device(args.device))
+    net, xs, ys = digits()
+    cost = forward_pass_equivalents(net, xs, ys, 0.03, device)
+    if args.cost_only:
+        print(json.dumps(cost))
+        return 0
     header = f"Machine: {machine()}; device {device}."
     print(header)
-    net, xs, ys = digits()
-    rows = run_grid("digits_mlp", net, xs, ys, [0.03] if args.quick else DIGITS_EPS, device)
-    cost = forward_pass_equivalents(net, xs, ys, 0.03, device)
     print(f"CROWN, 100 digits as one batch: {cost['forward_pass_equivalents']:.0f} forward-pass "
           f"equivalents ({cost['crown_ms']:.2f} ms vs {cost['forward_ms']:.3f} ms)")
+    default = cost_with_default_allocator() if device == "cpu" and executor.allocator_tuned \
+        else None
+    if default is not None:
+        print(f"... with glibc's default allocator: {default['forward_pass_equivalents']:.0f}")
+    rows = run_grid("digits_mlp", net, xs, ys, [0.03] if args.quick else DIGITS_EPS, device)
     if MNIST_FC.is_dir():
         net, xs, ys = mnist_fc()
         rows += run_grid("mnist_fc 256x2", net, xs, ys, [0.03] if args.quick else MNIST_EPS,
                          device)
     else:
         print(f"skipping mnist_fc: {MNIST_FC} not found")
-    write_results(rows, cost, header)
+    write_results(rows, cost, default, header)
     print(f"wrote {RESULTS / 'relaxed_tightness.csv'} and .md")
     return 0
 

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 import verify
+from verify import executor
+from verify.executor import tune_cpu_allocator
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_NOTE = ("The machine is shared with other jobs (2 cores): absolute times vary from run to "
@@ -29,9 +31,19 @@ SHARED_NOTE = ("The machine is shared with other jobs (2 cores): absolute times 
 
 def single_thread() -> None:
     """One torch thread (HiGHS runs its MIP single-threaded); set OMP_NUM_THREADS=1 in the shell
-    too, before Python starts, so that no OpenMP pool spins on a shared machine."""
+    too, before Python starts, so that no OpenMP pool spins on a shared machine. The allocator is
+    tuned as in the command-line tools (`verify.executor.tune_cpu_allocator`)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
+    tune_cpu_allocator()
+
+
+def clocks(device: torch.device) -> tuple[float, float]:
+    """(wall, process CPU) seconds after the device's queued work; the CPU clock is the fair one
+    on a shared CPU machine (another job's load does not count), the wall clock on CUDA."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter(), time.process_time()
 
 
 def _version(package: str) -> str:
@@ -47,7 +59,8 @@ def machine() -> str:
             f"{os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
             f" ({torch.get_num_threads()} thread(s), OMP_NUM_THREADS="
             f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), numpy {np.__version__}, highspy "
-            f"{_version('highspy')}, verify {verify.__version__}; {time.strftime('%Y-%m-%d')}")
+            f"{_version('highspy')}, verify {verify.__version__}, glibc allocator "
+            f"{'tuned' if executor.allocator_tuned else 'default'}; {time.strftime('%Y-%m-%d')}")
 
 
 def write_csv(rows: list[dict], path: Path) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 import verify  # noqa: E402
 from verify.network import resolve_device  # noqa: E402
-from benchmarks.reporting import machine  # noqa: E402
+from benchmarks.reporting import clocks, machine  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -49,17 +48,6 @@ def wide_mlp(rng: np.random.Generator, hidden: int = 512) -> verify.Network:
         if k < len(sizes) - 2:
             layers.append(verify.ReLU((b,)))
     return verify.Network(layers, (64,), name=f"mlp_64_{hidden}_{hidden}_10")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def clocks(device: torch.device) -> tuple[float, float]:
-    """(wall, process CPU) seconds; the CPU clock is the fair one on a shared CPU machine."""
-    sync(device)
-    return time.perf_counter(), time.process_time()
 
 
 def bare_loop(net: verify.Network, batches: list[torch.Tensor], n: int,

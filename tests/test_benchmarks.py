@@ -13,7 +13,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import cost_vs_size, ibp_trained_vs_plain, zoo_tightness  # noqa: E402
+from benchmarks import (cost_vs_size, ibp_trained_vs_plain, relaxed_tightness,  # noqa: E402
+                        zoo_tightness)
 from benchmarks.reporting import check_records, loglog_slope  # noqa: E402
 
 pytest.importorskip("sklearn")  # cost_vs_size trains its models with models/train.py
@@ -40,6 +41,25 @@ def test_check_records_flags_contradictions():
     assert check_records(fine, (("ibp", "crown"),)) == []
     assert len(check_records(fine + [rec("milp", "NO", -np.inf, -0.1)])) == 2  # YES/NO, lo > up
     assert len(check_records(fine, (("crown", "ibp"),))) == 1
+
+
+def test_forward_pass_equivalents_counts_what_crown_proves(digits_mlp_path, digits_test):
+    """The cost figure's 'proved' counts match the certifiers' own YES counts, and its ratios and
+    operation counts are positive, CROWN's above CROWN-IBP's and above the forward pass's."""
+    import verify
+
+    digits_mlp = verify.load_onnx(digits_mlp_path)
+    xs, ys = digits_test[0][:20], digits_test[1][:20]
+    cost = relaxed_tightness.forward_pass_equivalents(digits_mlp, xs, ys, 0.03, "cpu", repeats=3)
+    for proved, options in zip(cost["proved"], ({}, {"intermediate": "ibp"})):
+        certs = verify.certify_batch(digits_mlp, xs, ys, 0.03, "inf", "crown", (0.0, 1.0),
+                                     **options)
+        assert proved == sum(c.status == verify.Status.YES for c in certs)
+    assert cost["proved"][0] > cost["proved"][1]  # full CROWN proves more on these 20
+    assert 0 < cost["crown_ibp_equivalents"] < cost["forward_pass_equivalents"]
+    low, high = cost["fpe_range"]
+    assert low <= cost["forward_pass_equivalents"] <= high
+    assert 0 < cost["torch_ops"][0] < cost["torch_ops"][1]
 
 
 def test_cost_vs_size_inclusions_on_two_tiny_mlps(digits_test):
