@@ -220,22 +220,6 @@ def test_json_output_is_clean_with_solver_backed_methods(method, digits_mlp_path
     assert json.loads(done.stdout)["method"] == method
 
 
-def test_allocator_tuning_applies_on_glibc_and_can_be_switched_off():
-    """The command-line tools tune glibc's allocator (verify.executor.tune_cpu_allocator);
-    VERIFY_MALLOC=default leaves it alone. Run in fresh processes: the setting is process-wide."""
-    import os
-    import platform
-
-    code = ("from verify.executor import tune_cpu_allocator, allocator_tuned; "
-            "print(allocator_tuned, tune_cpu_allocator())")
-    tuned = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           check=True).stdout.split()
-    assert tuned == ["False", str(platform.libc_ver()[0] == "glibc")]
-    skipped = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True, env={**os.environ, "VERIFY_MALLOC": "default"})
-    assert skipped.stdout.split() == ["False", "False"]
-
-
 def test_methods_lists_every_certifier(capsys):
     code, out, _ = run(capsys, "methods")
     assert code == 0

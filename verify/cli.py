@@ -19,7 +19,6 @@ import numpy as np
 from . import __version__
 from .backends import certify, certify_batch, get_backend, methods
 from .errors import InputError, VerifyError
-from .executor import tune_cpu_allocator
 from .network import Network
 from .onnx_io import load_onnx
 
@@ -520,7 +519,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    tune_cpu_allocator()
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:

@@ -19,7 +19,6 @@ import numpy as np
 
 from .backends import certify, certify_batch, get_backend
 from .certificate import Certificate, Status, json_safe
-from .executor import run_jobs, tune_cpu_allocator
 from .network import Network
 
 KIND = {"attack": "upper", "milp": "exact", "bab": "exact", "smoothing": "of g"}
@@ -55,11 +54,10 @@ def summarize(eps: float, norm: str, method: str, certs: list[Certificate],
 def _certify_chunk(net: Network, xs: np.ndarray, ys: np.ndarray, eps: float, norm: str,
                    method: str, domain, options: dict, single_thread: bool) -> list[Certificate]:
     """One method on a chunk of inputs (module level: it runs in worker processes too)."""
-    if single_thread:  # a worker process of ours
+    if single_thread:
         import torch
 
         torch.set_num_threads(1)
-        tune_cpu_allocator()
     return certify_batch(net, xs, ys, eps, norm, method, domain, **options)
 
 
@@ -78,6 +76,7 @@ def compare(net: Network, xs: np.ndarray, ys: np.ndarray, eps_list: Sequence[flo
     processes (or a Dask `cluster`) share each method's inputs (verify.executor). `progress`
     gets one line per finished row; `tick(eps, method, done, total)` is called as inputs
     finish (the inputs then go in up to 10 chunks per row, so a progress bar can move)."""
+    from .executor import run_jobs
 
     for method in methods:
         get_backend(method)

@@ -12,41 +12,11 @@ in, and a MILP solve in the child can then wait forever on a lock no thread will
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
-import os
-import platform
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from .errors import InputError
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-allocator_tuned = False  # whether tune_cpu_allocator applied its settings in this process
-
-
-def tune_cpu_allocator() -> bool:
-    """Let glibc keep freed memory for reuse instead of handing it back to the kernel.
-
-    Bound propagation allocates and frees tensors of a few MB hundreds of times a second. By
-    default glibc serves each from fresh mmapped pages (or trims the heap after it), and every
-    page faults in again on first touch: about 2 us a page on a virtual machine, half of CROWN's
-    time on the 100-digit batch (benchmarks/relaxed_tightness.py). Raising M_MMAP_THRESHOLD to
-    64 MiB and M_TRIM_THRESHOLD to 256 MiB stops that, at the price of the process holding up to
-    256 MiB it has freed. Process-wide, so only the command-line tools, their workers and the
-    benchmarks call it; a library user may. No effect except on glibc; VERIFY_MALLOC=default
-    skips it. Returns whether the settings were applied.
-    """
-    global allocator_tuned
-    if os.environ.get("VERIFY_MALLOC") == "default" or platform.libc_ver()[0] != "glibc":
-        return False
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is None:  # pragma: no cover - glibc always has it
-        return False
-    allocator_tuned = bool(mallopt(_M_MMAP_THRESHOLD, 64 << 20)) and \
-        bool(mallopt(_M_TRIM_THRESHOLD, 256 << 20))
-    return allocator_tuned
 
 
 def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int = 1,

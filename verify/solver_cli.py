@@ -30,7 +30,6 @@ from typing import NoReturn, Optional, Sequence, TextIO
 
 from . import __version__
 from .errors import VerifyError
-from .executor import tune_cpu_allocator
 
 PROGRAM = "verify-solver"
 SOLVER_NAME = "verify (ReLU network verifier: branch and bound, CROWN, MILP)"
@@ -237,7 +236,6 @@ def _unrecognised(args: argparse.Namespace, token: str) -> UsageError:
 def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> int:
     """Run the command line; answers go to `out` (default stdout), errors to stderr."""
     out = sys.stdout if out is None else out
-    tune_cpu_allocator()
     try:
         parser = build_parser()
         args, unknown = parser.parse_known_args(argv)

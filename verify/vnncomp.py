@@ -21,7 +21,6 @@ import numpy as np
 
 from .backends import certify_specs, get_backend
 from .errors import InputError
-from .executor import run_jobs, tune_cpu_allocator
 from .network import Network
 from .onnx_io import load_onnx
 from .spec import OutputProperty, Specification
@@ -199,7 +198,6 @@ def _solve_job(model: str, prop: str, method: str, timeout: float, options: dict
         import torch
 
         torch.set_num_threads(1)
-        tune_cpu_allocator()
     return solve_files(model, prop, method, timeout, **options)
 
 
@@ -209,6 +207,7 @@ def run_instances(instances_csv: str, method: str = "auto", timeout_cap: Optiona
                   cluster: Optional[str] = None, **options) -> list[InstanceRow]:
     """Run every (onnx, vnnlib, timeout) row, on `workers` local processes or a Dask `cluster`;
     compare with ground_truth.csv when the folder has one."""
+    from .executor import run_jobs
 
     path = Path(instances_csv)
     if not path.is_file():
