@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import os
+import platform
 import re
 import statistics
 import subprocess
@@ -35,8 +36,6 @@ sys.path.insert(0, str(REPO))
 import verify  # noqa: E402
 from verify.bounds import InputBatch  # noqa: E402
 from verify.bounds import crown  # noqa: E402
-from verify import executor  # noqa: E402
-from verify.executor import tune_cpu_allocator  # noqa: E402
 from verify.network import resolve_device  # noqa: E402
 from benchmarks.reporting import clocks, machine  # noqa: E402
 
@@ -160,14 +159,19 @@ def torch_ops(fn) -> int:
                and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
 
 
-def cost_with_default_allocator() -> dict:
-    """forward_pass_equivalents in a fresh process that leaves glibc's allocator as it is."""
+# glibc settings that keep freed memory in the process: no fresh pages for each large tensor.
+KEEP_FREED = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+
+
+def cost_keeping_freed_memory() -> dict:
+    """forward_pass_equivalents in a fresh process started with KEEP_FREED (glibc reads them at
+    start-up)."""
     done = subprocess.run([sys.executable, __file__, "--cost-only"], capture_output=True,
-                          text=True, check=True, env={**os.environ, "VERIFY_MALLOC": "default"})
+                          text=True, check=True, env={**os.environ, **KEEP_FREED})
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def write_results(rows: list[dict], cost: dict, default: Optional[dict], header: str) -> None:
+def write_results(rows: list[dict], cost: dict, kept: Optional[dict], header: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / "relaxed_tightness.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -201,13 +205,15 @@ def write_results(rows: list[dict], cost: dict, default: Optional[dict], header:
               f"the margins): {cost['crown_ibp_ms']:.2f} ms, "
               f"**{cost['crown_ibp_equivalents']:.0f} forward-pass equivalents**, "
               f"{cost['proved'][1]} proved."]
-    if default is not None:
-        lines += ["", "With glibc's default allocator (`VERIFY_MALLOC=default`, a fresh process): "
-                  f"CROWN {default['crown_ms']:.2f} ms, **{default['forward_pass_equivalents']:.0f} "
-                  f"forward-pass equivalents** (range {default['fpe_range'][0]:.0f} .. "
-                  f"{default['fpe_range'][1]:.0f}). Its multi-MB coefficient tensors then come "
-                  "from fresh pages that fault in on every call; the command-line tools and "
-                  "benchmarks tune the allocator (`verify.executor.tune_cpu_allocator`)."]
+    if kept is not None:
+        env = " ".join(f"{k}={v}" for k, v in KEEP_FREED.items())
+        lines += ["", f"The same in a fresh process started with `{env}`: CROWN "
+                  f"{kept['crown_ms']:.2f} ms, **{kept['forward_pass_equivalents']:.0f} "
+                  f"forward-pass equivalents** (range {kept['fpe_range'][0]:.0f} .. "
+                  f"{kept['fpe_range'][1]:.0f}). With glibc's defaults the multi-MB coefficient "
+                  "tensors come from fresh pages that fault in on every call; these settings keep "
+                  "freed memory for reuse. They are not the default: they slow other work (see "
+                  "docs/crown.md)."]
     lines += ["", "Where the time goes. Full CROWN bounds every neuron that intervals leave "
               "unstable with its own backward pass (lower and upper: 2 rows each). Here that is "
               "29.6 second-layer neurons per input on average (44 at most; the batch pads to the "
@@ -230,7 +236,6 @@ def main() -> int:
     parser.add_argument("--cost-only", action="store_true",
                         help="print the forward-pass-equivalents figures as JSON and stop")
     args = parser.parse_args()
-    tune_cpu_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = str(resolve_device(args.device))
@@ -243,10 +248,10 @@ def main() -> int:
     print(header)
     print(f"CROWN, 100 digits as one batch: {cost['forward_pass_equivalents']:.0f} forward-pass "
           f"equivalents ({cost['crown_ms']:.2f} ms vs {cost['forward_ms']:.3f} ms)")
-    default = cost_with_default_allocator() if device == "cpu" and executor.allocator_tuned \
-        else None
-    if default is not None:
-        print(f"... with glibc's default allocator: {default['forward_pass_equivalents']:.0f}")
+    kept = cost_keeping_freed_memory() if device == "cpu" and \
+        platform.libc_ver()[0] == "glibc" else None
+    if kept is not None:
+        print(f"... keeping freed memory: {kept['forward_pass_equivalents']:.0f}")
     rows = run_grid("digits_mlp", net, xs, ys, [0.03] if args.quick else DIGITS_EPS, device)
     if MNIST_FC.is_dir():
         net, xs, ys = mnist_fc()
@@ -254,7 +259,7 @@ def main() -> int:
                          device)
     else:
         print(f"skipping mnist_fc: {MNIST_FC} not found")
-    write_results(rows, cost, default, header)
+    write_results(rows, cost, kept, header)
     print(f"wrote {RESULTS / 'relaxed_tightness.csv'} and .md")
     return 0
 

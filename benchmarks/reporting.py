@@ -21,8 +21,6 @@ import numpy as np
 import torch
 
 import verify
-from verify import executor
-from verify.executor import tune_cpu_allocator
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_NOTE = ("The machine is shared with other jobs (2 cores): absolute times vary from run to "
@@ -31,11 +29,9 @@ SHARED_NOTE = ("The machine is shared with other jobs (2 cores): absolute times 
 
 def single_thread() -> None:
     """One torch thread (HiGHS runs its MIP single-threaded); set OMP_NUM_THREADS=1 in the shell
-    too, before Python starts, so that no OpenMP pool spins on a shared machine. The allocator is
-    tuned as in the command-line tools (`verify.executor.tune_cpu_allocator`)."""
+    too, before Python starts, so that no OpenMP pool spins on a shared machine."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
-    tune_cpu_allocator()
 
 
 def clocks(device: torch.device) -> tuple[float, float]:
@@ -59,8 +55,7 @@ def machine() -> str:
             f"{os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
             f" ({torch.get_num_threads()} thread(s), OMP_NUM_THREADS="
             f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), numpy {np.__version__}, highspy "
-            f"{_version('highspy')}, verify {verify.__version__}, glibc allocator "
-            f"{'tuned' if executor.allocator_tuned else 'default'}; {time.strftime('%Y-%m-%d')}")
+            f"{_version('highspy')}, verify {verify.__version__}; {time.strftime('%Y-%m-%d')}")
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
