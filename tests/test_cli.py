@@ -201,9 +201,18 @@ def test_lp_tighten_and_method_options(capsys, digits_mlp_path, digit_file):
     assert json.loads(out)["margin_lower"] != json.loads(out2)["margin_lower"]
     for extra, expected in ((["--method", "crown", "--lp-tighten"], "--lp-tighten"),
                             (["--method", "crown", "--option", "steps=3"], "unknown option"),
-                            (["--method", "alpha-crown", "--option", "steps=many"], "takes a int"),
-                            (["--method", "lp", "--option", "lp_tighten=maybe"], "takes a bool"),
-                            (["--method", "lp", "--option", "lp_tighten"], "KEY=VALUE")):
+                            (["--method", "alpha-crown", "--option", "steps=many"],
+                             "takes an integer"),
+                            (["--method", "lp", "--option", "lp_tighten=maybe"],
+                             "takes true or false"),
+                            (["--method", "lp", "--option", "lp_tighten"], "KEY=VALUE"),
+                            (["--method", "alpha-crown", "--option", "lr=-1"], "must be > 0"),
+                            (["--method", "alpha-crown", "--option", "lr_decay=2"],
+                             "must be in (0, 1]"),
+                            (["--method", "crown", "--option", "batch_size=0"], "must be >= 1"),
+                            (["--method", "bab", "--option", "timeout=nan"], "must be finite"),
+                            (["--method", "attack", "--option", "restarts=0"], "must be >= 1"),
+                            (["--device", "tpu"], "unknown device")):
         code, _, err = run(capsys, *base, *extra)
         assert code == 2 and expected in err and err.count("\n") == 1, err
 
@@ -299,3 +308,21 @@ def test_closed_pipe_gives_no_traceback(digits_mlp_path, digit_file):
     err = proc.stderr.read().decode()
     proc.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+def test_devices_this_torch_lacks_are_refused():
+    import torch
+
+    from verify import InputError
+    from verify.network import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InputError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="sees no CUDA device"):
+            resolve_device("cuda:0")
+    else:
+        with pytest.raises(InputError, match="only"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")

@@ -306,3 +306,35 @@ def test_export_solves_to_the_same_minimum(tmp_path, fmt):
             assert value == pytest.approx(lp.margin_lower[j], abs=1e-6)
         else:
             assert value == pytest.approx(exact.margin_lower[j], abs=1e-6)
+
+
+def test_ctrl_c_during_a_highs_solve_stops_it_and_raises(digits_mlp_path, digits_test):
+    """SIGINT while HiGHS runs: the solve stops at its next interrupt callback and
+    KeyboardInterrupt follows once run() returns. (Raised by Python inside a HiGHS callback, it
+    was lost, and the stopped solve passed for a decided one.)"""
+    import os
+    import signal
+    import threading
+
+    from verify.bounds.lp import neuron_bounds
+    from verify.bounds.relu_encoding import (BIG_M, build_program, interrupt_requested,
+                                             run_highs, set_objective, to_highs)
+
+    net = load_onnx(digits_mlp_path)
+    x, y = digits_test[0][0], int(digits_test[1][0])
+    spec = robustness_spec(net.input_size, net.output_size, x, y, 0.08, "inf", (0.0, 1.0))
+    bounds, _ = neuron_bounds(net, spec, "ibp")  # loose bounds: a long exact solve
+    program = build_program(net, spec.input_set, bounds, BIG_M)
+    highs = to_highs(program, options={**milp.EXACT_OPTIONS, "time_limit": 120.0})
+    cost, offset, _ = program.objective(spec.output.C[0], spec.output.d[0])
+    set_objective(highs, cost, offset)
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_highs(highs)
+    finally:
+        timer.cancel()
+    assert highs.getModelStatus() == highspy.HighsModelStatus.kInterrupt  # stopped, not done
+    assert not interrupt_requested()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored

@@ -32,7 +32,7 @@ import math
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from .verdict import certificate_from_bounds, validated_counterexample
 
 @dataclass
 class AttackOptions:
+    LIMITS: ClassVar[dict[str, str]] = {"restarts": ">= 1", "row_restarts": ">= 0",
+                                        "steps": ">= 0", "step_size": "> 0",
+                                        "batch_size": ">= 1"}  # checked by make_options
     device: str = "auto"
     restarts: int = 10  # trajectories on the worst row; the first starts at the center
     row_restarts: int = 1  # trajectories on each row separately (0: none); the first at the center

@@ -8,6 +8,7 @@ specification and dispatches. New certifiers plug in with `register(...)`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -59,7 +60,26 @@ def make_options(method: str, options: dict[str, Any]):
                 isinstance(default, float) and not isinstance(value, (int, float, np.number)):
             raise InputError(f"option {key} of method '{method}' must be of type "
                              f"{type(default).__name__}, got {value!r}")
-    return backend.options_type(**options)
+    made = backend.options_type(**options)
+    limits = getattr(backend.options_type, "LIMITS", {})
+    for key, value in options.items():
+        if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+            raise InputError(f"option {key} of method '{method}' must be finite, got {value}")
+        rule = limits.get(key)
+        if rule is not None and value is not None and not within(value, rule):
+            raise InputError(f"option {key} of method '{method}' must be {rule}, got {value!r}")
+    return made
+
+
+def within(value: float, rule: str) -> bool:
+    """Whether value obeys an options class's LIMITS rule: ">= a", "> a" or "in (a, b]" (any
+    of ( [ and ) ])."""
+    if rule.startswith("in "):
+        low, high = (float(t) for t in rule[4:-1].split(","))
+        return (value > low if rule[3] == "(" else value >= low) and \
+            (value < high if rule[-1] == ")" else value <= high)
+    op, bound = rule.split()
+    return value > float(bound) if op == ">" else value >= float(bound)
 
 
 def get_backend(method: str) -> Backend:

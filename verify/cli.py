@@ -126,8 +126,10 @@ def _method_options(args) -> dict:
             else:
                 value = text
         except ValueError:
-            raise InputError(f"option {key} of method '{args.method}' takes a "
-                             f"{type(default).__name__}, got '{text}'") from None
+            kind = {"bool": "true or false", "int": "an integer", "float": "a number"}.get(
+                type(default).__name__, "a number")
+            raise InputError(f"option {key} of method '{args.method}' takes {kind}, got "
+                             f"'{text}'") from None
         options[key] = value
     return options
 
@@ -235,19 +237,24 @@ def cmd_compare(args) -> int:
     try:
         data = np.load(data_path)
         xs, ys = np.asarray(data["x"], dtype=np.float64), np.asarray(data["y"])
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
         raise InputError(f"{data_path}: needs an .npz with arrays x and y") from None
     if args.n < 1:
         raise InputError(f"--n must be at least 1, got {args.n}")
     if xs[0].size != net.input_size:
         raise InputError(f"{data_path}: inputs have {xs[0].size} values, the network expects "
                          f"{net.input_size}")
+    if args.n > len(xs):
+        print(f"verify: --n {args.n}, but {data_path} holds {len(xs)} inputs: using all of them",
+              file=sys.stderr)
     xs, ys = xs[: args.n], ys[: args.n]
     for eps in args.eps:  # all of them before any file is opened
         if not np.isfinite(eps) or eps < 0:
             raise InputError(f"--eps must be finite and >= 0, got {eps}")
     out = Path(args.out) if args.out else None
     if out is not None:
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out}: a file is there; --out takes a folder")
         out.mkdir(parents=True, exist_ok=True)
     rows, records = compare(net, xs, ys, args.eps, args.norm, args.methods, domain,
                             out / "compare.csv" if out else None,
@@ -531,6 +538,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:  # e.g. `verify certify ... | head -2`: the reader left, say nothing
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: files already written are whole; 128 + SIGINT
+        print("verify: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -153,10 +153,25 @@ AFFINE = (Dense, Conv2d)
 
 
 def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.device:
-    """"auto" (or None) means CUDA when present, else CPU."""
+    """"auto" (or None) means CUDA when present, else CPU; "cpu" and "cuda[:i]" are taken as
+    asked, and refused (InputError) when this torch has no such device."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda"):
+        raise InputError(f"unknown device '{device}': use auto, cpu or cuda")
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"device '{device}' asked for, but this torch sees no CUDA device "
+                             f"(torch {torch.__version__}): use --device auto or cpu")
+        if resolved.index is not None and resolved.index >= count:
+            raise InputError(f"device '{device}' asked for, but there are only {count} CUDA "
+                             "device(s)")
+    return resolved
 
 
 class Network:

@@ -261,6 +261,9 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> 
         message = " ".join(str(exc).split())
         print(f"{PROGRAM}: error: {message}", file=sys.stderr)
         return EXIT_USAGE_ERROR
+    except KeyboardInterrupt:  # Ctrl-C: no answer; 128 + SIGINT
+        print(f"{PROGRAM}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

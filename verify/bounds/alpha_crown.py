@@ -22,7 +22,7 @@ Reference: Xu et al., "Fast and Complete: Enabling Complete Neural Network Verif
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +40,8 @@ Tensor = torch.Tensor
 
 @dataclass
 class AlphaCROWNOptions:
+    LIMITS: ClassVar[dict[str, str]] = {"batch_size": ">= 1", "steps": ">= 0", "lr": "> 0",
+                                        "lr_decay": "in (0, 1]"}  # checked by make_options
     device: str = "auto"
     batch_size: int = 64
     steps: int = 20

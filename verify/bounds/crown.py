@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ Selection = tuple[Tensor, Tensor]
 
 @dataclass
 class CROWNOptions:
+    LIMITS: ClassVar[dict[str, str]] = {"batch_size": ">= 1"}  # checked by make_options
     device: str = "auto"
     batch_size: int = 128
     # "crown": every unstable neuron bounded by its own backward pass (tight; cost grows with
@@ -84,10 +85,10 @@ def relu_relaxation(lower: Tensor, upper: Tensor) -> ReluRelaxation:
 
 
 def _matvec(matrix: Tensor, vector: Tensor) -> Tensor:
-    """(L, m, n) x (B, n) -> (B, m), L in {1, B}. Products then a sum: on the CPU about three
-    times faster than a batched matrix-vector product (bmm with one column); any summation order
-    is within the rounding allowances, which bound |fl(sum) - sum| for every order."""
-    return (matrix * vector.unsqueeze(-2)).sum(-1)
+    """(L, m, n) x (B, n) -> (B, m), L in {1, B}. A batched product with one column: slower than
+    products then a sum when memory is plentiful, but it makes no (B, m, n) temporary, and with
+    glibc's default allocator every such temporary faults in fresh pages (docs/crown.md)."""
+    return (matrix @ vector.unsqueeze(-1)).squeeze(-1)
 
 
 def _full_bias(layer, params: dict) -> Tensor:

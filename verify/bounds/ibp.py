@@ -17,7 +17,7 @@ Reference: Gowal et al., "On the Effectiveness of Interval Bound Propagation for
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ Bounds = tuple[torch.Tensor, torch.Tensor]  # (lower, upper), each (B, size) fla
 
 @dataclass
 class IBPOptions:
+    LIMITS: ClassVar[dict[str, str]] = {"batch_size": ">= 1"}  # checked by make_options
     device: str = "auto"
     batch_size: int = 256
 

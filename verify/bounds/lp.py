@@ -37,7 +37,7 @@ from ..spec import Box, InputSet, Specification
 from ..verdict import certificate_from_bounds, validated_counterexample
 from . import InputBatch, ibp
 from .relu_encoding import (TRIANGLE, NumpyBounds, ReluProgram, build_program, highs_tolerance,
-                            lagrangian_bound, set_objective, to_highs)
+                            lagrangian_bound, run_highs, set_objective, to_highs)
 
 BOUND_SOURCES = ("ibp", "crown")
 
@@ -180,7 +180,7 @@ class RowSolver:
         if self.program.ball is not None:
             return self._minimize_cone(cost, offset, cost_error)
         set_objective(self.highs, cost, offset)
-        self.highs.run()
+        run_highs(self.highs)
         status = self.highs.getModelStatus()
         info = self.highs.getInfo()
         solution = self.highs.getSolution()

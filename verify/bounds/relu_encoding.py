@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -384,7 +385,50 @@ def new_highs() -> highspy.Highs:
     else:
         highs = highspy.Highs()
     highs.setOptionValue("output_flag", False)
+    highs.cbMipInterrupt.subscribe(_stop_if_interrupted)
     return highs
+
+
+_sigint_pending = False  # Ctrl-C came while run_highs held it
+
+
+def interrupt_requested() -> bool:
+    """Whether Ctrl-C came during the current HiGHS solve (MIP interrupt callbacks stop on it)."""
+    return _sigint_pending
+
+
+def _stop_if_interrupted(event) -> None:
+    if _sigint_pending:
+        event.interrupt(True)
+
+
+def _hold_sigint(signum, frame) -> None:
+    global _sigint_pending
+    _sigint_pending = True
+
+
+def run_highs(highs: highspy.Highs) -> None:
+    """`highs.run()` with Ctrl-C held while it runs. Python takes a signal only between bytecodes,
+    which during a solve means inside a callback: raised there, KeyboardInterrupt was lost in
+    HiGHS and the stopped solve looked decided. Here the signal only sets a flag; a MIP stops at
+    its next interrupt callback, and once run() returns the signal is handed to the handler that
+    was in place (KeyboardInterrupt by default). Off the main thread it is plain run()."""
+    global _sigint_pending
+    try:
+        previous = signal.signal(signal.SIGINT, _hold_sigint)
+    except ValueError:  # not the main thread: signals are not ours to take
+        highs.run()
+        return
+    try:
+        highs.run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        pending, _sigint_pending = _sigint_pending, False
+    if pending:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
 
 
 def to_highs(program: ReluProgram, relax: bool = False, options: Optional[dict] = None

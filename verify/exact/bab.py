@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +39,10 @@ from ..bounds import InputBatch
 
 @dataclass
 class BaBOptions:
+    LIMITS: ClassVar[dict[str, str]] = {  # checked by make_options
+        "batch_size": ">= 1", "timeout": ">= 0", "max_boxes": ">= 1", "alpha_steps": ">= 0",
+        "alpha_lr": "> 0", "alpha_after": ">= 0", "polish_after": ">= 0", "polish_radius": "> 0",
+        "polish_time": ">= 0", "polish_starts": ">= 1", "polish_steps": ">= 0"}
     device: str = "auto"
     bounds: str = "crown"  # "crown" or "ibp"
     batch_size: int = 1024  # boxes bounded per pass
@@ -204,7 +208,7 @@ def local_milp(net: Network, box: Box, A: np.ndarray, b: np.ndarray, center: np.
     neuron bounds there, so few binaries), solved with HiGHS within `time_limit`. It reaches the
     thin violation regions a gradient attack stops short of. Not yet replayed."""
     from ..bounds import crown
-    from ..bounds.relu_encoding import BIG_M, build_program, to_highs
+    from ..bounds.relu_encoding import BIG_M, build_program, run_highs, to_highs
 
     reach = radius * (box.upper - box.lower)
     lower = np.maximum(box.lower, center - reach)
@@ -222,7 +226,7 @@ def local_milp(net: Network, box: Box, A: np.ndarray, b: np.ndarray, center: np.
         cols = np.nonzero(cost)[0]
         highs.addRow(-np.inf, -offset, len(cols) + 1, np.append(cols, t_col).astype(np.int32),
                      np.append(cost[cols], -1.0))
-    highs.run()
+    run_highs(highs)
     solution = highs.getSolution()
     if not solution.value_valid or highs.getInfo().objective_function_value > 0:
         return None

@@ -44,7 +44,8 @@ import numpy as np
 from ..bounds.lp import (BOUND_SOURCES, RowSolver, interval_margin_lower, neuron_bounds,
                          tighten_with_lp)
 from ..bounds.relu_encoding import (BIG_M, TRIANGLE, ReluProgram, build_program, highs_tolerance,
-                                    lagrangian_bound, set_objective, to_highs)
+                                    interrupt_requested, lagrangian_bound, run_highs,
+                                    set_objective, to_highs)
 from ..certificate import Certificate
 from ..errors import InputError
 from ..network import Network
@@ -182,8 +183,8 @@ class MilpRows:
         outcome = self._outcome
         # Stop on the sign: proved (dual bound above the tolerance) or refuted (replayed point).
         # The flag is always written: HiGHS keeps it from one run to the next.
-        event.interrupt(outcome is not None and (outcome.counterexample is not None
-                                                 or event.data_out.mip_dual_bound > self.tolerance))
+        event.interrupt(interrupt_requested() or outcome is not None and (
+            outcome.counterexample is not None or event.data_out.mip_dual_bound > self.tolerance))
 
     def solve(self, c: np.ndarray, d: float, time_limit: float,
               start: Optional[np.ndarray] = None) -> RowOutcome:
@@ -194,7 +195,7 @@ class MilpRows:
             values = self.program.assignment(self.net, start)
             self.highs.setSolution(len(values), np.arange(len(values), dtype=np.int32), values)
         self._outcome = outcome = RowOutcome()
-        self.highs.run()
+        run_highs(self.highs)
         self._outcome = None
         status = self.highs.getModelStatus()
         info = self.highs.getInfo()
