@@ -294,7 +294,7 @@ def test_plot2d_without_matplotlib_is_a_clear_error(capsys, tmp_path, monkeypatc
     monkeypatch.setitem(_sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     code, _, err = run(capsys, "plot2d", "models/toy2d.onnx", "--x", "0.7,0.3", "--eps", 0.1,
                        "--out", tmp_path / "f.png")
-    assert code == 2 and "pip install 'verify[plot]'" in err
+    assert code == 2 and "pip install matplotlib" in err
     assert not (tmp_path / "f.png").exists()
 
 
@@ -326,3 +326,21 @@ def test_devices_this_torch_lacks_are_refused():
     else:
         with pytest.raises(InputError, match="only"):
             resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_vnnlib_refuses_before_solving(capsys, tmp_path, shared_benchmarks):
+    """An --out that cannot be written, or smoothing (a statement about g, not the network),
+    is refused in one line before any solving; a folder given as a model is named as one."""
+    acas = shared_benchmarks / "acasxu"
+    model = str(acas / "onnx" / "ACASXU_run2a_1_1_batch_2000.onnx")
+    prop = str(acas / "vnnlib" / "prop_3.vnnlib")
+    for extra, expected in ((["--out", str(tmp_path / "missing" / "r.txt")], "does not exist"),
+                            (["--out", str(tmp_path)], "a folder is there"),
+                            (["--method", "smoothing"], "cannot answer a VNN-LIB query")):
+        code, out, err = run(capsys, "vnnlib", model, prop, *extra)
+        assert code == 2 and out == "" and expected in err and err.count("\n") == 1, err
+    code, _, err = run(capsys, "info", str(tmp_path))
+    assert code == 2 and "a folder, not a file" in err
+    code, _, err = run(capsys, "certify", model, "--input", "x.npy", "--label", "7.5",
+                       "--eps", "0.1")
+    assert code == 2 and err.count("verify") == 2 and "see verify certify --help" in err, err

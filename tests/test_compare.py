@@ -101,6 +101,36 @@ def test_cli_writes_csv_json_png(tmp_path, capsys, digits_mlp_path):
     np.savez(bad, a=np.zeros(3))
     assert main(["compare", str(digits_mlp_path), "--eps", "0.01", "--data", str(bad)]) == 2
     assert "needs an .npz with arrays x and y" in capsys.readouterr().err
+    np.save(tmp_path / "x.npy", np.zeros(64))  # an .npy, not an .npz
+    assert main(["compare", str(digits_mlp_path), "--eps", "0.01", "--data",
+                 str(tmp_path / "x.npy")]) == 2
+    assert "needs an .npz with arrays x and y" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    assert main(["compare", str(digits_mlp_path), "--eps", "0.01", "--methods", "ibp",
+                 "--out", str(tmp_path / "afile")]) == 2
+    assert "--out takes a folder" in capsys.readouterr().err
+
+
+def test_cli_options_per_method_are_typed_and_checked_before_anything_runs(
+        tmp_path, capsys, digits_mlp_path):
+    """--option METHOD.KEY=VALUE reaches one method (smoothing needs its sigma this way); bad
+    ones, and a method left without a required option, stop the run before any row or file."""
+    noisy = digits_mlp_path.with_name("digits_mlp_noise025.onnx")
+    base = ["compare", str(noisy), "--eps", "0.1", "--norm", "2", "--n", "4"]
+    assert main([*base, "--methods", "crown", "smoothing", "--option", "smoothing.sigma=0.25",
+                 "--option", "smoothing.n=500", "--option", "crown.intermediate=ibp"]) == 0
+    out = capsys.readouterr().out
+    assert "smoothing" in out and "of g" in out
+    for extra, expected in (([], "needs sigma"),
+                            (["--option", "sigma=0.25"], "METHOD.KEY=VALUE"),
+                            (["--option", "attack.steps=3"], "METHOD one of --methods"),
+                            (["--option", "smoothing.sigma=-1"], "sigma"),
+                            (["--option", "crown.batch_size=0"], "must be >= 1")):
+        code = main([*base, "--methods", "crown", "smoothing", *extra,
+                     "--out", str(tmp_path / "never")])
+        captured = capsys.readouterr()
+        assert code == 2 and expected in captured.err and captured.err.count("\n") == 1
+        assert captured.out == "" and not (tmp_path / "never").exists()
 
 
 def test_workers_give_the_same_table(digits_mlp_path, digits_test):

@@ -292,8 +292,8 @@ def test_truncated_and_missing_files(tmp_path, digits_mlp_path):
         load_onnx(path)
     with pytest.raises(ModelLoadError, match="no such file"):
         load_onnx(tmp_path / "missing.onnx")
-    with pytest.raises(ModelLoadError, match="no such file"):
-        load_onnx(tmp_path)  # a folder
+    with pytest.raises(ModelLoadError, match="a folder, not a file"):
+        load_onnx(tmp_path)
 
 
 def test_fingerprint_tracks_weights(digits_mlp_path):

@@ -210,3 +210,15 @@ def test_wrong_network_as_a_subprocess(shared_benchmarks):
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "maps 'net', which" in proc.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_process_age_counts_from_the_process_start():
+    """A command's timeout covers Python's start and the imports: process_age() is this test
+    process's age, which is at least its time spent so far (perf_counter starts with it)."""
+    import time
+
+    from verify.solver_cli import process_age
+
+    age = process_age()
+    assert age >= time.process_time() - 1.0 and age < 7 * 24 * 3600

@@ -346,7 +346,7 @@ def test_vnnlib2_without_the_package(tmp_path, monkeypatch):
     path.write_text(HEADER2 + TRICKY["two-and-asserts"][1])
     monkeypatch.setitem(sys.modules, "vnnlib", None)  # import vnnlib -> ImportError
     with pytest.raises(VnnlibError, match=r"q\.vnnlib: reading VNN-LIB 2\.0 needs the 'vnnlib' "
-                                          r"package: pip install 'verify\[vnnlib2\]'"):
+                                          r"package: pip install 'vnnlib>=1\.0'"):
         load_vnnlib(path)
     assert not vnnlib2_available()
     query = parse_vnnlib(HEADER + "(assert (<= X_0 1)) (assert (>= X_0 0)) (assert (<= X_1 1)) "

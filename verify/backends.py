@@ -44,7 +44,9 @@ def methods() -> list[str]:
 
 
 def make_options(method: str, options: dict[str, Any]):
-    """The method's options dataclass from keyword options; unknown or mistyped ones refused."""
+    """The method's options dataclass from keyword options. Refused with InputError: unknown or
+    mistyped names, non-finite numbers, values outside the class's LIMITS, and whatever the
+    class's own `check()` refuses."""
     backend = get_backend(method)
     valid = {f.name: f for f in dataclasses.fields(backend.options_type)}
     unknown = sorted(set(options) - set(valid))
@@ -68,6 +70,8 @@ def make_options(method: str, options: dict[str, Any]):
         rule = limits.get(key)
         if rule is not None and value is not None and not within(value, rule):
             raise InputError(f"option {key} of method '{method}' must be {rule}, got {value!r}")
+    if hasattr(made, "check"):  # the options class's own consistency checks
+        made.check()
     return made
 
 

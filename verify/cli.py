@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import __version__
-from .backends import certify, certify_batch, get_backend, methods
+from .backends import certify, certify_batch, get_backend, make_options, methods
 from .errors import InputError, VerifyError
 from .network import Network
 from .onnx_io import load_onnx
@@ -27,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (no usage dump) and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise InputError(f"{self.prog}: {message}")
+        raise InputError(f"{message} (see {self.prog} --help)")
 
 
 def read_input(path: str) -> np.ndarray:
@@ -98,14 +98,35 @@ def _options(args, method: Optional[str] = None) -> dict:
 
 
 def _method_options(args) -> dict:
-    """`--option KEY=VALUE` (and `--lp-tighten`) as typed keyword options of the method: each
-    value is read as the type of the option's default (bool: true/false/1/0)."""
-    defaults = get_backend(args.method).options_type()
+    """`--option KEY=VALUE` (and `--lp-tighten`) as typed keyword options of the method."""
     pairs = list(args.option or [])
     if args.lp_tighten:
         if args.method != "lp":
             raise InputError(f"--lp-tighten applies to --method lp, not '{args.method}'")
         pairs.append("lp_tighten=true")
+    return _typed_options(args.method, pairs)
+
+
+def _compare_options(args) -> dict:
+    """compare's `--option METHOD.KEY=VALUE` as {method: typed options}; every method's options
+    are checked (make_options) before anything runs."""
+    pairs: dict[str, list[str]] = {}
+    for pair in args.option or []:
+        method, dot, rest = pair.partition(".")
+        if not dot or method not in args.methods:
+            raise InputError(f"--option expects METHOD.KEY=VALUE with METHOD one of --methods "
+                             f"({', '.join(args.methods)}), got '{pair}'")
+        pairs.setdefault(method, []).append(rest)
+    options = {method: _typed_options(method, items) for method, items in pairs.items()}
+    for method in args.methods:
+        make_options(method, options.get(method, {}))
+    return options
+
+
+def _typed_options(method: str, pairs: Sequence[str]) -> dict:
+    """KEY=VALUE pairs as keyword options of `method`: each value is read as the type of the
+    option's default (bool: true/false/1/0); unknown keys are left to make_options."""
+    defaults = get_backend(method).options_type()
     options: dict = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
@@ -128,7 +149,7 @@ def _method_options(args) -> dict:
         except ValueError:
             kind = {"bool": "true or false", "int": "an integer", "float": "a number"}.get(
                 type(default).__name__, "a number")
-            raise InputError(f"option {key} of method '{args.method}' takes {kind}, got "
+            raise InputError(f"option {key} of method '{method}' takes {kind}, got "
                              f"'{text}'") from None
         options[key] = value
     return options
@@ -207,11 +228,19 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _write_atomically(path: str, text: str) -> None:
-    """Write via a temporary file and rename: no partial file is left behind on failure."""
+def _check_output(path: str) -> Path:
+    """An output file's path, refused up front (before any work) when it cannot be written."""
     out = Path(path)
     if not out.parent.is_dir():
         raise InputError(f"{path}: the folder {out.parent} does not exist")
+    if out.is_dir():
+        raise InputError(f"{path}: a folder is there; give a file name")
+    return out
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Write via a temporary file and rename: no partial file is left behind on failure."""
+    out = _check_output(path)
     tmp = out.with_name(out.name + ".part")
     tmp.write_text(text)
     tmp.replace(out)
@@ -222,13 +251,12 @@ def cmd_compare(args) -> int:
 
     net = load_onnx(args.model)
     domain = parse_domain(args.domain, args.model)
-    for method in args.methods:
-        get_backend(method)
+    options = _compare_options(args)
     if args.input is not None:
         if args.label is None:
             raise InputError("--input needs --label")
         table, _ = compare_one(net, read_input(args.input), args.label, args.eps[0], args.norm,
-                               args.methods, domain)
+                               args.methods, domain, options)
         print(table)
         return 0
     data_path = Path(args.data) if args.data else bundled_model()[1]
@@ -258,7 +286,7 @@ def cmd_compare(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
     rows, records = compare(net, xs, ys, args.eps, args.norm, args.methods, domain,
                             out / "compare.csv" if out else None,
-                            progress=_progress_line, workers=args.workers,
+                            progress=_progress_line, options=options, workers=args.workers,
                             cluster=args.cluster,
                             tick=_progress_bar if sys.stderr.isatty() else None)
     print(format_table(rows))
@@ -289,7 +317,8 @@ def cmd_plot2d(args) -> int:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise InputError("plot2d draws with matplotlib: pip install 'verify[plot]'") from None
+        raise InputError("plot2d draws with matplotlib: pip install matplotlib (in a checkout: "
+                         "pip install -e '.[plot]')") from None
 
     try:
         x = [float(v) for v in args.x.split(",")]
@@ -348,6 +377,8 @@ def cmd_vnnlib(args) -> int:
 
     if args.timeout <= 0:
         raise InputError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    if args.out:
+        _check_output(args.out)
     result = solve_files(args.model, args.property, args.method, args.timeout)
     text = result.text()
     print(text, end="")
@@ -361,6 +392,8 @@ def cmd_vnnlib(args) -> int:
 def cmd_vnncomp(args) -> int:
     from .vnncomp import run_instances, summary
 
+    if args.out:
+        _check_output(args.out)
     rows = run_instances(args.instances, args.method, args.timeout_cap, args.out, args.limit,
                          workers=args.workers, cluster=args.cluster)
     print(summary(rows))
@@ -476,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="local processes sharing the inputs")
     p.add_argument("--cluster", default=None, help="address of an existing Dask scheduler")
     p.add_argument("--input", default=None, help="one input: per-class margins side by side")
+    p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",
+                   help="an option of one method, e.g. smoothing.sigma=0.25 or milp.timeout=10 "
+                   "(repeatable)")
     p.add_argument("--label", type=int, default=None)
     p.set_defaults(func=cmd_compare)
 
@@ -506,7 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("vnnlib", help="answer a VNN-LIB property: sat, unsat, unknown, timeout")
     p.add_argument("model")
-    p.add_argument("property", help="VNN-LIB 1.0 or 2.0 file (describes the violation)")
+    p.add_argument("property", help="VNN-LIB 1.0 or 2.0 file (describes the violation; 2.0 "
+                   "needs the 'vnnlib' package)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds, loading included")
     p.add_argument("--method", default="auto", help="auto, bab, or a certifier name")
     p.add_argument("--out", default=None, help="write the result (and counterexample) here")

@@ -124,7 +124,7 @@ def format_table(rows: list[dict]) -> str:
         block = [r for r in rows if r["eps"] == eps]
         lines.append(f"eps {eps:g} (l_{block[0]['norm']}), {block[0]['inputs']} inputs")
         lines.append(f"  {'method':12s} {'YES':>4s} {'NO':>4s} {'MAYBE':>5s}  {'robust acc':>10s}"
-                     f" {'bound':>6s}  {'mean lower':>10s} {'median lower':>12s}"
+                     f" {'acc is':>6s}  {'mean lower':>10s} {'median lower':>12s}"
                      f"  {'median time':>11s} {'total':>8s}")
         for r in block:
             lines.append(
@@ -133,6 +133,9 @@ def format_table(rows: list[dict]) -> str:
                 f"{r['median_margin_lower']:12.4g}  {r['median_time_s'] * 1e3:8.2f} ms "
                 f"{r['total_time_s']:7.2f}s")
         lines.append("")
+    lines.append("acc is: a lower bound on the network's true robust accuracy (relaxed "
+                 "certifiers), its exact value (complete methods), an upper bound (the attack), "
+                 "or the smoothed classifier g's (smoothing).")
     if any(r["method"] in ("milp", "bab") for r in rows):
         lines.append("milp/bab: YES/NO counts are exact; their margin columns are lower bounds "
                      "from a search that stops once each sign is decided, not minima (one input "
@@ -142,12 +145,15 @@ def format_table(rows: list[dict]) -> str:
 
 def compare_one(net: Network, x: np.ndarray, label: int, eps: float, norm: str = "inf",
                 methods: Sequence[str] = ("ibp", "crown", "alpha-crown", "lp", "milp", "attack"),
-                domain=None) -> tuple[str, dict[str, Certificate]]:
+                domain=None, options: Optional[dict] = None
+                ) -> tuple[str, dict[str, Certificate]]:
     """One input: every method's per-class margin bounds side by side (the exact minimum from
-    the MILP with exact_margins, the attack's value as an upper bound)."""
+    the MILP with exact_margins, the attack's value as an upper bound). `options[method]`
+    passes options to one method."""
     certs = {}
     for method in methods:
         extra = {"exact_margins": True} if method == "milp" else {}
+        extra.update((options or {}).get(method, {}))
         certs[method] = certify(net, x, label, eps, norm, method, domain, **extra)
     header = f"{'class':>5s} " + " ".join(f"{m:>12s}" for m in methods)
     lines = [f"label {label}, l_{norm} ball of radius {eps:g}: lower bounds on min z_{label} - "

@@ -18,3 +18,8 @@ class UnsupportedModelError(ModelLoadError):
 
 class InputError(VerifyError):
     """A bad input point, label, radius, norm, domain or option."""
+
+
+def not_a_file(path) -> str:
+    """Why `path` (a pathlib.Path that is not a regular file) cannot be read, in a few words."""
+    return "a folder, not a file" if path.is_dir() else "no such file"

@@ -26,7 +26,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from .errors import ModelLoadError, UnsupportedModelError
+from .errors import ModelLoadError, UnsupportedModelError, not_a_file
 from .network import Conv2d, Dense, Network, ReLU, _size
 
 SUPPORTED_OPS = (
@@ -526,7 +526,7 @@ def load_onnx(path: Union[str, Path]) -> Network:
 
     path = Path(path)
     if not path.is_file():
-        raise ModelLoadError(f"{path}: no such file")
+        raise ModelLoadError(f"{path}: {not_a_file(path)}")
     data = path.read_bytes()
     try:
         model = onnx.load_model_from_string(data)

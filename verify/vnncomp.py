@@ -139,6 +139,10 @@ def solve(net: Network, query: VnnlibQuery, method: str = "auto", timeout: float
         result.method = f"auto:{result.method}"
     else:
         get_backend(method)
+        if method == "smoothing":
+            raise InputError("smoothing certifies the smoothed classifier g, with a probability, "
+                             "not the network: it cannot answer a VNN-LIB query (use auto, bab, "
+                             "milp or a bound method)")
         result = _solve_with_certifier(net, query, method, deadline, options)
     result.time_s = time.perf_counter() - t0
     if result.result == "sat" and result.counterexample is None:

@@ -16,7 +16,7 @@ VNN-LIB 1.0, read by our own parser: `(declare-const X_i Real)`, `(declare-const
 
 VNN-LIB 2.0 (`(vnnlib-version <2.0>)`, `(declare-network N (declare-input X real [1,5])
 (declare-output Y real [1,5]))`, indexed elements `X[0,3]`), parsed and type-checked by the
-`vnnlib` package (`pip install 'verify[vnnlib2]'`). We walk its typed AST ourselves into the same
+`vnnlib` package (in a checkout: `pip install -e '.[vnnlib2]'`). We walk its typed AST ourselves into the same
 DNF (the package's `compat.transform` returns wrong cases when a query has several `assert`s:
 it treats them as alternatives instead of a conjunction). Supported: one network with one input
 and one output tensor, no hidden nodes, real or floating-point element types; tensor elements
@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, not_a_file
 from .spec import Box, OutputProperty, Specification
 
 MAX_DNF_TERMS = 100_000
@@ -394,7 +394,7 @@ def load_vnnlib(path: Union[str, Path]) -> VnnlibQuery:
     """Read a VNN-LIB 1.0 or 2.0 file (errors name the file, line and column)."""
     path = Path(path)
     if not path.is_file():
-        raise VnnlibError(f"{path}: no such file")
+        raise VnnlibError(f"{path}: {not_a_file(path)}")
     try:
         text = path.read_text()
     except UnicodeDecodeError:
@@ -570,7 +570,8 @@ def parse_vnnlib2(text: str, source: str = "<vnnlib>") -> VnnlibQuery:
         import vnnlib
     except ImportError:
         raise VnnlibError(f"{source}: reading VNN-LIB 2.0 needs the 'vnnlib' package: "
-                          "pip install 'verify[vnnlib2]'") from None
+                          "pip install 'vnnlib>=1.0' (in a checkout: pip install -e "
+                          "'.[vnnlib2]')") from None
     version = vnnlib_version(text)
     if version != "{}.{}".format(*VNNLIB2_VERSION):
         raise VnnlibError(f"{source}: VNN-LIB version {version} is not supported (1.0 and 2.0)")

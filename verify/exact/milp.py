@@ -61,6 +61,9 @@ class MILPOptions:
     exact_margins: bool = False  # solve every row to optimality instead of stopping on the sign
     attack: bool = True  # run verify.attack.pgd_attack first, when that module exists
 
+    def check(self) -> None:
+        _check_options(self)
+
 
 def _refuse_l2(spec: Specification) -> None:
     if isinstance(spec.input_set, LpBall) and spec.input_set.norm == "2":

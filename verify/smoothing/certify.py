@@ -85,6 +85,10 @@ class SmoothingOptions:
     mc_alpha_share: float = 0.1  # share of alpha given to a numerical radius's Monte-Carlo
     mc_samples: int = 200_000  # validation samples of a numerical radius
 
+    def check(self) -> None:
+        """InputError unless the options make sense together (sigma given, n0, n >= 1, ...)."""
+        _validate(self)
+
 
 def _validate(opts: SmoothingOptions) -> NoiseDistribution:
     noise = make_noise(opts.noise, opts.sigma)

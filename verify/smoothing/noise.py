@@ -314,7 +314,8 @@ def make_noise(noise: Union[str, NoiseDistribution], sigma: Optional[float]) -> 
         return noise
     if sigma is None:
         raise InputError("randomized smoothing needs sigma, the noise level the base classifier "
-                         "was trained with (e.g. sigma=0.25, or --sigma 0.25)")
+                         "was trained with: --sigma 0.25 (verify certify, smooth-predict), "
+                         "--option smoothing.sigma=0.25 (verify compare), sigma=0.25 (Python)")
     try:
         sigma = float(sigma)
     except (TypeError, ValueError):
