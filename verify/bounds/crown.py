@@ -155,10 +155,12 @@ def concretize(batch: InputBatch, coeffs: Tensor, const: Tensor,
 
 
 def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: int,
-                   coeffs: Tensor, const: Tensor, alphas: Optional[Alphas] = None) -> Tensor:
+                   coeffs: Tensor, const: Tensor, alphas: Optional[Alphas] = None,
+                   consume: bool = False) -> Tensor:
     """Sound lower bound (B, m) of coeffs h_top + const over the input set.
 
-    `coeffs` (L, m, size of layer `top`'s output), L in {1, B}; `const` broadcastable to (B, m);
+    `coeffs` (L, m, size of layer `top`'s output), L in {1, B}, overwritten if `consume`;
+    `const` broadcastable to (B, m);
     `bounds[k]` for k < top are sound bounds on the outputs h_k; `alphas` optional lower slopes.
 
     Rounding: the float pass computes Lambda_{k-1} = fl(Lambda_k W_k) and c_{k-1} = fl(c_k +
@@ -172,6 +174,7 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
     params = net.torch_params(batch.lower.device)
     slack = torch.zeros((), dtype=coeffs.dtype, device=coeffs.device)
     abs_coeffs: Optional[Tensor] = None  # |coeffs|, detached, when already at hand
+    owned = consume and not torch.is_grad_enabled()  # coeffs may be overwritten in place
     for k in range(top, -1, -1):
         layer, p = net.layers[k], params[k]
         in_lower, in_upper = _input_bounds(batch, bounds, k)
@@ -185,22 +188,25 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
                 slack = slack + rounding_slack(magnitude, n_terms)
             const = const + coeffs @ _full_bias(layer, p)
             coeffs, abs_coeffs = transpose_apply(layer, p, coeffs), None
+            owned = not torch.is_grad_enabled()
         elif isinstance(layer, ReLU):
             relax = relu_relaxation(in_lower, in_upper)
             lower_slope = relax.lower_slope[:, None, :]
             if alphas is not None and k in alphas:
                 lower_slope = torch.where(relax.unstable[:, None, :], alphas[k], lower_slope)
             negative = coeffs.clamp(max=0)  # these use the chord s z + t, the others alpha z
-            positive = coeffs - negative  # exact
+            positive = coeffs.sub_(negative) if owned else coeffs - negative  # exact
             increment = _matvec(negative, relax.upper_intercept)
             const = const + increment
             upper_slope = relax.upper_slope[:, None, :]
             if torch.is_grad_enabled():
                 coeffs = positive * lower_slope + negative * upper_slope
-            else:  # the same products and sums, in place (no autograd): fewer large temporaries
-                coeffs = positive.mul_(lower_slope).add_(negative.mul_(upper_slope))
-            with torch.no_grad():
                 abs_coeffs = coeffs.detach().abs()
+            else:  # the same arithmetic in place: each large tensor allocated is fresh pages to
+                # fault in (glibc's default allocator), so `negative` is reused for |coeffs|
+                coeffs = positive.mul_(lower_slope).add_(negative.mul_(upper_slope))
+                abs_coeffs, owned = torch.abs(coeffs, out=negative), True
+            with torch.no_grad():
                 magnitude = (_matvec(abs_coeffs, in_magnitude) + increment.detach().abs()
                              + const.detach().abs())
                 slack = slack + rounding_slack(magnitude, n_terms)
@@ -248,19 +254,21 @@ def _row_bounds(net: Network, batch: InputBatch, bounds: list[Bounds], k: int, i
                 alphas: Optional[Alphas]) -> Bounds:
     """(lower, upper), each (B, R), of the outputs index (B, R) of affine layer k."""
     layer, p = net.layers[k], net.torch_params(batch.lower.device)[k]
+    count = index.shape[1]
     if isinstance(layer, Dense):
-        rows = p["weight"][index]  # (B, R, in)
+        coeffs = p["weight"][torch.cat([index, index], dim=1)]  # (B, 2R, in), gathered once
     else:
         one_hot = torch.zeros((*index.shape, int(np.prod(layer.out_shape))),
                               dtype=p["weight"].dtype, device=index.device)
         rows = transpose_apply(layer, p, one_hot.scatter_(2, index[..., None], 1.0))
+        coeffs = torch.cat([rows, rows], dim=1)
+    coeffs[:, count:].neg_()  # rows e_i W_k, then -e_i W_k (exact)
     bias = _full_bias(layer, p)[index]
-    coeffs, const = torch.cat([rows, -rows], dim=1), torch.cat([bias, -bias], dim=1)
+    const = torch.cat([bias, -bias], dim=1)
     if k == 0:
         lower = concretize(batch, coeffs, const)
     else:
-        lower = backward_lower(net, batch, bounds, k - 1, coeffs, const, alphas)
-    count = index.shape[1]
+        lower = backward_lower(net, batch, bounds, k - 1, coeffs, const, alphas, consume=True)
     return lower[:, :count], -lower[:, count:]
 
 
