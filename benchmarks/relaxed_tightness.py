@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 import verify  # noqa: E402
 from verify.bounds import InputBatch  # noqa: E402
-from verify.bounds import crown  # noqa: E402
+from verify.bounds import crown, ibp  # noqa: E402
 from verify.network import resolve_device  # noqa: E402
 from benchmarks.reporting import clocks, machine  # noqa: E402
 
@@ -146,7 +146,36 @@ def forward_pass_equivalents(net, xs, ys, eps: float, device: str, repeats: int 
             "fpe_range": (min(crown_fpe), max(crown_fpe)),
             "crown_ibp_ms": 1e3 * statistics.median(r[2] for r in rounds),
             "crown_ibp_equivalents": statistics.median(ibp_fpe), "proved": proved,
-            "torch_ops": ops}
+            "torch_ops": ops, **arithmetic(net, batch)}
+
+
+def arithmetic(net, batch: InputBatch) -> dict:
+    """CROWN's multiply-adds on the batch in forward passes' worth, for a network of Dense and
+    ReLU layers: 2 rows per CROWN-bounded neuron through the affine layers below it (on average,
+    and padded to the input with the most, as the batch runs them) plus the margin rows through
+    all of them."""
+    dense = [layer for layer in net.layers if isinstance(layer, verify.Dense)]
+    if len(dense) != sum(isinstance(layer, verify.network.AFFINE) for layer in net.layers):
+        return {}
+
+    def macs(layers) -> int:
+        return sum(int(np.prod(layer.weight.shape)) for layer in layers
+                   if isinstance(layer, verify.Dense))
+
+    with torch.no_grad():
+        _, selections = crown.propagate(net, batch, ibp.layer_bounds(net, batch),
+                                        include_last=False)
+    margins = batch.C.shape[1] * macs(dense)
+    mean = padded = float(margins)
+    neurons, most = 0.0, 0
+    for k, (index, valid) in selections.items():
+        below = macs(net.layers[:k])
+        neurons += float(valid.sum()) / len(batch)
+        most = max(most, index.shape[1])
+        mean += 2 * float(valid.sum()) / len(batch) * below
+        padded += 2 * index.shape[1] * below
+    return {"crown_neurons_per_input": neurons, "crown_neurons_most": most,
+            "arithmetic_fpe": mean / macs(dense), "arithmetic_fpe_padded": padded / macs(dense)}
 
 
 def torch_ops(fn) -> int:
@@ -214,14 +243,16 @@ def write_results(rows: list[dict], cost: dict, kept: Optional[dict], header: st
                   "tensors come from fresh pages that fault in on every call; these settings keep "
                   "freed memory for reuse. They are not the default: they slow other work (see "
                   "docs/crown.md)."]
+    arithmetic_text = "" if "arithmetic_fpe" not in cost else (
+        f"Here that is {cost['crown_neurons_per_input']:.1f} neurons per input on average "
+        f"({cost['crown_neurons_most']} at most; the batch pads to the most), each row going "
+        "through the affine layers below its neuron, plus the margin rows through all of them: "
+        f"{cost['arithmetic_fpe']:.0f} forward passes in multiply-adds "
+        f"({cost['arithmetic_fpe_padded']:.0f} with the padding). ")
     lines += ["", "Where the time goes. Full CROWN bounds every neuron that intervals leave "
-              "unstable with its own backward pass (lower and upper: 2 rows each). Here that is "
-              "29.6 second-layer neurons per input on average (44 at most; the batch pads to the "
-              "most), each row a 50 x 64 product through the first layer, plus 9 margin rows "
-              "through both layers (50 x 50 + 50 x 64), against one forward pass of 64 x 50 + 50 "
-              "x 50 + 50 x 10 multiply-adds: 39 forward passes in arithmetic (54 with the "
-              "padding). The forward pass of 100 inputs, though, is not arithmetic-bound: it is "
-              f"{cost['torch_ops'][0]} torch operations, against CROWN's "
+              "unstable with its own backward pass (lower and upper: 2 rows each). "
+              + arithmetic_text + "The forward pass of 100 inputs, though, is not "
+              f"arithmetic-bound: it is {cost['torch_ops'][0]} torch operations, against CROWN's "
               f"{cost['torch_ops'][1]} (the ReLU relaxations, the float64 rounding allowances, "
               "the interval bounds CROWN is intersected with), each a few microseconds of "
               "dispatch before any arithmetic.", ""]

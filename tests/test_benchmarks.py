@@ -60,6 +60,13 @@ def test_forward_pass_equivalents_counts_what_crown_proves(digits_mlp_path, digi
     low, high = cost["fpe_range"]
     assert low <= cost["forward_pass_equivalents"] <= high
     assert 0 < cost["torch_ops"][0] < cost["torch_ops"][1]
+    # arithmetic: 2 rows per CROWN-bounded neuron through the 64 x 50 layer, 9 margin rows
+    # through 64-50-50-10 (6,200 multiply-adds, one forward pass each)
+    neurons = cost["crown_neurons_per_input"]
+    assert 0 < neurons <= cost["crown_neurons_most"] <= 50
+    assert cost["arithmetic_fpe"] == pytest.approx((2 * neurons * 3200 + 9 * 6200) / 6200)
+    assert cost["arithmetic_fpe_padded"] == pytest.approx(
+        (2 * cost["crown_neurons_most"] * 3200 + 9 * 6200) / 6200)
 
 
 def test_cost_vs_size_inclusions_on_two_tiny_mlps(digits_test):
