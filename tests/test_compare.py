@@ -144,3 +144,27 @@ def test_workers_give_the_same_table(digits_mlp_path, digits_test):
     assert strip == [{k: pytest.approx(v, rel=1e-12, abs=1e-12) if isinstance(v, float) else v
                       for k, v in r.items() if "time" not in k} for r in two]
     assert [r["status"] for r in rec_one] == [r["status"] for r in rec_two]
+
+
+def test_an_interrupted_compare_keeps_whole_rows_and_no_empty_file(tmp_path, digits_mlp_path,
+                                                                    digits_test):
+    net = load_onnx(digits_mlp_path)
+    xs, ys = digits_test[0][:3], digits_test[1][:3]
+    out = tmp_path / "c.csv"
+
+    def stop_at(stopping_method):
+        def tick(eps, method, done, total):
+            if method == stopping_method:
+                raise KeyboardInterrupt
+        return tick
+
+    with pytest.raises(KeyboardInterrupt):
+        compare(net, xs, ys, [0.01], "inf", ["ibp", "crown"], (0, 1), out_csv=out,
+                tick=stop_at("ibp"))
+    assert not out.exists()  # stopped before its first row: no header-only file
+    with pytest.raises(KeyboardInterrupt):
+        compare(net, xs, ys, [0.01], "inf", ["ibp", "crown"], (0, 1), out_csv=out,
+                tick=stop_at("crown"))
+    with open(out) as fh:
+        rows = list(csv.reader(fh))
+    assert len(rows) == 2 and rows[1][2] == "ibp"  # the header and the finished row

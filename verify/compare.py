@@ -72,8 +72,9 @@ def compare(net: Network, xs: np.ndarray, ys: np.ndarray, eps_list: Sequence[flo
     """Every method on every input at every radius: (table rows, per-input records).
 
     With `out_csv`, each row is appended as soon as it is finished (an interrupted run keeps
-    what it completed). `options[method]` passes options to one method. `workers` local
-    processes (or a Dask `cluster`) share each method's inputs (verify.executor). `progress`
+    what it completed, and one stopped before its first row leaves no file). `options[method]`
+    passes options to one method. `workers` local processes (or a Dask `cluster`) share each
+    method's inputs (verify.executor). `progress`
     gets one line per finished row; `tick(eps, method, done, total)` is called as inputs
     finish (the inputs then go in up to 10 chunks per row, so a progress bar can move)."""
     from .executor import run_jobs
@@ -85,35 +86,40 @@ def compare(net: Network, xs: np.ndarray, ys: np.ndarray, eps_list: Sequence[flo
     if out_csv is not None:
         with open(out_csv, "w", newline="") as fh:
             csv.writer(fh).writerow(FIELDS)
-    for eps in eps_list:
-        for method in methods:
-            t0 = time.perf_counter()
-            parallel = workers > 1 or cluster is not None
-            pieces = max(workers if parallel else 1, 10 if tick is not None else 1)
-            chunks = [idx for idx in np.array_split(np.arange(len(xs)), pieces) if len(idx)]
-            jobs = [(net, xs[idx], ys[idx], eps, norm, method, domain, options.get(method, {}),
-                     parallel) for idx in chunks]
-            parts, done = {}, 0
-            if tick is not None:
-                tick(eps, method, 0, len(xs))
-            for k, part in run_jobs(_certify_chunk, jobs, workers, cluster):
-                parts[k] = part
-                done += len(part)
+    try:
+        for eps in eps_list:
+            for method in methods:
+                t0 = time.perf_counter()
+                parallel = workers > 1 or cluster is not None
+                pieces = max(workers if parallel else 1, 10 if tick is not None else 1)
+                chunks = [idx for idx in np.array_split(np.arange(len(xs)), pieces) if len(idx)]
+                jobs = [(net, xs[idx], ys[idx], eps, norm, method, domain, options.get(method, {}),
+                         parallel) for idx in chunks]
+                parts, done = {}, 0
                 if tick is not None:
-                    tick(eps, method, done, len(xs))
-            certs = [c for k in sorted(parts) for c in parts[k]]
-            row = summarize(eps, norm, method, certs, time.perf_counter() - t0)
-            rows.append(row)
-            records += [{"eps": eps, "method": method, "index": i, "label": int(y),
-                         "status": c.status.value, "worst_margin_lower": _worst(c.margin_lower),
-                         "worst_margin_upper": _worst(c.margin_upper), "time_s": c.time_s}
-                        for i, (y, c) in enumerate(zip(ys, certs))]
-            if out_csv is not None:
-                with open(out_csv, "a", newline="") as fh:
-                    csv.writer(fh).writerow([row[f] for f in FIELDS])
-            if progress is not None:
-                progress(f"eps {eps:g} {method}: {row['yes']} YES, {row['no']} NO, "
-                         f"{row['maybe']} MAYBE in {row['total_time_s']:.2f} s")
+                    tick(eps, method, 0, len(xs))
+                for k, part in run_jobs(_certify_chunk, jobs, workers, cluster):
+                    parts[k] = part
+                    done += len(part)
+                    if tick is not None:
+                        tick(eps, method, done, len(xs))
+                certs = [c for k in sorted(parts) for c in parts[k]]
+                row = summarize(eps, norm, method, certs, time.perf_counter() - t0)
+                rows.append(row)
+                records += [{"eps": eps, "method": method, "index": i, "label": int(y),
+                             "status": c.status.value, "worst_margin_lower": _worst(c.margin_lower),
+                             "worst_margin_upper": _worst(c.margin_upper), "time_s": c.time_s}
+                            for i, (y, c) in enumerate(zip(ys, certs))]
+                if out_csv is not None:
+                    with open(out_csv, "a", newline="") as fh:
+                        csv.writer(fh).writerow([row[f] for f in FIELDS])
+                if progress is not None:
+                    progress(f"eps {eps:g} {method}: {row['yes']} YES, {row['no']} NO, "
+                             f"{row['maybe']} MAYBE in {row['total_time_s']:.2f} s")
+    except BaseException:  # interrupted or failed before a row: no file, not a header
+        if out_csv is not None and not rows:
+            out_csv.unlink(missing_ok=True)
+        raise
     return rows, records
 
 
