@@ -211,7 +211,8 @@ def test_lp_tighten_and_method_options(capsys, digits_mlp_path, digit_file):
                              "must be in (0, 1]"),
                             (["--method", "crown", "--option", "batch_size=0"], "must be >= 1"),
                             (["--method", "bab", "--option", "timeout=nan"], "must be finite"),
-                            (["--method", "attack", "--option", "restarts=0"], "must be >= 1"),
+                            (["--method", "attack", "--option", "restarts=0"],
+                             "restarts >= 1"),
                             (["--device", "tpu"], "unknown device")):
         code, _, err = run(capsys, *base, *extra)
         assert code == 2 and expected in err and err.count("\n") == 1, err

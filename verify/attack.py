@@ -32,7 +32,7 @@ import math
 import time
 import zlib
 from dataclasses import dataclass
-from typing import ClassVar, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -46,9 +46,6 @@ from .verdict import certificate_from_bounds, validated_counterexample
 
 @dataclass
 class AttackOptions:
-    LIMITS: ClassVar[dict[str, str]] = {"restarts": ">= 1", "row_restarts": ">= 0",
-                                        "steps": ">= 0", "step_size": "> 0",
-                                        "batch_size": ">= 1"}  # checked by make_options
     device: str = "auto"
     restarts: int = 10  # trajectories on the worst row; the first starts at the center
     row_restarts: int = 1  # trajectories on each row separately (0: none); the first at the center
@@ -58,6 +55,9 @@ class AttackOptions:
     batch_size: int = 64  # specifications per torch batch
     dtype: str = "auto"  # "float64", "float32", or "auto": float32 on CUDA, float64 on CPU
     stop_early: bool = True  # stop a batch once every specification in it has a violation
+
+    def check(self) -> None:
+        _check(self)
 
 
 # Default first step, as a fraction of eps. The cosine schedule halves the average step, so the
