@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from verify import load_onnx
+from verify import InputError, load_onnx
 from verify.cli import main
 from verify.compare import compare, compare_one
 
@@ -168,3 +168,18 @@ def test_an_interrupted_compare_keeps_whole_rows_and_no_empty_file(tmp_path, dig
     with open(out) as fh:
         rows = list(csv.reader(fh))
     assert len(rows) == 2 and rows[1][2] == "ibp"  # the header and the finished row
+
+
+def test_one_input_compare_marks_milp_rows_a_time_limit_left_open(digits_mlp_path, digits_test):
+    """A milp row whose bounds do not meet (time ran out) is shown as '>= lower bound', never
+    as an exact minimum; exact_margins cannot be switched off there."""
+    net = load_onnx(digits_mlp_path)
+    x, y = digits_test[0][0], int(digits_test[1][0])
+    table, certs = compare_one(net, x, y, 0.08, "inf", ["milp"], (0, 1),
+                               {"milp": {"timeout": 0.05}})
+    open_rows = [j for j in range(10) if j != y
+                 and certs["milp"].margin_upper[j] - certs["milp"].margin_lower[j] > 1e-3]
+    assert open_rows  # 0.05 s leaves rows open at eps 0.08
+    assert table.count(">=") == len(open_rows) + 1  # and once in the header
+    with pytest.raises(InputError, match="exact_margins"):
+        compare_one(net, x, y, 0.05, "inf", ["milp"], (0, 1), {"milp": {"exact_margins": False}})

@@ -287,6 +287,20 @@ def test_registry_and_user_errors():
         make_noise("gaussian", -1.0)
     with pytest.raises(InputError, match="disagrees"):
         make_noise(Laplace(0.5), 0.3)
+    for bad in ({"seed": -1}, {"seed": 2 ** 70}, {"mc_samples": 0}):
+        with pytest.raises(InputError, match=next(iter(bad))):
+            certify(net, np.zeros(2), 0, 0.1, method="smoothing", sigma=0.5, **bad)
+    with pytest.raises(InputError, match=r"beta must lie in \[0.1, 100\]"):
+        make_noise("gennorm:0.001", 0.5)
+
+
+def test_non_finite_logits_under_noise_are_refused_not_counted(digits_mlp_path):
+    """sigma = 1e40 overflows float32 noise: the logits are NaN and argmax would count them all
+    for class 0, a confident YES for any label 0. Refused instead."""
+    net = verify.load_onnx(digits_mlp_path)
+    with pytest.raises(InputError, match="non-finite logits"):
+        certify(net, np.full(64, 0.5), 0, 0.1, "2", method="smoothing", sigma=1e40, n=200,
+                n0=20)
 
 
 # ---------------------------------------------------------------- closed forms and the numerics

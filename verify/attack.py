@@ -292,6 +292,8 @@ def _check(options: AttackOptions) -> None:
             options.batch_size < 1:
         raise InputError("attack options need restarts >= 1, row_restarts >= 0, steps >= 0 and "
                          "batch_size >= 1")
+    if not 0 <= options.seed < 2 ** 63:
+        raise InputError(f"seed must lie in [0, 2^63), got {options.seed}")
     if options.step_size is not None and not (isinstance(options.step_size, (int, float))
                                               and options.step_size > 0):
         raise InputError(f"step_size must be > 0 (a fraction of eps), got {options.step_size}")

@@ -443,7 +443,7 @@ def cmd_smooth_predict(args) -> int:
     net = load_onnx(args.model)
     x = read_input(args.input)
     options = _smoothing_options(args)
-    result = predict(net, x, **options, **_options(args))
+    result = predict(net, x, **options, **_options(args, "smoothing"))
     print(json.dumps(result.to_dict(), indent=2) if args.json else str(result))
     return 0
 

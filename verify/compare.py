@@ -19,6 +19,7 @@ import numpy as np
 
 from .backends import certify, certify_batch, get_backend
 from .certificate import Certificate, Status, json_safe
+from .errors import InputError
 from .network import Network
 
 KIND = {"attack": "upper", "milp": "exact", "bab": "exact", "smoothing": "of g"}
@@ -123,6 +124,12 @@ def compare(net: Network, xs: np.ndarray, ys: np.ndarray, eps_list: Sequence[flo
     return rows, records
 
 
+def _solved(cert: Certificate, j: int) -> bool:
+    """Whether the certificate's lower and upper bounds on margin j meet (an exact minimum)."""
+    lower, upper = cert.margin_lower[j], cert.margin_upper[j]
+    return lower is not None and upper is not None and upper - lower <= 1e-6 * (1 + abs(lower))
+
+
 def format_table(rows: list[dict]) -> str:
     """One block per radius: counts, robust accuracy (and which bound it is), margins, time."""
     lines = []
@@ -157,13 +164,17 @@ def compare_one(net: Network, x: np.ndarray, label: int, eps: float, norm: str =
     the MILP with exact_margins, the attack's value as an upper bound). `options[method]`
     passes options to one method."""
     certs = {}
+    if "exact_margins" in (options or {}).get("milp", {}):
+        raise InputError("one-input compare solves milp with exact_margins=true (the exact "
+                         "minima): leave that option out")
     for method in methods:
         extra = {"exact_margins": True} if method == "milp" else {}
         extra.update((options or {}).get(method, {}))
         certs[method] = certify(net, x, label, eps, norm, method, domain, **extra)
     header = f"{'class':>5s} " + " ".join(f"{m:>12s}" for m in methods)
     lines = [f"label {label}, l_{norm} ball of radius {eps:g}: lower bounds on min z_{label} - "
-             "z_j (milp: the exact minimum; attack: an upper bound)", header]
+             "z_j (milp: the exact minimum, or '>=' a lower bound where its time ran out; "
+             "attack: an upper bound)", header]
     for j in range(net.output_size):
         if j == label:
             continue
@@ -171,7 +182,12 @@ def compare_one(net: Network, x: np.ndarray, label: int, eps: float, norm: str =
         for method in methods:
             c = certs[method]
             value = c.margin_upper[j] if method == "attack" else c.margin_lower[j]
-            cells.append(f"{value:12.4f}" if value is not None else f"{'-':>12s}")
+            if value is None:
+                cells.append(f"{'-':>12s}")
+            elif method == "milp" and not _solved(c, j):
+                cells.append(f">={value:10.4f}")
+            else:
+                cells.append(f"{value:12.4f}")
         lines.append(f"{j:5d} " + " ".join(cells))
     lines.append(f"{'':5s} " + " ".join(f"{certs[m].status.value:>12s}" for m in methods))
     return "\n".join(lines), certs

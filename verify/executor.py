@@ -13,6 +13,7 @@ in, and a MILP solve in the child can then wait forever on a lock no thread will
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -47,7 +48,20 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int = 1,
         return
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                             initializer=_leave_ctrl_c_to_the_parent) as pool:
         futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        except BaseException:  # Ctrl-C, an error, or the consumer stopped: stop the workers
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _leave_ctrl_c_to_the_parent() -> None:
+    """Workers ignore SIGINT (a terminal sends it to the whole group): the parent stops them,
+    instead of each printing its own KeyboardInterrupt and the pool waiting on the rest."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

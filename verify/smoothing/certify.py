@@ -107,6 +107,10 @@ def _validate(opts: SmoothingOptions) -> NoiseDistribution:
         raise InputError("two_class needs Gaussian noise (the two-class radius is Gaussian's)")
     if not 0 < opts.mc_alpha_share < 1:
         raise InputError(f"mc_alpha_share must lie in (0, 1), got {opts.mc_alpha_share}")
+    if opts.mc_samples < 1:
+        raise InputError(f"mc_samples must be at least 1, got {opts.mc_samples}")
+    if not 0 <= opts.seed < 2 ** 63:
+        raise InputError(f"seed must lie in [0, 2^63), got {opts.seed}")
     return noise
 
 
@@ -143,18 +147,28 @@ class NoisySampler:
                 first, last = start // n, (start + size - 1) // n
                 if first == last:
                     batch.add_(xs[first])
-                    preds = self.net.torch_forward(batch).argmax(1)
+                    preds = self._predictions(batch)
                     counts[first * k:(first + 1) * k] += torch.bincount(preds, minlength=k)
                 else:
                     owner = torch.arange(start, start + size, device=self.device) // n
                     batch.add_(xs.index_select(0, owner))
-                    preds = self.net.torch_forward(batch).argmax(1)
+                    preds = self._predictions(batch)
                     counts += torch.bincount(owner * k + preds, minlength=m_inputs * k)
                 self.forward_passes += 1
             out = counts.reshape(m_inputs, k).cpu().numpy()
         self.seconds += time.perf_counter() - t0
         self.samples += total
         return out
+
+    def _predictions(self, batch: torch.Tensor) -> torch.Tensor:
+        """f on a batch of noisy inputs; non-finite logits (the noise overflowed, or the network
+        did) are refused: argmax would silently count them for one class."""
+        logits = self.net.torch_forward(batch)
+        if not bool(torch.isfinite(logits).all()):
+            raise InputError(f"the base classifier returned non-finite logits on noisy inputs "
+                             f"({self.noise.describe()}, {str(self.dtype).replace('torch.', '')}):"
+                             " is sigma far too large?")
+        return logits.argmax(1)
 
     @property
     def samples_per_s(self) -> float:

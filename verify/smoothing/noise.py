@@ -230,8 +230,8 @@ class GeneralNormal(NoiseDistribution):
     def __init__(self, sigma: float, beta: float):
         super().__init__(sigma)
         beta = float(beta)
-        if not math.isfinite(beta) or beta <= 0:
-            raise InputError(f"the general normal's shape beta must be > 0, got {beta}")
+        if not 0.1 <= beta <= 100:  # outside, its scale under- or overflows in float64
+            raise InputError(f"the general normal's shape beta must lie in [0.1, 100], got {beta}")
         self.beta = beta
         self.a = sigma * math.exp(0.5 * (gammaln(1 / beta) - gammaln(3 / beta)))
         self._log_norm = math.log(beta / (2 * self.a)) - float(gammaln(1 / beta))
