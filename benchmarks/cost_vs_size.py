@@ -40,8 +40,7 @@ sys.path.insert(0, str(REPO))
 
 import verify  # noqa: E402
 from benchmarks.reporting import (RESULTS, SHARED_NOTE, check_records, loglog_slope,  # noqa: E402
-                                  machine, pyplot, finish_png, single_thread, write_csv,
-                                  write_text)
+                                  machine, pyplot, finish_png, publish, single_thread)
 from models import train  # noqa: E402
 from verify.compare import compare  # noqa: E402
 
@@ -260,13 +259,10 @@ def main(argv=None) -> int:
                             args.eps, METHODS, args.milp_timeout, args.epochs)
     problems = check_records(records, ORDER)
     k = slopes(rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, RESULTS / "cost_vs_size.csv")
-    write_png(rows, k, RESULTS / "cost_vs_size.png")
     lines = write_md(rows, k, problems, args, time.perf_counter() - t0)
-    write_text(RESULTS / "cost_vs_size.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 1 if problems else 0
+    code = publish("cost_vs_size", rows, lines, problems)
+    write_png(rows, k, RESULTS / "cost_vs_size.png")
+    return code
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 import verify  # noqa: E402
 from benchmarks.reporting import (RESULTS, SHARED_NOTE, check_records, machine,  # noqa: E402
-                                  pyplot, finish_png, single_thread, write_csv, write_text)
+                                  pyplot, finish_png, publish, single_thread)
 from verify.compare import compare  # noqa: E402
 
 MODELS = REPO / "models"
@@ -232,13 +232,10 @@ def main(argv=None) -> int:
     rows, records = certified_accuracy(names, xs, ys, args.eps, METHODS, args.milp_timeout,
                                        progress=lambda s: print(s, flush=True))
     problems = check_records(records, ORDER)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, RESULTS / "ibp_trained_vs_plain.csv")
-    write_png(rows, names, RESULTS / "ibp_trained_vs_plain.png")
     lines = write_md(rows, names, problems, args, time.perf_counter() - t0)
-    write_text(RESULTS / "ibp_trained_vs_plain.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 1 if problems else 0
+    code = publish("ibp_trained_vs_plain", rows, lines, problems)
+    write_png(rows, names, RESULTS / "ibp_trained_vs_plain.png")
+    return code
 
 
 if __name__ == "__main__":

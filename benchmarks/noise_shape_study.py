@@ -46,7 +46,8 @@ sys.path.insert(0, str(REPO))
 
 import verify  # noqa: E402
 from models.train import GENNORM_BETAS, gennorm_model_name  # noqa: E402
-from benchmarks.reporting import machine, pyplot, finish_png  # noqa: E402
+from benchmarks.reporting import (add_sampling_arguments, finish_png, machine,  # noqa: E402
+                                  pyplot)
 from verify.smoothing import (Gaussian, GeneralNormal, Laplace, NoisySampler,  # noqa: E402
                               certified_accuracy, clopper_pearson_lower,
                               numerical_radius_curve, robustness_score)
@@ -185,10 +186,7 @@ def main() -> int:
     parser.add_argument("--no-check", dest="check", action="store_false",
                         help="skip the numerical radius where a closed form exists")
     parser.add_argument("--betas", type=float, nargs="*", default=list(GENNORM_BETAS))
-    parser.add_argument("--batch-size", type=int, default=10_000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_sampling_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()

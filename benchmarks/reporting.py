@@ -77,6 +77,24 @@ def write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def publish(name: str, rows: list[dict], lines: list[str], problems: list) -> int:
+    """results/NAME.csv from rows and results/NAME.md from lines (also printed); the exit code:
+    1 when the cross-method checks found problems."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, RESULTS / f"{name}.csv")
+    write_text(RESULTS / f"{name}.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 1 if problems else 0
+
+
+def add_sampling_arguments(parser) -> None:
+    """The smoothing benchmarks' sampler options: --batch-size, --seed, --device, --threads."""
+    parser.add_argument("--batch-size", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+
+
 def pyplot():
     """matplotlib.pyplot on the Agg backend, or None when matplotlib is missing."""
     try:

@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import verify  # noqa: E402
-from benchmarks.reporting import machine, pyplot, finish_png  # noqa: E402
+from benchmarks.reporting import (add_sampling_arguments, finish_png, machine,  # noqa: E402
+                                  pyplot)
 from verify.smoothing import best_case_radius, certified_accuracy, robustness_score  # noqa: E402
 
 SIGMAS = (0.12, 0.25, 0.5, 1.0)
@@ -94,10 +95,7 @@ def main() -> int:
     parser.add_argument("--n0", type=int, default=100)
     parser.add_argument("--alpha", type=float, default=0.001)
     parser.add_argument("--count", type=int, default=None, help="first N test digits (all)")
-    parser.add_argument("--batch-size", type=int, default=10_000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_sampling_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = np.load(REPO / "models" / "digits_test.npz")
