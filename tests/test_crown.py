@@ -544,3 +544,20 @@ def test_crown_ibp_variant_is_sound_and_not_looser_than_ibp(norm, digits_mlp_pat
         assert np.all(sampled_margins(net, spec, 1000).min(axis=0) >= lo - 1e-12)
     with pytest.raises(InputError, match="unknown intermediate bounds"):
         certify_specs(net, [spec], "crown", intermediate="lp")
+
+
+def test_backward_lower_takes_shared_coefficients_without_autograd():
+    """One coefficient matrix for the whole batch (L = 1, as its docstring allows) gives the same
+    bounds as that matrix repeated per input, on the in-place (no autograd) path."""
+    rng = np.random.default_rng(0)
+    net = random_mlp(rng, [3, 8, 8, 4])
+    specs = [robustness_spec(3, 4, rng.uniform(-1, 1, 3), 0, 0.3, "inf", None)
+             for _ in range(5)]
+    batch = InputBatch.from_specs(specs, torch.device("cpu"))
+    with torch.no_grad():
+        bounds = crown.layer_bounds(net, batch)
+        top = len(net.layers) - 1
+        shared = crown.backward_lower(net, batch, bounds, top, batch.C[:1], -batch.d)
+        repeated = crown.backward_lower(net, batch, bounds, top,
+                                        batch.C[:1].expand(5, -1, -1).clone(), -batch.d)
+    assert torch.equal(shared, repeated)

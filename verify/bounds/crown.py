@@ -199,7 +199,7 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
             increment = _matvec(negative, relax.upper_intercept)
             const = const + increment
             upper_slope = relax.upper_slope[:, None, :]
-            if torch.is_grad_enabled():
+            if torch.is_grad_enabled() or len(positive) != len(upper_slope):  # (L = 1: broadcast)
                 coeffs = positive * lower_slope + negative * upper_slope
                 abs_coeffs = coeffs.detach().abs()
             else:  # the same arithmetic in place: each large tensor allocated is fresh pages to
