@@ -542,8 +542,11 @@ def test_crown_ibp_variant_is_sound_and_not_looser_than_ibp(norm, digits_mlp_pat
         lo_ibp = np.array([v for v in interval.margin_lower if v is not None])
         assert np.all(lo >= lo_ibp - 1e-12)
         assert np.all(sampled_margins(net, spec, 1000).min(axis=0) >= lo - 1e-12)
-    with pytest.raises(InputError, match="unknown intermediate bounds"):
+    with pytest.raises(InputError, match="intermediate of method 'crown' must be one of crown, "
+                       "ibp, got 'lp'"):
         certify_specs(net, [spec], "crown", intermediate="lp")
+    with pytest.raises(InputError, match="unknown intermediate bounds 'lp'"):  # direct calls
+        crown.certify(net, [spec], crown.CROWNOptions(intermediate="lp"))
 
 
 def test_backward_lower_takes_shared_coefficients_without_autograd():

@@ -43,6 +43,7 @@ Selection = tuple[Tensor, Tensor]
 @dataclass
 class CROWNOptions:
     LIMITS: ClassVar[dict[str, str]] = {"batch_size": ">= 1"}  # checked by make_options
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"intermediate": ("crown", "ibp")}
     device: str = "auto"
     batch_size: int = 128
     # "crown": every unstable neuron bounded by its own backward pass (tight; cost grows with
@@ -128,28 +129,37 @@ def _input_bounds(batch: InputBatch, bounds: list[Bounds], k: int) -> Bounds:
 
 
 def concretize(batch: InputBatch, coeffs: Tensor, const: Tensor,
-               abs_coeffs: Optional[Tensor] = None) -> Tensor:
+               abs_coeffs: Optional[Tensor] = None, consume: bool = False) -> Tensor:
     """Sound lower bound (B, m) of coeffs x + const over the input set (rounding included):
     over the box, and for l_2/l_1 also over the ball, coeffs x0 + const - eps ||coeffs||_q with q
-    the dual norm; the larger is kept (both sets hold their intersection)."""
-    abs_coeffs = coeffs.detach().abs() if abs_coeffs is None else abs_coeffs
+    the dual norm; the larger is kept (both sets hold their intersection). `coeffs` is
+    overwritten if `consume` (without autograd)."""
     n = coeffs.shape[-1]
     # Box in midpoint/radius form; mid and rad are each off by a relative u, so the radius is
     # widened by 4u (|mid| + rad): [mid - rad, mid + rad] then holds [lower, upper] exactly.
     mid = (batch.upper + batch.lower) / 2
     rad = (batch.upper - batch.lower) / 2
     rad = rad + 4 * UNIT_ROUNDOFF * (mid.abs() + rad)
-    # With and without autograd the same operations run, so alpha-CROWN's first iterate equals
-    # CROWN bit for bit (its ties with CROWN's bounds then resolve alike in any batch).
-    spread = _matvec(coeffs.abs() if coeffs.requires_grad else abs_coeffs, rad)
-    magnitude = _matvec(abs_coeffs, mid.abs() + rad)
-    lower = _matvec(coeffs, mid) + const - spread
-    lower = lower - rounding_slack(magnitude + const.detach().abs(), n)
+    ball = None
     if batch.norm in ("2", "1"):  # min over the ball: coeffs x0 + const - eps ||coeffs||_q
-        spread = batch.eps[:, None] * torch.linalg.vector_norm(coeffs, ord=dual_norm(batch.norm),
-                                                               dim=-1)
-        ball = _matvec(coeffs, batch.center) + const - spread
-        magnitude = _matvec(abs_coeffs, batch.center.abs()) + spread.detach() + const.detach().abs()
+        ball_spread = batch.eps[:, None] * torch.linalg.vector_norm(
+            coeffs, ord=dual_norm(batch.norm), dim=-1)
+        ball = _matvec(coeffs, batch.center) + const - ball_spread
+    lower = _matvec(coeffs, mid) + const
+    if abs_coeffs is None:
+        detached = coeffs.detach()
+        abs_coeffs = detached.abs_() if consume and not coeffs.requires_grad else detached.abs()
+    # |coeffs| rad, plus rounding_slack(|coeffs| (|mid| + rad)), as one product with |coeffs|:
+    # weights rad + g (|mid| + rad), g = rounding_slack's factor 2 (n + 4) u. Equal in
+    # real numbers; the rounding of that one product (about n u of it) is covered by the factor's
+    # margin over gamma_n. With and without autograd the same operations run, so alpha-CROWN's
+    # first iterate equals CROWN bit for bit (its ties then resolve alike in any batch).
+    weights = rad + rounding_slack(mid.abs() + rad, n)
+    lower = lower - _matvec(coeffs.abs() if coeffs.requires_grad else abs_coeffs, weights)
+    lower = lower - rounding_slack(const.detach().abs(), n)
+    if ball is not None:
+        magnitude = (_matvec(abs_coeffs, batch.center.abs()) + ball_spread.detach()
+                     + const.detach().abs())
         lower = torch.maximum(lower, ball - rounding_slack(magnitude, n))
     return lower
 
@@ -169,11 +179,16 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
     (|W_k| |h_{k-1}| + |b_k|) + |c_k|) (Higham, Thm 3.1) and |h_{k-1}| <= max(|l_{k-1}|, |u_{k-1}|)
     from the sound bounds; likewise for ReLU steps. `rounding_slack` (2 (n + 4) u) covers gamma_n,
     the rounding of the allowance itself and the final subtraction. The sum of all e_k plus the
-    concretisation's own allowance is subtracted from the bound.
+    concretisation's own allowance is subtracted from the bound; rounding_slack is linear, so a
+    ReLU step's |Lambda| term and the next affine step's (same n) share one product with
+    |Lambda|, and the concretisation folds its own into the radius (`concretize`).
     """
     params = net.torch_params(batch.lower.device)
     slack = torch.zeros((), dtype=coeffs.dtype, device=coeffs.device)
     abs_coeffs: Optional[Tensor] = None  # |coeffs|, detached, when already at hand
+    # The allowance still owed for the current coefficients is rounding_slack(|coeffs| owed,
+    # width): a ReLU step's and the next affine step's (same width) go through one product.
+    owed: Optional[Tensor] = None
     owned = consume and not torch.is_grad_enabled()  # coeffs may be overwritten in place
     for k in range(top, -1, -1):
         layer, p = net.layers[k], params[k]
@@ -183,11 +198,12 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
         if isinstance(layer, AFFINE):
             with torch.no_grad():
                 abs_coeffs = coeffs.detach().abs() if abs_coeffs is None else abs_coeffs
-                magnitude = (_matvec(abs_coeffs, _abs_affine(layer, p, in_magnitude))
-                             + const.detach().abs())
-                slack = slack + rounding_slack(magnitude, n_terms)
+                step = _abs_affine(layer, p, in_magnitude)
+                owed = step if owed is None else owed + step
+                slack = slack + rounding_slack(_matvec(abs_coeffs, owed) + const.detach().abs(),
+                                               n_terms)
             const = const + coeffs @ _full_bias(layer, p)
-            coeffs, abs_coeffs = transpose_apply(layer, p, coeffs), None
+            coeffs, abs_coeffs, owed = transpose_apply(layer, p, coeffs), None, None
             owned = not torch.is_grad_enabled()
         elif isinstance(layer, ReLU):
             relax = relu_relaxation(in_lower, in_upper)
@@ -206,13 +222,16 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
                 # fault in (glibc's default allocator), so `negative` is reused for |coeffs|
                 coeffs = positive.mul_(lower_slope).add_(negative.mul_(upper_slope))
                 abs_coeffs, owned = torch.abs(coeffs, out=negative), True
-            with torch.no_grad():
-                magnitude = (_matvec(abs_coeffs, in_magnitude) + increment.detach().abs()
-                             + const.detach().abs())
-                slack = slack + rounding_slack(magnitude, n_terms)
+            with torch.no_grad():  # owed: |coeffs| in_magnitude + |increment| + |const|
+                slack = slack + rounding_slack(increment.detach().abs() + const.detach().abs(),
+                                               n_terms)
+                owed = in_magnitude
         else:  # pragma: no cover - the loader only builds the layers above
             raise TypeError(f"CROWN cannot handle {type(layer).__name__}")
-    return concretize(batch, coeffs, const, abs_coeffs) - slack
+    if owed is not None:  # a ReLU came first
+        with torch.no_grad():
+            slack = slack + rounding_slack(_matvec(abs_coeffs, owed), coeffs.shape[-1])
+    return concretize(batch, coeffs, const, abs_coeffs, consume=owned) - slack
 
 
 def select_rows(mask: Tensor) -> Selection:
@@ -352,13 +371,18 @@ def ibp_margin_lower(net: Network, batch: InputBatch, ibp_bounds: list[Bounds],
                          ibp.margin_bounds(net, batch, bounds)[0])
 
 
+def _check_intermediate(name: str) -> None:
+    choices = CROWNOptions.CHOICES["intermediate"]
+    if name not in choices:
+        raise InputError(f"unknown intermediate bounds '{name}' for crown: use one of "
+                         f"{', '.join(choices)}")
+
+
 def margin_lower_bounds(net: Network, batch: InputBatch, intermediate: str = "crown"
                         ) -> tuple[Tensor, dict]:
     """Lower bounds (B, m) of C f(x) - d over each input set, and the cost; `intermediate`
     picks the neuron bounds the backward pass relaxes over ("crown" or "ibp": CROWN-IBP)."""
-    if intermediate not in ("crown", "ibp"):
-        raise InputError(f"unknown intermediate bounds '{intermediate}' for crown: use crown "
-                         "or ibp")
+    _check_intermediate(intermediate)
     with torch.no_grad():
         ibp_bounds = ibp.layer_bounds(net, batch)
         if intermediate == "ibp":
@@ -383,8 +407,6 @@ def margin_lower_bounds(net: Network, batch: InputBatch, intermediate: str = "cr
 def certify(net: Network, specs: Sequence[Specification], options: CROWNOptions
             ) -> list[Certificate]:
     """CROWN certificates for a list of specifications, batched on `options.device`."""
-    if options.intermediate not in ("crown", "ibp"):
-        raise InputError(f"unknown intermediate bounds '{options.intermediate}' for crown: use "
-                         "crown or ibp")
+    _check_intermediate(options.intermediate)
     bound = functools.partial(margin_lower_bounds, intermediate=options.intermediate)
     return certify_with_bounds(net, specs, "crown", bound, options.device, options.batch_size)
