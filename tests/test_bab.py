@@ -4,12 +4,15 @@ and CROWN's per-row bounds."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from conftest import SHARED_BENCHMARKS, random_mlp
-from verify.exact.bab import bound_and_split_scores, local_milp, optimized_lower
+from verify.exact.bab import (bound_and_split_scores, falsify_box, local_milp,
+                               optimized_lower)
 from verify.spec import Box
 from verify.vnncomp import solve_files
 
@@ -75,6 +78,22 @@ def test_local_milp_finds_a_thin_violation_and_agrees_with_proofs():
             assert local_milp(net, box, A1, b1, center, radius=0.02, time_limit=20) is None
             checked += 1
     assert checked >= 5
+
+
+def test_falsify_box_stops_at_its_deadline():
+    """The cheap attack before branch and bound (1024 starts x 60 steps per disjunct) stops
+    after its current step once the deadline has passed, keeping the best point so far."""
+    net = random_mlp(np.random.default_rng(4), [3, 8, 2])
+    box = Box(-np.ones(3), np.ones(3))
+    A, b = np.array([[1.0, -1.0]]), np.array([-1e6])  # unreachable: no early stop on success
+    forward, calls = net.torch_forward, []
+    net.torch_forward = lambda x: calls.append(1) or forward(x)
+    x, value = falsify_box(net, box, A, b, "cpu", steps=60, best=True,
+                           deadline=time.perf_counter() - 1)
+    assert len(calls) == 1 and value > 0 and np.all(np.abs(x) <= 1)
+    calls.clear()
+    falsify_box(net, box, A, b, "cpu", steps=60, best=True, deadline=time.perf_counter() + 600)
+    assert len(calls) == 61
 
 
 @pytest.mark.slow

@@ -238,6 +238,52 @@ def test_methods_lists_every_certifier(capsys):
                             "smoothing"])
 
 
+def test_methods_show_the_norms_each_takes(capsys):
+    code, out, _ = run(capsys, "methods")
+    balls = {line.split()[0]: line.split()[1:4] for line in out.splitlines()}
+    assert code == 0
+    assert balls["milp"][:2] == ["l_inf", "l_1"] and balls["milp"][2] != "l_2"
+    assert balls["bab"][0] == "l_inf" and balls["bab"][1] != "l_1"
+    assert balls["crown"] == ["l_inf", "l_2", "l_1"]
+
+
+def test_repeated_option_keys_are_refused(capsys, digits_mlp_path, digit_file):
+    path, label = digit_file
+    base = ["certify", digits_mlp_path, "--input", path, "--label", label, "--eps", 0.01]
+    for extra, expected in ((["--method", "alpha-crown", "--option", "steps=5", "--option",
+                              "steps=7"], "--option steps given twice ('steps=5', 'steps=7')"),
+                            (["--method", "lp", "--lp-tighten", "--option", "lp-tighten=false"],
+                             "--option lp_tighten given twice")):
+        code, out, err = run(capsys, *base, *extra)
+        assert code == 2 and out == "" and expected in err and err.count("\n") == 1, err
+
+
+def test_device_is_noted_where_a_method_has_none(capsys, digits_mlp_path, digit_file):
+    """--device with lp or milp (HiGHS, no device option): one note, and the run goes on; with
+    a method that takes a device, no note."""
+    path, label = digit_file
+    base = ["certify", digits_mlp_path, "--input", path, "--label", label, "--eps", 0.01,
+            "--device", "cpu", "--json"]
+    code, out, err = run(capsys, *base, "--method", "milp")
+    assert code == 0 and json.loads(out)["method"] == "milp"
+    assert err == "verify: note: milp has no device option (it runs on the CPU); --device " \
+                  "ignored\n"
+    code, out, err = run(capsys, *base, "--method", "crown")
+    assert code == 0 and err == ""
+
+
+def test_demo_and_plot2d_refuse_a_norm_before_running(capsys, tmp_path):
+    """The default methods include milp, which takes no l_2 balls: refused before any row."""
+    code, out, err = run(capsys, "demo", "--count", 1, "--norm", 2)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "method milp takes l_inf and l_1 balls only, not l_2" in err
+    pytest.importorskip("matplotlib")
+    code, out, err = run(capsys, "plot2d", "models/toy2d.onnx", "--x", "0.7,0.3", "--eps", 0.1,
+                         "--norm", 2, "--out", tmp_path / "f.png")
+    assert code == 2 and "method milp takes l_inf and l_1 balls only" in err
+    assert not (tmp_path / "f.png").exists()
+
+
 def test_export_lp_agrees_with_milp(capsys, tmp_path, digits_mlp_path, digits_test):
     import highspy
 

@@ -133,6 +133,43 @@ def test_cli_options_per_method_are_typed_and_checked_before_anything_runs(
         assert captured.out == "" and not (tmp_path / "never").exists()
 
 
+@pytest.mark.parametrize("extra, expected", [
+    (["--methods", "ibp", "attack", "--option", "attack.dtype=float16"],
+     "option dtype of method 'attack' must be one of auto, float32, float64, got 'float16'"),
+    (["--methods", "ibp", "bab", "--option", "bab.bounds=foo"],
+     "option bounds of method 'bab' must be one of crown, ibp, got 'foo'"),
+    (["--methods", "ibp", "crown", "--option", "crown.device=cuda:99"], "CUDA device"),
+    (["--methods", "ibp", "milp", "--norm", "2"],
+     "method milp takes l_inf and l_1 balls only, not l_2"),
+    (["--methods", "ibp", "bab", "--norm", "1"], "method bab takes l_inf balls only, not l_1"),
+    (["--methods", "ibp", "crown", "--option", "crown.device=cpu", "--option",
+      "crown.device=auto"], "--option crown.device given twice"),
+])
+def test_values_a_method_refuses_stop_the_run_before_any_row(tmp_path, capsys, digits_mlp_path,
+                                                             extra, expected):
+    """Option values and norms that a method refuses only when it runs are refused before the
+    first row: no row printed, no folder or compare.csv made."""
+    out = tmp_path / "cmp"
+    code = main(["compare", str(digits_mlp_path), "--eps", "0.02", "--n", "3", *extra,
+                 "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and not out.exists()
+    assert captured.err.startswith("verify: error:") and expected in captured.err
+    assert captured.err.count("\n") == 1, captured.err
+
+
+def test_api_refuses_a_norm_before_writing(tmp_path, digits_mlp_path, digits_test):
+    net = load_onnx(digits_mlp_path)
+    xs, ys = digits_test
+    out = tmp_path / "rows.csv"
+    with pytest.raises(InputError, match="milp takes l_inf and l_1 balls only"):
+        compare(net, xs[:2], ys[:2], [0.01], "2", ["ibp", "milp"], (0, 1), out)
+    assert not out.exists()
+    with pytest.raises(InputError, match="bounds of method 'bab' must be one of"):
+        compare_one(net, xs[0], int(ys[0]), 0.01, "inf", ["ibp", "bab"], (0, 1),
+                    {"bab": {"bounds": "foo"}})
+
+
 def test_workers_give_the_same_table(digits_mlp_path, digits_test):
     net = load_onnx(digits_mlp_path)
     xs, ys = digits_test

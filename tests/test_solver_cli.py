@@ -7,6 +7,7 @@ import io
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,19 @@ def test_zero_timeout_answers_timed_out(shared_benchmarks, capsys):
     code, out, _ = _run(["verify", str(prop), "--network",
                          f"n={_onnx(shared_benchmarks, UNSAT[0])}", "--timeout", "0"], capsys)
     assert (code, out) == (0, "timed-out\n")
+
+
+def test_short_timeout_is_kept_on_a_hard_query(shared_benchmarks, capsys):
+    """1_1 prop_6 (unsat, about a minute of branch and bound; 8 disjuncts) with --timeout 0.5:
+    the attack before the search stops at the deadline too (it alone took about 2 s here)."""
+    prop = shared_benchmarks / "acasxu/vnnlib/prop_6.vnnlib"
+    t0 = time.perf_counter()
+    code, out, _ = _run(["verify", str(prop), "--network", f"n={_onnx(shared_benchmarks, '1_1')}",
+                         "--timeout", "0.5"], capsys)
+    assert (code, out) == (0, "timed-out\n")
+    # About 0.8 s here, 2.6 s before; the margin allows for a slower machine (the deadline itself
+    # is tested without a clock in test_bab.py::test_falsify_box_stops_at_its_deadline).
+    assert time.perf_counter() - t0 < 2.0
 
 
 def test_supports_answers_from_the_loader(capsys):

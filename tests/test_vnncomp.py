@@ -9,7 +9,7 @@ import pytest
 
 from conftest import random_mlp
 from onnx_reference import onnxruntime_forward
-from verify import Status, certify, load_onnx
+from verify import InputError, Status, certify, load_onnx
 from verify.cli import main
 from verify.vnncomp import run_instances, score, solve, summary
 from verify.vnnlib import load_vnnlib, parse_vnnlib
@@ -189,6 +189,30 @@ def test_cli_vnnlib_errors(tmp_path, capsys, shared_benchmarks):
     code = main(["vnnlib", str(model), str(shared_benchmarks / "acasxu/vnnlib/prop_1.vnnlib"),
                  "--timeout", "0"])
     assert code == 2 and "--timeout must be > 0" in capsys.readouterr().err
+
+
+def test_timeouts_must_be_finite_and_positive(tmp_path, capsys, shared_benchmarks):
+    """nan meant no limit, and a cap <= 0 timed every instance out: each is one line, exit 2,
+    before anything is solved; so is an instances.csv timeout that is not a number."""
+    folder = shared_benchmarks / "acasxu"
+    model, prop = folder / "onnx/ACASXU_run2a_1_1_batch_2000.onnx", folder / "vnnlib/prop_3.vnnlib"
+    instances = tmp_path / "instances.csv"
+    instances.write_text(f"{model},{prop},116\n")
+    words = tmp_path / "words.csv"
+    words.write_text(f"{model},{prop},soon\n")
+    for argv, expected in (
+            (["vnnlib", model, prop, "--timeout", "nan"], "--timeout must be > 0 seconds"),
+            (["vnnlib", model, prop, "--timeout", "inf"], "--timeout must be > 0 seconds"),
+            (["vnncomp", instances, "--timeout-cap", "nan"], "--timeout-cap must be > 0"),
+            (["vnncomp", instances, "--timeout-cap", "0"], "--timeout-cap must be > 0"),
+            (["vnncomp", words], "words.csv:1: the timeout must be a number of seconds, got "
+                                 "'soon'")):
+        code = main([str(a) for a in argv])
+        captured = capsys.readouterr()
+        assert code == 2 and captured.out == "" and expected in captured.err, captured
+        assert captured.err.count("\n") == 1
+    with pytest.raises(InputError, match="timeout must be > 0 seconds"):
+        solve(load_onnx(model), load_vnnlib(prop), timeout=float("nan"))
 
 
 def test_disjunct_without_output_constraint_is_sat():

@@ -32,11 +32,12 @@ import math
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
 
+from .backends import check_choices
 from .certificate import Certificate, Status
 from .errors import InputError
 from .network import Network, resolve_device
@@ -46,6 +47,7 @@ from .verdict import certificate_from_bounds, validated_counterexample
 
 @dataclass
 class AttackOptions:
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"dtype": ("auto", "float32", "float64")}
     device: str = "auto"
     restarts: int = 10  # trajectories on the worst row; the first starts at the center
     row_restarts: int = 1  # trajectories on each row separately (0: none); the first at the center
@@ -280,10 +282,10 @@ def _replay(net: Network, spec: Specification, points: np.ndarray) -> tuple[np.n
 
 
 def _dtype(options: AttackOptions, device: torch.device) -> torch.dtype:
+    """The torch dtype of the search: options.dtype, where "auto" is float32 on CUDA."""
+    check_choices(options, "attack")
     name = options.dtype if options.dtype != "auto" else \
         ("float32" if device.type == "cuda" else "float64")
-    if name not in ("float32", "float64"):
-        raise InputError(f"dtype must be float32, float64 or auto, got {options.dtype!r}")
     return getattr(torch, name)
 
 

@@ -1,8 +1,10 @@
 """Certifier registry and the one entry point `certify` that every method shares.
 
-A certifier is registered under a name with its options dataclass and one function
-`run(net, specs, options) -> list[Certificate]`; `certify` validates the user's input, builds the
-specification and dispatches. New certifiers plug in with `register(...)`.
+A certifier is registered under a name with its options dataclass, one function
+`run(net, specs, options) -> list[Certificate]` and the l_p balls it takes (its module's `NORMS`;
+all by default); `certify` validates the user's input, builds the specification and dispatches.
+New certifiers plug in with `register(...)`. Options classes may declare `LIMITS` (numeric
+ranges) and `CHOICES` (allowed strings), which `make_options` checks.
 """
 
 from __future__ import annotations
@@ -11,14 +13,14 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from .certificate import Certificate
 from .errors import InputError
-from .network import Network
-from .spec import Specification, robustness_spec
+from .network import Network, resolve_device
+from .spec import NORMS, Specification, parse_norm, robustness_spec
 
 RunFn = Callable[[Network, Sequence[Specification], Any], list[Certificate]]
 
@@ -29,13 +31,15 @@ class Backend:
     run: RunFn
     options_type: type
     summary: str
+    norms: tuple[str, ...] = NORMS  # the l_p balls it takes (its module's NORMS)
 
 
 REGISTRY: dict[str, Backend] = {}
 
 
-def register(name: str, run: RunFn, options_type: type, summary: str) -> None:
-    REGISTRY[name] = Backend(name, run, options_type, summary)
+def register(name: str, run: RunFn, options_type: type, summary: str,
+             norms: Sequence[str] = NORMS) -> None:
+    REGISTRY[name] = Backend(name, run, options_type, summary, tuple(norms))
 
 
 def methods() -> list[str]:
@@ -43,10 +47,56 @@ def methods() -> list[str]:
     return sorted(REGISTRY)
 
 
+def check_norm(method: str, norm) -> None:
+    """InputError unless `method` is registered and takes l_`norm` balls (its `norms`)."""
+    norm, backend = parse_norm(norm), get_backend(method)
+    if norm not in backend.norms:
+        taken = " and ".join(f"l_{n}" for n in backend.norms)
+        raise InputError(f"method {method} takes {taken} balls only, not l_{norm} "
+                         f"(see verify methods)")
+
+
+def option_kind(default: Any) -> Optional[str]:
+    """What an option with this default takes, in words, or None (not type-checked): a bool
+    default takes true or false, an int an integer, a float or None a number."""
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "an integer"
+    if default is None or isinstance(default, float):
+        return "a number"
+    return None
+
+
+def _fits(default: Any, value: Any) -> bool:
+    """Whether `value` has the type an option with this default takes (a bool is not a number,
+    though Python counts it as an int; None defaults take any non-bool value)."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if option_kind(default) is None:
+        return True
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(default, int):
+        return isinstance(value, (int, np.integer))
+    return default is None or isinstance(value, (int, float, np.integer, np.floating))
+
+
+def check_choices(options: Any, method: str) -> None:
+    """InputError unless each field named in the options class's CHOICES holds one of its
+    values (make_options checks them, and certifiers called directly with an options object)."""
+    for key, allowed in getattr(type(options), "CHOICES", {}).items():
+        value = getattr(options, key)
+        if value not in allowed:
+            raise InputError(f"option {key} of method '{method}' must be one of "
+                             f"{', '.join(allowed)}, got {value!r}")
+
+
 def make_options(method: str, options: dict[str, Any]):
     """The method's options dataclass from keyword options. Refused with InputError: unknown or
-    mistyped names, non-finite numbers, values outside the class's LIMITS, and whatever the
-    class's own `check()` refuses."""
+    mistyped names (a bool is no number), non-finite numbers, values outside the class's LIMITS
+    or its CHOICES, a `device` this torch lacks, and whatever the class's own `check()`
+    refuses."""
     backend = get_backend(method)
     valid = {f.name: f for f in dataclasses.fields(backend.options_type)}
     unknown = sorted(set(options) - set(valid))
@@ -56,12 +106,9 @@ def make_options(method: str, options: dict[str, Any]):
     defaults = backend.options_type()
     for key, value in options.items():
         default = getattr(defaults, key)
-        if isinstance(default, bool) and not isinstance(value, bool) or \
-                isinstance(default, int) and not isinstance(default, bool) and \
-                not isinstance(value, (int, np.integer)) or \
-                isinstance(default, float) and not isinstance(value, (int, float, np.number)):
-            raise InputError(f"option {key} of method '{method}' must be of type "
-                             f"{type(default).__name__}, got {value!r}")
+        if not _fits(default, value):
+            raise InputError(f"option {key} of method '{method}' takes {option_kind(default)}, "
+                             f"got {value!r}")
     made = backend.options_type(**options)
     limits = getattr(backend.options_type, "LIMITS", {})
     for key, value in options.items():
@@ -70,6 +117,9 @@ def make_options(method: str, options: dict[str, Any]):
         rule = limits.get(key)
         if rule is not None and value is not None and not within(value, rule):
             raise InputError(f"option {key} of method '{method}' must be {rule}, got {value!r}")
+    check_choices(made, method)
+    if "device" in valid:
+        resolve_device(made.device)  # InputError: unknown, or a device this torch lacks
     if hasattr(made, "check"):  # the options class's own consistency checks
         made.check()
     return made
@@ -140,9 +190,9 @@ BUILTIN = {
     "lp": ("verify.bounds.lp", "certify", "LPOptions",
            "triangle LP relaxation on HiGHS (l_2: Clarabel): tighter, slower (sound, incomplete)"),
     "milp": ("verify.exact.milp", "certify", "MILPOptions",
-             "big-M MILP on HiGHS: exact, YES or NO (l_inf, l_1; MAYBE only on timeout)"),
+             "big-M MILP on HiGHS: exact, YES or NO (MAYBE only on timeout)"),
     "bab": ("verify.exact.bab", "certify", "BaBOptions",
-            "branch and bound over input boxes with CROWN: complete for few inputs (l_inf, box)"),
+            "branch and bound over input boxes with CROWN: complete for few inputs"),
     "attack": ("verify.attack", "certify", "AttackOptions",
                "PGD attack with random restarts: finds counterexamples (NO or MAYBE, never YES)"),
     "smoothing": ("verify.smoothing.certify", "run", "SmoothingOptions",
@@ -161,4 +211,5 @@ def _load_builtin() -> None:
 
     for name, (module_name, function, options_name, summary) in BUILTIN.items():
         module = importlib.import_module(module_name)
-        register(name, getattr(module, function), getattr(module, options_name), summary)
+        register(name, getattr(module, function), getattr(module, options_name), summary,
+                 getattr(module, "NORMS", NORMS))

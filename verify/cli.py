@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import __version__
-from .backends import certify, certify_batch, get_backend, make_options, methods
+from .backends import certify, certify_batch, check_norm, get_backend, methods, option_kind
 from .errors import InputError, VerifyError
 from .network import Network
 from .onnx_io import load_onnx
@@ -90,11 +90,16 @@ def parse_domain(text: Optional[str], model_path: str):
 
 
 def _options(args, method: Optional[str] = None) -> dict:
-    """--device for the methods that take one."""
+    """--device for the methods that take one; for the others, a note on stderr that it is
+    ignored."""
+    method = method or args.method
     if not args.device:
         return {}
-    fields = get_backend(method or args.method).options_type.__dataclass_fields__
-    return {"device": args.device} if "device" in fields else {}
+    if "device" in get_backend(method).options_type.__dataclass_fields__:
+        return {"device": args.device}
+    print(f"verify: note: {method} has no device option (it runs on the CPU); --device ignored",
+          file=sys.stderr)
+    return {}
 
 
 def _method_options(args) -> dict:
@@ -108,8 +113,8 @@ def _method_options(args) -> dict:
 
 
 def _compare_options(args) -> dict:
-    """compare's `--option METHOD.KEY=VALUE` as {method: typed options}; every method's options
-    are checked (make_options) before anything runs."""
+    """compare's `--option METHOD.KEY=VALUE` as {method: typed options} (checked by
+    compare.check_methods)."""
     pairs: dict[str, list[str]] = {}
     for pair in args.option or []:
         method, dot, rest = pair.partition(".")
@@ -117,22 +122,27 @@ def _compare_options(args) -> dict:
             raise InputError(f"--option expects METHOD.KEY=VALUE with METHOD one of --methods "
                              f"({', '.join(args.methods)}), got '{pair}'")
         pairs.setdefault(method, []).append(rest)
-    options = {method: _typed_options(method, items) for method, items in pairs.items()}
-    for method in args.methods:
-        make_options(method, options.get(method, {}))
-    return options
+    return {method: _typed_options(method, items, prefix=f"{method}.")
+            for method, items in pairs.items()}
 
 
-def _typed_options(method: str, pairs: Sequence[str]) -> dict:
+def _typed_options(method: str, pairs: Sequence[str], prefix: str = "") -> dict:
     """KEY=VALUE pairs as keyword options of `method`: each value is read as the type of the
-    option's default (bool: true/false/1/0); unknown keys are left to make_options."""
+    option's default (bool: true/false/1/0); a key given twice is refused (`prefix`: how the
+    user wrote the key's start, e.g. "crown."); unknown keys are left to make_options."""
     defaults = get_backend(method).options_type()
     options: dict = {}
+    given: dict[str, str] = {}  # key -> the pair that set it
     for pair in pairs:
         key, sep, text = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise InputError(f"--option expects KEY=VALUE, got '{pair}'")
+            raise InputError(f"--option expects {'METHOD.' if prefix else ''}KEY=VALUE, got "
+                             f"'{prefix}{pair}'")
+        if key in given:
+            raise InputError(f"--option {prefix}{key} given twice ('{prefix}{given[key]}', "
+                             f"'{prefix}{pair}'): give each option once")
+        given[key] = pair
         if not hasattr(defaults, key):  # backends.make_options names the valid ones
             options[key] = text
             continue
@@ -147,10 +157,8 @@ def _typed_options(method: str, pairs: Sequence[str]) -> dict:
             else:
                 value = text
         except ValueError:
-            kind = {"bool": "true or false", "int": "an integer", "float": "a number"}.get(
-                type(default).__name__, "a number")
-            raise InputError(f"option {key} of method '{method}' takes {kind}, got "
-                             f"'{text}'") from None
+            raise InputError(f"option {key} of method '{method}' takes {option_kind(default)}, "
+                             f"got '{text}'") from None
         options[key] = value
     return options
 
@@ -171,7 +179,9 @@ def cmd_methods(args) -> int:
 
     methods()  # registers the built-in certifiers
     for name in sorted(REGISTRY):
-        print(f"{name:12s} {REGISTRY[name].summary}")
+        backend = REGISTRY[name]
+        balls = " ".join(f"l_{n}" for n in backend.norms)
+        print(f"{name:12s} {balls:14s} {backend.summary}")
     return 0
 
 
@@ -198,7 +208,8 @@ def cmd_demo(args) -> int:
     if args.count < 1:
         raise InputError(f"--count must be at least 1, got {args.count}")
     for method in args.methods:
-        get_backend(method)
+        check_norm(method, args.norm)
+    device_options = {method: _options(args, method) for method in args.methods}  # notes once
     model_path, data_path = bundled_model()
     net: Network = load_onnx(model_path)
     data = np.load(data_path)
@@ -213,7 +224,7 @@ def cmd_demo(args) -> int:
         for method in args.methods:
             t0 = time.perf_counter()
             certs = certify_batch(net, xs, ys, eps, norm=args.norm, method=method,
-                                  domain=domain, **_options(args, method))
+                                  domain=domain, **device_options[method])
             per_input = (time.perf_counter() - t0) / len(xs)
             counts = {s: sum(c.status.value == s for c in certs) for s in ("YES", "NO", "MAYBE")}
             marks = "".join({"YES": "Y", "NO": "N", "MAYBE": "?"}[c.status.value] for c in certs)
@@ -223,7 +234,7 @@ def cmd_demo(args) -> int:
     print("Y = proved robust, N = counterexample (replayed in float64), ? = not proved.")
     eps = args.eps[len(args.eps) // 2]
     first = certify(net, xs[0], int(ys[0]), eps, norm=args.norm, method=args.methods[-1],
-                    domain=domain, **_options(args, args.methods[-1]))
+                    domain=domain, **device_options[args.methods[-1]])
     print(f"\nOne certificate in full ({args.methods[-1]}, eps {eps:g}):\n" + str(first))
     return 0
 
@@ -247,11 +258,13 @@ def _write_atomically(path: str, text: str) -> None:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare, compare_one, format_table, plot_curves, write_json
+    from .compare import (check_methods, compare, compare_one, format_table, plot_curves,
+                          write_json)
 
     net = load_onnx(args.model)
     domain = parse_domain(args.domain, args.model)
     options = _compare_options(args)
+    check_methods(args.methods, args.norm, options)  # before any row runs or file is made
     if args.input is not None:
         if args.label is None:
             raise InputError("--input needs --label")
@@ -373,10 +386,9 @@ def cmd_export(args) -> int:
 
 
 def cmd_vnnlib(args) -> int:
-    from .vnncomp import solve_files
+    from .vnncomp import check_seconds, solve_files
 
-    if args.timeout <= 0:
-        raise InputError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    check_seconds(args.timeout, "--timeout")
     if args.out:
         _check_output(args.out)
     result = solve_files(args.model, args.property, args.method, args.timeout)
@@ -390,8 +402,10 @@ def cmd_vnnlib(args) -> int:
 
 
 def cmd_vnncomp(args) -> int:
-    from .vnncomp import run_instances, summary
+    from .vnncomp import check_seconds, run_instances, summary
 
+    if args.timeout_cap is not None:
+        check_seconds(args.timeout_cap, "--timeout-cap")
     if args.out:
         _check_output(args.out)
     rows = run_instances(args.instances, args.method, args.timeout_cap, args.out, args.limit,

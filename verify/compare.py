@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .backends import certify, certify_batch, get_backend
+from .backends import certify, certify_batch, check_norm, make_options
 from .certificate import Certificate, Status, json_safe
 from .errors import InputError
 from .network import Network
@@ -62,6 +62,15 @@ def _certify_chunk(net: Network, xs: np.ndarray, ys: np.ndarray, eps: float, nor
     return certify_batch(net, xs, ys, eps, norm, method, domain, **options)
 
 
+def check_methods(methods: Sequence[str], norm: str, options: Optional[dict] = None) -> None:
+    """InputError, before anything runs, unless every method is registered, takes l_`norm`
+    balls, and takes its `options[method]` (make_options: names, types, ranges, choices,
+    device)."""
+    for method in methods:
+        check_norm(method, norm)
+        make_options(method, (options or {}).get(method, {}))
+
+
 def compare(net: Network, xs: np.ndarray, ys: np.ndarray, eps_list: Sequence[float],
             norm: str = "inf", methods: Sequence[str] = ("ibp", "crown", "milp", "attack"),
             domain=None, out_csv: Optional[Path] = None,
@@ -74,14 +83,14 @@ def compare(net: Network, xs: np.ndarray, ys: np.ndarray, eps_list: Sequence[flo
 
     With `out_csv`, each row is appended as soon as it is finished (an interrupted run keeps
     what it completed, and one stopped before its first row leaves no file). `options[method]`
-    passes options to one method. `workers` local processes (or a Dask `cluster`) share each
+    passes options to one method; every method's norm and options are checked before the first
+    row (`check_methods`). `workers` local processes (or a Dask `cluster`) share each
     method's inputs (verify.executor). `progress`
     gets one line per finished row; `tick(eps, method, done, total)` is called as inputs
     finish (the inputs then go in up to 10 chunks per row, so a progress bar can move)."""
     from .executor import run_jobs
 
-    for method in methods:
-        get_backend(method)
+    check_methods(methods, norm, options)
     options = options or {}
     rows, records = [], []
     if out_csv is not None:
@@ -167,6 +176,7 @@ def compare_one(net: Network, x: np.ndarray, label: int, eps: float, norm: str =
     if "exact_margins" in (options or {}).get("milp", {}):
         raise InputError("one-input compare solves milp with exact_margins=true (the exact "
                          "minima): leave that option out")
+    check_methods(methods, norm, options)
     for method in methods:
         extra = {"exact_margins": True} if method == "milp" else {}
         extra.update((options or {}).get(method, {}))

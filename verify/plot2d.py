@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .backends import certify
+from .backends import certify, check_norm
 from .bounds import InputBatch
 from .bounds.ibp import layer_bounds
 from .errors import InputError
@@ -40,6 +40,8 @@ def plot2d(net: Network, x: Sequence[float], eps: float, path: Path, norm: str =
     logits = net.forward(x)
     label = int(np.argmax(logits)) if label is None else int(label)
     spec = robustness_spec(2, net.output_size, x, label, eps, norm, domain)
+    for method in methods:  # before any of them runs
+        check_norm(method, norm)
     j = max((k for k in range(net.output_size) if k != label), key=lambda k: logits[k])
     row = spec.output.row_class.index(j)
 

@@ -10,6 +10,7 @@ is registered), "bab", or any registered certifier (incomplete ones answer unsat
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 import sys
 import time
@@ -42,6 +43,13 @@ class QueryResult:
         if self.result == "sat" and self.counterexample is not None:
             return "sat\n" + format_counterexample(*self.counterexample) + "\n"
         return self.result + "\n"
+
+
+def check_seconds(value: float, name: str = "timeout") -> float:
+    """`value`, a finite number of seconds > 0; else InputError naming it (`name`)."""
+    if not (math.isfinite(value) and value > 0):
+        raise InputError(f"{name} must be > 0 seconds (a finite number), got {value}")
+    return value
 
 
 def replay(net: Network, query: VnnlibQuery, x: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
@@ -92,7 +100,11 @@ def _solve_bab(net: Network, query: VnnlibQuery, deadline: float, options: dict)
     pairs = [(case, d) for case in query.cases for d in case.disjuncts]
     hints = []  # a cheap attack on every disjunct before any search; its best point seeds it
     for case, d in pairs:
-        x, value = falsify_box(net, case.box, d.A, d.b, opts.device, best=True)
+        if time.perf_counter() > deadline:  # no time left: the searches below say "timeout"
+            hints.append(None)
+            continue
+        x, value = falsify_box(net, case.box, d.A, d.b, opts.device, best=True,
+                               deadline=deadline)
         found = replay(net, query, x) if value <= 0 else None
         if found is not None:
             return QueryResult("sat", found, method="bab")
@@ -116,8 +128,7 @@ def solve(net: Network, query: VnnlibQuery, method: str = "auto", timeout: float
     """Answer a VNN-LIB query on a network: sat (with a replayed counterexample), unsat,
     unknown (the method could not decide) or timeout."""
     t0 = time.perf_counter()
-    if timeout <= 0:
-        raise InputError(f"timeout must be > 0 seconds, got {timeout}")
+    check_seconds(timeout)
     query.check_sizes(net.input_size, net.output_size, net.input_shape)
     deadline = t0 + timeout
     for case in query.cases:  # a disjunct without output constraints: the box itself violates
@@ -156,6 +167,7 @@ def solve_files(model: str, prop: str, method: str = "auto", timeout: float = 60
                 **options) -> QueryResult:
     """Load (timed, as in the competition) and solve."""
     t0 = time.perf_counter()
+    check_seconds(timeout)
     net = load_onnx(model)
     query = load_vnnlib(prop)
     remaining = timeout - (time.perf_counter() - t0)
@@ -216,6 +228,8 @@ def run_instances(instances_csv: str, method: str = "auto", timeout_cap: Optiona
     path = Path(instances_csv)
     if not path.is_file():
         raise InputError(f"{path}: no such instances file")
+    if timeout_cap is not None:
+        check_seconds(timeout_cap, "the timeout cap")
     folder = path.parent
     truth: dict[tuple[str, str], dict] = {}
     if (folder / "ground_truth.csv").is_file():
@@ -230,7 +244,12 @@ def run_instances(instances_csv: str, method: str = "auto", timeout_cap: Optiona
     for k, inst in enumerate(instances):
         if len(inst) < 3:
             raise InputError(f"{path}:{k + 1}: expected onnx,vnnlib,timeout")
-        onnx_rel, prop_rel, timeout = inst[0], inst[1], float(inst[2])
+        onnx_rel, prop_rel = inst[0], inst[1]
+        try:
+            timeout = check_seconds(float(inst[2]), f"{path}:{k + 1}: the timeout")
+        except ValueError:
+            raise InputError(f"{path}:{k + 1}: the timeout must be a number of seconds, got "
+                             f"'{inst[2]}'") from None
         if timeout_cap is not None:
             timeout = min(timeout, timeout_cap)
         names.append((Path(onnx_rel).stem.replace("_batch_2000", ""), Path(prop_rel).stem))

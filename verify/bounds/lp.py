@@ -24,12 +24,13 @@ import importlib
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import highspy
 import numpy as np
 import torch
 
+from ..backends import check_choices
 from ..certificate import Certificate
 from ..errors import InputError
 from ..network import AFFINE, Network, ReLU
@@ -44,6 +45,7 @@ BOUND_SOURCES = ("ibp", "crown")
 
 @dataclass
 class LPOptions:
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"bounds": BOUND_SOURCES}
     bounds: str = "crown"  # neuron bounds: "ibp", or "crown" (intersected with IBP)
     lp_tighten: bool = False  # LP-all: tighten each unstable neuron by two LPs, layer by layer
 
@@ -295,7 +297,5 @@ def certify_one(net: Network, spec: Specification, options: LPOptions) -> Certif
 
 def certify(net: Network, specs: Sequence[Specification], options: LPOptions) -> list[Certificate]:
     """LP certificates, one model per specification (sequential; the solver is single-threaded)."""
-    if options.bounds not in BOUND_SOURCES:
-        raise InputError(f"unknown bounds '{options.bounds}' for method 'lp': use one of "
-                         f"{', '.join(BOUND_SOURCES)}")
+    check_choices(options, "lp")
     return [certify_one(net, spec, options) for spec in specs]

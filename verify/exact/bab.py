@@ -29,12 +29,15 @@ from typing import ClassVar, Optional, Sequence
 import numpy as np
 import torch
 
+from ..backends import check_choices
 from ..certificate import Certificate
 from ..errors import InputError
 from ..network import Network, resolve_device
 from ..spec import Box, LpBall, Specification
 from ..verdict import certificate_from_bounds
 from ..bounds import InputBatch
+
+NORMS = ("inf",)  # the l_p balls it splits (as their bounding box); read by the registry
 
 
 @dataclass
@@ -43,6 +46,7 @@ class BaBOptions:
         "batch_size": ">= 1", "timeout": ">= 0", "max_boxes": ">= 1", "alpha_steps": ">= 0",
         "alpha_lr": "> 0", "alpha_after": ">= 0", "polish_after": ">= 0", "polish_radius": "> 0",
         "polish_time": ">= 0", "polish_starts": ">= 1", "polish_steps": ">= 0"}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"bounds": ("crown", "ibp")}
     device: str = "auto"
     bounds: str = "crown"  # "crown" or "ibp"
     batch_size: int = 1024  # boxes bounded per pass
@@ -86,8 +90,9 @@ def bound_and_split_scores(net: Network, lower: torch.Tensor, upper: torch.Tenso
     the same numbers `crown.margin_lower_bounds` / `ibp.margin_lower_bounds` compute."""
     from ..bounds import crown, ibp
 
-    if bounds not in ("crown", "ibp"):
-        raise InputError(f"unknown bounds '{bounds}' for bab: use crown or ibp")
+    if bounds not in BaBOptions.CHOICES["bounds"]:
+        raise InputError(f"unknown bounds '{bounds}' for bab: use "
+                         f"{' or '.join(BaBOptions.CHOICES['bounds'])}")
     lower = lower.detach().clone().requires_grad_(True)
     upper = upper.detach().clone().requires_grad_(True)
     batch = _box_batch(lower, upper, A, b)
@@ -157,11 +162,12 @@ def optimized_lower(net: Network, lower: torch.Tensor, upper: torch.Tensor, A: t
 
 
 def falsify(net: Network, lower: torch.Tensor, upper: torch.Tensor, A: torch.Tensor,
-            b: torch.Tensor, start: torch.Tensor, steps: int = 20, every: bool = False
-            ) -> tuple[torch.Tensor, float]:
+            b: torch.Tensor, start: torch.Tensor, steps: int = 20, every: bool = False,
+            deadline: Optional[float] = None) -> tuple[torch.Tensor, float]:
     """Projected sign-gradient descent on max_i (A f(x) - b)_i, each start inside its own box
     (lower, upper: (R, n)). Returns the best point and its value (<= 0: a candidate violation);
-    with `every`, each start's best point (R, n) and value (R,) instead, as tensors."""
+    with `every`, each start's best point (R, n) and value (R,) instead, as tensors. Past
+    `deadline` (time.perf_counter's scale) it stops after the current step."""
     x = start.clone().requires_grad_(True)
     width = upper - lower
     best_x, best_v = start.clone(), torch.full((len(start),), np.inf, dtype=start.dtype,
@@ -171,7 +177,8 @@ def falsify(net: Network, lower: torch.Tensor, upper: torch.Tensor, A: torch.Ten
         with torch.no_grad():
             better = values < best_v
             best_x[better], best_v[better] = x[better], values[better]
-        if bool((best_v <= 0).any()) and not every or step == steps:
+        if bool((best_v <= 0).any()) and not every or step == steps or \
+                deadline is not None and time.perf_counter() > deadline:
             break
         (grad,) = torch.autograd.grad(values.sum(), x)
         size = 0.5 * width * (1 - step / steps) / 2
@@ -185,9 +192,11 @@ def falsify(net: Network, lower: torch.Tensor, upper: torch.Tensor, A: torch.Ten
 
 
 def falsify_box(net: Network, box: Box, A: np.ndarray, b: np.ndarray, device="auto",
-                restarts: int = 1024, steps: int = 60, seed: int = 0, best: bool = False):
+                restarts: int = 1024, steps: int = 60, seed: int = 0, best: bool = False,
+                deadline: Optional[float] = None):
     """A point of the box where every row of A f(x) <= b holds (float PGD; not yet replayed),
-    else None; with `best`, the best point found and its value max_i (A f(x) - b)_i instead."""
+    else None; with `best`, the best point found and its value max_i (A f(x) - b)_i instead.
+    Past `deadline` the descent stops after its current step (`falsify`)."""
     device = resolve_device(device)
     lo = torch.as_tensor(box.lower, dtype=torch.float64, device=device)[None]
     up = torch.as_tensor(box.upper, dtype=torch.float64, device=device)[None]
@@ -195,7 +204,7 @@ def falsify_box(net: Network, box: Box, A: np.ndarray, b: np.ndarray, device="au
     starts = torch.rand((restarts, lo.shape[1]), generator=generator, dtype=torch.float64)
     x, value = falsify(net, lo, up, torch.as_tensor(A, dtype=torch.float64, device=device),
                        torch.as_tensor(b, dtype=torch.float64, device=device),
-                       lo + starts.to(device) * (up - lo), steps=steps)
+                       lo + starts.to(device) * (up - lo), steps=steps, deadline=deadline)
     if best:
         return x.cpu().numpy(), value
     return x.cpu().numpy() if value <= 0 else None
@@ -248,8 +257,7 @@ class BoxSearch:
         self.polished = False
         self.started: Optional[float] = None  # perf_counter at the first step
         self.device = resolve_device(options.device)
-        if options.bounds not in ("crown", "ibp"):
-            raise InputError(f"unknown bounds '{options.bounds}' for bab: use crown or ibp")
+        check_choices(options, "bab")
         self.A = torch.as_tensor(A, dtype=torch.float64, device=self.device)
         self.b = torch.as_tensor(b, dtype=torch.float64, device=self.device)
         self.lower = torch.as_tensor(box.lower, dtype=torch.float64, device=self.device)[None]
@@ -340,7 +348,7 @@ class BoxSearch:
                             dtype=torch.float64)
         points, values = falsify(self.net, lo, up, self.A, self.b,
                                  lo + starts.to(self.device) * (up - lo),
-                                 steps=options.polish_steps, every=True)
+                                 steps=options.polish_steps, every=True, deadline=end)
         order = torch.argsort(values)[:candidates]
         tries = [(self.best_x, self.best_value)] + \
             [(points[i].cpu().numpy(), values[i].item()) for i in order]
@@ -400,7 +408,7 @@ def _as_box(spec: Specification) -> Box:
     s = spec.input_set
     if isinstance(s, Box):
         return s
-    if isinstance(s, LpBall) and s.norm == "inf":
+    if isinstance(s, LpBall) and s.norm in NORMS:
         return Box(*s.bounding_box())
     raise InputError(f"bab splits input boxes: it takes l_inf balls or boxes, not l_{s.norm} "
                      "balls (use milp for l_1; crown, lp or smoothing for l_1 and l_2)")
@@ -409,6 +417,7 @@ def _as_box(spec: Specification) -> Box:
 def certify(net: Network, specs: Sequence[Specification], options: BaBOptions
             ) -> list[Certificate]:
     """Complete robustness check: each row 'C f(x) - d <= 0' is refuted on the box by BaB."""
+    check_choices(options, "bab")
     out = []
     for spec in specs:
         t0 = time.perf_counter()
@@ -422,8 +431,10 @@ def certify(net: Network, specs: Sequence[Specification], options: BaBOptions
             values = spec.output.values(net.forward(spec.input_set.project(x)))
             return bool(np.any(values <= 0))
 
-        for i in range(len(C)):  # cheap attack on every row before any search
-            x = falsify_box(net, box, C[i:i + 1], d[i:i + 1], options.device)
+        for i in range(len(C)):  # cheap attack on every row before any search, in time
+            if time.perf_counter() > deadline:
+                break
+            x = falsify_box(net, box, C[i:i + 1], d[i:i + 1], options.device, deadline=deadline)
             if x is not None and check(x):
                 candidates.append(x)
                 break

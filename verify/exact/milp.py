@@ -36,7 +36,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import highspy
 import numpy as np
@@ -46,6 +46,7 @@ from ..bounds.lp import (BOUND_SOURCES, RowSolver, interval_margin_lower, neuron
 from ..bounds.relu_encoding import (BIG_M, TRIANGLE, ReluProgram, build_program, highs_tolerance,
                                     interrupt_requested, lagrangian_bound, run_highs,
                                     set_objective, to_highs)
+from ..backends import check_choices
 from ..certificate import Certificate
 from ..errors import InputError
 from ..network import Network
@@ -53,8 +54,12 @@ from ..spec import LpBall, Specification
 from ..verdict import certificate_from_bounds, validated_counterexample
 
 
+NORMS = ("inf", "1")  # linear constraints: an l_2 ball needs a cone; read by the registry
+
+
 @dataclass
 class MILPOptions:
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"bounds": BOUND_SOURCES}
     bounds: str = "crown"  # neuron bounds before tightening: "ibp" or "crown" (∩ IBP)
     lp_tighten: bool = False  # also tighten every unstable neuron by two LPs (slower, smaller M)
     timeout: float = 60.0  # seconds per input (0: none); on expiry MAYBE with the bounds so far
@@ -65,16 +70,16 @@ class MILPOptions:
         _check_options(self)
 
 
-def _refuse_l2(spec: Specification) -> None:
-    if isinstance(spec.input_set, LpBall) and spec.input_set.norm == "2":
-        raise InputError("milp cannot encode an l_2 ball (it needs a second-order cone, not "
-                         "linear constraints): use --method lp, crown or smoothing")
+def _refuse_norm(spec: Specification) -> None:
+    """InputError for an l_p ball outside NORMS (that is, l_2)."""
+    if isinstance(spec.input_set, LpBall) and spec.input_set.norm not in NORMS:
+        raise InputError(f"milp cannot encode an l_{spec.input_set.norm} ball (it needs a "
+                         "second-order cone, not linear constraints): use --method lp, crown or "
+                         "smoothing")
 
 
 def _check_options(options: MILPOptions) -> None:
-    if options.bounds not in BOUND_SOURCES:
-        raise InputError(f"unknown bounds '{options.bounds}' for method 'milp': use one of "
-                         f"{', '.join(BOUND_SOURCES)}")
+    check_choices(options, "milp")
     if not (options.timeout >= 0 and math.isfinite(options.timeout)):
         raise InputError(f"timeout must be a finite number of seconds >= 0, got {options.timeout}")
 
@@ -258,7 +263,7 @@ def _best_start(net: Network, spec: Specification, points: list[np.ndarray], row
 
 
 def certify_one(net: Network, spec: Specification, options: MILPOptions) -> Certificate:
-    _refuse_l2(spec)
+    _refuse_norm(spec)
     t0 = time.perf_counter()
     deadline = t0 + options.timeout if options.timeout > 0 else math.inf
     m = len(spec.output.C)
@@ -374,7 +379,7 @@ def certify(net: Network, specs: Sequence[Specification], options: MILPOptions
     """MILP certificates, one model per specification; l_2 balls are refused up front."""
     _check_options(options)
     for spec in specs:
-        _refuse_l2(spec)
+        _refuse_norm(spec)
     return [certify_one(net, spec, options) for spec in specs]
 
 
@@ -389,7 +394,7 @@ def export_model(net: Network, spec: Specification, path, relax: bool = False,
     (affine_l_i, relu_ge_pre_l_i, relu_off_l_i, relu_on_l_i, l1_*)."""
     import pulp
 
-    _refuse_l2(spec)
+    _refuse_norm(spec)
     if format not in ("lp", "mps"):
         raise InputError(f"unknown export format '{format}': use lp or mps")
     if not 0 <= row < len(spec.output.C):

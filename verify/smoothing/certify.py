@@ -51,13 +51,14 @@ import math
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Optional, Sequence, Union
+from typing import Any, ClassVar, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from scipy.stats import binomtest
 from scipy.stats import norm as _normal
 
+from ..backends import check_choices
 from ..certificate import Certificate, Status
 from ..errors import InputError
 from ..network import Network, resolve_device
@@ -71,6 +72,8 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 @dataclass
 class SmoothingOptions:
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "dtype": tuple(_DTYPES), "radius_method": ("auto", "closed", "numerical")}
     sigma: Optional[float] = None  # per-coordinate std of the noise (required)
     noise: Any = "gaussian"  # "gaussian" | "laplace" | "uniform" | "gennorm:BETA" | a noise object
     n0: int = 100  # selection samples
@@ -98,11 +101,7 @@ def _validate(opts: SmoothingOptions) -> NoiseDistribution:
         raise InputError(f"alpha must lie in (0, 1), got {opts.alpha}")
     if opts.batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {opts.batch_size}")
-    if opts.dtype not in _DTYPES:
-        raise InputError(f"dtype must be float32 or float64, got {opts.dtype!r}")
-    if opts.radius_method not in ("auto", "closed", "numerical"):
-        raise InputError(f"radius_method must be auto, closed or numerical, got "
-                         f"{opts.radius_method!r}")
+    check_choices(opts, "smoothing")  # dtype, radius_method
     if opts.two_class and not isinstance(noise, Gaussian):
         raise InputError("two_class needs Gaussian noise (the two-class radius is Gaussian's)")
     if not 0 < opts.mc_alpha_share < 1:
