@@ -353,6 +353,61 @@ def test_upper_chord_is_sound_in_exact_arithmetic():
         assert s * l + t >= 0 and s * u + t >= u
 
 
+def test_upper_chord_is_sound_with_subnormal_and_huge_ends():
+    """The same with ends from 1e-323 to 1e300: the slope u / (u - l) and the products can
+    underflow (about 1 chord in 6 failed here before the intercept's absolute allowance)."""
+    rng = np.random.default_rng(1)
+    lower = -10.0 ** rng.uniform(-323, 300, size=1500)
+    upper = 10.0 ** rng.uniform(-323, 300, size=1500)
+    lower[:100], upper[:100] = -10.0 ** rng.uniform(0, 300, 100), 10.0 ** rng.uniform(-323, -300, 100)
+    keep = (lower < 0) & (upper > 0)
+    relax = crown.relu_relaxation(torch.tensor(lower[keep])[None], torch.tensor(upper[keep])[None])
+    for l, u, s, t in zip(lower[keep], upper[keep], relax.upper_slope[0].tolist(),
+                          relax.upper_intercept[0].tolist()):
+        l, u, s, t = Fraction(l), Fraction(u), Fraction(s), Fraction(t)
+        assert s * l + t >= 0 and s * u + t >= u
+
+
+TINY = 5e-324  # the smallest subnormal float64
+
+
+def _underflow_cases() -> list:
+    """(network, specification, exact minimum of the margin) where float64 underflow, not
+    relative rounding, decides the sign (found by a review; each gave a false YES)."""
+    box = Network([Dense(np.array([[-1e300], [0.0]]), np.array([1e-30, 0.0]), (1,), (2,))], (1,))
+    halving = (box, robustness_spec(1, 2, [0.0], 0, 1.0, "inf", (0.0, TINY)),
+               Fraction(1e-30) - Fraction(1e300) * Fraction(TINY))  # mid/rad of [0, TINY]
+    tiny = Network([Dense(np.array([[-1e-170] * 4, [0.0] * 4]), np.array([TINY, 0.0]), (4,), (2,))],
+                   (4,))
+    products = (tiny, robustness_spec(4, 2, np.full(4, 2.25e-154), 0, 0.0, "inf"),
+                4 * Fraction(-1e-170) * Fraction(2.25e-154) + Fraction(TINY))
+    ball = Network([Dense(np.array([[1e-170] * 4, [0.0] * 4]), np.array([1e-80, 0.0]), (4,), (2,))],
+                   (4,))
+    squares = (ball, robustness_spec(4, 2, np.zeros(4), 0, 1e100, "2"),  # ||w||_2 = 2e-170
+               Fraction(1e-80) - Fraction(1e100) * 2 * Fraction(1e-170))
+    return [halving, products, squares]
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown", "alpha-crown"])
+@pytest.mark.parametrize("case", [0, 1, 2])
+def test_underflow_never_gives_a_false_yes(method, case):
+    net, spec, exact = _underflow_cases()[case]
+    assert exact < 0
+    cert = certify_specs(net, [spec], method)[0]
+    assert cert.status is not Status.YES
+    assert Fraction(cert.margin_lower[1]) <= exact
+
+
+def test_concretize_l2_ball_with_underflowing_squares():
+    """||c||_2 of coefficients near 1e-170: their squares underflow; the ball's bound must still
+    be below the exact minimum 1e-80 - 1e100 * 2e-170."""
+    spec = robustness_spec(4, 2, np.zeros(4), 0, 1e100, "2")
+    batch = InputBatch.from_specs([spec], CPU)
+    coeffs = torch.full((1, 1, 4), -1e-170, dtype=torch.float64)
+    bound = crown.concretize(batch, coeffs, torch.tensor([[1e-80]], dtype=torch.float64))
+    assert Fraction(bound.item()) <= Fraction(1e-80) - Fraction(1e100) * 2 * Fraction(1e-170)
+
+
 # ---------------------------------------------------------------------------------------------
 # Bundled model: batching, zero radius, certificates
 
@@ -545,8 +600,10 @@ def test_crown_ibp_variant_is_sound_and_not_looser_than_ibp(norm, digits_mlp_pat
     with pytest.raises(InputError, match="intermediate of method 'crown' must be one of crown, "
                        "ibp, got 'lp'"):
         certify_specs(net, [spec], "crown", intermediate="lp")
-    with pytest.raises(InputError, match="unknown intermediate bounds 'lp'"):  # direct calls
-        crown.certify(net, [spec], crown.CROWNOptions(intermediate="lp"))
+    with pytest.raises(InputError, match="intermediate of method 'crown' must be one of"):
+        crown.certify(net, [spec], crown.CROWNOptions(intermediate="lp"))  # a direct call
+    with pytest.raises(InputError, match="unknown intermediate bounds 'lp'"):
+        crown.margin_lower_bounds(net, InputBatch.from_specs([spec], CPU), "lp")
 
 
 def test_backward_lower_takes_shared_coefficients_without_autograd():

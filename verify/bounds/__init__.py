@@ -10,6 +10,7 @@ Shared here:
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -23,13 +24,28 @@ from ..spec import LpBall, Specification
 from ..verdict import certificate_from_bounds
 
 UNIT_ROUNDOFF = 2.0 ** -53
+# The smallest subnormal float64. A rounded product (or quotient) is off by at most
+# u |exact| + UNDERFLOW / 2 (the second term: underflow); a sum that underflows is exact.
+UNDERFLOW = 2.0 ** -1074
 
 
-def rounding_slack(magnitude: torch.Tensor, n_terms: int) -> torch.Tensor:
+def rounding_slack(magnitude: torch.Tensor, n_terms: int, scale=0.0) -> torch.Tensor:
     """Allowance for float64 rounding in a sum of `n_terms` products whose absolute values add up
-    to `magnitude`: |fl(sum) - sum| <= gamma_n * magnitude with gamma_n ~ n u (Higham, Thm 3.1);
-    we take 2 (n + 4) u to cover the mid/radius split and the bias addition as well."""
-    return magnitude * (2.0 * (n_terms + 4) * UNIT_ROUNDOFF)
+    to `magnitude`: |fl(sum) - sum| <= gamma_n * magnitude + n_terms * UNDERFLOW, gamma_n ~ n u
+    (Higham, Thm 3.1, with each product's underflow added); we take 2 (n + 4) for n to cover the
+    mid/radius split and the bias addition as well. `scale`: when the sum's terms are themselves
+    rounded products (coefficients fl(Lambda W)) later multiplied by values whose absolute values
+    add up to `scale` (broadcastable to magnitude), their underflow is charged that much more."""
+    terms = 2.0 * (n_terms + 4)
+    return magnitude * (terms * UNIT_ROUNDOFF) + (terms * UNDERFLOW) * (1 + scale)
+
+
+def norm_underflow(norm: str, n_terms: int) -> float:
+    """How far below the true ||v||_q of `n_terms` entries a float64 one can come out by
+    underflow alone (relative rounding aside), q the dual of the ball's `norm`: for q = 2 (an l_2
+    ball) the squares of entries below ~1e-162 vanish, losing at most sqrt(n UNDERFLOW); for
+    q = inf (an l_1 ball; a maximum) nothing."""
+    return 2.0 * math.sqrt(n_terms * UNDERFLOW) if norm == "2" else 0.0
 
 
 @dataclass

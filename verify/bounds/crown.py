@@ -25,11 +25,13 @@ from typing import ClassVar, Optional, Sequence
 import numpy as np
 import torch
 
+from ..backends import check_choices
 from ..certificate import Certificate
 from ..errors import InputError
 from ..network import AFFINE, Conv2d, Dense, Network, ReLU
 from ..spec import Specification
-from . import UNIT_ROUNDOFF, InputBatch, certify_with_bounds, rounding_slack
+from . import (UNDERFLOW, UNIT_ROUNDOFF, InputBatch, certify_with_bounds, norm_underflow,
+               rounding_slack)
 from . import ibp
 from .ibp import Bounds, dual_norm
 
@@ -76,7 +78,10 @@ def relu_relaxation(lower: Tensor, upper: Tensor) -> ReluRelaxation:
     # lies above it on [l, u] iff it does at both ends: s l + t >= 0 and s u + t >= u. With s and
     # t = s (-l) each off by a relative 2u (u the unit roundoff) the shortfall at either end is at
     # most ~2u (s |l| + u); raising t by 8u (s |l| + u) keeps the line above ReLU in real numbers.
-    intercept = slope * neg_l + 8 * UNIT_ROUNDOFF * (slope * neg_l + u)
+    # Underflow adds at most UNDERFLOW / 2 to s, hence (u - l) UNDERFLOW / 2 at the upper end, and
+    # UNDERFLOW / 2 to each product: raising t by 4 UNDERFLOW (-l + u + 1) covers those too.
+    intercept = (slope * neg_l + 8 * UNIT_ROUNDOFF * (slope * neg_l + u)
+                 + 4 * UNDERFLOW * (neg_l + u + 1))
     return ReluRelaxation(
         unstable=unstable,
         lower_slope=torch.where(unstable, (upper > -lower).to(lower.dtype), active),
@@ -135,15 +140,16 @@ def concretize(batch: InputBatch, coeffs: Tensor, const: Tensor,
     the dual norm; the larger is kept (both sets hold their intersection). `coeffs` is
     overwritten if `consume` (without autograd)."""
     n = coeffs.shape[-1]
-    # Box in midpoint/radius form; mid and rad are each off by a relative u, so the radius is
-    # widened by 4u (|mid| + rad): [mid - rad, mid + rad] then holds [lower, upper] exactly.
+    # Box in midpoint/radius form; mid and rad are each off by a relative u (plus UNDERFLOW / 2
+    # where the halving underflows), so the radius is widened by 4u (|mid| + rad) + UNDERFLOW:
+    # [mid - rad, mid + rad] then holds [lower, upper] exactly.
     mid = (batch.upper + batch.lower) / 2
     rad = (batch.upper - batch.lower) / 2
-    rad = rad + 4 * UNIT_ROUNDOFF * (mid.abs() + rad)
+    rad = rad + 4 * UNIT_ROUNDOFF * (mid.abs() + rad) + UNDERFLOW
     ball = None
     if batch.norm in ("2", "1"):  # min over the ball: coeffs x0 + const - eps ||coeffs||_q
-        ball_spread = batch.eps[:, None] * torch.linalg.vector_norm(
-            coeffs, ord=dual_norm(batch.norm), dim=-1)
+        ball_spread = batch.eps[:, None] * (torch.linalg.vector_norm(
+            coeffs, ord=dual_norm(batch.norm), dim=-1) + norm_underflow(batch.norm, n))
         ball = _matvec(coeffs, batch.center) + const - ball_spread
     lower = _matvec(coeffs, mid) + const
     if abs_coeffs is None:
@@ -201,11 +207,13 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
                 step = _abs_affine(layer, p, in_magnitude)
                 owed = step if owed is None else owed + step
                 slack = slack + rounding_slack(_matvec(abs_coeffs, owed) + const.detach().abs(),
-                                               n_terms)
+                                               n_terms, in_magnitude.sum(-1, keepdim=True))
             const = const + coeffs @ _full_bias(layer, p)
             coeffs, abs_coeffs, owed = transpose_apply(layer, p, coeffs), None, None
             owned = not torch.is_grad_enabled()
         elif isinstance(layer, ReLU):
+            if owed is not None:  # two ReLUs in a row: the earlier one's allowance is due now
+                slack = _settle(slack, abs_coeffs, owed)
             relax = relu_relaxation(in_lower, in_upper)
             lower_slope = relax.lower_slope[:, None, :]
             if alphas is not None and k in alphas:
@@ -224,14 +232,19 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
                 abs_coeffs, owned = torch.abs(coeffs, out=negative), True
             with torch.no_grad():  # owed: |coeffs| in_magnitude + |increment| + |const|
                 slack = slack + rounding_slack(increment.detach().abs() + const.detach().abs(),
-                                               n_terms)
+                                               n_terms, in_magnitude.sum(-1, keepdim=True))
                 owed = in_magnitude
         else:  # pragma: no cover - the loader only builds the layers above
             raise TypeError(f"CROWN cannot handle {type(layer).__name__}")
     if owed is not None:  # a ReLU came first
-        with torch.no_grad():
-            slack = slack + rounding_slack(_matvec(abs_coeffs, owed), coeffs.shape[-1])
+        slack = _settle(slack, abs_coeffs, owed)
     return concretize(batch, coeffs, const, abs_coeffs, consume=owned) - slack
+
+
+def _settle(slack: Tensor, abs_coeffs: Tensor, owed: Tensor) -> Tensor:
+    """slack plus the allowance a ReLU step left owed, rounding_slack(|coeffs| owed, width)."""
+    with torch.no_grad():
+        return slack + rounding_slack(_matvec(abs_coeffs, owed), abs_coeffs.shape[-1])
 
 
 def select_rows(mask: Tensor) -> Selection:
@@ -407,6 +420,6 @@ def margin_lower_bounds(net: Network, batch: InputBatch, intermediate: str = "cr
 def certify(net: Network, specs: Sequence[Specification], options: CROWNOptions
             ) -> list[Certificate]:
     """CROWN certificates for a list of specifications, batched on `options.device`."""
-    _check_intermediate(options.intermediate)
+    check_choices(options, "crown")
     bound = functools.partial(margin_lower_bounds, intermediate=options.intermediate)
     return certify_with_bounds(net, specs, "crown", bound, options.device, options.batch_size)

@@ -25,7 +25,7 @@ import torch
 from ..certificate import Certificate
 from ..network import AFFINE, Conv2d, Dense, Network, ReLU
 from ..spec import Specification
-from . import InputBatch, certify_with_bounds, rounding_slack
+from . import UNDERFLOW, InputBatch, certify_with_bounds, norm_underflow, rounding_slack
 
 Bounds = tuple[torch.Tensor, torch.Tensor]  # (lower, upper), each (B, size) flat
 
@@ -51,7 +51,7 @@ def _abs_params(layer, params: dict) -> dict:
 
 def affine_interval(layer, params: dict, lower: torch.Tensor, upper: torch.Tensor) -> Bounds:
     """Sound bounds of W x + b for x in [lower, upper] (flat, batched)."""
-    mid, rad = (upper + lower) / 2, (upper - lower) / 2
+    mid, rad = (upper + lower) / 2, (upper - lower) / 2 + UNDERFLOW  # (the halving may underflow)
     abs_params = _abs_params(layer, params)
     y_mid = layer.torch_forward(mid, params).flatten(1)
     y_rad = layer.torch_forward(rad, abs_params).flatten(1)
@@ -84,7 +84,8 @@ def ball_affine_bounds(layer, params: dict, batch: InputBatch) -> Bounds:
     """Exact bounds of W x + b over the l_p ball (box ignored): W x0 + b ± eps ||W_i||_q."""
     abs_params = _abs_params(layer, params)
     y0 = layer.torch_forward(batch.center, params).flatten(1)
-    spread = batch.eps[:, None] * row_dual_norms(layer, params, batch.norm)[None, :]
+    spread = batch.eps[:, None] * (row_dual_norms(layer, params, batch.norm)[None, :]
+                                   + norm_underflow(batch.norm, batch.center.shape[1]))
     magnitude = (layer.torch_forward(batch.center.abs(), abs_params).flatten(1) + spread
                  + _bias_abs(layer, params))
     slack = rounding_slack(magnitude, fan_in(layer))
@@ -129,20 +130,25 @@ def margin_bounds(net: Network, batch: InputBatch, bounds: list[Bounds]) -> Boun
     weight = torch.einsum("bmk,kn->bmn", batch.C, p["weight"])  # (B, m, n)
     bias = torch.einsum("bmk,k->bm", batch.C, p["bias"]) - batch.d
     h_lower, h_upper = bounds[-2] if len(bounds) > 1 else (batch.lower, batch.upper)
-    mid, rad = (h_upper + h_lower) / 2, (h_upper - h_lower) / 2
+    mid, rad = (h_upper + h_lower) / 2, (h_upper - h_lower) / 2 + UNDERFLOW
     y_mid = torch.einsum("bmn,bn->bm", weight, mid) + bias
     y_rad = torch.einsum("bmn,bn->bm", weight.abs(), rad)
     # C W and C b are themselves rounded: one more term per product in the allowance.
     magnitude = (torch.einsum("bmn,bn->bm", batch.C.abs() @ p["weight"].abs(), mid.abs() + rad)
                  + batch.C.abs() @ p["bias"].abs() + batch.d.abs())
-    slack = rounding_slack(magnitude, last.weight.shape[1] + batch.C.shape[2])
+    slack = rounding_slack(magnitude, last.weight.shape[1] + batch.C.shape[2],
+                           (mid.abs() + rad).sum(-1, keepdim=True))  # C W's entries, times h
     lower, upper = y_mid - y_rad - slack, y_mid + y_rad + slack
     if len(bounds) == 1 and batch.norm in ("2", "1"):  # one affine layer: exact ball bound
         q = dual_norm(batch.norm)
-        spread = batch.eps[:, None] * torch.linalg.vector_norm(weight, ord=q, dim=2)
+        n = weight.shape[2]
+        spread = batch.eps[:, None] * (torch.linalg.vector_norm(weight, ord=q, dim=2)
+                                       + norm_underflow(batch.norm, n))
         y0 = torch.einsum("bmn,bn->bm", weight, batch.center) + bias
-        lower = torch.maximum(lower, y0 - spread - slack - rounding_slack(spread, weight.shape[2]))
-        upper = torch.minimum(upper, y0 + spread + slack + rounding_slack(spread, weight.shape[2]))
+        # C W's entries are rounded products: their underflow times |x - x0|, summed (<= n eps)
+        ball_slack = rounding_slack(spread, n, n * batch.eps[:, None])
+        lower = torch.maximum(lower, y0 - spread - slack - ball_slack)
+        upper = torch.minimum(upper, y0 + spread + slack + ball_slack)
     return lower, upper
 
 

@@ -151,7 +151,8 @@ def optimized_lower(net: Network, lower: torch.Tensor, upper: torch.Tensor, A: t
             with torch.no_grad():
                 lam_abs = lam.detach().abs()
                 magnitude = ((lam_abs @ A.abs()) * f_max).sum(1) + lam_abs @ b.abs()
-                best = torch.maximum(best, value.detach() - rounding_slack(magnitude, len(A)))
+                best = torch.maximum(best, value.detach() - rounding_slack(
+                    magnitude, len(A), f_max.sum(-1)))  # (lam A's entries, times f)
             optimizer.zero_grad(set_to_none=True)
             (-value.sum()).backward()
             optimizer.step()
