@@ -338,3 +338,32 @@ def test_ctrl_c_during_a_highs_solve_stops_it_and_raises(digits_mlp_path, digits
     assert highs.getModelStatus() == highspy.HighsModelStatus.kInterrupt  # stopped, not done
     assert not interrupt_requested()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_nearly_stable_neurons_are_encoded_without_tiny_coefficients():
+    """Inputs in [0, 100] through an identity layer: every hidden lower bound is 0 minus a
+    rounding allowance (about -2e-13), a big-M constant HiGHS would drop (it refused the model
+    before). Such neurons get the line z <= y - l instead: exact margins are still exact."""
+    net = Network([Dense(np.eye(4), np.zeros(4), (4,), (4,)), ReLU((4,)),
+                   Dense(np.array([[-1e-7] * 4, [0.0] * 4]), np.array([1e-3, 0.0]), (4,), (2,))],
+                  (4,))
+    spec = robustness_spec(4, 2, np.full(4, 50.0), 0, 50.0, "inf", (0.0, 100.0))
+    exact = 1e-3 - 4 * 1e-7 * 100  # at x = 100 everywhere
+    for method, options in (("milp", {"exact_margins": True, "attack": False}), ("lp", {})):
+        cert = certify_specs(net, [spec], method, **options)[0]
+        assert cert.status is Status.YES, cert.reason
+        assert cert.margin_lower[1] <= exact + 1e-12  # sound, and for milp within 1e-9 of it
+        assert method == "lp" or cert.margin_lower[1] >= exact - 1e-9
+
+
+def test_a_weight_highs_would_drop_is_refused_in_one_line():
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(6, 4))
+    W[0] *= 1e-11
+    net = Network([Dense(W, np.zeros(6), (4,), (6,)), ReLU((6,)),
+                   Dense(rng.normal(size=(2, 6)), np.array([3.0, 0.0]), (6,), (2,))], (4,))
+    spec = robustness_spec(4, 2, np.full(4, 0.5), 0, 0.5, "inf", (0.0, 1.0))
+    for method in ("lp", "milp"):
+        with pytest.raises(InputError, match=r"a weight of magnitude .* is below 1e-09") as error:
+            certify_specs(net, [spec], method)
+        assert "\n" not in str(error.value)

@@ -45,6 +45,10 @@ from . import UNIT_ROUNDOFF
 NumpyBounds = tuple[np.ndarray, np.ndarray]  # (lower, upper) of one layer's flat output
 
 
+# HiGHS's default small_matrix_value: it drops matrix entries smaller than this (with a warning).
+SMALL_COEFFICIENT = 1e-9
+
+
 def _gamma(n_terms: int) -> float:
     """Relative allowance for a float64 sum of n products (Higham's gamma_n, doubled)."""
     return 2.0 * (n_terms + 4) * UNIT_ROUNDOFF
@@ -112,22 +116,34 @@ class ReluEncoding:
         """Columns (z, a) for unstable neurons with pre-activation columns y in [lower, upper];
         `a` is empty for relaxations."""
         z = builder.add_cols(0.0, np.maximum(upper, 0.0), [f"z_{tag}_{i}" for i in neurons])
-        names = [f"{tag}_{i}" for i in neurons]
+        names = np.array([f"{tag}_{i}" for i in neurons], dtype=object)
         builder.add_pairs([f"relu_ge_pre_{s}" for s in names], z, 1.0, y, -1.0, 0.0, np.inf)
+        slope = upper / (upper - lower)
+        # Within SMALL_COEFFICIENT of stable, a neuron's chord slope or big-M constant would be a
+        # matrix entry HiGHS drops. Such a neuron gets an outer relaxation without one, off from
+        # relu by less than SMALL_COEFFICIENT: z <= u (the column bound; nearly inactive), or
+        # z <= y - l (nearly active; also for the triangle, whose chord is then that line).
+        inactive = (slope < SMALL_COEFFICIENT) | (upper < SMALL_COEFFICIENT)
+        active = (-lower < SMALL_COEFFICIENT) & ~inactive
+        builder.add_pairs([f"relu_near_{s}" for s in names[active]], z[active], 1.0, y[active],
+                          -1.0, -np.inf, -lower[active])
+        exact = ~inactive & ~active
+        z_e, y_e, lo, up, names = z[exact], y[exact], lower[exact], upper[exact], names[exact]
         if not self.integer:  # triangle: z - s y <= -s l, s = u / (u - l), chord rounded up
-            slope = upper / (upper - lower)
-            allowance = 8 * UNIT_ROUNDOFF * slope * (np.abs(lower) + np.abs(upper))
-            builder.add_pairs([f"relu_chord_{s}" for s in names], z, 1.0, y, -slope, -np.inf,
-                              -slope * lower + allowance)
+            s = slope[exact]
+            allowance = 8 * UNIT_ROUNDOFF * s * (np.abs(lo) + np.abs(up))
+            builder.add_pairs([f"relu_chord_{s}" for s in names], z_e, 1.0, y_e, -s, -np.inf,
+                              -s * lo + allowance)
             return z, np.zeros(0, dtype=np.int64)
-        a = builder.add_cols(0.0, 1.0, [f"a_{tag}_{i}" for i in neurons], integer=True)
-        n = len(z)
+        a = np.full(len(z), -1, dtype=np.int64)  # no binary for the nearly stable ones
+        a[exact] = a_e = builder.add_cols(0.0, 1.0, [f"a_{s}" for s in names], integer=True)
+        n = len(z_e)
         local = np.arange(n)
         # z - y - l a <= -l   (z <= y - l (1 - a)): exact, l and u are copied, not computed
         builder.add_rows([f"relu_off_{s}" for s in names], np.concatenate([local] * 3),
-                         np.concatenate([z, y, a]),
-                         np.concatenate([np.ones(n), -np.ones(n), -lower]), -np.inf, -lower)
-        builder.add_pairs([f"relu_on_{s}" for s in names], z, 1.0, a, -upper, -np.inf, 0.0)
+                         np.concatenate([z_e, y_e, a_e]),
+                         np.concatenate([np.ones(n), -np.ones(n), -lo]), -np.inf, -lo)
+        builder.add_pairs([f"relu_on_{s}" for s in names], z_e, 1.0, a_e, -up, -np.inf, 0.0)
         return z, a
 
 
@@ -447,6 +463,11 @@ def to_highs(program: ReluProgram, relax: bool = False, options: Optional[dict] 
         int(highspy.ObjSense.kMinimize), 0.0, np.zeros(program.n_cols), program.col_lower,
         program.col_upper, program.row_lower, program.row_upper, A.indptr.astype(np.int32),
         A.indices.astype(np.int32), A.data.astype(np.float64), integrality)
+    entries = np.abs(A.data[A.data != 0])
+    if len(entries) and entries.min() < SMALL_COEFFICIENT:  # HiGHS would drop it: not the network
+        raise InputError(f"a weight of magnitude {entries.min():.3g} is below {SMALL_COEFFICIENT:g}, "
+                         "which HiGHS drops from a model: lp and milp cannot encode this network "
+                         "exactly (crown, alpha-crown and bab can)")
     if status != highspy.HighsStatus.kOk:  # infinite or overflowing bounds and coefficients
         raise InputError("HiGHS refused the model: the input set or the neuron bounds are "
                          "unbounded or too large (give a finite domain and a smaller eps)")
