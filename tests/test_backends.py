@@ -67,3 +67,9 @@ def test_norms_are_declared_once_for_registry_and_run(method):
     for norm in backend.norms:
         check_norm(method, norm)
     assert get_backend("crown").norms == NORMS
+
+
+def test_numpy_bools_are_taken_as_bools():
+    """numpy ints and floats are accepted for numbers; numpy bools likewise for flags."""
+    made = make_options("alpha-crown", {"early_stop": np.bool_(False), "steps": np.int64(3)})
+    assert made.early_stop is False and made.steps == 3

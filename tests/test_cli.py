@@ -253,7 +253,11 @@ def test_repeated_option_keys_are_refused(capsys, digits_mlp_path, digit_file):
     for extra, expected in ((["--method", "alpha-crown", "--option", "steps=5", "--option",
                               "steps=7"], "--option steps given twice ('steps=5', 'steps=7')"),
                             (["--method", "lp", "--lp-tighten", "--option", "lp-tighten=false"],
-                             "--option lp_tighten given twice")):
+                             "--lp-tighten and --option lp_tighten both given: give it once"),
+                            (["--method", "crown", "--device", "cpu", "--option", "device=auto"],
+                             "--device and --option device both given"),
+                            (["--method", "smoothing", "--n", "100", "--option", "n=50"],
+                             "--n and --option n both given")):
         code, out, err = run(capsys, *base, *extra)
         assert code == 2 and out == "" and expected in err and err.count("\n") == 1, err
 
@@ -270,6 +274,12 @@ def test_device_is_noted_where_a_method_has_none(capsys, digits_mlp_path, digit_
                   "ignored\n"
     code, out, err = run(capsys, *base, "--method", "crown")
     assert code == 0 and err == ""
+
+
+def test_demo_refuses_a_device_before_printing_anything(capsys):
+    code, out, err = run(capsys, "demo", "--methods", "ibp", "--count", 2, "--device", "tpu")
+    assert code == 2 and out == "" and err == "verify: error: unknown device 'tpu': use auto, " \
+                                             "cpu or cuda\n"
 
 
 def test_demo_and_plot2d_refuse_a_norm_before_running(capsys, tmp_path):

@@ -131,6 +131,11 @@ def test_cli_options_per_method_are_typed_and_checked_before_anything_runs(
         captured = capsys.readouterr()
         assert code == 2 and expected in captured.err and captured.err.count("\n") == 1
         assert captured.out == "" and not (tmp_path / "never").exists()
+    code = main(["compare", str(noisy), "--eps", "0.1", "0.2", "--methods", "crown", "--input",
+                 "x.npy", "--label", "0"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and \
+        captured.err == "verify: error: --input compares one radius: give one --eps, not 2\n"
 
 
 @pytest.mark.parametrize("extra, expected", [

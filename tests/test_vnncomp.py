@@ -205,6 +205,7 @@ def test_timeouts_must_be_finite_and_positive(tmp_path, capsys, shared_benchmark
             (["vnnlib", model, prop, "--timeout", "inf"], "--timeout must be > 0 seconds"),
             (["vnncomp", instances, "--timeout-cap", "nan"], "--timeout-cap must be > 0"),
             (["vnncomp", instances, "--timeout-cap", "0"], "--timeout-cap must be > 0"),
+            (["vnncomp", instances, "--limit", "0"], "--limit must be at least 1, got 0"),
             (["vnncomp", words], "words.csv:1: the timeout must be a number of seconds, got "
                                  "'soon'")):
         code = main([str(a) for a in argv])

@@ -72,7 +72,7 @@ def _fits(default: Any, value: Any) -> bool:
     """Whether `value` has the type an option with this default takes (a bool is not a number,
     though Python counts it as an int; None defaults take any non-bool value)."""
     if isinstance(default, bool):
-        return isinstance(value, bool)
+        return isinstance(value, (bool, np.bool_))
     if option_kind(default) is None:
         return True
     if isinstance(value, (bool, np.bool_)):
@@ -109,6 +109,8 @@ def make_options(method: str, options: dict[str, Any]):
         if not _fits(default, value):
             raise InputError(f"option {key} of method '{method}' takes {option_kind(default)}, "
                              f"got {value!r}")
+    options = {key: bool(value) if isinstance(value, np.bool_) else value
+               for key, value in options.items()}
     made = backend.options_type(**options)
     limits = getattr(backend.options_type, "LIMITS", {})
     for key, value in options.items():

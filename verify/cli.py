@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import __version__
-from .backends import certify, certify_batch, check_norm, get_backend, methods, option_kind
+from .backends import certify, certify_batch, get_backend, methods, option_kind
 from .errors import InputError, VerifyError
 from .network import Network
 from .onnx_io import load_onnx
@@ -103,13 +103,18 @@ def _options(args, method: Optional[str] = None) -> dict:
 
 
 def _method_options(args) -> dict:
-    """`--option KEY=VALUE` (and `--lp-tighten`) as typed keyword options of the method."""
-    pairs = list(args.option or [])
+    """`--option KEY=VALUE` (and `--lp-tighten`) as typed keyword options of the method; an
+    option also given by its own flag (--device, --lp-tighten, --sigma, ...) is refused."""
+    options = _typed_options(args.method, args.option or [])
+    for key in options:
+        flag = _FLAG_OPTIONS.get(key)
+        if flag is not None and getattr(args, key, None) not in (None, False, ""):
+            raise InputError(f"{flag} and --option {key} both given: give it once")
     if args.lp_tighten:
         if args.method != "lp":
             raise InputError(f"--lp-tighten applies to --method lp, not '{args.method}'")
-        pairs.append("lp_tighten=true")
-    return _typed_options(args.method, pairs)
+        options["lp_tighten"] = True
+    return options
 
 
 def _compare_options(args) -> dict:
@@ -207,9 +212,10 @@ def bundled_model() -> tuple[Path, Path]:
 def cmd_demo(args) -> int:
     if args.count < 1:
         raise InputError(f"--count must be at least 1, got {args.count}")
-    for method in args.methods:
-        check_norm(method, args.norm)
+    from .compare import check_methods
+
     device_options = {method: _options(args, method) for method in args.methods}  # notes once
+    check_methods(args.methods, args.norm, device_options)  # before anything is printed
     model_path, data_path = bundled_model()
     net: Network = load_onnx(model_path)
     data = np.load(data_path)
@@ -268,6 +274,8 @@ def cmd_compare(args) -> int:
     if args.input is not None:
         if args.label is None:
             raise InputError("--input needs --label")
+        if len(args.eps) > 1:
+            raise InputError(f"--input compares one radius: give one --eps, not {len(args.eps)}")
         table, _ = compare_one(net, read_input(args.input), args.label, args.eps[0], args.norm,
                                args.methods, domain, options)
         print(table)
@@ -406,6 +414,8 @@ def cmd_vnncomp(args) -> int:
 
     if args.timeout_cap is not None:
         check_seconds(args.timeout_cap, "--timeout-cap")
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be at least 1, got {args.limit}")
     if args.out:
         _check_output(args.out)
     rows = run_instances(args.instances, args.method, args.timeout_cap, args.out, args.limit,
@@ -417,6 +427,8 @@ def cmd_vnncomp(args) -> int:
 # ---- randomized smoothing: `certify --method smoothing` options and `smooth-predict`
 _SMOOTHING_FLAGS = {"noise": "--noise", "sigma": "--sigma", "n0": "--n0", "n": "--n",
                     "alpha": "--alpha", "batch_size": "--batch-size", "seed": "--seed"}
+# Options that `verify certify` also takes as flags of their own.
+_FLAG_OPTIONS = {"device": "--device", "lp_tighten": "--lp-tighten", **_SMOOTHING_FLAGS}
 
 
 def _add_smoothing_arguments(p, predict_only: bool = False) -> None:

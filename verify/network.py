@@ -167,7 +167,7 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.dev
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
             raise InputError(f"device '{device}' asked for, but this torch sees no CUDA device "
-                             f"(torch {torch.__version__}): use --device auto or cpu")
+                             f"(torch {torch.__version__}): use auto or cpu")
         if resolved.index is not None and resolved.index >= count:
             raise InputError(f"device '{device}' asked for, but there are only {count} CUDA "
                              "device(s)")
