@@ -108,3 +108,25 @@ def test_hardest_acasxu_instances_within_their_timeout(net_id, prop, expected):
     result = solve_files(str(folder / f"onnx/ACASXU_run2a_{net_id}_batch_2000.onnx"),
                          str(folder / f"vnnlib/{prop}.vnnlib"), timeout=116)
     assert result.result == expected
+
+
+def test_local_milp_skips_a_network_highs_cannot_hold():
+    """A weight below 1e-9 (HiGHS would drop it) makes lp/milp refuse the network; bab's local
+    MILP on a small box is only a counterexample finder, so it is skipped, not an error."""
+    from verify import Dense, Network, ReLU, certify_specs
+    from verify.spec import OutputProperty, Specification
+
+    rng = np.random.default_rng(0)
+    W1 = rng.normal(size=(20, 2))
+    W1[0, 0] = 1e-10
+    net = Network([Dense(W1, rng.normal(size=20), (2,), (20,)), ReLU((20,)),
+                   Dense(rng.normal(size=(2, 20)), np.zeros(2), (20,), (2,))], (2,))
+    f = net.forward(np.zeros(2))
+    label = int(np.argmax(f))
+    C = np.zeros((1, 2))
+    C[0, label], C[0, 1 - label] = 1.0, -1.0
+    d = np.array([-(C @ f)[0]])
+    spec = Specification(Box(np.full(2, -3.0), np.full(2, 3.0)), OutputProperty(C, d))
+    assert local_milp(net, spec.input_set, C, d, np.zeros(2), 0.1, 1.0) is None
+    cert = certify_specs(net, [spec], "bab", polish_after=0.0, alpha_after=0.0, timeout=2.0)[0]
+    assert cert.status.value in ("YES", "NO", "MAYBE")

@@ -398,6 +398,25 @@ def test_underflow_never_gives_a_false_yes(method, case):
     assert Fraction(cert.margin_lower[1]) <= exact
 
 
+@pytest.mark.parametrize("method", ["crown", "alpha-crown", "bab"])
+def test_cancelling_rows_of_a_huge_margin_matrix(method):
+    """C = (1e300, -1e300) on two weights 1e-300 that nearly cancel, at x = 1e-30: |W| |x|
+    underflows to 0, so |Lambda| (|W| |x|) charged nothing for fl(C W)'s rounding (a second
+    review's reproducer: YES with 3.2e-47 where the exact margin is -5.4e-61)."""
+    x, a1 = 1e-30, 1e-300
+    a2 = a1 * (1 + 23 * 2.0 ** -52)
+    net = Network([Dense(np.array([[a1], [a2]]), np.zeros(2), (1,), (2,))], (1,))
+    K = Fraction(1e300) * Fraction(a1) - Fraction(1e300) * Fraction(a2)  # exact C W < 0
+    f = float(-K * Fraction(x))
+    f = f if Fraction(f) <= -K * Fraction(x) else float(np.nextafter(f, 0.0))
+    spec = Specification(Box([x], [x]), OutputProperty([[1e300, -1e300]], [-f]))
+    exact = K * Fraction(x) + Fraction(f)
+    assert exact <= 0
+    cert = certify_specs(net, [spec], method)[0]
+    assert cert.status is not Status.YES
+    assert cert.margin_lower[0] == -math.inf or Fraction(cert.margin_lower[0]) <= exact
+
+
 def test_concretize_l2_ball_with_underflowing_squares():
     """||c||_2 of coefficients near 1e-170: their squares underflow; the ball's bound must still
     be below the exact minimum 1e-80 - 1e100 * 2e-170."""

@@ -367,3 +367,22 @@ def test_a_weight_highs_would_drop_is_refused_in_one_line():
         with pytest.raises(InputError, match=r"a weight of magnitude .* is below 1e-09") as error:
             certify_specs(net, [spec], method)
         assert "\n" not in str(error.value)
+
+
+def test_a_flat_chord_keeps_its_binary_in_big_m():
+    """x in [-2e9, 1]: the chord slope u / (u - l) = 5e-10 would be a matrix entry HiGHS drops,
+    so the triangle replaces the chord by z <= u; big-M holds only l and u and keeps the neuron's
+    binary (a second review found it relaxed there too, losing exactness by up to u = 1)."""
+    from verify.bounds.relu_encoding import BIG_M, TRIANGLE, build_program
+
+    net = Network([Dense(np.array([[1.0], [1.0]]), np.zeros(2), (1,), (2,)), ReLU((2,)),
+                   Dense(np.array([[-1.0, 1.0], [0.0, 0.0]]), np.array([0.5, 0.0]), (2,), (2,))],
+                  (1,))
+    box = Box([-2e9], [1.0])
+    bounds = [(np.full(2, -2e9), np.ones(2)), (np.zeros(2), np.ones(2)),
+              (np.full(2, -0.5), np.full(2, 1.5))]
+    exact = build_program(net, box, bounds, BIG_M)
+    assert np.all(exact.binary_cols[1] >= 0)
+    relaxed = build_program(net, box, bounds, TRIANGLE)
+    entries = np.abs(relaxed.matrix.tocsr().data)
+    assert entries[entries > 0].min() >= 1e-9

@@ -204,7 +204,9 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
         if isinstance(layer, AFFINE):
             with torch.no_grad():
                 abs_coeffs = coeffs.detach().abs() if abs_coeffs is None else abs_coeffs
-                step = _abs_affine(layer, p, in_magnitude)
+                # |W| max|h| + |b|, plus what its own products may lose to underflow (a huge
+                # |Lambda| times an underflowed |W| max|h| would drop Lambda W's rounding)
+                step = _abs_affine(layer, p, in_magnitude) + ibp.fan_in(layer) * UNDERFLOW
                 owed = step if owed is None else owed + step
                 slack = slack + rounding_slack(_matvec(abs_coeffs, owed) + const.detach().abs(),
                                                n_terms, in_magnitude.sum(-1, keepdim=True))

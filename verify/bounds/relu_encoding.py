@@ -119,11 +119,13 @@ class ReluEncoding:
         names = np.array([f"{tag}_{i}" for i in neurons], dtype=object)
         builder.add_pairs([f"relu_ge_pre_{s}" for s in names], z, 1.0, y, -1.0, 0.0, np.inf)
         slope = upper / (upper - lower)
-        # Within SMALL_COEFFICIENT of stable, a neuron's chord slope or big-M constant would be a
-        # matrix entry HiGHS drops. Such a neuron gets an outer relaxation without one, off from
-        # relu by less than SMALL_COEFFICIENT: z <= u (the column bound; nearly inactive), or
-        # z <= y - l (nearly active; also for the triangle, whose chord is then that line).
-        inactive = (slope < SMALL_COEFFICIENT) | (upper < SMALL_COEFFICIENT)
+        # Within SMALL_COEFFICIENT of stable, a neuron's big-M constant (-l or u), or for the
+        # triangle its chord slope, would be a matrix entry HiGHS drops. Such a neuron gets an
+        # outer relaxation of relu on [l, u] without one: z <= u (the column bound; u tiny, or
+        # for the triangle a flat chord), or z <= y - l (-l tiny; the chord is nearly that line).
+        inactive = upper < SMALL_COEFFICIENT
+        if not self.integer:
+            inactive |= slope < SMALL_COEFFICIENT
         active = (-lower < SMALL_COEFFICIENT) & ~inactive
         builder.add_pairs([f"relu_near_{s}" for s in names[active]], z[active], 1.0, y[active],
                           -1.0, -np.inf, -lower[active])

@@ -228,7 +228,10 @@ def local_milp(net: Network, box: Box, A: np.ndarray, b: np.ndarray, center: np.
                          for v in (lower, upper, A, b)))
     neuron = [(lo[0].numpy(), up[0].numpy()) for lo, up in crown.layer_bounds(net, batch)]
     program = build_program(net, small, neuron, BIG_M)
-    highs = to_highs(program, options={"time_limit": max(float(time_limit), 0.01)})
+    try:
+        highs = to_highs(program, options={"time_limit": max(float(time_limit), 0.01)})
+    except InputError:  # e.g. a weight HiGHS would drop: no local MILP, the search goes on
+        return None
     t_col = program.n_cols  # t, free; the objective
     highs.addCol(1.0, -np.inf, np.inf, 0, np.zeros(0, dtype=np.int32), np.zeros(0))
     for row, bound in zip(A, b):  # cost . v + offset - t <= 0
