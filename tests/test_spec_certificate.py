@@ -138,3 +138,11 @@ def test_projection_is_exactly_inside(norm):
                 assert sum(d * d for d in diffs) <= Fraction(eps) ** 2
             else:
                 assert size <= Fraction(eps)
+
+
+def test_a_ball_whose_center_lies_outside_its_box_is_refused():
+    """The bounds' midpoint analysis and `project` assume the center lies in the box; a hand-built
+    LpBall is held to it as robustness_spec's domain check holds an input."""
+    with pytest.raises(InputError, match=r"input value 1.5 at index 1 lies outside the domain "
+                                         r"\[0, 1\]"):
+        LpBall(np.array([0.5, 1.5]), 0.1, "2", 0.0, 1.0)

@@ -98,6 +98,12 @@ class LpBall:
             np.broadcast_to(np.asarray(self.upper, dtype=np.float64), (n,)).copy()
         self.eps = float(self.eps)
         self.norm = parse_norm(self.norm)
+        # The bounds' float analyses (the midpoint form of the box) and `project` assume it.
+        outside = np.flatnonzero((self.center < self.lower) | (self.center > self.upper))
+        if outside.size:
+            i = int(outside[0])
+            raise InputError(f"input value {self.center[i]:g} at index {i} lies outside the "
+                             f"domain [{self.lower[i]:g}, {self.upper[i]:g}]")
 
     @property
     def dim(self) -> int:
@@ -265,10 +271,5 @@ def robustness_spec(n_inputs: int, n_classes: int, x, label, eps, norm="inf",
         raise InputError(f"eps must be a finite number >= 0, got {eps}")
     norm = parse_norm(norm)
     lo, hi = _domain_bounds(domain, n_inputs)
-    outside = np.flatnonzero((x < lo) | (x > hi))
-    if outside.size:
-        i = int(outside[0])
-        raise InputError(f"input value {x[i]:g} at index {i} lies outside the domain "
-                         f"[{lo[i]:g}, {hi[i]:g}]")
-    ball = LpBall(x, eps, norm, lo, hi)
+    ball = LpBall(x, eps, norm, lo, hi)  # refuses an x outside the domain
     return Specification(ball, OutputProperty.robustness(label, n_classes), label)
