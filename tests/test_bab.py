@@ -130,3 +130,15 @@ def test_local_milp_skips_a_network_highs_cannot_hold():
     assert local_milp(net, spec.input_set, C, d, np.zeros(2), 0.1, 1.0) is None
     cert = certify_specs(net, [spec], "bab", polish_after=0.0, alpha_after=0.0, timeout=2.0)[0]
     assert cert.status.value in ("YES", "NO", "MAYBE")
+
+
+def test_timeout_zero_means_no_limit_as_for_milp():
+    """bab's timeout=0 answered MAYBE ("timeout") at once; like milp's, it now means no limit
+    (max_boxes still bounds the search)."""
+    from verify import Status, certify_specs, robustness_spec
+
+    net = random_mlp(np.random.default_rng(1), [3, 8, 3])
+    x = np.full(3, 0.5)
+    spec = robustness_spec(3, 3, x, int(np.argmax(net.forward(x))), 0.01, "inf")
+    cert = certify_specs(net, [spec], "bab", timeout=0.0)[0]
+    assert cert.status is Status.YES, cert.reason

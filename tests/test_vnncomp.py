@@ -214,6 +214,12 @@ def test_timeouts_must_be_finite_and_positive(tmp_path, capsys, shared_benchmark
         assert captured.err.count("\n") == 1
     with pytest.raises(InputError, match="timeout must be > 0 seconds"):
         solve(load_onnx(model), load_vnnlib(prop), timeout=float("nan"))
+    missing = tmp_path / "missing.csv"  # row 2 names no file: refused before row 1 runs
+    missing.write_text(f"{model},{prop},116\n{folder / 'onnx/none.onnx'},{prop},116\n")
+    code = main(["vnncomp", str(missing)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and captured.err.count("\n") == 1
+    assert "missing.csv:2:" in captured.err and "none.onnx: no such file" in captured.err
 
 
 def test_disjunct_without_output_constraint_is_sat():

@@ -252,6 +252,9 @@ def run_instances(instances_csv: str, method: str = "auto", timeout_cap: Optiona
                              f"'{inst[2]}'") from None
         if timeout_cap is not None:
             timeout = min(timeout, timeout_cap)
+        for name in (onnx_rel, prop_rel):  # all of them before any row runs
+            if not (folder / name).is_file():
+                raise InputError(f"{path}:{k + 1}: {folder / name}: no such file")
         names.append((Path(onnx_rel).stem.replace("_batch_2000", ""), Path(prop_rel).stem))
         jobs.append((str(folder / onnx_rel), str(folder / prop_rel), method, timeout, options,
                      workers > 1 or cluster is not None))

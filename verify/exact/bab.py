@@ -22,6 +22,7 @@ Reference: Wang et al., "Formal Security Analysis of Neural Networks using Symbo
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import ClassVar, Optional, Sequence
@@ -50,7 +51,7 @@ class BaBOptions:
     device: str = "auto"
     bounds: str = "crown"  # "crown" or "ibp"
     batch_size: int = 1024  # boxes bounded per pass
-    timeout: float = 60.0  # seconds per query
+    timeout: float = 60.0  # seconds per query (0: none, as for milp; max_boxes still bounds it)
     max_boxes: int = 5_000_000  # total boxes bounded before giving up
     # Once a search has run `alpha_after` seconds (easy ones are done by then), the boxes CROWN
     # leaves open get `alpha_steps` of projected Adam on the final lower ReLU slopes and a convex
@@ -426,7 +427,7 @@ def certify(net: Network, specs: Sequence[Specification], options: BaBOptions
     for spec in specs:
         t0 = time.perf_counter()
         box = _as_box(spec)
-        deadline = t0 + options.timeout
+        deadline = t0 + options.timeout if options.timeout > 0 else math.inf
         C, d = spec.output.C, spec.output.d
         lower = np.full(len(C), -np.inf)
         candidates, reasons, boxes = [], [], 0
