@@ -44,6 +44,20 @@ def test_cli(tmp_path, capsys):
     assert "--x must be two numbers" in capsys.readouterr().err
 
 
+def test_cli_passes_options_to_one_method(tmp_path, capsys):
+    """--option METHOD.KEY=VALUE, as in compare: smoothing gets its sigma this way; a method left
+    without one stops the run before anything is drawn."""
+    out = tmp_path / "s.png"
+    base = ["plot2d", "models/toy2d.onnx", "--x", "0.7,0.3", "--eps", "0.1", "--norm", "2",
+            "--methods", "crown", "smoothing", "--out", str(out)]
+    assert main([*base, "--option", "smoothing.sigma=0.25", "--option", "smoothing.n=2000"]) == 0
+    assert out.is_file() and "lower bounds" in capsys.readouterr().out
+    out.unlink()
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "needs sigma" in err and "plot2d" in err and err.count("\n") == 1 and not out.exists()
+
+
 def test_refuses_other_input_sizes(tmp_path, capsys, digits_mlp_path):
     code = main(["plot2d", str(digits_mlp_path), "--x", "0,0", "--eps", "0.1",
                  "--out", str(tmp_path / "x.png")])

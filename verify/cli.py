@@ -352,7 +352,8 @@ def cmd_plot2d(args) -> int:
         raise InputError(f"{args.out}: the folder {out.parent} does not exist")
     net = load_onnx(args.model)
     info = plot2d(net, x, args.eps, out, args.norm, args.label,
-                  parse_domain(args.domain, args.model), args.methods)
+                  parse_domain(args.domain, args.model), args.methods,
+                  options=_compare_options(args))
     bounds = ", ".join(f"{m} {v:.4g}" for m, v in info["margin_lower"].items() if v is not None)
     print(f"wrote {out}: margin z_{info['label']} - z_{info['runner_up']} lower bounds: {bounds}; "
           f"sampled minimum {info['sampled_min']:.4g}")
@@ -549,6 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", type=int, default=None, help="default: the predicted class")
     p.add_argument("--domain", default=None)
     p.add_argument("--methods", nargs="+", default=["ibp", "crown", "lp", "milp"])
+    p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",
+                   help="an option of one method, e.g. smoothing.sigma=0.25 (repeatable)")
     p.add_argument("--out", required=True, help="PNG file")
     p.set_defaults(func=cmd_plot2d)
 

@@ -11,12 +11,13 @@ z_y = z_j. j is the runner-up class at x.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from .backends import certify, check_norm
+from .backends import certify
+from .compare import check_methods
 from .bounds import InputBatch
 from .bounds.ibp import layer_bounds
 from .errors import InputError
@@ -27,8 +28,9 @@ from .spec import robustness_spec
 def plot2d(net: Network, x: Sequence[float], eps: float, path: Path, norm: str = "inf",
            label: int | None = None, domain=None,
            methods: Sequence[str] = ("ibp", "crown", "lp", "milp"), samples: int = 20_000,
-           seed: int = 0) -> dict:
-    """Draw the figure to `path` (PNG); return the margin lower bounds per method."""
+           seed: int = 0, options: Optional[dict] = None) -> dict:
+    """Draw the figure to `path` (PNG); return the margin lower bounds per method.
+    `options[method]`: that method's options (e.g. {"smoothing": {"sigma": 0.25}})."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,8 +42,8 @@ def plot2d(net: Network, x: Sequence[float], eps: float, path: Path, norm: str =
     logits = net.forward(x)
     label = int(np.argmax(logits)) if label is None else int(label)
     spec = robustness_spec(2, net.output_size, x, label, eps, norm, domain)
-    for method in methods:  # before any of them runs
-        check_norm(method, norm)
+    options = options or {}
+    check_methods(methods, norm, options)  # before any of them runs
     j = max((k for k in range(net.output_size) if k != label), key=lambda k: logits[k])
     row = spec.output.row_class.index(j)
 
@@ -49,7 +51,8 @@ def plot2d(net: Network, x: Sequence[float], eps: float, path: Path, norm: str =
     certs = {}
     for method in methods:
         extra = {"exact_margins": True} if method == "milp" else {}
-        cert = certify(net, x, label, eps, norm, method, domain, **extra)
+        cert = certify(net, x, label, eps, norm, method, domain,
+                       **{**extra, **options.get(method, {})})
         certs[method] = cert
         bounds[method] = cert.margin_lower[j]
 

@@ -315,7 +315,8 @@ def make_noise(noise: Union[str, NoiseDistribution], sigma: Optional[float]) -> 
     if sigma is None:
         raise InputError("randomized smoothing needs sigma, the noise level the base classifier "
                          "was trained with: --sigma 0.25 (verify certify, smooth-predict), "
-                         "--option smoothing.sigma=0.25 (verify compare), sigma=0.25 (Python)")
+                         "--option smoothing.sigma=0.25 (verify compare, plot2d), "
+                         "sigma=0.25 (Python)")
     try:
         sigma = float(sigma)
     except (TypeError, ValueError):
