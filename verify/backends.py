@@ -82,6 +82,14 @@ def _fits(default: Any, value: Any) -> bool:
     return default is None or isinstance(value, (int, float, np.integer, np.floating))
 
 
+def check_choice(value: Any, allowed: Sequence[str], what: str, owner: str = "") -> None:
+    """InputError unless `value` is one of `allowed`: "unknown WHAT 'value' for OWNER: use one
+    of ...", for settings passed as plain strings (an options object goes to check_choices)."""
+    if value not in allowed:
+        where = f" for {owner}" if owner else ""
+        raise InputError(f"unknown {what} '{value}'{where}: use one of {', '.join(allowed)}")
+
+
 def check_choices(options: Any, method: str) -> None:
     """InputError unless each field named in the options class's CHOICES holds one of its
     values (make_options checks them, and certifiers called directly with an options object)."""

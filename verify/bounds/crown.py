@@ -25,9 +25,8 @@ from typing import ClassVar, Optional, Sequence
 import numpy as np
 import torch
 
-from ..backends import check_choices
+from ..backends import check_choice, check_choices
 from ..certificate import Certificate
-from ..errors import InputError
 from ..network import AFFINE, Conv2d, Dense, Network, ReLU
 from ..spec import Specification
 from . import (UNDERFLOW, UNIT_ROUNDOFF, InputBatch, certify_with_bounds, norm_underflow,
@@ -386,18 +385,12 @@ def ibp_margin_lower(net: Network, batch: InputBatch, ibp_bounds: list[Bounds],
                          ibp.margin_bounds(net, batch, bounds)[0])
 
 
-def _check_intermediate(name: str) -> None:
-    choices = CROWNOptions.CHOICES["intermediate"]
-    if name not in choices:
-        raise InputError(f"unknown intermediate bounds '{name}' for crown: use one of "
-                         f"{', '.join(choices)}")
-
-
 def margin_lower_bounds(net: Network, batch: InputBatch, intermediate: str = "crown"
                         ) -> tuple[Tensor, dict]:
     """Lower bounds (B, m) of C f(x) - d over each input set, and the cost; `intermediate`
     picks the neuron bounds the backward pass relaxes over ("crown" or "ibp": CROWN-IBP)."""
-    _check_intermediate(intermediate)
+    check_choice(intermediate, CROWNOptions.CHOICES["intermediate"], "intermediate bounds",
+                 "crown")
     with torch.no_grad():
         ibp_bounds = ibp.layer_bounds(net, batch)
         if intermediate == "ibp":

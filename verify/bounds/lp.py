@@ -30,9 +30,8 @@ import highspy
 import numpy as np
 import torch
 
-from ..backends import check_choices
+from ..backends import check_choice, check_choices
 from ..certificate import Certificate
-from ..errors import InputError
 from ..network import AFFINE, Network, ReLU
 from ..spec import Box, InputSet, Specification
 from ..verdict import certificate_from_bounds, validated_counterexample
@@ -54,8 +53,7 @@ class LPOptions:
 
 def _bounds_function(name: str):
     """`layer_bounds` of bounds/<name>.py (imported on first use)."""
-    if name not in BOUND_SOURCES:
-        raise InputError(f"unknown bounds '{name}': use one of {', '.join(BOUND_SOURCES)}")
+    check_choice(name, BOUND_SOURCES, "bounds")
     if name == "ibp":
         return ibp.layer_bounds
     try:

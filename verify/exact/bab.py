@@ -30,7 +30,7 @@ from typing import ClassVar, Optional, Sequence
 import numpy as np
 import torch
 
-from ..backends import check_choices
+from ..backends import check_choice, check_choices
 from ..certificate import Certificate
 from ..errors import InputError
 from ..network import Network, resolve_device
@@ -91,9 +91,7 @@ def bound_and_split_scores(net: Network, lower: torch.Tensor, upper: torch.Tenso
     the same numbers `crown.margin_lower_bounds` / `ibp.margin_lower_bounds` compute."""
     from ..bounds import crown, ibp
 
-    if bounds not in BaBOptions.CHOICES["bounds"]:
-        raise InputError(f"unknown bounds '{bounds}' for bab: use "
-                         f"{' or '.join(BaBOptions.CHOICES['bounds'])}")
+    check_choice(bounds, BaBOptions.CHOICES["bounds"], "bounds", "bab")
     lower = lower.detach().clone().requires_grad_(True)
     upper = upper.detach().clone().requires_grad_(True)
     batch = _box_batch(lower, upper, A, b)

@@ -140,33 +140,36 @@ class NoisySampler:
                              device=self.device)
         t0 = time.perf_counter()
         with torch.inference_mode():
+            finite = torch.ones((), dtype=torch.bool, device=self.device)  # read once, at the end
             for start in range(0, total, self.batch_size):
                 size = min(self.batch_size, total - start)
                 batch = self.noise.sample_(buffer[:size], self.generator)
                 first, last = start // n, (start + size - 1) // n
                 if first == last:
                     batch.add_(xs[first])
-                    preds = self._predictions(batch)
+                    preds = self._predictions(batch, finite)
                     counts[first * k:(first + 1) * k] += torch.bincount(preds, minlength=k)
                 else:
                     owner = torch.arange(start, start + size, device=self.device) // n
                     batch.add_(xs.index_select(0, owner))
-                    preds = self._predictions(batch)
+                    preds = self._predictions(batch, finite)
                     counts += torch.bincount(owner * k + preds, minlength=m_inputs * k)
                 self.forward_passes += 1
+            if not bool(finite):  # argmax would have counted NaN logits for one class
+                raise InputError(f"the base classifier returned non-finite logits on noisy "
+                                 f"inputs ({self.noise.describe()}, "
+                                 f"{str(self.dtype).replace('torch.', '')}): is sigma far too "
+                                 "large?")
             out = counts.reshape(m_inputs, k).cpu().numpy()
         self.seconds += time.perf_counter() - t0
         self.samples += total
         return out
 
-    def _predictions(self, batch: torch.Tensor) -> torch.Tensor:
-        """f on a batch of noisy inputs; non-finite logits (the noise overflowed, or the network
-        did) are refused: argmax would silently count them for one class."""
+    def _predictions(self, batch: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        """f on a batch of noisy inputs; `finite` (a device flag, so no sync per batch) is
+        cleared if any logit is not finite (the noise overflowed, or the network did)."""
         logits = self.net.torch_forward(batch)
-        if not bool(torch.isfinite(logits).all()):
-            raise InputError(f"the base classifier returned non-finite logits on noisy inputs "
-                             f"({self.noise.describe()}, {str(self.dtype).replace('torch.', '')}):"
-                             " is sigma far too large?")
+        finite &= torch.isfinite(logits).all()
         return logits.argmax(1)
 
     @property
