@@ -145,9 +145,13 @@ def test_ordering_ibp_lp_milp_sampled(bounds):
         exact = certify_specs(net, [spec], "milp", bounds=bounds, exact_margins=True,
                               attack=False)[0]
         sampled = sampled_margins(net, spec, 1000, seed=3).min(axis=0)
+        attack = uppers(certify_specs(net, [spec], "attack", stop_early=False)[0])
+        crown = margins(certify_specs(net, [spec], "crown")[0])
+        assert np.all(ibp <= crown + 1e-9), (ibp, crown)
         assert np.all(ibp <= lp + 1e-9), (ibp, lp)
         assert np.all(lp <= margins(exact) + 1e-6), (lp, margins(exact))
         assert np.all(margins(exact) <= sampled + 1e-9), (margins(exact), sampled)
+        assert np.all(margins(exact) <= attack + 1e-9), (margins(exact), attack)
         assert np.all(uppers(exact) <= sampled + 1e-9)
 
 
@@ -364,7 +368,8 @@ def test_a_weight_highs_would_drop_is_refused_in_one_line():
                    Dense(rng.normal(size=(2, 6)), np.array([3.0, 0.0]), (6,), (2,))], (4,))
     spec = robustness_spec(4, 2, np.full(4, 0.5), 0, 0.5, "inf", (0.0, 1.0))
     for method in ("lp", "milp"):
-        with pytest.raises(InputError, match=r"a weight of magnitude .* is below 1e-09") as error:
+        with pytest.raises(InputError, match=r"a weight of magnitude .* \(row affine_1_0, "
+                                             r"column x_\d\) is below 1e-09") as error:
             certify_specs(net, [spec], method)
         assert "\n" not in str(error.value)
 

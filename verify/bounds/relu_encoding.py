@@ -132,10 +132,10 @@ class ReluEncoding:
         exact = ~inactive & ~active
         z_e, y_e, lo, up, names = z[exact], y[exact], lower[exact], upper[exact], names[exact]
         if not self.integer:  # triangle: z - s y <= -s l, s = u / (u - l), chord rounded up
-            s = slope[exact]
-            allowance = 8 * UNIT_ROUNDOFF * s * (np.abs(lo) + np.abs(up))
-            builder.add_pairs([f"relu_chord_{s}" for s in names], z_e, 1.0, y_e, -s, -np.inf,
-                              -s * lo + allowance)
+            chord = slope[exact]
+            allowance = 8 * UNIT_ROUNDOFF * chord * (np.abs(lo) + np.abs(up))
+            builder.add_pairs([f"relu_chord_{s}" for s in names], z_e, 1.0, y_e, -chord, -np.inf,
+                              -chord * lo + allowance)
             return z, np.zeros(0, dtype=np.int64)
         a = np.full(len(z), -1, dtype=np.int64)  # no binary for the nearly stable ones
         a[exact] = a_e = builder.add_cols(0.0, 1.0, [f"a_{s}" for s in names], integer=True)
@@ -465,11 +465,14 @@ def to_highs(program: ReluProgram, relax: bool = False, options: Optional[dict] 
         int(highspy.ObjSense.kMinimize), 0.0, np.zeros(program.n_cols), program.col_lower,
         program.col_upper, program.row_lower, program.row_upper, A.indptr.astype(np.int32),
         A.indices.astype(np.int32), A.data.astype(np.float64), integrality)
-    entries = np.abs(A.data[A.data != 0])
-    if len(entries) and entries.min() < SMALL_COEFFICIENT:  # HiGHS would drop it: not the network
-        raise InputError(f"a weight of magnitude {entries.min():.3g} is below {SMALL_COEFFICIENT:g}, "
-                         "which HiGHS drops from a model: lp and milp cannot encode this network "
-                         "exactly (crown, alpha-crown and bab can)")
+    tiny = np.flatnonzero((A.data != 0) & (np.abs(A.data) < SMALL_COEFFICIENT))
+    if tiny.size:  # HiGHS would drop it: the model would not be the network's
+        k = tiny[np.argmin(np.abs(A.data[tiny]))]
+        row, col = np.searchsorted(A.indptr, k, side="right") - 1, A.indices[k]
+        raise InputError(f"a weight of magnitude {abs(A.data[k]):.3g} (row "
+                         f"{program.row_names[row]}, column {program.names[col]}) is below "
+                         f"{SMALL_COEFFICIENT:g}, which HiGHS drops from a model: lp and milp "
+                         "cannot encode this network exactly (crown, alpha-crown and bab can)")
     if status != highspy.HighsStatus.kOk:  # infinite or overflowing bounds and coefficients
         raise InputError("HiGHS refused the model: the input set or the neuron bounds are "
                          "unbounded or too large (give a finite domain and a smaller eps)")
