@@ -1,0 +1,122 @@
+"""This tree against an earlier commit on VNN-COMP instances, side by side in one run.
+
+    python benchmarks/side_by_side.py --base REF [--bench acasxu mnist_fc] [--timeout-cap 30]
+                                      [--limit N] [--every K]
+
+Each instance is solved as a user solves it: `python -m verify vnnlib MODEL PROPERTY --timeout T`
+in a fresh process (start-up, loading and default settings included), once with this tree's code
+and once with REF's (a temporary `git worktree`), the order alternating from one instance to the
+next so that a busy neighbour weighs on both alike. Prints and writes
+benchmarks/results/side_by_side.md: per benchmark, solved and wrong counts of each, the median
+wall time of each and the median and geometric mean of the per-instance ratio (this / base).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "benchmarks" / "data"
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def _instances(bench: Path, limit: int | None, every: int) -> list[tuple[Path, Path, float, str]]:
+    """(onnx, vnnlib, timeout, expected answer) per row of instances.csv, every `every`-th row."""
+    expected = {}
+    truth = bench / "ground_truth.csv"
+    if truth.is_file():
+        with open(truth) as fh:
+            for row in csv.DictReader(fh):
+                expected[(row["network"], row["property"])] = row["ground_truth"]
+    rows = []
+    with open(bench / "instances.csv") as fh:
+        for k, (onnx, prop, timeout) in enumerate(csv.reader(fh)):
+            if k % every:
+                continue
+            key = (Path(onnx).name.removesuffix(".onnx").removesuffix("_batch_2000"),
+                   Path(prop).name.removesuffix(".vnnlib"))
+            rows.append((bench / onnx, bench / prop, float(timeout), expected.get(key, "")))
+    return rows[:limit]
+
+
+def _solve(tree: Path, onnx: Path, prop: Path, timeout: float) -> tuple[str, float]:
+    """(first word of the answer, wall seconds) of one fresh `verify vnnlib` process on `tree`."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "verify", "vnnlib", str(onnx), str(prop),
+                           "--timeout", f"{timeout:g}"], env=env, cwd=tree,
+                          capture_output=True, text=True, timeout=timeout + 120)
+    wall = time.perf_counter() - start
+    words = done.stdout.split()
+    return (words[0] if done.returncode == 0 and words else f"error({done.returncode})"), wall
+
+
+def _wrong(answer: str, expected: str) -> bool:
+    return answer in ("sat", "unsat") and expected in ("sat", "unsat") and answer != expected
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="git commit or branch to compare against")
+    parser.add_argument("--bench", nargs="+", default=["acasxu", "mnist_fc"])
+    parser.add_argument("--data", type=Path, default=DATA, help="folder holding the benchmarks")
+    parser.add_argument("--timeout-cap", type=float, default=30.0)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--every", type=int, default=1, help="take every K-th instance")
+    args = parser.parse_args()
+    base_sha = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=REPO, check=True,
+                              capture_output=True, text=True).stdout.strip()
+    head_sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
+                              capture_output=True, text=True).stdout.strip()
+    lines = [f"# Side by side: this tree ({head_sha}, working tree) against {base_sha}",
+             "", f"`python benchmarks/side_by_side.py --base {args.base} --bench "
+             f"{' '.join(args.bench)} --timeout-cap {args.timeout_cap:g} --every {args.every}`; "
+             "each instance in fresh processes (start-up included), the order alternating; "
+             f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}.", "",
+             "| benchmark | instances | solved (this / base) | wrong (this / base) | "
+             "median s (this / base) | ratio this/base: median, geometric mean |",
+             "|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        base_tree = Path(tmp) / "base"
+        subprocess.run(["git", "worktree", "add", "--detach", str(base_tree), args.base],
+                       cwd=REPO, check=True, capture_output=True)
+        try:
+            for bench in args.bench:
+                rows = _instances(args.data / bench, args.limit, args.every)
+                answers: dict[str, list] = {"this": [], "base": []}
+                for k, (onnx, prop, timeout, expected) in enumerate(rows):
+                    timeout = min(timeout, args.timeout_cap)
+                    order = [("this", REPO), ("base", base_tree)]
+                    for name, tree in (order if k % 2 == 0 else order[::-1]):
+                        answers[name].append(_solve(tree, onnx, prop, timeout) + (expected,))
+                    (a, ta, _), (b, tb, _) = answers["this"][-1], answers["base"][-1]
+                    print(f"{bench} {onnx.name} {prop.name}: this {a} {ta:.2f} s, "
+                          f"base {b} {tb:.2f} s (expected {expected or '?'})", flush=True)
+                solved = {n: sum(r[0] in ("sat", "unsat") for r in v) for n, v in answers.items()}
+                wrong = {n: sum(_wrong(*r[::2]) for r in v) for n, v in answers.items()}
+                med = {n: statistics.median(r[1] for r in v) for n, v in answers.items()}
+                ratios = [t[1] / b[1] for t, b in zip(answers["this"], answers["base"])]
+                geo = math.exp(statistics.fmean(math.log(r) for r in ratios))
+                lines.append(f"| {bench} | {len(rows)} | {solved['this']} / {solved['base']} | "
+                             f"{wrong['this']} / {wrong['base']} | {med['this']:.2f} / "
+                             f"{med['base']:.2f} | {statistics.median(ratios):.2f}, {geo:.2f} |")
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=REPO,
+                           capture_output=True)
+    text = "\n".join(lines) + "\n"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "side_by_side.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
