@@ -26,8 +26,9 @@ from typing import Optional, Union
 
 import numpy as np
 
-from .errors import ModelLoadError, UnsupportedModelError, not_a_file
+from .errors import ModelLoadError, UnsupportedModelError
 from .network import Conv2d, Dense, Network, ReLU, _size
+from .onnx_proto import attribute_value, read_model_proto, tensor_to_array
 
 SUPPORTED_OPS = (
     "Add", "BatchNormalization", "Constant", "Conv", "Div", "Flatten", "Gemm", "Identity",
@@ -178,14 +179,12 @@ class _GraphReader:
         return var_positions[0], inputs
 
     def attrs(self, node) -> dict:
-        import onnx
-
-        return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        return {a.name: attribute_value(a) for a in node.attribute}
 
     # -- main loop ------------------------------------------------------------------------------
     def read(self) -> Network:
         for init in self.graph.initializer:
-            self.consts[init.name] = _to_array(init)
+            self.consts[init.name] = _to_array(init, self.where)
         graph_inputs = [i for i in self.graph.input if i.name not in self.consts]
         if len(graph_inputs) != 1:
             names = ", ".join(i.name for i in graph_inputs) or "none"
@@ -460,17 +459,18 @@ class _GraphReader:
         raise self.fail(node, "cannot be evaluated on constants here")
 
 
-def _to_array(tensor) -> np.ndarray:
-    from onnx import numpy_helper
-
-    value = numpy_helper.to_array(tensor)
+def _to_array(tensor, where: str) -> np.ndarray:
+    try:
+        value = tensor_to_array(tensor)
+    except ValueError as exc:
+        raise ModelLoadError(f"{where}: {exc}") from None
     return value.astype(np.float64) if value.dtype.kind == "f" else value
 
 
 def _constant_value(node, reader: _GraphReader) -> np.ndarray:
     for attr in node.attribute:
         if attr.name == "value":
-            return _to_array(attr.t)
+            return _to_array(attr.t, reader.where)
         if attr.name in ("value_float", "value_int"):
             return np.asarray(attr.f if attr.name == "value_float" else attr.i)
         if attr.name in ("value_floats", "value_ints"):
@@ -522,17 +522,9 @@ def network_from_onnx(model, where: str = "model") -> Network:
 
 def load_onnx(path: Union[str, Path]) -> Network:
     """Load an ONNX file into a float64 Network, or raise a one-line `ModelLoadError`."""
-    import onnx
-
     path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: {not_a_file(path)}")
+    model = read_model_proto(path)
     data = path.read_bytes()
-    try:
-        model = onnx.load_model_from_string(data)
-    except Exception as exc:  # protobuf raises several types for corrupt data
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{path}: not a valid ONNX model ({first})") from None
     if len(model.graph.node) == 0:
         raise ModelLoadError(f"{path}: not a valid ONNX model (the graph has no nodes)")
     net = network_from_onnx(model, where=str(path))
