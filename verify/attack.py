@@ -58,6 +58,7 @@ class AttackOptions:
     batch_size: int = 64  # specifications per torch batch
     dtype: str = "auto"  # "float64", "float32", or "auto": float32 on CUDA, float64 on CPU
     stop_early: bool = True  # stop a batch once every specification in it has a violation
+    stop_at_first: bool = False  # stop a batch once any has one (a VNN-LIB query needs one)
 
     def check(self) -> None:
         _check(self)
@@ -263,9 +264,12 @@ def _run_batch(net: Network, specs: Sequence[Specification],
         reached = x.detach().reshape(n_specs, per_spec, -1).gather(
             1, arg[:, :, None].expand(n_specs, m, x.shape[1]))
         best_points = torch.where(better[:, :, None], reached, best_points)
-        if t == options.steps or options.stop_early and t % 5 == 0 and \
-                bool((best.amin(dim=1) < 0).all()) or timer.expired():
+        if t == options.steps or timer.expired():
             break
+        if t % 5 == 0 and (options.stop_early or options.stop_at_first):
+            found = best.amin(dim=1) < 0
+            if bool(found.any() if options.stop_at_first else found.all()):
+                break
         loss = torch.where(worst, values.amin(dim=1), values.gather(1, aim)[:, 0])
         (grad,) = torch.autograd.grad(loss.sum(), x)
         schedule = 0.5 * (1 + math.cos(math.pi * t / options.steps))
@@ -350,7 +354,8 @@ def attack_upper_bounds(net: Network, spec: Specification, options: Optional[Att
                         ) -> tuple[np.ndarray, np.ndarray]:
     """(upper, points): upper[i] = row i's float64 value at points[i], a point of the set; so
     upper[i] >= min over the set of row i. Runs every step (no early stop)."""
-    options = dataclasses.replace(options or AttackOptions(), stop_early=False)
+    options = dataclasses.replace(options or AttackOptions(), stop_early=False,
+                                  stop_at_first=False)
     result = pgd_attack(net, spec, options)
     return result.upper, result.row_points
 

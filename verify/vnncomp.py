@@ -46,6 +46,7 @@ class QueryResult:
     time_s: float = 0.0
     method: str = ""
     reason: str = ""
+    open_pairs: list = field(default_factory=list, repr=False)  # disjuncts left unrefuted
 
     def text(self) -> str:
         """The VNN-COMP result file: the verdict, and for sat the assignment."""
@@ -74,15 +75,18 @@ def _disjunct_specs(query: VnnlibQuery) -> list[tuple[Specification, int]]:
             for case in query.cases for d in case.disjuncts]
 
 
-def _solve_with_certifier(net: Network, query: VnnlibQuery, method: str,
-                          options: dict) -> QueryResult:
+def _solve_with_certifier(net: Network, query: VnnlibQuery, method: str, options: dict,
+                          pairs: Optional[list[tuple[Specification, int]]] = None
+                          ) -> QueryResult:
     """Incomplete or exact certifier on each (case, disjunct): refuted when a row's lower bound
     is > 0 (one-row disjuncts: the certificate's own YES). The batched bound methods take every
     disjunct in one call under the active deadline; the others (lp, milp, bab) one disjunct at
     a time, each with an equal share of the time that remains when it starts (what one leaves
-    passes to the next), never the whole budget each."""
+    passes to the next), never the whole budget each. `pairs`: the (specification, rows) still
+    open (default: every disjunct); the result's `open_pairs` are those left unrefuted."""
     timer = deadlines.active()
-    pairs = _disjunct_specs(query)
+    pairs = _disjunct_specs(query) if pairs is None else pairs
+    still_open = []
     groups = [pairs] if method in BATCHED_METHODS else [[pair] for pair in pairs]
     has_timeout = "timeout" in get_backend(method).options_type.__dataclass_fields__
     open_reasons = []
@@ -98,6 +102,7 @@ def _solve_with_certifier(net: Network, query: VnnlibQuery, method: str,
                 certs = certify_specs(net, [s for s, _ in group], method, **call_options)
         if certs is None:
             open_reasons.append("timeout before this disjunct's turn")
+            still_open.extend(group)
             continue
         for (spec, rows), cert in zip(group, certs):
             if cert.counterexample is not None:
@@ -110,10 +115,11 @@ def _solve_with_certifier(net: Network, query: VnnlibQuery, method: str,
             refuted = cert.proved if rows == 1 else bool(np.max(lower) > tolerance)
             if not refuted:
                 open_reasons.append(cert.reason or "not proved")
+                still_open.append((spec, rows))
     if not open_reasons:
         return QueryResult("unsat", method=method)
     return QueryResult("timeout" if timer.expired() else "unknown", method=method,
-                       reason=open_reasons[0])
+                       reason=open_reasons[0], open_pairs=still_open)
 
 
 def _solve_bab(net: Network, query: VnnlibQuery, options: dict) -> QueryResult:
@@ -162,13 +168,16 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict) -> Quer
         return _solve_bab(net, query, options)
     if method == "auto":
         result = QueryResult("unknown")
+        pairs = _disjunct_specs(query)  # each stage gets the disjuncts the earlier ones left
         for step, share in AUTO_STAGES:
             if deadlines.active().expired():
                 break
+            stage_options = {"stop_at_first": True} if step == "attack" else {}
             with deadlines.limit(deadlines.active().split(share)):
-                result = _solve_with_certifier(net, query, step, {})
+                result = _solve_with_certifier(net, query, step, stage_options, pairs)
             if result.result in ("sat", "unsat"):
                 break
+            pairs = result.open_pairs
         result.method = f"auto:{result.method}"
         return result
     get_backend(method)

@@ -22,6 +22,7 @@ Reference: Wang et al., "Formal Security Analysis of Neural Networks using Symbo
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import ClassVar, Optional, Sequence
@@ -268,6 +269,12 @@ class BoxSearch:
         self.best_x, self.best_value = hint if hint is not None else (box.center, np.inf)
         self.polished = False
         self.started: Optional[float] = None  # time.monotonic() at the first step
+        # The end time (time.monotonic's scale) that search_all sets, and the seconds per box
+        # of the last step: a batch is cut to what fits in half the time left, so one step
+        # cannot run far past the deadline (a batch's cost grows faster than its size).
+        self.end = math.inf
+        self.seconds_per_box: Optional[float] = None
+        self.last_take = 0
         self.device = resolve_device(options.device)
         check_choices(options, "bab")
         self.A = torch.as_tensor(A, dtype=torch.float64, device=self.device)
@@ -297,6 +304,11 @@ class BoxSearch:
             result.status, result.reason = "unknown", f"box budget of {options.max_boxes} spent"
             return
         take = min(options.batch_size, len(self.lower))
+        left = self.end - time.monotonic()
+        if self.seconds_per_box and math.isfinite(left):  # at most twice the last batch
+            take = max(1, min(take, 2 * self.last_take, int(0.5 * left / self.seconds_per_box)))
+        self.last_take = take
+        step_start = time.monotonic()
         order = torch.argsort(self.priority)
         chosen, rest = order[:take], order[take:]
         lo, up = self.lower[chosen], self.upper[chosen]
@@ -316,6 +328,7 @@ class BoxSearch:
                 self.net, lo[open_], up[open_], self.A, self.b,
                 [(l[open_], u[open_]) for l, u in neuron], options.alpha_steps, options.alpha_lr))
             refuted = best_row > 0
+        self.seconds_per_box = (time.monotonic() - step_start) / take
         if torch.any(refuted):
             result.proved_lower = min(result.proved_lower, best_row[refuted].min().item())
         keep = ~refuted
@@ -390,6 +403,8 @@ def search_all(searches: list[BoxSearch], deadline: float) -> list[BoxSearch]:
     `polish_after` seconds gets one local exact MILP around its best attack point. `deadline`:
     time.monotonic's scale; the active deadline (verify.deadline) bounds it too."""
     deadline = _end(deadline)
+    for s in searches:
+        s.end = deadline
     start = time.monotonic()
     while True:
         active = [s for s in searches if not s.done]
