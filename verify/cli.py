@@ -200,10 +200,13 @@ def cmd_certify(args) -> int:
     configure(net, args.threads)
     x = read_input(args.input)
     domain = parse_domain(args.domain, args.model)
+    options = {**_options(args), **_smoothing_options(args), **_method_options(args)}
+    own_clock = "timeout" in get_backend(args.method).options_type.__dataclass_fields__
+    if timeout is not None and own_clock:  # milp, bab: their own limit, never past --timeout
+        options["timeout"] = min(options.get("timeout") or timeout, timeout)  # 0: none
     with deadline.limit(timeout):  # past it: MAYBE with reason "timeout ..."
         cert = certify(net, x, args.label, args.eps, norm=args.norm, method=args.method,
-                       domain=domain, **{**_options(args), **_smoothing_options(args),
-                                         **_method_options(args)})
+                       domain=domain, **options)
     print(cert.to_json() if args.json else str(cert))
     return 0
 

@@ -118,7 +118,8 @@ def _solve_with_certifier(net: Network, query: VnnlibQuery, method: str, options
                 still_open.append((spec, rows))
     if not open_reasons:
         return QueryResult("unsat", method=method)
-    return QueryResult("timeout" if timer.expired() else "unknown", method=method,
+    timed_out = timer.expired() or any("timeout" in reason for reason in open_reasons)
+    return QueryResult("timeout" if timed_out else "unknown", method=method,
                        reason=open_reasons[0], open_pairs=still_open)
 
 
