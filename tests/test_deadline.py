@@ -322,3 +322,37 @@ def test_vnnlib_command_returns_timeout_within_its_deadline(shared_benchmarks):
 
     reported = float(re.search(r", ([0-9.]+) s", done.stderr).group(1))
     assert reported <= limit + 3.0  # generous: the machine is shared (goal: +1 s)
+
+
+def test_threads_and_timeout_flags_refuse_bad_values(capsys, tmp_path):
+    from verify.cli import main
+    from verify.solver_cli import main as solver_main
+
+    model = str(REPO / "models" / "digits_mlp.onnx")
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros(64))
+    assert main(["certify", model, "--input", str(x), "--label", "0", "--eps", "0.1",
+                 "--threads", "0"]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
+    assert main(["certify", model, "--input", str(x), "--label", "0", "--eps", "0.1",
+                 "--timeout", "-1"]) == 2
+    assert "--timeout must be > 0" in capsys.readouterr().err
+    assert solver_main(["verify", str(REPO / "tests/data/acasxu_prop_2_v2.vnnlib"),
+                        "--network", f"N={model}", "--threads", "0"]) == 1
+    assert "--threads must be at least 1" in capsys.readouterr().err
+
+
+def test_certify_timeout_gives_maybe_timeout_for_smoothing(capsys, tmp_path):
+    from verify.cli import main
+
+    model = str(REPO / "models" / "digits_mlp.onnx")
+    x = tmp_path / "x.npy"
+    np.save(x, np.load(REPO / "models" / "digits_test.npz")["x"][0])
+    # 10^12 samples cannot finish: the deadline stops the sampling
+    assert main(["certify", model, "--input", str(x), "--label", "7", "--eps", "0.1",
+                 "--norm", "2", "--method", "smoothing", "--sigma", "0.25",
+                 "--n", str(10 ** 12), "--timeout", "0.5", "--json"]) == 0
+    import json
+
+    cert = json.loads(capsys.readouterr().out)
+    assert cert["status"] == "MAYBE" and "timeout" in cert["reason"]
