@@ -356,3 +356,28 @@ def test_certify_timeout_gives_maybe_timeout_for_smoothing(capsys, tmp_path):
 
     cert = json.loads(capsys.readouterr().out)
     assert cert["status"] == "MAYBE" and "timeout" in cert["reason"]
+
+
+def test_a_timeout_option_becomes_the_active_deadline_of_the_call():
+    import dataclasses
+
+    net, spec = _robust_case(11, 1e-3)
+    seen = []
+
+    @dataclasses.dataclass
+    class TimedOptions:
+        timeout: float = 60.0
+
+    def run(net, specs, options):
+        seen.append(deadline.active().remaining())
+        return [Certificate("MAYBE", "timed-test", s.label, "inf", 0.0, [], []) for s in specs]
+
+    try:
+        backends.register("timed-test", run, TimedOptions, "records its deadline")
+        certify_specs(net, [spec, spec], "timed-test", timeout=5.0)
+        certify_specs(net, [spec], "timed-test", timeout=0.0)  # 0: no limit
+        with deadline.limit(1.0):  # an enclosing limit wins when sooner
+            certify_specs(net, [spec], "timed-test", timeout=5.0)
+    finally:
+        backends.REGISTRY.pop("timed-test", None)
+    assert 9.0 < seen[0] <= 10.0 and seen[1] == math.inf and seen[2] <= 1.0

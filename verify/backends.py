@@ -158,15 +158,22 @@ def certify_specs(net: Network, specs: Sequence[Specification], method: str = "i
                   **options) -> list[Certificate]:
     """Run one certifier on already-built specifications.
 
-    Under an active deadline (verify.deadline) a certifier whose loop raises DeadlineExpired
-    answers MAYBE "timeout" for every specification of the call (NO only where the set's center
-    replays as a counterexample), never YES."""
+    A method with a `timeout` option (seconds per input, 0: none) runs under an active deadline
+    (verify.deadline) of timeout x the number of specifications, so that every loop of it sees
+    the limit, not only the solver call that reads the option. A certifier whose loop raises
+    DeadlineExpired answers MAYBE "timeout" for every specification of the call (NO only where
+    the set's center replays as a counterexample), never YES."""
+    from . import deadline
     from .deadline import DeadlineExpired
 
     backend = get_backend(method)
     opts = make_options(method, options)
+    per_input = getattr(opts, "timeout", None)
+    limit = per_input * len(specs) if isinstance(per_input, (int, float)) and per_input > 0 \
+        else None
     try:
-        return backend.run(net, list(specs), opts)
+        with deadline.limit(limit):
+            return backend.run(net, list(specs), opts)
     except DeadlineExpired as exc:
         from .verdict import certificate_from_bounds
 
