@@ -17,7 +17,7 @@ from ..onnx_proto import attribute_value, tensor_to_array
 from . import ops
 from .ir import Graph, Node, Shape, size_of
 
-SUPPORTED_OPSETS = (7, 22)
+SUPPORTED_OPSETS = (8, 22)
 # ONNX ops accepted on variable tensors (constants-only nodes may use FOLDABLE ops as well).
 VARIABLE_OPS = (
     "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Conv",
@@ -25,6 +25,15 @@ VARIABLE_OPS = (
     "GlobalAveragePool", "Identity", "LeakyRelu", "MatMul", "Max", "MaxPool", "Min", "Mul", "Neg",
     "PRelu", "Pad", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Shape", "Sigmoid", "Size",
     "Slice", "Softmax", "Softplus", "Split", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze",
+)
+# ONNX ops evaluated when all their inputs are constants (see `fold`).
+FOLD_OPS = (
+    "Abs", "Add", "And", "Cast", "Ceil", "Concat", "Constant", "ConstantOfShape", "Div",
+    "Dropout", "Equal", "Exp", "Expand", "Flatten", "Floor", "Gather", "Greater",
+    "GreaterOrEqual", "Identity", "Less", "LessOrEqual", "MatMul", "Max", "Min", "Mod", "Mul",
+    "Neg", "Not", "Or", "Pow", "Range", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceMin",
+    "ReduceProd", "ReduceSum", "Relu", "Reshape", "Shape", "Sigmoid", "Size", "Slice", "Sqrt",
+    "Squeeze", "Sub", "Tanh", "Tile", "Transpose", "Unsqueeze", "Where",
 )
 _NUMPY_TYPES = {1: np.float64, 2: np.uint8, 3: np.int8, 5: np.int16, 6: np.int32, 7: np.int64,
                 9: np.bool_, 10: np.float64, 11: np.float64, 12: np.uint32, 13: np.uint64,
@@ -199,6 +208,8 @@ class GraphReader:
         names = [self.var(n) if n else "" for n in node.input]
         if any(n in self.poisoned for n in names):
             self.poisoned.update(node.output)
+            if node.op_type not in VARIABLE_OPS + FOLD_OPS:  # still name every unknown op
+                raise NodeError(f"op {node.op_type} is not supported")
             return
         unknown = [n for n in names if n and n not in self.consts and n not in self.shapes]
         if unknown:
@@ -277,7 +288,8 @@ class GraphReader:
 
     def op_Div(self, node, names, consts, attrs) -> None:
         if names[1] in self.shapes:
-            raise NodeError("divides by a variable tensor (not linear)")
+            raise NodeError("divides a constant by the variable (not linear)" if names[0] not in
+                            self.shapes else "divides by a variable tensor (not linear)")
         c = _as_float(consts[1])
         if np.any(c == 0):
             raise NodeError("divides by a constant holding zeros")
