@@ -56,6 +56,21 @@ class GraphNetwork:
         return sum(int(v.size) for n in self.graph.nodes for v in n.params.values()
                    if isinstance(v, np.ndarray) and v.dtype.kind == "f")
 
+    def multiply_accumulates(self) -> int:
+        """Products of one forward pass (one input): each linear node's weight entries per output
+        position, one per output entry for the other nodes."""
+        total = 0
+        for node in self.graph.nodes:
+            out = size_of(self.graph.shapes[node.output])
+            weight = node.params.get("weight")
+            if isinstance(weight, np.ndarray) and node.op in ("Conv", "ConvTranspose"):
+                total += int(weight[0].size) * out
+            elif isinstance(weight, np.ndarray):
+                total += int(weight.shape[0] if weight.ndim > 1 else 1) * out
+            else:
+                total += out
+        return total
+
     def fingerprint(self) -> str:
         """sha256 of the node ops, shapes and float64 constants (first 16 hex digits)."""
         digest = hashlib.sha256(repr([self.graph.shapes[i] for i in self.graph.inputs]).encode())
