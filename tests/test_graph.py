@@ -20,10 +20,17 @@ from verify.spec import robustness_spec
 ort = pytest.importorskip("onnxruntime")
 
 
-def export(model: nn.Module, shape, path) -> None:
+def export(model: nn.Module, shape, path, dynamo: bool = False) -> None:
+    """TorchScript exporter, or (dynamo) the torch.export-based one, which needs onnxscript and
+    writes external data for large weights."""
     model.eval()
-    torch.onnx.export(model, torch.zeros(1, *shape), str(path), dynamo=False,
-                      input_names=["x"], output_names=["y"])
+    if dynamo:
+        pytest.importorskip("onnxscript")
+        torch.onnx.export(model, (torch.zeros(1, *shape),), str(path), dynamo=True,
+                          input_names=["x"], output_names=["y"])
+    else:
+        torch.onnx.export(model, torch.zeros(1, *shape), str(path), dynamo=False,
+                          input_names=["x"], output_names=["y"])
 
 
 def ort_outputs(path, x: np.ndarray) -> np.ndarray:
@@ -105,15 +112,17 @@ MODELS = [(LeNet, (1, 6, 6)), (ResidualMLP, (5,)), (ConvResidual, (2, 5, 5)),
           (SmoothMLP, (4,)), (Branches, (4,))]
 
 
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["torchscript", "dynamo"])
 @pytest.mark.parametrize("make, shape", MODELS, ids=[m.__name__ for m, _ in MODELS])
-def test_exported_models_load_match_onnxruntime_and_bound(make, shape, tmp_path):
+def test_exported_models_load_match_onnxruntime_and_bound(make, shape, dynamo, tmp_path):
     torch.manual_seed(0)
     model = make()
     if isinstance(model, LeNet):  # non-trivial running statistics
         model.bn.running_mean.uniform_(-0.5, 0.5)
         model.bn.running_var.uniform_(0.5, 2.0)
     path = tmp_path / "model.onnx"
-    export(model, shape, path)
+    export(model, shape, path, dynamo)
     net = load_onnx(path)
     assert isinstance(net, GraphNetwork)
     rng = np.random.default_rng(1)
@@ -185,3 +194,38 @@ def test_vnncomp2021_verivital_crown_never_wrong(shared_benchmarks):
         key = (onnx_path.split("/")[-1][:-5], vnnlib_path.split("/")[-1][:-7])
         if all(c.status.name == "YES" for c in certs):
             assert truth[key] != "sat"
+
+
+def test_two_inputs_two_outputs_and_external_data(tmp_path):
+    import onnx
+    from onnx import helper
+
+    from onnx_reference import make_model, tensor
+
+    rng = np.random.default_rng(5)
+    model = make_model(
+        [helper.make_node("MatMul", ["a", "W"], ["h"]), helper.make_node("Add", ["h", "b"], ["s"]),
+         helper.make_node("Relu", ["s"], ["y1"]), helper.make_node("Sigmoid", ["s"], ["y2"])],
+        [tensor("a", ["N", 3]), tensor("b", ["N", 2])], [tensor("y1", None), tensor("y2", None)],
+        [("W", rng.normal(size=(3, 2)))])
+    path = tmp_path / "two.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="two.onnx.data", size_threshold=0)
+    assert (tmp_path / "two.onnx.data").is_file()
+    net = load_onnx(path)
+    assert net.input_size == 5 and net.output_size == 4
+    x = rng.normal(size=5)
+    sess = ort.InferenceSession(str(path))
+    y1, y2 = sess.run(None, {"a": x[None, :3].astype(np.float32), "b": x[None, 3:].astype(np.float32)})
+    np.testing.assert_allclose(net.forward(x), np.concatenate([y1[0], y2[0]]), rtol=1e-5, atol=1e-6)
+    check_bounds(net, x, 0.1, rng)
+
+
+def test_default_exporter_model_loads(tmp_path):
+    pytest.importorskip("onnxscript")  # the torch.export-based exporter needs it
+    torch.manual_seed(0)
+    path = tmp_path / "res.onnx"
+    torch.onnx.export(ResidualMLP().eval(), (torch.zeros(1, 5),), str(path))
+    net = load_onnx(path)
+    x = np.random.default_rng(0).uniform(-1, 1, 5)
+    np.testing.assert_allclose(net.forward(x), ort_outputs(path, x), rtol=1e-4, atol=1e-5)
