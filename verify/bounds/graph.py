@@ -136,23 +136,44 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
         else:
             lo, up = bounds[node.inputs[0]]
             n_terms += 2
-            if node.op in ops.BOUNDED:  # constant bounds from the interval of the output
+            if node.op == "MaxPool" and len(node.params["kernel"]) == 2:
+                # y >= x_k* (k* the candidate of largest lower bound); y <= x_k* when it dominates
+                # (l_k* >= u_k for every other k), else y <= the constant upper bound.
+                y_up = bounds[node.output][1]
+                cand_lo = ops.max_pool_windows(node, lo, params[k], float("-inf"))
+                cand_up = ops.max_pool_windows(node, up, params[k], float("-inf"))
+                best_lo, pick = cand_lo.max(1)
+                onehot = torch.nn.functional.one_hot(pick, cand_lo.shape[1]).movedim(-1, 1).to(dtype)
+                others = cand_up.masked_fill(onehot.bool(), float("-inf")).max(1).values
+                dominated = (best_lo >= others).to(dtype)[:, None]
+                pos, neg = a.clamp(min=0), a.clamp(max=0)
+                select = pos + neg * dominated
+                const = const + (neg * (1 - dominated) * y_up[:, None]).flatten(2).sum(-1)
+                owed = owed + (mag * (1 - dominated) * y_up.abs()[:, None]).flatten(2).sum(-1)
+                mag_select = mag * torch.maximum((a > 0).to(dtype), dominated)
+                window = lambda nd, xs, p: ops.max_pool_windows(nd, xs[0], p, 0.0)
+                spread = lambda t: (t.unsqueeze(2) * onehot[:, None]).reshape(b * m, *onehot.shape[1:])
+                new = _vjp(window, node, params[k], shapes, spread(select))
+                new_mag = _vjp(window, node, params[k], shapes, spread(mag_select))
+                n_terms += 1
+            elif node.op in ops.BOUNDED:  # constant bounds from the interval of the output
                 y_lo, y_up = bounds[node.output]
                 const = const + (a.clamp(min=0) * y_lo[:, None] + a.clamp(max=0) * y_up[:, None]).flatten(2).sum(-1)
                 owed = owed + (mag * torch.maximum(y_lo.abs(), y_up.abs())[:, None]).flatten(2).sum(-1)
                 continue
-            if node.op == "Relu":
-                r = relu_relaxation(lo, up)
-                a_l, b_l, a_u, b_u = r.lower_slope, torch.zeros_like(lo), r.upper_slope, r.upper_intercept
             else:
-                a_l, b_l, a_u, b_u = ops.relax(node.op, lo, up)
-            pos, neg = a.clamp(min=0), a.clamp(max=0)
-            new = [pos * a_l[:, None] + neg * a_u[:, None]]
-            const = const + (pos * b_l[:, None] + neg * b_u[:, None]).flatten(2).sum(-1)
-            owed = owed + (mag * torch.maximum(b_l.abs(), b_u.abs())[:, None]).flatten(2).sum(-1)
-            new_mag = [mag * torch.maximum(a_l.abs(), a_u.abs())[:, None]]
-            new, new_mag = [t.reshape(b * m, *t.shape[2:]) for t in new], \
-                [t.reshape(b * m, *t.shape[2:]) for t in new_mag]
+                if node.op == "Relu":
+                    r = relu_relaxation(lo, up)
+                    a_l, b_l, a_u, b_u = r.lower_slope, torch.zeros_like(lo), r.upper_slope, r.upper_intercept
+                else:
+                    a_l, b_l, a_u, b_u = ops.relax(node.op, lo, up)
+                pos, neg = a.clamp(min=0), a.clamp(max=0)
+                new = [pos * a_l[:, None] + neg * a_u[:, None]]
+                const = const + (pos * b_l[:, None] + neg * b_u[:, None]).flatten(2).sum(-1)
+                owed = owed + (mag * torch.maximum(b_l.abs(), b_u.abs())[:, None]).flatten(2).sum(-1)
+                new_mag = [mag * torch.maximum(a_l.abs(), a_u.abs())[:, None]]
+                new, new_mag = [t.reshape(b * m, *t.shape[2:]) for t in new], \
+                    [t.reshape(b * m, *t.shape[2:]) for t in new_mag]
         for name, g, gm in zip(node.inputs, new, new_mag):
             if g is None:
                 continue

@@ -335,3 +335,17 @@ def to_torch(params: dict, device: torch.device, dtype: torch.dtype) -> dict:
     if "indices" in params:
         out["indices"] = [convert(np.asarray(i, dtype=np.int64)) for i in params["indices"]]
     return out
+
+
+def max_pool_windows(node: Node, x: Tensor, p: dict, fill: float) -> Tensor:
+    """The K = kh kw candidates of a 2-D MaxPool: (B, *in) -> (B, K, *out), padding = `fill`
+    (-inf for values, 0 for the linear selection map, whose transpose is its vjp)."""
+    x, b = _spatial(x, node)
+    x = F.pad(x, _pad_pairs(p["pads"]), value=fill)
+    (kh, kw), (sh, sw), (dh, dw) = p["kernel"], p["strides"], p["dilations"]
+    h_out = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    w_out = (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    cells = [x[:, :, i * dh: i * dh + sh * (h_out - 1) + 1: sh, j * dw: j * dw + sw * (w_out - 1) + 1: sw]
+             for i in range(kh) for j in range(kw)]
+    stacked = torch.stack(cells, 1)  # (B N, K, C, Ho, Wo)
+    return stacked.reshape(b, -1, *stacked.shape[1:]).transpose(1, 2)  # (B, K, N, C, Ho, Wo)
