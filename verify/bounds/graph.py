@@ -197,24 +197,33 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
 
 
 def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS) -> dict[str, Bounds]:
-    """IBP bounds of every tensor, the inputs of nonlinear nodes tightened by CROWN where small."""
+    """IBP bounds of every tensor, the inputs of nonlinear nodes tightened by a CROWN pass where
+    at most `crown_rows` entries need it (for Relu: the unstable ones, l < 0 < u, in any input
+    of the batch; for the other ops: all)."""
     bounds = _input_bounds(net, batch)
     tightened: set[str] = set(bounds)
     for k, node in enumerate(net.graph.nodes):
-        if node.op not in ops.LINEAR:
-            name = node.inputs[0]
+        name = node.inputs[0] if node.op not in ops.LINEAR else None
+        if name is not None and name not in tightened and crown_rows > 0:
             shape = net.graph.shapes[name]
-            n = size_of(shape)
-            if name not in tightened and n <= crown_rows:
-                eye = torch.eye(n, dtype=batch.lower.dtype, device=batch.lower.device)
-                rows = torch.cat([eye, -eye]).reshape(2 * n, *shape)
-                coeffs = rows.expand(len(batch), *rows.shape)
+            lo, up = bounds[name]
+            flat_lo, flat_up = lo.flatten(1), up.flatten(1)
+            if node.op == "Relu":
+                rows = torch.nonzero(((flat_lo < 0) & (flat_up > 0)).any(0)).flatten()
+            else:
+                rows = torch.arange(flat_lo.shape[1], device=lo.device)
+            if 0 < len(rows) <= crown_rows:
+                r = len(rows)
+                eye = torch.zeros((r, flat_lo.shape[1]), dtype=lo.dtype, device=lo.device)
+                eye[torch.arange(r, device=lo.device), rows] = 1.0
+                coeffs = torch.cat([eye, -eye]).reshape(2 * r, *shape).expand(len(batch), 2 * r, *shape)
                 lower = backward_bound(net, batch, bounds, name, coeffs,
-                                       torch.zeros((len(batch), 2 * n), dtype=eye.dtype, device=eye.device))
-                lo, up = bounds[name]
-                new_lo, new_up = lower[:, :n].reshape(lo.shape), -lower[:, n:].reshape(up.shape)
-                bounds[name] = (torch.maximum(lo, new_lo), torch.minimum(up, new_up))
-                tightened.add(name)
+                                       torch.zeros((len(batch), 2 * r), dtype=lo.dtype, device=lo.device))
+                new_lo, new_up = flat_lo.clone(), flat_up.clone()
+                new_lo[:, rows] = torch.maximum(flat_lo[:, rows], lower[:, :r])
+                new_up[:, rows] = torch.minimum(flat_up[:, rows], -lower[:, r:])
+                bounds[name] = (new_lo.reshape(lo.shape), new_up.reshape(up.shape))
+            tightened.add(name)
         bounds[node.output] = node_interval(net, k, node, [bounds[i] for i in node.inputs])
     return bounds
 
