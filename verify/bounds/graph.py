@@ -8,7 +8,7 @@ Method:    IBP: in topological order, linear nodes in center/radius form y = L(m
            vector-Jacobian product (exact for a linear map), Relu takes CROWN's relaxation, smooth
            ops chord / tangent lines (ops.relax), MaxPool and Softmax their interval as constant
            bounds. Intermediate bounds: IBP, tightened by a CROWN pass from each nonlinear node's
-           input when it has at most `crown_rows` entries. Rounding: each linear step's float64
+           input where at most `crown_rows` entries need it. Rounding: each linear step's float64
            error is at most gamma_n times the same pass run on absolute values (|A| |L|),
            carried alongside and charged at the end with `rounding_slack`; concretization is
            crown.concretize's (rounding included).
@@ -31,7 +31,7 @@ from .crown import concretize, relu_relaxation
 
 Bounds = tuple[torch.Tensor, torch.Tensor]
 GRAPH_METHODS = ("ibp", "crown", "attack", "smoothing")
-CROWN_ROWS = 512  # nonlinear inputs up to this size get CROWN intermediate bounds
+CROWN_ROWS = 2048  # CROWN intermediate bounds for up to this many entries (Relu: unstable ones)
 
 
 def refuse(method: str) -> InputError:
