@@ -203,6 +203,8 @@ BUILTIN = {
              "big-M MILP on HiGHS: exact, YES or NO (MAYBE only on timeout)"),
     "bab": ("verify.exact.bab", "certify", "BaBOptions",
             "branch and bound over input boxes with CROWN: complete for few inputs"),
+    "relu-bab": ("verify.exact.relu_bab", "certify", "ReluBaBOptions",
+                 "branch and bound over ReLU splits with beta-CROWN: complete for many inputs"),
     "attack": ("verify.attack", "certify", "AttackOptions",
                "PGD attack with random restarts: finds counterexamples (NO or MAYBE, never YES)"),
     "smoothing": ("verify.smoothing.certify", "run", "SmoothingOptions",

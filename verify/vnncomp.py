@@ -3,8 +3,9 @@ the way VNN-COMP does (loading time counts; +10 per correct answer, -150 per wro
 whose counterexample does not replay counts as wrong).
 
 Methods: "auto" (falsify, then complete search: input-splitting branch and bound for inputs of at
-most `BAB_MAX_INPUTS` dimensions, else bound with alpha-CROWN and finish with the MILP where one
-is registered), "bab", or any registered certifier (incomplete ones answer unsat or unknown).
+most `BAB_MAX_INPUTS` dimensions, else bound with alpha-CROWN, search over ReLU splits (relu-bab,
+3/4 of the time left) and finish with the MILP where one is registered), "bab", "relu-bab", or
+any registered certifier (incomplete ones answer unsat or unknown).
 """
 
 from __future__ import annotations
@@ -123,6 +124,34 @@ def _solve_bab(net: Network, query: VnnlibQuery, deadline: float, options: dict)
                        reason=reason)
 
 
+def _solve_relu_bab(net: Network, query: VnnlibQuery, deadline: float, options: dict
+                    ) -> QueryResult:
+    """ReLU-split BaB per case, its one-row disjuncts as the rows of one specification (all
+    must be refuted, in one shared search); multi-row disjuncts through the generic path."""
+
+    for case in query.cases:
+        single = [d for d in case.disjuncts if len(d.A) == 1]
+        multi = [d for d in case.disjuncts if len(d.A) != 1]
+        options = {**options, "timeout": max(0.1, deadline - time.perf_counter())}
+        parts = [Specification(case.box, OutputProperty(np.concatenate([d.A for d in single]),
+                                                        np.concatenate([d.b for d in single])))
+                 ] if single else []
+        parts += [Specification(case.box, OutputProperty(d.A, d.b)) for d in multi]
+        certs = certify_specs(net, parts, "relu-bab", **options)
+        for spec, cert in zip(parts, certs):
+            if cert.counterexample is not None:
+                found = replay(net, query, np.array(cert.counterexample))
+                if found is not None:
+                    return QueryResult("sat", found, method="relu-bab")
+            lower = np.array([-np.inf if v is None else v for v in cert.margin_lower])
+            refuted = cert.proved if spec is parts[0] and single else bool(np.max(lower) > 0)
+            if not refuted:
+                timed_out = time.perf_counter() > deadline
+                return QueryResult("timeout" if timed_out else "unknown", method="relu-bab",
+                                   reason=cert.reason or "not proved")
+    return QueryResult("unsat", method="relu-bab")
+
+
 def solve(net: Network, query: VnnlibQuery, method: str = "auto", timeout: float = 60.0,
           **options) -> QueryResult:
     """Answer a VNN-LIB query on a network: sat (with a replayed counterexample), unsat,
@@ -139,12 +168,16 @@ def solve(net: Network, query: VnnlibQuery, method: str = "auto", timeout: float
                                    "the violation has no output constraint")
     if method == "bab" or (method == "auto" and net.input_size <= BAB_MAX_INPUTS):
         result = _solve_bab(net, query, deadline, options)
-    elif method == "auto":
+    elif method == "relu-bab":
+        result = _solve_relu_bab(net, query, deadline, options)
+    elif method == "auto":  # many inputs: ReLU splitting, the MILP with whatever time is left
         result = QueryResult("unknown")
-        for step in ("attack", "alpha-crown", "milp"):
+        for step in ("attack", "alpha-crown", "relu-bab", "milp"):
             if time.perf_counter() > deadline:
                 break
-            result = _solve_with_certifier(net, query, step, deadline, {})
+            now = time.perf_counter()
+            result = _solve_relu_bab(net, query, now + 0.75 * (deadline - now), {"attack": False}) \
+                if step == "relu-bab" else _solve_with_certifier(net, query, step, deadline, {})
             if result.result in ("sat", "unsat"):
                 break
         result.method = f"auto:{result.method}"

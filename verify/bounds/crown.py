@@ -171,7 +171,8 @@ def concretize(batch: InputBatch, coeffs: Tensor, const: Tensor,
 
 def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: int,
                    coeffs: Tensor, const: Tensor, alphas: Optional[Alphas] = None,
-                   consume: bool = False) -> Tensor:
+                   consume: bool = False, split_terms: Optional[dict[int, Tensor]] = None,
+                   record: Optional[dict[int, Tensor]] = None) -> Tensor:
     """Sound lower bound (B, m) of coeffs h_top + const over the input set.
 
     `coeffs` (L, m, size of layer `top`'s output), L in {1, B}, overwritten if `consume`;
@@ -187,6 +188,14 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
     concretisation's own allowance is subtracted from the bound; rounding_slack is linear, so a
     ReLU step's |Lambda| term and the next affine step's (same n) share one product with
     |Lambda|, and the concretisation folds its own into the radius (`concretize`).
+
+    Split terms (beta-CROWN): `split_terms[k]` (B, m, n) = beta * s for ReLU layer k, where each
+    split neuron i carries the constraint s_i z_i >= 0 (s = +1 active, -1 inactive, 0 unsplit;
+    z the ReLU's input) and beta >= 0. On the set where the constraints hold, coeffs h_top +
+    const >= that minus sum_i beta_i s_i z_i, so (bounds[k - 1] being valid there) the bound is
+    sound over that set: the term is subtracted from the coefficients on z after the relaxation;
+    the one extra float addition is charged u |Lambda'| max|z| (twice, with underflow).
+    `record[k]`, if given, receives the coefficients (detached) on ReLU layer k's output.
     """
     params = net.torch_params(batch.lower.device)
     slack = torch.zeros((), dtype=coeffs.dtype, device=coeffs.device)
@@ -215,6 +224,8 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
         elif isinstance(layer, ReLU):
             if owed is not None:  # two ReLUs in a row: the earlier one's allowance is due now
                 slack = _settle(slack, abs_coeffs, owed)
+            if record is not None:
+                record[k] = coeffs.detach().clone()
             relax = relu_relaxation(in_lower, in_upper)
             lower_slope = relax.lower_slope[:, None, :]
             if alphas is not None and k in alphas:
@@ -231,6 +242,11 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
                 # fault in (glibc's default allocator), so `negative` is reused for |coeffs|
                 coeffs = positive.mul_(lower_slope).add_(negative.mul_(upper_slope))
                 abs_coeffs, owned = torch.abs(coeffs, out=negative), True
+            if split_terms is not None and k in split_terms:  # - beta s on z (beta-CROWN)
+                coeffs = coeffs - split_terms[k]
+                abs_coeffs, owned = coeffs.detach().abs(), not torch.is_grad_enabled()
+                with torch.no_grad():
+                    slack = slack + rounding_slack(_matvec(abs_coeffs, in_magnitude), 1)
             with torch.no_grad():  # owed: |coeffs| in_magnitude + |increment| + |const|
                 slack = slack + rounding_slack(increment.detach().abs() + const.detach().abs(),
                                                n_terms, in_magnitude.sum(-1, keepdim=True))
@@ -373,9 +389,13 @@ def layer_bounds(net: Network, batch: InputBatch, all_neurons: bool = False) -> 
 
 
 def margin_lower_from(net: Network, batch: InputBatch, bounds: list[Bounds],
-                      alphas: Optional[Alphas] = None) -> Tensor:
-    """CROWN's lower bound (B, m) of C f(x) - d, backward from C itself."""
-    return backward_lower(net, batch, bounds, len(net.layers) - 1, batch.C, -batch.d, alphas)
+                      alphas: Optional[Alphas] = None,
+                      split_terms: Optional[dict[int, Tensor]] = None,
+                      record: Optional[dict[int, Tensor]] = None) -> Tensor:
+    """CROWN's lower bound (B, m) of C f(x) - d, backward from C itself (`backward_lower`'s
+    split terms and record passed through)."""
+    return backward_lower(net, batch, bounds, len(net.layers) - 1, batch.C, -batch.d, alphas,
+                          split_terms=split_terms, record=record)
 
 
 def ibp_margin_lower(net: Network, batch: InputBatch, ibp_bounds: list[Bounds],
