@@ -195,7 +195,8 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
     const >= that minus sum_i beta_i s_i z_i, so (bounds[k - 1] being valid there) the bound is
     sound over that set: the term is subtracted from the coefficients on z after the relaxation;
     the one extra float addition is charged u |Lambda'| max|z| (twice, with underflow).
-    `record[k]`, if given, receives the coefficients (detached) on ReLU layer k's output.
+    `record[k]`, if given, receives the coefficients (detached) on ReLU layer k's output, and
+    `record[-1]` those on the input.
     """
     params = net.torch_params(batch.lower.device)
     slack = torch.zeros((), dtype=coeffs.dtype, device=coeffs.device)
@@ -255,6 +256,8 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
             raise TypeError(f"CROWN cannot handle {type(layer).__name__}")
     if owed is not None:  # a ReLU came first
         slack = _settle(slack, abs_coeffs, owed)
+    if record is not None:
+        record[-1] = coeffs.detach().clone()  # on the input
     return concretize(batch, coeffs, const, abs_coeffs, consume=owned) - slack
 
 
