@@ -64,16 +64,16 @@ def certificate_from_bounds(net: Network, spec: Specification, method: str,
     upper = np.full_like(lower, np.inf) if upper is None else \
         np.asarray(upper, dtype=np.float64).reshape(-1).copy()
     counterexample = None
-    for x in [spec.input_set.center, *candidates]:
-        checked = validated_counterexample(net, spec, x)
-        if checked is None:
-            x = spec.input_set.project(np.asarray(x, dtype=np.float64).reshape(-1))
-            if spec.input_set.contains(x):
-                upper = np.minimum(upper, property_values(net, spec, x)[1])
+    for x in [spec.input_set.center, *candidates]:  # as validated_counterexample, one pass
+        x = spec.input_set.project(np.asarray(x, dtype=np.float64).reshape(-1))
+        if not spec.input_set.contains(x):
             continue
-        upper = np.minimum(upper, checked[2])
-        if counterexample is None or checked[2].min() < counterexample[2].min():
-            counterexample = checked
+        logits, values = property_values(net, spec, x)
+        upper = np.minimum(upper, values)
+        if np.all(values > 0):
+            continue
+        if counterexample is None or values.min() < counterexample[2].min():
+            counterexample = (x, logits, values)
 
     if counterexample is not None:  # a replayed point beats any reason the caller gave
         status = Status.NO
