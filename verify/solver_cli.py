@@ -163,10 +163,13 @@ def cmd_verify(args: argparse.Namespace, out: TextIO, t0: float) -> int:
     """Load (timed), solve with `verify.vnncomp.solve`, replay, print; the clock started at t0
     (time.perf_counter's scale)."""
     from .onnx_io import load_onnx
+    from .threads import configure
     from .vnncomp import solve
     from .vnnlib import load_vnnlib
 
     timeout = parse_timeout(args.timeout)
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
     if not args.query:
         raise UsageError("verify needs the path to a query file")
     query = load_vnnlib(args.query)
@@ -176,6 +179,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO, t0: float) -> int:
         print(f"{PROGRAM}: warning: --serialise-assignments is not supported (see supports "
               "--serialise-assignments); the assignment goes to stdout", file=sys.stderr)
     net = load_onnx(model)
+    configure(net, args.threads)
     query.check_sizes(net.input_size, net.output_size, net.input_shape)
     remaining = timeout - (time.perf_counter() - t0)
     if remaining <= 0:
@@ -221,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                    dest="serialise_assignments", default=None,
                    help="not supported: the assignment is printed on stdout")
     p.add_argument("--method", default="auto", help="non-standard: auto, bab, or a certifier")
+    p.add_argument("--threads", type=int, default=None,
+                   help="non-standard: torch threads (default: 1 for small networks, else the "
+                   "free cores)")
     p.add_argument("--floats-as-reals", action="store_true",
                    help="non-standard: analyse float16/32/64 variables as reals (the usual "
                    "verifier semantics) instead of refusing them")

@@ -157,37 +157,6 @@ def babsr_scores(bounds: list, record: dict[int, Tensor], splits: dict[int, Tens
     return torch.cat(parts, dim=1), spans
 
 
-class ProjectedAdam:
-    """Adam ascent on groups (tensors, lr, upper limit), each projected onto [0, limit] after a
-    step (alpha onto [0, 1], beta onto [0, inf)): any projected iterate keeps the bound sound.
-    (A few lines instead of torch.optim.Adam, whose first use imports torch._dynamo: ~1.5 s.)"""
-
-    def __init__(self, groups: list[tuple[list[Tensor], float, float]],
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        self.groups, self.betas, self.eps, self.t = groups, betas, eps, 0
-        self.moments = [[(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
-                        for params, _, _ in groups]
-
-    def step(self, objective: Tensor) -> None:
-        params = [p for group, _, _ in self.groups for p in group]
-        grads = torch.autograd.grad(objective, params, allow_unused=True)
-        self.t += 1
-        b1, b2 = self.betas
-        i = 0
-        with torch.no_grad():
-            for (group, lr, limit), moments in zip(self.groups, self.moments):
-                for p, (m, v) in zip(group, moments):
-                    g = grads[i]
-                    i += 1
-                    if g is None:
-                        continue
-                    m.mul_(b1).add_(g, alpha=1 - b1)
-                    v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                    step = lr * math.sqrt(1 - b2 ** self.t) / (1 - b1 ** self.t)
-                    p.addcdiv_(m, v.sqrt().add_(self.eps), value=step)
-                    p.clamp_(0.0, limit)
-
-
 class ReluSearch:
     """Branch and bound over ReLU phases for the rows of one specification."""
 
@@ -234,6 +203,7 @@ class ReluSearch:
         mask, and the coefficients on each ReLU's output (for branching). alpha and beta are
         optimised in place by `steps` of projected Adam; every iterate is sound, the best kept."""
         from ..bounds import crown
+        from ..bounds.alpha_crown import ProjectedAdam
 
         batch = self._batch(chosen.rows)
         with torch.no_grad():
@@ -245,8 +215,8 @@ class ReluSearch:
         record: dict[int, Tensor] = {}
         best_alphas = {k: a.detach().clone() for k, a in alphas.items()}
         best_betas = {k: b.detach().clone() for k, b in betas.items()}
-        ascent = ProjectedAdam([(list(alphas.values()), self.options.lr_alpha, 1.0),
-                                (list(betas.values()), self.options.lr_beta, math.inf)])
+        optimizers = (ProjectedAdam(list(alphas.values()), self.options.lr_alpha),
+                      ProjectedAdam(list(betas.values()), self.options.lr_beta))
         for step in range(steps + 1):
             last = step == steps or self.deadline.expired()
             with torch.enable_grad() if not last else torch.no_grad():
@@ -263,7 +233,16 @@ class ReluSearch:
                 break
             if bool((best > 0).all()):  # all proved: no branching needs the coefficients
                 break
-            ascent.step(value[~(best > 0)].sum())
+            for optimizer in optimizers:
+                optimizer.zero_grad()
+            (-value[~(best > 0)].sum()).backward()
+            for optimizer in optimizers:
+                optimizer.step()
+            with torch.no_grad():  # projection: keeps every iterate sound
+                for a in alphas.values():
+                    a.clamp_(0.0, 1.0)
+                for b in betas.values():
+                    b.clamp_(min=0.0)
         chosen.alphas, chosen.betas = best_alphas, best_betas
         return torch.maximum(best, chosen.lower), bounds, empty, record
 
