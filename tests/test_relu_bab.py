@@ -150,3 +150,21 @@ def test_mnist_fc_relu_bab_agrees_with_ground_truth(shared_benchmarks):
         assert result.result in ("sat", "unsat", "timeout"), (prop, result)
         if result.result != "timeout":  # a wrong answer fails; a timeout is only slow
             assert result.result == truth[prop], (prop, result)
+
+
+@pytest.mark.parametrize("seed,eps", [(1, 0.15), (3, 0.2), (4, 0.05)])
+def test_auto_past_16_inputs_decides_by_relu_bab(seed, eps):
+    # 20 inputs: no input splitting; alpha-CROWN leaves these open, the exact MILP proves them
+    from verify.spec import Box
+    from verify.vnncomp import solve
+    from verify.vnnlib import Disjunct, VnnlibCase, VnnlibQuery
+
+    net, x, label = _net_and_point(seed, (20, 16, 16, 3))
+    spec = robustness_spec(net.input_size, net.output_size, x, label, eps, "inf", None)
+    assert certify_specs(net, [spec], "alpha-crown")[0].status is Status.MAYBE
+    assert certify_specs(net, [spec], "milp")[0].status is Status.YES
+    disjuncts = [Disjunct(np.eye(3)[[label]] - np.eye(3)[[j]], np.zeros(1))  # y_j >= y_label
+                 for j in range(3) if j != label]
+    query = VnnlibQuery(20, 3, [VnnlibCase(Box(x - eps, x + eps), disjuncts)])
+    result = solve(net, query, "auto", timeout=60)
+    assert (result.result, result.method) == ("unsat", "auto:relu-bab"), result
