@@ -108,7 +108,8 @@ def case(name: str, net: Network, xs: np.ndarray, labels: np.ndarray, eps: float
     tighter = int(np.sum(np.any(a - b > 1e-9, axis=1)))  # inputs where ours is tighter
     ours_med, theirs_med = statistics.median(times["ours"]), statistics.median(times["theirs"])
     return {"case": name, "ours": ours_med, "theirs": theirs_med, "ratio": theirs_med / ours_med,
-            "gap": gap, "looser": looser, "tighter": tighter, "proved_ours": int(np.sum(np.all(a > 0, axis=1))),
+            "gap": gap, "looser": looser, "tighter": tighter,
+            "proved_ours": int(np.sum(np.all(a > 0, axis=1))),
             "proved_theirs": int(np.sum(np.all(b > 0, axis=1))), "n": len(xs)}
 
 
@@ -128,7 +129,8 @@ def main(argv=None) -> int:
     single_thread()
     data = np.load(REPO / "models" / "digits_test.npz")
     xs, labels = data["x"][:args.n], data["y"][:args.n]
-    mlp, cnn = load_onnx(REPO / "models/digits_mlp.onnx"), load_onnx(REPO / "models/digits_cnn.onnx")
+    mlp = load_onnx(REPO / "models/digits_mlp.onnx")
+    cnn = load_onnx(REPO / "models/digits_cnn.onnx")
     results = [
         case("(a) digits MLP, certify_batch (public API)", mlp, xs, labels, args.eps,
              args.repeats, True),
@@ -152,7 +154,8 @@ def main(argv=None) -> int:
              "| proved ours / theirs |", "|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['case']} | {r['ours']:.4f} | {r['theirs']:.4f} | {r['ratio']:.2f} | "
-                     f"{r['gap']:.1e} | {r['tighter']} | {r['proved_ours']} / {r['proved_theirs']} of {r['n']} |")
+                     f"{r['gap']:.1e} | {r['tighter']} | "
+                     f"{r['proved_ours']} / {r['proved_theirs']} of {r['n']} |")
     lines += ["", "Bounds: equal to 1e-9 on every input except where ours are tighter (column "
               "'inputs ours tighter'): our neuron bounds are CROWN's intersected with IBP's and "
               "with the interval step from the layer below (crown.propagate), auto_LiRPA's "

@@ -78,7 +78,8 @@ def _split_domain(seed: int, full: bool):
         lower, upper = search.root[k - 1]
         unstable = torch.nonzero((lower[0] < 0) & (upper[0] > 0)).squeeze(1)
         chosen = unstable if full else unstable[:2]
-        domains.splits[k][0, chosen] = torch.where(outputs[k - 1][0, chosen] >= 0, 1, -1).to(torch.int8)
+        phase = torch.where(outputs[k - 1][0, chosen] >= 0, 1, -1)
+        domains.splits[k][0, chosen] = phase.to(torch.int8)
     return net, spec, search, domains, point
 
 
