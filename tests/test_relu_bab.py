@@ -169,3 +169,21 @@ def test_auto_past_16_inputs_decides_by_relu_bab(seed, eps):
     query = VnnlibQuery(20, 3, [VnnlibCase(Box(x - eps, x + eps), disjuncts)])
     result = solve(net, query, "auto", timeout=60)
     assert (result.result, result.method) == ("unsat", "auto:relu-bab"), result
+
+
+def test_crown_benchmark_compares_the_same_network():
+    # benchmarks/crown_vs_auto_lirpa.py hands auto_LiRPA a torch copy: it must be our network
+    import sys
+
+    from conftest import MODELS, REPO
+    from verify import load_onnx
+
+    sys.path.insert(0, str(REPO))
+    from benchmarks.crown_vs_auto_lirpa import torch_model
+
+    x = np.load(MODELS / "digits_test.npz")["x"][:5]
+    for name in ("digits_mlp", "digits_cnn"):
+        net = load_onnx(MODELS / f"{name}.onnx")
+        ours = net.forward(x)
+        theirs = torch_model(net)(torch.as_tensor(x).reshape(5, *net.input_shape))
+        assert np.allclose(theirs.detach().numpy(), ours, atol=1e-12, rtol=0)
