@@ -9,7 +9,7 @@ every breakpoint and both ends. Every evaluated point lies in the interval, so t
 them is an upper bound on the true minimum (equal to it up to the roots' rounding): a YES with
 margin_lower above it is wrong.
 
-    python benchmarks/badly_scaled.py --nets 500 --commit HEAD~1   # wrong answers, this tree vs another
+    python benchmarks/badly_scaled.py --nets 500 --baseline a588fbd   # this tree vs a commit
 
 writes benchmarks/results/badly_scaled.md.
 """
@@ -17,8 +17,13 @@ writes benchmarks/results/badly_scaled.md.
 from __future__ import annotations
 
 import argparse
-import math
+import json
+import os
+import subprocess
 import sys
+import tarfile
+import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +31,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+TREE = os.environ.get("BADLY_SCALED_TREE")  # another checkout's verify (set by --baseline)
+if TREE:
+    sys.path.insert(0, TREE)
 
 from verify import Dense, Network, ReLU, Specification, robustness_spec  # noqa: E402
 
@@ -100,3 +108,80 @@ def judge(net: Network, spec: Specification, method: str, **options) -> dict:
     return {"status": cert.status.name, "wrong": (yes and bool(np.any(lowest <= 0))) or above,
             "lower_above_minimum": above, "minimum": float(lowest.min()),
             "margin_lower": float(lower.min()), "reason": cert.reason}
+
+
+def sweep(nets: int, methods: list[str], max_exponent: float = 5.0) -> dict:
+    """Per method: status counts, wrong answers (seeds), and the worst margin_lower excess."""
+    out = {}
+    for method in methods:
+        counts: Counter = Counter()
+        wrong, excess = [], 0.0
+        for seed in range(nets):
+            net, spec = make_net(seed, max_exponent=max_exponent)
+            options = {"timeout": 20} if method == "milp" else {}
+            result = judge(net, spec, method, **options)
+            counts[result["status"]] += 1
+            if result["wrong"]:
+                wrong.append(seed)
+                excess = max(excess, result["margin_lower"] - result["minimum"])
+        out[method] = {"counts": dict(counts), "wrong": wrong, "max_excess": excess}
+    return out
+
+
+def _baseline(commit: str, nets: int, methods: list[str], max_exponent: float) -> dict:
+    """`sweep` run on another commit's verify (git archive into a temporary folder)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "verify"],
+                                 check=True, capture_output=True).stdout
+        tar = Path(tmp) / "tree.tar"
+        tar.write_bytes(archive)
+        with tarfile.open(tar) as t:
+            t.extractall(tmp, filter="data")
+        env = {**os.environ, "BADLY_SCALED_TREE": tmp}
+        done = subprocess.run([sys.executable, __file__, "--nets", str(nets), "--json",
+                               "--max-exponent", str(max_exponent), "--methods", *methods], env=env, check=True,
+                              capture_output=True, text=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nets", type=int, default=500)
+    parser.add_argument("--methods", nargs="+", default=["milp", "lp", "crown"])
+    parser.add_argument("--baseline", help="a commit to compare with (its verify/ folder)")
+    parser.add_argument("--max-exponent", type=float, default=5.0,
+                        help="weights ~10^(e/2)..10^e per layer")
+    parser.add_argument("--json", action="store_true", help="print the sweep as JSON only")
+    args = parser.parse_args()
+    results = {"this tree": sweep(args.nets, args.methods, args.max_exponent)}
+    if args.json:
+        print(json.dumps(results["this tree"]))
+        return
+    if args.baseline:
+        results[f"commit {args.baseline}"] = _baseline(args.baseline, args.nets, args.methods,
+                                                            args.max_exponent)
+    from benchmarks.reporting import RESULTS, machine, write_text
+
+    lines = ["# MILP (and LP, CROWN) on badly scaled one-input networks", "", machine(), "",
+             f"{args.nets} nets 1-5-5-6-2 from `benchmarks/badly_scaled.py` (weights ~10^"
+             f"{args.max_exponent / 2:g}..10^{args.max_exponent:g} per layer, last bias moving the margin minimum within 1e-4..1 of 0, either "
+             "side; exact minimum from the breakpoints). Wrong: a YES although the minimum is "
+             "<= 0, or a margin_lower above the minimum (beyond 1e-9 relative).", "",
+             "| tree | method | YES | NO | MAYBE | wrong | largest excess of margin_lower |",
+             "|---|---|---|---|---|---|---|"]
+    for tree, by_method in results.items():
+        for method, r in by_method.items():
+            c = r["counts"]
+            lines.append(f"| {tree} | {method} | {c.get('YES', 0)} | {c.get('NO', 0)} | "
+                         f"{c.get('MAYBE', 0)} | {len(r['wrong'])} | {r['max_excess']:.3g} |")
+    lines += ["", "Wrong seeds: " + "; ".join(f"{t} {m}: {r['wrong'][:20]}"
+                                             for t, bm in results.items()
+                                             for m, r in bm.items() if r["wrong"])]
+    name = "badly_scaled.md" if args.max_exponent == 5.0 else \
+        f"badly_scaled_e{args.max_exponent:g}.md"
+    write_text(RESULTS / name, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
