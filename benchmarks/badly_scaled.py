@@ -96,10 +96,14 @@ def exact_minimum(net: Network, spec: Specification) -> tuple[np.ndarray, np.nda
 def judge(net: Network, spec: Specification, method: str, **options) -> dict:
     """Run one certifier; 'wrong' when it says YES although the minimum is <= 0, or reports a
     margin_lower above the evaluated minimum (beyond float64 rounding of the replay)."""
-    from verify import certify_specs
+    from verify import VerifyError, certify_specs
 
     lowest, _ = exact_minimum(net, spec)
-    cert = certify_specs(net, [spec], method, **options)[0]
+    try:
+        cert = certify_specs(net, [spec], method, **options)[0]
+    except VerifyError as error:  # refused in one line (values beyond what a solver holds)
+        return {"status": "refused", "wrong": False, "lower_above_minimum": False,
+                "minimum": float(lowest.min()), "margin_lower": -np.inf, "reason": str(error)}
     lower = np.array([v for v in cert.margin_lower if v is not None], dtype=np.float64)
     logits = net.forward(np.array([spec.input_set.center[0]]))
     slack = 1e-9 * (1.0 + float(np.abs(logits).max()))
@@ -167,13 +171,13 @@ def main() -> None:
              f"{args.max_exponent / 2:g}..10^{args.max_exponent:g} per layer, last bias moving the margin minimum within 1e-4..1 of 0, either "
              "side; exact minimum from the breakpoints). Wrong: a YES although the minimum is "
              "<= 0, or a margin_lower above the minimum (beyond 1e-9 relative).", "",
-             "| tree | method | YES | NO | MAYBE | wrong | largest excess of margin_lower |",
-             "|---|---|---|---|---|---|---|"]
+             "| tree | method | YES | NO | MAYBE | refused | wrong | largest excess of margin_lower |",
+             "|---|---|---|---|---|---|---|---|"]
     for tree, by_method in results.items():
         for method, r in by_method.items():
             c = r["counts"]
             lines.append(f"| {tree} | {method} | {c.get('YES', 0)} | {c.get('NO', 0)} | "
-                         f"{c.get('MAYBE', 0)} | {len(r['wrong'])} | {r['max_excess']:.3g} |")
+                         f"{c.get('MAYBE', 0)} | {c.get('refused', 0)} | {len(r['wrong'])} | {r['max_excess']:.3g} |")
     lines += ["", "Wrong seeds: " + "; ".join(f"{t} {m}: {r['wrong'][:20]}"
                                              for t, bm in results.items()
                                              for m, r in bm.items() if r["wrong"])]

@@ -265,6 +265,12 @@ def _row_name(spec: Specification, i: int) -> str:
     return f"class {j}" if j is not None else f"row {i}"
 
 
+def rows_proved(rows: Sequence[RowResult], relaxed: np.ndarray, tolerance: float) -> list[bool]:
+    """Per row: proved by the LP (solved to optimality, Lagrangian bound above the solver's
+    tolerance) or by the pure-arithmetic IBP/CROWN bound `relaxed` (> 0)."""
+    return [(r.optimal and r.lower > tolerance) or relaxed[i] > 0 for i, r in enumerate(rows)]
+
+
 def certify_one(net: Network, spec: Specification, options: LPOptions) -> Certificate:
     with deadline.limit(options.timeout or None):
         return _certify_one(net, spec, options)
@@ -289,8 +295,7 @@ def _certify_one(net: Network, spec: Specification, options: LPOptions) -> Certi
     # bound (valid for any duals); it must also clear the solver's feasibility tolerance
     # (`solver.tolerance`: HiGHS primal/dual feasibility, or Clarabel's tol_feas) on a row
     # solved to optimality. Or the row's IBP/CROWN bound (pure arithmetic) is > 0.
-    proved = [(r.optimal and lp_lower[i] > solver.tolerance) or relaxed[i] > 0
-              for i, r in enumerate(rows)]
+    proved = rows_proved(rows, relaxed, solver.tolerance)
     unproved = sorted((i for i, p in enumerate(proved) if not p), key=lambda i: lower[i])
     yes_tolerance, reason = (0.0, "") if not unproved else (np.inf, "")
     timeouts = [i for i in unproved if rows[i].status == TIMEOUT]
