@@ -10,8 +10,9 @@ Method:    neuron bounds from bounds/ (IBP, intersected with CROWN by default; o
            shared with the MILP). One model per input, one warm-started objective per margin row.
 Trusted:   nothing the solver reports as a bound. Each row's lower bound is the Lagrangian bound
            recomputed in float64 (with a rounding allowance) from the solver's duals, valid for any
-           duals; a YES also needs an optimal solver status and a bound above the solver's
-           feasibility tolerance.
+           duals, and never below CROWN's/IBP's on the same neuron bounds; a row is proved by an
+           optimal status with a bound above the solver's feasibility tolerance, or by CROWN/IBP.
+           Rows past the deadline (option `timeout`, `verify.deadline`) are not solved.
 Soundness: sound, incomplete. With the same neuron bounds it is at least as tight as IBP and CROWN.
 Reference: Ehlers, "Formal Verification of Piece-Wise Linear Feed-Forward Neural Networks", ATVA
            2017 (triangle); Salman et al., "A Convex Relaxation Barrier to Tight Robustness

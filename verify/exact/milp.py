@@ -3,8 +3,8 @@
 Accepts:   Network of Dense/Conv2d/ReLU layers; input set = l_inf/l_1 ball ∩ box, or a box. An l_2
            ball is refused (InputError): it is not a MILP; use lp, crown or smoothing.
 Returns:   Certificate: YES (every row's minimum proved > 0) or NO (a counterexample confirmed by
-           the float64 forward pass); MAYBE only on timeout, or when the solver's minimum lies
-           within its tolerance of 0 / its point fails the replay. With `exact_margins`,
+           the float64 forward pass); MAYBE on timeout, when the solver's minimum lies within
+           its tolerance of 0 / its point fails the replay, or on a badly scaled model. With `exact_margins`,
            margin_lower[j] and margin_upper[j] enclose the exact minimum of z_y - z_j.
 Method:    neuron bounds interval -> CROWN -> (option `lp_tighten`) LP per neuron, each step only
            shrinking the big-M constants; stable neurons linear, unstable ones a = 1[y >= 0] with
@@ -18,13 +18,17 @@ Method:    neuron bounds interval -> CROWN -> (option `lp_tighten`) LP per neuro
            the tolerance or an improving solution's float64 replay violates the property.
 Trusted:   HiGHS's MIP dual bound and its "no point below the cutoff" (branch and bound over
            LPs with feasibility tolerance `mip_feasibility_tolerance`, 1e-6; 1e-9 with
-           `exact_margins`): a row counts as proved only when its bound exceeds that tolerance.
-           A row proved through the cutoff reports margin_lower = the cutoff (2 x tolerance),
-           all that the stop proves; `exact_margins` gives the values. Rows proved by the LP
-           screen rest on our own float64 Lagrangian bound instead. Never trusted: the
-           incumbent's objective; every candidate point is replayed in float64
+           `exact_margins`), only where float64 resolves it: a row counts as proved only when
+           its bound exceeds max(tolerance, NOISE_FACTOR x the model's rounding noise) and no
+           replayed point (center, samples, LP/attack/incumbent points) lies below it; a model
+           whose noise is beyond HiGHS_RESOLUTION is not solved (sound bounds only, MAYBE with
+           the reason). A row proved through the cutoff reports margin_lower = the cutoff, all
+           that the stop proves; `exact_margins` gives the values. Rows proved by the LP screen
+           rest on our own float64 Lagrangian bound instead. Never trusted: the incumbent's
+           objective; every candidate point is replayed in float64
            (`verdict.certificate_from_bounds`), and only a replayed violation gives NO.
-Soundness: sound and complete up to the solver tolerance (YES or NO; MAYBE as said above).
+Soundness: sound; complete up to the solver tolerance on models float64 can resolve (YES or NO;
+           MAYBE as said above, and on badly scaled models: docs/milp.md).
 Reference: Tjeng, Xiao, Tedrake, "Evaluating Robustness of Neural Networks with Mixed Integer
            Programming", ICLR 2019 (MIPVerify); Cheng et al., ATVA 2017; Lomuscio & Maganti 2017.
 """
