@@ -2,7 +2,7 @@
 
     python benchmarks/vnncomp.py [--bench acasxu mnist_fc] [--timeout-cap 30] [--limit N]
 
-Runs `verify vnncomp` (method auto) on ../shared/benchmarks/<bench>/instances.csv, loading time
+Runs `verify vnncomp` (method auto) on benchmarks/data/<bench>/instances.csv, loading time
 included, each instance capped at --timeout-cap seconds (the competition's own timeouts are
 116-120 s). Writes benchmarks/results/vnncomp_<bench>.csv (instance, result, time) and .md (counts,
 score, wrong answers, median times next to the competition tools' medians on the same instances,
@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 from verify.vnncomp import run_instances, summary, write_results  # noqa: E402
 from benchmarks.reporting import machine  # noqa: E402
 
-SHARED = REPO.parent / "shared" / "benchmarks"
+BENCHMARK_DATA = REPO / "benchmarks" / "data"
 RESULTS = REPO / "benchmarks" / "results"
 
 
@@ -39,7 +39,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     for bench in args.bench:
-        instances = SHARED / bench / "instances.csv"
+        instances = BENCHMARK_DATA / bench / "instances.csv"
         if not instances.is_file():
             print(f"skip {bench}: {instances} not found")
             continue
