@@ -1,4 +1,16 @@
-"""The `verify` command: info, certify, demo.
+"""The `verify` command. Subcommands:
+
+    info            layers, shapes, neurons and parameters of an ONNX model
+    methods         the certifiers and their options
+    certify         one input's robustness with one certifier (a Certificate, text or JSON)
+    smooth-predict  the smoothed classifier's class, or abstain
+    demo            a few test digits on the bundled model, several certifiers side by side
+    compare         certifiers side by side on many inputs (CSV, JSON, PNG)
+    plot2d          input- and output-space picture for a 2-input network
+    export          the MILP (or its LP relaxation) of one margin as .lp / .mps
+    vnnlib          answer one VNN-LIB property: sat, unsat, unknown, timeout
+    vnncomp         run and score a VNN-COMP instances.csv
+    benchmarks      list or fetch full VNN-COMP suites, sha256-checked
 
 User errors (bad files, arguments, models) print one line `verify: error: ...` on stderr and exit
 with code 2; a completed run exits 0 whatever the verdict.
@@ -506,6 +518,19 @@ def cmd_smooth_predict(args) -> int:
     return 0
 
 
+def cmd_benchmarks(args) -> int:
+    from .benchmark_suites import describe, fetch, load_registry
+
+    if args.action == "list":
+        print(describe(load_registry()))
+        return 0
+    if not args.name:
+        raise InputError("benchmarks fetch needs a suite name (list them: verify benchmarks list)")
+    target = fetch(args.name, Path(args.dest), args.source)
+    print(f"fetched {args.name} into {target} (every file sha256-checked)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="verify", description="Prove or refute robustness of ONNX ReLU networks.")
     parser.add_argument("--version", action="version", version=f"verify {__version__}")
@@ -625,6 +650,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address of an existing Dask scheduler (needs dask[distributed])")
     _add_threads_argument(p)
     p.set_defaults(func=cmd_vnncomp)
+
+    p = sub.add_parser("benchmarks", help="list or fetch full VNN-COMP suites (sha256-checked)")
+    p.add_argument("action", choices=["list", "fetch"])
+    p.add_argument("name", nargs="?", default=None, help="the suite to fetch (see: list)")
+    p.add_argument("--dest", default=".", help="folder to fetch into (default: here)")
+    p.add_argument("--source", default=None,
+                   help="a mirror URL or a local folder laid out like the repository")
+    p.set_defaults(func=cmd_benchmarks)
     return parser
 
 
