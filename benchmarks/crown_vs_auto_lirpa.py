@@ -1,13 +1,13 @@
 """CROWN speed against auto_LiRPA's CROWN: same weights, same batch, float64, one thread.
 
     python benchmarks/crown_vs_auto_lirpa.py [--repeats 9] [--n 100] [--eps 0.03]
-        [--benchmarks ../shared/benchmarks]
+        [--benchmarks benchmarks/data]
 
 Cases: (a) the public API `verify.certify_batch(..., method="crown")` (specifications, bounds and
 Certificates) against auto_LiRPA's `compute_bounds(method="CROWN")` with the margin matrix C, on
 the bundled digits MLP, the first --n test digits, l_inf eps ∩ [0, 1]; (b) bounds only
 (`crown.margin_lower_bounds` on a prebuilt InputBatch) on the same batch; (c) the same for the
-bundled digits CNN; (d) mnist-net_256x2 (VNN-COMP mnist_fc, from --benchmarks) on --n random
+bundled digits CNN; (d) mnist-net_256x2 (VNN-COMP mnist_fc, bundled in benchmarks/data) on --n random
 [0, 1] images (seeded), eps 0.02. The two run interleaved, --repeats times each, one after the
 other, and the ratio is median(theirs) / median(ours) (> 1: ours faster). Their BoundedModule is
 built once outside the timings (as our network is loaded once). Bounds must agree to 1e-9 or be
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--eps", type=float, default=0.03)
-    parser.add_argument("--benchmarks", type=Path, default=REPO.parent / "shared" / "benchmarks")
+    parser.add_argument("--benchmarks", type=Path, default=REPO / "benchmarks" / "data")
     args = parser.parse_args(argv)
     try:
         import auto_LiRPA  # noqa: F401
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
               "tighter relaxation. Ours are never looser by more than 1e-9 (checked)."]
     if not mnist.is_file():
         lines += ["", f"mnist-net_256x2 skipped: {mnist} not found."]
-    lines += ["", "mnist-net_256x4 is not in ../shared/benchmarks (only 256x2): not measured.",
+    lines += ["", "mnist-net_256x4 is not in benchmarks/data (only 256x2): not measured.",
               "", "Profile notes (cProfile, this tree): on the CNN the transposed convolutions of "
               "the intermediate bounds dominated (conv_transpose2d in float64); small "
               "convolutions now go through their dense matrix (crown.DENSE_CONV_ENTRIES) and "

@@ -1,7 +1,7 @@
 """relu-bab against the MILP and `auto` on VNN-COMP mnist_fc (mnist-net_256x2, 30 instances).
 
     python benchmarks/relu_bab_vs_milp.py [--timeout 30] [--methods relu-bab milp auto]
-        [--benchmarks ../shared/benchmarks] [--limit N]
+        [--benchmarks benchmarks/data] [--limit N]
 
 Each instance is solved by each method back to back in one process (the network loaded once; its
 loading and the first call's imports are not timed), through `verify.vnncomp.solve` with the same
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--methods", nargs="+", default=["relu-bab", "milp", "auto"])
-    parser.add_argument("--benchmarks", type=Path, default=REPO.parent / "shared" / "benchmarks")
+    parser.add_argument("--benchmarks", type=Path, default=REPO / "benchmarks" / "data")
     parser.add_argument("--limit", type=int, default=0, help="first N instances only")
     args = parser.parse_args(argv)
     single_thread()

@@ -138,15 +138,15 @@ def _truth(root):
 
 
 @pytest.mark.slow
-def test_mnist_fc_relu_bab_agrees_with_ground_truth(shared_benchmarks):
+def test_mnist_fc_relu_bab_agrees_with_ground_truth(benchmark_data):
     from verify import load_onnx
     from verify.vnncomp import solve
     from verify.vnnlib import load_vnnlib
 
-    truth = _truth(shared_benchmarks)
-    net = load_onnx(shared_benchmarks / "mnist_fc/onnx/mnist-net_256x2.onnx")
+    truth = _truth(benchmark_data)
+    net = load_onnx(benchmark_data / "mnist_fc/onnx/mnist-net_256x2.onnx")
     for prop in ("prop_0_0.03", "prop_9_0.05", "prop_6_0.05"):
-        query = load_vnnlib(shared_benchmarks / f"mnist_fc/vnnlib/{prop}.vnnlib")
+        query = load_vnnlib(benchmark_data / f"mnist_fc/vnnlib/{prop}.vnnlib")
         result = solve(net, query, "relu-bab", timeout=60)
         assert result.result in ("sat", "unsat", "timeout"), (prop, result)
         if result.result != "timeout":  # a wrong answer fails; a timeout is only slow
