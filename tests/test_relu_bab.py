@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_mlp
+from conftest import random_conv_net, random_mlp
 from verify import InputError, Status
 from verify.attack import AttackOptions, attack_upper_bounds
 from verify.backends import certify, certify_specs
@@ -43,6 +43,20 @@ def test_agrees_with_exact_milp_and_brackets_its_minimum(seed, eps):
         assert np.all(ours > 0)
         assert np.all(ours <= minimum + 1e-7)
         assert np.all(minimum <= np.asarray(attack) + 1e-7)
+
+
+@pytest.mark.parametrize("seed,eps", [(0, 0.05), (0, 0.15), (3, 0.05), (3, 0.15)])
+def test_conv_net_agrees_with_exact_milp(seed, eps):
+    rng = np.random.default_rng(seed)
+    net = random_conv_net(rng)
+    x = rng.uniform(0, 1, 36)
+    spec = robustness_spec(36, 4, x, int(np.argmax(net.forward(x))), eps, "inf", (0, 1))
+    cert = certify_specs(net, [spec], "relu-bab", attack=False, timeout=0, device="cpu")[0]
+    exact = certify_specs(net, [spec], "milp", exact_margins=True, attack=False)[0]
+    assert cert.status == exact.status and cert.status in (Status.YES, Status.NO)
+    ours = [v for v in cert.margin_lower if v is not None]
+    minimum = [v for v in exact.margin_lower if v is not None]
+    assert all(a <= b + 1e-7 for a, b in zip(ours, minimum))
 
 
 def test_search_reaches_leaves_and_decides_them_by_lp():
