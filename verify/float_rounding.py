@@ -35,9 +35,14 @@ the single post-hoc correction every certifier's answer goes through: the margin
 of row r, for any method, is lowered by |A_r| E. Everything is computed in float64 and
 inflated by a relative 1e-9 for the float64 rounding of this computation itself.
 
-Not covered (see docs/float32.md): ops the walk cannot load on their own (BatchNormalization:
-its float kernel computes 1/sqrt(var + eps) in float and the intermediate x - mean is not
-modelled), TF32 or other reduced-precision matrix units (their products round to 10 bits).
+BatchNormalization y = (w - mean) s + B, s = scale / sqrt(var + eps) computed in the format
+too: 8 more roundings per output and the terms |s||mean| (twice: w - mean, and B = b + s mean
+with b the loader's folded shift) added to the magnitudes.
+
+Not covered (see docs/float32.md): TF32 or other reduced-precision matrix units (their
+products round to 10 bits), kernels that reassociate across the whole graph (a fused
+Conv+BatchNorm rewrites the weights: covered only while the rewrite itself is within the
+extra roundings counted above).
 """
 
 from __future__ import annotations
@@ -57,9 +62,11 @@ from .network import AFFINE, Network, ReLU
 FLOAT_FORMATS = {
     "float32": (2.0 ** -24, 2.0 ** -126, float(np.finfo(np.float32).max), "float32"),
     "float16": (2.0 ** -11, 2.0 ** -14, float(np.finfo(np.float16).max), "float16"),
+    "float64": (2.0 ** -53, 2.0 ** -1022, float(np.finfo(np.float64).max), "float64"),
 }
 EXACT_OPS = ("Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Relu")
-UNMODELLED_OPS = ("BatchNormalization",)
+UNMODELLED_OPS: tuple[str, ...] = ()
+BATCHNORM_ROUNDINGS = 8  # inv = 1/sqrt(var + eps), s = scale inv, (w - mean) s + B, in any form
 EXTRA_ROUNDINGS = 3
 SELF_SLACK = 1e-9  # relative inflation for the float64 rounding of this module's own sums
 
@@ -69,14 +76,14 @@ class FloatSemanticsError(InputError):
 
 
 def query_format(element_types: list[str]) -> Optional[str]:
-    """The float format a query is about: the coarsest declared float type ("float16" over
-    "float32"); None when every variable is real or float64 (analysed over the reals here,
-    float64 with the certifiers' own rounding allowances)."""
-    kinds = {t.lower() for t in element_types}
-    for name in ("float16", "float32"):
+    """The float format a query is about: the coarsest declared type (bfloat16, float16,
+    float32, float64, in that order; unknown types as given); None when every variable is
+    real."""
+    kinds = {t.lower() for t in element_types} - {"real"}
+    for name in ("bfloat16", "float16", "float32", "float64"):
         if name in kinds:
             return name
-    return None
+    return min(kinds) if kinds else None
 
 
 def gamma(m: np.ndarray, u: float) -> np.ndarray:
@@ -94,7 +101,8 @@ class _State:
     error: np.ndarray  # bound on |float value - real value|
 
 
-def _affine_step(layer, state: _State, u: float, tiny: float) -> _State:
+def _affine_step(layer, state: _State, u: float, tiny: float,
+                 batchnorm_mean: Optional[np.ndarray] = None) -> _State:
     W = np.asarray(layer.dense_matrix(), dtype=np.float64)
     b = np.asarray(layer.bias, dtype=np.float64)
     if b.size != W.shape[0]:  # Conv2d: one bias per channel, repeated over the positions
@@ -105,16 +113,21 @@ def _affine_step(layer, state: _State, u: float, tiny: float) -> _State:
     out_rad = out_rad * (1 + SELF_SLACK) + SELF_SLACK * np.abs(out_mid) + 1e-300
     magnitude = np.maximum(np.abs(state.lower), np.abs(state.upper)) + state.error
     m = np.count_nonzero(W, axis=1) + EXTRA_ROUNDINGS
-    error = absW @ state.error + gamma(m, u) * (absW @ magnitude + np.abs(b)) + m * tiny
+    terms = absW @ magnitude + np.abs(b)
+    if batchnorm_mean is not None:  # y = (w - mean) s + B: |B| <= |b| + |s mean|; + |s mean|
+        m = m + BATCHNORM_ROUNDINGS
+        terms = terms + 2 * (absW @ np.abs(batchnorm_mean))
+    error = absW @ state.error + gamma(m, u) * terms + m * tiny
     return _State(out_mid - out_rad, out_mid + out_rad, error * (1 + SELF_SLACK))
 
 
-def _step(net: Network, state: _State, u: float, tiny: float) -> _State:
+def _step(net: Network, state: _State, u: float, tiny: float,
+          batchnorm_mean: Optional[np.ndarray] = None) -> _State:
     for layer in net.layers:
         if isinstance(layer, ReLU):
             state = _State(np.maximum(state.lower, 0), np.maximum(state.upper, 0), state.error)
         elif isinstance(layer, AFFINE):
-            state = _affine_step(layer, state, u, tiny)
+            state = _affine_step(layer, state, u, tiny, batchnorm_mean)
         else:  # pragma: no cover - the loader makes only these layers
             raise FloatSemanticsError(f"layer {layer.describe()} is not modelled")
     return state
@@ -161,6 +174,27 @@ def _node_models(path: Union[str, Path]):
         yield node, single
 
 
+def _batchnorm_mean(single, node, input_shape) -> np.ndarray:
+    """|running mean| of a BatchNormalization node, per input element (flat)."""
+    from .onnx_proto import tensor_to_array
+
+    name = node.input[3]
+    values = {init.name: init for init in single.graph.initializer}
+    for const in single.graph.node:
+        if const.op_type == "Constant" and const.output[0] == name:
+            values.update({name: a.t for a in const.attribute if a.name == "value"})
+    if name not in values:
+        raise FloatSemanticsError(f"node '{node.name or node.op_type}': its mean '{name}' is "
+                                  "not an initializer or Constant tensor")
+    mean = np.abs(np.asarray(tensor_to_array(values[name]), dtype=np.float64).reshape(-1))
+    channels = input_shape[0] if len(input_shape) > 1 else input_shape[-1]
+    if mean.size != channels:
+        raise FloatSemanticsError(f"node '{node.name or node.op_type}': mean of size "
+                                  f"{mean.size} for {channels} channels")
+    positions = int(np.prod(input_shape, dtype=np.int64)) // channels
+    return np.repeat(mean, positions)
+
+
 def evaluation_error(path: Union[str, Path], lower: np.ndarray, upper: np.ndarray,
                      element_type: str = "float32") -> np.ndarray:
     """Per output, a bound on |N_fl(x) - N(x)| over the box [lower, upper] (flat network
@@ -185,7 +219,10 @@ def evaluation_error(path: Union[str, Path], lower: np.ndarray, upper: np.ndarra
             raise FloatSemanticsError(f"node '{node.name or node.op_type}' reads "
                                       f"{net.input_size} values, the walk has "
                                       f"{state.error.size}")
-        state = _step(net, state, u, tiny)
+        mean = None
+        if node.op_type == "BatchNormalization":
+            mean = _batchnorm_mean(single, node, net.input_shape)
+        state = _step(net, state, u, tiny, mean)
         peak = np.max(np.maximum(np.abs(state.lower), np.abs(state.upper)) + state.error,
                       initial=0.0)
         if not math.isfinite(peak) or peak >= largest / 2:

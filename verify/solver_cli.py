@@ -82,7 +82,8 @@ def capability_answer(capability: str) -> str:
     if capability == "--onnx-opset-versions":
         lines = [str(v) for v in SUPPORTED_OPSETS]
     elif capability == "--onnx-element-types":
-        lines = ["real"]
+        from .float_rounding import FLOAT_FORMATS
+        lines = ["real", *FLOAT_FORMATS]
     elif capability == "--onnx-operators":  # bare: for every reported element type
         lines = list(SUPPORTED_OPS)
     elif capability == "--vnnlib-versions":
@@ -135,16 +136,56 @@ def _network_model(networks: Sequence[str], query, query_path: str) -> Path:
     return Path(pairs[query.network])
 
 
-def _check_element_types(query, query_path: str, floats_as_reals: bool = False) -> None:
-    """Section 5.3.2, third error condition: only `real` is analysed soundly here; with
-    `--floats-as-reals` the user accepts the real-arithmetic semantics for float types too."""
-    for v in query.variables:
-        kind = v.element_type.lower()
-        if kind != "real" and not (floats_as_reals and kind.startswith("float")):
-            raise UsageError(
-                f"{query_path} declares {v.name} as {v.element_type}, which verify cannot "
-                f"analyse soundly (it reasons over the reals); declare every variable 'real', "
-                f"or pass --floats-as-reals to accept real-arithmetic semantics")
+def _float_format(query, query_path: str, floats_as_reals: bool = False) -> Optional[str]:
+    """The float format the query is about (None: the reals). Section 5.3.2, third error
+    condition: a type with no float model here (bfloat16) is refused; `--floats-as-reals`
+    accepts real-arithmetic semantics for every float type instead."""
+    from .float_rounding import FLOAT_FORMATS, query_format
+
+    kind = query_format([v.element_type for v in query.variables])
+    if kind is None or floats_as_reals:
+        return None
+    if kind not in FLOAT_FORMATS:
+        name = next(v.name for v in query.variables if v.element_type.lower() == kind)
+        raise UsageError(
+            f"{query_path} declares {name} as {kind}, which verify cannot analyse soundly "
+            f"(float semantics: {', '.join(FLOAT_FORMATS)}); pass --floats-as-reals to "
+            f"accept real-arithmetic semantics")
+    return kind
+
+
+def _float_widened(query, model: Path, kind: str):
+    """(the query widened by the float evaluation error, None) or (the query itself, the
+    reason no unsat can be given) when that error cannot be bounded."""
+    import numpy as np
+
+    from .float_rounding import FloatSemanticsError, evaluation_error, query_hull, widen_query
+
+    try:
+        error = evaluation_error(model, *query_hull(query), kind)
+    except FloatSemanticsError as exc:
+        return query, f"{kind} rounding not bounded: {exc}"
+    if not np.all(np.isfinite(error)):
+        return query, f"{kind} evaluation may overflow on the box"
+    return widen_query(query, error), None
+
+
+def _float_counterexample(net, query, model: Path, x, kind: str):
+    """(x, y) with x in the format, inside a case's box, whose float evaluation violates the
+    query both in the own replay and in onnxruntime (y: onnxruntime's outputs); else None."""
+    from .float_rounding import float_forward, onnxruntime_forward, round_into_box
+
+    for case in query.cases:
+        xf = round_into_box(x, case.box.lower, case.box.upper, kind)
+        if xf is None:
+            continue
+        own = float_forward(net, xf, kind)
+        if not query.violated_by(xf, own):
+            continue
+        y = onnxruntime_forward(model, xf)
+        if query.violated_by(xf, y):
+            return xf.astype("float64"), y
+    return None
 
 
 def process_age() -> float:
@@ -174,29 +215,39 @@ def cmd_verify(args: argparse.Namespace, out: TextIO, t0: float) -> int:
         raise UsageError("verify needs the path to a query file")
     query = load_vnnlib(args.query)
     model = _network_model(args.networks, query, args.query)
-    _check_element_types(query, args.query, args.floats_as_reals)
+    kind = _float_format(query, args.query, args.floats_as_reals)
     if args.serialise_assignments is not None:
         print(f"{PROGRAM}: warning: --serialise-assignments is not supported (see supports "
               "--serialise-assignments); the assignment goes to stdout", file=sys.stderr)
     net = load_onnx(model)
     configure(net, args.threads)
     query.check_sizes(net.input_size, net.output_size, net.input_shape)
+    solved_query, no_unsat = (query, None) if kind is None else \
+        _float_widened(query, model, kind)
     remaining = timeout - (time.perf_counter() - t0)
     if remaining <= 0:
         result, counterexample, method = "timed-out", None, "loading"
     else:
-        solved = solve(net, query, args.method, remaining)
+        solved = solve(net, solved_query, args.method, remaining)
         result, counterexample, method = solved.result, solved.counterexample, solved.method
         if result == "timeout":
             result = "timed-out"
+    if result == "unsat" and no_unsat is not None:
+        result, method = "unknown", f"{method}; {no_unsat}"
     text = result + "\n"
     if result == "sat":
         x, _ = counterexample
-        y = net.forward(x)  # replayed once more, here, on the numbers that are printed
-        if not query.violated_by(x, y):
-            result, text = "unknown", "unknown\n"
+        if kind is None:
+            y = net.forward(x)  # replayed once more, here, on the numbers that are printed
+            found = (x, y) if query.violated_by(x, y) else None
         else:
-            text += query.format_assignment(x, y)
+            found = _float_counterexample(net, query, model, x, kind)
+        if found is None:
+            result, text = "unknown", "unknown\n"
+            method = f"{method}; the assignment does not violate the query in " \
+                     f"{kind or 'float64'}"
+        else:
+            text += query.format_assignment(*found)
     print(f"{PROGRAM}: {result} ({method or args.method}, "
           f"{time.perf_counter() - t0:.3f} s)", file=sys.stderr)
     out.write(text)
