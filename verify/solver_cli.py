@@ -10,12 +10,17 @@ the satisfying assignment in the standard's command-line format (each declared v
 declaration order: `NAME TYPE [DIMS]`, then its values row-major, one per line), replayed in
 float64 before it is printed. Loading the model and the query counts inside `--timeout` (whole
 or decimal seconds; none: no limit). `supports` answers from what the loader and the reader
-really do (`SUPPORTED_OPS`, `SUPPORTED_OPSETS`, the VNN-LIB versions readable here).
+really do (`SUPPORTED_OPSETS`, the VNN-LIB versions readable here, and of the loader's
+`SUPPORTED_OPS` those it takes in every attribute form probed by `ATTRIBUTE_PROBES`).
 
-Element types: the analysis runs over the reals (float64 with rounding allowances), which is not
-a sound analysis of float32/float16 execution, so the only element type reported is `real` and,
-as section 5.3.2 requires, a 2.0 query declaring any other type is refused (declare `real` to
-consent). Exit codes as in vnnlib-test-solver: 0 for an answer, whatever it is; 1 for a usage
+Element types: a query is about the network evaluated in the coarsest element type it declares.
+`real`: the reals (float64 with rounding allowances). float32, float16, float64: that IEEE
+format, by default (docs/float32.md): the query is widened by a bound on the float evaluation
+error (`verify.float_rounding`) before any method runs, so unsat holds for the float network,
+and a sat assignment is rounded into the format inside the box and must violate the query in
+both the own float replay and onnxruntime (else unknown). bfloat16 is refused (section 5.3.2,
+third error condition). `--floats-as-reals` opts into real-arithmetic semantics for every
+type. Exit codes as in vnnlib-test-solver: 0 for an answer, whatever it is; 1 for a usage
 or query error, printed as one line on stderr.
 """
 
@@ -73,9 +78,60 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+# Forms of an op, by attribute, that ONNX defines and that a claim of the op covers: an op is
+# claimed only when the loader takes every one of them (each probe: a one-node model
+# X -> op -> Y, the variable X of the given shape, constants W [and B], the attributes).
+ATTRIBUTE_PROBES = {
+    "Conv": (
+        ("1-D convolution", [1, 1, 4], {"W": [1, 1, 2]}, {}),
+        ("2-D convolution, group=2", [1, 2, 3, 3], {"W": [2, 1, 2, 2]}, {"group": 2}),
+        ("2-D convolution, strides and dilations", [1, 1, 5, 5], {"W": [1, 1, 2, 2]},
+         {"strides": [2, 1], "dilations": [1, 2]}),
+    ),
+    "Gemm": (
+        ("transB=1, alpha, beta", [1, 3], {"W": [2, 3], "B": [2]},
+         {"transB": 1, "alpha": 0.5, "beta": 2.0}),
+    ),
+    "MatMul": (("variable times a 2-D matrix", [1, 3], {"W": [3, 2]}, {}),),
+}
+
+
+def _probe_fails(op: str, form) -> Optional[str]:
+    """The loader's one-line refusal of a one-node model of `op` in `form`, or None."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from .onnx_io import network_from_onnx
+
+    _, shape, constants, attributes = form
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(dims).astype(np.float32), name)
+             for name, dims in constants.items()]
+    node = helper.make_node(op, ["X", *constants], ["Y"], **attributes)
+    graph = helper.make_graph([node], "probe",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    try:
+        network_from_onnx(model, where=f"{op} probe")
+    except VerifyError as exc:
+        return str(exc)
+    return None
+
+
+def claimed_operators() -> list[str]:
+    """The loader's ops (`SUPPORTED_OPS`) less those it takes only in some of the forms in
+    ATTRIBUTE_PROBES (e.g. Conv while 1-D or grouped convolutions are refused)."""
+    from .onnx_io import SUPPORTED_OPS
+
+    return [op for op in SUPPORTED_OPS
+            if not any(_probe_fails(op, form) for form in ATTRIBUTE_PROBES.get(op, ()))]
+
+
 def capability_answer(capability: str) -> str:
     """The exact stdout text for `supports CAPABILITY` (each line newline-terminated)."""
-    from .onnx_io import SUPPORTED_OPS, SUPPORTED_OPSETS
+    from .onnx_io import SUPPORTED_OPSETS
     from .vnnlib import vnnlib2_available
 
     capability = ALIASES.get(capability, capability)
@@ -85,7 +141,7 @@ def capability_answer(capability: str) -> str:
         from .float_rounding import FLOAT_FORMATS
         lines = ["real", *FLOAT_FORMATS]
     elif capability == "--onnx-operators":  # bare: for every reported element type
-        lines = list(SUPPORTED_OPS)
+        lines = claimed_operators()
     elif capability == "--vnnlib-versions":
         lines = ["1.0", "2.0" if vnnlib2_available() else "1.0"]
     elif capability in THEORIES:
