@@ -25,7 +25,7 @@ alpha/beta scalings, or the rounding of float64-stored weights to float32, and t
 rounding in the loader's own folding (2^-53 relative, far below one u). TINY, the smallest
 normal number, bounds the absolute error of one product that underflows, also when subnormals
 are flushed to zero (FTZ/DAZ). ReLU and reshapes are exact in floating point (ReLU is
-1-Lipschitz: E passes unchanged). u = 2^-24 for float32, 2^-11 for float16. A magnitude that
+1-Lipschitz: E passes unchanged, and becomes 0 where h_k + E_k < 0: both values are 0). u = 2^-24 for float32, 2^-11 for float16. A magnitude that
 could reach the format's largest finite number (overflow) makes the bound infinite.
 
 `widen_query` adds sum_j |A_rj| E_j to the right-hand side of every violation row A_r y <= b_r:
@@ -121,11 +121,21 @@ def _affine_step(layer, state: _State, u: float, tiny: float,
     return _State(out_mid - out_rad, out_mid + out_rad, error * (1 + SELF_SLACK))
 
 
+def _tighten(state: _State, bounds) -> _State:
+    """state's interval ∩ sound bounds (lower, upper) of the same real values, where sizes fit."""
+    if bounds is None or bounds[0].size != state.lower.size:
+        return state
+    return _State(np.maximum(state.lower, bounds[0]), np.minimum(state.upper, bounds[1]),
+                  state.error)
+
+
 def _step(net: Network, state: _State, u: float, tiny: float,
           batchnorm_mean: Optional[np.ndarray] = None) -> _State:
     for layer in net.layers:
-        if isinstance(layer, ReLU):
-            state = _State(np.maximum(state.lower, 0), np.maximum(state.upper, 0), state.error)
+        if isinstance(layer, ReLU):  # exact; both values 0 where upper + E < 0: no error left
+            dead = state.upper + state.error * (1 + SELF_SLACK) + 1e-12 * np.abs(state.upper) < 0
+            state = _State(np.maximum(state.lower, 0), np.maximum(state.upper, 0),
+                           np.where(dead, 0.0, state.error))
         elif isinstance(layer, AFFINE):
             state = _affine_step(layer, state, u, tiny, batchnorm_mean)
         else:  # pragma: no cover - the loader makes only these layers
@@ -195,6 +205,25 @@ def _batchnorm_mean(single, node, input_shape) -> np.ndarray:
     return np.repeat(mean, positions)
 
 
+def _relu_bounds(path, lower: np.ndarray, upper: np.ndarray) -> list:
+    """[(bounds on the input, bounds on the output)] of every ReLU layer of the loaded network,
+    in order (CROWN, sound for the reals): the values at the graph's Relu nodes, whose inputs
+    the loader never folds past (pending scalings are flushed before each ReLU)."""
+    import torch
+
+    from .bounds import InputBatch
+    from .bounds.crown import layer_bounds
+    from .onnx_io import load_onnx
+    from .spec import Box, OutputProperty, Specification
+
+    net = load_onnx(path)
+    spec = Specification(Box(lower, upper), OutputProperty(np.eye(net.output_size)[:1], [0.0]))
+    batch = InputBatch.from_specs([spec], torch.device("cpu"))
+    bounds = [(lo[0].numpy(), hi[0].numpy()) for lo, hi in layer_bounds(net, batch)]
+    return [(bounds[k - 1] if k else None, bounds[k])
+            for k, layer in enumerate(net.layers) if isinstance(layer, ReLU)]
+
+
 def evaluation_error(path: Union[str, Path], lower: np.ndarray, upper: np.ndarray,
                      element_type: str = "float32") -> np.ndarray:
     """Per output, a bound on |N_fl(x) - N(x)| over the box [lower, upper] (flat network
@@ -211,9 +240,12 @@ def evaluation_error(path: Union[str, Path], lower: np.ndarray, upper: np.ndarra
     # Inputs are float values already (the assignment is in the format); DAZ may read a
     # subnormal as 0: at most TINY off.
     state = _State(lower, upper, np.full(lower.shape, tiny))
+    relu_bounds = _relu_bounds(path, lower, upper)  # CROWN's, around each ReLU of the network
     for node, single in _node_models(path):
         if single is None:
             continue
+        pre, post = relu_bounds.pop(0) if node.op_type == "Relu" and relu_bounds else (None, None)
+        state = _tighten(state, pre)
         net = network_from_onnx(single, where=f"node '{node.name or node.op_type}'")
         if net.input_size != state.error.size:
             raise FloatSemanticsError(f"node '{node.name or node.op_type}' reads "
@@ -223,6 +255,7 @@ def evaluation_error(path: Union[str, Path], lower: np.ndarray, upper: np.ndarra
         if node.op_type == "BatchNormalization":
             mean = _batchnorm_mean(single, node, net.input_shape)
         state = _step(net, state, u, tiny, mean)
+        state = _tighten(state, post)
         peak = np.max(np.maximum(np.abs(state.lower), np.abs(state.upper)) + state.error,
                       initial=0.0)
         if not math.isfinite(peak) or peak >= largest / 2:
