@@ -303,20 +303,28 @@ def round_into_box(x: np.ndarray, lower: np.ndarray, upper: np.ndarray,
     return xf
 
 
-def float_forward(net: Network, x: np.ndarray, element_type: str = "float32") -> np.ndarray:
-    """The network evaluated in the format (numpy, weights rounded to it): the own replay."""
+def graph_float_forward(path: Union[str, Path], x: np.ndarray,
+                        element_type: str = "float32") -> np.ndarray:
+    """The own float replay: the ONNX graph evaluated node by node in the format (numpy), each
+    node as the loader reads it on its own (a product by the constant's reciprocal for Div),
+    every value and constant rounded to the format; reshapes move nothing."""
+    from .onnx_io import network_from_onnx
+
     dtype = np.dtype(FLOAT_FORMATS[element_type][3])
-    batch = np.asarray(x).astype(dtype).reshape(1, -1)
-    for layer in net.layers:
-        if isinstance(layer, ReLU):
-            batch = np.maximum(batch, dtype.type(0))
-        else:
+    value = np.asarray(x).astype(dtype).reshape(-1)
+    for node, single in _node_models(path):
+        if single is None:
+            continue
+        for layer in network_from_onnx(single, where=f"node '{node.name}'").layers:
+            if isinstance(layer, ReLU):
+                value = np.maximum(value, dtype.type(0))
+                continue
             W = np.asarray(layer.dense_matrix()).astype(dtype)
             b = np.asarray(layer.bias).astype(dtype)
             if b.size != W.shape[0]:
                 b = np.repeat(b, W.shape[0] // b.size)
-            batch = (batch.reshape(1, -1) @ W.T + b).astype(dtype)
-    return batch.reshape(-1)
+            value = (W @ value + b).astype(dtype)
+    return value.astype(np.float64)
 
 
 def onnxruntime_forward(path: Union[str, Path], x: np.ndarray) -> np.ndarray:

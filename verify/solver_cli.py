@@ -226,16 +226,16 @@ def _float_widened(query, model: Path, kind: str):
     return widen_query(query, error), None
 
 
-def _float_counterexample(net, query, model: Path, x, kind: str):
+def _float_counterexample(query, model: Path, x, kind: str):
     """(x, y) with x in the format, inside a case's box, whose float evaluation violates the
     query both in the own replay and in onnxruntime (y: onnxruntime's outputs); else None."""
-    from .float_rounding import float_forward, onnxruntime_forward, round_into_box
+    from .float_rounding import graph_float_forward, onnxruntime_forward, round_into_box
 
     for case in query.cases:
         xf = round_into_box(x, case.box.lower, case.box.upper, kind)
         if xf is None:
             continue
-        own = float_forward(net, xf, kind)
+        own = graph_float_forward(model, xf, kind)
         if not query.violated_by(xf, own):
             continue
         y = onnxruntime_forward(model, xf)
@@ -297,7 +297,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO, t0: float) -> int:
             y = net.forward(x)  # replayed once more, here, on the numbers that are printed
             found = (x, y) if query.violated_by(x, y) else None
         else:
-            found = _float_counterexample(net, query, model, x, kind)
+            found = _float_counterexample(query, model, x, kind)
         if found is None:
             result, text = "unknown", "unknown\n"
             method = f"{method}; the assignment does not violate the query in " \
