@@ -45,7 +45,7 @@ def test_agrees_with_exact_milp_and_brackets_its_minimum(seed, eps):
         assert np.all(minimum <= np.asarray(attack) + 1e-7)
 
 
-@pytest.mark.parametrize("seed,eps", [(0, 0.05), (0, 0.15), (3, 0.05), (3, 0.15)])
+@pytest.mark.parametrize("seed,eps", [(0, 0.05), (1, 0.05), (3, 0.05), (3, 0.15)])
 def test_conv_net_agrees_with_exact_milp(seed, eps):
     rng = np.random.default_rng(seed)
     net = random_conv_net(rng)
@@ -59,11 +59,12 @@ def test_conv_net_agrees_with_exact_milp(seed, eps):
     assert all(a <= b + 1e-7 for a, b in zip(ours, minimum))
 
 
-def test_search_reaches_leaves_and_decides_them_by_lp():
+@pytest.mark.parametrize("seeds", [(2, 3), pytest.param((0, 1), marks=pytest.mark.slow)])
+def test_search_reaches_leaves_and_decides_them_by_lp(seeds):
     # Wide boxes: the relaxation stays loose until every unstable neuron is split, so the exact
-    # leaf LPs decide; verdicts still agree with the MILP.
+    # leaf LPs decide; verdicts still agree with the MILP (seed 0: sat after ~500 leaf LPs).
     used_leaves = 0
-    for seed in range(4):
+    for seed in seeds:
         net, x, label = _net_and_point(seed, (3, 6, 6, 2))
         spec = robustness_spec(net.input_size, net.output_size, x, label, 0.8, "inf", None)
         result = relu_bab.search(net, spec, relu_bab.ReluBaBOptions(device="cpu", steps=0,
