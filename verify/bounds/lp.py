@@ -34,7 +34,7 @@ from ..backends import check_choice, check_choices
 from ..certificate import Certificate
 from ..network import AFFINE, Network, ReLU
 from ..spec import Box, InputSet, Specification
-from ..verdict import certificate_from_bounds, validated_counterexample
+from ..verdict import certificate_from_bounds, row_name, validated_counterexample
 from . import InputBatch, ibp
 from .relu_encoding import (TRIANGLE, NumpyBounds, ReluProgram, build_program, highs_tolerance,
                             lagrangian_bound, run_highs, set_objective, to_highs)
@@ -253,11 +253,6 @@ def solve_rows(program: ReluProgram, spec: Specification) -> tuple[list[RowResul
 
 # --------------------------------------------------------------------------- certify
 
-def _row_name(spec: Specification, i: int) -> str:
-    j = spec.output.row_class[i]
-    return f"class {j}" if j is not None else f"row {i}"
-
-
 def certify_one(net: Network, spec: Specification, options: LPOptions) -> Certificate:
     t0 = time.perf_counter()
     bounds, source = neuron_bounds(net, spec, options.bounds)
@@ -278,7 +273,7 @@ def certify_one(net: Network, spec: Specification, options: LPOptions) -> Certif
     if not_optimal:
         yes_tolerance = np.inf
         i = not_optimal[0]
-        reason = (f"LP solver did not reach optimality for {_row_name(spec, i)} "
+        reason = (f"LP solver did not reach optimality for {row_name(spec, i)} "
                   f"(status: {rows[i].status}); bound {lower[i]:.6g} not trusted for a YES")
     candidates = [r.x for r in rows if r.x is not None]
     if reason and any(validated_counterexample(net, spec, x) is not None for x in candidates):

@@ -51,7 +51,7 @@ from ..certificate import Certificate
 from ..errors import InputError
 from ..network import Network
 from ..spec import LpBall, Specification
-from ..verdict import certificate_from_bounds, validated_counterexample
+from ..verdict import certificate_from_bounds, row_name, validated_counterexample
 
 
 NORMS = ("inf", "1")  # linear constraints: an l_2 ball needs a cone; read by the registry
@@ -239,11 +239,6 @@ class MilpRows:
 
 # --------------------------------------------------------------------------- certify
 
-def _row_name(spec: Specification, i: int) -> str:
-    j = spec.output.row_class[i]
-    return f"class {j}" if j is not None else f"row {i}"
-
-
 def _any_counterexample(net: Network, spec: Specification, points) -> bool:
     return any(validated_counterexample(net, spec, x) is not None for x in points)
 
@@ -335,7 +330,7 @@ def certify_one(net: Network, spec: Specification, options: MILPOptions) -> Cert
             timed_out.append(i)
         if refuted and not options.exact_margins:
             break
-    details["milp_rows"] = {_row_name(spec, i): {"status": o.status, "nodes": o.nodes,
+    details["milp_rows"] = {row_name(spec, i): {"status": o.status, "nodes": o.nodes,
                                                  "dual_bound": o.lower,
                                                  "incumbent": o.solver_upper}
                             for i, o in outcomes.items()}
@@ -353,21 +348,21 @@ def _maybe_reason(net, spec, lower, outcomes, timed_out, tolerance, timeout) -> 
     """Why the rows that are neither proved nor refuted stay open (empty when all are proved)."""
     if timed_out:
         i = min(timed_out, key=lambda r: lower[r])
-        names = ", ".join(_row_name(spec, r) for r in sorted(timed_out))
+        names = ", ".join(row_name(spec, r) for r in sorted(timed_out))
         upper = outcomes[i].solver_upper if i in outcomes else math.inf
         return (f"timeout after {timeout:g} s: {len(timed_out)} row(s) undecided ({names}); "
-                f"{_row_name(spec, i)} has lower bound {lower[i]:.6g}, solver's best value "
+                f"{row_name(spec, i)} has lower bound {lower[i]:.6g}, solver's best value "
                 f"{upper:.6g}")
     for i, outcome in outcomes.items():
         if lower[i] > tolerance:
             continue
         if not outcome.decided:
-            return (f"MILP for {_row_name(spec, i)} ended with status '{outcome.status}'; "
+            return (f"MILP for {row_name(spec, i)} ended with status '{outcome.status}'; "
                     f"lower bound {lower[i]:.6g}")
         values = [spec.output.values(net.forward(spec.input_set.project(x)))[i]
                   for x in outcome.candidates]
         replay = f"{min(values):.6g}" if values else "none"
-        return (f"MILP minimum for {_row_name(spec, i)} lies in [{lower[i]:.6g}, "
+        return (f"MILP minimum for {row_name(spec, i)} lies in [{lower[i]:.6g}, "
                 f"{outcome.solver_upper:.6g}] (solver), not above the tolerance {tolerance:g}, "
                 f"and no point of it fails the property in the float64 replay (best replayed "
                 f"value {replay})")
