@@ -47,6 +47,7 @@ def _blocks(text: str) -> dict[str, tuple[str, list[int], np.ndarray]]:
     return blocks
 
 
+@pytest.mark.slow
 def test_sat_as_a_subprocess_replays_on_onnxruntime(shared_benchmarks):
     pytest.importorskip("vnnlib")
     assert SCRIPT.is_file(), "verify-solver is not installed: pip install -e ."
@@ -216,6 +217,7 @@ def test_floats_as_reals_accepts_float32_queries(shared_benchmarks, tmp_path, ca
     assert "float32" in out  # the assignment names the declared type
 
 
+@pytest.mark.slow
 def test_wrong_network_as_a_subprocess(shared_benchmarks):
     pytest.importorskip("vnnlib")
     proc = subprocess.run([str(SCRIPT), "verify", str(DATA / f"acasxu_{SAT[1]}_v2.vnnlib"),
