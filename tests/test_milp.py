@@ -271,6 +271,7 @@ def _check_known_answer(name, answer, net, spec, timeout):
     return cert.status is expected
 
 
+@pytest.mark.slow
 def test_mnist_fc_known_answers(shared_benchmarks):
     names = ["prop_0_0.03", "prop_1_0.03", "prop_3_0.05", "prop_4_0.05"]
     decided = [_check_known_answer(*case, timeout=30.0)

@@ -107,6 +107,7 @@ FAST_CURVE = dict(n_mc=50_000, n_search=5_000, grid=128, refine_steps=2, restart
 P_GRID = np.array([0.3, 0.5, 0.6, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise,closed,norm", [
     (GeneralNormal(0.5, 2.0), Gaussian(0.5), "2"),
     (GeneralNormal(0.5, 1.0), Laplace(0.5), "1"),
@@ -130,6 +131,7 @@ def test_radius_curve_matches_the_closed_forms(noise, closed, norm):
     assert 0.009 < curve.epsilon < 0.013 and curve.evaluations > 0
 
 
+@pytest.mark.slow
 def test_radius_curve_is_read_off_downwards():
     curve = numerical_radius_curve(GeneralNormal(0.5, 1.5), P_GRID, "2", 4, alpha_mc=1e-3,
                                    seed=1, **FAST_CURVE)
@@ -210,6 +212,7 @@ def test_study_summary_is_the_robustness_score():
     assert cell["curve"][0] == pytest.approx(0.5)  # r = 0.1: both correct ones reach it
 
 
+@pytest.mark.slow
 def test_radius_curve_with_pa_one_stays_finite_and_sound():
     """pA = 1 has no boundary along any ray (an infinite true radius); it must neither make the
     curve infinite nor lift the other entries above their closed forms."""

@@ -117,7 +117,8 @@ def _true_probability(noise_name: str, sigma: float, margin: float) -> float:
     return float(np.clip((margin + lam) / (2 * lam), 0, 1))
 
 
-@pytest.mark.parametrize("noise", ["gaussian", "laplace", "uniform"])
+@pytest.mark.parametrize("noise", [pytest.param("gaussian", marks=pytest.mark.slow), "laplace",
+                                   pytest.param("uniform", marks=pytest.mark.slow)])
 def test_clopper_pearson_coverage_over_many_runs(noise):
     """1,500 independent CERTIFY runs (one certify_batch call: several inputs per forward pass) on
     a linear classifier whose class probability under the noise is known: the fraction of runs
@@ -340,6 +341,7 @@ def test_numerical_radius_matches_the_closed_forms(noise, norm, p):
     assert result.error > 0 and result.epsilon > 0 and result.directions_tried >= 5
 
 
+@pytest.mark.slow
 def test_numerical_radius_of_the_general_normal_reduces_to_the_special_cases():
     gauss = numerical_radius(GeneralNormal(0.5, 2.0), 0.99, "2", 3, seed=1, **FAST_SEARCH)
     assert gauss.radius == pytest.approx(Gaussian(0.5).closed_radius(0.99, "2", 3), rel=0.02)

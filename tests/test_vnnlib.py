@@ -21,6 +21,7 @@ HEADER = "".join(f"(declare-const X_{i} Real)\n" for i in range(2)) + \
     "".join(f"(declare-const Y_{j} Real)\n" for j in range(3))
 
 
+@pytest.mark.slow
 def test_every_shared_property_parses(shared_benchmarks):
     paths = sorted(shared_benchmarks.glob("*/vnnlib/*.vnnlib"))
     assert len(paths) == 39
@@ -60,6 +61,7 @@ def test_violation_semantics_match_direct_evaluation(shared_benchmarks):
     assert not p7.violated_by(box.upper + 1, np.array([0, 0, 0, -1, 0]))  # x outside the box
 
 
+@pytest.mark.slow
 def test_mnist_labels_and_boxes(shared_benchmarks):
     for path in sorted((shared_benchmarks / "mnist_fc/vnnlib").glob("*.vnnlib")):
         label = int(re.search(r"label: (\d+)", path.read_text()).group(1))
@@ -72,6 +74,7 @@ def test_mnist_labels_and_boxes(shared_benchmarks):
         assert np.all(box.upper - box.lower <= 2 * eps + 1e-6)  # float32 rounding in the file
 
 
+@pytest.mark.slow
 def test_ibp_never_contradicts_known_answers(shared_benchmarks):
     """Cross-method oracle: a sat instance may never get YES, an unsat one never NO."""
     folder = shared_benchmarks / "mnist_fc"

@@ -20,10 +20,9 @@ import torch
 
 from ..certificate import Certificate
 from ..network import Network, resolve_device
-from ..spec import LpBall, Specification
+from ..spec import UNIT_ROUNDOFF, Specification, norm_of, radius_of
 from ..verdict import certificate_from_bounds
 
-UNIT_ROUNDOFF = 2.0 ** -53
 # The smallest subnormal float64. A rounded product (or quotient) is off by at most
 # u |exact| + UNDERFLOW / 2 (the second term: underflow); a sum that underflows is exact.
 UNDERFLOW = 2.0 ** -1074
@@ -66,13 +65,13 @@ class InputBatch:
             return torch.as_tensor(np.stack(arrays), dtype=torch.float64, device=device)
 
         sets = [s.input_set for s in specs]
-        norms = {x.norm if isinstance(x, LpBall) else "box" for x in sets}
+        norms = {norm_of(x) for x in sets}
         assert len(norms) == 1, "one norm per batch"
         boxes = [x.bounding_box() for x in sets]
         return cls(
             lower=stack([b[0] for b in boxes]), upper=stack([b[1] for b in boxes]),
             center=stack([x.center for x in sets]),
-            eps=stack([x.eps if isinstance(x, LpBall) else 0.0 for x in sets]),
+            eps=stack([radius_of(x) for x in sets]),
             norm=norms.pop(),
             C=stack([s.output.C for s in specs]), d=stack([s.output.d for s in specs]),
         )
@@ -85,8 +84,7 @@ MarginBoundFn = Callable[[Network, InputBatch], tuple[torch.Tensor, dict]]
 
 
 def _group_key(spec: Specification) -> tuple:
-    norm = spec.input_set.norm if isinstance(spec.input_set, LpBall) else "box"
-    return norm, spec.output.C.shape
+    return norm_of(spec.input_set), spec.output.C.shape
 
 
 def certify_with_bounds(net: Network, specs: Sequence[Specification], method: str,

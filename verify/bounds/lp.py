@@ -35,7 +35,7 @@ from ..backends import check_choice, check_choices
 from ..certificate import Certificate
 from ..network import AFFINE, Network, ReLU
 from ..spec import Box, InputSet, Specification
-from ..verdict import certificate_from_bounds
+from ..verdict import certificate_from_bounds, row_name
 from . import InputBatch, ibp
 from .relu_encoding import (TRIANGLE, NumpyBounds, ReluProgram, build_program, highs_tolerance,
                             lagrangian_bound, run_highs, set_objective, to_highs)
@@ -261,11 +261,6 @@ def solve_rows(program: ReluProgram, spec: Specification) -> tuple[list[RowResul
 
 # --------------------------------------------------------------------------- certify
 
-def _row_name(spec: Specification, i: int) -> str:
-    j = spec.output.row_class[i]
-    return f"class {j}" if j is not None else f"row {i}"
-
-
 def rows_proved(rows: Sequence[RowResult], relaxed: np.ndarray, tolerance: float) -> list[bool]:
     """Per row: proved by the LP (solved to optimality, Lagrangian bound above the solver's
     tolerance) or by the pure-arithmetic IBP/CROWN bound `relaxed` (> 0)."""
@@ -303,21 +298,21 @@ def _certify_one(net: Network, spec: Specification, options: LPOptions) -> Certi
     if timeouts:
         reason = (f"timeout{f' after {options.timeout:g} s' if options.timeout else ''}: "
                   f"{len(timeouts)} LP row(s) not solved; their bounds are CROWN's and IBP's "
-                  f"(lowest {lower[timeouts[0]]:.6g}, {_row_name(spec, timeouts[0])})")
+                  f"(lowest {lower[timeouts[0]]:.6g}, {row_name(spec, timeouts[0])})")
     elif unproved and not rows[unproved[0]].optimal:
         i = unproved[0]
-        reason = (f"LP solver did not reach optimality for {_row_name(spec, i)} "
+        reason = (f"LP solver did not reach optimality for {row_name(spec, i)} "
                   f"(status: {rows[i].status}); bound {lower[i]:.6g} not trusted for a YES")
     elif unproved:
         i = unproved[0]
         reason = (f"not proved: {len(unproved)} of {len(rows)} rows unproved; lower bound for "
-                  f"{_row_name(spec, i)} is {lower[i]:.6g} (relaxation too loose, or the "
+                  f"{row_name(spec, i)} is {lower[i]:.6g} (relaxation too loose, or the "
                   "property does not hold)")
     candidates = [r.x for r in rows if r.x is not None]
     details = {"bounds": source + ("+lp" if options.lp_tighten else ""),
                "solver": "clarabel" if program.ball is not None else "highs",
                "tolerance": solver.tolerance, "lp_primal": [r.primal for r in rows]}
-    below = {_row_name(spec, i): {"lp": float(lp_lower[i]), "crown_or_ibp": float(relaxed[i]),
+    below = {row_name(spec, i): {"lp": float(lp_lower[i]), "crown_or_ibp": float(relaxed[i]),
                                   "lp_status": rows[i].status}
              for i in range(len(rows)) if relaxed[i] > lp_lower[i]}
     if below:

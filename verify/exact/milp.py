@@ -55,7 +55,7 @@ from ..certificate import Certificate
 from ..errors import InputError
 from ..network import Network
 from ..spec import LpBall, Specification
-from ..verdict import certificate_from_bounds, validated_counterexample
+from ..verdict import certificate_from_bounds, row_name, validated_counterexample
 
 
 SAMPLES = 16  # random points of the set replayed besides the center, the LP's and the attack's
@@ -223,11 +223,6 @@ class MilpRows:
 
 # --------------------------------------------------------------------------- certify
 
-def _row_name(spec: Specification, i: int) -> str:
-    j = spec.output.row_class[i]
-    return f"class {j}" if j is not None else f"row {i}"
-
-
 def _any_counterexample(net: Network, spec: Specification, points) -> bool:
     return any(validated_counterexample(net, spec, x) is not None for x in points)
 
@@ -363,7 +358,7 @@ def _certify_one(net: Network, spec: Specification, options: MILPOptions,
             timed_out.append(i)
         if refuted and not options.exact_margins:
             break
-    details["milp_rows"] = {_row_name(spec, i): {"status": o.status, "nodes": o.nodes,
+    details["milp_rows"] = {row_name(spec, i): {"status": o.status, "nodes": o.nodes,
                                                  "dual_bound": o.lower,
                                                  "incumbent": o.solver_upper}
                             for i, o in outcomes.items()}
@@ -378,7 +373,7 @@ def _certify_one(net: Network, spec: Specification, options: MILPOptions,
     if wrong:
         i = wrong[0]
         details["milp_inconsistent"] = (
-            f"{_row_name(spec, i)}: solver bound {lower[i]:.6g} above the float64 value "
+            f"{row_name(spec, i)}: solver bound {lower[i]:.6g} above the float64 value "
             f"{replayed[i]:.6g} at a point of the set")
         lower = sound_lower
     refuted = refuted or _any_counterexample(net, spec, candidates)
@@ -398,11 +393,11 @@ def _certify_one(net: Network, spec: Specification, options: MILPOptions,
 def _timeout_reason(spec, lower, timed_out, outcomes, timeout, stage) -> str:
     """MAYBE "timeout ...": which rows were left undecided, and the bounds so far."""
     i = min(timed_out, key=lambda r: lower[r])
-    names = ", ".join(_row_name(spec, r) for r in sorted(timed_out))
+    names = ", ".join(row_name(spec, r) for r in sorted(timed_out))
     upper = outcomes[i].solver_upper if i in outcomes else math.inf
     limit = f" after {timeout:g} s" if timeout else ""
     return (f"timeout{limit} in {stage}: {len(timed_out)} row(s) undecided ({names}); "
-            f"{_row_name(spec, i)} has lower bound {lower[i]:.6g}, solver's best value "
+            f"{row_name(spec, i)} has lower bound {lower[i]:.6g}, solver's best value "
             f"{upper:.6g}")
 
 
@@ -412,12 +407,12 @@ def _maybe_reason(net, spec, lower, outcomes, tolerance) -> str:
         if lower[i] > tolerance:
             continue
         if not outcome.decided:
-            return (f"MILP for {_row_name(spec, i)} ended with status '{outcome.status}'; "
+            return (f"MILP for {row_name(spec, i)} ended with status '{outcome.status}'; "
                     f"lower bound {lower[i]:.6g}")
         values = [spec.output.values(net.forward(spec.input_set.project(x)))[i]
                   for x in outcome.candidates]
         replay = f"{min(values):.6g}" if values else "none"
-        return (f"MILP minimum for {_row_name(spec, i)} lies in [{lower[i]:.6g}, "
+        return (f"MILP minimum for {row_name(spec, i)} lies in [{lower[i]:.6g}, "
                 f"{outcome.solver_upper:.6g}] (solver), not above the tolerance {tolerance:g}, "
                 f"and no point of it fails the property in the float64 replay (best replayed "
                 f"value {replay})")
