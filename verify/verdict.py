@@ -13,7 +13,7 @@ import numpy as np
 
 from .certificate import Certificate, Status
 from .network import Network
-from .spec import Specification, norm_of, radius_of
+from .spec import LpBall, Specification, norm_of, radius_of
 
 
 def property_values(net: Network, spec: Specification, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
