@@ -21,6 +21,7 @@ from .backends import certify, certify_batch, check_norm, make_options
 from .certificate import Certificate, Status, json_safe
 from .errors import InputError
 from .network import Network
+from .outputs import atomic_path
 
 KIND = {"attack": "upper", "milp": "exact", "bab": "exact", "smoothing": "of g"}
 FIELDS = ["eps", "norm", "method", "bound", "inputs", "yes", "no", "maybe",
@@ -225,15 +226,15 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> bool:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".part.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
     return True
 
 
 def write_json(rows: list[dict], records: list[dict], path: Path) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(json_safe({"rows": rows, "inputs": records}), indent=1,
-                              allow_nan=False))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(json_safe({"rows": rows, "inputs": records}), indent=1,
+                                  allow_nan=False))
