@@ -44,8 +44,8 @@ from typing import ClassVar, Optional, Sequence
 import highspy
 import numpy as np
 
-from ..bounds.lp import (BOUND_SOURCES, interval_margin_lower, neuron_bounds, rows_proved,
-                         solve_rows, tighten_with_lp)
+from ..bounds.lp import (BOUND_SOURCES, interval_margin_lower, neuron_bounds, solve_rows,
+                         tighten_with_lp, trusted_lower)
 from ..bounds.relu_encoding import (BIG_M, TRIANGLE, ReluProgram, build_program, highs_tolerance,
                                     interrupt_requested, lagrangian_bound, run_highs,
                                     set_objective, to_highs)
@@ -320,8 +320,8 @@ def _certify_one(net: Network, spec: Specification, options: MILPOptions,
                   f"{HIGHS_RESOLUTION:g} resolves (badly scaled weights or inputs); the bounds "
                   "are the sound LP and interval ones")
         details["milp_skipped"] = reason
-        proved = all(rows_proved(lp_rows, interval_lower, lp_solver.tolerance))
-        return finish(lower, candidates, reason, 0.0 if proved else math.inf)
+        return finish(trusted_lower(lp_rows, interval_lower), candidates, reason,
+                      lp_solver.tolerance)
     rows = MilpRows(net, spec, program, options.exact_margins, NOISE_FACTOR * noise)
     tolerance = rows.threshold
     details["tolerance"] = tolerance
