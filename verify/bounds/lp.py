@@ -133,7 +133,7 @@ def tighten_with_lp(net: Network, input_set: InputSet, bounds: Sequence[NumpyBou
     return bounds, n_lps
 
 
-def interval_margin_lower(net: Network, spec: Specification, bounds: Sequence[NumpyBounds]
+def relaxed_margin_lower(net: Network, spec: Specification, bounds: Sequence[NumpyBounds]
                           ) -> np.ndarray:
     """max(IBP, CROWN) lower bounds of the margin rows C f(x) - d from the given neuron bounds
     (IBP's last step, and CROWN's backward pass relaxing over them): both sound, and what the
@@ -293,7 +293,7 @@ def _certify_one(net: Network, spec: Specification, options: LPOptions) -> Certi
     # inaccuracy) can leave its Lagrangian bound below theirs: the larger sound bound is reported
     # (CROWN's alone where the solve failed), so the order IBP <= CROWN <= LP holds, and the rows
     # where the reported bound is CROWN's/IBP's are named in details["crown_bound_rows"].
-    relaxed = interval_margin_lower(net, spec, bounds)
+    relaxed = relaxed_margin_lower(net, spec, bounds)
     lower = trusted_lower(rows, relaxed)
     # Where the solver's number becomes a YES: each lower bound is our own float64 Lagrangian
     # bound (valid for any duals) on a row solved to optimality, or IBP's/CROWN's (pure
