@@ -23,7 +23,8 @@ from .errors import InputError
 PathLike = Union[str, Path]
 
 
-def _cannot_write(path: PathLike, error: OSError) -> InputError:
+def cannot_write(path: PathLike, error: OSError) -> InputError:
+    """The one-line error for an OSError met while writing `path`."""
     return InputError(f"{path}: cannot be written ({error.strerror or error})")
 
 
@@ -34,7 +35,7 @@ def _probe(folder: Path, path: PathLike) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        raise _cannot_write(path, error) from None
+        raise cannot_write(path, error) from None
 
 
 def check_output_file(path: PathLike) -> Path:
@@ -56,7 +57,7 @@ def check_output_folder(path: PathLike) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise _cannot_write(path, error) from None
+        raise cannot_write(path, error) from None
     _probe(out, path)
     return out
 
@@ -71,7 +72,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, out)
     except OSError as error:
-        raise _cannot_write(path, error) from None
+        raise cannot_write(path, error) from None
     finally:
         try:
             tmp.unlink()
