@@ -235,7 +235,7 @@ def test_methods_lists_every_certifier(capsys):
     assert code == 0
     names = [line.split()[0] for line in out.splitlines()]
     assert names == sorted(["alpha-crown", "attack", "bab", "crown", "ibp", "lp", "milp",
-                            "smoothing"])
+                            "relu-bab", "smoothing"])
 
 
 def test_methods_show_the_norms_each_takes(capsys):

@@ -37,6 +37,7 @@ from typing import ClassVar, Optional, Sequence
 import numpy as np
 import torch
 
+from . import deadline
 from .backends import check_choices
 from .certificate import Certificate, Status
 from .errors import InputError
@@ -57,6 +58,7 @@ class AttackOptions:
     batch_size: int = 64  # specifications per torch batch
     dtype: str = "auto"  # "float64", "float32", or "auto": float32 on CUDA, float64 on CPU
     stop_early: bool = True  # stop a batch once every specification in it has a violation
+    stop_at_first: bool = False  # stop a batch once any has one (a VNN-LIB query needs one)
 
     def check(self) -> None:
         _check(self)
@@ -84,6 +86,7 @@ class AttackResult:
     forward_passes: int
     steps_run: int
     time_s: float
+    timed_out: bool = False  # the active deadline stopped the steps early
 
     @property
     def violated(self) -> bool:
@@ -234,7 +237,10 @@ def _step(batch: _Batch, x: torch.Tensor, grad: torch.Tensor, size: float, k: in
 def _run_batch(net: Network, specs: Sequence[Specification],
                options: AttackOptions, device: torch.device, dtype: torch.dtype
                ) -> tuple[np.ndarray, int, int]:
-    """PGD on one batch: (B, m, n) the torch-best point per row, forward passes, steps run."""
+    """PGD on one batch: (B, m, n) the torch-best point per row, forward passes, steps run.
+    Past the active deadline it stops after the current step (the first, the start points, is
+    always evaluated)."""
+    timer = deadline.active()
     batch, x = _build_batch(specs, options, device, dtype)
     n_specs, m, per_spec = len(specs), batch.C.shape[1], batch.per_spec
     if m == 0:  # no rows: nothing to attack
@@ -258,9 +264,12 @@ def _run_batch(net: Network, specs: Sequence[Specification],
         reached = x.detach().reshape(n_specs, per_spec, -1).gather(
             1, arg[:, :, None].expand(n_specs, m, x.shape[1]))
         best_points = torch.where(better[:, :, None], reached, best_points)
-        if t == options.steps or options.stop_early and t % 5 == 0 and \
-                bool((best.amin(dim=1) < 0).all()):
+        if t == options.steps or timer.expired():
             break
+        if t % 5 == 0 and (options.stop_early or options.stop_at_first):
+            found = best.amin(dim=1) < 0
+            if bool(found.any() if options.stop_at_first else found.all()):
+                break
         loss = torch.where(worst, values.amin(dim=1), values.gather(1, aim)[:, 0])
         (grad,) = torch.autograd.grad(loss.sum(), x)
         schedule = 0.5 * (1 + math.cos(math.pi * t / options.steps))
@@ -321,13 +330,14 @@ def pgd_attack_many(net: Network, specs: Sequence[Specification],
             t0 = time.perf_counter()
             points, passes, steps_run = _run_batch(net, [specs[i] for i in chunk], options, device,
                                                    dtype)
+            timed_out = deadline.active().expired() and steps_run < options.steps
             for row, i in enumerate(chunk):
                 upper, row_points = _replay(net, specs[i], points[row])
                 worst = int(np.argmin(upper)) if upper.size else 0
                 best_x = row_points[worst] if upper.size else specs[i].input_set.center.copy()
                 values = specs[i].output.values(net.forward(best_x))
                 out[i] = AttackResult(best_x, values, upper, row_points, passes // len(chunk),
-                                      steps_run, 0.0)
+                                      steps_run, 0.0, timed_out)
             elapsed = (time.perf_counter() - t0) / len(chunk)
             for i in chunk:
                 out[i].time_s = elapsed  # type: ignore[union-attr]
@@ -344,7 +354,8 @@ def attack_upper_bounds(net: Network, spec: Specification, options: Optional[Att
                         ) -> tuple[np.ndarray, np.ndarray]:
     """(upper, points): upper[i] = row i's float64 value at points[i], a point of the set; so
     upper[i] >= min over the set of row i. Runs every step (no early stop)."""
-    options = dataclasses.replace(options or AttackOptions(), stop_early=False)
+    options = dataclasses.replace(options or AttackOptions(), stop_early=False,
+                                  stop_at_first=False)
     result = pgd_attack(net, spec, options)
     return result.upper, result.row_points
 
@@ -384,5 +395,8 @@ def certify(net: Network, specs: Sequence[Specification],
             cert.status = Status.MAYBE
             cert.reason = (f"no counterexample found by PGD ({options.restarts} restarts x "
                            f"{options.steps} steps); an attack is not a proof")
+            if result.timed_out:
+                cert.reason = (f"timeout: PGD stopped at its deadline after {result.steps_run} "
+                               f"of {options.steps} steps; no counterexample found")
         certificates.append(cert)
     return certificates

@@ -43,8 +43,8 @@ def register(name: str, run: RunFn, options_type: type, summary: str,
 
 
 def methods() -> list[str]:
-    _load_builtin()
-    return sorted(REGISTRY)
+    """Every method's name (the built-in ones without importing them)."""
+    return sorted(set(REGISTRY) | set(BUILTIN))
 
 
 def check_norm(method: str, norm) -> None:
@@ -147,7 +147,8 @@ def within(value: float, rule: str) -> bool:
 
 
 def get_backend(method: str) -> Backend:
-    _load_builtin()
+    if method not in REGISTRY and method in BUILTIN:
+        _load(method)
     if method not in REGISTRY:
         raise InputError(f"unknown method '{method}': use one of {', '.join(methods())}")
     return REGISTRY[method]
@@ -155,10 +156,30 @@ def get_backend(method: str) -> Backend:
 
 def certify_specs(net: Network, specs: Sequence[Specification], method: str = "ibp",
                   **options) -> list[Certificate]:
-    """Run one certifier on already-built specifications."""
+    """Run one certifier on already-built specifications.
+
+    A method with a `timeout` option (seconds per input, 0: none) runs under an active deadline
+    (verify.deadline) of timeout x the number of specifications, so that every loop of it sees
+    the limit, not only the solver call that reads the option. A certifier whose loop raises
+    DeadlineExpired answers MAYBE "timeout" for every specification of the call (NO only where
+    the set's center replays as a counterexample), never YES."""
+    from . import deadline
+    from .deadline import DeadlineExpired
+
     backend = get_backend(method)
     opts = make_options(method, options)
-    return backend.run(net, list(specs), opts)
+    per_input = getattr(opts, "timeout", None)
+    limit = per_input * len(specs) if isinstance(per_input, (int, float)) and per_input > 0 \
+        else None
+    try:
+        with deadline.limit(limit):
+            return backend.run(net, list(specs), opts)
+    except DeadlineExpired as exc:
+        from .verdict import certificate_from_bounds
+
+        return [certificate_from_bounds(net, spec, method, np.full(len(spec.output.C), -np.inf),
+                                        reason=f"{exc} (the deadline passed)")
+                for spec in specs]
 
 
 def certify_batch(net: Network, xs, labels, eps: float, norm="inf", method: str = "ibp",
@@ -186,9 +207,6 @@ def certify(net: Network, x, label: int, eps: float, norm="inf", method: str = "
     return cert
 
 
-_loaded = False
-
-
 # name -> (module, entry function, options class, one-line summary), imported on first use.
 BUILTIN = {
     "ibp": ("verify.bounds.ibp", "certify", "IBPOptions",
@@ -203,6 +221,8 @@ BUILTIN = {
              "big-M MILP on HiGHS: exact, YES or NO (MAYBE only on timeout)"),
     "bab": ("verify.exact.bab", "certify", "BaBOptions",
             "branch and bound over input boxes with CROWN: complete for few inputs"),
+    "relu-bab": ("verify.exact.relu_bab", "certify", "ReluBaBOptions",
+                 "branch and bound over ReLU splits with beta-CROWN: complete for many inputs"),
     "attack": ("verify.attack", "certify", "AttackOptions",
                "PGD attack with random restarts: finds counterexamples (NO or MAYBE, never YES)"),
     "smoothing": ("verify.smoothing.certify", "run", "SmoothingOptions",
@@ -211,15 +231,21 @@ BUILTIN = {
 }
 
 
-def _load_builtin() -> None:
-    """Register the certifiers shipped with the package (import on first use)."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
+def _load(name: str) -> None:
+    """Import one built-in certifier's module and register it (on its first use only: the
+    modules pull torch, highspy, cvxpy or scipy.stats, which a run of one method never needs
+    all of)."""
     import importlib
 
-    for name, (module_name, function, options_name, summary) in BUILTIN.items():
-        module = importlib.import_module(module_name)
-        register(name, getattr(module, function), getattr(module, options_name), summary,
-                 getattr(module, "NORMS", NORMS))
+    module_name, function, options_name, summary = BUILTIN[name]
+    module = importlib.import_module(module_name)
+    register(name, getattr(module, function), getattr(module, options_name), summary,
+             getattr(module, "NORMS", NORMS))
+
+
+def load_all() -> dict[str, Backend]:
+    """Every built-in certifier imported and registered (for listings): the REGISTRY."""
+    for name in BUILTIN:
+        if name not in REGISTRY:
+            _load(name)
+    return REGISTRY

@@ -1,4 +1,16 @@
-"""The `verify` command: info, certify, demo.
+"""The `verify` command. Subcommands:
+
+    info            layers, shapes, neurons and parameters of an ONNX model
+    methods         the certifiers and their options
+    certify         one input's robustness with one certifier (a Certificate, text or JSON)
+    smooth-predict  the smoothed classifier's class, or abstain
+    demo            a few test digits on the bundled model, several certifiers side by side
+    compare         certifiers side by side on many inputs (CSV, JSON, PNG)
+    plot2d          input- and output-space picture for a 2-input network
+    export          the MILP (or its LP relaxation) of one margin as .lp / .mps
+    vnnlib          answer one VNN-LIB property: sat, unsat, unknown, timeout
+    vnncomp         run and score a VNN-COMP instances.csv
+    benchmarks      list or fetch full VNN-COMP suites, sha256-checked
 
 User errors (bad files, arguments, models) print one line `verify: error: ...` on stderr and exit
 with code 2; a completed run exits 0 whatever the verdict.
@@ -181,26 +193,50 @@ def cmd_info(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from .backends import REGISTRY
+    from .backends import load_all
 
-    methods()  # registers the built-in certifiers
-    for name in sorted(REGISTRY):
-        backend = REGISTRY[name]
+    registry = load_all()  # imports every built-in certifier
+    for name in sorted(registry):
+        backend = registry[name]
         balls = " ".join(f"l_{n}" for n in backend.norms)
         print(f"{name:12s} {balls:14s} {backend.summary}")
     return 0
 
 
 def cmd_certify(args) -> int:
+    from . import deadline
+    from .threads import configure
+
+    timeout = _check_timeout(args.timeout)
     get_backend(args.method)
     net = load_onnx(args.model)
+    configure(net, args.threads)
     x = read_input(args.input)
     domain = parse_domain(args.domain, args.model)
-    cert = certify(net, x, args.label, args.eps, norm=args.norm, method=args.method,
-                   domain=domain, **{**_options(args), **_smoothing_options(args),
-                                     **_method_options(args)})
+    options = {**_options(args), **_smoothing_options(args), **_method_options(args)}
+    own_clock = "timeout" in get_backend(args.method).options_type.__dataclass_fields__
+    if timeout is not None and own_clock:  # milp, bab: their own limit, never past --timeout
+        options["timeout"] = min(options.get("timeout") or timeout, timeout)  # 0: none
+    with deadline.limit(timeout):  # past it: MAYBE with reason "timeout ..."
+        cert = certify(net, x, args.label, args.eps, norm=args.norm, method=args.method,
+                       domain=domain, **options)
     print(cert.to_json() if args.json else str(cert))
     return 0
+
+
+def _check_timeout(seconds: Optional[float]) -> Optional[float]:
+    """--timeout: None (no limit) or a finite number of seconds > 0."""
+    if seconds is None:
+        return None
+    from .vnncomp import check_seconds
+
+    return check_seconds(seconds, "--timeout")
+
+
+def _add_threads_argument(p) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: 1 for networks under 2M multiply-accumulates "
+                   "per input, else the free cores; see docs/vnnlib.md)")
 
 
 def bundled_model() -> tuple[Path, Path]:
@@ -250,7 +286,10 @@ def cmd_compare(args) -> int:
     from .compare import (check_methods, compare, compare_one, format_table, plot_curves,
                           write_json)
 
+    from .threads import configure
+
     net = load_onnx(args.model)
+    configure(net, args.threads)
     domain = parse_domain(args.domain, args.model)
     options = _compare_options(args)
     check_methods(args.methods, args.norm, options)  # before any row runs or file is made
@@ -366,12 +405,14 @@ def cmd_export(args) -> int:
 
 
 def cmd_vnnlib(args) -> int:
+    from .threads import check_threads
     from .vnncomp import check_seconds, solve_files
 
     check_seconds(args.timeout, "--timeout")
     if args.out:
         check_output_file(args.out)
-    result = solve_files(args.model, args.property, args.method, args.timeout)
+    result = solve_files(args.model, args.property, args.method, args.timeout,
+                         check_threads(args.threads))
     text = result.text()
     if args.out:  # written before anything is printed: a failure leaves no half-reported answer
         write_text_atomically(args.out, text)
@@ -382,6 +423,7 @@ def cmd_vnnlib(args) -> int:
 
 
 def cmd_vnncomp(args) -> int:
+    from .threads import check_threads
     from .vnncomp import check_seconds, run_instances, summary
 
     if args.timeout_cap is not None:
@@ -391,7 +433,8 @@ def cmd_vnncomp(args) -> int:
     if args.out:
         check_output_file(args.out)
     rows = run_instances(args.instances, args.method, args.timeout_cap, args.out, args.limit,
-                         workers=args.workers, cluster=args.cluster)
+                         workers=args.workers, cluster=args.cluster,
+                         threads=check_threads(args.threads))
     print(summary(rows))
     return 0
 
@@ -446,6 +489,19 @@ def cmd_smooth_predict(args) -> int:
     return 0
 
 
+def cmd_benchmarks(args) -> int:
+    from .benchmark_suites import describe, fetch, load_registry
+
+    if args.action == "list":
+        print(describe(load_registry()))
+        return 0
+    if not args.name:
+        raise InputError("benchmarks fetch needs a suite name (list them: verify benchmarks list)")
+    target = fetch(args.name, Path(args.dest), args.source)
+    print(f"fetched {args.name} into {target} (every file sha256-checked)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="verify", description="Prove or refute robustness of ONNX ReLU networks.")
     parser.add_argument("--version", action="version", version=f"verify {__version__}")
@@ -474,6 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="any option of the method, e.g. steps=50 for alpha-crown, timeout=30 "
                    "for milp, intermediate=ibp for crown (repeatable)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds for the certifier (default: none); past it MAYBE 'timeout'")
+    _add_threads_argument(p)
     p.set_defaults(func=cmd_certify)
     _add_smoothing_arguments(p)
 
@@ -511,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an option of one method, e.g. smoothing.sigma=0.25 or milp.timeout=10 "
                    "(repeatable)")
     p.add_argument("--label", type=int, default=None)
+    _add_threads_argument(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("plot2d", help="input and output space picture for a 2-input network")
@@ -547,6 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds, loading included")
     p.add_argument("--method", default="auto", help="auto, bab, or a certifier name")
     p.add_argument("--out", default=None, help="write the result (and counterexample) here")
+    _add_threads_argument(p)
     p.set_defaults(func=cmd_vnnlib)
 
     p = sub.add_parser("vnncomp", help="run a VNN-COMP instances.csv and score it")
@@ -558,7 +619,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="local processes (default 1)")
     p.add_argument("--cluster", default=None,
                    help="address of an existing Dask scheduler (needs dask[distributed])")
+    _add_threads_argument(p)
     p.set_defaults(func=cmd_vnncomp)
+
+    p = sub.add_parser("benchmarks", help="list or fetch full VNN-COMP suites (sha256-checked)")
+    p.add_argument("action", choices=["list", "fetch"])
+    p.add_argument("name", nargs="?", default=None, help="the suite to fetch (see: list)")
+    p.add_argument("--dest", default=".", help="folder to fetch into (default: here)")
+    p.add_argument("--source", default=None,
+                   help="a mirror URL or a local folder laid out like the repository")
+    p.set_defaults(func=cmd_benchmarks)
     return parser
 
 

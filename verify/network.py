@@ -13,6 +13,7 @@ Nothing else lives here: bounds and certifiers iterate over `Network.layers` the
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Sequence, Union
 
@@ -25,7 +26,7 @@ Shape = tuple[int, ...]
 
 
 def _size(shape: Shape) -> int:
-    return int(np.prod(shape, dtype=np.int64))
+    return math.prod(int(n) for n in shape)  # (np.prod: ~20 us a call, on every forward)
 
 
 @dataclass(eq=False)

@@ -3,8 +3,9 @@ the way VNN-COMP does (loading time counts; +10 per correct answer, -150 per wro
 whose counterexample does not replay counts as wrong).
 
 Methods: "auto" (falsify, then complete search: input-splitting branch and bound for inputs of at
-most `BAB_MAX_INPUTS` dimensions, else bound with alpha-CROWN and finish with the MILP where one
-is registered), "bab", or any registered certifier (incomplete ones answer unsat or unknown).
+most `BAB_MAX_INPUTS` dimensions, else bound with alpha-CROWN, search over ReLU splits (relu-bab)
+and finish with the MILP where one is registered), "bab", "relu-bab", or any registered certifier
+(incomplete ones answer unsat or unknown).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import Optional, TextIO
 
 import numpy as np
 
+from . import deadline as deadlines
 from .backends import certify_specs, get_backend
+from .deadline import DeadlineExpired
 from .errors import InputError
 from .network import Network
 from .onnx_io import load_onnx
@@ -28,6 +31,13 @@ from .spec import OutputProperty, Specification
 from .vnnlib import VnnlibQuery, format_counterexample, load_vnnlib
 
 BAB_MAX_INPUTS = 16
+# "auto" above BAB_MAX_INPUTS inputs: each stage gets this fraction of the time that remains
+# when it starts, so of the whole budget the attack gets 15%, alpha-CROWN 35% (plus what the
+# attack left), the ReLU-split search 3/4 of what remains then, and the MILP all the rest.
+AUTO_STAGES = (("attack", 0.15), ("alpha-crown", 0.35 / 0.85), ("relu-bab", 0.75), ("milp", 1.0))
+BAB_ATTACK_SHARE = 0.15  # "auto"/"bab" on few inputs: the attack before the searches
+# Methods that bound every disjunct in one batched call; the others take one disjunct at a time.
+BATCHED_METHODS = ("attack", "ibp", "crown", "alpha-crown")
 
 
 @dataclass
@@ -37,6 +47,7 @@ class QueryResult:
     time_s: float = 0.0
     method: str = ""
     reason: str = ""
+    open_pairs: list = field(default_factory=list, repr=False)  # disjuncts left unrefuted
 
     def text(self) -> str:
         """The VNN-COMP result file: the verdict, and for sat the assignment."""
@@ -65,53 +76,77 @@ def _disjunct_specs(query: VnnlibQuery) -> list[tuple[Specification, int]]:
             for case in query.cases for d in case.disjuncts]
 
 
-def _solve_with_certifier(net: Network, query: VnnlibQuery, method: str, deadline: float,
-                          options: dict) -> QueryResult:
+def _solve_with_certifier(net: Network, query: VnnlibQuery, method: str, options: dict,
+                          pairs: Optional[list[tuple[Specification, int]]] = None
+                          ) -> QueryResult:
     """Incomplete or exact certifier on each (case, disjunct): refuted when a row's lower bound
-    is > 0 (one-row disjuncts: the certificate's own YES)."""
-    if "timeout" in {f for f in get_backend(method).options_type.__dataclass_fields__}:
-        options = {**options, "timeout": max(0.1, deadline - time.perf_counter())}
-    pairs = _disjunct_specs(query)
-    certs = certify_specs(net, [s for s, _ in pairs], method, **options)
+    is > 0 (one-row disjuncts: the certificate's own YES). The batched bound methods take every
+    disjunct in one call under the active deadline; the others (lp, milp, bab) one disjunct at
+    a time, each with an equal share of the time that remains when it starts (what one leaves
+    passes to the next), never the whole budget each. `pairs`: the (specification, rows) still
+    open (default: every disjunct); the result's `open_pairs` are those left unrefuted."""
+    timer = deadlines.active()
+    pairs = _disjunct_specs(query) if pairs is None else pairs
+    still_open = []
+    groups = [pairs] if method in BATCHED_METHODS else [[pair] for pair in pairs]
+    has_timeout = "timeout" in get_backend(method).options_type.__dataclass_fields__
     open_reasons = []
-    for (spec, rows), cert in zip(pairs, certs):
-        if cert.counterexample is not None:
-            found = replay(net, query, np.array(cert.counterexample))
-            if found is not None:
-                return QueryResult("sat", found, method=method)
-        lower = np.array([-np.inf if v is None else v for v in cert.margin_lower])
-        # A solver's bound counts only above its tolerance, as in the certificate's own YES.
-        tolerance = cert.details.get("yes_tolerance", 0.0)
-        refuted = cert.proved if rows == 1 else bool(np.max(lower) > tolerance)
-        if not refuted:
-            open_reasons.append(cert.reason or "not proved")
+    for k, group in enumerate(groups):
+        with deadlines.limit(timer.split(1.0 / (len(groups) - k))) as share:
+            call_options = dict(options)
+            if has_timeout and share.limited:  # the method's own clock, never past the share
+                asked = options.get("timeout") or math.inf  # 0: none, as milp and bab read it
+                call_options["timeout"] = max(0.05, min(asked, share.remaining()))
+            if share.expired():
+                certs = None
+            else:
+                certs = certify_specs(net, [s for s, _ in group], method, **call_options)
+        if certs is None:
+            open_reasons.append("timeout before this disjunct's turn")
+            still_open.extend(group)
+            continue
+        for (spec, rows), cert in zip(group, certs):
+            if cert.counterexample is not None:
+                found = replay(net, query, np.array(cert.counterexample))
+                if found is not None:
+                    return QueryResult("sat", found, method=method)
+            lower = np.array([-np.inf if v is None else v for v in cert.margin_lower])
+            # A solver's bound counts only above its tolerance, as in the certificate's own YES.
+            tolerance = cert.details.get("yes_tolerance", 0.0)
+            refuted = cert.proved if rows == 1 else bool(np.max(lower) > tolerance)
+            if not refuted:
+                open_reasons.append(cert.reason or "not proved")
+                still_open.append((spec, rows))
     if not open_reasons:
         return QueryResult("unsat", method=method)
-    timed_out = time.perf_counter() > deadline
+    timed_out = timer.expired() or any("timeout" in reason for reason in open_reasons)
     return QueryResult("timeout" if timed_out else "unknown", method=method,
-                       reason=open_reasons[0])
+                       reason=open_reasons[0], open_pairs=still_open)
 
 
-def _solve_bab(net: Network, query: VnnlibQuery, deadline: float, options: dict) -> QueryResult:
+def _solve_bab(net: Network, query: VnnlibQuery, options: dict) -> QueryResult:
+    """Input-splitting branch and bound: a cheap attack on every disjunct (BAB_ATTACK_SHARE of
+    the time, shared equally), then all searches round-robin until the active deadline."""
     from .backends import make_options
     from .exact.bab import BoxSearch, falsify_box, search_all
 
     opts = make_options("bab", options)
     pairs = [(case, d) for case in query.cases for d in case.disjuncts]
     hints = []  # a cheap attack on every disjunct before any search; its best point seeds it
-    for case, d in pairs:
-        if time.perf_counter() > deadline:  # no time left: the searches below say "timeout"
+    attack_time = deadlines.active().split(BAB_ATTACK_SHARE)
+    for k, (case, d) in enumerate(pairs):
+        if attack_time.expired():  # its share is spent: the searches start from the centers
             hints.append(None)
             continue
-        x, value = falsify_box(net, case.box, d.A, d.b, opts.device, best=True,
-                               deadline=deadline)
+        with deadlines.limit(attack_time.split(1.0 / (len(pairs) - k))):
+            x, value = falsify_box(net, case.box, d.A, d.b, opts.device, best=True)
         found = replay(net, query, x) if value <= 0 else None
         if found is not None:
             return QueryResult("sat", found, method="bab")
         hints.append((x, value))
     searches = search_all([BoxSearch(net, case.box, d.A, d.b, opts,
                                      check=lambda x: replay(net, query, x) is not None, hint=hint)
-                           for (case, d), hint in zip(pairs, hints)], deadline)
+                           for (case, d), hint in zip(pairs, hints)], None)
     for s in searches:
         if s.result.status == "sat":
             return QueryResult("sat", replay(net, query, s.result.counterexample), method="bab")
@@ -123,58 +158,114 @@ def _solve_bab(net: Network, query: VnnlibQuery, deadline: float, options: dict)
                        reason=reason)
 
 
-def solve(net: Network, query: VnnlibQuery, method: str = "auto", timeout: float = 60.0,
-          **options) -> QueryResult:
-    """Answer a VNN-LIB query on a network: sat (with a replayed counterexample), unsat,
-    unknown (the method could not decide) or timeout."""
-    t0 = time.perf_counter()
-    check_seconds(timeout)
-    query.check_sizes(net.input_size, net.output_size, net.input_shape)
-    deadline = t0 + timeout
+def _solve_relu_bab(net: Network, query: VnnlibQuery, options: dict,
+                    pairs: Optional[list[tuple[Specification, int]]] = None) -> QueryResult:
+    """ReLU-split BaB under the active deadline: the one-row disjuncts of one input box become
+    the rows of one specification (one shared search; every row must be refuted), multi-row
+    disjuncts go one by one (refuted by some row > 0). `pairs` as for _solve_with_certifier."""
+    pairs = _disjunct_specs(query) if pairs is None else pairs
+    merged: dict[int, list[Specification]] = {}
+    for spec, rows in pairs:
+        if rows == 1:
+            merged.setdefault(id(spec.input_set), []).append(spec)
+    groups = [(Specification(specs[0].input_set, OutputProperty(
+        np.concatenate([s.output.C for s in specs]), np.concatenate([s.output.d for s in specs]))),
+        specs) for specs in merged.values()] + [(s, None) for s, rows in pairs if rows != 1]
+    options = {"timeout": 0.0, **options}  # the active deadline bounds it
+    still_open, reasons = [], []
+    for spec, parts in groups:
+        cert = certify_specs(net, [spec], "relu-bab", **options)[0]
+        if cert.counterexample is not None:
+            found = replay(net, query, np.array(cert.counterexample))
+            if found is not None:
+                return QueryResult("sat", found, method="relu-bab")
+        lower = np.array([-np.inf if v is None else v for v in cert.margin_lower])
+        if parts is None and not np.max(lower) > 0:
+            still_open.append((spec, len(lower)))
+        elif parts is not None:  # row i refuted when its own bound is > 0
+            still_open += [(part, 1) for part, value in zip(parts, lower) if not value > 0]
+        if cert.reason and still_open:
+            reasons.append(cert.reason)
+    if not still_open:
+        return QueryResult("unsat", method="relu-bab")
+    timed_out = deadlines.active().expired() or any("timeout" in r for r in reasons)
+    return QueryResult("timeout" if timed_out else "unknown", method="relu-bab",
+                       reason=reasons[0] if reasons else "not proved", open_pairs=still_open)
+
+
+def _solve(net: Network, query: VnnlibQuery, method: str, options: dict) -> QueryResult:
+    """`solve` under its deadline (the active one)."""
     for case in query.cases:  # a disjunct without output constraints: the box itself violates
         if any(len(d.A) == 0 for d in case.disjuncts):
             found = replay(net, query, case.box.center)
             if found is not None:
-                return QueryResult("sat", found, time.perf_counter() - t0, method,
+                return QueryResult("sat", found, 0.0, method,
                                    "the violation has no output constraint")
     if method == "bab" or (method == "auto" and net.input_size <= BAB_MAX_INPUTS):
-        result = _solve_bab(net, query, deadline, options)
-    elif method == "auto":
+        return _solve_bab(net, query, options)
+    if method == "auto":
         result = QueryResult("unknown")
-        for step in ("attack", "alpha-crown", "milp"):
-            if time.perf_counter() > deadline:
+        pairs = _disjunct_specs(query)  # each stage gets the disjuncts the earlier ones left
+        for step, share in AUTO_STAGES:
+            if deadlines.active().expired():
                 break
-            result = _solve_with_certifier(net, query, step, deadline, {})
+            stage_options = {"stop_at_first": True} if step == "attack" else {}
+            with deadlines.limit(deadlines.active().split(share)):
+                result = _solve_relu_bab(net, query, {"attack": False}, pairs) \
+                    if step == "relu-bab" else \
+                    _solve_with_certifier(net, query, step, stage_options, pairs)
             if result.result in ("sat", "unsat"):
                 break
+            pairs = result.open_pairs
         result.method = f"auto:{result.method}"
-    else:
-        get_backend(method)
-        if method == "smoothing":
-            raise InputError("smoothing certifies the smoothed classifier g, with a probability, "
-                             "not the network: it cannot answer a VNN-LIB query (use auto, bab, "
-                             "milp or a bound method)")
-        result = _solve_with_certifier(net, query, method, deadline, options)
-    result.time_s = time.perf_counter() - t0
+        return result
+    if method == "relu-bab":
+        return _solve_relu_bab(net, query, options)
+    get_backend(method)
+    if method == "smoothing":
+        raise InputError("smoothing certifies the smoothed classifier g, with a probability, "
+                         "not the network: it cannot answer a VNN-LIB query (use auto, bab, "
+                         "milp or a bound method)")
+    return _solve_with_certifier(net, query, method, options)
+
+
+def solve(net: Network, query: VnnlibQuery, method: str = "auto", timeout: float = 60.0,
+          **options) -> QueryResult:
+    """Answer a VNN-LIB query on a network: sat (with a replayed counterexample), unsat,
+    unknown (the method could not decide) or timeout. Every stage runs under one deadline
+    (verify.deadline) `timeout` seconds from the call; past it the answer is "timeout"."""
+    t0 = time.monotonic()
+    check_seconds(timeout)
+    query.check_sizes(net.input_size, net.output_size, net.input_shape)
+    with deadlines.limit(timeout) as whole:
+        try:
+            result = _solve(net, query, method, options)
+        except DeadlineExpired as exc:  # a loop that raises rather than returning its best
+            result = QueryResult("timeout", method=method, reason=str(exc))
+    result.time_s = time.monotonic() - t0
     if result.result == "sat" and result.counterexample is None:
         result.result, result.reason = "unknown", "counterexample failed the float64 replay"
-    if result.result in ("unknown",) and time.perf_counter() > deadline:
+    if result.result == "unknown" and whole.expired():
         result.result = "timeout"
     return result
 
 
 def solve_files(model: str, prop: str, method: str = "auto", timeout: float = 60.0,
-                **options) -> QueryResult:
-    """Load (timed, as in the competition) and solve."""
-    t0 = time.perf_counter()
+                threads: Optional[int] = None, **options) -> QueryResult:
+    """Load (timed, as in the competition) and solve; torch's threads follow verify.threads'
+    policy for the loaded network unless `threads` is given."""
+    from .threads import configure
+
+    t0 = time.monotonic()
     check_seconds(timeout)
     net = load_onnx(model)
     query = load_vnnlib(prop)
-    remaining = timeout - (time.perf_counter() - t0)
+    configure(net, threads)
+    remaining = timeout - (time.monotonic() - t0)
     if remaining <= 0:
-        return QueryResult("timeout", time_s=time.perf_counter() - t0, reason="loading")
+        return QueryResult("timeout", time_s=time.monotonic() - t0, reason="loading")
     result = solve(net, query, method, remaining, **options)
-    result.time_s = time.perf_counter() - t0
+    result.time_s = time.monotonic() - t0
     return result
 
 
@@ -190,6 +281,7 @@ class InstanceRow:
     score: int = 0
     method: str = ""
     reference: dict = field(default_factory=dict)
+    reason: str = ""
 
 
 def score(result: str, expected: str) -> int:
@@ -208,21 +300,30 @@ def _median_reference(values: list[str]) -> Optional[float]:
 
 
 def _solve_job(model: str, prop: str, method: str, timeout: float, options: dict,
-               single_thread: bool) -> QueryResult:
+               threads: Optional[int]) -> QueryResult:
     """One instance, in this process or a worker (module level, so it pickles)."""
-    if single_thread:  # several workers share the cores: one torch thread each
-        import torch
+    return solve_files(model, prop, method, timeout, threads, **options)
 
-        torch.set_num_threads(1)
-    return solve_files(model, prop, method, timeout, **options)
+
+def late_as_timeout(result: QueryResult, timeout: float) -> QueryResult:
+    """A result that came after its timeout counts as a timeout, as in VNN-COMP (its answer is
+    kept in the reason)."""
+    if result.time_s > timeout and result.result != "timeout":
+        result.reason = (f"{result.result} after {result.time_s:.2f} s, past the "
+                         f"{timeout:g} s timeout")
+        result.result, result.counterexample = "timeout", None
+    return result
 
 
 def run_instances(instances_csv: str, method: str = "auto", timeout_cap: Optional[float] = None,
                   out_csv: Optional[str] = None, limit: Optional[int] = None,
                   progress: Optional[TextIO] = sys.stderr, workers: int = 1,
-                  cluster: Optional[str] = None, **options) -> list[InstanceRow]:
+                  cluster: Optional[str] = None, threads: Optional[int] = None,
+                  **options) -> list[InstanceRow]:
     """Run every (onnx, vnnlib, timeout) row, on `workers` local processes or a Dask `cluster`;
-    compare with ground_truth.csv when the folder has one."""
+    compare with ground_truth.csv when the folder has one. A result that came after its row's
+    timeout counts as a timeout. `threads`: torch threads per instance (default: the policy of
+    verify.threads, and 1 when several workers share the machine)."""
     from .executor import run_jobs
 
     path = Path(instances_csv)
@@ -256,16 +357,18 @@ def run_instances(instances_csv: str, method: str = "auto", timeout_cap: Optiona
             if not (folder / name).is_file():
                 raise InputError(f"{path}:{k + 1}: {folder / name}: no such file")
         names.append((Path(onnx_rel).stem.replace("_batch_2000", ""), Path(prop_rel).stem))
+        shared = workers > 1 or cluster is not None  # several workers share the cores
         jobs.append((str(folder / onnx_rel), str(folder / prop_rel), method, timeout, options,
-                     workers > 1 or cluster is not None))
+                     threads if threads is not None else (1 if shared else None)))
     rows: list[Optional[InstanceRow]] = [None] * len(jobs)
     for done, (k, result) in enumerate(run_jobs(_solve_job, jobs, workers, cluster), 1):
+        result = late_as_timeout(result, jobs[k][3])
         network, prop = names[k]
         ref = truth.get((network, prop), {})
         expected = ref.get("ground_truth", "")
         row = InstanceRow(network, prop, result.result, result.time_s, expected,
                           score(result.result, expected), result.method,
-                          {key: v for key, v in ref.items() if "_20" in key})
+                          {key: v for key, v in ref.items() if "_20" in key}, result.reason)
         rows[k] = row
         if progress is not None:
             mark = {10: "ok", -150: "WRONG", 0: ""}[row.score]
@@ -279,15 +382,17 @@ def run_instances(instances_csv: str, method: str = "auto", timeout_cap: Optiona
 
 
 def write_results(rows: list[InstanceRow], out_csv: str) -> None:
-    """instance, result, time, expected, score: written to a temp file, then renamed."""
+    """instance, result, time, expected, score, method, reason: written to a temp file, then
+    renamed."""
     out = Path(out_csv)
     tmp = out.with_name(out.name + ".part")
     with open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["network", "property", "result", "time_s", "expected", "score", "method"])
+        writer.writerow(["network", "property", "result", "time_s", "expected", "score", "method",
+                         "reason"])
         for r in rows:
             writer.writerow([r.network, r.property, r.result, f"{r.time_s:.4f}", r.expected,
-                             r.score, r.method])
+                             r.score, r.method, r.reason])
     tmp.replace(out)
 
 

@@ -30,6 +30,7 @@ from typing import ClassVar, Optional, Sequence
 import numpy as np
 import torch
 
+from .. import deadline as deadlines
 from ..backends import check_choice, check_choices
 from ..certificate import Certificate
 from ..errors import InputError
@@ -118,6 +119,12 @@ def _box_batch(lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, d: tor
                       C=C.expand(take, -1, -1), d=d.expand(take, -1))
 
 
+def _end(deadline: Optional[float]) -> float:
+    """The sooner of `deadline` (time.monotonic's scale; None: none) and the active one."""
+    end = deadlines.active().end
+    return end if deadline is None else min(deadline, end)
+
+
 def optimized_lower(net: Network, lower: torch.Tensor, upper: torch.Tensor, A: torch.Tensor,
                     b: torch.Tensor, neuron: list, steps: int = 20, lr: float = 0.5
                     ) -> torch.Tensor:
@@ -132,17 +139,20 @@ def optimized_lower(net: Network, lower: torch.Tensor, upper: torch.Tensor, A: t
     gamma_m ((|lam|^T |A|) |f| + |lam|^T |b|), subtracted with |f| bounded by the logit bounds.
     """
     from ..bounds import crown, rounding_slack
-    from ..bounds.alpha_crown import _initial_slopes
+    from ..bounds.alpha_crown import ProjectedAdam, _initial_slopes
 
     batch = _box_batch(lower, upper, A[None, :1], b[None, :1])
     f_max = torch.maximum(neuron[-1][0].abs(), neuron[-1][1].abs())
     theta = torch.zeros((len(lower), len(A)), dtype=lower.dtype, device=lower.device,
                         requires_grad=True)
     alphas = _initial_slopes(net, batch, neuron, 1, len(net.layers))
-    optimizer = torch.optim.Adam([theta, *alphas.values()], lr=lr)
+    optimizer = ProjectedAdam([theta, *alphas.values()], lr)
     best = torch.full((len(lower),), -np.inf, dtype=lower.dtype, device=lower.device)
+    end = _end(None)
     with torch.enable_grad():
-        for _ in range(steps):
+        for step in range(steps):
+            if step > 0 and time.monotonic() > end:  # every iterate is sound: keep the best
+                break
             lam = torch.softmax(theta, dim=1)
             C, d = lam @ A, lam @ b
             batch.C, batch.d = C[:, None, :], d[:, None]
@@ -152,7 +162,7 @@ def optimized_lower(net: Network, lower: torch.Tensor, upper: torch.Tensor, A: t
                 magnitude = ((lam_abs @ A.abs()) * f_max).sum(1) + lam_abs @ b.abs()
                 best = torch.maximum(best, value.detach() - rounding_slack(
                     magnitude, len(A), f_max.sum(-1)))  # (lam A's entries, times f)
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             (-value.sum()).backward()
             optimizer.step()
             with torch.no_grad():
@@ -167,7 +177,8 @@ def falsify(net: Network, lower: torch.Tensor, upper: torch.Tensor, A: torch.Ten
     """Projected sign-gradient descent on max_i (A f(x) - b)_i, each start inside its own box
     (lower, upper: (R, n)). Returns the best point and its value (<= 0: a candidate violation);
     with `every`, each start's best point (R, n) and value (R,) instead, as tensors. Past
-    `deadline` (time.perf_counter's scale) it stops after the current step."""
+    `deadline` (time.monotonic's scale) or the active one it stops after the current step."""
+    end = _end(deadline)
     x = start.clone().requires_grad_(True)
     width = upper - lower
     best_x, best_v = start.clone(), torch.full((len(start),), np.inf, dtype=start.dtype,
@@ -177,8 +188,7 @@ def falsify(net: Network, lower: torch.Tensor, upper: torch.Tensor, A: torch.Ten
         with torch.no_grad():
             better = values < best_v
             best_x[better], best_v[better] = x[better], values[better]
-        if bool((best_v <= 0).any()) and not every or step == steps or \
-                deadline is not None and time.perf_counter() > deadline:
+        if bool((best_v <= 0).any()) and not every or step == steps or time.monotonic() > end:
             break
         (grad,) = torch.autograd.grad(values.sum(), x)
         size = 0.5 * width * (1 - step / steps) / 2
@@ -196,7 +206,7 @@ def falsify_box(net: Network, box: Box, A: np.ndarray, b: np.ndarray, device="au
                 deadline: Optional[float] = None):
     """A point of the box where every row of A f(x) <= b holds (float PGD; not yet replayed),
     else None; with `best`, the best point found and its value max_i (A f(x) - b)_i instead.
-    Past `deadline` the descent stops after its current step (`falsify`)."""
+    Past `deadline` (or the active one) the descent stops after its current step (`falsify`)."""
     device = resolve_device(device)
     lo = torch.as_tensor(box.lower, dtype=torch.float64, device=device)[None]
     up = torch.as_tensor(box.upper, dtype=torch.float64, device=device)[None]
@@ -258,7 +268,13 @@ class BoxSearch:
         # The best attack point so far and its value max_i (A f(x) - b)_i, for `polish`.
         self.best_x, self.best_value = hint if hint is not None else (box.center, np.inf)
         self.polished = False
-        self.started: Optional[float] = None  # perf_counter at the first step
+        self.started: Optional[float] = None  # time.monotonic() at the first step
+        # The end time (time.monotonic's scale) that search_all sets, and the seconds per box
+        # of the last step: a batch is cut to what fits in half the time left, so one step
+        # cannot run far past the deadline (a batch's cost grows faster than its size).
+        self.end = math.inf
+        self.seconds_per_box: Optional[float] = None
+        self.last_take = 0
         self.device = resolve_device(options.device)
         check_choices(options, "bab")
         self.A = torch.as_tensor(A, dtype=torch.float64, device=self.device)
@@ -280,7 +296,7 @@ class BoxSearch:
         """Bound one batch (best first), drop the proved boxes, attack and split the rest."""
         result, options = self.result, self.options
         if self.started is None:
-            self.started = time.perf_counter()
+            self.started = time.monotonic()
         if not len(self.lower):
             result.status = "unsat"
             return
@@ -288,6 +304,11 @@ class BoxSearch:
             result.status, result.reason = "unknown", f"box budget of {options.max_boxes} spent"
             return
         take = min(options.batch_size, len(self.lower))
+        left = self.end - time.monotonic()
+        if self.seconds_per_box and math.isfinite(left):  # at most twice the last batch
+            take = max(1, min(take, 2 * self.last_take, int(0.5 * left / self.seconds_per_box)))
+        self.last_take = take
+        step_start = time.monotonic()
         order = torch.argsort(self.priority)
         chosen, rest = order[:take], order[take:]
         lo, up = self.lower[chosen], self.upper[chosen]
@@ -300,13 +321,14 @@ class BoxSearch:
         best_row = row_lower.max(dim=1).values
         refuted = best_row > 0  # some row of A f(x) - b is > 0 on the whole box
         refine = options.alpha_steps > 0 and options.bounds == "crown" and \
-            time.perf_counter() - self.started >= options.alpha_after
+            time.monotonic() - self.started >= options.alpha_after
         if refine and not bool(refuted.all()):
             open_ = ~refuted
             best_row[open_] = torch.maximum(best_row[open_], optimized_lower(
                 self.net, lo[open_], up[open_], self.A, self.b,
                 [(l[open_], u[open_]) for l, u in neuron], options.alpha_steps, options.alpha_lr))
             refuted = best_row > 0
+        self.seconds_per_box = (time.monotonic() - step_start) / take
         if torch.any(refuted):
             result.proved_lower = min(result.proved_lower, best_row[refuted].min().item())
         keep = ~refuted
@@ -342,8 +364,8 @@ class BoxSearch:
         far (`local_milp`, each with its share of `polish_time`), until one holds a violation."""
         self.polished = True
         options = self.options
-        end = min(time.perf_counter() + options.polish_time, deadline)
-        if self.done or end - time.perf_counter() < 1.0:  # no time left for attack and MILPs
+        end = min(time.monotonic() + options.polish_time, deadline)
+        if self.done or end - time.monotonic() < 1.0:  # no time left for attack and MILPs
             return
         lo, up = self._box_tensors()
         generator = torch.Generator().manual_seed(seed)
@@ -358,10 +380,10 @@ class BoxSearch:
         for x0, value in sorted(tries, key=lambda t: t[1]):
             if value <= 0 and (self.check is None or self.check(x0)):
                 x = x0
-            elif time.perf_counter() < end:  # each candidate gets at most its share
+            elif time.monotonic() < end:  # each candidate gets at most its share
                 x = local_milp(self.net, self.box, self.A_array, self.b_array, x0,
                                options.polish_radius,
-                               min(end - time.perf_counter(), options.polish_time / len(tries)))
+                               min(end - time.monotonic(), options.polish_time / len(tries)))
             else:
                 return
             if x is not None and (self.check is None or self.check(x)):
@@ -378,21 +400,25 @@ class BoxSearch:
 def search_all(searches: list[BoxSearch], deadline: float) -> list[BoxSearch]:
     """Step the searches round-robin until one finds a counterexample, all are decided, or the
     deadline passes (the undecided ones then say "timeout"). A search still open after its
-    `polish_after` seconds gets one local exact MILP around its best attack point."""
-    start = time.perf_counter()
+    `polish_after` seconds gets one local exact MILP around its best attack point. `deadline`:
+    time.monotonic's scale; the active deadline (verify.deadline) bounds it too."""
+    deadline = _end(deadline)
+    for s in searches:
+        s.end = deadline
+    start = time.monotonic()
     while True:
         active = [s for s in searches if not s.done]
         if not active or any(s.result.status == "sat" for s in searches):
             return searches
         for s in active:
-            if time.perf_counter() > deadline:
+            if time.monotonic() > deadline:
                 for t in active:
                     if not t.done:
                         t.result.status, t.result.reason = "unknown", "timeout"
                 return searches
             s.step()
             if not s.polished and not s.done and \
-                    time.perf_counter() - start > s.options.polish_after:
+                    time.monotonic() - start > s.options.polish_after:
                 s.polish(deadline)
             if s.result.status == "sat":
                 return searches
@@ -423,9 +449,9 @@ def certify(net: Network, specs: Sequence[Specification], options: BaBOptions
     check_choices(options, "bab")
     out = []
     for spec in specs:
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         box = _as_box(spec)
-        deadline = t0 + options.timeout if options.timeout > 0 else math.inf
+        deadline = _end(t0 + options.timeout if options.timeout > 0 else None)
         C, d = spec.output.C, spec.output.d
         lower = np.full(len(C), -np.inf)
         candidates, reasons, boxes = [], [], 0
@@ -435,7 +461,7 @@ def certify(net: Network, specs: Sequence[Specification], options: BaBOptions
             return bool(np.any(values <= 0))
 
         for i in range(len(C)):  # cheap attack on every row before any search, in time
-            if time.perf_counter() > deadline:
+            if time.monotonic() > deadline:
                 break
             x = falsify_box(net, box, C[i:i + 1], d[i:i + 1], options.device, deadline=deadline)
             if x is not None and check(x):
@@ -456,5 +482,5 @@ def certify(net: Network, specs: Sequence[Specification], options: BaBOptions
         reason = f"bab stopped: {reasons[0]}" if reasons else ""
         out.append(certificate_from_bounds(
             net, spec, "bab", lower, candidates=candidates, reason=reason,
-            time_s=time.perf_counter() - t0, cost={"boxes": boxes}))
+            time_s=time.monotonic() - t0, cost={"boxes": boxes}))
     return out

@@ -58,6 +58,7 @@ import torch
 from scipy.stats import binomtest
 from scipy.stats import norm as _normal
 
+from .. import deadline
 from ..backends import check_choices
 from ..certificate import Certificate, Status
 from ..errors import InputError
@@ -142,6 +143,7 @@ class NoisySampler:
         with torch.inference_mode():
             finite = torch.ones((), dtype=torch.bool, device=self.device)  # read once, at the end
             for start in range(0, total, self.batch_size):
+                deadline.check("smoothing's sampling")  # past it: MAYBE "timeout" (backends)
                 size = min(self.batch_size, total - start)
                 batch = self.noise.sample_(buffer[:size], self.generator)
                 first, last = start // n, (start + size - 1) // n

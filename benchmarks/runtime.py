@@ -1,0 +1,258 @@
+"""Start-up, deadline overshoot and threads under load, each in fresh processes.
+
+    python benchmarks/runtime.py [--repeats 5] [--skip startup overshoot threads]
+
+1. Start-up: `verify vnnlib` on an instance the attack refutes at once (mnist_fc prop_1_0.03)
+   against `python -c "import torch"`, and reading an ONNX model with `import onnx` against
+   verify.onnx_proto, and constructing torch.optim.Adam against alpha-CROWN's ProjectedAdam (all
+   after importing torch); medians over --repeats, the order alternating each repeat. Goal:
+   verify / torch <= 1.3.
+2. Deadline overshoot: `verify vnnlib`, `verify-solver verify` and `verify certify` with small
+   timeouts on cases that cannot finish in them (mnist_fc prop_10_0.05, ACAS Xu 1_9 prop_7,
+   smoothing with 10^8 samples). Overshoot = the time the command reports for itself minus the
+   timeout (verify-solver's clock starts with the process, so its start-up is inside). Goal:
+   <= 1 s.
+3. Threads: ACAS Xu 1_1 prop_3 (bab, a few seconds) with the thread policy (1 thread: a small
+   network) and with torch's default (one per core), alone and next to a busy neighbour (a
+   second process spinning on a core). Goal: loaded / quiet <= 3 for the policy.
+
+Writes benchmarks/results/runtime.md and runtime.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.reporting import SHARED_NOTE, machine, write_csv, write_text  # noqa: E402
+
+SHARED = REPO / "benchmarks" / "data"
+RESULTS = REPO / "benchmarks" / "results"
+PY = sys.executable
+MNIST = SHARED / "mnist_fc"
+ACAS = SHARED / "acasxu"
+
+
+def _use_benchmarks(folder: Path) -> None:
+    global SHARED, MNIST, ACAS
+    SHARED, MNIST, ACAS = folder, folder / "mnist_fc", folder / "acasxu"
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("OMP_NUM_THREADS", None)  # the policy (or --threads) decides, as for a user
+    return env
+
+
+def timed(cmd: list[str], timeout: float = 600) -> tuple[float, subprocess.CompletedProcess]:
+    """(wall seconds, completed process) of one fresh process."""
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO,
+                          timeout=timeout)
+    return time.perf_counter() - t0, done
+
+
+def vnnlib_cmd(model: Path, prop: Path, timeout: float, *extra: str) -> list[str]:
+    return [PY, "-m", "verify", "vnnlib", str(model), str(prop), "--timeout", str(timeout),
+            *extra]
+
+
+def alternating(commands: dict[str, list[str]], repeats: int) -> dict[str, list[float]]:
+    """Wall times of each command, run in turn, the order reversed every other repeat."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    names = list(commands)
+    for k in range(repeats):
+        for name in (names if k % 2 == 0 else names[::-1]):
+            wall, done = timed(commands[name])
+            if done.returncode != 0:
+                raise SystemExit(f"{name} failed: {done.stderr.strip()[-300:]}")
+            times[name].append(wall)
+    return times
+
+
+def startup(repeats: int, rows: list[dict], lines: list[str]) -> float:
+    model = MNIST / "onnx" / "mnist-net_256x2.onnx"
+    onnx_model = str(model)
+    commands = {
+        "import torch": [PY, "-c", "import torch"],
+        "verify vnnlib (sat by the attack)": vnnlib_cmd(model, MNIST / "vnnlib" /
+                                                        "prop_1_0.03.vnnlib", 60),
+        "torch + import onnx + onnx.load": [PY, "-c", f"import torch, onnx; "
+                                            f"onnx.load({onnx_model!r})"],
+        "torch + onnx_proto.read_model_proto": [
+            PY, "-c", f"import torch; from verify.onnx_proto import read_model_proto; "
+                      f"read_model_proto({onnx_model!r})"],
+        "torch + torch.optim.Adam": [PY, "-c", "import torch; torch.optim.Adam("
+                                     "[torch.zeros(3, requires_grad=True)], lr=0.1)"],
+        "torch + ProjectedAdam": [PY, "-c", "import torch; from verify.bounds.alpha_crown import "
+                                  "ProjectedAdam; ProjectedAdam([torch.zeros(3, "
+                                  "requires_grad=True)], lr=0.1)"],
+    }
+    times = alternating(commands, repeats)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    for name, t in times.items():
+        rows.append({"part": "startup", "case": name, "median_s": round(med[name], 3),
+                     "runs": len(t)})
+    ratio = med["verify vnnlib (sat by the attack)"] / med["import torch"]
+    onnx_ratio = med["torch + import onnx + onnx.load"] / med["torch + onnx_proto.read_model_proto"]
+    lines += ["## Start-up (fresh processes, medians of %d, order alternating)" % repeats, "",
+              "| command | median wall (s) |", "|---|---|"]
+    lines += [f"| {name} | {med[name]:.3f} |" for name in commands]
+    lines += ["", f"verify vnnlib / import torch: **{ratio:.2f}x** (goal <= 1.3x). "
+              f"Reading the model with `import onnx` / with verify.onnx_proto: "
+              f"**{onnx_ratio:.2f}x** ({med['torch + import onnx + onnx.load'] - med['torch + onnx_proto.read_model_proto']:.2f} s saved). "
+              f"Constructing torch.optim.Adam (it imports torch._dynamo) / alpha-CROWN's own "
+              f"ProjectedAdam: **{med['torch + torch.optim.Adam'] / med['torch + ProjectedAdam']:.2f}x** "
+              f"({med['torch + torch.optim.Adam'] - med['torch + ProjectedAdam']:.2f} s saved).", ""]
+    return ratio
+
+
+_REPORTED = re.compile(r"\(([^,()]+), ([0-9.]+) s")
+
+
+def overshoot(rows: list[dict], lines: list[str]) -> float:
+    prop10 = MNIST / "vnnlib" / "prop_10_0.05.vnnlib"
+    mnist = MNIST / "onnx" / "mnist-net_256x2.onnx"
+    acas = ACAS / "onnx" / "ACASXU_run2a_1_9_batch_2000.onnx"
+    prop7 = ACAS / "vnnlib" / "prop_7.vnnlib"
+    digits = REPO / "models" / "digits_mlp.onnx"
+    cases = [
+        ("mnist_fc prop_10_0.05 auto", 3, vnnlib_cmd(mnist, prop10, 3)),
+        ("mnist_fc prop_10_0.05 auto", 10, vnnlib_cmd(mnist, prop10, 10)),
+        ("mnist_fc prop_10_0.05 milp", 3, vnnlib_cmd(mnist, prop10, 3, "--method", "milp")),
+        ("mnist_fc prop_10_0.05 lp", 3, vnnlib_cmd(mnist, prop10, 3, "--method", "lp")),
+        ("mnist_fc prop_10_0.05 bab", 3, vnnlib_cmd(mnist, prop10, 3, "--method", "bab")),
+        ("ACAS Xu 1_9 prop_7 auto (bab)", 2, vnnlib_cmd(acas, prop7, 2)),
+        ("ACAS Xu 1_9 prop_7 auto (bab)", 5, vnnlib_cmd(acas, prop7, 5)),
+        ("ACAS Xu 1_9 prop_7 milp", 3, vnnlib_cmd(acas, prop7, 3, "--method", "milp")),
+        ("verify-solver mnist_fc prop_10_0.05", 5,
+         [PY, "-m", "verify.solver_cli", "verify", str(prop10), "--network", f"N={mnist}",
+          "--timeout", "5"]),
+    ]
+    x_file = RESULTS / ".runtime_input.npy"
+    import numpy as np
+
+    np.save(x_file, np.load(REPO / "models" / "digits_test.npz")["x"][0])
+    cases.append(("certify smoothing n=10^8", 2,
+                  [PY, "-m", "verify", "certify", str(digits), "--input", str(x_file),
+                   "--label", "7", "--eps", "0.1", "--norm", "2", "--method", "smoothing",
+                   "--sigma", "0.25", "--n", "100000000", "--timeout", "2", "--json"]))
+    worst = 0.0
+    lines += ["## Deadline overshoot (one fresh process per case)", "",
+              "| case | timeout (s) | answer | reported (s) | overshoot (s) | wall (s) |",
+              "|---|---|---|---|---|---|"]
+    for name, limit, cmd in cases:
+        wall, done = timed(cmd)
+        answer = (done.stdout.strip().splitlines() or ["?"])[0][:40]
+        reported = None
+        if "certify" in cmd:
+            import json
+
+            try:
+                cert = json.loads(done.stdout)
+                reported = cert["time_s"]
+                answer = f"{cert['status']}: {cert['reason'][:40]}"
+            except (ValueError, KeyError):
+                answer = f"error: {done.stderr.strip()[-80:]}"
+        else:
+            match = _REPORTED.search(done.stderr)
+            reported = float(match.group(2)) if match else None
+        over = (reported - limit) if reported is not None else float("nan")
+        worst = max(worst, over) if reported is not None else worst
+        rows.append({"part": "overshoot", "case": name, "timeout_s": limit, "answer": answer,
+                     "reported_s": reported, "overshoot_s": round(over, 3),
+                     "wall_s": round(wall, 3)})
+        shown = f"{reported:.3f}" if reported is not None else "?"
+        lines.append(f"| {name} | {limit} | {answer} | {shown} | {over:+.2f} | {wall:.2f} |")
+    x_file.unlink(missing_ok=True)
+    lines += ["", f"Largest overshoot: **{worst:.2f} s** (goal <= 1 s). `reported` is the time "
+              "the command prints for itself (vnnlib: loading and solving; verify-solver: from "
+              "the process start; certify: the certifier); wall includes Python's and torch's "
+              "start-up.", ""]
+    return worst
+
+
+def _busy_neighbour() -> subprocess.Popen:
+    return subprocess.Popen([PY, "-c", "while True: pass"])
+
+
+def threads(repeats: int, rows: list[dict], lines: list[str]) -> dict:
+    cmd = vnnlib_cmd(ACAS / "onnx" / "ACASXU_run2a_1_1_batch_2000.onnx",
+                     ACAS / "vnnlib" / "prop_3.vnnlib", 120)
+    cores = str(os.cpu_count() or 1)
+    settings = {"policy (1 thread)": cmd, f"torch default ({cores} threads)":
+                cmd + ["--threads", cores]}
+    med: dict[tuple[str, str], float] = {}
+    for load in ("quiet", "busy neighbour"):
+        neighbour = _busy_neighbour() if load != "quiet" else None
+        try:
+            times = alternating(settings, repeats)
+        finally:
+            if neighbour is not None:
+                neighbour.kill()
+                neighbour.wait()
+        for name, t in times.items():
+            med[(name, load)] = statistics.median(t)
+            rows.append({"part": "threads", "case": f"{name}, {load}",
+                         "median_s": round(med[(name, load)], 3), "runs": len(t)})
+    lines += ["## Threads: ACAS Xu 1_1 prop_3 (bab), whole command, medians of %d" % repeats, "",
+              "| threads | quiet (s) | busy neighbour (s) | loaded / quiet |", "|---|---|---|---|"]
+    ratios = {}
+    for name in settings:
+        quiet, busy = med[(name, "quiet")], med[(name, "busy neighbour")]
+        ratios[name] = busy / quiet
+        lines.append(f"| {name} | {quiet:.2f} | {busy:.2f} | {busy / quiet:.2f}x |")
+    policy, default = list(settings)
+    lines += ["", f"Under load, torch default / policy: "
+              f"**{med[(default, 'busy neighbour')] / med[(policy, 'busy neighbour')]:.2f}x**; "
+              f"policy loaded / quiet: **{ratios[policy]:.2f}x** (goal <= 3x).", ""]
+    return ratios
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["startup", "overshoot", "threads"])
+    parser.add_argument("--benchmarks", type=Path, default=SHARED,
+                        help="the third-party benchmarks folder (default benchmarks/data)")
+    args = parser.parse_args()
+    _use_benchmarks(args.benchmarks)
+    if not SHARED.is_dir():
+        raise SystemExit(f"needs the third-party benchmarks at {SHARED}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    lines = ["# Run time: start-up, deadlines, threads", "", f"Machine: {machine()}", "",
+             SHARED_NOTE, ""]
+    goals = []
+    if "startup" not in args.skip:
+        ratio = startup(args.repeats, rows, lines)
+        goals.append(f"- start-up <= 1.3x import torch: {'met' if ratio <= 1.3 else 'NOT met'}"
+                     f" ({ratio:.2f}x)")
+    if "overshoot" not in args.skip:
+        worst = overshoot(rows, lines)
+        goals.append(f"- overshoot <= 1 s: {'met' if worst <= 1.0 else 'NOT met'} "
+                     f"(largest {worst:.2f} s)")
+    if "threads" not in args.skip:
+        ratios = threads(max(1, args.repeats // 2), rows, lines)
+        policy = ratios["policy (1 thread)"]
+        goals.append(f"- loaded / quiet <= 3x with the policy: "
+                     f"{'met' if policy <= 3 else 'NOT met'} ({policy:.2f}x)")
+    lines += ["## Goals", "", *goals, ""]
+    write_csv(rows, RESULTS / "runtime.csv")
+    write_text(RESULTS / "runtime.md", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
