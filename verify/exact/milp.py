@@ -44,8 +44,8 @@ from typing import ClassVar, Optional, Sequence
 import highspy
 import numpy as np
 
-from ..bounds.lp import (BOUND_SOURCES, interval_margin_lower, neuron_bounds, rows_proved,
-                         solve_rows, tighten_with_lp)
+from ..bounds.lp import (BOUND_SOURCES, neuron_bounds, relaxed_margin_lower, solve_rows,
+                         tighten_with_lp, trusted_lower)
 from ..bounds.relu_encoding import (BIG_M, TRIANGLE, ReluProgram, build_program, highs_tolerance,
                                     interrupt_requested, lagrangian_bound, run_highs,
                                     set_objective, to_highs)
@@ -287,7 +287,7 @@ def _certify_one(net: Network, spec: Specification, options: MILPOptions,
         bounds, n_lps = tighten_with_lp(net, spec.input_set, bounds)
         cost["lps"] += n_lps
         details["bounds"] += "+lp"
-    interval_lower = interval_margin_lower(net, spec, bounds)
+    relaxed_lower = relaxed_margin_lower(net, spec, bounds)
     candidates: list[np.ndarray] = [spec.input_set.center]
     candidates += list(spec.input_set.sample(SAMPLES, np.random.default_rng(0)))
     # 2. The triangle LP screens the rows (sound Lagrangian bounds) and offers its optimal inputs.
@@ -295,11 +295,13 @@ def _certify_one(net: Network, spec: Specification, options: MILPOptions,
     details["unstable_neurons"] = lp_program.unstable_neurons
     lp_rows, lp_solver = solve_rows(lp_program, spec)
     cost["lps"] += lp_solver.n_solves
-    lower = np.maximum(interval_lower, [r.lower for r in lp_rows])
+    lower = np.maximum(relaxed_lower, [r.lower for r in lp_rows])
     candidates += [r.x for r in lp_rows if r.x is not None]
     if budget.expired():
+        lower = trusted_lower(lp_rows, relaxed_lower)
         return finish(lower, candidates, _timeout_reason(spec, lower, range(m), {},
-                                                         options.timeout, "the LP screen"))
+                                                         options.timeout, "the LP screen"),
+                      lp_solver.tolerance)
     program = build_program(net, spec.input_set, bounds, BIG_M)
     # 3. What float64 can resolve: the worst rounding error of any row or objective.
     noise, noisiest = max((program.rounding_noise(*program.objective(c, d)[:2])
@@ -307,16 +309,16 @@ def _certify_one(net: Network, spec: Specification, options: MILPOptions,
     details["rounding_noise"] = noise
     if NOISE_FACTOR * noise > HIGHS_RESOLUTION:
         # HiGHS's tolerances are absolute: on rows this large its "optimal" bounds are noise.
-        # Sound bounds only (interval, our Lagrangian LP bound); points are still replayed.
+        # Sound bounds only (IBP, CROWN, our Lagrangian LP bound); points are still replayed.
         if options.attack:
             candidates += attack_candidates(net, spec)
         reason = (f"the MILP is not solved: {noisiest} can carry float64 rounding errors up to "
                   f"{noise:.3g} over the neuron bounds, beyond what HiGHS's tolerance "
                   f"{HIGHS_RESOLUTION:g} resolves (badly scaled weights or inputs); the bounds "
-                  "are the sound LP and interval ones")
+                  "are the sound LP, CROWN and IBP ones")
         details["milp_skipped"] = reason
-        proved = all(rows_proved(lp_rows, interval_lower, lp_solver.tolerance))
-        return finish(lower, candidates, reason, 0.0 if proved else math.inf)
+        return finish(trusted_lower(lp_rows, relaxed_lower), candidates, reason,
+                      lp_solver.tolerance)
     rows = MilpRows(net, spec, program, options.exact_margins, NOISE_FACTOR * noise)
     tolerance = rows.threshold
     details["tolerance"] = tolerance
@@ -381,7 +383,7 @@ def _certify_one(net: Network, spec: Specification, options: MILPOptions,
         reason = ""
     elif wrong:
         reason = (f"the MILP solver's bound is not trusted: {details['milp_inconsistent']}; "
-                  "the bounds are the sound LP and interval ones")
+                  "the bounds are the sound LP, CROWN and IBP ones")
         tolerance = math.inf
     elif timed_out:
         reason = _timeout_reason(spec, lower, timed_out, outcomes, options.timeout, "the MILP")
