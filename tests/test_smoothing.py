@@ -96,7 +96,7 @@ def test_never_certifies_with_fewer_than_ten_samples():
     net = constant_net(3, cls=1)
     x = np.zeros(3)
     for n in (1, 5, 9):
-        cert = certify(net, x, 1, 0.0, norm="2", method="smoothing", sigma=0.5, n=n, n0=5)
+        cert = certify(net, x, 1, 0.0, norm="2", method="smoothing", sigma=0.5, n=n, n0=1)
         assert cert.status is Status.MAYBE and cert.reason.startswith("abstain")
         assert cert.radius is None and cert.details["counts"][1] == n
     cert = certify(net, x, 1, 0.0, norm="2", method="smoothing", sigma=0.5, n=10, n0=5)

@@ -205,7 +205,8 @@ def np_lower_bound(log_w: np.ndarray, p: float) -> float:
     below = np.concatenate(([0.0], np.cumsum(scaled)[:-1]))  # sum_{i<j} w_i / e^top
     j = np.arange(n)
     usable = finite & (lw > top - 600.0)  # others give kappa so large that f is hugely negative
-    inv_w = np.exp(-lw[usable])  # kappa_j = 1 / w_j
+    with np.errstate(over="ignore"):  # a huge 1/w is +inf: its f is -inf
+        inv_w = np.exp(-lw[usable])  # kappa_j = 1 / w_j
     f = 1.0 - (1.0 - p) * inv_w - (j[usable] - below[usable] / scaled[usable]) / n
     return float(max(0.0, np.max(f))) if f.size else 0.0
 
@@ -290,19 +291,32 @@ def magnitude_ladder(sigma: float, grid: int, low: float = 1e-6, high: float = 1
     return sigma * np.geomspace(low, high, grid)
 
 
-def _last_true(test, points: int, start: int = -1) -> int:
+def _last_true(test, points: int, hint: int = -1) -> int:
     """Largest j with test(j) among 0..points-1, assuming test is true up to some j and false
-    after (-1: test(0) is false). `start`: an index known to pass; from there the search gallops
-    upwards (1, 2, 4, ... rungs) before bisecting, so a boundary near it costs few tests."""
-    lo, hi, step = start, points, 1  # test(lo) true (lo = -1: nothing), test(hi) false
-    if start >= 0:
+    after (-1: test(0) is false). From a `hint` index the search gallops (1, 2, 4, ... rungs)
+    up or down to a bracket before bisecting, so a boundary near the hint costs few tests;
+    every bracket end is tested, so the answer does not depend on the hint when the assumption
+    holds."""
+    if 0 <= hint < points and test(hint):
+        lo, step = hint, 1  # test(lo) true
         while lo + step < points and test(lo + step):
             lo, step = lo + step, step * 2
-        hi = min(lo + step, points)
+        hi = lo + step  # test(hi) false, or hi = points (beyond the ladder)
+        if hi >= points:
+            hi = points - 1
+            if test(hi):
+                return hi
+    elif 0 <= hint < points:
+        hi, step = hint, 1  # test(hi) false
+        while hi - step >= 0 and not test(hi - step):
+            hi, step = hi - step, step * 2
+        lo = hi - step  # test(lo) true, or lo = -1 (nothing)
+        if lo < 0:
+            lo = -1 if not test(0) else 0
     elif test(points - 1):
         return points - 1
     else:
-        hi = points - 1
+        lo, hi = -1, points - 1
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if test(mid):
@@ -369,9 +383,15 @@ def _numerical_radius(noise, p_lower, norm, dim, alpha_mc, n_mc, grid, seed,
                 values[j] = np_lower_bound(sampler.log_weights(np.full(k, ladder[j])), p_lower)
             return values[j]
 
-        j = _last_true(lambda j: value(j) - eps > 0.5, grid)
+        # hint: the previous rays' trend (sqrt(k_prev / k), as for Gaussian noise, after one)
+        hint = -1
+        if i >= 1 and certified[i - 1] > 0:
+            trend = (certified[i - 1] / certified[i - 2] if i >= 2 and certified[i - 2] > 0
+                     else math.sqrt(sizes[i - 1] / k))
+            hint = int(np.searchsorted(ladder, certified[i - 1] * trend))
+        j = _last_true(lambda j: value(j) - eps > 0.5, grid, hint)
         certified[i] = ladder[j] if j >= 0 else 0.0
-        j = _last_true(lambda j: value(j) > 0.5, grid, start=j)  # beyond the corrected one
+        j = _last_true(lambda j: value(j) > 0.5, grid, max(j, 0))  # beyond the corrected one
         raw[i] = ladder[j] if j >= 0 else 0.0
         sampler.forget()
     radii = {name: float(radius_over_rays(sizes, certified, p)) for name, p in NORMS.items()}
