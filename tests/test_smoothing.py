@@ -432,7 +432,7 @@ def test_numerical_radius_never_exceeds_the_exact_uniform_l1_radius():
 
 @pytest.mark.slow
 def test_numerical_radius_never_exceeds_the_exact_uniform_l1_radius_at_1e6_samples():
-    ratios = _uniform_l1_claims(range(4), 1_000_000)
+    ratios = _uniform_l1_claims(range(2), 1_000_000)  # ~5 min a seed on a busy CPU
     assert max(ratios) <= 1.0 and min(ratios) > 0.9
 
 
