@@ -18,16 +18,17 @@ Closed forms (p = lower bound on the top class's probability at x, d = input dim
     Laplace, scale lam = sigma/√2: l_1 radius -lam log(2 (1 - p)) (Teng et al. 2020; exact).
                                   Shifted bound max(1 - e^t (1 - p), e^-t p), t = ||delta||_1 / lam
                                   (the likelihood ratio of a shift lies within e^{±t}).
-                                  l_inf: Yang et al. 2020's differential method (rs4a, proved, their
-                                  "integrate" mode): R_inf = lam ∫_{1-p}^{1/2} dx / Phi_inf(x), where
-                                  Phi_inf(x) = the largest mean of S = sum_i sign(z_i) (= 2 Bin(d,
-                                  1/2) - d) over an event of mass x (top x of S); exact here, the
+                                  l_inf: Yang et al. 2020's differential method (rs4a,
+                                  proved, their "integrate" mode):
+                                  R_inf = lam ∫_{1-p}^{1/2} dx / Phi_inf(x), Phi_inf(x) = the
+                                  largest mean of S = sum_i sign(z_i) (= 2 Bin(d, 1/2) - d)
+                                  over an event of mass x (top x of S); computed exactly, the
                                   integrand being piecewise 1/linear.
     Uniform on [-lam, lam], lam = sigma √3:
-                                  l_1 radius 2 lam (p - 1/2); l_inf radius 2 lam (1 - (3/2 - p)^(1/d))
-                                  (Yang et al. 2020). Shifted bound p - (1 - overlap), overlap =
-                                  prod(1 - |delta_i| / 2 lam) >= 1 - ||delta||_1 / 2 lam and
-                                  >= (1 - ||delta||_inf / 2 lam)^d.
+                                  l_1 radius 2 lam (p - 1/2); l_inf radius
+                                  2 lam (1 - (3/2 - p)^(1/d)) (Yang et al. 2020). Shifted
+                                  bound p - (1 - overlap), overlap = prod(1 - |delta_i| / 2 lam)
+                                  >= 1 - ||delta||_1 / 2 lam and >= (1 - ||delta||_inf / 2 lam)^d.
     Laplace and uniform in any norm: the best of what every ball inclusion proves (rs4a's
     conversion, here in every direction): ||x||_m <= c ||x||_n with c = d^(1/m - 1/n) for m < n,
     c = 1 for m >= n, so the l_n ball of radius R_m / c lies in the l_m ball of radius R_m:
