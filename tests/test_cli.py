@@ -93,7 +93,7 @@ def test_demo(capsys):
 def sigmoid_model(tmp_path):
     rng = np.random.default_rng(0)
     model = make_model([helper.make_node("Gemm", ["x", "w", "b"], ["g"], name="fc"),
-                        helper.make_node("Sigmoid", ["g"], ["y"], name="squash")],
+                        helper.make_node("Sin", ["g"], ["y"], name="squash")],
                        [tensor("x", ["N", 4])], [tensor("y", ["N", 4])],
                        [("w", rng.normal(size=(4, 4))), ("b", np.zeros(4))])
     path = tmp_path / "sigmoid.onnx"
@@ -105,7 +105,7 @@ def sigmoid_model(tmp_path):
     ("missing_model", "no such file"),
     ("not_onnx", "not a valid ONNX model"),
     ("truncated", "not a valid ONNX model"),
-    ("sigmoid", "'squash' (Sigmoid)"),
+    ("sigmoid", "'squash' (Sin)"),
     ("wrong_length", "input has 3 values, the network expects 64"),
     ("nan", "NaN or infinity"),
     ("negative_eps", "eps must be a finite number >= 0"),
