@@ -293,13 +293,21 @@ def test_registry_and_user_errors():
             certify(net, np.zeros(2), 0, 0.1, method="smoothing", sigma=0.5, **bad)
     with pytest.raises(InputError, match=r"beta must lie in \[0.1, 100\]"):
         make_noise("gennorm:0.001", 0.5)
+    with pytest.raises(InputError, match="n0=100 selection samples exceed n=50"):
+        certify(net, np.zeros(2), 0, 0.1, method="smoothing", sigma=0.5, n=50, n0=100)
+    xs = np.zeros((3, 2))
+    xs[2, 1] = np.nan
+    with pytest.raises(InputError, match=r"input 2 holds NaN or infinity \(first at index 1\)"):
+        predict_batch(net, xs, sigma=0.5, n=10)
+    with pytest.raises(InputError, match=r"^input holds NaN or infinity \(first at index 0\)"):
+        predict(net, [np.inf, 0.0], sigma=0.5, n=10)
 
 
 def test_non_finite_logits_under_noise_are_refused_not_counted(digits_mlp_path):
     """sigma = 1e40 overflows float32 noise: the logits are NaN and argmax would count them all
     for class 0, a confident YES for any label 0. Refused instead."""
     net = verify.load_onnx(digits_mlp_path)
-    with pytest.raises(InputError, match="non-finite logits"):
+    with pytest.raises(InputError, match="non-finite logits on noisy inputs of input 0"):
         certify(net, np.full(64, 0.5), 0, 0.1, "2", method="smoothing", sigma=1e40, n=200,
                 n0=20)
 
