@@ -222,7 +222,7 @@ BUILTIN = {
     "lp": ("verify.bounds.lp", "certify", "LPOptions",
            "triangle LP relaxation on HiGHS (l_2: Clarabel): tighter, slower (sound, incomplete)"),
     "milp": ("verify.exact.milp", "certify", "MILPOptions",
-             "big-M MILP on HiGHS: exact, YES or NO (MAYBE only on timeout)"),
+             "big-M MILP on HiGHS: exact, YES or NO (MAYBE on timeout or a model HiGHS cannot hold)"),
     "bab": ("verify.exact.bab", "certify", "BaBOptions",
             "branch and bound over input boxes with CROWN: complete for few inputs"),
     "relu-bab": ("verify.exact.relu_bab", "certify", "ReluBaBOptions",
