@@ -286,17 +286,15 @@ def round_into_box(x: np.ndarray, lower: np.ndarray, upper: np.ndarray,
     """x rounded to the format, moved to the nearest representable value inside [lower, upper]
     where rounding left the box; None where no representable value lies inside."""
     dtype = np.dtype(FLOAT_FORMATS[element_type][3])
-    xf = np.asarray(x, dtype=np.float64).reshape(-1).astype(dtype)
     lo = np.asarray(lower, dtype=np.float64).reshape(-1)
     hi = np.asarray(upper, dtype=np.float64).reshape(-1)
-    below = xf.astype(np.float64) < lo
-    xf[below] = np.nextafter(lo[below].astype(dtype), dtype.type(np.inf))
-    lo_f = lo.astype(dtype)
-    xf[below & (lo_f.astype(np.float64) >= lo)] = lo_f[below & (lo_f.astype(np.float64) >= lo)]
-    above = xf.astype(np.float64) > hi
-    hi_f = hi.astype(dtype)
-    xf[above] = np.where(hi_f[above].astype(np.float64) <= hi[above], hi_f[above],
-                         np.nextafter(hi_f[above], dtype.type(-np.inf)))
+    xf = np.asarray(x, dtype=np.float64).reshape(-1).astype(dtype)
+    up = lo.astype(dtype)  # the smallest format value >= lo
+    up = np.where(up.astype(np.float64) < lo, np.nextafter(up, dtype.type(np.inf)), up)
+    down = hi.astype(dtype)  # the largest format value <= hi
+    down = np.where(down.astype(np.float64) > hi, np.nextafter(down, dtype.type(-np.inf)), down)
+    xf = np.where(xf.astype(np.float64) < lo, up, xf)
+    xf = np.where(xf.astype(np.float64) > hi, down, xf).astype(dtype)
     values = xf.astype(np.float64)
     if np.any(values < lo) or np.any(values > hi):
         return None
