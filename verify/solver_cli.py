@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "free cores)")
     p.add_argument("--floats-as-reals", action="store_true",
                    help="non-standard: analyse float16/32/64 variables as reals (the usual "
-                   "verifier semantics) instead of refusing them")
+                   "verifier semantics) instead of in their float format (docs/float32.md)")
     for name in ("supports", "capabilities"):
         p = commands.add_parser(name, help="report one capability" if name == "supports"
                                 else "the same as supports")
