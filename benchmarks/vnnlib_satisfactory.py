@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", action="append", default=None)
     parser.add_argument("--solver-args", default="", help="extra verify options")
     parser.add_argument("--category", default=None, help="one suite category only")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line of context for the report (machine load, what was compared)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" /
                                              "vnnlib_satisfactory.md"))
     args = parser.parse_args(argv)
@@ -212,6 +214,8 @@ def write_report(path: Path, cases: dict, results: dict, args) -> None:
         f"each case a fresh process killed at the timeout; extra solver options: "
         f"`{args.solver_args or 'none'}`). Skipped as the suite skips: by the `supports` "
         "answers. A sat counts as pass only with an assignment valid in onnxruntime.",
+        "",
+        *[f"Note: {note}" for note in args.note],
         "",
         *rows,
         *details,

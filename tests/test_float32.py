@@ -229,3 +229,24 @@ def test_float16_is_answered_and_bfloat16_refused(tmp_path, capsys):
     bf16.write_text(text.replace("float32", "bfloat16"))
     code, out, err = _solver(["verify", str(bf16), "--network", f"N={path}"], capsys)
     assert code == 1 and out == "" and "bfloat16" in err and err.count("\n") == 1
+
+
+def test_satisfactory_driver_checks_assignments(tmp_path, capsys):
+    """benchmarks/vnnlib_satisfactory.py counts a sat as pass only with a valid assignment: the
+    solver's is valid, a tampered one (input outside the box, or not float32) is not."""
+    pytest.importorskip("vnnlib")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.vnnlib_satisfactory import valid_assignment
+
+    path, query_path, x0 = _cancellation_case(tmp_path)
+    code, out, _ = _solver(["verify", str(query_path), "--network", f"N={path}",
+                            "--timeout", "60"], capsys)
+    assert code == 0 and out.startswith("sat\n")
+    assert valid_assignment(out, path, query_path) == (True, "")
+    outside = out.replace(repr(x0), repr(float(np.float32(0.5))), 1)
+    assert not valid_assignment(outside, path, query_path)[0]
+    not_float32 = out.replace(repr(x0), "0.1", 1)
+    assert valid_assignment(not_float32, path, query_path) == (
+        False, "inputs not representable in float32")

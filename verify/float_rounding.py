@@ -47,7 +47,6 @@ extra roundings counted above).
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -143,22 +142,64 @@ def _step(net: Network, state: _State, u: float, tiny: float,
     return state
 
 
+def _tensor_shapes(model, names: list[str]) -> dict[str, tuple[int, ...]]:
+    """The shapes of the named intermediate tensors at batch size 1: onnxruntime runs the model
+    once (on zeros) with them as extra outputs (no `import onnx` needed)."""
+    import onnxruntime as ort
+
+    probe = type(model)()
+    probe.CopyFrom(model)
+    graph_input = next(i for i in probe.graph.input
+                       if i.name not in {init.name for init in probe.graph.initializer})
+    elem_type = graph_input.type.tensor_type.elem_type
+    existing = {o.name for o in probe.graph.output}
+    for name in names:
+        if name in existing:
+            continue
+        out = probe.graph.output.add()
+        out.name = name
+        out.type.tensor_type.elem_type = elem_type
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(probe.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    dtype = {"tensor(double)": np.float64, "tensor(float16)": np.float16}.get(inp.type,
+                                                                               np.float32)
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+    outputs = session.run(names, {inp.name: np.zeros(shape, dtype=dtype)})
+    return {name: tuple(np.shape(value)) for name, value in zip(names, outputs)}
+
+
+def _single_node_model(model, const_nodes: list, node, var: str, shape: tuple[int, ...],
+                       elem_type: int):
+    """A copy of `model` with the constant nodes and `node` only, `var` its input."""
+    single = type(model)()
+    single.CopyFrom(model)
+    graph = single.graph
+    del graph.node[:], graph.input[:], graph.output[:], graph.value_info[:]
+    graph.node.extend([*const_nodes, node])
+    for name, dims in ((var, shape), (node.output[0], None)):
+        info = (graph.input if dims is not None else graph.output).add()
+        info.name = name
+        info.type.tensor_type.elem_type = elem_type
+        for d in dims or ():
+            info.type.tensor_type.shape.dim.add().dim_value = int(d)
+    return single
+
+
 def _node_models(path: Union[str, Path]):
     """(node, single-node ModelProto or None for exact reshapes) for every node on the variable
     chain, in order; the single-node model holds the node, every constant and initializer, and
-    the variable input with its inferred shape."""
-    import onnx
-    from onnx import helper, shape_inference
-
+    the variable input with its shape at batch size 1."""
     from .onnx_proto import read_model_proto
 
-    model = onnx.ModelProto()
-    model.CopyFrom(read_model_proto(path))
-    inferred = shape_inference.infer_shapes(model)
-    infos = {v.name: v for v in (*inferred.graph.value_info, *inferred.graph.input,
-                                 *inferred.graph.output)}
+    model = read_model_proto(path)
     const_names = {init.name for init in model.graph.initializer}
-    const_nodes = []
+    graph_input = next(i for i in model.graph.input if i.name not in const_names)
+    elem_type = graph_input.type.tensor_type.elem_type
+    chain, const_nodes = [], []
     for node in model.graph.node:
         inputs = [name for name in node.input if name]
         if node.op_type == "Constant" or all(name in const_names for name in inputs):
@@ -169,19 +210,16 @@ def _node_models(path: Union[str, Path]):
             raise FloatSemanticsError(f"node '{node.name or node.op_type}' ({node.op_type}): "
                                       "its float rounding is not modelled")
         var = next(name for name in inputs if name not in const_names)
+        chain.append((node, var, list(const_nodes)))
+    shapes = _tensor_shapes(model, [var for _, var, _ in chain if var != graph_input.name])
+    input_dims = [d.dim_value if d.dim_value > 0 else 1
+                  for d in graph_input.type.tensor_type.shape.dim]
+    shapes[graph_input.name] = tuple(input_dims)
+    for node, var, consts in chain:
         if node.op_type in EXACT_OPS and node.op_type != "Relu":
             yield node, None
             continue
-        if var not in infos:
-            raise FloatSemanticsError(f"node '{node.name or node.op_type}': the shape of its "
-                                      f"input '{var}' could not be inferred")
-        graph = helper.make_graph(
-            [*const_nodes, node], "node", [copy.deepcopy(infos[var])],
-            [helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None)],
-            initializer=list(model.graph.initializer))
-        single = helper.make_model(graph, opset_imports=list(model.opset_import))
-        single.ir_version = model.ir_version
-        yield node, single
+        yield node, _single_node_model(model, consts, node, var, shapes[var], elem_type)
 
 
 def _batchnorm_mean(single, node, input_shape) -> np.ndarray:
@@ -286,17 +324,15 @@ def round_into_box(x: np.ndarray, lower: np.ndarray, upper: np.ndarray,
     """x rounded to the format, moved to the nearest representable value inside [lower, upper]
     where rounding left the box; None where no representable value lies inside."""
     dtype = np.dtype(FLOAT_FORMATS[element_type][3])
-    xf = np.asarray(x, dtype=np.float64).reshape(-1).astype(dtype)
     lo = np.asarray(lower, dtype=np.float64).reshape(-1)
     hi = np.asarray(upper, dtype=np.float64).reshape(-1)
-    below = xf.astype(np.float64) < lo
-    xf[below] = np.nextafter(lo[below].astype(dtype), dtype.type(np.inf))
-    lo_f = lo.astype(dtype)
-    xf[below & (lo_f.astype(np.float64) >= lo)] = lo_f[below & (lo_f.astype(np.float64) >= lo)]
-    above = xf.astype(np.float64) > hi
-    hi_f = hi.astype(dtype)
-    xf[above] = np.where(hi_f[above].astype(np.float64) <= hi[above], hi_f[above],
-                         np.nextafter(hi_f[above], dtype.type(-np.inf)))
+    xf = np.asarray(x, dtype=np.float64).reshape(-1).astype(dtype)
+    up = lo.astype(dtype)  # the smallest format value >= lo
+    up = np.where(up.astype(np.float64) < lo, np.nextafter(up, dtype.type(np.inf)), up)
+    down = hi.astype(dtype)  # the largest format value <= hi
+    down = np.where(down.astype(np.float64) > hi, np.nextafter(down, dtype.type(-np.inf)), down)
+    xf = np.where(xf.astype(np.float64) < lo, up, xf)
+    xf = np.where(xf.astype(np.float64) > hi, down, xf).astype(dtype)
     values = xf.astype(np.float64)
     if np.any(values < lo) or np.any(values > hi):
         return None
