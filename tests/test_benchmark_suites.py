@@ -97,16 +97,18 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("bundled, suite", [("acasxu", "acasxu"), ("vnncomp2021/test", "test"),
-                                            ("vnncomp2021/verivital", "verivital"),
-                                            ("vnncomp2021/cifar10_resnet", "cifar10_resnet")])
-def test_shipped_checksums_match_the_bundled_copies(bundled, suite):
+@pytest.mark.parametrize("bundled, suite, pattern, count", [
+    ("acasxu", "acasxu", "*/*.*n*", 36), ("vnncomp2021/test", "test", "*/*.*n*", 9),
+    ("vnncomp2021/verivital", "verivital", "*/*.*n*", 62),
+    ("vnncomp2021/cifar10_resnet", "cifar10_resnet", "*/*.*n*", 18),
+    ("mnist_fc", "mnistfc", "onnx/*.onnx", 1)])  # 2022's mnist_fc properties differ from 2021's
+def test_shipped_checksums_match_the_bundled_copies(bundled, suite, pattern, count):
     """The bundled ONNX/VNN-LIB files are byte-identical copies of the upstream ones, so the
     registry's sha256 of each (found by file name) must be theirs."""
     by_name = {Path(f.path).name: f for f in load_registry()[suite].files}
-    files = sorted((BENCHMARK_DATA / bundled).glob("*/*.*nnlib")) + \
-        sorted((BENCHMARK_DATA / bundled).glob("onnx/*.onnx"))
-    assert len(files) >= 5
+    files = sorted(p for p in (BENCHMARK_DATA / bundled).glob(pattern)
+                   if p.suffix in (".onnx", ".vnnlib"))
+    assert len(files) == count
     for path in files:
         entry = by_name[path.name]
         assert (entry.size, entry.sha256) == (path.stat().st_size, _sha256(path)), path

@@ -81,6 +81,7 @@ def test_table_output(capsys, digits_mlp_path, digit_file):
     assert out.startswith("MAYBE") and "margin_lower" in out and "(label)" in out
 
 
+@pytest.mark.slow
 def test_demo(capsys):
     code, out, _ = run(capsys, "demo", "--count", 12, "--eps", 0.005, 0.05)
     assert code == 0
@@ -92,7 +93,7 @@ def test_demo(capsys):
 def sigmoid_model(tmp_path):
     rng = np.random.default_rng(0)
     model = make_model([helper.make_node("Gemm", ["x", "w", "b"], ["g"], name="fc"),
-                        helper.make_node("Sigmoid", ["g"], ["y"], name="squash")],
+                        helper.make_node("Sin", ["g"], ["y"], name="squash")],
                        [tensor("x", ["N", 4])], [tensor("y", ["N", 4])],
                        [("w", rng.normal(size=(4, 4))), ("b", np.zeros(4))])
     path = tmp_path / "sigmoid.onnx"
@@ -104,7 +105,7 @@ def sigmoid_model(tmp_path):
     ("missing_model", "no such file"),
     ("not_onnx", "not a valid ONNX model"),
     ("truncated", "not a valid ONNX model"),
-    ("sigmoid", "'squash' (Sigmoid)"),
+    ("sigmoid", "'squash' (Sin)"),
     ("wrong_length", "input has 3 values, the network expects 64"),
     ("nan", "NaN or infinity"),
     ("negative_eps", "eps must be a finite number >= 0"),
@@ -166,6 +167,7 @@ def test_user_errors_are_one_line_exit_2(capsys, tmp_path, digits_mlp_path, digi
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_console_script_exit_codes(tmp_path, digits_mlp_path, digit_file):
     """The installed entry point, run as a process: exit 0 on success, 2 on a user error."""
     path, label = digit_file
@@ -218,6 +220,7 @@ def test_lp_tighten_and_method_options(capsys, digits_mlp_path, digit_file):
         assert code == 2 and expected in err and err.count("\n") == 1, err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lp", "milp"])
 def test_json_output_is_clean_with_solver_backed_methods(method, digits_mlp_path, digit_file):
     """stdout holds the JSON certificate and nothing else (HiGHS 1.16 prints a banner to fd 1
@@ -294,6 +297,7 @@ def test_demo_and_plot2d_refuse_a_norm_before_running(capsys, tmp_path):
     assert not (tmp_path / "f.png").exists()
 
 
+@pytest.mark.slow
 def test_export_lp_agrees_with_milp(capsys, tmp_path, digits_mlp_path, digits_test):
     import highspy
 
@@ -355,6 +359,7 @@ def test_plot2d_without_matplotlib_is_a_clear_error(capsys, tmp_path, monkeypatc
     assert not (tmp_path / "f.png").exists()
 
 
+@pytest.mark.slow
 def test_closed_pipe_gives_no_traceback(digits_mlp_path, digit_file):
     path, label = digit_file
     proc = subprocess.Popen([sys.executable, "-m", "verify", "certify", str(digits_mlp_path),

@@ -47,6 +47,7 @@ def _blocks(text: str) -> dict[str, tuple[str, list[int], np.ndarray]]:
     return blocks
 
 
+@pytest.mark.slow
 def test_sat_as_a_subprocess_replays_on_onnxruntime(shared_benchmarks):
     pytest.importorskip("vnnlib")
     assert SCRIPT.is_file(), "verify-solver is not installed: pip install -e ."
@@ -246,6 +247,7 @@ def test_float32_queries_are_answered_in_float32_by_default(shared_benchmarks, t
         assert query.violated_by(x, y) and query.violated_by(x, y_ort)
 
 
+@pytest.mark.slow
 def test_wrong_network_as_a_subprocess(shared_benchmarks):
     pytest.importorskip("vnnlib")
     proc = subprocess.run([str(SCRIPT), "verify", str(DATA / f"acasxu_{SAT[1]}_v2.vnnlib"),

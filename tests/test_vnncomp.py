@@ -28,6 +28,7 @@ def _truth(folder, bench):
         return {(r["network"], r["property"]): r["ground_truth"] for r in csv.DictReader(fh)}
 
 
+@pytest.mark.slow
 def test_acasxu_answers_agree_with_ground_truth(shared_benchmarks):
     truth = _truth(shared_benchmarks, "acasxu")
     solved = 0
@@ -56,7 +57,8 @@ BAB_VARIANTS = {"default": {}, "eager": {"alpha_after": 0.0, "polish_after": 0.0
                                          "polish_time": 2.0, "polish_starts": 256}}
 
 
-@pytest.mark.parametrize("variant", sorted(BAB_VARIANTS))
+@pytest.mark.parametrize("variant", [v if v == "default" else pytest.param(v, marks=pytest.mark.slow)
+                                     for v in sorted(BAB_VARIANTS)])
 def test_bab_agrees_with_milp_on_small_networks(variant):
     """Cross-method oracle on random nets: the complete input-splitting search and the exact
     MILP give the same YES / NO wherever both decide."""
@@ -250,6 +252,7 @@ def test_multi_row_disjunct_respects_solver_tolerance():
     assert solve(net, query, "bab", timeout=10).result == "unsat"  # exact arithmetic bound
 
 
+@pytest.mark.slow
 def test_runner_workers_agree_with_sequential(tmp_path, shared_benchmarks):
     folder = shared_benchmarks / "acasxu"
     instances = tmp_path / "instances.csv"

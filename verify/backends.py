@@ -168,6 +168,10 @@ def certify_specs(net: Network, specs: Sequence[Specification], method: str = "i
 
     backend = get_backend(method)
     opts = make_options(method, options)
+    if getattr(net, "is_graph", False) and method not in ("attack", "smoothing"):
+        from .bounds import graph  # IBP / CROWN over the DAG; other methods refuse in one line
+
+        return graph.certify(net, list(specs), method, opts)
     per_input = getattr(opts, "timeout", None)
     limit = per_input * len(specs) if isinstance(per_input, (int, float)) and per_input > 0 \
         else None

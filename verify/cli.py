@@ -33,6 +33,7 @@ from .backends import certify, certify_batch, get_backend, methods, option_kind
 from .errors import InputError, VerifyError
 from .network import Network
 from .onnx_io import load_onnx
+from .outputs import atomic_path, check_output_file, check_output_folder, write_text_atomically
 
 
 class _Parser(argparse.ArgumentParser):
@@ -281,24 +282,6 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _check_output(path: str) -> Path:
-    """An output file's path, refused up front (before any work) when it cannot be written."""
-    out = Path(path)
-    if not out.parent.is_dir():
-        raise InputError(f"{path}: the folder {out.parent} does not exist")
-    if out.is_dir():
-        raise InputError(f"{path}: a folder is there; give a file name")
-    return out
-
-
-def _write_atomically(path: str, text: str) -> None:
-    """Write via a temporary file and rename: no partial file is left behind on failure."""
-    out = _check_output(path)
-    tmp = out.with_name(out.name + ".part")
-    tmp.write_text(text)
-    tmp.replace(out)
-
-
 def cmd_compare(args) -> int:
     from .compare import (check_methods, compare, compare_one, format_table, plot_curves,
                           write_json)
@@ -339,11 +322,7 @@ def cmd_compare(args) -> int:
     for eps in args.eps:  # all of them before any file is opened
         if not np.isfinite(eps) or eps < 0:
             raise InputError(f"--eps must be finite and >= 0, got {eps}")
-    out = Path(args.out) if args.out else None
-    if out is not None:
-        if out.exists() and not out.is_dir():
-            raise InputError(f"--out {out}: a file is there; --out takes a folder")
-        out.mkdir(parents=True, exist_ok=True)
+    out = check_output_folder(args.out) if args.out else None
     rows, records = compare(net, xs, ys, args.eps, args.norm, args.methods, domain,
                             out / "compare.csv" if out else None,
                             progress=_progress_line, options=options, workers=args.workers,
@@ -386,9 +365,7 @@ def cmd_plot2d(args) -> int:
         raise InputError(f"--x must be two numbers X0,X1, got '{args.x}'") from None
     if len(x) != 2:
         raise InputError(f"--x must be two numbers X0,X1, got '{args.x}'")
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise InputError(f"{args.out}: the folder {out.parent} does not exist")
+    out = check_output_file(args.out)
     net = load_onnx(args.model)
     info = plot2d(net, x, args.eps, out, args.norm, args.label,
                   parse_domain(args.domain, args.model), args.methods,
@@ -405,6 +382,9 @@ def cmd_export(args) -> int:
     from .spec import robustness_spec
 
     net = load_onnx(args.model)
+    if getattr(net, "is_graph", False):  # verify.graph has no MILP encoding yet
+        from .bounds.graph import refuse
+        raise refuse("export")
     x = read_input(args.input)
     spec = robustness_spec(net.input_size, net.output_size, x, args.label, args.eps, args.norm,
                            parse_domain(args.domain, args.model))
@@ -417,16 +397,10 @@ def cmd_export(args) -> int:
     if against not in spec.output.row_class:
         raise InputError(f"--against {against} is not a class other than the label "
                          f"(0..{net.output_size - 1})")
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise InputError(f"{args.out}: the folder {out.parent} does not exist")
-    tmp = out.with_name(out.name + ".part")
-    try:
+    out = check_output_file(args.out)
+    with atomic_path(out) as tmp:
         export_model(net, spec, tmp, relax=args.relax, format=args.format,
                      row=spec.output.row_class.index(against))
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     kind = "LP relaxation" if args.relax else "MILP"
     print(f"wrote the {kind} of min z_{args.label} - z_{against} over the l_{args.norm} ball "
           f"of radius {args.eps:g} to {out} ({args.format})")
@@ -439,15 +413,15 @@ def cmd_vnnlib(args) -> int:
 
     check_seconds(args.timeout, "--timeout")
     if args.out:
-        _check_output(args.out)
+        check_output_file(args.out)
     result = solve_files(args.model, args.property, args.method, args.timeout,
                          check_threads(args.threads))
     text = result.text()
+    if args.out:  # written before anything is printed: a failure leaves no half-reported answer
+        write_text_atomically(args.out, text)
     print(text, end="")
     detail = f"{result.method or args.method}, {result.time_s:.3f} s"
     print(f"({detail}{'; ' + result.reason if result.reason else ''})", file=sys.stderr)
-    if args.out:
-        _write_atomically(args.out, text)
     return 0
 
 
@@ -460,7 +434,7 @@ def cmd_vnncomp(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be at least 1, got {args.limit}")
     if args.out:
-        _check_output(args.out)
+        check_output_file(args.out)
     rows = run_instances(args.instances, args.method, args.timeout_cap, args.out, args.limit,
                          workers=args.workers, cluster=args.cluster,
                          threads=check_threads(args.threads))

@@ -27,6 +27,8 @@ from typing import Optional, Union
 import numpy as np
 
 from .errors import ModelLoadError, UnsupportedModelError
+from .graph.network import GraphNetwork
+from .graph.onnx_graph import GraphReader
 from .network import Conv2d, Dense, Network, ReLU, _size
 from .onnx_proto import attribute_value, read_model_proto, tensor_to_array
 
@@ -505,8 +507,20 @@ def _static_shape(value_info, where: str) -> tuple[Optional[int], ...]:
     return tuple(dims)
 
 
-def network_from_onnx(model, where: str = "model") -> Network:
-    """Network from an in-memory onnx.ModelProto; `where` names it in error messages."""
+def network_from_onnx(model, where: str = "model") -> Union[Network, GraphNetwork]:
+    """Network from an in-memory onnx.ModelProto; `where` names it in error messages.
+
+    A plain chain of Dense / Conv / ReLU becomes a `Network` (the fast path every certifier
+    takes); any other graph a `GraphNetwork` (verify.graph), or one error naming every node that
+    cannot be read."""
+    try:
+        return chain_from_onnx(model, where)
+    except UnsupportedModelError:
+        return GraphNetwork(GraphReader(model, where).read())
+
+
+def chain_from_onnx(model, where: str = "model") -> Network:
+    """Network from a chain of Dense / Conv / ReLU nodes, or UnsupportedModelError."""
     opset = _default_opset(model)
     lo, hi = SUPPORTED_OPSETS
     if opset is None or not lo <= opset <= hi:
@@ -520,7 +534,7 @@ def network_from_onnx(model, where: str = "model") -> Network:
     return _GraphReader(model, where).read()
 
 
-def load_onnx(path: Union[str, Path]) -> Network:
+def load_onnx(path: Union[str, Path]) -> Union[Network, GraphNetwork]:
     """Load an ONNX file into a float64 Network, or raise a one-line `ModelLoadError`."""
     path = Path(path)
     model = read_model_proto(path)

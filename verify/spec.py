@@ -21,7 +21,8 @@ import numpy as np
 from .errors import InputError
 
 NORMS = ("inf", "2", "1")
-_EPS64 = 2.0 ** -52
+UNIT_ROUNDOFF = 2.0 ** -53  # float64's unit roundoff u: |fl(a op b) - a op b| <= u |a op b|
+_EPS64 = 2 * UNIT_ROUNDOFF  # float64's machine epsilon
 _NORM_ALIASES = {
     "inf": "inf", "linf": "inf", "l_inf": "inf", "infinity": "inf", "max": "inf",
     "2": "2", "l2": "2", "l_2": "2", "1": "1", "l1": "1", "l_1": "1",
@@ -333,3 +334,13 @@ def robustness_specs(n_inputs: int, n_classes: int, xs, labels, eps, norm="inf",
     outputs = OutputProperty.robustness_rows(label_array.astype(np.int64), n_classes)
     return [Specification(LpBall.validated(centers[b], eps_value, norm_name, lowers[b], uppers[b]),
                           outputs[b], int(label_array[b])) for b in range(len(centers))]
+
+
+def norm_of(input_set: "InputSet") -> str:
+    """The norm of an LpBall ("inf", "2", "1"); "box" for a Box."""
+    return input_set.norm if isinstance(input_set, LpBall) else "box"
+
+
+def radius_of(input_set: "InputSet") -> float:
+    """The radius eps of an LpBall; 0.0 for a Box."""
+    return input_set.eps if isinstance(input_set, LpBall) else 0.0

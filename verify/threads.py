@@ -24,6 +24,8 @@ def multiply_accumulates(net) -> int:
     """Multiply-accumulates of one forward pass of `net` (one input)."""
     from .network import Conv2d, Dense
 
+    if getattr(net, "is_graph", False):
+        return net.multiply_accumulates()
     total = 0
     for layer in net.layers:
         if isinstance(layer, Dense):

@@ -13,7 +13,7 @@ import numpy as np
 
 from .certificate import Certificate, Status
 from .network import Network
-from .spec import LpBall, Specification
+from .spec import LpBall, Specification, norm_of, radius_of
 
 
 def property_values(net: Network, spec: Specification, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +45,8 @@ def per_class(spec: Specification, rows: np.ndarray, n_classes: int) -> list[Opt
     return out
 
 
-def _row_name(spec: Specification, i: int) -> str:
+def row_name(spec: Specification, i: int) -> str:
+    """How messages name row i of the specification: its competing class, or its index."""
     j = spec.output.row_class[i]
     return f"class {j}" if j is not None else f"row {i}"
 
@@ -130,7 +131,7 @@ def _certificate(net: Network, spec: Specification, method: str, lower: np.ndarr
     if counterexample is not None:  # a replayed point beats any reason the caller gave
         status = Status.NO
         worst = int(np.argmin(counterexample[2]))
-        reason = (f"counterexample found: {_row_name(spec, worst)} reaches "
+        reason = (f"counterexample found: {row_name(spec, worst)} reaches "
                   f"{counterexample[2][worst]:.6g} <= 0 (float64 forward pass)")
     elif (lower > yes_tolerance).all():
         status, reason = Status.YES, ""
@@ -139,14 +140,14 @@ def _certificate(net: Network, spec: Specification, method: str, lower: np.ndarr
         worst = int(np.argmin(lower))
         unproved = int(np.sum(lower <= yes_tolerance))
         reason = reason or (f"not proved: {unproved} of {len(lower)} rows unproved; lower bound "
-                            f"for {_row_name(spec, worst)} is {lower[worst]:.6g} (relaxation "
+                            f"for {row_name(spec, worst)} is {lower[worst]:.6g} (relaxation "
                             f"too loose, or the property does not hold)")
     ball = spec.input_set
     n_classes = net.output_size
     return Certificate(
         status=status, method=method, label=spec.label,
-        norm=ball.norm if isinstance(ball, LpBall) else "box",
-        eps=ball.eps if isinstance(ball, LpBall) else 0.0,
+        norm=norm_of(ball),
+        eps=radius_of(ball),
         margin_lower=per_class(spec, lower, n_classes),
         margin_upper=per_class(spec, upper, n_classes),
         counterexample=None if counterexample is None else counterexample[0].tolist(),

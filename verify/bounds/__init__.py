@@ -20,10 +20,9 @@ import torch
 
 from ..certificate import Certificate
 from ..network import Network, resolve_device
-from ..spec import LpBall, Specification
+from ..spec import UNIT_ROUNDOFF, Specification, norm_of, radius_of
 from ..verdict import certificates_from_bounds
 
-UNIT_ROUNDOFF = 2.0 ** -53
 # The smallest subnormal float64. A rounded product (or quotient) is off by at most
 # u |exact| + UNDERFLOW / 2 (the second term: underflow); a sum that underflows is exact.
 UNDERFLOW = 2.0 ** -1074
@@ -68,17 +67,17 @@ class InputBatch:
             return torch.as_tensor(array, dtype=torch.float64, device=device)
 
         sets = [s.input_set for s in specs]
-        norms = {x.norm if isinstance(x, LpBall) else "box" for x in sets}
+        norms = {norm_of(x) for x in sets}
         assert len(norms) == 1, "one norm per batch"
         norm = norms.pop()
+        eps = np.array([radius_of(x) for x in sets], dtype=np.float64)
         set_lower = np.stack([x.lower for x in sets])
         set_upper = np.stack([x.upper for x in sets])
         if norm == "box":
             lower, upper = set_lower, set_upper
-            center, eps = (lower + upper) / 2, np.zeros(len(sets))
+            center = (lower + upper) / 2
         else:  # LpBall.bounding_box: center ± eps rounded outwards, then ∩ [lower, upper]
             center = np.stack([x.center for x in sets])
-            eps = np.array([x.eps for x in sets], dtype=np.float64)
             radius = eps[:, None]
             lower = np.maximum(np.nextafter(center - radius, -np.inf), set_lower)
             upper = np.minimum(np.nextafter(center + radius, np.inf), set_upper)
@@ -95,8 +94,7 @@ MarginBoundFn = Callable[[Network, InputBatch], tuple[torch.Tensor, dict]]
 
 
 def _group_key(spec: Specification) -> tuple:
-    norm = spec.input_set.norm if isinstance(spec.input_set, LpBall) else "box"
-    return norm, spec.output.C.shape
+    return norm_of(spec.input_set), spec.output.C.shape
 
 
 def certify_with_bounds(net: Network, specs: Sequence[Specification], method: str,

@@ -27,7 +27,7 @@ import torch
 
 from ..backends import check_choice, check_choices
 from ..certificate import Certificate
-from ..network import AFFINE, Conv2d, Dense, Network, ReLU
+from ..network import AFFINE, Dense, Network, ReLU
 from ..spec import Specification
 from . import (UNDERFLOW, UNIT_ROUNDOFF, InputBatch, certify_with_bounds, norm_underflow,
                rounding_slack)
@@ -105,16 +105,10 @@ def _matvec(matrix: Tensor, vector: Tensor) -> Tensor:
     return (matrix @ vector.unsqueeze(-1)).squeeze(-1)
 
 
-def _full_bias(layer, params: dict) -> Tensor:
-    if isinstance(layer, Conv2d):
-        return params["bias"].repeat_interleave(int(np.prod(layer.out_shape[1:])))
-    return params["bias"]
-
-
 def _abs_affine(layer, params: dict, magnitude: Tensor) -> Tensor:
     """|W| magnitude + |b| (B, out): bounds |W h + b| when |h| <= magnitude."""
     abs_params = ibp._abs_params(layer, params)
-    return layer.torch_forward(magnitude, abs_params).flatten(1) + ibp._bias_abs(layer, params)
+    return layer.torch_forward(magnitude, abs_params).flatten(1) + layer.bias_per_output(params["abs_bias"])
 
 
 # A convolution whose dense matrix has at most this many entries is applied as that matrix: one
@@ -248,7 +242,7 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
                 owed = step if owed is None else owed + step
                 slack = slack + rounding_slack(_matvec(abs_coeffs, owed) + const.detach().abs(),
                                                n_terms, in_magnitude.sum(-1, keepdim=True))
-            const = const + coeffs @ _full_bias(layer, p)
+            const = const + coeffs @ layer.bias_per_output(p["bias"])
             coeffs, abs_coeffs, owed = transpose_apply(layer, p, coeffs), None, None
             owned = not torch.is_grad_enabled()
         elif isinstance(layer, ReLU):
@@ -346,7 +340,7 @@ def _row_bounds(net: Network, batch: InputBatch, bounds: list[Bounds], k: int, i
         rows = transpose_apply(layer, p, one_hot.scatter_(2, index[..., None], 1.0))
         coeffs = torch.cat([rows, rows], dim=1)
     coeffs[:, count:].neg_()  # rows e_i W_k, then -e_i W_k (exact)
-    bias = _full_bias(layer, p)[index]
+    bias = layer.bias_per_output(p["bias"])[index]
     const = torch.cat([bias, -bias], dim=1)
     if k == 0:
         lower = concretize(batch, coeffs, const)

@@ -10,8 +10,9 @@ Method:    neuron bounds from bounds/ (IBP, intersected with CROWN by default; o
            shared with the MILP). One model per input, one warm-started objective per margin row.
 Trusted:   nothing the solver reports as a bound. Each row's lower bound is the Lagrangian bound
            recomputed in float64 (with a rounding allowance) from the solver's duals, valid for any
-           duals, and never below CROWN's/IBP's on the same neuron bounds; a row is proved by an
-           optimal status with a bound above the solver's feasibility tolerance, or by CROWN/IBP.
+           duals, used only on a row solved to optimality, and never below CROWN's/IBP's on the
+           same neuron bounds (theirs alone on a row not solved); a YES needs every row above
+           the solver's feasibility tolerance.
            Rows past the deadline (option `timeout`, `verify.deadline`) are not solved.
 Soundness: sound, incomplete. With the same neuron bounds it is at least as tight as IBP and CROWN.
 Reference: Ehlers, "Formal Verification of Piece-Wise Linear Feed-Forward Neural Networks", ATVA
@@ -35,7 +36,7 @@ from ..backends import check_choice, check_choices
 from ..certificate import Certificate
 from ..network import AFFINE, Network, ReLU
 from ..spec import Box, InputSet, Specification
-from ..verdict import certificate_from_bounds
+from ..verdict import certificate_from_bounds, row_name
 from . import InputBatch, ibp
 from .relu_encoding import (TRIANGLE, NumpyBounds, ReluProgram, build_program, highs_tolerance,
                             lagrangian_bound, run_highs, set_objective, to_highs)
@@ -132,7 +133,7 @@ def tighten_with_lp(net: Network, input_set: InputSet, bounds: Sequence[NumpyBou
     return bounds, n_lps
 
 
-def interval_margin_lower(net: Network, spec: Specification, bounds: Sequence[NumpyBounds]
+def relaxed_margin_lower(net: Network, spec: Specification, bounds: Sequence[NumpyBounds]
                           ) -> np.ndarray:
     """max(IBP, CROWN) lower bounds of the margin rows C f(x) - d from the given neuron bounds
     (IBP's last step, and CROWN's backward pass relaxing over them): both sound, and what the
@@ -261,15 +262,11 @@ def solve_rows(program: ReluProgram, spec: Specification) -> tuple[list[RowResul
 
 # --------------------------------------------------------------------------- certify
 
-def _row_name(spec: Specification, i: int) -> str:
-    j = spec.output.row_class[i]
-    return f"class {j}" if j is not None else f"row {i}"
-
-
-def rows_proved(rows: Sequence[RowResult], relaxed: np.ndarray, tolerance: float) -> list[bool]:
-    """Per row: proved by the LP (solved to optimality, Lagrangian bound above the solver's
-    tolerance) or by the pure-arithmetic IBP/CROWN bound `relaxed` (> 0)."""
-    return [(r.optimal and r.lower > tolerance) or relaxed[i] > 0 for i, r in enumerate(rows)]
+def trusted_lower(rows: Sequence[RowResult], relaxed: np.ndarray) -> np.ndarray:
+    """Per row, the bound a verdict may use: max(Lagrangian, IBP/CROWN `relaxed`) for a row solved
+    to optimality, else `relaxed` alone (a failed solve's bound is sound but not relied on)."""
+    return np.array([max(r.lower, relaxed[i]) if r.optimal else relaxed[i]
+                     for i, r in enumerate(rows)])
 
 
 def certify_one(net: Network, spec: Specification, options: LPOptions) -> Certificate:
@@ -288,40 +285,37 @@ def _certify_one(net: Network, spec: Specification, options: LPOptions) -> Certi
     lp_lower = np.array([r.lower for r in rows])
     # Mathematically the LP is at least as tight as IBP and CROWN on the same neuron bounds. A
     # solver that fails (timeout, "infeasible" on a badly scaled model, the cone solver's ~1e-8
-    # inaccuracy) can leave its Lagrangian bound below theirs: the sound max is reported, so the
-    # order IBP <= CROWN <= LP holds, and the rows where CROWN's bound won are named in details.
-    relaxed = interval_margin_lower(net, spec, bounds)
-    lower = np.maximum(lp_lower, relaxed)
+    # inaccuracy) can leave its Lagrangian bound below theirs: the larger sound bound is reported
+    # (CROWN's alone where the solve failed), so the order IBP <= CROWN <= LP holds, and the rows
+    # where the reported bound is CROWN's/IBP's are named in details["crown_bound_rows"].
+    relaxed = relaxed_margin_lower(net, spec, bounds)
+    lower = trusted_lower(rows, relaxed)
     # Where the solver's number becomes a YES: each lower bound is our own float64 Lagrangian
-    # bound (valid for any duals); it must also clear the solver's feasibility tolerance
-    # (`solver.tolerance`: HiGHS primal/dual feasibility, or Clarabel's tol_feas) on a row
-    # solved to optimality. Or the row's IBP/CROWN bound (pure arithmetic) is > 0.
-    proved = rows_proved(rows, relaxed, solver.tolerance)
-    unproved = sorted((i for i, p in enumerate(proved) if not p), key=lambda i: lower[i])
-    yes_tolerance, reason = (0.0, "") if not unproved else (np.inf, "")
-    timeouts = [i for i in unproved if rows[i].status == TIMEOUT]
+    # bound (valid for any duals) on a row solved to optimality, or IBP's/CROWN's (pure
+    # arithmetic) on any row; every row must clear the solver's feasibility tolerance
+    # (`solver.tolerance`: HiGHS primal/dual feasibility, or Clarabel's tol_feas).
+    yes_tolerance, reason = solver.tolerance, ""
+    unproved = sorted((i for i in range(len(rows)) if lower[i] <= yes_tolerance),
+                      key=lambda i: lower[i])
+    failed = [i for i in unproved if not rows[i].optimal]
+    timeouts = [i for i in failed if rows[i].status == TIMEOUT]
     if timeouts:
         reason = (f"timeout{f' after {options.timeout:g} s' if options.timeout else ''}: "
                   f"{len(timeouts)} LP row(s) not solved; their bounds are CROWN's and IBP's "
-                  f"(lowest {lower[timeouts[0]]:.6g}, {_row_name(spec, timeouts[0])})")
-    elif unproved and not rows[unproved[0]].optimal:
-        i = unproved[0]
-        reason = (f"LP solver did not reach optimality for {_row_name(spec, i)} "
-                  f"(status: {rows[i].status}); bound {lower[i]:.6g} not trusted for a YES")
-    elif unproved:
-        i = unproved[0]
-        reason = (f"not proved: {len(unproved)} of {len(rows)} rows unproved; lower bound for "
-                  f"{_row_name(spec, i)} is {lower[i]:.6g} (relaxation too loose, or the "
-                  "property does not hold)")
+                  f"(lowest {lower[timeouts[0]]:.6g}, {row_name(spec, timeouts[0])})")
+    elif failed:
+        i = failed[0]
+        reason = (f"LP solver did not reach optimality for {row_name(spec, i)} "
+                  f"(status: {rows[i].status}); its bound is CROWN's and IBP's, {lower[i]:.6g}")
     candidates = [r.x for r in rows if r.x is not None]
     details = {"bounds": source + ("+lp" if options.lp_tighten else ""),
                "solver": "clarabel" if program.ball is not None else "highs",
                "tolerance": solver.tolerance, "lp_primal": [r.primal for r in rows]}
-    below = {_row_name(spec, i): {"lp": float(lp_lower[i]), "crown_or_ibp": float(relaxed[i]),
+    below = {row_name(spec, i): {"lp": float(lp_lower[i]), "crown_or_ibp": float(relaxed[i]),
                                   "lp_status": rows[i].status}
-             for i in range(len(rows)) if relaxed[i] > lp_lower[i]}
+             for i in range(len(rows)) if relaxed[i] > lp_lower[i] or not rows[i].optimal}
     if below:
-        details["lp_below_crown"] = below  # (the reported bound is the larger, sound one)
+        details["crown_bound_rows"] = below
     return certificate_from_bounds(
         net, spec, "lp", lower, candidates=candidates, yes_tolerance=yes_tolerance,
         reason=reason, time_s=time.perf_counter() - t0,

@@ -311,8 +311,7 @@ def build_program(net: Network, input_set: InputSet, bounds: Sequence[NumpyBound
         if isinstance(layer, AFFINE):
             affine_count += 1
             weight = layer.dense_matrix()
-            bias = layer.bias if layer.weight.ndim == 2 else \
-                np.repeat(layer.bias, int(np.prod(layer.out_shape[1:])))
+            bias = layer.bias_per_output(layer.bias)
             live = current >= 0
             w_live = weight[:, live]
             if k == last:

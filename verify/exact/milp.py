@@ -44,8 +44,8 @@ from typing import ClassVar, Optional, Sequence
 import highspy
 import numpy as np
 
-from ..bounds.lp import (BOUND_SOURCES, interval_margin_lower, neuron_bounds, rows_proved,
-                         solve_rows, tighten_with_lp)
+from ..bounds.lp import (BOUND_SOURCES, neuron_bounds, relaxed_margin_lower, solve_rows,
+                         tighten_with_lp, trusted_lower)
 from ..bounds.relu_encoding import (BIG_M, TRIANGLE, ReluProgram, build_program, highs_tolerance,
                                     interrupt_requested, lagrangian_bound, run_highs,
                                     set_objective, to_highs)
@@ -55,7 +55,7 @@ from ..certificate import Certificate
 from ..errors import InputError
 from ..network import Network
 from ..spec import LpBall, Specification
-from ..verdict import certificate_from_bounds, validated_counterexample
+from ..verdict import certificate_from_bounds, row_name, validated_counterexample
 
 
 SAMPLES = 16  # random points of the set replayed besides the center, the LP's and the attack's
@@ -223,11 +223,6 @@ class MilpRows:
 
 # --------------------------------------------------------------------------- certify
 
-def _row_name(spec: Specification, i: int) -> str:
-    j = spec.output.row_class[i]
-    return f"class {j}" if j is not None else f"row {i}"
-
-
 def _any_counterexample(net: Network, spec: Specification, points) -> bool:
     return any(validated_counterexample(net, spec, x) is not None for x in points)
 
@@ -292,7 +287,7 @@ def _certify_one(net: Network, spec: Specification, options: MILPOptions,
         bounds, n_lps = tighten_with_lp(net, spec.input_set, bounds)
         cost["lps"] += n_lps
         details["bounds"] += "+lp"
-    interval_lower = interval_margin_lower(net, spec, bounds)
+    relaxed_lower = relaxed_margin_lower(net, spec, bounds)
     candidates: list[np.ndarray] = [spec.input_set.center]
     candidates += list(spec.input_set.sample(SAMPLES, np.random.default_rng(0)))
     # 2. The triangle LP screens the rows (sound Lagrangian bounds) and offers its optimal inputs.
@@ -300,11 +295,13 @@ def _certify_one(net: Network, spec: Specification, options: MILPOptions,
     details["unstable_neurons"] = lp_program.unstable_neurons
     lp_rows, lp_solver = solve_rows(lp_program, spec)
     cost["lps"] += lp_solver.n_solves
-    lower = np.maximum(interval_lower, [r.lower for r in lp_rows])
+    lower = np.maximum(relaxed_lower, [r.lower for r in lp_rows])
     candidates += [r.x for r in lp_rows if r.x is not None]
     if budget.expired():
+        lower = trusted_lower(lp_rows, relaxed_lower)
         return finish(lower, candidates, _timeout_reason(spec, lower, range(m), {},
-                                                         options.timeout, "the LP screen"))
+                                                         options.timeout, "the LP screen"),
+                      lp_solver.tolerance)
     program = build_program(net, spec.input_set, bounds, BIG_M)
     # 3. What float64 can resolve: the worst rounding error of any row or objective.
     noise, noisiest = max((program.rounding_noise(*program.objective(c, d)[:2])
@@ -312,16 +309,16 @@ def _certify_one(net: Network, spec: Specification, options: MILPOptions,
     details["rounding_noise"] = noise
     if NOISE_FACTOR * noise > HIGHS_RESOLUTION:
         # HiGHS's tolerances are absolute: on rows this large its "optimal" bounds are noise.
-        # Sound bounds only (interval, our Lagrangian LP bound); points are still replayed.
+        # Sound bounds only (IBP, CROWN, our Lagrangian LP bound); points are still replayed.
         if options.attack:
             candidates += attack_candidates(net, spec)
         reason = (f"the MILP is not solved: {noisiest} can carry float64 rounding errors up to "
                   f"{noise:.3g} over the neuron bounds, beyond what HiGHS's tolerance "
                   f"{HIGHS_RESOLUTION:g} resolves (badly scaled weights or inputs); the bounds "
-                  "are the sound LP and interval ones")
+                  "are the sound LP, CROWN and IBP ones")
         details["milp_skipped"] = reason
-        proved = all(rows_proved(lp_rows, interval_lower, lp_solver.tolerance))
-        return finish(lower, candidates, reason, 0.0 if proved else math.inf)
+        return finish(trusted_lower(lp_rows, relaxed_lower), candidates, reason,
+                      lp_solver.tolerance)
     rows = MilpRows(net, spec, program, options.exact_margins, NOISE_FACTOR * noise)
     tolerance = rows.threshold
     details["tolerance"] = tolerance
@@ -363,7 +360,7 @@ def _certify_one(net: Network, spec: Specification, options: MILPOptions,
             timed_out.append(i)
         if refuted and not options.exact_margins:
             break
-    details["milp_rows"] = {_row_name(spec, i): {"status": o.status, "nodes": o.nodes,
+    details["milp_rows"] = {row_name(spec, i): {"status": o.status, "nodes": o.nodes,
                                                  "dual_bound": o.lower,
                                                  "incumbent": o.solver_upper}
                             for i, o in outcomes.items()}
@@ -378,7 +375,7 @@ def _certify_one(net: Network, spec: Specification, options: MILPOptions,
     if wrong:
         i = wrong[0]
         details["milp_inconsistent"] = (
-            f"{_row_name(spec, i)}: solver bound {lower[i]:.6g} above the float64 value "
+            f"{row_name(spec, i)}: solver bound {lower[i]:.6g} above the float64 value "
             f"{replayed[i]:.6g} at a point of the set")
         lower = sound_lower
     refuted = refuted or _any_counterexample(net, spec, candidates)
@@ -386,7 +383,7 @@ def _certify_one(net: Network, spec: Specification, options: MILPOptions,
         reason = ""
     elif wrong:
         reason = (f"the MILP solver's bound is not trusted: {details['milp_inconsistent']}; "
-                  "the bounds are the sound LP and interval ones")
+                  "the bounds are the sound LP, CROWN and IBP ones")
         tolerance = math.inf
     elif timed_out:
         reason = _timeout_reason(spec, lower, timed_out, outcomes, options.timeout, "the MILP")
@@ -398,11 +395,11 @@ def _certify_one(net: Network, spec: Specification, options: MILPOptions,
 def _timeout_reason(spec, lower, timed_out, outcomes, timeout, stage) -> str:
     """MAYBE "timeout ...": which rows were left undecided, and the bounds so far."""
     i = min(timed_out, key=lambda r: lower[r])
-    names = ", ".join(_row_name(spec, r) for r in sorted(timed_out))
+    names = ", ".join(row_name(spec, r) for r in sorted(timed_out))
     upper = outcomes[i].solver_upper if i in outcomes else math.inf
     limit = f" after {timeout:g} s" if timeout else ""
     return (f"timeout{limit} in {stage}: {len(timed_out)} row(s) undecided ({names}); "
-            f"{_row_name(spec, i)} has lower bound {lower[i]:.6g}, solver's best value "
+            f"{row_name(spec, i)} has lower bound {lower[i]:.6g}, solver's best value "
             f"{upper:.6g}")
 
 
@@ -412,12 +409,12 @@ def _maybe_reason(net, spec, lower, outcomes, tolerance) -> str:
         if lower[i] > tolerance:
             continue
         if not outcome.decided:
-            return (f"MILP for {_row_name(spec, i)} ended with status '{outcome.status}'; "
+            return (f"MILP for {row_name(spec, i)} ended with status '{outcome.status}'; "
                     f"lower bound {lower[i]:.6g}")
         values = [spec.output.values(net.forward(spec.input_set.project(x)))[i]
                   for x in outcome.candidates]
         replay = f"{min(values):.6g}" if values else "none"
-        return (f"MILP minimum for {_row_name(spec, i)} lies in [{lower[i]:.6g}, "
+        return (f"MILP minimum for {row_name(spec, i)} lies in [{lower[i]:.6g}, "
                 f"{outcome.solver_upper:.6g}] (solver), not above the tolerance {tolerance:g}, "
                 f"and no point of it fails the property in the float64 replay (best replayed "
                 f"value {replay})")

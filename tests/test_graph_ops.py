@@ -1,0 +1,186 @@
+"""Each graph op against onnxruntime (float64 and float32 models), and its IBP / CROWN bounds
+against sampling; random small DAGs (hypothesis) with residual adds, pooling, concat and smooth
+activations: bounds hold at sampled points."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from onnx import helper
+
+from onnx_reference import make_model, onnxruntime_forward, tensor
+from verify.bounds import InputBatch
+from verify.bounds import graph as graph_bounds
+from verify.graph.network import GraphNetwork
+from verify.graph.onnx_graph import GraphReader
+from verify.onnx_io import network_from_onnx
+
+pytest.importorskip("onnxruntime")
+R = np.random.default_rng(3)
+
+
+def w(*shape, scale=0.5):
+    return R.normal(size=shape) * scale
+
+
+def node(op, inputs, **attrs):
+    return helper.make_node(op, inputs, ["y"], name=f"the_{op.lower()}", **attrs)
+
+
+# (id, nodes, input shape, initializers, opset)
+CASES = [
+    ("gemm_all_attrs", [node("Gemm", ["x", "B", "C"], alpha=0.7, beta=1.3, transB=1)], [1, 4],
+     [("B", w(3, 4)), ("C", w(1, 3))], 13),
+    ("gemm_transA", [node("Gemm", ["x", "B"], transA=1)], [4, 1], [("B", w(4, 3))], 13),
+    ("matmul_right", [node("MatMul", ["x", "W"])], [1, 2, 4], [("W", w(4, 3))], 13),
+    ("matmul_left", [node("MatMul", ["W", "x"])], [1, 1], [("W", w(2, 1))], 13),
+    ("matmul_broadcast", [node("MatMul", ["x", "W"])], [2, 3], [("W", w(2, 3, 2))], 13),
+    ("add_sub_mul_div", [helper.make_node("Add", ["x", "a"], ["t1"]),
+                         helper.make_node("Mul", ["t1", "m"], ["t2"]),
+                         helper.make_node("Sub", ["c", "t2"], ["t3"]),
+                         helper.make_node("Div", ["t3", "d"], ["t4"]),
+                         node("Neg", ["t4"])], [1, 2, 3],
+     [("a", w(3)), ("m", w(2, 1)), ("c", w(1, 1, 3)), ("d", w(3) + 3)], 13),
+    ("residual_sub", [helper.make_node("Relu", ["x"], ["r"]), node("Sub", ["x", "r"])], [1, 5], [], 13),
+    ("conv1d", [node("Conv", ["x", "W", "b"], pads=[1, 2], strides=[2], dilations=[2])], [1, 2, 9],
+     [("W", w(3, 2, 3)), ("b", w(3))], 13),
+    ("conv2d_groups_autopad", [node("Conv", ["x", "W"], group=2, auto_pad="SAME_UPPER",
+                                    strides=[2, 1])], [1, 4, 5, 5], [("W", w(6, 2, 3, 2))], 13),
+    ("conv_transpose", [node("ConvTranspose", ["x", "W", "b"], strides=[2, 2], pads=[1, 0, 0, 1],
+                             output_padding=[1, 0])], [1, 2, 3, 3], [("W", w(2, 3, 3, 3)), ("b", w(3))], 13),
+    ("batchnorm", [node("BatchNormalization", ["x", "s", "bb", "mu", "var"])], [1, 3, 2, 2],
+     [("s", w(3)), ("bb", w(3)), ("mu", w(3)), ("var", np.abs(w(3)) + 0.1)], 13),
+    ("average_pool", [node("AveragePool", ["x"], kernel_shape=[2, 3], pads=[1, 1, 0, 1],
+                           strides=[2, 1])], [1, 2, 4, 5], [], 13),
+    ("average_pool_incl", [node("AveragePool", ["x"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                                count_include_pad=1)], [1, 1, 4, 4], [], 13),
+    ("global_average_pool", [node("GlobalAveragePool", ["x"])], [1, 3, 3, 4], [], 13),
+    ("max_pool", [node("MaxPool", ["x"], kernel_shape=[2, 2], pads=[1, 1, 1, 1], strides=[2, 2])],
+     [1, 2, 5, 5], [], 13),
+    ("pad_constant", [node("Pad", ["x", "p", "v"])], [1, 2, 3], [("p", np.array([0, 1, 0, 0, 0, 2])),
+                                                              ("v", np.array(0.5))], 13),
+    ("reduce_sum", [node("ReduceSum", ["x", "ax"], keepdims=0)], [1, 3, 4], [("ax", np.array([2]))], 13),
+    ("reduce_mean", [node("ReduceMean", ["x"], axes=[1], keepdims=1)], [1, 3, 4], [], 13),
+    ("transpose_slice_gather", [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
+                                helper.make_node("Slice", ["t", "st", "en", "ax", "sp"], ["s"]),
+                                node("Gather", ["s", "ix"], axis=2)], [1, 3, 6],
+     [("st", np.array([5])), ("en", np.array([0])), ("ax", np.array([1])), ("sp", np.array([-2])),
+      ("ix", np.array([2, 0, -1]))], 13),
+    ("split_concat", [helper.make_node("Split", ["x", "sz"], ["a", "b"], axis=1),
+                      helper.make_node("Relu", ["a"], ["ra"]),
+                      node("Concat", ["b", "k", "ra"], axis=1)], [1, 5],
+     [("sz", np.array([2, 3])), ("k", w(1, 2))], 13),
+    ("flatten_unsqueeze_squeeze", [helper.make_node("Flatten", ["x"], ["f"]),
+                                   helper.make_node("Unsqueeze", ["f", "ax"], ["u"]),
+                                   node("Squeeze", ["u", "ax"])], [1, 2, 3], [("ax", np.array([1]))], 13),
+    ("expand", [node("Expand", ["x", "sh"])], [1, 3, 1], [("sh", np.array([2, 1, 4]))], 13),
+    ("leaky_prelu", [helper.make_node("LeakyRelu", ["x"], ["l"], alpha=0.2),
+                     node("PRelu", ["l", "sl"])], [1, 3, 2], [("sl", np.array([[0.5], [2.0], [-0.3]]))], 13),
+    ("clip_abs", [helper.make_node("Clip", ["x", "lo", "hi"], ["c"]), node("Abs", ["c"])], [1, 6],
+     [("lo", np.array(-0.3)), ("hi", np.array(0.6))], 13),
+    ("max_min", [helper.make_node("Max", ["x", "k"], ["m"]), node("Min", ["m", "x", "k2"])], [1, 4],
+     [("k", w(4)), ("k2", np.array(0.4))], 13),
+    ("smooth", [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Tanh", ["x"], ["t"]),
+                helper.make_node("Softplus", ["x"], ["p"]), helper.make_node("Exp", ["t"], ["e"]),
+                helper.make_node("Add", ["s", "p"], ["a"]), node("Sub", ["a", "e"])], [1, 5], [], 13),
+    ("softmax", [node("Softmax", ["x"], axis=1)], [1, 4], [], 13),
+    ("shape_arithmetic", [helper.make_node("Shape", ["x"], ["sh"]),
+                          helper.make_node("Gather", ["sh", "zero"], ["n"], axis=0),
+                          helper.make_node("Unsqueeze", ["n", "zero1"], ["n1"]),
+                          helper.make_node("Concat", ["n1", "minus1"], ["target"], axis=0),
+                          helper.make_node("ConstantOfShape", ["n1"], ["ones"],
+                                           value=helper.make_tensor("v", 1, [1], [1.0])),
+                          helper.make_node("Reshape", ["x", "target"], ["r"]),
+                          node("Add", ["r", "ones"])], [1, 2, 3],
+     [("zero", np.array(0)), ("zero1", np.array([0])), ("minus1", np.array([-1]))], 13),
+]
+
+
+def build(case):
+    name, nodes, shape, inits, opset = case
+    return make_model(nodes, [tensor("x", shape)], [tensor("y", None)], inits, opset)
+
+
+def as_graph(model, where: str) -> GraphNetwork:
+    """The graph reading even of a plain chain (network_from_onnx would give a Network)."""
+    return GraphNetwork(GraphReader(model, where).read())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_op_matches_onnxruntime(case):
+    model = build(case)
+    net = as_graph(model, case[0])
+    x = R.uniform(-2, 2, size=(4, *net.input_shape))
+    got = net.forward(x.reshape(4, -1))
+    for float64 in (True, False):
+        try:
+            ref = onnxruntime_forward(model, x, float64=float64)
+        except Exception as exc:  # an op onnxruntime has no float64 kernel for
+            if float64 and "NOT_IMPLEMENTED" in str(exc):
+                continue
+            raise
+        rtol = 1e-9 if float64 else 1e-4
+        np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * (np.abs(ref).max() + 1))
+
+
+def box_batch(lower: np.ndarray, upper: np.ndarray, k: int) -> InputBatch:
+    t = lambda a: torch.as_tensor(a, dtype=torch.float64)[None]
+    eye = np.eye(k)
+    return InputBatch(lower=t(lower), upper=t(upper), center=t((lower + upper) / 2),
+                      eps=torch.zeros(1, dtype=torch.float64), norm="box",
+                      C=t(np.concatenate([eye, -eye])), d=torch.zeros(1, 2 * k, dtype=torch.float64))
+
+
+def assert_bounds_hold(net, center: np.ndarray, radius: float) -> None:
+    lower, upper = center - radius, center + radius
+    batch = box_batch(lower, upper, net.output_size)
+    samples = np.concatenate([R.uniform(lower, upper, size=(400, len(center))),
+                              np.where(R.random((100, len(center))) < 0.5, lower, upper)])
+    out = net.forward(samples)
+    k = net.output_size
+    with torch.no_grad():
+        ibp = graph_bounds.interval_bounds(net, batch)
+        lo, up = (t[0].numpy() for t in graph_bounds.output_bounds(net, ibp))
+        crown = graph_bounds.margin_lower_from(net, batch, graph_bounds.crown_bounds(net, batch))[0].numpy()
+    assert np.all(lo <= out.min(0)) and np.all(up >= out.max(0)), "IBP"
+    assert np.all(crown[:k] <= out.min(0)) and np.all(-crown[k:] >= out.max(0)), "CROWN"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_op_bounds_hold_on_samples(case):
+    net = as_graph(build(case), case[0])
+    for radius in (0.05, 1.0):
+        assert_bounds_hold(net, R.uniform(-1, 1, net.input_size), radius)
+
+
+def random_dag(seed: int, n: int, smooth: str) -> GraphNetwork:
+    """x -> Conv -> act -> {residual Conv + add, AveragePool / MaxPool branch} -> Concat -> Gemm."""
+    rng = np.random.default_rng(seed)
+    g = lambda *s: rng.normal(size=s) * 0.6
+    nodes = [
+        helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node(smooth, ["c1"], ["a1"]),
+        helper.make_node("Conv", ["a1", "W2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["a1", "c2"], ["res"]),
+        helper.make_node("Relu", ["res"], ["r"]),
+        helper.make_node("AveragePool", ["r"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("MaxPool", ["a1"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Concat", ["p1", "p2"], ["cat"], axis=1),
+        helper.make_node("Flatten", ["cat"], ["f"]),
+        helper.make_node("Gemm", ["f", "W3", "b3"], ["y"], transB=1),
+    ]
+    inits = [("W1", g(2, 1, 3, 3)), ("b1", g(2)), ("W2", g(2, 2, 3, 3)), ("W3", g(3, 4 * (n // 2) ** 2)),
+             ("b3", g(3))]
+    return network_from_onnx(make_model(nodes, [tensor("x", [1, 1, n, n])], [tensor("y", None)],
+                                        inits), "dag")
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 10 ** 6), n=st.sampled_from([2, 4]),
+       smooth=st.sampled_from(["Relu", "Sigmoid", "Tanh", "Softplus"]),
+       radius=st.sampled_from([0.01, 0.1, 0.5]))
+def test_random_dag_bounds_hold(seed, n, smooth, radius):
+    net = random_dag(seed, n, smooth)
+    assert_bounds_hold(net, np.random.default_rng(seed).uniform(-1, 1, net.input_size), radius)

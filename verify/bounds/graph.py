@@ -1,0 +1,259 @@
+"""IBP and CROWN over a GraphNetwork (verify.graph): every node read through its `ops` rule.
+
+Accepts:   GraphNetwork; input set = l_inf/l_2/l_1 ball ∩ box, or a box.
+Method:    IBP: in topological order, linear nodes in center/radius form y = L(m) + b ± |L|(r)
+           (|L| the node with absolute weights), nonlinear ones by their interval rule; the margin
+           C y - d from the output intervals. CROWN: a backward pass from C through the DAG,
+           coefficients of a node summed over its consumers; linear nodes transpose by their
+           vector-Jacobian product (exact for a linear map), Relu takes CROWN's relaxation, smooth
+           ops chord / tangent lines (ops.relax), MaxPool and Softmax their interval as constant
+           bounds. Intermediate bounds: IBP, tightened by a CROWN pass from each nonlinear node's
+           input when it has at most `crown_rows` entries. Rounding: each linear step's float64
+           error is at most gamma_n times the same pass run on absolute values (|A| |L|),
+           carried alongside and charged at the end with `rounding_slack`; concretization is
+           crown.concretize's (rounding included).
+Soundness: sound, incomplete.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from ..certificate import Certificate
+from ..errors import InputError
+from ..graph import ops
+from ..graph.ir import size_of
+from ..spec import Specification
+from . import UNDERFLOW, InputBatch, certify_with_bounds, rounding_slack
+from .crown import concretize, relu_relaxation
+
+Bounds = tuple[torch.Tensor, torch.Tensor]
+GRAPH_METHODS = ("ibp", "crown", "attack", "smoothing")
+CROWN_ROWS = 512  # nonlinear inputs up to this size get CROWN intermediate bounds
+
+
+def refuse(method: str) -> InputError:
+    return InputError(f"method '{method}' does not handle graph networks (models that are not a "
+                      f"plain Dense/Conv/ReLU chain) yet; use one of {', '.join(GRAPH_METHODS)}")
+
+
+def _input_bounds(net, batch: InputBatch) -> dict[str, Bounds]:
+    lower, upper = net.split_input(batch.lower), net.split_input(batch.upper)
+    return {name: (lower[name], upper[name]) for name in lower}
+
+
+def linear_interval(net, k: int, node, ins: list[Bounds]) -> Bounds:
+    """Sound bounds of a linear node's output from its inputs' intervals (rounding included)."""
+    device, dtype = ins[0][0].device, ins[0][0].dtype
+    p = net.torch_params(device, dtype)[k]
+    p_abs = net.torch_params(device, dtype, absolute=True)[k]
+    forward, _, terms = ops.LINEAR[node.op]
+    mids = [(up + lo) / 2 for lo, up in ins]
+    rads = [(up - lo) / 2 + UNDERFLOW for lo, up in ins]
+    y_mid = forward(node, mids, p)
+    y_rad = forward(node, rads, p_abs)
+    bias = forward(node, [torch.zeros_like(m[:1]) for m in mids], p).abs()
+    magnitude = forward(node, [m.abs() + r for m, r in zip(mids, rads)], p_abs) + bias
+    slack = rounding_slack(magnitude, terms(node) + 1)
+    return y_mid - y_rad - slack, y_mid + y_rad + slack
+
+
+def node_interval(net, k: int, node, ins: list[Bounds]) -> Bounds:
+    if node.op in ops.LINEAR:
+        return linear_interval(net, k, node, ins)
+    lo, up = ins[0]
+    if node.op in ops.ELEMENTWISE:
+        return ops.elementwise_interval(node.op, lo, up)
+    if node.op == "Softmax":
+        return ops.softmax_interval(node.params["axis"], lo, up)
+    p = net.torch_params(lo.device, lo.dtype)[k]
+    return ops.f_max_pool(node, [lo], p), ops.f_max_pool(node, [up], p)  # monotone, exact
+
+
+def interval_bounds(net, batch: InputBatch) -> dict[str, Bounds]:
+    """IBP bounds (B, *shape) of every tensor."""
+    bounds = _input_bounds(net, batch)
+    for k, node in enumerate(net.graph.nodes):
+        bounds[node.output] = node_interval(net, k, node, [bounds[i] for i in node.inputs])
+    return bounds
+
+
+def output_bounds(net, bounds: dict[str, Bounds]) -> Bounds:
+    outs = net.graph.outputs
+    return (torch.cat([bounds[o][0].flatten(1) for o in outs], 1),
+            torch.cat([bounds[o][1].flatten(1) for o in outs], 1))
+
+
+def interval_margin(batch: InputBatch, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """Lower bound of C y - d over the box [lower, upper] of y (rounding included)."""
+    c_pos, c_neg = batch.C.clamp(min=0), batch.C.clamp(max=0)
+    lo = torch.einsum("bmk,bk->bm", c_pos, lower) + torch.einsum("bmk,bk->bm", c_neg, upper)
+    magnitude = torch.einsum("bmk,bk->bm", batch.C.abs(), torch.maximum(lower.abs(), upper.abs()))
+    return lo - batch.d - rounding_slack(magnitude + batch.d.abs(), batch.C.shape[2])
+
+
+def _vjp(forward, node, p, shapes: list, coeffs: torch.Tensor) -> list[torch.Tensor]:
+    """Transpose of a linear node applied to coeffs (R, *out): one (R, *in_i) per input."""
+    with torch.enable_grad():
+        xs = [torch.zeros((len(coeffs), *s), dtype=coeffs.dtype, device=coeffs.device,
+                          requires_grad=True) for s in shapes]
+        y = forward(node, xs, p)
+        return list(torch.autograd.grad(y, xs, grad_outputs=coeffs, allow_unused=True))
+
+
+def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str,
+                   coeffs: torch.Tensor, const: torch.Tensor) -> torch.Tensor:
+    """Sound lower bound (B, m) of coeffs . t + const over the input set, t the tensor `start`
+    (coeffs (B, m, *shape of t)), by a backward linear pass through the DAG."""
+    graph, b, m = net.graph, coeffs.shape[0], coeffs.shape[1]
+    device, dtype = coeffs.device, coeffs.dtype
+    params = net.torch_params(device, dtype)
+    params_abs = net.torch_params(device, dtype, absolute=True)
+    index = {node.output: k for k, node in enumerate(graph.nodes)}
+    A = {start: coeffs}
+    M = {start: coeffs.abs()}  # |A| |L| ... : bounds the float64 error of A by gamma_n times it
+    owed = torch.zeros_like(const)  # magnitudes of the constant terms summed
+    const = const.clone()
+    n_terms = 0
+    for k in range(index.get(start, -1), -1, -1):
+        node = graph.nodes[k]
+        if node.output not in A:
+            continue
+        a, mag = A.pop(node.output), M.pop(node.output)
+        shapes = [graph.shapes[i] for i in node.inputs]
+        flat = lambda t: t.reshape(b * m, *t.shape[2:])
+        if node.op in ops.LINEAR:
+            forward, _, terms = ops.LINEAR[node.op]
+            n_terms += terms(node) + 1
+            bias = forward(node, [torch.zeros((1, *s), dtype=dtype, device=device) for s in shapes],
+                           params[k])
+            const = const + (a * bias).flatten(2).sum(-1)
+            owed = owed + (mag * bias.abs()).flatten(2).sum(-1)
+            new = _vjp(forward, node, params[k], shapes, flat(a))
+            new_mag = _vjp(forward, node, params_abs[k], shapes, flat(mag))
+        else:
+            lo, up = bounds[node.inputs[0]]
+            n_terms += 2
+            if node.op == "MaxPool" and len(node.params["kernel"]) == 2:
+                # y >= x_k* (k* the candidate of largest lower bound); y <= x_k* when it dominates
+                # (l_k* >= u_k for every other k), else y <= the constant upper bound.
+                y_up = bounds[node.output][1]
+                cand_lo = ops.max_pool_windows(node, lo, params[k], float("-inf"))
+                cand_up = ops.max_pool_windows(node, up, params[k], float("-inf"))
+                best_lo, pick = cand_lo.max(1)
+                onehot = torch.nn.functional.one_hot(pick, cand_lo.shape[1]).movedim(-1, 1).to(dtype)
+                others = cand_up.masked_fill(onehot.bool(), float("-inf")).max(1).values
+                dominated = (best_lo >= others).to(dtype)[:, None]
+                pos, neg = a.clamp(min=0), a.clamp(max=0)
+                select = pos + neg * dominated
+                const = const + (neg * (1 - dominated) * y_up[:, None]).flatten(2).sum(-1)
+                owed = owed + (mag * (1 - dominated) * y_up.abs()[:, None]).flatten(2).sum(-1)
+                mag_select = mag * torch.maximum((a > 0).to(dtype), dominated)
+                window = lambda nd, xs, p: ops.max_pool_windows(nd, xs[0], p, 0.0)
+                spread = lambda t: (t.unsqueeze(2) * onehot[:, None]).reshape(b * m, *onehot.shape[1:])
+                new = _vjp(window, node, params[k], shapes, spread(select))
+                new_mag = _vjp(window, node, params[k], shapes, spread(mag_select))
+                n_terms += 1
+            elif node.op in ops.BOUNDED:  # constant bounds from the interval of the output
+                y_lo, y_up = bounds[node.output]
+                const = const + (a.clamp(min=0) * y_lo[:, None] + a.clamp(max=0) * y_up[:, None]).flatten(2).sum(-1)
+                owed = owed + (mag * torch.maximum(y_lo.abs(), y_up.abs())[:, None]).flatten(2).sum(-1)
+                continue
+            else:
+                if node.op == "Relu":
+                    r = relu_relaxation(lo, up)
+                    a_l, b_l, a_u, b_u = r.lower_slope, torch.zeros_like(lo), r.upper_slope, r.upper_intercept
+                else:
+                    a_l, b_l, a_u, b_u = ops.relax(node.op, lo, up)
+                pos, neg = a.clamp(min=0), a.clamp(max=0)
+                new = [pos * a_l[:, None] + neg * a_u[:, None]]
+                const = const + (pos * b_l[:, None] + neg * b_u[:, None]).flatten(2).sum(-1)
+                owed = owed + (mag * torch.maximum(b_l.abs(), b_u.abs())[:, None]).flatten(2).sum(-1)
+                new_mag = [mag * torch.maximum(a_l.abs(), a_u.abs())[:, None]]
+                new, new_mag = [t.reshape(b * m, *t.shape[2:]) for t in new], \
+                    [t.reshape(b * m, *t.shape[2:]) for t in new_mag]
+        for name, g, gm in zip(node.inputs, new, new_mag):
+            if g is None:
+                continue
+            g, gm = g.reshape(b, m, *g.shape[1:]), gm.reshape(b, m, *gm.shape[1:])
+            if name in A:
+                A[name], M[name] = A[name] + g, M[name] + gm
+            else:
+                A[name], M[name] = g, gm
+    # What reaches the graph inputs, as one flat coefficient matrix over the flat input.
+    parts, mags = [], []
+    for name in graph.inputs:
+        size = size_of(graph.shapes[name])
+        parts.append(A.get(name, torch.zeros((b, m, size), dtype=dtype, device=device)).reshape(b, m, size))
+        mags.append(M.get(name, torch.zeros((b, m, size), dtype=dtype, device=device)).reshape(b, m, size))
+    coeffs_in, mag_in = torch.cat(parts, -1), torch.cat(mags, -1)
+    box = torch.maximum(batch.lower.abs(), batch.upper.abs())
+    carried = torch.einsum("bmn,bn->bm", mag_in, box) + owed
+    lower = concretize(batch, coeffs_in, const)
+    lower = lower - rounding_slack(carried, n_terms + coeffs_in.shape[-1])
+    return torch.nan_to_num(lower, nan=float("-inf"))
+
+
+def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS) -> dict[str, Bounds]:
+    """IBP bounds of every tensor, the inputs of nonlinear nodes tightened by CROWN where small."""
+    bounds = _input_bounds(net, batch)
+    tightened: set[str] = set(bounds)
+    for k, node in enumerate(net.graph.nodes):
+        if node.op not in ops.LINEAR:
+            name = node.inputs[0]
+            shape = net.graph.shapes[name]
+            n = size_of(shape)
+            if name not in tightened and n <= crown_rows:
+                eye = torch.eye(n, dtype=batch.lower.dtype, device=batch.lower.device)
+                rows = torch.cat([eye, -eye]).reshape(2 * n, *shape)
+                coeffs = rows.expand(len(batch), *rows.shape)
+                lower = backward_bound(net, batch, bounds, name, coeffs,
+                                       torch.zeros((len(batch), 2 * n), dtype=eye.dtype, device=eye.device))
+                lo, up = bounds[name]
+                new_lo, new_up = lower[:, :n].reshape(lo.shape), -lower[:, n:].reshape(up.shape)
+                bounds[name] = (torch.maximum(lo, new_lo), torch.minimum(up, new_up))
+                tightened.add(name)
+        bounds[node.output] = node_interval(net, k, node, [bounds[i] for i in node.inputs])
+    return bounds
+
+
+def margin_lower_from(net, batch: InputBatch, bounds: dict[str, Bounds]) -> torch.Tensor:
+    """CROWN's lower bound of C f(x) - d given intermediate bounds; f's outputs concatenated."""
+    graph = net.graph
+    b, m = batch.C.shape[:2]
+    best = interval_margin(batch, *output_bounds(net, bounds))
+    start = 0
+    # One backward pass per graph output (usually one), summed via the output's columns of C.
+    total = None
+    for name in graph.outputs:
+        size = size_of(graph.shapes[name])
+        coeffs = batch.C[:, :, start:start + size].reshape(b, m, *graph.shapes[name])
+        start += size
+        const = -batch.d if total is None else torch.zeros_like(batch.d)
+        part = backward_bound(net, batch, bounds, name, coeffs, const)
+        total = part if total is None else total + part
+    return torch.maximum(best, total)
+
+
+def ibp_margin_lower(net, batch: InputBatch) -> tuple[torch.Tensor, dict]:
+    return interval_margin(batch, *output_bounds(net, interval_bounds(net, batch))), {"bound_passes": 1}
+
+
+def crown_margin_lower(net, batch: InputBatch, intermediate: str = "crown"
+                       ) -> tuple[torch.Tensor, dict]:
+    with torch.no_grad():
+        bounds = crown_bounds(net, batch, CROWN_ROWS if intermediate == "crown" else 0)
+        return margin_lower_from(net, batch, bounds), {"bound_passes": 1}
+
+
+def certify(net, specs: Sequence[Specification], method: str, options) -> list[Certificate]:
+    """IBP or CROWN certificates for a GraphNetwork (options: IBPOptions / CROWNOptions)."""
+    if method == "ibp":
+        return certify_with_bounds(net, specs, "ibp", ibp_margin_lower, options.device,
+                                   options.batch_size)
+    if method == "crown":
+        bound = lambda n, b: crown_margin_lower(n, b, options.intermediate)
+        return certify_with_bounds(net, specs, "crown", bound, options.device, options.batch_size)
+    raise refuse(method)
