@@ -20,7 +20,7 @@ import numpy as np
 from .certificate import Certificate
 from .errors import InputError
 from .network import Network, resolve_device
-from .spec import NORMS, Specification, parse_norm, robustness_spec
+from .spec import NORMS, Specification, parse_norm, robustness_spec, robustness_specs
 
 RunFn = Callable[[Network, Sequence[Specification], Any], list[Certificate]]
 
@@ -190,8 +190,7 @@ def certify_batch(net: Network, xs, labels, eps: float, norm="inf", method: str 
                   domain=None, **options) -> list[Certificate]:
     """`certify` for many inputs at once (batched on the device where the method allows)."""
     xs = np.asarray(xs, dtype=np.float64).reshape(len(labels), -1)
-    specs = [robustness_spec(net.input_size, net.output_size, x, y, eps, norm, domain)
-             for x, y in zip(xs, labels)]
+    specs = robustness_specs(net.input_size, net.output_size, xs, labels, eps, norm, domain)
     return certify_specs(net, specs, method, **options)
 
 
