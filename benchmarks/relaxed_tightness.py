@@ -2,7 +2,7 @@
 
     python benchmarks/relaxed_tightness.py [--threads 1] [--device auto] [--quick] [--processes 5]
 
-Models: the bundled digits MLP (first 100 test digits) and, when ../shared/benchmarks is present,
+Models: the bundled digits MLP (first 100 test digits) and, when benchmarks/data is present,
 VNN-COMP mnist_fc mnist-net_256x2 (its 15 images, recovered from the prop_*_0.03 VNN-LIB boxes).
 Both on l_inf balls ∩ [0, 1] over a grid of eps. Also: CROWN's cost in "forward-pass
 equivalents" (time of its bound computation for the 100 digits as one batch / time of one batched
@@ -48,7 +48,7 @@ METHODS: list[tuple[str, dict]] = [
 ]
 DIGITS_EPS = [0.01, 0.02, 0.03, 0.05, 0.08]
 MNIST_EPS = [0.01, 0.02, 0.03, 0.05]
-MNIST_FC = REPO.parent / "shared" / "benchmarks" / "mnist_fc"
+MNIST_FC = REPO / "benchmarks" / "data" / "mnist_fc"
 RESULTS = REPO / "benchmarks" / "results"
 
 

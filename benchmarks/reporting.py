@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 import verify
+from verify.outputs import atomic_path, write_text_atomically
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_NOTE = ("The machine is shared with other jobs (2 cores): absolute times vary from run to "
@@ -63,18 +64,13 @@ def write_csv(rows: list[dict], path: Path) -> None:
     fields: list[str] = []
     for row in rows:
         fields += [k for k in row if k not in fields]
-    tmp = path.with_name(path.name + ".part")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
 
 
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text)
-    tmp.replace(path)
+write_text = write_text_atomically  # results/*.md, written whole
 
 
 def publish(name: str, rows: list[dict], lines: list[str], problems: list) -> int:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.reporting import SHARED_NOTE, machine, write_csv, write_text  # noqa: E402
 
-SHARED = REPO.parent / "shared" / "benchmarks"
+SHARED = REPO / "benchmarks" / "data"
 RESULTS = REPO / "benchmarks" / "results"
 PY = sys.executable
 MNIST = SHARED / "mnist_fc"
@@ -225,7 +225,7 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["startup", "overshoot", "threads"])
     parser.add_argument("--benchmarks", type=Path, default=SHARED,
-                        help="the third-party benchmarks folder (default ../shared/benchmarks)")
+                        help="the third-party benchmarks folder (default benchmarks/data)")
     args = parser.parse_args()
     _use_benchmarks(args.benchmarks)
     if not SHARED.is_dir():

@@ -148,6 +148,10 @@ def main() -> int:
         "same n x 64 numbers relative to the bare loop, the floor of any sampler that draws "
         "fresh noise.",
     ]
+    if device.type == "cpu":
+        lines += ["", "GPU figures: not measured (no GPU in this run); on a machine with one, "
+                      "`--device auto` runs the same comparison there and writes "
+                      "smoothing_speed_cuda.md."]
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "" if device.type == "cpu" else f"_{device.type}"
     out = RESULTS / f"smoothing_speed{suffix}.md"

@@ -2,7 +2,7 @@
 
     python benchmarks/vnncomp.py [--bench acasxu mnist_fc] [--timeout-cap 30] [--limit N]
 
-Runs `verify vnncomp` (method auto) on ../shared/benchmarks/<bench>/instances.csv, loading time
+Runs `verify vnncomp` (method auto) on benchmarks/data/<bench>/instances.csv, loading time
 included, each instance capped at --timeout-cap seconds (an answer that comes after it counts as
 a timeout; the CSV's reason column keeps it) (the competition's own timeouts are
 116-120 s). Writes benchmarks/results/vnncomp_<bench>.csv (instance, result, time) and .md (counts,
@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 from verify.vnncomp import run_instances, summary, write_results  # noqa: E402
 from benchmarks.reporting import machine  # noqa: E402
 
-SHARED = REPO.parent / "shared" / "benchmarks"
+BENCHMARK_DATA = REPO / "benchmarks" / "data"
 RESULTS = REPO / "benchmarks" / "results"
 
 
@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     for bench in args.bench:
-        instances = SHARED / bench / "instances.csv"
+        instances = BENCHMARK_DATA / bench / "instances.csv"
         if not instances.is_file():
             print(f"skip {bench}: {instances} not found")
             continue

@@ -1,4 +1,4 @@
-"""Shared test fixtures: random small networks, the bundled model, the third-party benchmarks."""
+"""Shared test fixtures: random small networks, the bundled model, the bundled third-party benchmarks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from verify.spec import Specification
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
-SHARED_BENCHMARKS = REPO.parent / "shared" / "benchmarks"
+BENCHMARK_DATA = REPO / "benchmarks" / "data"  # VNN-COMP subsets shipped with the repository
+SHARED_BENCHMARKS = BENCHMARK_DATA  # former name, kept so that older tests still import it
 
 
 def random_mlp(rng: np.random.Generator, sizes: list[int], final_relu: bool = False,
@@ -62,10 +63,17 @@ def digits_test() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture
-def shared_benchmarks() -> Path:
-    if not SHARED_BENCHMARKS.is_dir():
-        pytest.skip(f"third-party benchmarks not found at {SHARED_BENCHMARKS} (../shared/benchmarks)")
-    return SHARED_BENCHMARKS
+def benchmark_data() -> Path:
+    """benchmarks/data: ACAS Xu, mnist_fc and VNN-COMP 2021 subsets (see benchmarks/data/README.md)."""
+    if not BENCHMARK_DATA.is_dir():
+        pytest.skip(f"bundled benchmark data not found at {BENCHMARK_DATA}")
+    return BENCHMARK_DATA
+
+
+@pytest.fixture
+def shared_benchmarks(benchmark_data: Path) -> Path:
+    """Former name of `benchmark_data`, kept so that tests written against it still run."""
+    return benchmark_data
 
 
 # The networks under test are small: one torch thread is as fast as two and, on a shared 2-core

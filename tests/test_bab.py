@@ -104,7 +104,7 @@ def test_hardest_acasxu_instances_within_their_timeout(net_id, prop, expected):
     alpha refinement proves 3_3 prop_2, the local MILP finds 1_9 prop_7's thin counterexample."""
     folder = SHARED_BENCHMARKS / "acasxu"
     if not folder.is_dir():
-        pytest.skip("shared benchmarks not present")
+        pytest.skip("bundled benchmark data not present")
     result = solve_files(str(folder / f"onnx/ACASXU_run2a_{net_id}_batch_2000.onnx"),
                          str(folder / f"vnnlib/{prop}.vnnlib"), timeout=116)
     assert result.result == expected

@@ -92,6 +92,7 @@ def test_cost_vs_size_inclusions_on_two_tiny_mlps(digits_test):
     assert all(v is None for v in k.values())  # one size per family: no fit
 
 
+@pytest.mark.slow
 def test_ibp_trained_vs_plain_on_eight_digits(digits_test):
     assert ibp_trained_vs_plain.same_architecture("digits_mlp_plain", "digits_mlp_ibp")
     assert not ibp_trained_vs_plain.same_architecture("digits_mlp_large", "digits_mlp_ibp")

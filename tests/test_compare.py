@@ -13,6 +13,7 @@ from verify.cli import main
 from verify.compare import compare, compare_one
 
 
+@pytest.mark.slow
 def test_counts_obey_the_ordering_law(tmp_path, digits_mlp_path, digits_test):
     net = load_onnx(digits_mlp_path)
     xs, ys = digits_test
@@ -56,6 +57,7 @@ def test_interrupted_run_keeps_finished_rows(tmp_path, digits_mlp_path, digits_t
     assert len(lines) == 3 and [line[2] for line in lines[1:]] == ["ibp", "crown"]
 
 
+@pytest.mark.slow
 def test_ticks_count_every_input_and_change_no_result(digits_mlp_path, digits_test):
     """The progress ticks go 0 .. N for every (eps, method), in order, and chunking the inputs
     for them leaves every verdict as it was."""
@@ -72,6 +74,7 @@ def test_ticks_count_every_input_and_change_no_result(digits_mlp_path, digits_te
             assert done[0] == 0 and done[-1] == 23 and done == sorted(done) and len(done) == 11
 
 
+@pytest.mark.slow
 def test_one_input_side_by_side(digits_mlp_path, digits_test):
     net = load_onnx(digits_mlp_path)
     xs, ys = digits_test
@@ -175,6 +178,7 @@ def test_api_refuses_a_norm_before_writing(tmp_path, digits_mlp_path, digits_tes
                     {"bab": {"bounds": "foo"}})
 
 
+@pytest.mark.slow
 def test_workers_give_the_same_table(digits_mlp_path, digits_test):
     net = load_onnx(digits_mlp_path)
     xs, ys = digits_test

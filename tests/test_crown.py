@@ -398,7 +398,7 @@ def test_underflow_never_gives_a_false_yes(method, case):
     assert Fraction(cert.margin_lower[1]) <= exact
 
 
-@pytest.mark.parametrize("method", ["crown", "alpha-crown", "bab"])
+@pytest.mark.parametrize("method", ["crown", "alpha-crown", pytest.param("bab", marks=pytest.mark.slow)])
 def test_cancelling_rows_of_a_huge_margin_matrix(method):
     """C = (1e300, -1e300) on two weights 1e-300 that nearly cancel, at x = 1e-30: |W| |x|
     underflows to 0, so |Lambda| (|W| |x|) charged nothing for fl(C W)'s rounding (a second

@@ -193,7 +193,8 @@ def test_disjuncts_share_the_budget_instead_of_each_taking_it(monkeypatch):
 def test_auto_stages_take_their_shares(monkeypatch):
     calls: list = []
     _recording_certifier(monkeypatch, calls)
-    net = random_mlp(np.random.default_rng(6), [20, 6, 3])  # > BAB_MAX_INPUTS: attack, bounds, MILP
+    net = random_mlp(np.random.default_rng(6), [20, 6, 3])  # > BAB_MAX_INPUTS: attack, bounds,
+    # ReLU splits, MILP
     text = QUERY_4_DISJUNCTS.replace("(declare-const X_1 Real)", "\n".join(
         f"(declare-const X_{i} Real)" for i in range(1, 20)))
     text = text.replace("(assert (>= X_1 -1.0))", "\n".join(
@@ -203,11 +204,13 @@ def test_auto_stages_take_their_shares(monkeypatch):
     timeout = 100.0
     solve(net, query, "auto", timeout)
     methods = [c[0] for c in calls]
-    assert methods == ["attack", "alpha-crown", "milp", "milp", "milp", "milp"]
-    attack, alpha = calls[0], calls[1]
+    assert methods == ["attack", "alpha-crown", "relu-bab", "milp", "milp", "milp", "milp"]
+    attack, alpha, relu_bab = calls[0], calls[1], calls[2]
     assert attack[3] <= 0.15 * timeout + 1e-6  # the attack: 15% of the whole
     assert alpha[3] <= 0.5 * timeout + 1e-6  # 35% of the whole plus what the attack left
-    milps = calls[2:]
+    # one ReLU-split search for the 4 one-row disjuncts, 3/4 of what remains when it starts
+    assert relu_bab[1] == 1 and relu_bab[3] <= 0.75 * timeout + 1e-6
+    milps = calls[3:]
     for k, milp in enumerate(milps):  # what the bounds left, shared by the 4 open disjuncts
         assert milp[3] <= milp[2] + 1e-6 and milp[2] <= timeout / (4 - k) + 1e-6
 

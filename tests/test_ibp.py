@@ -21,8 +21,9 @@ def ibp_lower(net, spec) -> np.ndarray:
     return np.array([v for v in cert.margin_lower if v is not None])
 
 
-@pytest.mark.parametrize("norm", ["inf", "2", "1"])
-@pytest.mark.parametrize("with_box", [False, True])
+@pytest.mark.parametrize("norm, with_box", [
+    ("inf", False), ("2", False), pytest.param("1", False, marks=pytest.mark.slow),
+    *(pytest.param(norm, True, marks=pytest.mark.slow) for norm in ("inf", "2", "1"))])
 def test_sampled_margins_never_below_bound(norm, with_box):
     """10,000 points per ball (corners / vertices / sphere points included) on random MLPs and a
     conv net: no margin below the IBP lower bound."""

@@ -8,10 +8,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import random_conv_net, random_mlp, sampled_margins
-from verify import Dense, Network, ReLU, Status, certify, certify_specs, load_onnx
+from verify import Dense, InputError, Network, ReLU, Status, certify, certify_specs, load_onnx
+from verify import deadline
 from verify import robustness_spec
 from verify.bounds.lp import LPOptions, neuron_bounds, solve_rows, tighten_with_lp
 from verify.bounds.relu_encoding import BIG_M, TRIANGLE, build_program, lagrangian_bound
+from verify.verdict import validated_counterexample
 
 
 def margins(cert) -> np.ndarray:
@@ -30,7 +32,10 @@ def test_lp_is_sound_and_at_least_as_tight_as_ibp(sizes, n_in, norm, eps, seed, 
     lp = certify_specs(net, [spec], "lp", bounds=bounds)[0]
     ibp = margins(certify_specs(net, [spec], "ibp")[0])
     sampled = sampled_margins(net, spec, 1000, seed=seed).min(axis=0)
-    assert lp.status is not Status.NO or np.any(sampled <= 0) or lp.counterexample is not None
+    # a NO's point lies in the set and violates in the float64 replay; a YES meets no sample <= 0
+    assert lp.status is not Status.NO or \
+        validated_counterexample(net, spec, np.array(lp.counterexample)) is not None
+    assert lp.status is not Status.YES or np.all(sampled > 0)
     assert np.all(margins(lp) <= sampled + 1e-9), (margins(lp), sampled)
     assert np.all(ibp <= margins(lp) + 1e-9), (ibp, margins(lp))
 
@@ -148,3 +153,49 @@ def test_options_are_validated():
     with pytest.raises(InputError, match="bounds"):
         certify(_twin_net(0.0), [0.0], 0, 1.0, method="lp", bounds="zonotope")
     assert LPOptions().bounds == "crown"
+
+
+def test_lp_is_never_looser_than_crown_on_badly_scaled_l2():
+    """1e6 weights on an l_2 ball: the cone solver fails (once "infeasible"); the reported bound
+    is still >= CROWN's (the documented order), below the sampled margins, and the rows where
+    CROWN's bound is the one reported are named in the details."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        net = random_mlp(rng, [3, 8, 8, 3], scale=1e6)
+        x = rng.uniform(0, 1, 3)
+        spec = robustness_spec(3, 3, x, 0, 0.1, "2")
+        lp = certify_specs(net, [spec], "lp")[0]
+        crown = margins(certify_specs(net, [spec], "crown")[0])
+        sampled = sampled_margins(net, spec, 1000, seed=seed).min(axis=0)
+        assert np.all(crown <= margins(lp) + 1e-12 * np.abs(margins(lp))), (crown, margins(lp))
+        assert np.all(margins(lp) <= sampled + 1e-6 * np.abs(sampled))
+        assert lp.status is not Status.YES or np.all(sampled > 0)
+        for name, v in lp.details.get("crown_bound_rows", {}).items():
+            j = int(name.split()[-1])
+            assert lp.margin_lower[j] == v["crown_or_ibp"]
+            assert v["crown_or_ibp"] > v["lp"] or v["lp_status"] != "Optimal"
+
+
+@pytest.mark.parametrize("x, eps", [([1e308, 0.0, 0.0], 0.1), ([0.1, 0.2, 0.3], 1e308),
+                                    ([1e19, 0.0, 0.0], 1e20)])
+@pytest.mark.parametrize("norm", ["2", "inf"])
+def test_huge_input_sets_are_refused_in_one_line(x, eps, norm):
+    net = random_mlp(np.random.default_rng(0), [3, 8, 3])
+    with pytest.raises(InputError) as error:
+        certify(net, np.array(x), 0, eps, norm=norm, method="lp")
+    message = str(error.value)
+    assert "\n" not in message and "beyond the 1e+20 a solver can hold" in message
+
+
+def test_an_expired_deadline_gives_timeout_rows_with_crown_bounds(digits_mlp_path, digits_test):
+    """Past the active deadline no LP is solved: every row is "timeout", the bound is CROWN's
+    (never a YES from the solver), and the reason says timeout."""
+    net = load_onnx(digits_mlp_path)
+    xs, ys = digits_test
+    spec = robustness_spec(64, 10, xs[0], int(ys[0]), 0.1, "inf", (0, 1))
+    with deadline.limit(0.0):
+        cert = certify_specs(net, [spec], "lp")[0]
+    crown = margins(certify_specs(net, [spec], "crown")[0])
+    assert cert.status is Status.MAYBE and cert.reason.startswith("timeout")
+    assert np.all(margins(cert) >= crown - 1e-9 * np.abs(crown))
+    assert cert.cost["lps"] == 0

@@ -271,6 +271,7 @@ def _check_known_answer(name, answer, net, spec, timeout):
     return cert.status is expected
 
 
+@pytest.mark.slow
 def test_mnist_fc_known_answers(shared_benchmarks):
     names = ["prop_0_0.03", "prop_1_0.03", "prop_3_0.05", "prop_4_0.05"]
     decided = [_check_known_answer(*case, timeout=30.0)
@@ -391,3 +392,32 @@ def test_a_flat_chord_keeps_its_binary_in_big_m():
     relaxed = build_program(net, box, bounds, TRIANGLE)
     entries = np.abs(relaxed.matrix.tocsr().data)
     assert entries[entries > 0].min() >= 1e-9
+
+
+def test_an_expired_deadline_stops_the_lp_screen_and_the_milp(digits_mlp_path, digits_test):
+    """Past the active deadline (verify.deadline) neither the LP screen nor a MILP row runs: MAYBE
+    "timeout", with the sound interval/CROWN bounds; the option timeout sets the same limit."""
+    from verify import deadline
+
+    net = load_onnx(digits_mlp_path)
+    xs, ys = digits_test
+    spec = robustness_spec(64, 10, xs[4], int(ys[4]), 0.05, "inf", (0, 1))
+    with deadline.limit(0.0):
+        cert = certify_specs(net, [spec], "milp", attack=False)[0]
+    crown = margins(certify_specs(net, [spec], "crown")[0])
+    assert cert.status is Status.MAYBE and cert.reason.startswith("timeout")
+    assert cert.cost["lps"] == 0 and cert.cost["milps"] == 0
+    assert np.all(margins(cert) >= crown - 1e-9 * np.abs(crown))
+
+
+def test_attack_candidates_are_points_of_the_set(digits_mlp_path, digits_test):
+    """The attack module's own pgd_attack: its best point and each row's point, all in the set,
+    and for a misclassified-nearby input one of them is a replayed counterexample."""
+    net = load_onnx(digits_mlp_path)
+    xs, ys = digits_test
+    spec = robustness_spec(64, 10, xs[2], int(ys[2]), 0.1, "inf", (0, 1))
+    points = milp.attack_candidates(net, spec)
+    assert len(points) == 1 + len(spec.output.C)
+    assert all(p.shape == (64,) and spec.input_set.contains(p) for p in points)
+    from verify.verdict import validated_counterexample
+    assert any(validated_counterexample(net, spec, p) is not None for p in points)

@@ -13,7 +13,8 @@ from verify.cli import main
 from verify.plot2d import plot2d
 
 
-@pytest.mark.parametrize("norm", ["inf", "2", "1"])
+@pytest.mark.parametrize("norm", [pytest.param("inf", marks=pytest.mark.slow), "2",
+                                  pytest.param("1", marks=pytest.mark.slow)])
 def test_drawn_bounds_are_ordered(tmp_path, norm):
     net = random_mlp(np.random.default_rng(4), [2, 16, 16, 3])
     info = plot2d(net, [0.3, 0.2], 0.3, tmp_path / "fig.png", norm,
@@ -26,6 +27,7 @@ def test_drawn_bounds_are_ordered(tmp_path, norm):
     assert (tmp_path / "fig.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_cli(tmp_path, capsys):
     rng = np.random.default_rng(1)
     model = make_model(
@@ -44,6 +46,7 @@ def test_cli(tmp_path, capsys):
     assert "--x must be two numbers" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_passes_options_to_one_method(tmp_path, capsys):
     """--option METHOD.KEY=VALUE, as in compare: smoothing gets its sigma this way; a method left
     without one stops the run before anything is drawn."""

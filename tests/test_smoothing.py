@@ -96,7 +96,7 @@ def test_never_certifies_with_fewer_than_ten_samples():
     net = constant_net(3, cls=1)
     x = np.zeros(3)
     for n in (1, 5, 9):
-        cert = certify(net, x, 1, 0.0, norm="2", method="smoothing", sigma=0.5, n=n, n0=5)
+        cert = certify(net, x, 1, 0.0, norm="2", method="smoothing", sigma=0.5, n=n, n0=1)
         assert cert.status is Status.MAYBE and cert.reason.startswith("abstain")
         assert cert.radius is None and cert.details["counts"][1] == n
     cert = certify(net, x, 1, 0.0, norm="2", method="smoothing", sigma=0.5, n=10, n0=5)
@@ -117,7 +117,8 @@ def _true_probability(noise_name: str, sigma: float, margin: float) -> float:
     return float(np.clip((margin + lam) / (2 * lam), 0, 1))
 
 
-@pytest.mark.parametrize("noise", ["gaussian", "laplace", "uniform"])
+@pytest.mark.parametrize("noise", [pytest.param("gaussian", marks=pytest.mark.slow), "laplace",
+                                   pytest.param("uniform", marks=pytest.mark.slow)])
 def test_clopper_pearson_coverage_over_many_runs(noise):
     """1,500 independent CERTIFY runs (one certify_batch call: several inputs per forward pass) on
     a linear classifier whose class probability under the noise is known: the fraction of runs
@@ -292,13 +293,21 @@ def test_registry_and_user_errors():
             certify(net, np.zeros(2), 0, 0.1, method="smoothing", sigma=0.5, **bad)
     with pytest.raises(InputError, match=r"beta must lie in \[0.1, 100\]"):
         make_noise("gennorm:0.001", 0.5)
+    with pytest.raises(InputError, match="n0=100 selection samples exceed n=50"):
+        certify(net, np.zeros(2), 0, 0.1, method="smoothing", sigma=0.5, n=50, n0=100)
+    xs = np.zeros((3, 2))
+    xs[2, 1] = np.nan
+    with pytest.raises(InputError, match=r"input 2 holds NaN or infinity \(first at index 1\)"):
+        predict_batch(net, xs, sigma=0.5, n=10)
+    with pytest.raises(InputError, match=r"^input holds NaN or infinity \(first at index 0\)"):
+        predict(net, [np.inf, 0.0], sigma=0.5, n=10)
 
 
 def test_non_finite_logits_under_noise_are_refused_not_counted(digits_mlp_path):
     """sigma = 1e40 overflows float32 noise: the logits are NaN and argmax would count them all
     for class 0, a confident YES for any label 0. Refused instead."""
     net = verify.load_onnx(digits_mlp_path)
-    with pytest.raises(InputError, match="non-finite logits"):
+    with pytest.raises(InputError, match="non-finite logits on noisy inputs of input 0"):
         certify(net, np.full(64, 0.5), 0, 0.1, "2", method="smoothing", sigma=1e40, n=200,
                 n0=20)
 
@@ -316,6 +325,64 @@ def test_radius_is_where_the_shifted_bound_crosses_one_half(noise, norm):
     assert uniform_radius(0.9, 0.5) == pytest.approx(2 * 0.5 * math.sqrt(3) * 0.4)
 
 
+def _rs4a_laplace_linf(p, dim, lam):
+    """Yang et al. 2020's guaranteed (differential-method) Laplace l_inf radius, computed
+    independently: lam ∫_{1-p}^{1/2} dx / Phi(x) by quadrature, Phi(x) = the mean of S = 2 B - d
+    (B ~ Bin(d, 1/2)) over its top x of mass, from scipy's binomial."""
+    from scipy import integrate
+
+    b = np.arange(dim, -1, -1)  # S descending
+    mass = binom(dim, 0.5).pmf(b)
+    values = 2.0 * b - dim
+
+    def phi(x):
+        cum = np.concatenate(([0.0], np.cumsum(mass)))
+        j = min(int(np.searchsorted(cum, x, side="right")) - 1, dim)
+        return float(np.sum(mass[:j] * values[:j]) + (x - cum[j]) * values[j])
+
+    cuts = [c for c in np.cumsum(mass) if 1 - p < c < 0.5]
+    return lam * integrate.quad(lambda x: 1.0 / phi(x), 1 - p, 0.5, points=cuts or None,
+                                limit=500, epsabs=1e-13, epsrel=1e-10)[0]
+
+
+@pytest.mark.parametrize("dim", [1, 2, 7, 64])
+def test_laplace_and_uniform_radii_reach_rs4a_guarantees_in_every_norm(dim):
+    lap, uni = Laplace(0.25), Uniform(0.25)
+    for p in (0.55, 0.6, 0.9, 0.99, 0.9999):
+        r = {n: lap.closed_radius(p, n, dim) for n in ("1", "2", "inf")}
+        rs4a_inf = _rs4a_laplace_linf(p, dim, lap.scale)
+        assert r["inf"] == pytest.approx(max(rs4a_inf, r["1"] / dim), rel=1e-7)
+        assert r["2"] >= max(r["1"] / math.sqrt(dim), rs4a_inf) * (1 - 1e-9)
+        u = {n: uni.closed_radius(p, n, dim) for n in ("1", "2", "inf")}
+        assert u["1"] == pytest.approx(2 * uni.half_width * (p - 0.5))
+        assert u["inf"] == pytest.approx(2 * uni.half_width * (1 - (1.5 - p) ** (1 / dim)))
+        assert u["2"] == pytest.approx(max(u["1"] / math.sqrt(dim), u["inf"]))
+        for radii in (r, u):  # ordered by the inclusions
+            assert radii["1"] >= radii["2"] >= radii["inf"] >= radii["1"] / dim * (1 - 1e-12)
+    if dim == 1:  # one coordinate: every norm is the (exact) l_1 radius
+        assert lap.closed_radius(0.9, "inf", 1) == pytest.approx(lap.closed_radius(0.9, "1", 1))
+    # monotone in p
+    ps = np.linspace(0.51, 0.999, 25)
+    for noise in (lap, uni):
+        for n in ("1", "2", "inf"):
+            assert np.all(np.diff([noise.closed_radius(p, n, dim) for p in ps]) > 0)
+
+
+@pytest.mark.parametrize("noise", [Laplace(0.5), Uniform(0.5)])
+@pytest.mark.parametrize("norm", ["2", "inf"])
+def test_closed_radii_hold_against_the_exact_bound_at_extreme_shifts(noise, norm):
+    """At the certified radius the exact Neyman-Pearson probability (Monte Carlo, 200,000
+    samples) of the l_norm ball's extreme points (the axis, the corner) stays >= 1/2."""
+    dim, p = 8, 0.9
+    r = noise.closed_radius(p, norm, dim)
+    corner = np.full(dim, r if norm == "inf" else r / math.sqrt(dim))
+    axis = np.zeros(dim)
+    axis[0] = r
+    for delta in (corner, axis):
+        _, estimate = lower_prob_shifted_mc(noise, p, delta, n=200_000, seed=2)
+        assert estimate >= 0.5 - 0.005
+
+
 def test_monte_carlo_shift_bound_is_a_lower_bound():
     noise = Gaussian(1.0)
     for p, delta in [(0.9, [0.5]), (0.999, [1.0, 1.0, 1.0]), (0.99999, [3.0, 0.5])]:
@@ -326,7 +393,7 @@ def test_monte_carlo_shift_bound_is_a_lower_bound():
         assert estimate == pytest.approx(exact, abs=0.01)
 
 
-FAST_SEARCH = dict(n_search=10_000, restarts=2, refine_steps=3)
+FAST_MC = dict(n_mc=50_000)
 
 
 @pytest.mark.parametrize("noise,norm", [(Gaussian(0.5), "2"), (Laplace(0.5), "1"),
@@ -334,18 +401,58 @@ FAST_SEARCH = dict(n_search=10_000, restarts=2, refine_steps=3)
 @pytest.mark.parametrize("p", [0.9, 0.999])
 def test_numerical_radius_matches_the_closed_forms(noise, norm, p):
     closed = noise.closed_radius(p, norm, 4)
-    result = numerical_radius(noise, p, norm, 4, alpha_mc=1e-3, seed=3, **FAST_SEARCH)
-    assert 0.98 * closed <= result.radius <= closed + result.error
-    assert abs(result.estimate - closed) <= result.error + closed * 1.25 / 1024 * 2
-    assert result.error > 0 and result.epsilon > 0 and result.directions_tried >= 5
+    result = numerical_radius(noise, p, norm, 4, alpha_mc=1e-3, seed=3, **FAST_MC)
+    # sound by construction (every ray checked on fresh samples): never above the exact radius
+    assert 0.95 * closed <= result.radius <= closed
+    assert abs(result.estimate - closed) <= result.error + closed * 0.02
+    assert result.error > 0 and result.epsilon > 0 and result.directions_tried == 3
 
 
+def test_numerical_radius_is_ordered_across_norms_and_monotone_in_p():
+    """r_1 >= r_2 >= r_inf (l_1 ball ⊂ l_2 ball ⊂ l_inf ball) and r_inf >= r_2 / sqrt(d) >=
+    r_1 / d (the other inclusions), read off the same rays; non-decreasing in p."""
+    dim, previous = 16, None
+    for p in (0.6, 0.7, 0.9):
+        result = numerical_radius(GeneralNormal(0.5, 0.5), p, "1", dim, seed=1, n_mc=20_000)
+        r = result.radii
+        assert r["1"] == result.radius > 0
+        assert r["1"] >= r["2"] >= r["inf"] > 0
+        assert r["inf"] >= r["2"] / math.sqrt(dim) - 1e-15 and r["2"] >= r["1"] / math.sqrt(dim)
+        if previous is not None:
+            assert all(r[n] >= previous[n] for n in r)
+        previous = r
+
+
+def _uniform_l1_claims(seeds, n_mc):
+    """(claimed / exact) of the numerical l_1 radius of uniform noise at pA = 0.6, d = 64, where
+    the exact radius 2 lam (pA - 1/2) is known (the axis is the worst direction)."""
+    noise = Uniform(0.5)
+    exact = 2 * noise.half_width * 0.1
+    return [numerical_radius(noise, 0.6, "1", 64, seed=s, n_mc=n_mc).radius / exact
+            for s in seeds]
+
+
+def test_numerical_radius_never_exceeds_the_exact_uniform_l1_radius():
+    """The search-and-validate-two scheme this replaces claimed 1.023x the exact radius here at
+    1e6 samples (seeds 0 and 1): its search ranked the axis below other directions."""
+    ratios = _uniform_l1_claims(range(3), 10_000)
+    assert max(ratios) <= 1.0 and min(ratios) > 0.5
+
+
+@pytest.mark.slow
+def test_numerical_radius_never_exceeds_the_exact_uniform_l1_radius_at_1e6_samples():
+    ratios = _uniform_l1_claims(range(2), 1_000_000)  # ~5 min a seed on a busy CPU
+    assert max(ratios) <= 1.0 and min(ratios) > 0.9
+
+
+@pytest.mark.slow
 def test_numerical_radius_of_the_general_normal_reduces_to_the_special_cases():
-    gauss = numerical_radius(GeneralNormal(0.5, 2.0), 0.99, "2", 3, seed=1, **FAST_SEARCH)
-    assert gauss.radius == pytest.approx(Gaussian(0.5).closed_radius(0.99, "2", 3), rel=0.02)
-    lap = numerical_radius(GeneralNormal(0.5, 1.0), 0.99, "1", 3, seed=1, **FAST_SEARCH)
-    assert lap.radius == pytest.approx(Laplace(0.5).closed_radius(0.99, "1", 3), rel=0.02)
-    assert lap.radius <= Laplace(0.5).closed_radius(0.99, "1", 3) + lap.error
+    gauss = numerical_radius(GeneralNormal(0.5, 2.0), 0.99, "2", 3, seed=1, **FAST_MC)
+    exact = Gaussian(0.5).closed_radius(0.99, "2", 3)
+    assert 0.97 * exact <= gauss.radius <= exact
+    lap = numerical_radius(GeneralNormal(0.5, 1.0), 0.99, "1", 3, seed=1, **FAST_MC)
+    exact = Laplace(0.5).closed_radius(0.99, "1", 3)
+    assert 0.97 * exact <= lap.radius <= exact
 
 
 def test_certify_with_a_numerical_radius():
@@ -359,7 +466,7 @@ def test_certify_with_a_numerical_radius():
     assert d["alpha_split"]["clopper_pearson"] == pytest.approx(0.0009)
     assert d["pA_lower"] == pytest.approx(clopper_pearson_lower(d["counts"][1], 4000, 0.0009))
     assert cert.radius == pytest.approx(gaussian_radius(d["pA_lower"], 0.5), rel=0.03)
-    assert cert.radius <= gaussian_radius(d["pA_lower"], 0.5) + d["numerical_radius"]["error"]
+    assert cert.radius <= gaussian_radius(d["pA_lower"], 0.5)
     assert cert.status is Status.YES and cert.confidence == pytest.approx(0.999)
 
 
@@ -430,4 +537,4 @@ def test_cohen_defaults_on_a_noise_model(digits_test):
 def test_numerical_radius_l_inf_corner_in_64_dimensions():
     result = numerical_radius(Gaussian(0.25), 0.99, "inf", 64, seed=2)
     closed = Gaussian(0.25).closed_radius(0.99, "inf", 64)
-    assert 0.98 * closed <= result.radius <= closed + result.error
+    assert 0.97 * closed <= result.radius <= closed

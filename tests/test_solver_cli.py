@@ -15,7 +15,7 @@ import pytest
 
 from onnx_reference import onnxruntime_forward
 from verify.onnx_io import SUPPORTED_OPS, SUPPORTED_OPSETS
-from verify.solver_cli import CAPABILITIES, main
+from verify.solver_cli import ATTRIBUTE_PROBES, CAPABILITIES, _probe_fails, main
 from verify.vnnlib import load_vnnlib
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -47,6 +47,7 @@ def _blocks(text: str) -> dict[str, tuple[str, list[int], np.ndarray]]:
     return blocks
 
 
+@pytest.mark.slow
 def test_sat_as_a_subprocess_replays_on_onnxruntime(shared_benchmarks):
     pytest.importorskip("vnnlib")
     assert SCRIPT.is_file(), "verify-solver is not installed: pip install -e ."
@@ -126,8 +127,11 @@ def test_supports_answers_from_the_loader(capsys):
         assert code == 0 and err == "" and out.endswith("\n"), capability
         answers[capability] = out.splitlines()
     assert answers["--onnx-opset-versions"] == [str(v) for v in SUPPORTED_OPSETS]
-    assert answers["--onnx-operators"] == list(SUPPORTED_OPS)
-    assert answers["--onnx-element-types"] == ["real"]
+    # Claimed: the loader's ops, less those it refuses in a probed attribute form.
+    assert answers["--onnx-operators"] == [
+        op for op in SUPPORTED_OPS
+        if all(_probe_fails(op, form) is None for form in ATTRIBUTE_PROBES.get(op, ()))]
+    assert answers["--onnx-element-types"] == ["real", "float32", "float16", "float64"]
     assert answers["--vnnlib-versions"][0] == "1.0"
     assert _run(["capabilities", "--multiple-inputs-output-theories"], capsys)[1] == "SIO\n"
     # Every capability of the reference implementation is answered, and our answers are valid
@@ -162,9 +166,9 @@ def test_name_version_and_vnnlib_versions(capsys):
 def _bad_cases(folder: Path, tmp: Path) -> list[tuple[list[str], str]]:
     v2 = str(DATA / f"acasxu_{SAT[1]}_v2.vnnlib")
     model = str(_onnx(folder, SAT[0]))
-    f32 = tmp / "f32.vnnlib"
-    f32.write_text((DATA / f"acasxu_{SAT[1]}_v2.vnnlib").read_text().replace(" real ",
-                                                                             " float32 "))
+    bf16 = tmp / "bf16.vnnlib"
+    bf16.write_text((DATA / f"acasxu_{SAT[1]}_v2.vnnlib").read_text().replace(" real ",
+                                                                              " bfloat16 "))
     wide = tmp / "wide.vnnlib"
     wide.write_text((DATA / f"acasxu_{SAT[1]}_v2.vnnlib").read_text().replace(
         "[1,1,1,5])", "[1,1,1,6])") + "(assert (and (>= X[0,0,0,5] 0.0) (<= X[0,0,0,5] 1.0)))\n")
@@ -180,7 +184,7 @@ def _bad_cases(folder: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["verify", v2, "--network", f"acasxu={tmp / 'absent.onnx'}"], "absent.onnx"),
         (["verify", v1, "--network", f"a={model}", "--network", f"b={model}"],
          "needs exactly one --network"),
-        (["verify", str(f32), "--network", f"acasxu={model}"], "declares X as float32"),
+        (["verify", str(bf16), "--network", f"acasxu={model}"], "declares X as bfloat16"),
         (["verify", str(wide), "--network", f"acasxu={model}"],
          "declares 6 inputs and 5 outputs, the network has 5 inputs"),
         (["verify", v2, "--network", f"acasxu={model}", "--fast"], "unknown option '--fast'"),
@@ -216,6 +220,34 @@ def test_floats_as_reals_accepts_float32_queries(shared_benchmarks, tmp_path, ca
     assert "float32" in out  # the assignment names the declared type
 
 
+@pytest.mark.parametrize("net_id, prop, expected", [(*SAT, "sat"), (*UNSAT, "unsat")])
+def test_float32_queries_are_answered_in_float32_by_default(shared_benchmarks, tmp_path, capsys,
+                                                            net_id, prop, expected):
+    """Declared float32, no option: the same answers as the `real` twins (their margins are far
+    above the float32 rounding), and the sat assignment is float32 values in the box whose
+    outputs, in onnxruntime's float32 model (unoptimised here), are the printed ones up to
+    summation order and violate the property."""
+    pytest.importorskip("vnnlib")
+    text = (DATA / f"acasxu_{prop}_v2.vnnlib").read_text().replace(" real ", " float32 ")
+    f32 = tmp_path / "f32.vnnlib"
+    f32.write_text(text)
+    model = _onnx(shared_benchmarks, net_id)
+    code, out, err = _run(["verify", str(f32), "--network", f"acasxu={model}",
+                           "--timeout", "60"], capsys)
+    assert code == 0 and out.splitlines()[0] == expected, err
+    if expected == "sat":
+        blocks = _blocks(out.partition("\n")[2])
+        x, y = blocks["X"][2], blocks["Y"][2]
+        assert blocks["X"][0] == "float32"
+        assert np.array_equal(x.astype(np.float32).astype(np.float64), x)
+        y_ort = np.ravel(onnxruntime_forward(model, x.astype(np.float32).reshape(1, 1, 1, 5),
+                                             float64=False)).astype(np.float64)
+        np.testing.assert_allclose(y, y_ort, rtol=1e-5, atol=1e-6)
+        query = load_vnnlib(f32)
+        assert query.violated_by(x, y) and query.violated_by(x, y_ort)
+
+
+@pytest.mark.slow
 def test_wrong_network_as_a_subprocess(shared_benchmarks):
     pytest.importorskip("vnnlib")
     proc = subprocess.run([str(SCRIPT), "verify", str(DATA / f"acasxu_{SAT[1]}_v2.vnnlib"),

@@ -28,6 +28,7 @@ def _truth(folder, bench):
         return {(r["network"], r["property"]): r["ground_truth"] for r in csv.DictReader(fh)}
 
 
+@pytest.mark.slow
 def test_acasxu_answers_agree_with_ground_truth(shared_benchmarks):
     truth = _truth(shared_benchmarks, "acasxu")
     solved = 0
@@ -56,7 +57,8 @@ BAB_VARIANTS = {"default": {}, "eager": {"alpha_after": 0.0, "polish_after": 0.0
                                          "polish_time": 2.0, "polish_starts": 256}}
 
 
-@pytest.mark.parametrize("variant", sorted(BAB_VARIANTS))
+@pytest.mark.parametrize("variant", [v if v == "default" else pytest.param(v, marks=pytest.mark.slow)
+                                     for v in sorted(BAB_VARIANTS)])
 def test_bab_agrees_with_milp_on_small_networks(variant):
     """Cross-method oracle on random nets: the complete input-splitting search and the exact
     MILP give the same YES / NO wherever both decide."""
@@ -167,7 +169,7 @@ def test_runner_and_cli(tmp_path, shared_benchmarks, capsys):
     text = summary(rows)
     assert "wrong 0" in text and "score 20 (max 20)" in text and "nnenum_2022: median" in text
     assert out.read_text().splitlines()[0].startswith("network,property,result")
-    assert not list(tmp_path.glob("*.part"))
+    assert not list(tmp_path.glob("*.part*"))
 
     answer = tmp_path / "answer.txt"
     code = main(["vnnlib", str(folder / "onnx/ACASXU_run2a_1_2_batch_2000.onnx"),
@@ -250,6 +252,7 @@ def test_multi_row_disjunct_respects_solver_tolerance():
     assert solve(net, query, "bab", timeout=10).result == "unsat"  # exact arithmetic bound
 
 
+@pytest.mark.slow
 def test_runner_workers_agree_with_sequential(tmp_path, shared_benchmarks):
     folder = shared_benchmarks / "acasxu"
     instances = tmp_path / "instances.csv"

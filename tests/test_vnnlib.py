@@ -21,6 +21,7 @@ HEADER = "".join(f"(declare-const X_{i} Real)\n" for i in range(2)) + \
     "".join(f"(declare-const Y_{j} Real)\n" for j in range(3))
 
 
+@pytest.mark.slow
 def test_every_shared_property_parses(shared_benchmarks):
     paths = sorted(shared_benchmarks.glob("*/vnnlib/*.vnnlib"))
     assert len(paths) == 39
@@ -60,6 +61,7 @@ def test_violation_semantics_match_direct_evaluation(shared_benchmarks):
     assert not p7.violated_by(box.upper + 1, np.array([0, 0, 0, -1, 0]))  # x outside the box
 
 
+@pytest.mark.slow
 def test_mnist_labels_and_boxes(shared_benchmarks):
     for path in sorted((shared_benchmarks / "mnist_fc/vnnlib").glob("*.vnnlib")):
         label = int(re.search(r"label: (\d+)", path.read_text()).group(1))
@@ -72,6 +74,7 @@ def test_mnist_labels_and_boxes(shared_benchmarks):
         assert np.all(box.upper - box.lower <= 2 * eps + 1e-6)  # float32 rounding in the file
 
 
+@pytest.mark.slow
 def test_ibp_never_contradicts_known_answers(shared_benchmarks):
     """Cross-method oracle: a sat instance may never get YES, an unsat one never NO."""
     folder = shared_benchmarks / "mnist_fc"
@@ -107,6 +110,65 @@ def test_linear_terms_and_strictness():
     np.testing.assert_array_equal(second.b, [3, -3])
 
 
+STRICT_NET_BOX = "(assert (>= X_0 0)) (assert (<= X_0 1)) (assert (>= X_1 0)) (assert (<= X_1 1))\n"
+
+
+def _copy_net() -> "Network":
+    """Y_0 = X_0, Y_1 = X_1, Y_2 = 0 (an affine net: every method is exact on it)."""
+    from verify import Dense, Network
+
+    weight = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    return Network([Dense(weight, np.zeros(3), (2,), (3,))], (2,))
+
+
+def test_strict_inequalities_keep_their_strictness():
+    query = parse_vnnlib(HEADER + """
+    (assert (> X_0 0)) (assert (<= X_0 1)) (assert (>= X_1 0)) (assert (< X_1 2))
+    (assert (or (< Y_0 Y_1) (<= Y_2 1)))""")
+    (case,) = query.cases
+    np.testing.assert_array_equal(case.open_lower, [True, False])
+    np.testing.assert_array_equal(case.open_upper, [False, True])
+    strict, plain = case.disjuncts
+    assert list(strict.strict) == [True] and plain.strict is None
+    y_equal = np.array([0.5, 0.5, 2.0])  # Y_0 = Y_1 exactly: not Y_0 < Y_1; Y_2 > 1
+    assert not query.violated_by(np.array([0.5, 1.0]), y_equal)
+    assert query.violated_by(np.array([0.5, 1.0]), np.array([0.5, np.nextafter(0.5, 1), 2.0]))
+    assert not query.violated_by(np.array([0.0, 1.0]), np.array([0, 1, 0.0]))  # X_0 > 0 fails
+    assert query.violated_by(np.array([1e-300, 1.0]), np.array([0, 1, 0.0]))
+    assert not query.violated_by(np.array([0.5, 2.0]), np.array([0, 1, 0.0]))  # X_1 < 2 fails
+
+
+@pytest.mark.parametrize("body, n_cases", [
+    ("(assert (> Y_0 Y_0))", 0), ("(assert (< 1 1))", 0), ("(assert (>= Y_0 Y_0))", 1),
+    ("(assert (and (> X_0 0.5) (< X_0 0.5)))", 0), ("(assert (and (>= X_0 0.5) (< X_0 0.5)))", 0),
+    ("(assert (and (>= X_0 0.5) (<= X_0 0.5)))", 1),
+])
+def test_strict_constant_and_empty_atoms(body, n_cases):
+    query = parse_vnnlib(HEADER + STRICT_NET_BOX + body)
+    assert len(query.cases) == n_cases
+
+
+@pytest.mark.parametrize("method", ["auto", "crown", "milp", "bab"])
+def test_a_strict_violation_that_only_the_closure_meets_is_never_sat(method):
+    """Y_0 < Y_2 = 0 with X_0 in [0, 1]: the closed region has X_0 = 0, the open one is empty.
+    No method may answer sat; (> Y_0 Y_0) is unsat for every method; the non-strict version is
+    sat with a point where Y_0 = 0."""
+    from verify.vnncomp import solve
+
+    net = _copy_net()
+    strict = solve(net, parse_vnnlib(HEADER + STRICT_NET_BOX + "(assert (< Y_0 Y_2))"),
+                   method, 1)
+    assert strict.result != "sat"
+    empty = solve(net, parse_vnnlib(HEADER + STRICT_NET_BOX + "(assert (> Y_0 Y_0))"),
+                  method, 1)
+    assert empty.result == "unsat"
+    closed = solve(net, parse_vnnlib(HEADER + STRICT_NET_BOX + "(assert (<= Y_0 Y_2))"),
+                   method, 1)
+    assert closed.result in ("sat", "unknown", "timeout")
+    if closed.result == "sat":
+        assert closed.counterexample[1][0] <= 0
+
+
 def test_counterexample_format_round_trips():
     x, y = np.array([0.1, -2.5e-7]), np.array([1 / 3, 2.0, -1e300])
     text = format_counterexample(x, y)
@@ -128,6 +190,13 @@ def test_counterexample_format_round_trips():
     ("(declare-const X_0 Real)", "'X_0' is declared twice"),
     ("(declare-const W_0 Real)", "name 'W_0' is not X_i or Y_j"),
     ("(define-fun f () Real 1)", "'define-fun' is not supported"),
+    ("(assert (<= Y_0 nan))", r"t\.vnnlib:6:17: the constant 'nan' is not a finite number"),
+    ("(assert (<= Y_0 -inf))", r"t\.vnnlib:6:17: the constant '-inf' is not a finite number"),
+    ("(assert (<= Y_0 Infinity))", r"6:17: the constant 'Infinity' is not a finite number"),
+    ("(assert (<= Y_0 1e400))", r"t\.vnnlib:6:17: the constant 1e400 overflows float64"),
+    ("(assert (<= Y_0 1_0))", "'1_0' is neither a declared name nor a number"),
+    ("(assert (<= (* 1e200 Y_0) (* 1e200 1e200)))", r"6:9: .* overflows float64"),
+    ("(assert (<= (+ Y_0 1.5e308) (- 1.5e308)))", r"6:9: .* overflows float64"),
 ])
 def test_errors_name_line_and_column(body, pattern):
     with pytest.raises(VnnlibError, match=pattern) as err:
@@ -324,6 +393,22 @@ def test_vnnlib2_unsupported_queries(text, pattern, vnnlib2):
     with pytest.raises(VnnlibError, match=pattern) as err:
         parse_vnnlib(text, "t2.vnnlib")
     assert "\n" not in str(err.value) and str(err.value).startswith("t2.vnnlib")
+
+
+def test_vnnlib2_strictness_and_overflowing_literals(vnnlib2):
+    box = "(assert (and " + " ".join(f"(>= X[{i},{j}] 0.0) (<= X[{i},{j}] 1.0)"
+                                     for i in range(2) for j in range(3)) + "))\n"
+    query = parse_vnnlib(HEADER2 + box + "(assert (< Y[0] Y[1]))", "t2.vnnlib")
+    (case,) = query.cases
+    (d,) = case.disjuncts
+    assert list(d.strict) == [True]
+    x = np.zeros(6)
+    assert not query.violated_by(x, np.array([1.0, 1.0, 0]))
+    assert query.violated_by(x, np.array([0.5, 1.0, 0]))
+    assert parse_vnnlib(HEADER2 + box + "(assert (> Y[0] Y[0]))", "t2.vnnlib").cases == []
+    huge = "1" + "0" * 400 + ".0"
+    with pytest.raises(VnnlibError, match=r"t2\.vnnlib: a numeric literal is beyond float64"):
+        parse_vnnlib(HEADER2 + box + f"(assert (<= Y[0] {huge}))", "t2.vnnlib")
 
 
 def test_vnnlib2_float_types_and_shape_check(vnnlib2):

@@ -42,7 +42,7 @@ from .backends import check_choices
 from .certificate import Certificate, Status
 from .errors import InputError
 from .network import Network, resolve_device
-from .spec import LpBall, Specification
+from .spec import LpBall, Specification, norm_of, radius_of
 from .verdict import certificate_from_bounds, validated_counterexample
 
 
@@ -137,10 +137,6 @@ class _Batch:
     per_spec: int  # R
 
 
-def _norm_of(spec: Specification) -> str:
-    return spec.input_set.norm if isinstance(spec.input_set, LpBall) else "box"
-
-
 def _objectives(m: int, options: AttackOptions) -> tuple[np.ndarray, np.ndarray]:
     """Per trajectory of one specification: the row it descends (-1: the worst row) and whether
     it starts at the center (the first trajectory of every objective does)."""
@@ -170,7 +166,7 @@ def _entropy(spec: Specification, seed: int) -> list[int]:
 
 def _build_batch(specs: Sequence[Specification], options: AttackOptions,
                  device: torch.device, dtype: torch.dtype) -> tuple[_Batch, torch.Tensor]:
-    norm = _norm_of(specs[0])
+    norm = norm_of(specs[0].input_set)
     m = specs[0].output.C.shape[0]
     objective, at_center = _objectives(m, options)
     per_spec = len(objective)
@@ -180,7 +176,7 @@ def _build_batch(specs: Sequence[Specification], options: AttackOptions,
         lower, upper = s.bounding_box()
         if not (np.all(np.isfinite(lower)) and np.all(np.isfinite(upper))):
             raise InputError("the attack needs a bounded input set: give the box finite bounds")
-        eps = s.eps if isinstance(s, LpBall) else 0.0
+        eps = radius_of(s)
         radius = np.full(lower.size, eps) if isinstance(s, LpBall) else (upper - lower) / 2
         rng = np.random.default_rng(_entropy(spec, options.seed))
         x0 = _random_starts(spec, per_spec, rng)
@@ -323,7 +319,7 @@ def pgd_attack_many(net: Network, specs: Sequence[Specification],
     out: list[Optional[AttackResult]] = [None] * len(specs)
     groups: dict[tuple, list[int]] = {}
     for i, spec in enumerate(specs):
-        groups.setdefault((_norm_of(spec), spec.output.C.shape), []).append(i)
+        groups.setdefault((norm_of(spec.input_set), spec.output.C.shape), []).append(i)
     for indices in groups.values():
         for first in range(0, len(indices), options.batch_size):
             chunk = indices[first:first + options.batch_size]

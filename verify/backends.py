@@ -20,7 +20,7 @@ import numpy as np
 from .certificate import Certificate
 from .errors import InputError
 from .network import Network, resolve_device
-from .spec import NORMS, Specification, parse_norm, robustness_spec
+from .spec import NORMS, Specification, parse_norm, robustness_spec, robustness_specs
 
 RunFn = Callable[[Network, Sequence[Specification], Any], list[Certificate]]
 
@@ -190,8 +190,7 @@ def certify_batch(net: Network, xs, labels, eps: float, norm="inf", method: str 
                   domain=None, **options) -> list[Certificate]:
     """`certify` for many inputs at once (batched on the device where the method allows)."""
     xs = np.asarray(xs, dtype=np.float64).reshape(len(labels), -1)
-    specs = [robustness_spec(net.input_size, net.output_size, x, y, eps, norm, domain)
-             for x, y in zip(xs, labels)]
+    specs = robustness_specs(net.input_size, net.output_size, xs, labels, eps, norm, domain)
     return certify_specs(net, specs, method, **options)
 
 
@@ -222,9 +221,11 @@ BUILTIN = {
     "lp": ("verify.bounds.lp", "certify", "LPOptions",
            "triangle LP relaxation on HiGHS (l_2: Clarabel): tighter, slower (sound, incomplete)"),
     "milp": ("verify.exact.milp", "certify", "MILPOptions",
-             "big-M MILP on HiGHS: exact, YES or NO (MAYBE only on timeout)"),
+             "big-M MILP on HiGHS: exact, YES or NO (MAYBE on timeout or a model HiGHS cannot hold)"),
     "bab": ("verify.exact.bab", "certify", "BaBOptions",
             "branch and bound over input boxes with CROWN: complete for few inputs"),
+    "relu-bab": ("verify.exact.relu_bab", "certify", "ReluBaBOptions",
+                 "branch and bound over ReLU splits with beta-CROWN: complete for many inputs"),
     "attack": ("verify.attack", "certify", "AttackOptions",
                "PGD attack with random restarts: finds counterexamples (NO or MAYBE, never YES)"),
     "smoothing": ("verify.smoothing.certify", "run", "SmoothingOptions",

@@ -1,4 +1,16 @@
-"""The `verify` command: info, certify, demo.
+"""The `verify` command. Subcommands:
+
+    info            layers, shapes, neurons and parameters of an ONNX model
+    methods         the certifiers and their options
+    certify         one input's robustness with one certifier (a Certificate, text or JSON)
+    smooth-predict  the smoothed classifier's class, or abstain
+    demo            a few test digits on the bundled model, several certifiers side by side
+    compare         certifiers side by side on many inputs (CSV, JSON, PNG)
+    plot2d          input- and output-space picture for a 2-input network
+    export          the MILP (or its LP relaxation) of one margin as .lp / .mps
+    vnnlib          answer one VNN-LIB property: sat, unsat, unknown, timeout
+    vnncomp         run and score a VNN-COMP instances.csv
+    benchmarks      list or fetch full VNN-COMP suites, sha256-checked
 
 User errors (bad files, arguments, models) print one line `verify: error: ...` on stderr and exit
 with code 2; a completed run exits 0 whatever the verdict.
@@ -21,6 +33,7 @@ from .backends import certify, certify_batch, get_backend, methods, option_kind
 from .errors import InputError, VerifyError
 from .network import Network
 from .onnx_io import load_onnx
+from .outputs import atomic_path, check_output_file, check_output_folder, write_text_atomically
 
 
 class _Parser(argparse.ArgumentParser):
@@ -269,24 +282,6 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _check_output(path: str) -> Path:
-    """An output file's path, refused up front (before any work) when it cannot be written."""
-    out = Path(path)
-    if not out.parent.is_dir():
-        raise InputError(f"{path}: the folder {out.parent} does not exist")
-    if out.is_dir():
-        raise InputError(f"{path}: a folder is there; give a file name")
-    return out
-
-
-def _write_atomically(path: str, text: str) -> None:
-    """Write via a temporary file and rename: no partial file is left behind on failure."""
-    out = _check_output(path)
-    tmp = out.with_name(out.name + ".part")
-    tmp.write_text(text)
-    tmp.replace(out)
-
-
 def cmd_compare(args) -> int:
     from .compare import (check_methods, compare, compare_one, format_table, plot_curves,
                           write_json)
@@ -327,11 +322,7 @@ def cmd_compare(args) -> int:
     for eps in args.eps:  # all of them before any file is opened
         if not np.isfinite(eps) or eps < 0:
             raise InputError(f"--eps must be finite and >= 0, got {eps}")
-    out = Path(args.out) if args.out else None
-    if out is not None:
-        if out.exists() and not out.is_dir():
-            raise InputError(f"--out {out}: a file is there; --out takes a folder")
-        out.mkdir(parents=True, exist_ok=True)
+    out = check_output_folder(args.out) if args.out else None
     rows, records = compare(net, xs, ys, args.eps, args.norm, args.methods, domain,
                             out / "compare.csv" if out else None,
                             progress=_progress_line, options=options, workers=args.workers,
@@ -374,9 +365,7 @@ def cmd_plot2d(args) -> int:
         raise InputError(f"--x must be two numbers X0,X1, got '{args.x}'") from None
     if len(x) != 2:
         raise InputError(f"--x must be two numbers X0,X1, got '{args.x}'")
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise InputError(f"{args.out}: the folder {out.parent} does not exist")
+    out = check_output_file(args.out)
     net = load_onnx(args.model)
     info = plot2d(net, x, args.eps, out, args.norm, args.label,
                   parse_domain(args.domain, args.model), args.methods,
@@ -408,16 +397,10 @@ def cmd_export(args) -> int:
     if against not in spec.output.row_class:
         raise InputError(f"--against {against} is not a class other than the label "
                          f"(0..{net.output_size - 1})")
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise InputError(f"{args.out}: the folder {out.parent} does not exist")
-    tmp = out.with_name(out.name + ".part")
-    try:
+    out = check_output_file(args.out)
+    with atomic_path(out) as tmp:
         export_model(net, spec, tmp, relax=args.relax, format=args.format,
                      row=spec.output.row_class.index(against))
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     kind = "LP relaxation" if args.relax else "MILP"
     print(f"wrote the {kind} of min z_{args.label} - z_{against} over the l_{args.norm} ball "
           f"of radius {args.eps:g} to {out} ({args.format})")
@@ -430,15 +413,15 @@ def cmd_vnnlib(args) -> int:
 
     check_seconds(args.timeout, "--timeout")
     if args.out:
-        _check_output(args.out)
+        check_output_file(args.out)
     result = solve_files(args.model, args.property, args.method, args.timeout,
                          check_threads(args.threads))
     text = result.text()
+    if args.out:  # written before anything is printed: a failure leaves no half-reported answer
+        write_text_atomically(args.out, text)
     print(text, end="")
     detail = f"{result.method or args.method}, {result.time_s:.3f} s"
     print(f"({detail}{'; ' + result.reason if result.reason else ''})", file=sys.stderr)
-    if args.out:
-        _write_atomically(args.out, text)
     return 0
 
 
@@ -451,7 +434,7 @@ def cmd_vnncomp(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be at least 1, got {args.limit}")
     if args.out:
-        _check_output(args.out)
+        check_output_file(args.out)
     rows = run_instances(args.instances, args.method, args.timeout_cap, args.out, args.limit,
                          workers=args.workers, cluster=args.cluster,
                          threads=check_threads(args.threads))
@@ -506,6 +489,19 @@ def cmd_smooth_predict(args) -> int:
     options = _smoothing_options(args)
     result = predict(net, x, **options, **_options(args, "smoothing"))
     print(json.dumps(result.to_dict(), indent=2) if args.json else str(result))
+    return 0
+
+
+def cmd_benchmarks(args) -> int:
+    from .benchmark_suites import describe, fetch, load_registry
+
+    if args.action == "list":
+        print(describe(load_registry()))
+        return 0
+    if not args.name:
+        raise InputError("benchmarks fetch needs a suite name (list them: verify benchmarks list)")
+    target = fetch(args.name, Path(args.dest), args.source)
+    print(f"fetched {args.name} into {target} (every file sha256-checked)")
     return 0
 
 
@@ -628,6 +624,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address of an existing Dask scheduler (needs dask[distributed])")
     _add_threads_argument(p)
     p.set_defaults(func=cmd_vnncomp)
+
+    p = sub.add_parser("benchmarks", help="list or fetch full VNN-COMP suites (sha256-checked)")
+    p.add_argument("action", choices=["list", "fetch"])
+    p.add_argument("name", nargs="?", default=None, help="the suite to fetch (see: list)")
+    p.add_argument("--dest", default=".", help="folder to fetch into (default: here)")
+    p.add_argument("--source", default=None,
+                   help="a mirror URL or a local folder laid out like the repository")
+    p.set_defaults(func=cmd_benchmarks)
     return parser
 
 

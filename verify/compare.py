@@ -21,6 +21,7 @@ from .backends import certify, certify_batch, check_norm, make_options
 from .certificate import Certificate, Status, json_safe
 from .errors import InputError
 from .network import Network
+from .outputs import atomic_path, cannot_write
 
 KIND = {"attack": "upper", "milp": "exact", "bab": "exact", "smoothing": "of g"}
 FIELDS = ["eps", "norm", "method", "bound", "inputs", "yes", "no", "maybe",
@@ -93,9 +94,15 @@ def compare(net: Network, xs: np.ndarray, ys: np.ndarray, eps_list: Sequence[flo
     check_methods(methods, norm, options)
     options = options or {}
     rows, records = [], []
+    def append_csv(values: list, mode: str = "a") -> None:
+        try:
+            with open(out_csv, mode, newline="") as fh:
+                csv.writer(fh).writerow(values)
+        except OSError as error:
+            raise cannot_write(out_csv, error) from None
+
     if out_csv is not None:
-        with open(out_csv, "w", newline="") as fh:
-            csv.writer(fh).writerow(FIELDS)
+        append_csv(FIELDS, "w")
     try:
         for eps in eps_list:
             for method in methods:
@@ -121,8 +128,7 @@ def compare(net: Network, xs: np.ndarray, ys: np.ndarray, eps_list: Sequence[flo
                              "worst_margin_upper": _worst(c.margin_upper), "time_s": c.time_s}
                             for i, (y, c) in enumerate(zip(ys, certs))]
                 if out_csv is not None:
-                    with open(out_csv, "a", newline="") as fh:
-                        csv.writer(fh).writerow([row[f] for f in FIELDS])
+                    append_csv([row[f] for f in FIELDS])
                 if progress is not None:
                     progress(f"eps {eps:g} {method}: {row['yes']} YES, {row['no']} NO, "
                              f"{row['maybe']} MAYBE in {row['total_time_s']:.2f} s")
@@ -225,15 +231,15 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> bool:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".part.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
     return True
 
 
 def write_json(rows: list[dict], records: list[dict], path: Path) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(json_safe({"rows": rows, "inputs": records}), indent=1,
-                              allow_nan=False))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(json_safe({"rows": rows, "inputs": records}), indent=1,
+                                  allow_nan=False))

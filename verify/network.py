@@ -13,6 +13,7 @@ Nothing else lives here: bounds and certifiers iterate over `Network.layers` the
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Sequence, Union
 
@@ -25,7 +26,7 @@ Shape = tuple[int, ...]
 
 
 def _size(shape: Shape) -> int:
-    return int(np.prod(shape, dtype=np.int64))
+    return math.prod(int(n) for n in shape)  # (np.prod: ~20 us a call, on every forward)
 
 
 @dataclass(eq=False)
@@ -51,6 +52,10 @@ class Dense:
 
     def dense_matrix(self) -> np.ndarray:
         return self.weight
+
+    def bias_per_output(self, bias):
+        """A bias-shaped vector (numpy or torch) with one entry per output: itself."""
+        return bias
 
     def describe(self) -> str:
         return f"Dense {self.weight.shape[1]} -> {self.weight.shape[0]}"
@@ -100,6 +105,12 @@ class Conv2d:
                           j * dw : j * dw + sw * (w_out - 1) + 1 : sw]
                 out += np.einsum("bchw,oc->bohw", patch, self.weight[:, :, i, j])
         return out
+
+    def bias_per_output(self, bias):
+        """A per-channel vector (numpy or torch, e.g. the bias or |bias|) repeated over each
+        channel's H x W outputs, in the row-major order of dense_matrix()'s rows."""
+        n = int(np.prod(self.out_shape[1:]))
+        return bias.repeat_interleave(n) if isinstance(bias, torch.Tensor) else np.repeat(bias, n)
 
     def dense_matrix(self) -> np.ndarray:
         """The equivalent (out_size, in_size) matrix, built once from the identity basis."""

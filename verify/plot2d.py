@@ -22,6 +22,7 @@ from .bounds import InputBatch
 from .bounds.ibp import layer_bounds
 from .errors import InputError
 from .network import Network
+from .outputs import atomic_path
 from .spec import robustness_spec
 
 
@@ -104,10 +105,10 @@ def plot2d(net: Network, x: Sequence[float], eps: float, path: Path, norm: str =
     right.set_title("output space: reachable logits and bounds")
     right.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.name + ".part.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return {"label": label, "runner_up": j, "margin_lower": bounds,
             "sampled_min": float((z[:, label] - z[:, j]).min()), "row": row}

@@ -10,12 +10,17 @@ the satisfying assignment in the standard's command-line format (each declared v
 declaration order: `NAME TYPE [DIMS]`, then its values row-major, one per line), replayed in
 float64 before it is printed. Loading the model and the query counts inside `--timeout` (whole
 or decimal seconds; none: no limit). `supports` answers from what the loader and the reader
-really do (`SUPPORTED_OPS`, `SUPPORTED_OPSETS`, the VNN-LIB versions readable here).
+really do (`SUPPORTED_OPSETS`, the VNN-LIB versions readable here, and of the loader's
+`SUPPORTED_OPS` those it takes in every attribute form probed by `ATTRIBUTE_PROBES`).
 
-Element types: the analysis runs over the reals (float64 with rounding allowances), which is not
-a sound analysis of float32/float16 execution, so the only element type reported is `real` and,
-as section 5.3.2 requires, a 2.0 query declaring any other type is refused (declare `real` to
-consent). Exit codes as in vnnlib-test-solver: 0 for an answer, whatever it is; 1 for a usage
+Element types: a query is about the network evaluated in the coarsest element type it declares.
+`real`: the reals (float64 with rounding allowances). float32, float16, float64: that IEEE
+format, by default (docs/float32.md): the query is widened by a bound on the float evaluation
+error (`verify.float_rounding`) before any method runs, so unsat holds for the float network,
+and a sat assignment is rounded into the format inside the box and must violate the query in
+both the own float replay and onnxruntime (else unknown). bfloat16 is refused (section 5.3.2,
+third error condition). `--floats-as-reals` opts into real-arithmetic semantics for every
+type. Exit codes as in vnnlib-test-solver: 0 for an answer, whatever it is; 1 for a usage
 or query error, printed as one line on stderr.
 """
 
@@ -73,18 +78,70 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+# Forms of an op, by attribute, that ONNX defines and that a claim of the op covers: an op is
+# claimed only when the loader takes every one of them (each probe: a one-node model
+# X -> op -> Y, the variable X of the given shape, constants W [and B], the attributes).
+ATTRIBUTE_PROBES = {
+    "Conv": (
+        ("1-D convolution", [1, 1, 4], {"W": [1, 1, 2]}, {}),
+        ("2-D convolution, group=2", [1, 2, 3, 3], {"W": [2, 1, 2, 2]}, {"group": 2}),
+        ("2-D convolution, strides and dilations", [1, 1, 5, 5], {"W": [1, 1, 2, 2]},
+         {"strides": [2, 1], "dilations": [1, 2]}),
+    ),
+    "Gemm": (
+        ("transB=1, alpha, beta", [1, 3], {"W": [2, 3], "B": [2]},
+         {"transB": 1, "alpha": 0.5, "beta": 2.0}),
+    ),
+    "MatMul": (("variable times a 2-D matrix", [1, 3], {"W": [3, 2]}, {}),),
+}
+
+
+def _probe_fails(op: str, form) -> Optional[str]:
+    """The loader's one-line refusal of a one-node model of `op` in `form`, or None."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from .onnx_io import network_from_onnx
+
+    _, shape, constants, attributes = form
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(dims).astype(np.float32), name)
+             for name, dims in constants.items()]
+    node = helper.make_node(op, ["X", *constants], ["Y"], **attributes)
+    graph = helper.make_graph([node], "probe",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    try:
+        network_from_onnx(model, where=f"{op} probe")
+    except VerifyError as exc:
+        return str(exc)
+    return None
+
+
+def claimed_operators() -> list[str]:
+    """The loader's ops (`SUPPORTED_OPS`) less those it takes only in some of the forms in
+    ATTRIBUTE_PROBES (e.g. Conv while 1-D or grouped convolutions are refused)."""
+    from .onnx_io import SUPPORTED_OPS
+
+    return [op for op in SUPPORTED_OPS
+            if not any(_probe_fails(op, form) for form in ATTRIBUTE_PROBES.get(op, ()))]
+
+
 def capability_answer(capability: str) -> str:
     """The exact stdout text for `supports CAPABILITY` (each line newline-terminated)."""
-    from .onnx_io import SUPPORTED_OPS, SUPPORTED_OPSETS
+    from .onnx_io import SUPPORTED_OPSETS
     from .vnnlib import vnnlib2_available
 
     capability = ALIASES.get(capability, capability)
     if capability == "--onnx-opset-versions":
         lines = [str(v) for v in SUPPORTED_OPSETS]
     elif capability == "--onnx-element-types":
-        lines = ["real"]
+        from .float_rounding import FLOAT_FORMATS
+        lines = ["real", *FLOAT_FORMATS]
     elif capability == "--onnx-operators":  # bare: for every reported element type
-        lines = list(SUPPORTED_OPS)
+        lines = claimed_operators()
     elif capability == "--vnnlib-versions":
         lines = ["1.0", "2.0" if vnnlib2_available() else "1.0"]
     elif capability in THEORIES:
@@ -135,16 +192,63 @@ def _network_model(networks: Sequence[str], query, query_path: str) -> Path:
     return Path(pairs[query.network])
 
 
-def _check_element_types(query, query_path: str, floats_as_reals: bool = False) -> None:
-    """Section 5.3.2, third error condition: only `real` is analysed soundly here; with
-    `--floats-as-reals` the user accepts the real-arithmetic semantics for float types too."""
-    for v in query.variables:
-        kind = v.element_type.lower()
-        if kind != "real" and not (floats_as_reals and kind.startswith("float")):
-            raise UsageError(
-                f"{query_path} declares {v.name} as {v.element_type}, which verify cannot "
-                f"analyse soundly (it reasons over the reals); declare every variable 'real', "
-                f"or pass --floats-as-reals to accept real-arithmetic semantics")
+def _float_format(query, query_path: str, floats_as_reals: bool = False) -> Optional[str]:
+    """The float format the query is about (None: the reals). Section 5.3.2, third error
+    condition: a type with no float model here (bfloat16) is refused; `--floats-as-reals`
+    accepts real-arithmetic semantics for every float type instead."""
+    from .float_rounding import FLOAT_FORMATS, query_format
+
+    kind = query_format([v.element_type for v in query.variables])
+    if kind is None or floats_as_reals:
+        return None
+    if kind not in FLOAT_FORMATS:
+        name = next(v.name for v in query.variables if v.element_type.lower() == kind)
+        raise UsageError(
+            f"{query_path} declares {name} as {kind}, which verify cannot analyse soundly "
+            f"(float semantics: {', '.join(FLOAT_FORMATS)}); pass --floats-as-reals to "
+            f"accept real-arithmetic semantics")
+    return kind
+
+
+def _float_widened(query, model: Path, kind: str):
+    """(the query widened by the float evaluation error, None) or (the query itself, the
+    reason no unsat can be given) when that error cannot be bounded."""
+    import numpy as np
+
+    from .float_rounding import FloatSemanticsError, evaluation_error, query_hull, widen_query
+
+    try:
+        error = evaluation_error(model, *query_hull(query), kind)
+    except FloatSemanticsError as exc:
+        return query, f"{kind} rounding not bounded: {exc}"
+    except Exception as exc:  # noqa: BLE001 - e.g. onnxruntime refusing the shape probe: the
+        # answer stays sound without the bound (no unsat), so say why and go on
+        return query, f"{kind} rounding not bounded: {type(exc).__name__}: " \
+                      f"{' '.join(str(exc).split())[:200]}"
+    if not np.all(np.isfinite(error)):
+        return query, f"{kind} evaluation may overflow on the box"
+    return widen_query(query, error), None
+
+
+def _float_counterexample(query, model: Path, x, kind: str):
+    """(x, y) with x in the format, inside a case's box, whose float evaluation violates the
+    query both in the own replay and in onnxruntime (y: onnxruntime's outputs); else None."""
+    from .float_rounding import graph_float_forward, onnxruntime_forward, round_into_box
+
+    for case in query.cases:
+        xf = round_into_box(x, case.box.lower, case.box.upper, kind)
+        if xf is None:
+            continue
+        own = graph_float_forward(model, xf, kind)
+        if not query.violated_by(xf, own):
+            continue
+        try:
+            y = onnxruntime_forward(model, xf)
+        except Exception:  # noqa: BLE001 - no onnxruntime evaluation: no sat claimed
+            return None
+        if query.violated_by(xf, y):
+            return xf.astype("float64"), y
+    return None
 
 
 def process_age() -> float:
@@ -174,29 +278,39 @@ def cmd_verify(args: argparse.Namespace, out: TextIO, t0: float) -> int:
         raise UsageError("verify needs the path to a query file")
     query = load_vnnlib(args.query)
     model = _network_model(args.networks, query, args.query)
-    _check_element_types(query, args.query, args.floats_as_reals)
+    kind = _float_format(query, args.query, args.floats_as_reals)
     if args.serialise_assignments is not None:
         print(f"{PROGRAM}: warning: --serialise-assignments is not supported (see supports "
               "--serialise-assignments); the assignment goes to stdout", file=sys.stderr)
     net = load_onnx(model)
     configure(net, args.threads)
     query.check_sizes(net.input_size, net.output_size, net.input_shape)
+    solved_query, no_unsat = (query, None) if kind is None else \
+        _float_widened(query, model, kind)
     remaining = timeout - (time.perf_counter() - t0)
     if remaining <= 0:
         result, counterexample, method = "timed-out", None, "loading"
     else:
-        solved = solve(net, query, args.method, remaining)
+        solved = solve(net, solved_query, args.method, remaining)
         result, counterexample, method = solved.result, solved.counterexample, solved.method
         if result == "timeout":
             result = "timed-out"
+    if result == "unsat" and no_unsat is not None:
+        result, method = "unknown", f"{method}; {no_unsat}"
     text = result + "\n"
     if result == "sat":
         x, _ = counterexample
-        y = net.forward(x)  # replayed once more, here, on the numbers that are printed
-        if not query.violated_by(x, y):
-            result, text = "unknown", "unknown\n"
+        if kind is None:
+            y = net.forward(x)  # replayed once more, here, on the numbers that are printed
+            found = (x, y) if query.violated_by(x, y) else None
         else:
-            text += query.format_assignment(x, y)
+            found = _float_counterexample(query, model, x, kind)
+        if found is None:
+            result, text = "unknown", "unknown\n"
+            method = f"{method}; the assignment does not violate the query in " \
+                     f"{kind or 'float64'}"
+        else:
+            text += query.format_assignment(*found)
     print(f"{PROGRAM}: {result} ({method or args.method}, "
           f"{time.perf_counter() - t0:.3f} s)", file=sys.stderr)
     out.write(text)
@@ -230,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "free cores)")
     p.add_argument("--floats-as-reals", action="store_true",
                    help="non-standard: analyse float16/32/64 variables as reals (the usual "
-                   "verifier semantics) instead of refusing them")
+                   "verifier semantics) instead of in their float format (docs/float32.md)")
     for name in ("supports", "capabilities"):
         p = commands.add_parser(name, help="report one capability" if name == "supports"
                                 else "the same as supports")

@@ -6,7 +6,8 @@ Input sets (all flat float64 over the network's input):
 
 Output property: `OutputProperty(C, d)` holds at x when every row of C f(x) - d is > 0. The
 robustness property for label y has rows e_y - e_j for every j != y and d = 0, so row j's value is
-the margin z_y - z_j. `robustness_spec` builds and validates that case from user input.
+the margin z_y - z_j. `robustness_spec` builds and validates that case from user input;
+`robustness_specs` does it for a batch at once (same specifications, same errors).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 from .errors import InputError
 
 NORMS = ("inf", "2", "1")
-_EPS64 = 2.0 ** -52
+UNIT_ROUNDOFF = 2.0 ** -53  # float64's unit roundoff u: |fl(a op b) - a op b| <= u |a op b|
+_EPS64 = 2 * UNIT_ROUNDOFF  # float64's machine epsilon
 _NORM_ALIASES = {
     "inf": "inf", "linf": "inf", "l_inf": "inf", "infinity": "inf", "max": "inf",
     "2": "2", "l2": "2", "l_2": "2", "1": "1", "l1": "1", "l_1": "1",
@@ -104,6 +106,16 @@ class LpBall:
             i = int(outside[0])
             raise InputError(f"input value {self.center[i]:g} at index {i} lies outside the "
                              f"domain [{self.lower[i]:g}, {self.upper[i]:g}]")
+
+    @classmethod
+    def validated(cls, center: np.ndarray, eps: float, norm: str, lower: np.ndarray,
+                  upper: np.ndarray) -> "LpBall":
+        """A ball from arguments the caller has already checked as __post_init__ would: flat
+        float64 arrays of one size (not shared with other sets), eps a float, a canonical norm,
+        center inside [lower, upper]. No copies, no checks (for batches validated at once)."""
+        ball = object.__new__(cls)
+        ball.center, ball.eps, ball.norm, ball.lower, ball.upper = center, eps, norm, lower, upper
+        return ball
 
     @property
     def dim(self) -> int:
@@ -216,6 +228,23 @@ class OutputProperty:
         C[np.arange(len(others)), others] = -1.0
         return cls(C, np.zeros(len(others)), others)
 
+    @classmethod
+    def robustness_rows(cls, labels: np.ndarray, n_classes: int) -> list["OutputProperty"]:
+        """`robustness(label, n_classes)` for every label, built as one (B, k-1, k) array."""
+        others = np.array([[j for j in range(n_classes) if j != y] for y in range(n_classes)],
+                          dtype=np.int64).reshape(n_classes, n_classes - 1)
+        rows = others[labels]  # (B, k-1) the class of each row
+        C = np.zeros((len(labels), n_classes - 1, n_classes))
+        C[np.arange(len(labels)), :, labels] = 1.0
+        np.put_along_axis(C, rows[:, :, None], -1.0, axis=2)
+        d = np.zeros((len(labels), n_classes - 1))
+        out = []
+        for b, row_class in enumerate(rows.tolist()):
+            prop = object.__new__(cls)  # already float64 arrays of the right shapes
+            prop.C, prop.d, prop.row_class = C[b], d[b], row_class
+            out.append(prop)
+        return out
+
     def values(self, logits: np.ndarray) -> np.ndarray:
         """C z - d for logits of shape (..., k)."""
         return logits @ self.C.T - self.d
@@ -273,3 +302,45 @@ def robustness_spec(n_inputs: int, n_classes: int, x, label, eps, norm="inf",
     lo, hi = _domain_bounds(domain, n_inputs)
     ball = LpBall(x, eps, norm, lo, hi)  # refuses an x outside the domain
     return Specification(ball, OutputProperty.robustness(label, n_classes), label)
+
+
+def robustness_specs(n_inputs: int, n_classes: int, xs, labels, eps, norm="inf",
+                     domain=None) -> list[Specification]:
+    """`robustness_spec` for every (x, label) pair, validated once for the whole batch.
+
+    Inputs that are not a clean batch (non-integer labels, a bad value, a bad eps, ...) go
+    through `robustness_spec` one by one, which raises its error for the first bad input."""
+    def one_by_one() -> list[Specification]:
+        return [robustness_spec(n_inputs, n_classes, x, y, eps, norm, domain)
+                for x, y in zip(xs, labels)]
+
+    try:
+        label_array = np.asarray(labels)
+        centers = np.array(xs, dtype=np.float64).reshape(len(label_array), -1)
+        eps_value = float(eps)
+        norm_name = parse_norm(norm)
+        lo, hi = _domain_bounds(domain, n_inputs)
+    except (TypeError, ValueError, InputError):
+        return one_by_one()
+    plain_labels = isinstance(labels, np.ndarray) or not any(isinstance(y, bool) for y in labels)
+    if label_array.dtype.kind not in "iu" or label_array.ndim != 1 or not plain_labels \
+            or centers.shape[1] != n_inputs or not np.all(np.isfinite(centers)) \
+            or np.any((label_array < 0) | (label_array >= n_classes)) \
+            or not np.isfinite(eps_value) or eps_value < 0 \
+            or np.any((centers < lo) | (centers > hi)):
+        return one_by_one()
+    lowers = np.broadcast_to(lo, centers.shape).copy()  # one row per set, as LpBall copies
+    uppers = np.broadcast_to(hi, centers.shape).copy()
+    outputs = OutputProperty.robustness_rows(label_array.astype(np.int64), n_classes)
+    return [Specification(LpBall.validated(centers[b], eps_value, norm_name, lowers[b], uppers[b]),
+                          outputs[b], int(label_array[b])) for b in range(len(centers))]
+
+
+def norm_of(input_set: "InputSet") -> str:
+    """The norm of an LpBall ("inf", "2", "1"); "box" for a Box."""
+    return input_set.norm if isinstance(input_set, LpBall) else "box"
+
+
+def radius_of(input_set: "InputSet") -> float:
+    """The radius eps of an LpBall; 0.0 for a Box."""
+    return input_set.eps if isinstance(input_set, LpBall) else 0.0

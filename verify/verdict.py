@@ -7,13 +7,13 @@ in it, and run through the float64 numpy forward pass; only then can it make a N
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
 from .certificate import Certificate, Status
 from .network import Network
-from .spec import LpBall, Specification
+from .spec import LpBall, Specification, norm_of, radius_of
 
 
 def property_values(net: Network, spec: Specification, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -36,15 +36,17 @@ def validated_counterexample(net: Network, spec: Specification, x: np.ndarray
 
 def per_class(spec: Specification, rows: np.ndarray, n_classes: int) -> list[Optional[float]]:
     """Row values as a per-class list (None at the label) for robustness; else row order."""
-    if spec.label is None or any(j is None for j in spec.output.row_class):
-        return [float(v) for v in rows]
+    values = np.asarray(rows, dtype=np.float64).tolist()  # Python floats
+    if spec.label is None or None in spec.output.row_class:
+        return values
     out: list[Optional[float]] = [None] * n_classes
-    for j, v in zip(spec.output.row_class, rows):
-        out[j] = float(v)
+    for j, v in zip(spec.output.row_class, values):
+        out[j] = v
     return out
 
 
-def _row_name(spec: Specification, i: int) -> str:
+def row_name(spec: Specification, i: int) -> str:
+    """How messages name row i of the specification: its competing class, or its index."""
     j = spec.output.row_class[i]
     return f"class {j}" if j is not None else f"row {i}"
 
@@ -63,48 +65,98 @@ def certificate_from_bounds(net: Network, spec: Specification, method: str,
     lower = np.asarray(lower, dtype=np.float64).reshape(-1)
     upper = np.full_like(lower, np.inf) if upper is None else \
         np.asarray(upper, dtype=np.float64).reshape(-1).copy()
-    counterexample = None
-    for x in [spec.input_set.center, *candidates]:
-        checked = validated_counterexample(net, spec, x)
-        if checked is None:
-            x = spec.input_set.project(np.asarray(x, dtype=np.float64).reshape(-1))
-            if spec.input_set.contains(x):
-                upper = np.minimum(upper, property_values(net, spec, x)[1])
-            continue
-        upper = np.minimum(upper, checked[2])
-        if counterexample is None or checked[2].min() < counterexample[2].min():
-            counterexample = checked
+    upper, counterexample = _replay(net, spec, upper, candidates)
+    ball = spec.input_set
+    return _certificate(net, spec, method, lower, upper, counterexample, yes_tolerance, reason,
+                        _domain(ball.lower[None], ball.upper[None])[0],
+                        f"{net.name}@{net.fingerprint()}", time_s, cost, details)
 
+
+def certificates_from_bounds(net: Network, specs: Sequence[Specification], method: str,
+                             lower: np.ndarray, time_s: float = 0.0,
+                             cost: Optional[dict] = None) -> list[Certificate]:
+    """`certificate_from_bounds(net, specs[b], method, lower[b], ...)` for a batch (no upper
+    bounds, no candidates but the centers): the same certificates, with what the batch shares
+    (domains, model name) worked out once. `cost` is copied into each certificate."""
+    lower = np.asarray(lower, dtype=np.float64).reshape(len(specs), -1)
+    if not specs:
+        return []
+    domains = _domain(np.stack([s.input_set.lower for s in specs]),
+                      np.stack([s.input_set.upper for s in specs]))
+    model = f"{net.name}@{net.fingerprint()}"
+    out = []
+    for spec, row, domain in zip(specs, lower, domains):
+        if isinstance(spec.input_set, LpBall):  # `_replay` of the center alone, which lies in it
+            center = spec.input_set.center
+            logits, upper = property_values(net, spec, center)  # min(inf, values) = values
+            counterexample = None if (upper > 0).all() else (center, logits, upper)
+        else:
+            upper, counterexample = _replay(net, spec, np.full_like(row, np.inf), ())
+        out.append(_certificate(net, spec, method, row, upper, counterexample, 0.0, "", domain,
+                                model, time_s, dict(cost or {}), None))
+    return out
+
+
+def _replay(net: Network, spec: Specification, upper: np.ndarray,
+            candidates: Iterable[np.ndarray]) -> tuple[np.ndarray, Optional[tuple]]:
+    """(row upper bounds lowered by the float64 row values of the set's center and of every
+    candidate projected into the set, the worst violating (x, logits, values) or None)."""
+    counterexample = None
+    # An l_p ball's center lies in it (LpBall refuses one outside its box): no projection.
+    center_inside = isinstance(spec.input_set, LpBall)
+    for i, x in enumerate([spec.input_set.center, *candidates]):  # validated_counterexample's
+        if not (i == 0 and center_inside):  # test, one forward pass per point
+            x = spec.input_set.project(np.asarray(x, dtype=np.float64).reshape(-1))
+            if not spec.input_set.contains(x):
+                continue
+        logits, values = property_values(net, spec, x)
+        upper = np.minimum(upper, values)
+        if (values > 0).all():
+            continue
+        if counterexample is None or values.min() < counterexample[2].min():
+            counterexample = (x, logits, values)
+    return upper, counterexample
+
+
+def _domain(lower: np.ndarray, upper: np.ndarray) -> list[Optional[list]]:
+    """Each row's domain for the certificate: None when neither side is finite everywhere,
+    [low, high] numbers when constant, else [lows, highs] lists. `lower`, `upper`: (B, n)."""
+    bounded = np.isfinite(lower).all(axis=1) | np.isfinite(upper).all(axis=1)
+    constant = (lower == lower[:, :1]).all(axis=1) & (upper == upper[:, :1]).all(axis=1)
+    return [None if not b else [float(lo[0]), float(hi[0])] if c else [lo.tolist(), hi.tolist()]
+            for b, c, lo, hi in zip(bounded.tolist(), constant.tolist(), lower, upper)]
+
+
+def _certificate(net: Network, spec: Specification, method: str, lower: np.ndarray,
+                 upper: np.ndarray, counterexample: Optional[tuple], yes_tolerance: float,
+                 reason: str, domain: Optional[list], model: str, time_s: float,
+                 cost: Optional[dict], details: Optional[dict]) -> Certificate:
+    """The verdict: NO for a replayed counterexample, YES when every lower bound is above
+    `yes_tolerance`, else MAYBE with `reason` (or the worst row)."""
     if counterexample is not None:  # a replayed point beats any reason the caller gave
         status = Status.NO
         worst = int(np.argmin(counterexample[2]))
-        reason = (f"counterexample found: {_row_name(spec, worst)} reaches "
+        reason = (f"counterexample found: {row_name(spec, worst)} reaches "
                   f"{counterexample[2][worst]:.6g} <= 0 (float64 forward pass)")
-    elif np.all(lower > yes_tolerance):
+    elif (lower > yes_tolerance).all():
         status, reason = Status.YES, ""
     else:
         status = Status.MAYBE
         worst = int(np.argmin(lower))
         unproved = int(np.sum(lower <= yes_tolerance))
         reason = reason or (f"not proved: {unproved} of {len(lower)} rows unproved; lower bound "
-                            f"for {_row_name(spec, worst)} is {lower[worst]:.6g} (relaxation "
+                            f"for {row_name(spec, worst)} is {lower[worst]:.6g} (relaxation "
                             f"too loose, or the property does not hold)")
     ball = spec.input_set
-    lo, hi = ball.lower, ball.upper
-    domain = None
-    if np.all(np.isfinite(lo)) or np.all(np.isfinite(hi)):
-        domain = [float(lo[0]), float(hi[0])] if np.all(lo == lo[0]) and np.all(hi == hi[0]) \
-            else [lo.tolist(), hi.tolist()]
     n_classes = net.output_size
     return Certificate(
         status=status, method=method, label=spec.label,
-        norm=ball.norm if isinstance(ball, LpBall) else "box",
-        eps=ball.eps if isinstance(ball, LpBall) else 0.0,
+        norm=norm_of(ball),
+        eps=radius_of(ball),
         margin_lower=per_class(spec, lower, n_classes),
         margin_upper=per_class(spec, upper, n_classes),
         counterexample=None if counterexample is None else counterexample[0].tolist(),
         counterexample_logits=None if counterexample is None else counterexample[1].tolist(),
-        reason=reason, time_s=time_s, domain=domain, model=f"{net.name}@{net.fingerprint()}",
-        cost=cost or {},
+        reason=reason, time_s=time_s, domain=domain, model=model, cost=cost or {},
         details={**(details or {}), **({"yes_tolerance": yes_tolerance} if yes_tolerance else {})},
     )

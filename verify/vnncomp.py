@@ -3,8 +3,9 @@ the way VNN-COMP does (loading time counts; +10 per correct answer, -150 per wro
 whose counterexample does not replay counts as wrong).
 
 Methods: "auto" (falsify, then complete search: input-splitting branch and bound for inputs of at
-most `BAB_MAX_INPUTS` dimensions, else bound with alpha-CROWN and finish with the MILP where one
-is registered), "bab", or any registered certifier (incomplete ones answer unsat or unknown).
+most `BAB_MAX_INPUTS` dimensions, else bound with alpha-CROWN, search over ReLU splits (relu-bab)
+and finish with the MILP where one is registered), "bab", "relu-bab", or any registered certifier
+(incomplete ones answer unsat or unknown).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from .vnnlib import VnnlibQuery, format_counterexample, load_vnnlib
 BAB_MAX_INPUTS = 16
 # "auto" above BAB_MAX_INPUTS inputs: each stage gets this fraction of the time that remains
 # when it starts, so of the whole budget the attack gets 15%, alpha-CROWN 35% (plus what the
-# attack left) and the MILP all the rest.
-AUTO_STAGES = (("attack", 0.15), ("alpha-crown", 0.35 / 0.85), ("milp", 1.0))
+# attack left), the ReLU-split search 3/4 of what remains then, and the MILP all the rest.
+AUTO_STAGES = (("attack", 0.15), ("alpha-crown", 0.35 / 0.85), ("relu-bab", 0.75), ("milp", 1.0))
 GRAPH_AUTO_STAGES = (("attack", 0.15), ("crown", 1.0))  # graph networks (verify.graph)
 BAB_ATTACK_SHARE = 0.15  # "auto"/"bab" on few inputs: the attack before the searches
 # Methods that bound every disjunct in one batched call; the others take one disjunct at a time.
@@ -158,6 +159,41 @@ def _solve_bab(net: Network, query: VnnlibQuery, options: dict) -> QueryResult:
                        reason=reason)
 
 
+def _solve_relu_bab(net: Network, query: VnnlibQuery, options: dict,
+                    pairs: Optional[list[tuple[Specification, int]]] = None) -> QueryResult:
+    """ReLU-split BaB under the active deadline: the one-row disjuncts of one input box become
+    the rows of one specification (one shared search; every row must be refuted), multi-row
+    disjuncts go one by one (refuted by some row > 0). `pairs` as for _solve_with_certifier."""
+    pairs = _disjunct_specs(query) if pairs is None else pairs
+    merged: dict[int, list[Specification]] = {}
+    for spec, rows in pairs:
+        if rows == 1:
+            merged.setdefault(id(spec.input_set), []).append(spec)
+    groups = [(Specification(specs[0].input_set, OutputProperty(
+        np.concatenate([s.output.C for s in specs]), np.concatenate([s.output.d for s in specs]))),
+        specs) for specs in merged.values()] + [(s, None) for s, rows in pairs if rows != 1]
+    options = {"timeout": 0.0, **options}  # the active deadline bounds it
+    still_open, reasons = [], []
+    for spec, parts in groups:
+        cert = certify_specs(net, [spec], "relu-bab", **options)[0]
+        if cert.counterexample is not None:
+            found = replay(net, query, np.array(cert.counterexample))
+            if found is not None:
+                return QueryResult("sat", found, method="relu-bab")
+        lower = np.array([-np.inf if v is None else v for v in cert.margin_lower])
+        if parts is None and not np.max(lower) > 0:
+            still_open.append((spec, len(lower)))
+        elif parts is not None:  # row i refuted when its own bound is > 0
+            still_open += [(part, 1) for part, value in zip(parts, lower) if not value > 0]
+        if cert.reason and still_open:
+            reasons.append(cert.reason)
+    if not still_open:
+        return QueryResult("unsat", method="relu-bab")
+    timed_out = deadlines.active().expired() or any("timeout" in r for r in reasons)
+    return QueryResult("timeout" if timed_out else "unknown", method="relu-bab",
+                       reason=reasons[0] if reasons else "not proved", open_pairs=still_open)
+
+
 def _solve(net: Network, query: VnnlibQuery, method: str, options: dict) -> QueryResult:
     """`solve` under its deadline (the active one)."""
     for case in query.cases:  # a disjunct without output constraints: the box itself violates
@@ -180,12 +216,16 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict) -> Quer
                 break
             stage_options = {"stop_at_first": True} if step == "attack" else {}
             with deadlines.limit(deadlines.active().split(share)):
-                result = _solve_with_certifier(net, query, step, stage_options, pairs)
+                result = _solve_relu_bab(net, query, {"attack": False}, pairs) \
+                    if step == "relu-bab" else \
+                    _solve_with_certifier(net, query, step, stage_options, pairs)
             if result.result in ("sat", "unsat"):
                 break
             pairs = result.open_pairs
         result.method = f"auto:{result.method}"
         return result
+    if method == "relu-bab":
+        return _solve_relu_bab(net, query, options)
     get_backend(method)
     if method == "smoothing":
         raise InputError("smoothing certifies the smoothed classifier g, with a probability, "

@@ -6,9 +6,15 @@ counterexample exists), `unsat` means the property is proved. We read the file i
     violation = OR over cases (x in box_c  AND  OR over disjuncts k (A_ck f(x) <= b_ck))
 
 Each case is one input box; each disjunct is a conjunction of linear constraints on the outputs.
-Strict and non-strict inequalities are read alike (as VNN-COMP does). A disjunct with one row
-a.y <= b is the complement of the row a.y - b > 0, so a case whose disjuncts all have one row is
-exactly the internal `Specification` "C f(x) - d > 0 for every row" (`to_specifications`).
+Strict inequalities (`<`, `>`) keep their strictness in the parsed form (`Disjunct.strict`,
+`VnnlibCase.open_lower/open_upper`): the certifiers work on the closure (rows and boxes as if
+non-strict), so an unsat proof of the closed violation region holds for the open one, while a sat
+needs a point that `violated_by` confirms with the strict comparisons in float64 (`(> Y_0 Y_0)`
+is unsatisfiable; a point with Y_0 = Y_1 exactly does not satisfy `(< Y_0 Y_1)`). A disjunct
+with one row a.y <= b is the complement of the row a.y - b > 0, so a case whose disjuncts all
+have one row is the internal `Specification` "C f(x) - d > 0 for every row"
+(`to_specifications`). Constants must be finite float64 numbers: NaN, inf, or a value that
+overflows (1e400, or a product or sum that does) is refused with the line and column.
 
 VNN-LIB 1.0, read by our own parser: `(declare-const X_i Real)`, `(declare-const Y_j Real)`,
 `(assert E)` with E built from `and`, `or`, `<=`, `>=`, `<`, `>`, `=` over linear terms (`+`, `-`,
@@ -28,6 +34,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import math
 import os
 import re
 import tempfile
@@ -50,19 +57,38 @@ class VnnlibError(InputError):
 
 @dataclass
 class Disjunct:
-    """Violation region A y <= b (every row); zero rows means 'always violated'."""
+    """Violation region A y <= b (every row; row i strict, A_i y < b_i, where strict[i]); zero
+    rows means 'always violated'."""
 
     A: np.ndarray
     b: np.ndarray
+    strict: Optional[np.ndarray] = None  # bool per row; None: all non-strict
 
     def holds(self, y: np.ndarray) -> bool:
-        return bool(np.all(self.A @ y <= self.b))
+        value = self.A @ y
+        if self.strict is None:
+            return bool(np.all(value <= self.b))
+        return bool(np.all(np.where(self.strict, value < self.b, value <= self.b)))
 
 
 @dataclass
 class VnnlibCase:
+    """An input box (its closure; `open_lower[i]` / `open_upper[i]`: that side is strict) and
+    the disjuncts over the outputs that make a violation inside it."""
+
     box: Box
     disjuncts: list[Disjunct] = field(default_factory=list)
+    open_lower: Optional[np.ndarray] = None
+    open_upper: Optional[np.ndarray] = None
+
+    def contains(self, x: np.ndarray) -> bool:
+        """x in the box, strict sides honoured."""
+        if not self.box.contains(x):
+            return False
+        if self.open_lower is not None and np.any(self.open_lower & (x <= self.box.lower)):
+            return False
+        return not (self.open_upper is not None
+                    and np.any(self.open_upper & (x >= self.box.upper)))
 
 
 @dataclass
@@ -147,7 +173,7 @@ class VnnlibQuery:
         """Does the input/output pair satisfy the VNN-LIB assertions (a counterexample)?"""
         x = np.asarray(x, dtype=np.float64).reshape(-1)
         y = np.asarray(y, dtype=np.float64).reshape(-1)
-        return any(case.box.contains(x) and any(d.holds(y) for d in case.disjuncts)
+        return any(case.contains(x) and any(d.holds(y) for d in case.disjuncts)
                    for case in self.cases)
 
 
@@ -241,11 +267,14 @@ class _Reader:
             token = node.value
             if token in self.names:
                 return {token: 1.0}, 0.0
-            try:
-                return {}, float(token)
-            except ValueError:
-                raise self.fail(node, f"'{token}' is neither a declared name nor a number") \
-                    from None
+            if token.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+                raise self.fail(node, f"the constant '{token}' is not a finite number")
+            if not _NUMBER.fullmatch(token):
+                raise self.fail(node, f"'{token}' is neither a declared name nor a number")
+            value = float(token)
+            if not np.isfinite(value):
+                raise self.fail(node, f"the constant {token} overflows float64")
+            return {}, value
         if not node.value or not isinstance(node.value[0].value, str):
             raise self.fail(node, "expected an operator")
         op, args = node.value[0].value, [self.linear(a) for a in node.value[1:]]
@@ -259,7 +288,7 @@ class _Reader:
             variable = [a for a in args if a[0]]
             if len(variable) > 1:
                 raise self.fail(node, "product of two variables (not linear)")
-            factor = float(np.prod([a[1] for a in args if not a[0]]))
+            factor = math.prod(a[1] for a in args if not a[0])
             if not variable:
                 return {}, factor
             return {k: v * factor for k, v in variable[0][0].items()}, variable[0][1] * factor
@@ -287,8 +316,20 @@ class _Reader:
             less = _combine([lhs, rhs], [1.0, -1.0])  # lhs - rhs
             more = _combine([lhs, rhs], [-1.0, 1.0])
             atoms = {"<=": [less], "<": [less], ">=": [more], ">": [more], "=": [less, more]}[op]
-            return [[(coef, const, node) for coef, const in atoms]]
+            _check_finite(atoms, lambda message: self.fail(node, message))
+            return [[(coef, const, node, op in ("<", ">")) for coef, const in atoms]]
         raise self.fail(node, f"'{op}' is not supported (and, or, <=, >=, <, >, =)")
+
+
+# An SMT-LIB decimal or a number in scientific notation (not Python's "nan", "inf", "1_0").
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _check_finite(atoms, fail: Callable[[str], VnnlibError]) -> None:
+    """Refuse an atom whose coefficients or constant overflowed float64 (in a sum or product)."""
+    for coef, const in atoms:
+        if not (np.isfinite(const) and all(np.isfinite(c) for c in coef.values())):
+            raise fail("a coefficient or constant of this constraint overflows float64")
 
 
 def _combine(parts, weights) -> tuple[dict, float]:
@@ -337,56 +378,68 @@ def parse_vnnlib(text: str, source: str = "<vnnlib>") -> VnnlibQuery:
         terms = [a + b for a, b in itertools.product(terms, reader.dnf(formula))]
         if len(terms) > MAX_DNF_TERMS:
             raise reader.fail(formula, f"more than {MAX_DNF_TERMS} cases after expansion")
-    keyed = [[({reader.names[name]: c for name, c in coef.items()}, const, node)
-              for coef, const, node in term] for term in terms]
+    keyed = [[({reader.names[name]: c for name, c in coef.items()}, const, node, strict)
+              for coef, const, node, strict in term] for term in terms]
     cases = _cases_from_dnf(keyed, n_in, n_out, source, reader.fail, lambda i: f"X_{i}")
     variables = [VnnlibVariable(name, "Real", (), "input" if kind == "X" else "output", index)
                  for name, (kind, index) in reader.names.items()]
     return VnnlibQuery(n_in, n_out, cases, source, "1.0", None, variables)
 
 
-_Atom = tuple[dict, float, Any]  # ({("X" | "Y", flat index): coefficient}, constant, where)
+# ({("X" | "Y", flat index): coefficient}, constant, where, strict): sum coef var + const <= 0
+# (< 0 if strict)
+_Atom = tuple[dict, float, Any, bool]
 
 
 def _cases_from_dnf(terms: list[list[_Atom]], n_in: int, n_out: int, source: str,
                     fail: Callable[[Any, str], VnnlibError],
                     input_name: Callable[[int], str]) -> list[VnnlibCase]:
-    """Conjunctions of atoms `sum coef * var + constant <= 0` -> cases (one per distinct input
-    box, infeasible boxes dropped), each with its disjuncts over the outputs."""
+    """Conjunctions of atoms `sum coef * var + constant <= 0` (< 0 if strict) -> cases (one per
+    distinct input box, empty boxes dropped), each with its disjuncts over the outputs."""
     cases: dict[bytes, VnnlibCase] = {}
     for term in terms:
         lower, upper = np.full(n_in, -np.inf), np.full(n_in, np.inf)
-        rows, rhs, feasible = [], [], True
-        for coef, const, where in term:
+        open_lower, open_upper = np.zeros(n_in, dtype=bool), np.zeros(n_in, dtype=bool)
+        rows, rhs, strict_rows, feasible = [], [], [], True
+        for coef, const, where, strict in term:
             kinds = {kind for kind, _ in coef}
             if kinds == {"X", "Y"}:
                 raise fail(where, "a constraint mixes inputs and outputs")
-            if not kinds:  # constant atom: const <= 0
-                feasible &= const <= 0
+            if not kinds:  # constant atom: const <= 0 (const < 0 if strict)
+                feasible &= const < 0 if strict else const <= 0
             elif kinds == {"X"}:
                 if len(coef) != 1:
                     raise fail(where, "only bounds on single inputs are supported "
                                       f"(e.g. (<= {input_name(0)} 1))")
                 ((_, i), c), = coef.items()
-                if c > 0:
-                    upper[i] = min(upper[i], -const / c)
-                else:
-                    lower[i] = max(lower[i], -const / c)
+                bound, side, opened = (upper, -1, open_upper) if c > 0 else \
+                    (lower, 1, open_lower)
+                value = -const / c
+                if side * (value - bound[i]) > 0:  # tighter: replaces the bound and its kind
+                    bound[i], opened[i] = value, strict
+                elif value == bound[i]:
+                    opened[i] |= strict
             else:
                 row = np.zeros(n_out)
                 for (_, j), c in coef.items():
                     row[j] = c
                 rows.append(row)
                 rhs.append(-const)
-        if not feasible or np.any(lower > upper):
+                strict_rows.append(strict)
+        if not feasible or np.any(lower > upper) or \
+                np.any((lower == upper) & (open_lower | open_upper)):
             continue
         missing = np.flatnonzero(~np.isfinite(lower) | ~np.isfinite(upper))
         if missing.size:
             raise VnnlibError(f"{source}: input {input_name(int(missing[0]))} is not bounded "
                               "on both sides")
-        key = lower.tobytes() + upper.tobytes()
-        case = cases.setdefault(key, VnnlibCase(Box(lower, upper)))
-        case.disjuncts.append(Disjunct(np.array(rows).reshape(len(rows), n_out), np.array(rhs)))
+        key = lower.tobytes() + upper.tobytes() + open_lower.tobytes() + open_upper.tobytes()
+        case = cases.setdefault(key, VnnlibCase(
+            Box(lower, upper), open_lower=open_lower if open_lower.any() else None,
+            open_upper=open_upper if open_upper.any() else None))
+        strict = np.array(strict_rows, dtype=bool)
+        case.disjuncts.append(Disjunct(np.array(rows).reshape(len(rows), n_out), np.array(rhs),
+                                       strict if strict.any() else None))
     return list(cases.values())
 
 
@@ -511,7 +564,10 @@ class _Reader2:
             index = int(np.ravel_multi_index(tuple(node.indices), shape)) if shape else 0
             return {(kind, index): 1.0}, 0.0
         if isinstance(node, v.Literal):
-            return {}, float(node.lexeme)  # correctly rounded from the text
+            value = float(node.lexeme)  # correctly rounded from the text
+            if not np.isfinite(value):
+                raise self.fail(node, f"the constant {node.lexeme} is not a finite float64")
+            return {}, value
         if isinstance(node, v.Negate):
             return _combine([self.linear(node.expr)], [-1.0])
         if isinstance(node, v.Plus):
@@ -525,7 +581,7 @@ class _Reader2:
             variable = [a for a in args if a[0]]
             if len(variable) > 1:
                 raise self.fail(node, f"product of two variables (not linear): {node}")
-            factor = float(np.prod([a[1] for a in args if not a[0]]))
+            factor = math.prod(a[1] for a in args if not a[0])
             if not variable:
                 return {}, factor
             return {k: c * factor for k, c in variable[0][0].items()}, variable[0][1] * factor
@@ -558,7 +614,9 @@ class _Reader2:
                 atoms = [less, more]
             else:
                 raise self.fail(line, f"comparison '{type(node).__name__}' is not supported")
-            return [[(coef, const, line) for coef, const in atoms]]
+            _check_finite(atoms, lambda message: self.fail(line, message))
+            strict = isinstance(node, (v.LessThan, v.GreaterThan))
+            return [[(coef, const, line, strict) for coef, const in atoms]]
         raise self.fail(line, f"'{type(node).__name__}' is not supported (and, or, <=, >=, <, "
                               ">, ==)")
 
@@ -580,6 +638,11 @@ def parse_vnnlib2(text: str, source: str = "<vnnlib>") -> VnnlibQuery:
             query = vnnlib.parse_query_string(text)
     except vnnlib.VNNLibException as exc:
         raise _package_error(exc, source) from None
+    except (IndexError, ValueError) as exc:  # the package's C++ std::stod: out_of_range
+        if str(exc).startswith("sto"):
+            raise VnnlibError(f"{source}: a numeric literal is beyond float64's range (the "
+                              "vnnlib package's reader gave no position)") from None
+        raise VnnlibError(f"{source}: the VNN-LIB 2.0 parser failed: {exc}") from None
     if query is None:
         raise VnnlibError(f"{source}: the VNN-LIB 2.0 parser could not read the query")
     networks = list(query.networks)

@@ -20,10 +20,9 @@ import torch
 
 from ..certificate import Certificate
 from ..network import Network, resolve_device
-from ..spec import LpBall, Specification
-from ..verdict import certificate_from_bounds
+from ..spec import UNIT_ROUNDOFF, Specification, norm_of, radius_of
+from ..verdict import certificates_from_bounds
 
-UNIT_ROUNDOFF = 2.0 ** -53
 # The smallest subnormal float64. A rounded product (or quotient) is off by at most
 # u |exact| + UNDERFLOW / 2 (the second term: underflow); a sum that underflows is exact.
 UNDERFLOW = 2.0 ** -1074
@@ -62,20 +61,30 @@ class InputBatch:
 
     @classmethod
     def from_specs(cls, specs: Sequence[Specification], device: torch.device) -> "InputBatch":
-        def stack(arrays) -> torch.Tensor:
-            return torch.as_tensor(np.stack(arrays), dtype=torch.float64, device=device)
+        """The specifications' tensors, stacked; the bounding boxes are computed for the whole
+        batch at once, element for element as `bounding_box` does (the same floats)."""
+        def tensor(array: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(array, dtype=torch.float64, device=device)
 
         sets = [s.input_set for s in specs]
-        norms = {x.norm if isinstance(x, LpBall) else "box" for x in sets}
+        norms = {norm_of(x) for x in sets}
         assert len(norms) == 1, "one norm per batch"
-        boxes = [x.bounding_box() for x in sets]
-        return cls(
-            lower=stack([b[0] for b in boxes]), upper=stack([b[1] for b in boxes]),
-            center=stack([x.center for x in sets]),
-            eps=stack([x.eps if isinstance(x, LpBall) else 0.0 for x in sets]),
-            norm=norms.pop(),
-            C=stack([s.output.C for s in specs]), d=stack([s.output.d for s in specs]),
-        )
+        norm = norms.pop()
+        eps = np.array([radius_of(x) for x in sets], dtype=np.float64)
+        set_lower = np.stack([x.lower for x in sets])
+        set_upper = np.stack([x.upper for x in sets])
+        if norm == "box":
+            lower, upper = set_lower, set_upper
+            center = (lower + upper) / 2
+        else:  # LpBall.bounding_box: center ± eps rounded outwards, then ∩ [lower, upper]
+            center = np.stack([x.center for x in sets])
+            radius = eps[:, None]
+            lower = np.maximum(np.nextafter(center - radius, -np.inf), set_lower)
+            upper = np.minimum(np.nextafter(center + radius, np.inf), set_upper)
+        return cls(lower=tensor(lower), upper=tensor(upper), center=tensor(center),
+                   eps=tensor(eps), norm=norm,
+                   C=tensor(np.stack([s.output.C for s in specs])),
+                   d=tensor(np.stack([s.output.d for s in specs])))
 
     def __len__(self) -> int:
         return len(self.lower)
@@ -85,8 +94,7 @@ MarginBoundFn = Callable[[Network, InputBatch], tuple[torch.Tensor, dict]]
 
 
 def _group_key(spec: Specification) -> tuple:
-    norm = spec.input_set.norm if isinstance(spec.input_set, LpBall) else "box"
-    return norm, spec.output.C.shape
+    return norm_of(spec.input_set), spec.output.C.shape
 
 
 def certify_with_bounds(net: Network, specs: Sequence[Specification], method: str,
@@ -109,8 +117,9 @@ def certify_with_bounds(net: Network, specs: Sequence[Specification], method: st
             lower, cost = margin_lower_fn(net, batch)
             lower = lower.detach().cpu().numpy()
             elapsed = (time.perf_counter() - t0) / len(chunk)
-            for row, i in enumerate(chunk):
-                out[i] = certificate_from_bounds(
-                    net, specs[i], method, lower[row], time_s=elapsed,
-                    cost={**cost, "batch": len(chunk), "device": str(device)})
+            certs = certificates_from_bounds(
+                net, [specs[i] for i in chunk], method, lower, time_s=elapsed,
+                cost={**cost, "batch": len(chunk), "device": str(device)})
+            for i, cert in zip(chunk, certs):
+                out[i] = cert
     return out  # type: ignore[return-value]

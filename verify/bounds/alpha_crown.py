@@ -32,7 +32,7 @@ import torch
 from .. import deadline
 from ..certificate import Certificate
 from ..network import Network, ReLU, resolve_device
-from ..spec import LpBall, Specification
+from ..spec import Specification, norm_of
 from ..verdict import per_class
 from . import InputBatch, certify_with_bounds
 from . import crown, ibp
@@ -157,8 +157,7 @@ def optimized_margin_lower(net: Network, batch: InputBatch, options: AlphaCROWNO
 
 
 def _group_key(spec: Specification) -> tuple:
-    norm = spec.input_set.norm if isinstance(spec.input_set, LpBall) else "box"
-    return norm, spec.output.C.shape
+    return norm_of(spec.input_set), spec.output.C.shape
 
 
 def certify(net: Network, specs: Sequence[Specification], options: AlphaCROWNOptions

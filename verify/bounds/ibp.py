@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..certificate import Certificate
-from ..network import AFFINE, Conv2d, Dense, Network, ReLU
+from ..network import AFFINE, Dense, Network, ReLU
 from ..spec import Specification
 from . import UNDERFLOW, InputBatch, certify_with_bounds, norm_underflow, rounding_slack
 
@@ -55,15 +55,9 @@ def affine_interval(layer, params: dict, lower: torch.Tensor, upper: torch.Tenso
     abs_params = _abs_params(layer, params)
     y_mid = layer.torch_forward(mid, params).flatten(1)
     y_rad = layer.torch_forward(rad, abs_params).flatten(1)
-    magnitude = layer.torch_forward(mid.abs() + rad, abs_params).flatten(1) + _bias_abs(layer, params)
+    magnitude = layer.torch_forward(mid.abs() + rad, abs_params).flatten(1) + layer.bias_per_output(params["abs_bias"])
     slack = rounding_slack(magnitude, fan_in(layer))
     return y_mid - y_rad - slack, y_mid + y_rad + slack
-
-
-def _bias_abs(layer, params: dict) -> torch.Tensor:
-    if isinstance(layer, Conv2d):
-        return params["abs_bias"].repeat_interleave(int(np.prod(layer.out_shape[1:])))
-    return params["abs_bias"]
 
 
 def dual_norm(norm: str) -> float:
@@ -87,7 +81,7 @@ def ball_affine_bounds(layer, params: dict, batch: InputBatch) -> Bounds:
     spread = batch.eps[:, None] * (row_dual_norms(layer, params, batch.norm)[None, :]
                                    + norm_underflow(batch.norm, batch.center.shape[1]))
     magnitude = (layer.torch_forward(batch.center.abs(), abs_params).flatten(1) + spread
-                 + _bias_abs(layer, params))
+                 + layer.bias_per_output(params["abs_bias"]))
     slack = rounding_slack(magnitude, fan_in(layer))
     return y0 - spread - slack, y0 + spread + slack
 

@@ -10,8 +10,10 @@ Method:    neuron bounds from bounds/ (IBP, intersected with CROWN by default; o
            shared with the MILP). One model per input, one warm-started objective per margin row.
 Trusted:   nothing the solver reports as a bound. Each row's lower bound is the Lagrangian bound
            recomputed in float64 (with a rounding allowance) from the solver's duals, valid for any
-           duals; a YES also needs an optimal solver status and a bound above the solver's
-           feasibility tolerance.
+           duals, used only on a row solved to optimality, and never below CROWN's/IBP's on the
+           same neuron bounds (theirs alone on a row not solved); a YES needs every row above
+           the solver's feasibility tolerance.
+           Rows past the deadline (option `timeout`, `verify.deadline`) are not solved.
 Soundness: sound, incomplete. With the same neuron bounds it is at least as tight as IBP and CROWN.
 Reference: Ehlers, "Formal Verification of Piece-Wise Linear Feed-Forward Neural Networks", ATVA
            2017 (triangle); Salman et al., "A Convex Relaxation Barrier to Tight Robustness
@@ -20,7 +22,6 @@ Reference: Ehlers, "Formal Verification of Piece-Wise Linear Feed-Forward Neural
 
 from __future__ import annotations
 
-import importlib
 import time
 import warnings
 from dataclasses import dataclass
@@ -30,11 +31,12 @@ import highspy
 import numpy as np
 import torch
 
+from .. import deadline
 from ..backends import check_choice, check_choices
 from ..certificate import Certificate
 from ..network import AFFINE, Network, ReLU
 from ..spec import Box, InputSet, Specification
-from ..verdict import certificate_from_bounds, validated_counterexample
+from ..verdict import certificate_from_bounds, row_name
 from . import InputBatch, ibp
 from .relu_encoding import (TRIANGLE, NumpyBounds, ReluProgram, build_program, highs_tolerance,
                             lagrangian_bound, run_highs, set_objective, to_highs)
@@ -47,41 +49,27 @@ class LPOptions:
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"bounds": BOUND_SOURCES}
     bounds: str = "crown"  # neuron bounds: "ibp", or "crown" (intersected with IBP)
     lp_tighten: bool = False  # LP-all: tighten each unstable neuron by two LPs, layer by layer
+    timeout: float = 0.0  # seconds per input (0: none); rows left then get the CROWN/IBP bound
 
 
 # --------------------------------------------------------------------------- neuron bounds
-
-def _bounds_function(name: str):
-    """`layer_bounds` of bounds/<name>.py (imported on first use)."""
-    check_choice(name, BOUND_SOURCES, "bounds")
-    if name == "ibp":
-        return ibp.layer_bounds
-    try:
-        return importlib.import_module("verify.bounds.crown").layer_bounds
-    except ModuleNotFoundError as error:
-        if error.name != "verify.bounds.crown":
-            raise
-        return None
-
 
 def neuron_bounds(net: Network, spec: Specification, source: str = "crown"
                   ) -> tuple[list[NumpyBounds], str]:
     """Per-layer float64 bounds (entry k: output of net.layers[k]) and the name of what made
     them: IBP, intersected with CROWN for source "crown" (each can only shrink the interval)."""
+    check_choice(source, BOUND_SOURCES, "bounds")
     batch = InputBatch.from_specs([spec], torch.device("cpu"))
-    crown_bounds = _bounds_function(source)
     bounds = [(lo[0].numpy().copy(), up[0].numpy().copy())
               for lo, up in ibp.layer_bounds(net, batch)]
-    used = "ibp"
-    if crown_bounds is not None and source == "crown":
-        for k, (lo, up) in enumerate(crown_bounds(net, batch)):
-            c_lo = lo[0].detach().cpu().double().numpy()
-            c_up = up[0].detach().cpu().double().numpy()
-            bounds[k] = (np.maximum(bounds[k][0], c_lo), np.minimum(bounds[k][1], c_up))
-        used = "ibp+crown"
-    elif source == "crown":
-        used = "ibp (verify.bounds.crown not installed)"
-    return bounds, used
+    if source == "ibp":
+        return bounds, "ibp"
+    from .crown import layer_bounds  # (first use)
+    for k, (lo, up) in enumerate(layer_bounds(net, batch)):
+        c_lo = lo[0].detach().cpu().double().numpy()
+        c_up = up[0].detach().cpu().double().numpy()
+        bounds[k] = (np.maximum(bounds[k][0], c_lo), np.minimum(bounds[k][1], c_up))
+    return bounds, "ibp+crown"
 
 
 def _interval_refine(net: Network, bounds: list[NumpyBounds], k: int) -> None:
@@ -98,12 +86,13 @@ def _interval_refine(net: Network, bounds: list[NumpyBounds], k: int) -> None:
     bounds[k] = (np.maximum(bounds[k][0], new_lo), np.minimum(bounds[k][1], new_up))
 
 
-def tighten_with_lp(net: Network, input_set: InputSet, bounds: Sequence[NumpyBounds],
-                    deadline: Optional[float] = None) -> tuple[list[NumpyBounds], int]:
+def tighten_with_lp(net: Network, input_set: InputSet, bounds: Sequence[NumpyBounds]
+                    ) -> tuple[list[NumpyBounds], int]:
     """LP-all: for each affine layer but the last, in order, bound every unstable neuron by two
     triangle LPs (min and max) over the layers before it, then pass the tighter bounds on by
     interval arithmetic. Each new bound is a Lagrangian bound (sound), intersected with the old
-    one. Returns the bounds and the number of LPs solved. Stops refining at `deadline`."""
+    one. Returns the bounds and the number of LPs solved. Stops refining once the active
+    deadline (`verify.deadline`) has passed: what it has is sound."""
     bounds = [(lo.copy(), up.copy()) for lo, up in bounds]
     n_lps = 0
     first_is_exact = isinstance(input_set, Box) or input_set.norm == "inf"
@@ -119,12 +108,14 @@ def tighten_with_lp(net: Network, input_set: InputSet, bounds: Sequence[NumpyBou
         seen_affine = True
         lo, up = bounds[k]
         unstable = np.flatnonzero((lo < 0) & (up > 0))
-        if len(unstable) == 0 or (deadline is not None and time.perf_counter() > deadline):
+        if len(unstable) == 0 or deadline.active().expired():
             continue
         prefix = Network(net.layers[:k + 1], net.input_shape, name=f"{net.name}[:{k + 1}]")
         program = build_program(prefix, input_set, bounds[:k + 1], TRIANGLE)
         solver = RowSolver(program)
         for i in unstable:
+            if deadline.active().expired():
+                break
             before = (lo[i], up[i])
             for sign in (1.0, -1.0):
                 c = np.zeros(len(lo))
@@ -142,12 +133,19 @@ def tighten_with_lp(net: Network, input_set: InputSet, bounds: Sequence[NumpyBou
     return bounds, n_lps
 
 
-def interval_margin_lower(net: Network, spec: Specification, bounds: Sequence[NumpyBounds]
+def relaxed_margin_lower(net: Network, spec: Specification, bounds: Sequence[NumpyBounds]
                           ) -> np.ndarray:
-    """IBP's margin lower bounds (C folded into the last layer) from the given neuron bounds."""
+    """max(IBP, CROWN) lower bounds of the margin rows C f(x) - d from the given neuron bounds
+    (IBP's last step, and CROWN's backward pass relaxing over them): both sound, and what the
+    LP and the MILP report where their solver's answer cannot be used."""
+    from .crown import margin_lower_from  # (first use)
+
     batch = InputBatch.from_specs([spec], torch.device("cpu"))
     as_torch = [(torch.as_tensor(lo)[None], torch.as_tensor(up)[None]) for lo, up in bounds]
-    return ibp.margin_bounds(net, batch, as_torch)[0][0].numpy()
+    with torch.no_grad():
+        lower = torch.maximum(ibp.margin_bounds(net, batch, as_torch)[0],
+                              margin_lower_from(net, batch, as_torch))
+    return lower[0].numpy()
 
 
 # --------------------------------------------------------------------------- one LP per row
@@ -159,6 +157,9 @@ class RowResult:
     optimal: bool
     status: str
     x: Optional[np.ndarray]  # the solver's optimal input (a candidate point)
+
+
+TIMEOUT = "timeout"  # RowResult.status of a row the deadline left unsolved
 
 
 class RowSolver:
@@ -175,16 +176,24 @@ class RowSolver:
             self._build_cone()
 
     def minimize(self, c: np.ndarray, d: float) -> RowResult:
+        """One row's bound; past the active deadline (`verify.deadline`) a "timeout" row with no
+        bound, and HiGHS stops at it (its time limit is what remains)."""
+        budget = deadline.active()
+        if budget.expired():
+            return RowResult(-np.inf, np.nan, False, TIMEOUT, None)
         cost, offset, cost_error = self.program.objective(np.asarray(c, dtype=np.float64), d)
         self.n_solves += 1
         if self.program.ball is not None:
             return self._minimize_cone(cost, offset, cost_error)
         set_objective(self.highs, cost, offset)
+        self.highs.setOptionValue("time_limit", max(min(budget.remaining(), 1e7), 1e-3))
         run_highs(self.highs)
         status = self.highs.getModelStatus()
         info = self.highs.getInfo()
         solution = self.highs.getSolution()
         optimal = status == highspy.HighsModelStatus.kOptimal
+        if status == highspy.HighsModelStatus.kTimeLimit:
+            return RowResult(-np.inf, np.nan, False, TIMEOUT, None)
         lower = -np.inf
         if solution.dual_valid:
             lower = lagrangian_bound(self.program, cost, offset, cost_error,
@@ -245,7 +254,7 @@ class RowSolver:
 
 
 def solve_rows(program: ReluProgram, spec: Specification) -> tuple[list[RowResult], RowSolver]:
-    """One RowResult per property row of `spec`."""
+    """One RowResult per property row of `spec` (rows past the deadline: status "timeout")."""
     solver = RowSolver(program)
     rows = [solver.minimize(c, d) for c, d in zip(spec.output.C, spec.output.d)]
     return rows, solver
@@ -253,12 +262,19 @@ def solve_rows(program: ReluProgram, spec: Specification) -> tuple[list[RowResul
 
 # --------------------------------------------------------------------------- certify
 
-def _row_name(spec: Specification, i: int) -> str:
-    j = spec.output.row_class[i]
-    return f"class {j}" if j is not None else f"row {i}"
+def trusted_lower(rows: Sequence[RowResult], relaxed: np.ndarray) -> np.ndarray:
+    """Per row, the bound a verdict may use: max(Lagrangian, IBP/CROWN `relaxed`) for a row solved
+    to optimality, else `relaxed` alone (a failed solve's bound is sound but not relied on)."""
+    return np.array([max(r.lower, relaxed[i]) if r.optimal else relaxed[i]
+                     for i, r in enumerate(rows)])
 
 
 def certify_one(net: Network, spec: Specification, options: LPOptions) -> Certificate:
+    with deadline.limit(options.timeout or None):
+        return _certify_one(net, spec, options)
+
+
+def _certify_one(net: Network, spec: Specification, options: LPOptions) -> Certificate:
     t0 = time.perf_counter()
     bounds, source = neuron_bounds(net, spec, options.bounds)
     n_tighten = 0
@@ -266,31 +282,45 @@ def certify_one(net: Network, spec: Specification, options: LPOptions) -> Certif
         bounds, n_tighten = tighten_with_lp(net, spec.input_set, bounds)
     program = build_program(net, spec.input_set, bounds, TRIANGLE)
     rows, solver = solve_rows(program, spec)
-    # Never looser than IBP on the same neuron bounds (mathematically the LP is at least as
-    # tight; the max only absorbs the cone solver's ~1e-8 inaccuracy in its duals).
-    lower = np.maximum([r.lower for r in rows], interval_margin_lower(net, spec, bounds))
-    not_optimal = [i for i, r in enumerate(rows) if not r.optimal]
+    lp_lower = np.array([r.lower for r in rows])
+    # Mathematically the LP is at least as tight as IBP and CROWN on the same neuron bounds. A
+    # solver that fails (timeout, "infeasible" on a badly scaled model, the cone solver's ~1e-8
+    # inaccuracy) can leave its Lagrangian bound below theirs: the larger sound bound is reported
+    # (CROWN's alone where the solve failed), so the order IBP <= CROWN <= LP holds, and the rows
+    # where the reported bound is CROWN's/IBP's are named in details["crown_bound_rows"].
+    relaxed = relaxed_margin_lower(net, spec, bounds)
+    lower = trusted_lower(rows, relaxed)
     # Where the solver's number becomes a YES: each lower bound is our own float64 Lagrangian
-    # bound (valid for any duals); it must also clear the solver's feasibility tolerance
-    # (`solver.tolerance`: HiGHS primal/dual feasibility, or Clarabel's tol_feas), and every row
-    # must have been solved to optimality.
+    # bound (valid for any duals) on a row solved to optimality, or IBP's/CROWN's (pure
+    # arithmetic) on any row; every row must clear the solver's feasibility tolerance
+    # (`solver.tolerance`: HiGHS primal/dual feasibility, or Clarabel's tol_feas).
     yes_tolerance, reason = solver.tolerance, ""
-    if not_optimal:
-        yes_tolerance = np.inf
-        i = not_optimal[0]
-        reason = (f"LP solver did not reach optimality for {_row_name(spec, i)} "
-                  f"(status: {rows[i].status}); bound {lower[i]:.6g} not trusted for a YES")
+    unproved = sorted((i for i in range(len(rows)) if lower[i] <= yes_tolerance),
+                      key=lambda i: lower[i])
+    failed = [i for i in unproved if not rows[i].optimal]
+    timeouts = [i for i in failed if rows[i].status == TIMEOUT]
+    if timeouts:
+        reason = (f"timeout{f' after {options.timeout:g} s' if options.timeout else ''}: "
+                  f"{len(timeouts)} LP row(s) not solved; their bounds are CROWN's and IBP's "
+                  f"(lowest {lower[timeouts[0]]:.6g}, {row_name(spec, timeouts[0])})")
+    elif failed:
+        i = failed[0]
+        reason = (f"LP solver did not reach optimality for {row_name(spec, i)} "
+                  f"(status: {rows[i].status}); its bound is CROWN's and IBP's, {lower[i]:.6g}")
     candidates = [r.x for r in rows if r.x is not None]
-    if reason and any(validated_counterexample(net, spec, x) is not None for x in candidates):
-        reason = ""
+    details = {"bounds": source + ("+lp" if options.lp_tighten else ""),
+               "solver": "clarabel" if program.ball is not None else "highs",
+               "tolerance": solver.tolerance, "lp_primal": [r.primal for r in rows]}
+    below = {row_name(spec, i): {"lp": float(lp_lower[i]), "crown_or_ibp": float(relaxed[i]),
+                                  "lp_status": rows[i].status}
+             for i in range(len(rows)) if relaxed[i] > lp_lower[i] or not rows[i].optimal}
+    if below:
+        details["crown_bound_rows"] = below
     return certificate_from_bounds(
         net, spec, "lp", lower, candidates=candidates, yes_tolerance=yes_tolerance,
         reason=reason, time_s=time.perf_counter() - t0,
         cost={"lps": solver.n_solves + n_tighten, "unstable_neurons": program.unstable_neurons},
-        details={"bounds": source + ("+lp" if options.lp_tighten else ""),
-                 "solver": "clarabel" if program.ball is not None else "highs",
-                 "tolerance": solver.tolerance,
-                 "lp_primal": [r.primal for r in rows]})
+        details=details)
 
 
 def certify(net: Network, specs: Sequence[Specification], options: LPOptions) -> list[Certificate]:

@@ -47,6 +47,20 @@ NumpyBounds = tuple[np.ndarray, np.ndarray]  # (lower, upper) of one layer's fla
 
 # HiGHS's default small_matrix_value: it drops matrix entries smaller than this (with a warning).
 SMALL_COEFFICIENT = 1e-9
+# HiGHS's default infinite_bound: a bound this large is read as no bound at all.
+LARGEST_BOUND = 1e20
+
+
+def _check_holdable(lower: np.ndarray, upper: np.ndarray, what: str) -> None:
+    """InputError unless every bound is finite and below LARGEST_BOUND in magnitude: a solver
+    reads larger ones as infinite (HiGHS) or meets NaN in its data (cvxpy, from inf - inf)."""
+    reach = np.maximum(np.abs(lower), np.abs(upper))
+    bad = np.flatnonzero(~(reach < LARGEST_BOUND))
+    if bad.size:
+        i = int(bad[0])
+        raise InputError(f"{what} {i} reaches {reach[i]:.3g} (bounds [{lower[i]:.3g}, "
+                         f"{upper[i]:.3g}]), beyond the {LARGEST_BOUND:g} a solver can hold: lp "
+                         "and milp need a smaller input set or weights (ibp and crown take it)")
 
 
 def _gamma(n_terms: int) -> float:
@@ -200,6 +214,30 @@ class ReluProgram:
     def n_rows(self) -> int:
         return len(self.row_lower)
 
+    @cached_property
+    def _reach(self) -> np.ndarray:
+        """max |v_j| over each column's box."""
+        return np.maximum(np.abs(self.col_lower), np.abs(self.col_upper))
+
+    def rounding_noise(self, cost: np.ndarray, offset: float) -> tuple[float, str]:
+        """(largest float64 rounding error of one row's activity or of the objective, anywhere in
+        the column box; the name of that row or "objective"). Row r's activity sum_j a_rj v_j
+        is computed with error up to gamma_n (sum_j |a_rj| |v_j| + |rhs_r|) (Higham); a solver
+        that checks the row against an absolute tolerance smaller than that cannot tell a
+        feasible point from an infeasible one, nor its bounds from rounding noise."""
+        A = self.matrix.tocsr()
+        rhs = np.maximum(np.where(np.isfinite(self.row_lower), np.abs(self.row_lower), 0.0),
+                         np.where(np.isfinite(self.row_upper), np.abs(self.row_upper), 0.0))
+        nnz = np.diff(A.indptr)
+        rows = (2.0 * (nnz + 4) * UNIT_ROUNDOFF) * (abs(A) @ self._reach + rhs) if A.nnz \
+            else np.zeros(0)
+        objective = _gamma(int(np.count_nonzero(cost)) + 1) * (
+            float(np.abs(cost) @ self._reach) + abs(offset))
+        if len(rows) and rows.max() > objective:
+            r = int(rows.argmax())
+            return float(rows[r]), self.row_names[r]
+        return objective, "objective"
+
     def objective(self, c: np.ndarray, d: float = 0.0) -> tuple[np.ndarray, float, np.ndarray]:
         """(cost over all columns, constant, rounding bound on each cost entry) of c^T f(x) - d."""
         cost = np.zeros(self.n_cols)
@@ -242,6 +280,10 @@ def build_program(net: Network, input_set: InputSet, bounds: Sequence[NumpyBound
     (only for comparisons: it never changes the feasible set's projection)."""
     b = _Builder()
     box_lower, box_upper = input_set.bounding_box()
+    _check_holdable(box_lower, box_upper, "input")
+    encoded = len(net.layers) - (0 if isinstance(net.layers[-1], ReLU) else 1)  # (last folded)
+    for k, (lower, upper) in enumerate(bounds[:encoded]):
+        _check_holdable(lower, upper, f"layer {k} ({type(net.layers[k]).__name__}) neuron")
     n_in = len(box_lower)
     x = b.add_cols(box_lower, box_upper, [f"x_{i}" for i in range(n_in)])
     ball = None
@@ -269,8 +311,7 @@ def build_program(net: Network, input_set: InputSet, bounds: Sequence[NumpyBound
         if isinstance(layer, AFFINE):
             affine_count += 1
             weight = layer.dense_matrix()
-            bias = layer.bias if layer.weight.ndim == 2 else \
-                np.repeat(layer.bias, int(np.prod(layer.out_shape[1:])))
+            bias = layer.bias_per_output(layer.bias)
             live = current >= 0
             w_live = weight[:, live]
             if k == last:

@@ -3,8 +3,8 @@
 Accepts:   Network of Dense/Conv2d/ReLU layers; input set = l_inf/l_1 ball ∩ box, or a box. An l_2
            ball is refused (InputError): it is not a MILP; use lp, crown or smoothing.
 Returns:   Certificate: YES (every row's minimum proved > 0) or NO (a counterexample confirmed by
-           the float64 forward pass); MAYBE only on timeout, or when the solver's minimum lies
-           within its tolerance of 0 / its point fails the replay. With `exact_margins`,
+           the float64 forward pass); MAYBE on timeout, when the solver's minimum lies within
+           its tolerance of 0 / its point fails the replay, or on a badly scaled model. With `exact_margins`,
            margin_lower[j] and margin_upper[j] enclose the exact minimum of z_y - z_j.
 Method:    neuron bounds interval -> CROWN -> (option `lp_tighten`) LP per neuron, each step only
            shrinking the big-M constants; stable neurons linear, unstable ones a = 1[y >= 0] with
@@ -18,20 +18,23 @@ Method:    neuron bounds interval -> CROWN -> (option `lp_tighten`) LP per neuro
            the tolerance or an improving solution's float64 replay violates the property.
 Trusted:   HiGHS's MIP dual bound and its "no point below the cutoff" (branch and bound over
            LPs with feasibility tolerance `mip_feasibility_tolerance`, 1e-6; 1e-9 with
-           `exact_margins`): a row counts as proved only when its bound exceeds that tolerance.
-           A row proved through the cutoff reports margin_lower = the cutoff (2 x tolerance),
-           all that the stop proves; `exact_margins` gives the values. Rows proved by the LP
-           screen rest on our own float64 Lagrangian bound instead. Never trusted: the
-           incumbent's objective; every candidate point is replayed in float64
+           `exact_margins`), only where float64 resolves it: a row counts as proved only when
+           its bound exceeds max(tolerance, NOISE_FACTOR x the model's rounding noise) and no
+           replayed point (center, samples, LP/attack/incumbent points) lies below it; a model
+           whose noise is beyond HiGHS_RESOLUTION is not solved (sound bounds only, MAYBE with
+           the reason). A row proved through the cutoff reports margin_lower = the cutoff, all
+           that the stop proves; `exact_margins` gives the values. Rows proved by the LP screen
+           rest on our own float64 Lagrangian bound instead. Never trusted: the incumbent's
+           objective; every candidate point is replayed in float64
            (`verdict.certificate_from_bounds`), and only a replayed violation gives NO.
-Soundness: sound and complete up to the solver tolerance (YES or NO; MAYBE as said above).
+Soundness: sound; complete up to the solver tolerance on models float64 can resolve (YES or NO;
+           MAYBE as said above, and on badly scaled models: docs/milp.md).
 Reference: Tjeng, Xiao, Tedrake, "Evaluating Robustness of Neural Networks with Mixed Integer
            Programming", ICLR 2019 (MIPVerify); Cheng et al., ATVA 2017; Lomuscio & Maganti 2017.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -41,19 +44,21 @@ from typing import ClassVar, Optional, Sequence
 import highspy
 import numpy as np
 
-from ..bounds.lp import (BOUND_SOURCES, RowSolver, interval_margin_lower, neuron_bounds,
-                         tighten_with_lp)
+from ..bounds.lp import (BOUND_SOURCES, neuron_bounds, relaxed_margin_lower, solve_rows,
+                         tighten_with_lp, trusted_lower)
 from ..bounds.relu_encoding import (BIG_M, TRIANGLE, ReluProgram, build_program, highs_tolerance,
                                     interrupt_requested, lagrangian_bound, run_highs,
                                     set_objective, to_highs)
+from .. import deadline
 from ..backends import check_choices
 from ..certificate import Certificate
 from ..errors import InputError
 from ..network import Network
 from ..spec import LpBall, Specification
-from ..verdict import certificate_from_bounds, validated_counterexample
+from ..verdict import certificate_from_bounds, row_name, validated_counterexample
 
 
+SAMPLES = 16  # random points of the set replayed besides the center, the LP's and the attack's
 NORMS = ("inf", "1")  # linear constraints: an l_2 ball needs a cone; read by the registry
 
 
@@ -64,7 +69,7 @@ class MILPOptions:
     lp_tighten: bool = False  # also tighten every unstable neuron by two LPs (slower, smaller M)
     timeout: float = 60.0  # seconds per input (0: none); on expiry MAYBE with the bounds so far
     exact_margins: bool = False  # solve every row to optimality instead of stopping on the sign
-    attack: bool = True  # run verify.attack.pgd_attack first, when that module exists
+    attack: bool = True  # run a short verify.attack.pgd_attack first (a cheap NO)
 
     def check(self) -> None:
         _check_options(self)
@@ -87,40 +92,13 @@ def _check_options(options: MILPOptions) -> None:
 # --------------------------------------------------------------------------- attack (optional)
 
 def attack_candidates(net: Network, spec: Specification) -> list[np.ndarray]:
-    """Points from `verify.attack.pgd_attack(net, spec)` if that module exists, else none."""
-    try:
-        attack = importlib.import_module("verify.attack")
-    except ModuleNotFoundError as error:
-        if error.name != "verify.attack":
-            raise
-        return []
-    options = None
-    if hasattr(attack, "AttackOptions"):  # a short attack: the MILP settles the rest
-        options = attack.AttackOptions(device="cpu", restarts=2, steps=30)
-    found = attack.pgd_attack(net, spec, options)
-    return [p for p in _points(found, spec.input_set.dim)]
+    """Points of a short PGD attack (`verify.attack.pgd_attack`): its best point and each row's
+    lowest point, all replayed in float64 by the caller."""
+    from ..attack import AttackOptions, pgd_attack  # (first use: keeps start-up light)
 
-
-def _points(found, dim: int):
-    """Input points in whatever the attack returned (array, result object, tuple, list)."""
-    if found is None:
-        return
-    if isinstance(found, np.ndarray) or hasattr(found, "detach"):
-        array = np.asarray(found.detach().cpu() if hasattr(found, "detach") else found,
-                           dtype=np.float64)
-        if array.size == dim:
-            yield array.reshape(-1)
-        elif array.size and array.size % dim == 0:
-            yield from array.reshape(-1, dim)
-        return
-    if isinstance(found, (tuple, list)):
-        for item in found:
-            yield from _points(item, dim)
-        return
-    for name in ("counterexample", "x", "best_x", "point", "x_adv", "row_points"):
-        value = getattr(found, name, None)
-        if value is not None:
-            yield from _points(value, dim)
+    found = pgd_attack(net, spec, AttackOptions(device="cpu", restarts=2, steps=30))
+    return [np.asarray(found.best_x, dtype=np.float64).reshape(-1),
+            *np.asarray(found.row_points, dtype=np.float64).reshape(-1, spec.input_set.dim)]
 
 
 # --------------------------------------------------------------------------- one row on HiGHS
@@ -159,27 +137,30 @@ class RowOutcome:
 class MilpRows:
     """One HiGHS model per input; `solve(c, d, ...)` minimises one row, stopping on its sign."""
 
-    def __init__(self, net: Network, spec: Specification, program: ReluProgram, exact: bool):
+    def __init__(self, net: Network, spec: Specification, program: ReluProgram, exact: bool,
+                 threshold: Optional[float] = None):
         self.net, self.spec, self.program, self.exact = net, spec, program, exact
         self.highs = to_highs(program, options=EXACT_OPTIONS if exact else SIGN_OPTIONS)
         self.tolerance = highs_tolerance(self.highs, integer=True)
+        # a row counts as proved once its bound exceeds `threshold` (>= the tolerance)
+        self.threshold = self.tolerance if threshold is None else max(threshold, self.tolerance)
         self.cutoff: Optional[float] = None
         self._outcome: Optional[RowOutcome] = None
         if not exact:
-            # Sign mode: a cutoff just above the tolerance acts like an incumbent of value 0;
+            # Sign mode: a cutoff just above the threshold acts like an incumbent of value 0;
             # branch and bound prunes every node whose bound clears it. "Infeasible" then means
             # "no point below the cutoff", trusted only because the model is known to be
             # feasible (the set's center, checked here in float64, satisfies every row).
             if program.integer.any() and \
                     _satisfies(program, program.assignment(net, spec.input_set.center)):
-                self.cutoff = 2 * self.tolerance
+                self.cutoff = 2 * self.threshold
                 self.highs.setOptionValue("objective_bound", self.cutoff)
             self.highs.cbMipImprovingSolution.subscribe(self._on_solution)
             self.highs.cbMipInterrupt.subscribe(self._on_interrupt)
 
     def _on_solution(self, event) -> None:
         outcome = self._outcome
-        if outcome is None or event.data_out.objective_function_value > self.tolerance:
+        if outcome is None or event.data_out.objective_function_value > self.threshold:
             return
         x = np.asarray(event.data_out.mip_solution)[self.program.input_cols]
         if validated_counterexample(self.net, self.spec, x) is not None:
@@ -192,7 +173,7 @@ class MilpRows:
         # Stop on the sign: proved (dual bound above the tolerance) or refuted (replayed point).
         # The flag is always written: HiGHS keeps it from one run to the next.
         event.interrupt(interrupt_requested() or outcome is not None and (
-            outcome.counterexample is not None or event.data_out.mip_dual_bound > self.tolerance))
+            outcome.counterexample is not None or event.data_out.mip_dual_bound > self.threshold))
 
     def solve(self, c: np.ndarray, d: float, time_limit: float,
               start: Optional[np.ndarray] = None) -> RowOutcome:
@@ -230,6 +211,9 @@ class MilpRows:
                 outcome.lower, outcome.decided = self.cutoff, True
             else:
                 outcome.lower = min(outcome.lower, self.cutoff)
+        elif outcome.lower == math.inf:  # "no feasible point" for a model that has one (the
+            outcome.lower, outcome.decided = -math.inf, False  # center): the solver lost it
+            outcome.status += " (bound +inf on a feasible model: not trusted)"
         solution = self.highs.getSolution()
         if info.primal_solution_status == 2 and solution.value_valid:  # a feasible incumbent
             outcome.solver_upper = float(info.objective_function_value)
@@ -238,11 +222,6 @@ class MilpRows:
 
 
 # --------------------------------------------------------------------------- certify
-
-def _row_name(spec: Specification, i: int) -> str:
-    j = spec.output.row_class[i]
-    return f"class {j}" if j is not None else f"row {i}"
-
 
 def _any_counterexample(net: Network, spec: Specification, points) -> bool:
     return any(validated_counterexample(net, spec, x) is not None for x in points)
@@ -262,10 +241,34 @@ def _best_start(net: Network, spec: Specification, points: list[np.ndarray], row
     return best
 
 
+# A solver-backed bound counts only where float64 can resolve it: every row's and the
+# objective's worst rounding error over the column box (`ReluProgram.rounding_noise`) times
+# NOISE_FACTOR must stay below HiGHS's default feasibility tolerance (the scale its tolerances
+# are made for); a YES must then clear NOISE_FACTOR x that noise as well as the tolerance.
+NOISE_FACTOR = 100.0
+HIGHS_RESOLUTION = 1e-6
+
+
+def _replayed_minimum(net: Network, spec: Specification, points) -> np.ndarray:
+    """Per row, the lowest float64 value at any of the points that lies in the set (+inf if
+    none): upper bounds on the row minima, against which the solver's lower bounds are checked."""
+    best = np.full(len(spec.output.C), np.inf)
+    for x in points:
+        x = spec.input_set.project(np.asarray(x, dtype=np.float64).reshape(-1))
+        if spec.input_set.contains(x):
+            best = np.minimum(best, spec.output.values(net.forward(x)))
+    return best
+
+
 def certify_one(net: Network, spec: Specification, options: MILPOptions) -> Certificate:
     _refuse_norm(spec)
+    with deadline.limit(options.timeout or None) as budget:
+        return _certify_one(net, spec, options, budget)
+
+
+def _certify_one(net: Network, spec: Specification, options: MILPOptions,
+                 budget: deadline.Deadline) -> Certificate:
     t0 = time.perf_counter()
-    deadline = t0 + options.timeout if options.timeout > 0 else math.inf
     m = len(spec.output.C)
     cost: dict = {"lps": 0, "milps": 0, "milp_nodes": 0}
     details: dict = {}
@@ -281,28 +284,49 @@ def certify_one(net: Network, spec: Specification, options: MILPOptions) -> Cert
     bounds, source = neuron_bounds(net, spec, options.bounds)
     details["bounds"] = source
     if options.lp_tighten:
-        bounds, n_lps = tighten_with_lp(net, spec.input_set, bounds, deadline)
+        bounds, n_lps = tighten_with_lp(net, spec.input_set, bounds)
         cost["lps"] += n_lps
         details["bounds"] += "+lp"
-    interval_lower = interval_margin_lower(net, spec, bounds)
+    relaxed_lower = relaxed_margin_lower(net, spec, bounds)
+    candidates: list[np.ndarray] = [spec.input_set.center]
+    candidates += list(spec.input_set.sample(SAMPLES, np.random.default_rng(0)))
     # 2. The triangle LP screens the rows (sound Lagrangian bounds) and offers its optimal inputs.
     lp_program = build_program(net, spec.input_set, bounds, TRIANGLE)
     details["unstable_neurons"] = lp_program.unstable_neurons
-    lp_solver = RowSolver(lp_program)
-    lp_rows = [lp_solver.minimize(c, d) for c, d in zip(spec.output.C, spec.output.d)]
+    lp_rows, lp_solver = solve_rows(lp_program, spec)
     cost["lps"] += lp_solver.n_solves
-    lower = np.maximum(interval_lower, [r.lower for r in lp_rows])
-    candidates: list[np.ndarray] = [spec.input_set.center]
+    lower = np.maximum(relaxed_lower, [r.lower for r in lp_rows])
     candidates += [r.x for r in lp_rows if r.x is not None]
+    if budget.expired():
+        lower = trusted_lower(lp_rows, relaxed_lower)
+        return finish(lower, candidates, _timeout_reason(spec, lower, range(m), {},
+                                                         options.timeout, "the LP screen"),
+                      lp_solver.tolerance)
     program = build_program(net, spec.input_set, bounds, BIG_M)
-    rows = MilpRows(net, spec, program, options.exact_margins)
-    tolerance = rows.tolerance
+    # 3. What float64 can resolve: the worst rounding error of any row or objective.
+    noise, noisiest = max((program.rounding_noise(*program.objective(c, d)[:2])
+                           for c, d in zip(spec.output.C, spec.output.d)), key=lambda t: t[0])
+    details["rounding_noise"] = noise
+    if NOISE_FACTOR * noise > HIGHS_RESOLUTION:
+        # HiGHS's tolerances are absolute: on rows this large its "optimal" bounds are noise.
+        # Sound bounds only (IBP, CROWN, our Lagrangian LP bound); points are still replayed.
+        if options.attack:
+            candidates += attack_candidates(net, spec)
+        reason = (f"the MILP is not solved: {noisiest} can carry float64 rounding errors up to "
+                  f"{noise:.3g} over the neuron bounds, beyond what HiGHS's tolerance "
+                  f"{HIGHS_RESOLUTION:g} resolves (badly scaled weights or inputs); the bounds "
+                  "are the sound LP, CROWN and IBP ones")
+        details["milp_skipped"] = reason
+        return finish(trusted_lower(lp_rows, relaxed_lower), candidates, reason,
+                      lp_solver.tolerance)
+    rows = MilpRows(net, spec, program, options.exact_margins, NOISE_FACTOR * noise)
+    tolerance = rows.threshold
     details["tolerance"] = tolerance
     screened = [i for i in range(m) if lower[i] > tolerance and lp_rows[i].optimal]
     if not options.exact_margins:
         if len(screened) == m:
             return finish(lower, candidates, yes_tolerance=tolerance)
-        # 3. A cheap NO: the LP's optimal inputs, then the attack's points (all replayed).
+        # 4. A cheap NO: the LP's optimal inputs, then the attack's points (all replayed).
         if _any_counterexample(net, spec, candidates):
             return finish(lower, candidates, yes_tolerance=tolerance)
     if options.attack:
@@ -310,19 +334,20 @@ def certify_one(net: Network, spec: Specification, options: MILPOptions) -> Cert
         candidates += found
         if _any_counterexample(net, spec, found) and not options.exact_margins:
             return finish(lower, candidates, yes_tolerance=tolerance)
-    # 4. The MILP, row by row, most violated first, on one model.
+    # 5. The MILP, row by row, most violated first, on one model.
     todo = [i for i in np.argsort(lower, kind="stable")
             if options.exact_margins or i not in screened]
     refuted = False
     outcomes: dict[int, RowOutcome] = {}
     timed_out: list[int] = []
+    sound_lower = lower.copy()
     for i in todo:
-        remaining = deadline - time.perf_counter()
-        if remaining <= 0:
+        if budget.expired():
             timed_out.append(i)
             continue
         start = _best_start(net, spec, candidates, i) if options.exact_margins else None
-        outcome = rows.solve(spec.output.C[i], float(spec.output.d[i]), remaining, start)
+        outcome = rows.solve(spec.output.C[i], float(spec.output.d[i]),
+                             min(budget.remaining(), 1e7), start)
         outcomes[i] = outcome
         cost["milps"] += 1
         cost["milp_nodes"] += outcome.nodes
@@ -335,39 +360,61 @@ def certify_one(net: Network, spec: Specification, options: MILPOptions) -> Cert
             timed_out.append(i)
         if refuted and not options.exact_margins:
             break
-    details["milp_rows"] = {_row_name(spec, i): {"status": o.status, "nodes": o.nodes,
+    details["milp_rows"] = {row_name(spec, i): {"status": o.status, "nodes": o.nodes,
                                                  "dual_bound": o.lower,
                                                  "incumbent": o.solver_upper}
                             for i, o in outcomes.items()}
-    # Where the solver's number becomes a YES: `lower` holds, per row, the largest of the interval
-    # bound, our float64 Lagrangian LP bound and HiGHS's MIP dual bound; `certificate_from_bounds`
-    # says YES only if every row exceeds `tolerance` (HiGHS's mip_feasibility_tolerance, the
-    # largest of its feasibility tolerances), which covers the dual bound's LP tolerances.
+    # 6. Where the solver's number becomes a YES: `lower` holds, per row, the largest of the
+    # interval bound, our float64 Lagrangian LP bound and HiGHS's MIP dual bound. The dual bound
+    # is checked against every replayed point first: above one of them, the solver is wrong on
+    # this model, and all its bounds are dropped. `certificate_from_bounds` then says YES only if
+    # every row exceeds `tolerance` (the largest of HiGHS's feasibility tolerances and
+    # NOISE_FACTOR x the rounding noise), which covers the dual bound's LP tolerances.
+    replayed = _replayed_minimum(net, spec, candidates)
+    wrong = [i for i in outcomes if lower[i] > replayed[i] + noise]
+    if wrong:
+        i = wrong[0]
+        details["milp_inconsistent"] = (
+            f"{row_name(spec, i)}: solver bound {lower[i]:.6g} above the float64 value "
+            f"{replayed[i]:.6g} at a point of the set")
+        lower = sound_lower
     refuted = refuted or _any_counterexample(net, spec, candidates)
-    reason = "" if refuted else _maybe_reason(net, spec, lower, outcomes, timed_out, tolerance,
-                                              options.timeout)
+    if refuted:
+        reason = ""
+    elif wrong:
+        reason = (f"the MILP solver's bound is not trusted: {details['milp_inconsistent']}; "
+                  "the bounds are the sound LP, CROWN and IBP ones")
+        tolerance = math.inf
+    elif timed_out:
+        reason = _timeout_reason(spec, lower, timed_out, outcomes, options.timeout, "the MILP")
+    else:
+        reason = _maybe_reason(net, spec, lower, outcomes, tolerance)
     return finish(lower, candidates, reason, tolerance)
 
 
-def _maybe_reason(net, spec, lower, outcomes, timed_out, tolerance, timeout) -> str:
+def _timeout_reason(spec, lower, timed_out, outcomes, timeout, stage) -> str:
+    """MAYBE "timeout ...": which rows were left undecided, and the bounds so far."""
+    i = min(timed_out, key=lambda r: lower[r])
+    names = ", ".join(row_name(spec, r) for r in sorted(timed_out))
+    upper = outcomes[i].solver_upper if i in outcomes else math.inf
+    limit = f" after {timeout:g} s" if timeout else ""
+    return (f"timeout{limit} in {stage}: {len(timed_out)} row(s) undecided ({names}); "
+            f"{row_name(spec, i)} has lower bound {lower[i]:.6g}, solver's best value "
+            f"{upper:.6g}")
+
+
+def _maybe_reason(net, spec, lower, outcomes, tolerance) -> str:
     """Why the rows that are neither proved nor refuted stay open (empty when all are proved)."""
-    if timed_out:
-        i = min(timed_out, key=lambda r: lower[r])
-        names = ", ".join(_row_name(spec, r) for r in sorted(timed_out))
-        upper = outcomes[i].solver_upper if i in outcomes else math.inf
-        return (f"timeout after {timeout:g} s: {len(timed_out)} row(s) undecided ({names}); "
-                f"{_row_name(spec, i)} has lower bound {lower[i]:.6g}, solver's best value "
-                f"{upper:.6g}")
     for i, outcome in outcomes.items():
         if lower[i] > tolerance:
             continue
         if not outcome.decided:
-            return (f"MILP for {_row_name(spec, i)} ended with status '{outcome.status}'; "
+            return (f"MILP for {row_name(spec, i)} ended with status '{outcome.status}'; "
                     f"lower bound {lower[i]:.6g}")
         values = [spec.output.values(net.forward(spec.input_set.project(x)))[i]
                   for x in outcome.candidates]
         replay = f"{min(values):.6g}" if values else "none"
-        return (f"MILP minimum for {_row_name(spec, i)} lies in [{lower[i]:.6g}, "
+        return (f"MILP minimum for {row_name(spec, i)} lies in [{lower[i]:.6g}, "
                 f"{outcome.solver_upper:.6g}] (solver), not above the tolerance {tolerance:g}, "
                 f"and no point of it fails the property in the float64 replay (best replayed "
                 f"value {replay})")

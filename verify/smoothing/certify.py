@@ -98,6 +98,10 @@ def _validate(opts: SmoothingOptions) -> NoiseDistribution:
     noise = make_noise(opts.noise, opts.sigma)
     if opts.n0 < 1 or opts.n < 1:
         raise InputError(f"n0 and n must be at least 1, got n0={opts.n0}, n={opts.n}")
+    if opts.n0 > opts.n:
+        raise InputError(f"n0={opts.n0} selection samples exceed n={opts.n} estimation samples: "
+                         f"the radius rests on the n samples alone (Cohen et al.: n0=100, "
+                         f"n=100000); give n >= n0")
     if not 0 < opts.alpha < 1:
         raise InputError(f"alpha must lie in (0, 1), got {opts.alpha}")
     if opts.batch_size < 1:
@@ -141,7 +145,8 @@ class NoisySampler:
                              device=self.device)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            finite = torch.ones((), dtype=torch.bool, device=self.device)  # read once, at the end
+            # per input: noisy samples with a non-finite logit (on the device, read at the end)
+            bad = torch.zeros(m_inputs, dtype=torch.int64, device=self.device)
             for start in range(0, total, self.batch_size):
                 deadline.check("smoothing's sampling")  # past it: MAYBE "timeout" (backends)
                 size = min(self.batch_size, total - start)
@@ -149,17 +154,21 @@ class NoisySampler:
                 first, last = start // n, (start + size - 1) // n
                 if first == last:
                     batch.add_(xs[first])
-                    preds = self._predictions(batch, finite)
+                    preds, nonfinite = self._predictions(batch)
                     counts[first * k:(first + 1) * k] += torch.bincount(preds, minlength=k)
+                    bad[first] += nonfinite.sum()
                 else:
                     owner = torch.arange(start, start + size, device=self.device) // n
                     batch.add_(xs.index_select(0, owner))
-                    preds = self._predictions(batch, finite)
+                    preds, nonfinite = self._predictions(batch)
                     counts += torch.bincount(owner * k + preds, minlength=m_inputs * k)
+                    bad.index_add_(0, owner, nonfinite.to(torch.int64))
                 self.forward_passes += 1
-            if not bool(finite):  # argmax would have counted NaN logits for one class
+            bad_inputs = torch.nonzero(bad).view(-1).cpu().numpy()
+            if bad_inputs.size:  # argmax would have counted NaN logits for one class
                 raise InputError(f"the base classifier returned non-finite logits on noisy "
-                                 f"inputs ({self.noise.describe()}, "
+                                 f"inputs of input {int(bad_inputs[0])} "
+                                 f"({bad_inputs.size} input(s) affected; {self.noise.describe()}, "
                                  f"{str(self.dtype).replace('torch.', '')}): is sigma far too "
                                  "large?")
             out = counts.reshape(m_inputs, k).cpu().numpy()
@@ -167,12 +176,11 @@ class NoisySampler:
         self.samples += total
         return out
 
-    def _predictions(self, batch: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
-        """f on a batch of noisy inputs; `finite` (a device flag, so no sync per batch) is
-        cleared if any logit is not finite (the noise overflowed, or the network did)."""
+    def _predictions(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f's classes on a batch of noisy inputs, and which rows had a non-finite logit (the
+        noise overflowed, or the network did); both stay on the device (no sync per batch)."""
         logits = self.net.torch_forward(batch)
-        finite &= torch.isfinite(logits).all()
-        return logits.argmax(1)
+        return logits.argmax(1), ~torch.isfinite(logits).all(1)
 
     @property
     def samples_per_s(self) -> float:
@@ -227,12 +235,14 @@ def predict_batch(net: Network, xs, sigma: Optional[float] = None, n: int = 100_
                   batch_size: int = 10_000, seed: int = 0, device="auto",
                   dtype: str = "float32") -> list[Prediction]:
     """PREDICT for many inputs (their samples share forward passes)."""
-    opts = SmoothingOptions(sigma=sigma, noise=noise, n=n, alpha=alpha, batch_size=batch_size,
-                            seed=seed, device=device, dtype=dtype)
+    opts = SmoothingOptions(sigma=sigma, noise=noise, n0=1, n=n, alpha=alpha,  # no selection
+                            batch_size=batch_size, seed=seed, device=device, dtype=dtype)
     noise_obj = _validate(opts)
     xs = np.asarray(xs, dtype=np.float64).reshape(-1, net.input_size)
     if not np.all(np.isfinite(xs)):
-        raise InputError("input holds NaN or infinity")
+        row, col = (int(i[0]) for i in np.nonzero(~np.isfinite(xs)))
+        which = "input" if len(xs) == 1 else f"input {row}"
+        raise InputError(f"{which} holds NaN or infinity (first at index {col})")
     sampler = NoisySampler(net, noise_obj, device, batch_size, seed, dtype)
     counts = sampler.counts(xs, n)
     per_input = sampler.seconds / len(xs)

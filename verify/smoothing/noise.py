@@ -15,16 +15,26 @@ Closed forms (p = lower bound on the top class's probability at x, d = input dim
                                   l_inf radius = l_2 radius / sqrt(d) (exact: the corner is worst).
                                   Shifted bound Phi(PhiInv(p) - ||delta||_2 / sigma)
                                   (Cohen et al. 2019).
-    Laplace, scale lam = sigma/√2: l_1 radius -lam log(2 (1 - p)) (Teng et al. 2020). Shifted
-                                  bound max(1 - e^t (1 - p), e^-t p) with t = ||delta||_1 / lam:
-                                  the likelihood ratio of a shift is within e^{±t} everywhere, so
-                                  the pure-DP trade-off bound applies; it reproduces the radius.
-                                  l_2, l_inf via ||delta||_1 <= √d ||delta||_2 <= d ||delta||_inf.
+    Laplace, scale lam = sigma/√2: l_1 radius -lam log(2 (1 - p)) (Teng et al. 2020; exact).
+                                  Shifted bound max(1 - e^t (1 - p), e^-t p), t = ||delta||_1 / lam
+                                  (the likelihood ratio of a shift lies within e^{±t}).
+                                  l_inf: Yang et al. 2020's differential method (rs4a,
+                                  proved, their "integrate" mode):
+                                  R_inf = lam ∫_{1-p}^{1/2} dx / Phi_inf(x), Phi_inf(x) = the
+                                  largest mean of S = sum_i sign(z_i) (= 2 Bin(d, 1/2) - d)
+                                  over an event of mass x (top x of S); computed exactly, the
+                                  integrand being piecewise 1/linear.
     Uniform on [-lam, lam], lam = sigma √3:
-                                  l_1 radius 2 lam (p - 1/2) (Yang et al. 2020); l_inf radius
-                                  2 lam (1 - (3/2 - p)^(1/d)). Shifted bound p - (1 - overlap),
-                                  overlap = prod(1 - |delta_i| / 2 lam) >= 1 - ||delta||_1 / 2 lam,
-                                  and >= (1 - ||delta||_inf / 2 lam)^d. l_2 via the l_1 bound.
+                                  l_1 radius 2 lam (p - 1/2); l_inf radius
+                                  2 lam (1 - (3/2 - p)^(1/d)) (Yang et al. 2020). Shifted
+                                  bound p - (1 - overlap), overlap = prod(1 - |delta_i| / 2 lam)
+                                  >= 1 - ||delta||_1 / 2 lam and >= (1 - ||delta||_inf / 2 lam)^d.
+    Laplace and uniform in any norm: the best of what every ball inclusion proves (rs4a's
+    conversion, here in every direction): ||x||_m <= c ||x||_n with c = d^(1/m - 1/n) for m < n,
+    c = 1 for m >= n, so the l_n ball of radius R_m / c lies in the l_m ball of radius R_m:
+    R_n = max_m R_m / c. E.g. R_2 = max(R_1 / √d, R_inf), R_inf = max(R_inf, R_1 / d), and the
+    shifted bound after ||delta||_n <= r is the largest of the l_m bounds at c r. So
+    R_1 >= R_2 >= R_inf >= R_1 / d, and each is non-decreasing in p.
     GeneralNormal(beta), density ∝ exp(-|x/a|^beta); Mixture of the above (per coordinate):
                                   no closed form here; use `radius.numerical_radius`.
 
@@ -34,19 +44,27 @@ Closed forms (p = lower bound on the top class's probability at x, d = input dim
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
+from scipy.optimize import brentq
 from scipy.special import gammaln
 from scipy.stats import norm as _normal
 
 from ..errors import InputError
 
 
-def _l1_scale(norm: str, dim: int) -> float:
-    """c with ||delta||_1 <= c r whenever ||delta||_norm <= r."""
-    return {"1": 1.0, "2": math.sqrt(dim), "inf": float(dim)}[norm]
+def _p(norm: str) -> float:
+    return math.inf if norm == "inf" else float(norm)
+
+
+def inclusion_factor(norm: str, outer: str, dim: int) -> float:
+    """c with ||x||_outer <= c ||x||_norm on R^dim: d^(1/outer - 1/norm) if outer < norm, else 1.
+    The l_norm ball of radius r lies in the l_outer ball of radius c r."""
+    p, q = _p(norm), _p(outer)
+    return float(dim) ** (1 / q - 1 / p) if q < p else 1.0
 
 
 def standard_gamma_(out: torch.Tensor, shape: float, generator: torch.Generator) -> torch.Tensor:
@@ -157,11 +175,62 @@ class Gaussian(NoiseDistribution):
         return r2 / math.sqrt(dim) if norm == "inf" else r2
 
 
-class Laplace(NoiseDistribution):
+class _ProvedNorms(NoiseDistribution):
+    """A noise with radii proved directly in the norms `proved`; every other norm (and these
+    too) takes the best of what the ball inclusions give (see the module docstring)."""
+
+    proved: tuple[str, ...] = ()
+
+    def _radius_in(self, p: float, norm: str, dim: int) -> float:
+        raise NotImplementedError
+
+    def _lower_in(self, p: float, r: float, norm: str, dim: int) -> float:
+        raise NotImplementedError
+
+    def closed_radius(self, p, norm, dim):
+        return float(max(self._radius_in(p, m, dim) / inclusion_factor(norm, m, dim)
+                         for m in self.proved))
+
+    def lower_prob_shifted(self, p, r, norm, dim):
+        return float(max(self._lower_in(p, r * inclusion_factor(norm, m, dim), m, dim)
+                         for m in self.proved))
+
+
+@lru_cache(maxsize=64)
+def _sign_sum_table(dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """S = sum of dim random signs, values s_j = dim - 2 j (descending) with masses
+    pi_j = C(dim, j) / 2^dim; returns (s, cumulative mass before j, Phi_inf at that mass), where
+    Phi_inf(x) = largest mean of S over an event of mass x (piecewise linear, slope s_j)."""
+    j = np.arange(dim + 1)
+    s = (dim - 2 * j).astype(np.float64)
+    mass = np.exp(gammaln(dim + 1) - gammaln(j + 1) - gammaln(dim - j + 1) - dim * math.log(2))
+    before = np.concatenate(([0.0], np.cumsum(mass)[:-1]))
+    phi_before = np.concatenate(([0.0], np.cumsum(mass * s)[:-1]))
+    return s, before, phi_before
+
+
+def _laplace_linf_integral(x0: float, x1: float, dim: int) -> float:
+    """∫_{x0}^{x1} dx / Phi_inf(x) (0 < x0 <= x1 < 1), exactly, piece by piece."""
+    s, before, phi_before = _sign_sum_table(dim)
+    total = 0.0
+    for j in range(dim + 1):
+        lo, hi = max(x0, before[j]), min(x1, before[j + 1] if j < dim else 1.0)
+        if hi <= lo:
+            continue
+        f_lo = phi_before[j] + s[j] * (lo - before[j])
+        f_hi = phi_before[j] + s[j] * (hi - before[j])
+        if f_lo <= 0 or f_hi <= 0:
+            return math.inf
+        total += (hi - lo) / f_lo if s[j] == 0 else math.log(f_hi / f_lo) / s[j]
+    return total
+
+
+class Laplace(_ProvedNorms):
     """Laplace with scale lam = sigma / sqrt(2) (variance 2 lam^2 = sigma^2)."""
 
     name = "laplace"
     native_norm = "1"
+    proved = ("1", "inf")
 
     @property
     def scale(self) -> float:
@@ -177,22 +246,41 @@ class Laplace(NoiseDistribution):
     def log_density(self, t):
         return -t.abs() / self.scale - math.log(2 * self.scale)
 
-    def lower_prob_shifted(self, p, r, norm, dim):
-        t = r * _l1_scale(norm, dim) / self.scale
-        return float(max(1.0 - math.exp(min(t, 700.0)) * (1.0 - p), math.exp(-t) * p, 0.0))
-
-    def closed_radius(self, p, norm, dim):
+    def _radius_in(self, p, norm, dim):
         if p <= 0.5:
             return 0.0 if p == 0.5 else -math.inf
-        r1 = -self.scale * math.log(2.0 * (1.0 - p)) if p < 1 else math.inf
-        return r1 / _l1_scale(norm, dim)
+        if p >= 1:
+            return math.inf
+        if norm == "1":
+            return -self.scale * math.log(2.0 * (1.0 - p))
+        return self.scale * _laplace_linf_integral(1.0 - p, 0.5, dim)  # rs4a, differential
+
+    def _lower_in(self, p, r, norm, dim):
+        if norm == "1":
+            t = r / self.scale
+            return float(max(1.0 - math.exp(min(t, 700.0)) * (1.0 - p), math.exp(-t) * p, 0.0))
+        # l_inf: the mass x of the other classes grows at most at rate Phi_inf(x) / lam, so
+        # after a shift r it is at most the x with lam ∫_{1-p}^x dx' / Phi_inf(x') = r
+        if p <= 0 or r <= 0:
+            return max(float(p), 0.0) if r <= 0 else 0.0
+        if p >= 1:
+            return 1.0
+        x0 = 1.0 - p
+
+        def excess(x: float) -> float:
+            return self.scale * _laplace_linf_integral(x0, x, dim) - r
+
+        if excess(1.0 - 1e-15) <= 0:
+            return 0.0
+        return float(max(1.0 - brentq(excess, x0, 1.0 - 1e-15, xtol=1e-15, rtol=1e-13), 0.0))
 
 
-class Uniform(NoiseDistribution):
+class Uniform(_ProvedNorms):
     """Uniform on [-lam, lam] with lam = sigma * sqrt(3) (variance lam^2 / 3 = sigma^2)."""
 
     name = "uniform"
     native_norm = "1"
+    proved = ("1", "inf")
 
     @property
     def half_width(self) -> float:
@@ -206,19 +294,16 @@ class Uniform(NoiseDistribution):
         inside = torch.full_like(t, -math.log(2 * lam))
         return torch.where(t.abs() <= lam, inside, torch.full_like(t, -math.inf))
 
-    def lower_prob_shifted(self, p, r, norm, dim):
-        a = r / (2 * self.half_width)
-        if norm == "inf":
-            overlap = max(1.0 - a, 0.0) ** dim
-        else:
-            overlap = max(1.0 - a * _l1_scale(norm, dim), 0.0)
-        return float(max(p - (1.0 - overlap), 0.0))
-
-    def closed_radius(self, p, norm, dim):
+    def _radius_in(self, p, norm, dim):
         lam = self.half_width
-        if norm == "inf":
-            return 2 * lam * (1.0 - (1.5 - p) ** (1.0 / dim)) if p < 1.5 else 2 * lam
-        return 2 * lam * (p - 0.5) / _l1_scale(norm, dim)
+        if norm == "1":
+            return 2 * lam * (p - 0.5)
+        return 2 * lam * (1.0 - (1.5 - p) ** (1.0 / dim)) if p < 1.5 else 2 * lam
+
+    def _lower_in(self, p, r, norm, dim):
+        a = r / (2 * self.half_width)
+        overlap = max(1.0 - a, 0.0) ** dim if norm == "inf" else max(1.0 - a, 0.0)
+        return float(max(p - (1.0 - overlap), 0.0))
 
 
 class GeneralNormal(NoiseDistribution):

@@ -1,0 +1,432 @@
+"""ReLU-split branch and bound with beta-CROWN bounds: complete for networks with many inputs.
+
+Accepts:   Network of Dense/Conv2d/ReLU layers; input set = l_inf/l_2/l_1 ball ∩ box, or a box;
+           any output rows C f(x) - d (robustness margins or VNN-LIB disjuncts, one row each).
+Returns:   Certificate: YES (every row's minimum > 0, proved on every leaf of the split tree), NO
+           (a counterexample replayed by the float64 forward pass) or MAYBE (timeout / domain
+           budget / an inconclusive leaf), with margin_lower = the least bound over the leaves.
+Method:    PGD attack first (verify.attack). Then a search over ReLU splits: a domain is one margin
+           row plus, per ReLU, a phase in {inactive z <= 0, unsplit, active z >= 0}. Each round
+           bounds up to `batch_size` domains (lowest bound first) in one batched CROWN pass stack
+           (verify.bounds.crown.backward_lower with split terms): neuron bounds are the root's
+           CROWN bounds clamped by the splits and re-tightened by intervals; every split
+           constraint s z >= 0 enters as a Lagrangian term - beta s z (beta >= 0) and the lower
+           ReLU slopes alpha in [0, 1] are optimised with beta by projected Adam (beta-CROWN).
+           Proved domains (bound > 0) and empty ones (some l > u) are dropped; the rest split on
+           the unsplit unstable neuron of highest BaBSR score, children inheriting alpha and beta.
+           A domain with no unstable neuron left is linear: its exact LP (HiGHS, bounds from the
+           duals by `lagrangian_bound`) proves it or yields a point that is replayed.
+Soundness: sound (every bound is valid on its domain with crown.py's rounding allowances; the
+           domains cover the input set); complete when the first layer is affine: depth is
+           bounded by the number of unstable neurons and every leaf is decided by an exact LP.
+Reference: Wang et al., "Beta-CROWN: Efficient Bound Propagation with Per-neuron Split Constraints
+           for Neural Network Robustness Verification", NeurIPS 2021; Bunel et al., "Branch and
+           Bound for Piecewise Linear Neural Network Verification", JMLR 2020 (BaBSR).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import ClassVar, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .. import deadline as deadlines
+from ..certificate import Certificate
+from ..network import AFFINE, Network, ReLU, resolve_device
+from ..spec import Specification
+from ..verdict import certificate_from_bounds, validated_counterexample
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class ReluBaBOptions:
+    LIMITS: ClassVar[dict[str, str]] = {  # checked by make_options
+        "timeout": ">= 0", "batch_size": ">= 1", "steps": ">= 0", "root_steps": ">= 0",
+        "lr_alpha": "> 0", "lr_beta": "> 0", "max_domains": ">= 1", "leaf_lps": ">= 0"}
+    device: str = "auto"
+    timeout: float = 60.0  # seconds per specification (0: none; the active deadline still holds)
+    batch_size: int = 256  # domains bounded per batched pass
+    steps: int = 10  # projected Adam steps on alpha and beta per round
+    root_steps: int = 30  # the same at the root (alpha-CROWN on each row)
+    lr_alpha: float = 0.1
+    lr_beta: float = 0.05
+    max_domains: int = 1_000_000  # domains bounded in all before giving up
+    leaf_lps: int = 100_000  # exact LPs on fully split leaves before giving up
+    attack: bool = True  # PGD before the search
+
+
+@dataclass
+class Domains:
+    """A stack of D domains: a margin row each, phases per ReLU layer, warm-start alpha/beta."""
+
+    rows: Tensor  # (D,) row index into C
+    splits: dict[int, Tensor]  # k -> (D, n) int8 in {-1, 0, +1}, ReLU layer k's input z
+    alphas: dict[int, Tensor]  # k -> (D, 1, n) lower slopes
+    betas: dict[int, Tensor]  # k -> (D, 1, n) >= 0 multipliers of the split constraints
+    lower: Tensor  # (D,) best bound so far (the parent's for new children)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, index: Tensor) -> "Domains":
+        return Domains(self.rows[index], {k: v[index] for k, v in self.splits.items()},
+                       {k: v[index] for k, v in self.alphas.items()},
+                       {k: v[index] for k, v in self.betas.items()}, self.lower[index])
+
+    @staticmethod
+    def cat(parts: Sequence["Domains"]) -> "Domains":
+        first = parts[0]
+        return Domains(torch.cat([p.rows for p in parts]),
+                       {k: torch.cat([p.splits[k] for p in parts]) for k in first.splits},
+                       {k: torch.cat([p.alphas[k] for p in parts]) for k in first.alphas},
+                       {k: torch.cat([p.betas[k] for p in parts]) for k in first.betas},
+                       torch.cat([p.lower for p in parts]))
+
+
+@dataclass
+class SearchResult:
+    status: str  # "unsat" (every row proved), "sat", "unknown"
+    row_lower: np.ndarray  # per row: least bound over its leaves (sound)
+    counterexample: Optional[np.ndarray] = None
+    reason: str = ""
+    domains: int = 0
+    leaf_lps: int = 0
+    rounds: int = 0
+    stats: dict = field(default_factory=dict)
+
+
+def splittable_layers(net: Network) -> list[int]:
+    """ReLU layers whose input is an affine layer's output (the ones split on)."""
+    return [k for k, layer in enumerate(net.layers)
+            if isinstance(layer, ReLU) and k > 0 and isinstance(net.layers[k - 1], AFFINE)]
+
+
+def domain_bounds(net: Network, root: list, splits: dict[int, Tensor], params: list
+                  ) -> tuple[list, Tensor]:
+    """Neuron bounds of each domain: the root's, the split neurons' clamped (active: l >= 0,
+    inactive: u <= 0), later layers re-tightened by interval steps. Also (D,) bool: empty
+    domains (some l > u: the splits contradict sound bounds, no input lies there)."""
+    from ..bounds import ibp
+
+    count = len(next(iter(splits.values()))) if splits else 1
+    bounds = []
+    empty = None
+    for k, layer in enumerate(net.layers):
+        lower, upper = (t.expand(count, -1) for t in root[k])
+        if k > 0:
+            prev_lower, prev_upper = bounds[k - 1]
+            if isinstance(layer, AFFINE):
+                step_lower, step_upper = ibp.affine_interval(layer, params[k], prev_lower,
+                                                             prev_upper)
+            else:
+                step_lower, step_upper = prev_lower.clamp(min=0), prev_upper.clamp(min=0)
+            lower, upper = torch.maximum(lower, step_lower), torch.minimum(upper, step_upper)
+        if k + 1 in splits:  # layer k's output is the input z of split ReLU layer k + 1
+            phase = splits[k + 1]
+            lower = torch.where(phase > 0, lower.clamp(min=0), lower)
+            upper = torch.where(phase < 0, upper.clamp(max=0), upper)
+        bad = (lower > upper).any(dim=1)
+        empty = bad if empty is None else empty | bad
+        bounds.append((lower, upper))
+    return bounds, empty
+
+
+def babsr_scores(bounds: list, record: dict[int, Tensor], splits: dict[int, Tensor]
+                 ) -> tuple[Tensor, list[tuple[int, int]]]:
+    """BaBSR-style scores (D, total neurons) over the splittable layers, -inf where a neuron is
+    split or stable. lam = the bound's coefficient on the ReLU output; an unstable neuron with
+    lam < 0 is charged its upper chord's intercept, -lam u (-l) / (u - l): the estimated gain of
+    removing it by a split (Bunel et al. 2020). Ties: |lam| min(u, -l) (the lower line's gap)."""
+    parts, spans, start = [], [], 0
+    for k, phase in splits.items():
+        lower, upper = bounds[k - 1]
+        lam = record[k][:, 0, :]
+        open_ = (lower < 0) & (upper > 0) & (phase == 0)
+        neg_l, u = (-lower).clamp(min=0), upper.clamp(min=0)
+        intercept = neg_l * u / (neg_l + u).clamp(min=1e-300)
+        score = (-lam).clamp(min=0) * intercept + 1e-3 * lam.abs() * torch.minimum(u, neg_l) \
+            + 1e-12 * torch.minimum(u, neg_l)
+        parts.append(torch.where(open_, score, torch.full_like(score, -math.inf)))
+        spans.append((k, start))
+        start += score.shape[1]
+    return torch.cat(parts, dim=1), spans
+
+
+class ReluSearch:
+    """Branch and bound over ReLU phases for the rows of one specification."""
+
+    def __init__(self, net: Network, spec: Specification, options: ReluBaBOptions,
+                 deadline: deadlines.Deadline):
+        from ..bounds import InputBatch, crown, ibp
+
+        self.net, self.spec, self.options, self.deadline = net, spec, options, deadline
+        self.device = resolve_device(options.device)
+        self.params = net.torch_params(self.device)
+        self.base = InputBatch.from_specs([spec], self.device)
+        with torch.no_grad():
+            self.root, _ = crown.propagate(net, self.base, ibp.layer_bounds(net, self.base),
+                                           include_last=False)
+        self.relus = splittable_layers(net)
+        m = spec.output.C.shape[0]
+        self.row_lower = np.full(m, np.inf)  # least proved bound per row
+        self.leaf_open: list[str] = []
+        self.result = SearchResult("unknown", self.row_lower)
+        splits = {k: torch.zeros((m, self.root[k - 1][0].shape[1]), dtype=torch.int8,
+                                 device=self.device) for k in self.relus}
+        alphas = {}
+        for k in self.relus:
+            relax = crown.relu_relaxation(*self.root[k - 1])
+            alphas[k] = relax.lower_slope[:, None, :].expand(m, -1, -1).clone()
+        self.domains = Domains(torch.arange(m, device=self.device), splits, alphas,
+                               {k: torch.zeros_like(a) for k, a in alphas.items()},
+                               torch.full((m,), -math.inf, dtype=torch.float64,
+                                          device=self.device))
+        self.first = True
+
+    def _batch(self, rows: Tensor):
+        from ..bounds import InputBatch
+
+        base, count = self.base, len(rows)
+        C = torch.as_tensor(self.spec.output.C, dtype=torch.float64, device=self.device)
+        d = torch.as_tensor(self.spec.output.d, dtype=torch.float64, device=self.device)
+        return InputBatch(lower=base.lower.expand(count, -1), upper=base.upper.expand(count, -1),
+                          center=base.center.expand(count, -1), eps=base.eps.expand(count),
+                          norm=base.norm, C=C[rows][:, None, :], d=d[rows][:, None])
+
+    def bound(self, chosen: Domains, steps: int) -> tuple[Tensor, list, Tensor, dict]:
+        """beta-CROWN lower bounds (D,) of the chosen domains, their neuron bounds, the empty
+        mask, and the coefficients on each ReLU's output (for branching). alpha and beta are
+        optimised in place by `steps` of projected Adam; every iterate is sound, the best kept."""
+        from ..bounds import crown
+        from ..bounds.alpha_crown import ProjectedAdam
+
+        batch = self._batch(chosen.rows)
+        with torch.no_grad():
+            bounds, empty = domain_bounds(self.net, self.root, chosen.splits, self.params)
+        signs = {k: s.to(torch.float64)[:, None, :] for k, s in chosen.splits.items()}
+        alphas = {k: a.clone().requires_grad_(True) for k, a in chosen.alphas.items()}
+        betas = {k: b.clone().requires_grad_(True) for k, b in chosen.betas.items()}
+        best = torch.full((len(chosen),), -math.inf, dtype=torch.float64, device=self.device)
+        record: dict[int, Tensor] = {}
+        best_alphas = {k: a.detach().clone() for k, a in alphas.items()}
+        best_betas = {k: b.detach().clone() for k, b in betas.items()}
+        optimizers = (ProjectedAdam(list(alphas.values()), self.options.lr_alpha),
+                      ProjectedAdam(list(betas.values()), self.options.lr_beta))
+        for step in range(steps + 1):
+            last = step == steps or self.deadline.expired()
+            with torch.enable_grad() if not last else torch.no_grad():
+                terms = {k: betas[k] * signs[k] for k in betas}
+                value = crown.margin_lower_from(self.net, batch, bounds, alphas, terms,
+                                                record if last else None)[:, 0]
+            with torch.no_grad():
+                better = value.detach() > best
+                best = torch.where(better, value.detach(), best)
+                for k in alphas:
+                    best_alphas[k][better] = alphas[k].detach()[better]
+                    best_betas[k][better] = betas[k].detach()[better]
+            if last:
+                break
+            if bool((best > 0).all()):  # all proved: no branching needs the coefficients
+                break
+            for optimizer in optimizers:
+                optimizer.zero_grad()
+            (-value[~(best > 0)].sum()).backward()
+            for optimizer in optimizers:
+                optimizer.step()
+            with torch.no_grad():  # projection: keeps every iterate sound
+                for a in alphas.values():
+                    a.clamp_(0.0, 1.0)
+                for b in betas.values():
+                    b.clamp_(min=0.0)
+        chosen.alphas, chosen.betas = best_alphas, best_betas
+        return torch.maximum(best, chosen.lower), bounds, empty, record
+
+    def leaf_lp(self, row: int, bounds: list, index: int) -> tuple[float, Optional[np.ndarray]]:
+        """Exact LP of one fully split leaf: a sound bound from its duals, and its optimal input.
+        An infeasible leaf is bounded through HiGHS's dual ray (any multipliers give a bound)."""
+        from ..bounds.lp import RowSolver
+        from ..bounds.relu_encoding import TRIANGLE, build_program, lagrangian_bound
+
+        numpy_bounds = [(lo[index].cpu().numpy(), up[index].cpu().numpy()) for lo, up in bounds]
+        program = build_program(self.net, self.spec.input_set, numpy_bounds, TRIANGLE)
+        solver = RowSolver(program)
+        c, d = self.spec.output.C[row], float(self.spec.output.d[row])
+        found = solver.minimize(c, d)
+        lower = found.lower
+        if lower <= 0 and program.ball is None and "nfeasible" in found.status:
+            _, has_ray, ray = solver.highs.getDualRay()
+            if has_ray:
+                cost, offset, cost_error = program.objective(np.asarray(c, dtype=np.float64), d)
+                for scale in (1e3, 1e6, 1e9):
+                    lower = max(lower, lagrangian_bound(program, cost, offset, cost_error,
+                                                        -scale * np.asarray(ray)))
+                    lower = max(lower, lagrangian_bound(program, cost, offset, cost_error,
+                                                        scale * np.asarray(ray)))
+        return lower, found.x
+
+    def run(self) -> SearchResult:
+        result, options = self.result, self.options
+        t0 = time.perf_counter()
+        while len(self.domains):
+            if self.deadline.expired():
+                result.reason = "timeout"
+                break
+            if result.domains >= options.max_domains:
+                result.reason = f"domain budget of {options.max_domains} spent"
+                break
+            take = min(options.batch_size, len(self.domains))
+            order = torch.argsort(self.domains.lower)
+            chosen, self.domains = self.domains.take(order[:take]), self.domains.take(order[take:])
+            steps = options.root_steps if self.first else options.steps
+            self.first = False
+            lower, bounds, empty, record = self.bound(chosen, steps)
+            result.domains += take
+            result.rounds += 1
+            proved = empty | (lower > 0)
+            rows = chosen.rows.cpu().numpy()
+            for i in np.flatnonzero(proved.cpu().numpy()):
+                self.row_lower[rows[i]] = min(self.row_lower[rows[i]],
+                                              np.inf if bool(empty[i]) else float(lower[i]))
+            open_ = ~proved
+            if not bool(open_.any()):
+                continue
+            index = torch.nonzero(open_).squeeze(1)
+            chosen = chosen.take(index)
+            chosen.lower = lower[index]
+            bounds = [(lo[index], up[index]) for lo, up in bounds]
+            record = {k: v[index] for k, v in record.items()}
+            rounds = result.rounds  # rounds 1, 2, 4, 8, ...: a bounded share of the time
+            found = self._attack_corners(chosen, record[-1]) if rounds & (rounds - 1) == 0 \
+                and self.base.norm in ("inf", "box") else None
+            if found is not None:
+                result.status, result.counterexample = "sat", found
+                result.reason = "PGD from a domain's bound minimiser"
+                return result
+            scores, spans = babsr_scores(bounds, record, chosen.splits)
+            best_score, best_at = scores.max(dim=1)
+            leaf = torch.isinf(best_score)  # nothing left to split: the domain is linear
+            if bool(leaf.any()):
+                outcome = self._solve_leaves(chosen, bounds, torch.nonzero(leaf).squeeze(1))
+                if outcome is not None:
+                    return outcome
+            inner = torch.nonzero(~leaf).squeeze(1)
+            if len(inner):
+                self._push_children(chosen.take(inner), best_at[inner], spans)
+        else:
+            if not self.leaf_open:
+                result.status = "unsat"
+        if self.leaf_open and not result.reason:
+            result.reason = self.leaf_open[0]
+        if result.status != "unsat" and len(self.domains):  # open domains' bounds count too
+            lower = self.domains.lower.cpu().numpy()
+            for r, value in zip(self.domains.rows.cpu().numpy(), lower):
+                self.row_lower[r] = min(self.row_lower[r], value)
+        result.stats["time_s"] = time.perf_counter() - t0
+        return result
+
+    def _attack_corners(self, chosen: Domains, input_coeffs: Tensor, count: int = 32,
+                        steps: int = 10) -> Optional[np.ndarray]:
+        """Short PGD (`bab.falsify`) on each row from the input box's corner that minimises the
+        linear lower bound of the `count` weakest domains (where the relaxation says a violation
+        is likeliest); a point that violates a row in the float64 replay, or None."""
+        from .bab import falsify
+
+        lo, up = self.base.lower, self.base.upper
+        weakest = torch.argsort(chosen.lower)[:count]
+        corners = torch.where(input_coeffs[weakest, 0, :] > 0, lo, up)
+        rows = chosen.rows[weakest]
+        C = torch.as_tensor(self.spec.output.C, dtype=torch.float64, device=self.device)
+        d = torch.as_tensor(self.spec.output.d, dtype=torch.float64, device=self.device)
+        for r in torch.unique(rows).tolist():
+            starts = corners[rows == r]
+            x, value = falsify(self.net, lo.expand_as(starts), up.expand_as(starts),
+                               C[r:r + 1], d[r:r + 1], starts, steps=steps)
+            if value <= 0 and validated_counterexample(self.net, self.spec,
+                                                       x.cpu().numpy()) is not None:
+                return x.cpu().numpy()
+        return None
+
+    def _solve_leaves(self, chosen: Domains, bounds: list, leaves: Tensor
+                      ) -> Optional[SearchResult]:
+        """Exact LPs on the leaves; a SearchResult when one yields a replayed counterexample."""
+        result = self.result
+        for i in leaves.tolist():
+            if self.deadline.expired() or result.leaf_lps >= self.options.leaf_lps:
+                self.leaf_open.append("timeout" if self.deadline.expired() else
+                                      f"leaf LP budget of {self.options.leaf_lps} spent")
+                row = int(chosen.rows[i])
+                self.row_lower[row] = min(self.row_lower[row], float(chosen.lower[i]))
+                continue
+            row = int(chosen.rows[i])
+            lower, x = self.leaf_lp(row, bounds, i)
+            result.leaf_lps += 1
+            if lower > 0:
+                self.row_lower[row] = min(self.row_lower[row], lower)
+                continue
+            self.row_lower[row] = min(self.row_lower[row], max(lower, float(chosen.lower[i])))
+            if x is not None and validated_counterexample(self.net, self.spec, x) is not None:
+                result.status, result.counterexample = "sat", x
+                result.reason = "exact LP of a fully split leaf"
+                return result
+            self.leaf_open.append(f"a fully split leaf's LP is inconclusive (bound {lower:.3g})")
+        return None
+
+    def _push_children(self, parents: Domains, at: Tensor, spans: list) -> None:
+        """Two children per parent, split on the neuron `at` (a flat index over `spans`)."""
+        children = []
+        for phase in (1, -1):
+            child = parents.take(torch.arange(len(parents), device=self.device))
+            child.splits = {k: v.clone() for k, v in child.splits.items()}
+            for (k, start), end in zip(spans, [s for _, s in spans[1:]] + [None]):
+                width = child.splits[k].shape[1]
+                mine = (at >= start) & (at < start + width)
+                if bool(mine.any()):
+                    rows_ = torch.nonzero(mine).squeeze(1)
+                    child.splits[k][rows_, at[rows_] - start] = phase
+            children.append(child)
+        self.domains = Domains.cat([self.domains, *children]) if len(self.domains) else \
+            Domains.cat(children)
+
+
+def search(net: Network, spec: Specification, options: ReluBaBOptions,
+           deadline: Optional[deadlines.Deadline] = None) -> SearchResult:
+    """Prove every row of C f(x) - d > 0 over the set, or find a point where one is <= 0."""
+    deadline = deadline or deadlines.active().sooner(options.timeout or None)
+    return ReluSearch(net, spec, options, deadline).run()
+
+
+def certify(net: Network, specs: Sequence[Specification], options: ReluBaBOptions
+            ) -> list[Certificate]:
+    """Complete robustness check of each specification by ReLU-split branch and bound."""
+    from ..attack import AttackOptions, find_counterexample
+
+    out = []
+    for spec in specs:
+        t0 = time.perf_counter()
+        deadline = deadlines.active().sooner(options.timeout or None)
+        candidates = []
+        if options.attack:
+            x = find_counterexample(net, spec, AttackOptions(device=options.device))
+            if x is not None:
+                candidates.append(x)
+        m = spec.output.C.shape[0]
+        lower, reason, cost = np.full(m, -np.inf), "", {}
+        if not candidates:
+            result = search(net, spec, options, deadline)
+            lower = result.row_lower if result.status != "sat" else lower
+            if result.counterexample is not None:
+                candidates.append(result.counterexample)
+            if result.status == "unknown":
+                reason = f"relu-bab stopped: {result.reason or 'undecided'}"
+                lower = np.minimum(lower, 0.0) if np.all(lower > 0) else lower
+            cost = {"domains": result.domains, "leaf_lps": result.leaf_lps,
+                    "rounds": result.rounds}
+        out.append(certificate_from_bounds(net, spec, "relu-bab", lower, candidates=candidates,
+                                           reason=reason, time_s=time.perf_counter() - t0,
+                                           cost=cost))
+    return out
