@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from onnx_reference import onnxruntime_forward
-from verify.onnx_io import SUPPORTED_OPS, SUPPORTED_OPSETS
+from verify.onnx_io import LOADABLE_OPS, LOADABLE_OPSETS
 from verify.solver_cli import ATTRIBUTE_PROBES, CAPABILITIES, _probe_fails, main
 from verify.vnnlib import load_vnnlib
 
@@ -126,11 +126,16 @@ def test_supports_answers_from_the_loader(capsys):
         code, out, err = _run(["supports", capability], capsys)
         assert code == 0 and err == "" and out.endswith("\n"), capability
         answers[capability] = out.splitlines()
-    assert answers["--onnx-opset-versions"] == [str(v) for v in SUPPORTED_OPSETS]
+    assert answers["--onnx-opset-versions"] == [str(v) for v in LOADABLE_OPSETS]
     # Claimed: the loader's ops, less those it refuses in a probed attribute form.
-    assert answers["--onnx-operators"] == [
-        op for op in SUPPORTED_OPS
+    claimed = answers["--onnx-operators"]
+    assert claimed == [
+        op for op in LOADABLE_OPS
         if all(_probe_fails(op, form) is None for form in ATTRIBUTE_PROBES.get(op, ()))]
+    # The graph reader's ops are claimed (1-D and grouped Conv included); ops it evaluates only
+    # on constants are not.
+    assert {"Conv", "MaxPool", "Sigmoid", "Slice", "Concat", "Softmax"} <= set(claimed)
+    assert not {"Where", "Pow", "Equal", "Sin"} & set(claimed)
     assert answers["--onnx-element-types"] == ["real", "float32", "float16", "float64"]
     assert answers["--vnnlib-versions"][0] == "1.0"
     assert _run(["capabilities", "--multiple-inputs-output-theories"], capsys)[1] == "SIO\n"

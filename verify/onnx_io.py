@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import ModelLoadError, UnsupportedModelError
 from .graph.network import GraphNetwork
+from .graph import onnx_graph
 from .graph.onnx_graph import GraphReader
 from .network import Conv2d, Dense, Network, ReLU, _size
 from .onnx_proto import attribute_value, read_model_proto, tensor_to_array
@@ -37,6 +38,12 @@ SUPPORTED_OPS = (
     "MatMul", "Mul", "Relu", "Reshape", "Squeeze", "Sub", "Unsqueeze",
 )
 SUPPORTED_OPSETS = (8, 21)
+# What `load_onnx` takes as a whole: the chain ops above, the graph reader's ops on variable
+# tensors, and the constant producers (other ops are folded only when their inputs are constants).
+LOADABLE_OPS = tuple(sorted(set(SUPPORTED_OPS) | set(onnx_graph.VARIABLE_OPS)
+                            | {"Constant", "ConstantOfShape", "Range"}))
+LOADABLE_OPSETS = (min(SUPPORTED_OPSETS[0], onnx_graph.SUPPORTED_OPSETS[0]),
+                   max(SUPPORTED_OPSETS[1], onnx_graph.SUPPORTED_OPSETS[1]))
 
 
 @dataclass

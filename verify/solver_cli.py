@@ -10,8 +10,8 @@ the satisfying assignment in the standard's command-line format (each declared v
 declaration order: `NAME TYPE [DIMS]`, then its values row-major, one per line), replayed in
 float64 before it is printed. Loading the model and the query counts inside `--timeout` (whole
 or decimal seconds; none: no limit). `supports` answers from what the loader and the reader
-really do (`SUPPORTED_OPSETS`, the VNN-LIB versions readable here, and of the loader's
-`SUPPORTED_OPS` those it takes in every attribute form probed by `ATTRIBUTE_PROBES`).
+really do (`LOADABLE_OPSETS`, the VNN-LIB versions readable here, and of the loader's
+`LOADABLE_OPS` those it takes in every attribute form probed by `ATTRIBUTE_PROBES`).
 
 Element types: a query is about the network evaluated in the coarsest element type it declares.
 `real`: the reals (float64 with rounding allowances). float32, float16, float64: that IEEE
@@ -121,22 +121,22 @@ def _probe_fails(op: str, form) -> Optional[str]:
 
 
 def claimed_operators() -> list[str]:
-    """The loader's ops (`SUPPORTED_OPS`) less those it takes only in some of the forms in
-    ATTRIBUTE_PROBES (e.g. Conv while 1-D or grouped convolutions are refused)."""
-    from .onnx_io import SUPPORTED_OPS
+    """The loader's ops (`LOADABLE_OPS`: chain and graph readers) less those it takes only in
+    some of the forms in ATTRIBUTE_PROBES (e.g. Conv if 1-D or grouped convolutions were refused)."""
+    from .onnx_io import LOADABLE_OPS
 
-    return [op for op in SUPPORTED_OPS
+    return [op for op in LOADABLE_OPS
             if not any(_probe_fails(op, form) for form in ATTRIBUTE_PROBES.get(op, ()))]
 
 
 def capability_answer(capability: str) -> str:
     """The exact stdout text for `supports CAPABILITY` (each line newline-terminated)."""
-    from .onnx_io import SUPPORTED_OPSETS
+    from .onnx_io import LOADABLE_OPSETS
     from .vnnlib import vnnlib2_available
 
     capability = ALIASES.get(capability, capability)
     if capability == "--onnx-opset-versions":
-        lines = [str(v) for v in SUPPORTED_OPSETS]
+        lines = [str(v) for v in LOADABLE_OPSETS]
     elif capability == "--onnx-element-types":
         from .float_rounding import FLOAT_FORMATS
         lines = ["real", *FLOAT_FORMATS]
