@@ -250,3 +250,41 @@ def test_satisfactory_driver_checks_assignments(tmp_path, capsys):
     not_float32 = out.replace(repr(x0), "0.1", 1)
     assert valid_assignment(not_float32, path, query_path) == (
         False, "inputs not representable in float32")
+
+
+def _sigmoid_graph_case(tmp_path, bound: float) -> tuple[Path, Path]:
+    """y = sigmoid(2 x) on x in [0, 1] (a graph-IR model), float32; the query asks y >= bound."""
+    node_mul = helper.make_node("Mul", ["X", "two"], ["h"])
+    node_sig = helper.make_node("Sigmoid", ["h"], ["Y"])
+    graph = helper.make_graph(
+        [node_mul, node_sig], "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])],
+        [numpy_helper.from_array(np.float32([2.0]), "two")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "sigmoid.onnx"
+    onnx.save(model, path)
+    query = tmp_path / "q.vnnlib"
+    query.write_text("(vnnlib-version <2.0>)\n(declare-network N\n  (declare-input X float32 [1])\n"
+                     "  (declare-output Y float32 [1])\n)\n(assert (>= X[0] 0.0))\n"
+                     f"(assert (<= X[0] 1.0))\n(assert (>= Y[0] {bound}))\n")
+    return path, query
+
+
+def test_graph_model_float32_sat_by_onnxruntime_and_no_unsat_without_a_bound(tmp_path, capsys):
+    """Graph-IR models have no float rounding bound yet: a float32 query is sat only with an
+    assignment onnxruntime's float32 evaluation confirms, and never unsat (unknown, with why)."""
+    pytest.importorskip("vnnlib")
+    path, query = _sigmoid_graph_case(tmp_path, 0.85)  # sigmoid(2) = 0.8808: reachable
+    code, out, err = _solver(["verify", str(query), "--network", f"N={path}",
+                              "--timeout", "30"], capsys)
+    assert code == 0 and out.splitlines()[0] == "sat", err
+    x = float(out.splitlines()[2])
+    assert float(onnxruntime_forward(path, np.float32([x]))[0]) >= 0.85
+    path, query = _sigmoid_graph_case(tmp_path, 0.95)  # above sigmoid(2): unsat over the reals
+    code, out, err = _solver(["verify", str(query), "--network", f"N={path}",
+                              "--timeout", "30"], capsys)
+    assert code == 0 and out == "unknown\n" and "not modelled" in err, err
+    code, out, err = _solver(["verify", str(query), "--network", f"N={path}", "--timeout", "30",
+                              "--floats-as-reals"], capsys)
+    assert (code, out) == (0, "unsat\n"), err

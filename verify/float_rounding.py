@@ -255,6 +255,8 @@ def _relu_bounds(path, lower: np.ndarray, upper: np.ndarray) -> list:
     from .spec import Box, OutputProperty, Specification
 
     net = load_onnx(path)
+    if getattr(net, "is_graph", False):
+        raise FloatSemanticsError("a graph-IR model: its float rounding is not modelled yet")
     spec = Specification(Box(lower, upper), OutputProperty(np.eye(net.output_size)[:1], [0.0]))
     batch = InputBatch.from_specs([spec], torch.device("cpu"))
     bounds = [(lo[0].numpy(), hi[0].numpy()) for lo, hi in layer_bounds(net, batch)]
@@ -285,6 +287,9 @@ def evaluation_error(path: Union[str, Path], lower: np.ndarray, upper: np.ndarra
         pre, post = relu_bounds.pop(0) if node.op_type == "Relu" and relu_bounds else (None, None)
         state = _tighten(state, pre)
         net = network_from_onnx(single, where=f"node '{node.name or node.op_type}'")
+        if getattr(net, "is_graph", False):
+            raise FloatSemanticsError(f"node '{node.name or node.op_type}' ({node.op_type}): "
+                                      "its float rounding is not modelled (graph-IR op)")
         if net.input_size != state.error.size:
             raise FloatSemanticsError(f"node '{node.name or node.op_type}' reads "
                                       f"{net.input_size} values, the walk has "
@@ -351,7 +356,11 @@ def graph_float_forward(path: Union[str, Path], x: np.ndarray,
     for node, single in _node_models(path):
         if single is None:
             continue
-        for layer in network_from_onnx(single, where=f"node '{node.name}'").layers:
+        net = network_from_onnx(single, where=f"node '{node.name}'")
+        if getattr(net, "is_graph", False):
+            raise FloatSemanticsError(f"node '{node.name or node.op_type}' ({node.op_type}): no "
+                                      "own float replay for graph-IR ops")
+        for layer in net.layers:
             if isinstance(layer, ReLU):
                 value = np.maximum(value, dtype.type(0))
                 continue
