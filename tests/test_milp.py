@@ -333,11 +333,22 @@ def test_ctrl_c_during_a_highs_solve_stops_it_and_raises(digits_mlp_path, digits
     highs = to_highs(program, options={**milp.EXACT_OPTIONS, "time_limit": 120.0})
     cost, offset, _ = program.objective(spec.output.C[0], spec.output.d[0])
     set_objective(highs, cost, offset)
-    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    fired = threading.Event()
+
+    def interrupt() -> None:
+        fired.set()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    timer = threading.Timer(0.3, interrupt)
     timer.start()
     try:
-        with pytest.raises(KeyboardInterrupt):
-            run_highs(highs)
+        run_highs(highs)
+    except KeyboardInterrupt:
+        pass
+    else:
+        if not fired.is_set():  # a fast machine solved it before the signal: nothing to test
+            pytest.skip("the solve finished before the SIGINT was sent")
+        pytest.fail("SIGINT during the solve did not raise KeyboardInterrupt")
     finally:
         timer.cancel()
     assert highs.getModelStatus() == highspy.HighsModelStatus.kInterrupt  # stopped, not done
