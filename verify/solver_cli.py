@@ -93,6 +93,7 @@ ATTRIBUTE_PROBES = {
          {"transB": 1, "alpha": 0.5, "beta": 2.0}),
     ),
     "MatMul": (("variable times a 2-D matrix", [1, 3], {"W": [3, 2]}, {}),),
+    "Cast": (("a variable tensor to int64", [1, 3], {}, {"to": 7}),),  # TensorProto.INT64
 }
 
 
