@@ -607,7 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("property", help="VNN-LIB 1.0 or 2.0 file (describes the violation; 2.0 "
                    "needs the 'vnnlib' package)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds, loading the model included (not Python's start-up; verify-solver counts that too)")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds, loading the model included (not Python's start-up; "
+                        "verify-solver counts that too)")
     p.add_argument("--method", default="auto", help="auto, bab, or a certifier name")
     p.add_argument("--out", default=None, help="write the result (and counterexample) here")
     _add_threads_argument(p)

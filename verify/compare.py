@@ -34,6 +34,11 @@ def _worst(values: Sequence[Optional[float]]) -> float:
     return min(finite) if finite else float("nan")
 
 
+def _number(value: float, width: int) -> str:
+    """A table cell: the value, or '-' where there is none (the attack bounds no margin)."""
+    return f"{value:{width}.4g}" if np.isfinite(value) else f"{'-':>{width}s}"
+
+
 def summarize(eps: float, norm: str, method: str, certs: list[Certificate],
               seconds: float) -> dict:
     """One table row from the certificates of one method at one radius."""
@@ -157,8 +162,9 @@ def format_table(rows: list[dict]) -> str:
         for r in block:
             lines.append(
                 f"  {r['method']:12s} {r['yes']:4d} {r['no']:4d} {r['maybe']:5d}  "
-                f"{r['robust_accuracy']:10.3f} {r['bound']:>6s}  {r['mean_margin_lower']:10.4g} "
-                f"{r['median_margin_lower']:12.4g}  {r['median_time_s'] * 1e3:8.2f} ms "
+                f"{r['robust_accuracy']:10.3f} {r['bound']:>6s}  "
+                f"{_number(r['mean_margin_lower'], 10)} {_number(r['median_margin_lower'], 12)}  "
+                f"{r['median_time_s'] * 1e3:8.2f} ms "
                 f"{r['total_time_s']:7.2f}s")
         lines.append("")
     lines.append("acc is: a lower bound on the network's true robust accuracy (relaxed "
