@@ -31,7 +31,7 @@ from .graph.network import GraphNetwork
 from .graph import onnx_graph
 from .graph.onnx_graph import GraphReader
 from .network import Conv2d, Dense, Network, ReLU, _size
-from .onnx_proto import attribute_value, read_model_proto, tensor_to_array
+from .onnx_proto import attribute_value, read_model_proto, static_input_shape, tensor_to_array
 
 SUPPORTED_OPS = (
     "Add", "BatchNormalization", "Constant", "Conv", "Div", "Flatten", "Gemm", "Identity",
@@ -205,7 +205,7 @@ class _GraphReader:
             raise UnsupportedModelError(
                 f"{self.where}: the model has {len(self.graph.output)} outputs ({names}); exactly "
                 "one is supported")
-        onnx_shape = _static_shape(graph_inputs[0], self.where)
+        onnx_shape = static_input_shape(graph_inputs[0], self.where)
         batched = len(onnx_shape) >= 2 and onnx_shape[0] in (1, None)
         if len(onnx_shape) >= 2 and not batched:
             raise UnsupportedModelError(
@@ -492,26 +492,6 @@ def _default_opset(model) -> Optional[int]:
         if entry.domain in ("", "ai.onnx"):
             return int(entry.version)
     return None
-
-
-def _static_shape(value_info, where: str) -> tuple[Optional[int], ...]:
-    """Dimensions of a graph input; None for a symbolic first (batch) dimension."""
-    tensor_type = value_info.type.tensor_type
-    if not tensor_type.HasField("shape"):
-        raise UnsupportedModelError(f"{where}: input '{value_info.name}' has no static shape")
-    dims = []
-    for i, d in enumerate(tensor_type.shape.dim):
-        if d.HasField("dim_value") and d.dim_value > 0:
-            dims.append(int(d.dim_value))
-        elif i == 0:
-            dims.append(None)
-        else:
-            raise UnsupportedModelError(
-                f"{where}: input '{value_info.name}' has a dynamic dimension "
-                f"'{d.dim_param or '?'}' at axis {i}; only the batch axis may be symbolic")
-    if tensor_type.elem_type not in (1, 10, 11, 16):  # float, float16, double, bfloat16
-        raise UnsupportedModelError(f"{where}: input '{value_info.name}' is not a float tensor")
-    return tuple(dims)
 
 
 def network_from_onnx(model, where: str = "model") -> Union[Network, GraphNetwork]:

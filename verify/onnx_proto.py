@@ -25,11 +25,11 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
-from .errors import ModelLoadError, not_a_file
+from .errors import ModelLoadError, UnsupportedModelError, not_a_file
 
 _PRIVATE_NAME = "_verify_onnx_ml_pb2"
 
@@ -204,3 +204,24 @@ def read_model_proto(path: Union[str, Path]):
         if tensor.data_location == TensorProto.EXTERNAL:
             _load_external(tensor, path.parent, path)
     return model
+
+
+def static_input_shape(value_info, where: str) -> tuple[Optional[int], ...]:
+    """Dimensions of a float graph input; None for a symbolic first (batch) dimension. Any other
+    dynamic dimension, a missing shape or a non-float type is refused in one line."""
+    tensor_type = value_info.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        raise UnsupportedModelError(f"{where}: input '{value_info.name}' has no static shape")
+    dims = []
+    for i, d in enumerate(tensor_type.shape.dim):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        elif i == 0:
+            dims.append(None)
+        else:
+            raise UnsupportedModelError(
+                f"{where}: input '{value_info.name}' has a dynamic dimension "
+                f"'{d.dim_param or '?'}' at axis {i}; only the batch axis may be symbolic")
+    if tensor_type.elem_type not in (1, 10, 11, 16):  # float, float16, double, bfloat16
+        raise UnsupportedModelError(f"{where}: input '{value_info.name}' is not a float tensor")
+    return tuple(dims)

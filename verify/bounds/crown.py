@@ -382,11 +382,7 @@ def propagate(net: Network, batch: InputBatch, ibp_bounds: list[Bounds], *,
         lower, upper = ibp_bounds[k]
         if k > 0:
             prev_lower, prev_upper = bounds[k - 1]
-            if isinstance(layer, AFFINE):
-                step_lower, step_upper = ibp.affine_interval(layer, params[k], prev_lower,
-                                                             prev_upper)
-            else:
-                step_lower, step_upper = prev_lower.clamp(min=0), prev_upper.clamp(min=0)
+            step_lower, step_upper = ibp.layer_interval(layer, params[k], prev_lower, prev_upper)
             lower, upper = _intersect(lower, upper, step_lower, step_upper)
         if floor is not None:
             lower, upper = _intersect(lower, upper, *floor[k])

@@ -86,6 +86,16 @@ def ball_affine_bounds(layer, params: dict, batch: InputBatch) -> Bounds:
     return y0 - spread - slack, y0 + spread + slack
 
 
+def layer_interval(layer, params: dict, lower: torch.Tensor, upper: torch.Tensor) -> Bounds:
+    """Sound bounds of one layer's output for inputs in [lower, upper]: `affine_interval` for an
+    affine layer, [max(l, 0), max(u, 0)] for a ReLU (monotone, exact in floating point)."""
+    if isinstance(layer, AFFINE):
+        return affine_interval(layer, params, lower, upper)
+    if isinstance(layer, ReLU):
+        return lower.clamp(min=0), upper.clamp(min=0)
+    raise TypeError(f"IBP cannot handle {type(layer).__name__}")  # pragma: no cover
+
+
 def layer_bounds(net: Network, batch: InputBatch, device: Optional[torch.device] = None
                  ) -> list[Bounds]:
     """Interval bounds on the output of every layer (pre-activation after affine layers)."""
@@ -94,17 +104,11 @@ def layer_bounds(net: Network, batch: InputBatch, device: Optional[torch.device]
     out: list[Bounds] = []
     first_affine = True
     for layer, p in zip(net.layers, params):
-        if isinstance(layer, AFFINE):
-            lower, upper = affine_interval(layer, p, lower, upper)
-            if first_affine and batch.norm in ("2", "1"):
-                ball_lower, ball_upper = ball_affine_bounds(layer, p, batch)
-                lower, upper = torch.maximum(lower, ball_lower), torch.minimum(upper, ball_upper)
-            first_affine = False
-        elif isinstance(layer, ReLU):
-            lower, upper = lower.clamp(min=0), upper.clamp(min=0)
-            first_affine = False  # the ball bound holds only for an affine layer reading x itself
-        else:  # pragma: no cover - the loader only builds the layers above
-            raise TypeError(f"IBP cannot handle {type(layer).__name__}")
+        lower, upper = layer_interval(layer, p, lower, upper)
+        if first_affine and isinstance(layer, AFFINE) and batch.norm in ("2", "1"):
+            ball_lower, ball_upper = ball_affine_bounds(layer, p, batch)
+            lower, upper = torch.maximum(lower, ball_lower), torch.minimum(upper, ball_upper)
+        first_affine = False  # the ball bound holds only for an affine layer reading x itself
         out.append((lower, upper))
     return out
 

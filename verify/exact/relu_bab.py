@@ -120,11 +120,7 @@ def domain_bounds(net: Network, root: list, splits: dict[int, Tensor], params: l
         lower, upper = (t.expand(count, -1) for t in root[k])
         if k > 0:
             prev_lower, prev_upper = bounds[k - 1]
-            if isinstance(layer, AFFINE):
-                step_lower, step_upper = ibp.affine_interval(layer, params[k], prev_lower,
-                                                             prev_upper)
-            else:
-                step_lower, step_upper = prev_lower.clamp(min=0), prev_upper.clamp(min=0)
+            step_lower, step_upper = ibp.layer_interval(layer, params[k], prev_lower, prev_upper)
             lower, upper = torch.maximum(lower, step_lower), torch.minimum(upper, step_upper)
         if k + 1 in splits:  # layer k's output is the input z of split ReLU layer k + 1
             phase = splits[k + 1]

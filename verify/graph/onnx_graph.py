@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import UnsupportedModelError
-from ..onnx_proto import attribute_value, tensor_to_array
+from ..onnx_proto import attribute_value, static_input_shape, tensor_to_array
 from . import ops
 from .ir import Graph, Node, Shape, size_of
 
@@ -184,22 +184,8 @@ class GraphReader:
         return value.astype(np.float64) if value.dtype.kind in "fc" else value
 
     def input_shape(self, value_info) -> Shape:
-        tensor_type = value_info.type.tensor_type
-        if not tensor_type.HasField("shape"):
-            raise UnsupportedModelError(f"{self.where}: input '{value_info.name}' has no static shape")
-        dims = []
-        for i, d in enumerate(tensor_type.shape.dim):
-            if d.HasField("dim_value") and d.dim_value > 0:
-                dims.append(int(d.dim_value))
-            elif i == 0:
-                dims.append(1)  # a symbolic batch axis: one sample
-            else:
-                raise UnsupportedModelError(
-                    f"{self.where}: input '{value_info.name}' has a dynamic dimension "
-                    f"'{d.dim_param or '?'}' at axis {i}; only the batch axis may be symbolic")
-        if tensor_type.elem_type not in (1, 10, 11, 16):
-            raise UnsupportedModelError(f"{self.where}: input '{value_info.name}' is not a float tensor")
-        return tuple(dims)
+        """A graph input's static shape; a symbolic batch axis is one sample."""
+        return tuple(1 if d is None else d for d in static_input_shape(value_info, self.where))
 
     def attrs(self, node) -> dict:
         return {a.name: _decoded(attribute_value(a)) for a in node.attribute}
