@@ -142,10 +142,13 @@ def assert_bounds_hold(net, center: np.ndarray, radius: float) -> None:
     k = net.output_size
     with torch.no_grad():
         ibp = graph_bounds.interval_bounds(net, batch)
-        lo, up = (t[0].numpy() for t in graph_bounds.output_bounds(net, ibp))
+        lo_t, up_t = graph_bounds.output_bounds(net, ibp)
+        ibp_margin = graph_bounds.interval_margin(batch, lo_t, up_t)[0].numpy()
+        lo, up = lo_t[0].numpy(), up_t[0].numpy()
         crown = graph_bounds.margin_lower_from(net, batch, graph_bounds.crown_bounds(net, batch))[0].numpy()
     assert np.all(lo <= out.min(0)) and np.all(up >= out.max(0)), "IBP"
     assert np.all(crown[:k] <= out.min(0)) and np.all(-crown[k:] >= out.max(0)), "CROWN"
+    assert np.all(ibp_margin <= crown), "the order IBP <= CROWN"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
