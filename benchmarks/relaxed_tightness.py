@@ -1,6 +1,7 @@
 """Relaxed certifiers side by side: certified count, mean margin lower bound, time per input.
 
     python benchmarks/relaxed_tightness.py [--threads 1] [--device auto] [--quick] [--processes 5]
+    python benchmarks/relaxed_tightness.py --base REF [--rounds 5]
 
 Models: the bundled digits MLP (first 100 test digits) and, when benchmarks/data is present,
 VNN-COMP mnist_fc mnist-net_256x2 (its 15 images, recovered from the prop_*_0.03 VNN-LIB boxes).
@@ -11,6 +12,13 @@ processes: how often its large tensors fault in fresh pages differs between proc
 
 Writes benchmarks/results/relaxed_tightness.csv and .md. Add a method by appending to METHODS:
 (name passed to verify.certify_batch, options).
+
+With `--base REF`: this tree against commit REF (a temporary `git worktree`) side by side, eps
+0.03 on both models: `--rounds` rounds, each running every method once per tree in a fresh
+process per tree (torch on 1 thread), the order of the two trees alternating from round to
+round. Per model and method: certified counts and mean margin lower bounds of both (equal when
+the arithmetic did not change) and the median over rounds of the process-CPU-time ratio
+this / base. Writes benchmarks/results/relaxed_tightness_side_by_side.md.
 """
 
 from __future__ import annotations
@@ -274,6 +282,94 @@ def write_results(rows: list[dict], cost: dict, kept: Optional[dict], header: st
     (RESULTS / "relaxed_tightness.md").write_text("\n".join(lines))
 
 
+# One round of one tree, run as `python -c SIDE_WORKER SETUP.json` with PYTHONPATH = that tree:
+# the quick grid of METHODS per model (a warm-up call first), process CPU time per method.
+SIDE_WORKER = """
+import json, sys, time
+import numpy as np, torch
+torch.set_num_threads(1)
+import verify
+setup = json.load(open(sys.argv[1]))
+rows = []
+for model in setup["models"]:
+    net = verify.load_onnx(model["onnx"])
+    data = np.load(model["data"])
+    xs, ys = data["x"], data["y"]
+    for method, options in setup["methods"]:
+        verify.certify_batch(net, xs[:2], ys[:2], setup["eps"], "inf", method, (0, 1), **options)
+        t0 = time.process_time()
+        certs = verify.certify_batch(net, xs, ys, setup["eps"], "inf", method, (0, 1), **options)
+        cpu = time.process_time() - t0
+        margins = [np.mean([v for v in c.margin_lower if v is not None]) for c in certs]
+        rows.append({"model": model["name"], "method": method, "cpu_s": cpu,
+                     "certified": sum(c.status is verify.Status.YES for c in certs),
+                     "mean_margin_lower": float(np.mean(margins))})
+print(json.dumps(rows))
+"""
+
+
+def side_by_side(base: str, rounds: int, device: str) -> Path:
+    """This tree against commit `base` (see the module docstring); returns the .md written."""
+    import tempfile
+
+    sha = subprocess.run(["git", "rev-parse", "--short", base], cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    here = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
+                          capture_output=True, text=True).stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        models = []
+        for name, load in [("digits_mlp", digits)] + ([("mnist_fc 256x2", mnist_fc)]
+                                                       if MNIST_FC.is_dir() else []):
+            _, xs, ys = load()
+            np.savez(tmp / f"{len(models)}.npz", x=xs, y=ys)
+            onnx = REPO / "models" / "digits_mlp.onnx" if name == "digits_mlp" else \
+                MNIST_FC / "onnx" / "mnist-net_256x2.onnx"
+            models.append({"name": name, "onnx": str(onnx), "data": str(tmp / f"{len(models)}.npz")})
+        setup = tmp / "setup.json"
+        setup.write_text(json.dumps({"models": models, "eps": 0.03, "methods": [
+            (m, with_device(m, o, device)) for m, o in METHODS]}))
+        old = tmp / "base"
+        subprocess.run(["git", "worktree", "add", "--detach", str(old), base], cwd=REPO,
+                       check=True, capture_output=True)
+        try:
+            runs: dict[str, list[list[dict]]] = {"this": [], "base": []}
+            for r in range(rounds):
+                for which in (("this", "base") if r % 2 == 0 else ("base", "this")):
+                    tree = REPO if which == "this" else old
+                    done = subprocess.run([sys.executable, "-c", SIDE_WORKER, str(setup)],
+                                          cwd=tree, capture_output=True, text=True, check=True,
+                                          env={**os.environ, "PYTHONPATH": str(tree),
+                                               "OMP_NUM_THREADS": "1"})
+                    runs[which].append(json.loads(done.stdout.splitlines()[-1]))
+                print(f"round {r + 1}/{rounds} done", flush=True)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=REPO,
+                           capture_output=True)
+    lines = [f"# relaxed_tightness side by side: this tree ({here}) against {sha}", "",
+             f"`python benchmarks/relaxed_tightness.py --base {base} --rounds {rounds}`; "
+             f"{machine()}; device {device}. eps 0.03, l_inf ∩ [0, 1]; each round runs every "
+             "method once per tree, each tree in a fresh process (1 torch thread), the order "
+             "alternating; ratio = this / base process CPU time of the method's batch, per round, "
+             "median and range over rounds.", "",
+             "| model | method | certified (this / base) | mean margin lower (this / base) "
+             "| CPU s median (this / base) | ratio median | ratio range |",
+             "|---|---|---|---|---|---|---|"]
+    for k, row in enumerate(runs["this"][0]):
+        this = [run[k]["cpu_s"] for run in runs["this"]]
+        before = [run[k]["cpu_s"] for run in runs["base"]]
+        ratios = [a / b for a, b in zip(this, before)]
+        b0 = runs["base"][0][k]
+        lines.append(f"| {row['model']} | {row['method']} | {row['certified']} / {b0['certified']} "
+                     f"| {row['mean_margin_lower']:.6f} / {b0['mean_margin_lower']:.6f} "
+                     f"| {statistics.median(this):.3f} / {statistics.median(before):.3f} "
+                     f"| {statistics.median(ratios):.2f} | {min(ratios):.2f} .. {max(ratios):.2f} |")
+        print(lines[-1], flush=True)
+    out = RESULTS / "relaxed_tightness_side_by_side.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
 def _figures(values: list[float]) -> str:
     return ", ".join(f"{v:.0f}" for v in values)
 
@@ -287,7 +383,12 @@ def main() -> int:
                         help="fresh processes measuring CROWN's cost (default 5)")
     parser.add_argument("--cost-only", action="store_true",
                         help="print the forward-pass-equivalents figures as JSON and stop")
+    parser.add_argument("--base", help="compare this tree with this commit, side by side")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of --base (default 5)")
     args = parser.parse_args()
+    if args.base:
+        print(f"wrote {side_by_side(args.base, args.rounds, str(resolve_device(args.device)))}")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     device = str(resolve_device(args.device))

@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..graph import ops
 from ..graph.ir import size_of
 from ..spec import Specification
-from . import UNDERFLOW, InputBatch, certify_with_bounds, rounding_slack
+from . import UNDERFLOW, InputBatch, certify_with_bounds, norm_underflow, rounding_slack
 from .crown import concretize, relu_relaxation
 
 Bounds = tuple[torch.Tensor, torch.Tensor]
@@ -43,6 +43,89 @@ def refuse(method: str) -> InputError:
 def _input_bounds(net, batch: InputBatch) -> dict[str, Bounds]:
     lower, upper = net.split_input(batch.lower), net.split_input(batch.upper)
     return {name: (lower[name], upper[name]) for name in lower}
+
+
+# The l_2 / l_1 ball bound of a tensor affine in the input (below): its Jacobian's row norms are
+# computed once per network when it has at most this many entries (outputs x inputs), by vjps of
+# one-hot rows in chunks of at most BALL_CHUNK entries.
+BALL_ENTRIES = 2 ** 26
+BALL_CHUNK = 2 ** 20
+
+
+def affine_in_input(net) -> dict[str, int]:
+    """The tensors that are affine functions of the input (every node from the input to them
+    linear), each with the products summed along the way (sum of terms + 1 over those nodes)."""
+    graph = net.graph
+    out = {name: 0 for name in graph.inputs}
+    for node in graph.nodes:
+        if node.op in ops.LINEAR and all(i in out for i in node.inputs):
+            out[node.output] = sum(out[i] for i in dict.fromkeys(node.inputs)) + \
+                ops.LINEAR[node.op][2](node) + 1
+    return out
+
+
+def _input_jacobian_norms(net, name: str, norm: str, device, dtype) -> Optional[Bounds]:
+    """(||J_i||_q, ||J^abs_i||_q) per entry i of an input-affine tensor `name` (shape of the
+    tensor), J its Jacobian over the flat input and J^abs the same through the nodes with
+    absolute weights (|J| <= J^abs; the float J is within gamma J^abs of the real one), q the
+    dual of `norm`; cached on the network; None when J has more than BALL_ENTRIES entries."""
+    cache = net.__dict__.setdefault("_ball_norms", {})
+    key = (name, norm, str(device), dtype)
+    if key in cache:
+        return cache[key]
+    graph = net.graph
+    shape, n = graph.shapes[name], sum(size_of(graph.shapes[i]) for i in graph.inputs)
+    size = size_of(shape)
+    if size * n > BALL_ENTRIES:
+        cache[key] = None
+        return None
+    index = {node.output: k for k, node in enumerate(graph.nodes)}
+    params = net.torch_params(device, dtype)
+    params_abs = net.torch_params(device, dtype, absolute=True)
+    q = {"2": 2.0, "1": float("inf")}[norm]
+    norms: list[list[torch.Tensor]] = [[], []]
+    chunk = max(1, BALL_CHUNK // n)
+    for start in range(0, size, chunk):
+        rows = min(chunk, size - start)
+        onehot = torch.zeros((rows, size), dtype=dtype, device=device)
+        onehot[torch.arange(rows, device=device), start + torch.arange(rows, device=device)] = 1
+        for which, p in enumerate((params, params_abs)):
+            A = {name: onehot.reshape(rows, *shape)}
+            for k in range(index.get(name, -1), -1, -1):
+                node = graph.nodes[k]
+                if node.output not in A:
+                    continue
+                a = A.pop(node.output)
+                grads = _vjp(ops.LINEAR[node.op][0], node, p[k],
+                             [graph.shapes[i] for i in node.inputs], a)
+                for i, g in zip(node.inputs, grads):
+                    if g is not None:
+                        A[i] = A[i] + g if i in A else g
+            flat = torch.cat([A.get(i, torch.zeros((rows, *graph.shapes[i]), dtype=dtype,
+                                                   device=device)).reshape(rows, -1)
+                              for i in graph.inputs], 1)
+            norms[which].append(torch.linalg.vector_norm(flat, ord=q, dim=1))
+    cache[key] = tuple(torch.cat(part).reshape(shape) for part in norms)
+    return cache[key]
+
+
+def ball_bounds(net, batch: InputBatch, name: str, center: Bounds, products: int
+                ) -> Optional[Bounds]:
+    """Bounds of an input-affine tensor t(x) = J x + c over the l_2 / l_1 ball (box ignored):
+    t(x0) ± eps ||J_i||_q. `center`: sound bounds of t(x0) (IBP of the point x0); `products`:
+    the products summed on the way from the input (for the rounding of J, within gamma of
+    J^abs)."""
+    lo0, up0 = center
+    found = _input_jacobian_norms(net, name, batch.norm, lo0.device, lo0.dtype)
+    if found is None:
+        return None
+    norm_j, norm_abs = found
+    n = batch.center.shape[1]
+    eps = batch.eps.reshape(-1, *[1] * norm_j.dim())
+    spread = eps * (norm_j[None] + norm_underflow(batch.norm, n))
+    allowance = rounding_slack(eps * (norm_abs[None] + norm_underflow(batch.norm, n)),
+                               products + n, eps * n)
+    return lo0 - spread - allowance, up0 + spread + allowance
 
 
 def linear_interval(net, k: int, node, ins: list[Bounds]) -> Bounds:
@@ -74,11 +157,36 @@ def node_interval(net, k: int, node, ins: list[Bounds]) -> Bounds:
 
 
 def interval_bounds(net, batch: InputBatch) -> dict[str, Bounds]:
-    """IBP bounds (B, *shape) of every tensor."""
+    """IBP bounds (B, *shape) of every tensor; for an l_2 / l_1 ball, the tensors affine in the
+    input also within their exact ball bound (`ball_bounds`), as the chain IBP's first layer."""
     bounds = _input_bounds(net, batch)
+    ball = BallBounds(net, batch)
     for k, node in enumerate(net.graph.nodes):
-        bounds[node.output] = node_interval(net, k, node, [bounds[i] for i in node.inputs])
+        bounds[node.output] = ball.intersect(k, node, node_interval(
+            net, k, node, [bounds[i] for i in node.inputs]))
     return bounds
+
+
+class BallBounds:
+    """For an l_2 / l_1 ball: intersects the interval of each input-affine tensor with its ball
+    bound, following the point x0 through those nodes (IBP of [x0, x0]); otherwise a no-op."""
+
+    def __init__(self, net, batch: InputBatch):
+        self.net, self.batch = net, batch
+        self.affine = affine_in_input(net) if batch.norm in ("2", "1") else {}
+        if self.affine:
+            center = net.split_input(batch.center)
+            self.center = {name: (center[name], center[name]) for name in center}
+
+    def intersect(self, k: int, node, interval: Bounds) -> Bounds:
+        if node.output not in self.affine:
+            return interval
+        point = linear_interval(self.net, k, node, [self.center[i] for i in node.inputs])
+        self.center[node.output] = point
+        found = ball_bounds(self.net, self.batch, node.output, point, self.affine[node.output])
+        if found is None:
+            return interval
+        return torch.maximum(interval[0], found[0]), torch.minimum(interval[1], found[1])
 
 
 def output_bounds(net, bounds: dict[str, Bounds]) -> Bounds:
@@ -137,7 +245,7 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
         else:
             lo, up = bounds[node.inputs[0]]
             n_terms += 2
-            if node.op == "MaxPool" and len(node.params["kernel"]) == 2:
+            if node.op == "MaxPool":
                 # y >= x_k* (k* the candidate of largest lower bound); y <= x_k* when it dominates
                 # (l_k* >= u_k for every other k), else y <= the constant upper bound.
                 y_up = bounds[node.output][1]
@@ -202,6 +310,7 @@ def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS) -> dict[s
     at most `crown_rows` entries need it (for Relu: the unstable ones, l < 0 < u, in any input
     of the batch; for the other ops: all)."""
     bounds = _input_bounds(net, batch)
+    ball = BallBounds(net, batch)
     tightened: set[str] = set(bounds)
     for k, node in enumerate(net.graph.nodes):
         name = node.inputs[0] if node.op not in ops.LINEAR else None
@@ -226,7 +335,8 @@ def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS) -> dict[s
                 new_up[:, rows] = torch.minimum(flat_up[:, rows], -lower[:, r:])
                 bounds[name] = (new_lo.reshape(lo.shape), new_up.reshape(up.shape))
             tightened.add(name)
-        bounds[node.output] = node_interval(net, k, node, [bounds[i] for i in node.inputs])
+        bounds[node.output] = ball.intersect(k, node, node_interval(
+            net, k, node, [bounds[i] for i in node.inputs]))
     return bounds
 
 

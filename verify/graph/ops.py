@@ -11,8 +11,9 @@ Tensors carry a leading sample axis B: a variable of ONNX shape S is a torch ten
   derivative; `relax(op, lower, upper)` gives linear bounds a_l x + b_l <= f(x) <= a_u x + b_u on
   [lower, upper] (chord / tangent, widened for the rounding of f); intervals are [f(l), f(u)]
   widened alike.
-- `MaxPool` and `Softmax` (`BOUNDED`): exact or sound interval rules; their linear bounds are the
-  constant interval bounds.
+- `MaxPool` and `Softmax` (`BOUNDED`): exact or sound interval rules. Linear bounds: MaxPool's
+  from its window candidates (`max_pool_windows`, any spatial rank), Softmax's from
+  `softmax_relaxation` (tangent planes of the convex / concave pieces of its parts).
 
 Piecewise-linear ops other than Relu (LeakyRelu, PRelu, Clip, Abs, Max, Min) are rewritten into
 Relu and linear nodes by the loader (e.g. max(a, b) = b + relu(a - b)), so every certifier that
@@ -21,6 +22,7 @@ handles Relu handles them.
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable
 
 import numpy as np
@@ -338,14 +340,20 @@ def to_torch(params: dict, device: torch.device, dtype: torch.dtype) -> dict:
 
 
 def max_pool_windows(node: Node, x: Tensor, p: dict, fill: float) -> Tensor:
-    """The K = kh kw candidates of a 2-D MaxPool: (B, *in) -> (B, K, *out), padding = `fill`
-    (-inf for values, 0 for the linear selection map, whose transpose is its vjp)."""
+    """The K = prod(kernel) candidates of a MaxPool of any spatial rank: (B, *in) -> (B, K, *out),
+    padding = `fill` (-inf for values, 0 for the linear selection map, whose transpose is its
+    vjp). Candidate k is the window cell at offset k (row-major over the kernel's axes)."""
     x, b = _spatial(x, node)
     x = F.pad(x, _pad_pairs(p["pads"]), value=fill)
-    (kh, kw), (sh, sw), (dh, dw) = p["kernel"], p["strides"], p["dilations"]
-    h_out = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1
-    w_out = (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
-    cells = [x[:, :, i * dh: i * dh + sh * (h_out - 1) + 1: sh, j * dw: j * dw + sw * (w_out - 1) + 1: sw]
-             for i in range(kh) for j in range(kw)]
-    stacked = torch.stack(cells, 1)  # (B N, K, C, Ho, Wo)
-    return stacked.reshape(b, -1, *stacked.shape[1:]).transpose(1, 2)  # (B, K, N, C, Ho, Wo)
+    kernel, strides, dilations = p["kernel"], p["strides"], p["dilations"]
+    outs = [(x.shape[2 + a] - dilations[a] * (k - 1) - 1) // strides[a] + 1
+            for a, k in enumerate(kernel)]
+    cells = []
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        index = [slice(None), slice(None)]
+        for a, o in enumerate(offset):
+            first = o * dilations[a]
+            index.append(slice(first, first + strides[a] * (outs[a] - 1) + 1, strides[a]))
+        cells.append(x[tuple(index)])
+    stacked = torch.stack(cells, 1)  # (B N, K, C, *out)
+    return stacked.reshape(b, -1, *stacked.shape[1:]).transpose(1, 2)  # (B, K, N, C, *out)
