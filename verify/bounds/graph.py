@@ -6,9 +6,11 @@ Method:    IBP: in topological order, linear nodes in center/radius form y = L(m
            C y - d from the output intervals. CROWN: a backward pass from C through the DAG,
            coefficients of a node summed over its consumers; linear nodes transpose by their
            vector-Jacobian product (exact for a linear map), Relu takes CROWN's relaxation, smooth
-           ops chord / tangent lines (ops.relax), MaxPool and Softmax their interval as constant
-           bounds. Intermediate bounds: IBP, tightened by a CROWN pass from each nonlinear node's
-           input where at most `crown_rows` entries need it. Rounding: each linear step's float64
+           ops chord / tangent lines (ops.relax), MaxPool its window candidates, Softmax a
+           mean-value form around the box's midpoint (ops.softmax_relaxation; its interval where
+           tighter). For l_2 / l_1 balls, tensors affine in the input get the exact ball bound
+           x0 ± eps ||J_i||_q in IBP too. Intermediate bounds: IBP, tightened by a CROWN pass
+           from each nonlinear node's input where at most `crown_rows` entries need it. Rounding: each linear step's float64
            error is at most gamma_n times the same pass run on absolute values (|A| |L|),
            carried alongside and charged at the end with `rounding_slack`; concretization is
            crown.concretize's (rounding included).
@@ -265,6 +267,17 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
                 new = _vjp(window, node, params[k], shapes, spread(select))
                 new_mag = _vjp(window, node, params[k], shapes, spread(mag_select))
                 n_terms += 1
+            elif node.op == "Softmax":  # y = S x + b_l / b_u along the axis (ops.softmax_relaxation)
+                axis = node.params["axis"] + 2  # in (B, m, *shape)
+                slope, b_l, b_u = ops.softmax_relaxation(node.params["axis"], lo, up)
+                a_last, mag_last = a.movedim(axis, -1), mag.movedim(axis, -1)
+                new = [(a_last.unsqueeze(-2) @ slope[:, None]).squeeze(-2).movedim(-1, axis)]
+                new_mag = [(mag_last.unsqueeze(-2) @ slope.abs()[:, None]).squeeze(-2).movedim(-1, axis)]
+                pos, neg = a_last.clamp(min=0), a_last.clamp(max=0)
+                const = const + (pos * b_l[:, None] + neg * b_u[:, None]).flatten(2).sum(-1)
+                owed = owed + (mag_last * torch.maximum(b_l.abs(), b_u.abs())[:, None]).flatten(2).sum(-1)
+                n_terms += slope.shape[-1]
+                new, new_mag = [flat(t) for t in new], [flat(t) for t in new_mag]
             elif node.op in ops.BOUNDED:  # constant bounds from the interval of the output
                 y_lo, y_up = bounds[node.output]
                 const = const + (a.clamp(min=0) * y_lo[:, None] + a.clamp(max=0) * y_up[:, None]).flatten(2).sum(-1)

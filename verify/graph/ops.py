@@ -286,6 +286,48 @@ def softmax_interval(axis: int, lower: Tensor, upper: Tensor) -> tuple[Tensor, T
     return y_lo.movedim(-1, axis + 1), y_up.movedim(-1, axis + 1)
 
 
+def softmax_relaxation(axis: int, lower: Tensor, upper: Tensor
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+    """Linear bounds of y = softmax(x) along `axis` for x in [lower, upper] (B, *S), sound with
+    rounding, in the layout with that axis moved last: (slope (B, ..., n, n), b_l, b_u (B, ..., n))
+    with slope[..., i, :] . x + b_l[..., i] <= y_i(x) <= slope[..., i, :] . x + b_u[..., i].
+
+    Mean-value form around the box's midpoint m: y_i(x) = y_i(m) + grad y_i(xi) . (x - m) for some
+    xi in the box, and grad y_i = y_i (e_i - y) lies in the interval G_i that softmax_interval's
+    bounds of y give (-y_i y_j off the diagonal, y_i (1 - y_i) on it). With a = the midpoint of
+    G_i: |y_i(x) - y_i(m) - a . (x - m)| <= E_i = sum_j max(G^up_ij - a_j, a_j - G^lo_ij) r_j,
+    r the box's half-widths. E shrinks as r^2, the interval's width as r: an output keeps the
+    line where 2 E_i is below its interval's width, else (and on unbounded boxes) the constant
+    interval bounds (slope 0)."""
+    y_lo, y_up = (t.movedim(axis + 1, -1) for t in softmax_interval(axis, lower, upper))
+    lo, up = lower.movedim(axis + 1, -1), upper.movedim(axis + 1, -1)
+    n = lo.shape[-1]
+    mid = (lo + up) / 2
+    radius = torch.maximum(up - mid, mid - lo)
+    y_mid = torch.softmax(mid, dim=-1)
+    g_lo = -y_up[..., :, None] * y_up[..., None, :]
+    g_up = -y_lo[..., :, None] * y_lo[..., None, :]
+    ends = torch.stack([y_lo * (1 - y_lo), y_up * (1 - y_up)])
+    diag_lo = ends.min(0).values
+    diag_up = torch.where((y_lo <= 0.5) & (y_up >= 0.5), torch.full_like(y_lo, 0.25),
+                          ends.max(0).values)
+    eye = torch.eye(n, dtype=torch.bool, device=lo.device)
+    g_lo = torch.where(eye, diag_lo[..., None], g_lo)
+    g_up = torch.where(eye, diag_up[..., None], g_up)
+    g_lo, g_up = g_lo - function_error(g_lo), g_up + function_error(g_up)
+    slope = (g_lo + g_up) / 2
+    spread = (torch.maximum(g_up - slope, slope - g_lo) * radius[..., None, :]).sum(-1)
+    spread = spread + function_error(spread) * (n + 4)
+    at_mid = slope * mid[..., None, :]
+    offset = y_mid - at_mid.sum(-1)
+    spread = spread + function_error(y_mid) * n + function_error(at_mid.abs().sum(-1)) * (n + 4)
+    b_l, b_u = offset - spread, offset + spread
+    line = torch.isfinite(b_l) & torch.isfinite(b_u) & torch.isfinite(slope).all(-1) \
+        & (2 * spread < y_up - y_lo)
+    slope = torch.where(line[..., None], slope, torch.zeros_like(slope))
+    return slope, torch.where(line, b_l, y_lo), torch.where(line, b_u, y_up)
+
+
 def relax(op: str, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(a_l, b_l, a_u, b_u): a_l x + b_l <= f(x) <= a_u x + b_u for x in [lower, upper], sound with
     rounding. Convex f: chord above, tangent at the midpoint below. S-shaped f: the same on a side
