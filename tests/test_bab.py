@@ -142,3 +142,86 @@ def test_timeout_zero_means_no_limit_as_for_milp():
     spec = robustness_spec(3, 3, x, int(np.argmax(net.forward(x))), 0.01, "inf")
     cert = certify_specs(net, [spec], "bab", timeout=0.0)[0]
     assert cert.status is Status.YES, cert.reason
+
+
+def smooth_graph(seed: int, act: str = "Sigmoid"):
+    """A 2-input MLP with Sigmoid / Tanh layers and a residual add: a GraphNetwork."""
+    from onnx import helper
+    from onnx_reference import make_model, tensor
+    from verify.onnx_io import network_from_onnx
+
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h1"], transB=1),
+             helper.make_node(act, ["h1"], ["a1"]),
+             helper.make_node("Gemm", ["a1", "W2", "b2"], ["h2"], transB=1),
+             helper.make_node("Tanh", ["h2"], ["a2"]),
+             helper.make_node("Add", ["a1", "a2"], ["r"]),
+             helper.make_node("Gemm", ["r", "W3", "b3"], ["y"], transB=1)]
+    inits = [("W1", rng.normal(size=(8, 2)) * 2), ("b1", rng.normal(size=8)),
+             ("W2", rng.normal(size=(8, 8))), ("b2", rng.normal(size=8)),
+             ("W3", rng.normal(size=(2, 8))), ("b3", rng.normal(size=2))]
+    net = network_from_onnx(make_model(nodes, [tensor("x", [1, 2])], [tensor("y", None)], inits),
+                            "smooth")
+    assert getattr(net, "is_graph", False)
+    return net
+
+
+@pytest.mark.parametrize("seed, act", [(0, "Sigmoid"), (1, "Tanh"), (2, "Sigmoid")])
+def test_bab_on_smooth_graphs_is_exact_against_a_dense_grid(seed, act):
+    """Input-split BaB on a Sigmoid / Tanh graph is complete in 2-D: with the threshold just
+    below the minimum of a dense grid (minus what the net can move between grid points) it
+    proves the property; just above the grid's minimum it finds a violation that replays in
+    float64 (its value checked here again); the proved lower bound never exceeds the grid's."""
+    from verify.exact.bab import BaBOptions, refute
+
+    net = smooth_graph(seed, act)
+    box = Box(np.array([-1.0, -1.0]), np.array([1.0, 1.0]))
+    A = np.array([[1.0, -1.0]])
+    axis = np.linspace(-1, 1, 401)
+    grid = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2)
+    values = net.forward(grid) @ A[0]
+    grid_min = values.min()
+    # A bound of the change between neighbouring grid points (spacing h): the largest sampled
+    # step between neighbours, doubled.
+    steps = np.abs(np.diff(values.reshape(401, 401), axis=0)).max() + \
+        np.abs(np.diff(values.reshape(401, 401), axis=1)).max()
+    options = BaBOptions(device="cpu", timeout=60, batch_size=256)
+    check = lambda x: bool(np.all(net.forward(x) @ A.T <= b))
+    b = np.array([grid_min - steps - 1e-3])
+    proved = refute(net, box, A, b, options, time.monotonic() + 60, check)
+    assert proved.status == "unsat", proved.reason
+    assert proved.proved_lower <= grid_min - b[0] + 1e-9
+    b = np.array([grid_min + 1e-3])
+    found = refute(net, box, A, b, options, time.monotonic() + 60, check)
+    assert found.status == "sat"
+    x = found.counterexample
+    assert np.all(box.lower <= x) and np.all(x <= box.upper)
+    assert float(net.forward(x) @ A[0]) <= b[0]
+
+
+def test_bab_certifies_graph_robustness_and_agrees_with_the_attack():
+    """verify.certify(method="bab") takes a graph network and decides every case: NO wherever
+    the attack finds a counterexample (and only with one that replays), YES wherever graph
+    CROWN proves, and YES on larger balls CROWN leaves open."""
+    import verify
+
+    net = smooth_graph(3)
+    rng = np.random.default_rng(4)
+    answers = []
+    for x in rng.uniform(-0.5, 0.5, size=(6, 2)):
+        label = int(np.argmax(net.forward(x)))
+        for eps in (0.05, 0.4):
+            bab = verify.certify(net, x, label, eps, "inf", "bab", timeout=30, device="cpu")
+            crown = verify.certify(net, x, label, eps, "inf", "crown", device="cpu")
+            attack = verify.certify(net, x, label, eps, "inf", "attack", device="cpu")
+            answers.append(bab.status)
+            assert bab.status is not verify.Status.MAYBE, bab.reason
+            if crown.status is verify.Status.YES:
+                assert bab.status is verify.Status.YES
+            if attack.status is verify.Status.NO:
+                assert bab.status is verify.Status.NO
+            if bab.status is verify.Status.NO:
+                z = net.forward(np.asarray(bab.counterexample))
+                assert np.all(np.abs(np.asarray(bab.counterexample) - x) <= eps)
+                assert np.argmax(z) != label or np.any(np.delete(z, label) >= z[label])
+    assert verify.Status.YES in answers and verify.Status.NO in answers

@@ -203,10 +203,10 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict) -> Quer
                 return QueryResult("sat", found, 0.0, method,
                                    "the violation has no output constraint")
     graph = getattr(net, "is_graph", False)  # a GraphNetwork: attack and CROWN only (for now)
-    if graph and method not in ("auto", "ibp", "crown", "attack", "smoothing"):
+    if graph and method not in ("auto", "ibp", "crown", "bab", "attack", "smoothing"):
         from .bounds.graph import refuse
         raise refuse(method)
-    if method == "bab" or (method == "auto" and net.input_size <= BAB_MAX_INPUTS and not graph):
+    if method == "bab" or (method == "auto" and net.input_size <= BAB_MAX_INPUTS):
         return _solve_bab(net, query, options)
     if method == "auto":
         result = QueryResult("unknown")

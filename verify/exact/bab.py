@@ -1,7 +1,9 @@
 """Branch and bound over input boxes: complete for low-dimensional inputs (e.g. ACAS Xu's 5).
 
-Accepts:   Network; input set = a box (or an l_inf ball ∩ box); a violation region given as a
-           disjunction of conjunctions "A f(x) <= b" (VNN-LIB), or a robustness property.
+Accepts:   Network or GraphNetwork (verify.graph: smooth activations, pooling, residuals,
+           bounded by verify.bounds.graph's CROWN); input set = a box (or an l_inf ball ∩ box);
+           a violation region given as a disjunction of conjunctions "A f(x) <= b" (VNN-LIB), or
+           a robustness property.
 Returns:   Certificate (robustness) or `BabResult` (VNN-LIB): proved, counterexample, or unknown
            when the time or box budget runs out.
 Method:    keep a stack of sub-boxes per disjunct. Each round bounds a batch of them with CROWN
@@ -11,10 +13,13 @@ Method:    keep a stack of sub-boxes per disjunct. Each round bounds a batch of 
            lower bound refutes them too (`optimized_lower`). A short PGD from the centers of
            the most suspicious boxes looks for a counterexample. The rest are split in two along
            the input whose halving raises the bound most to first order (the bound's gradient
-           with respect to the box's ends, times the width), and pushed back.
+           with respect to the box's ends, times the width; on graphs IBP's bound's), and pushed
+           back. Graph networks skip the alpha-CROWN and local-MILP steps.
 Soundness: sound and complete for boxes: a sub-box is dropped only when its bound proves it; a
            counterexample is replayed by the float64 forward pass. Terminates (for a property
-           that holds strictly, or fails strictly) as boxes shrink, within budget.
+           that holds strictly, or fails strictly) as boxes shrink, within budget: CROWN's bound
+           over a box converges to the function's minimum as the box shrinks, for Relu and for
+           the smooth ops alike (their linear bounds' error vanishes with the width).
 Reference: Wang et al., "Formal Security Analysis of Neural Networks using Symbolic Intervals"
            (ReluVal), USENIX Security 2018; Bunel et al., "Branch and Bound for Piecewise Linear
            Neural Network Verification", JMLR 2020.
@@ -89,10 +94,14 @@ def bound_and_split_scores(net: Network, lower: torch.Tensor, upper: torch.Tenso
     The score of input i is (dL/dlower_i - dL/dupper_i) x width_i for L = the box's best row
     bound: to first order, how much halving the box along i raises the bound (the bound is
     differentiable in the box, through the intermediate bounds too). The bounds themselves are
-    the same numbers `crown.margin_lower_bounds` / `ibp.margin_lower_bounds` compute."""
+    the same numbers `crown.margin_lower_bounds` / `ibp.margin_lower_bounds` compute. A graph
+    network (verify.graph) is bounded by verify.bounds.graph's CROWN / IBP and scored by the
+    gradient of its IBP bound (the graph CROWN pass is not differentiated); no neuron bounds."""
     from ..bounds import crown, ibp
 
     check_choice(bounds, BaBOptions.CHOICES["bounds"], "bounds", "bab")
+    if getattr(net, "is_graph", False):
+        return _graph_bound_and_split_scores(net, lower, upper, A, b, bounds)
     lower = lower.detach().clone().requires_grad_(True)
     upper = upper.detach().clone().requires_grad_(True)
     batch = _box_batch(lower, upper, A, b)
@@ -108,6 +117,31 @@ def bound_and_split_scores(net: Network, lower: torch.Tensor, upper: torch.Tenso
     scores = (grad_lower - grad_upper) * width + 1e-12 * width  # ties: the widest side
     return (row_lower.detach(), scores.nan_to_num(0.0),
             [(lo.detach(), up.detach()) for lo, up in neuron])
+
+
+def _graph_bound_and_split_scores(net, lower: torch.Tensor, upper: torch.Tensor,
+                                  A: torch.Tensor, b: torch.Tensor, bounds: str
+                                  ) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """bound_and_split_scores for a GraphNetwork (see there)."""
+    from ..bounds import graph as graph_bounds
+
+    lower = lower.detach().clone().requires_grad_(True)
+    upper = upper.detach().clone().requires_grad_(True)
+    batch = _box_batch(lower, upper, A, b)
+    with torch.enable_grad():
+        interval = graph_bounds.interval_bounds(net, batch)
+        ibp_lower = graph_bounds.interval_margin(batch, *graph_bounds.output_bounds(net, interval))
+        grad_lower, grad_upper = torch.autograd.grad(ibp_lower.max(dim=1).values.sum(),
+                                                     (lower, upper))
+    row_lower = ibp_lower.detach()
+    if bounds == "crown":
+        with torch.no_grad():
+            plain = _box_batch(lower.detach(), upper.detach(), A, b)
+            row_lower = torch.maximum(row_lower, graph_bounds.margin_lower_from(
+                net, plain, graph_bounds.crown_bounds(net, plain)))
+    width = (upper - lower).detach()
+    scores = (grad_lower - grad_upper) * width + 1e-12 * width  # ties: the widest side
+    return row_lower, scores.nan_to_num(0.0), []
 
 
 def _box_batch(lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, d: torch.Tensor
@@ -264,6 +298,7 @@ class BoxSearch:
                  options: BaBOptions, check=None,
                  hint: Optional[tuple[np.ndarray, float]] = None):
         self.net, self.options, self.check = net, options, check
+        self.graph = getattr(net, "is_graph", False)  # no alpha-CROWN, no local MILP (yet)
         self.box, self.A_array, self.b_array = box, A, b
         # The best attack point so far and its value max_i (A f(x) - b)_i, for `polish`.
         self.best_x, self.best_value = hint if hint is not None else (box.center, np.inf)
@@ -321,7 +356,7 @@ class BoxSearch:
         best_row = row_lower.max(dim=1).values
         refuted = best_row > 0  # some row of A f(x) - b is > 0 on the whole box
         refine = options.alpha_steps > 0 and options.bounds == "crown" and \
-            time.monotonic() - self.started >= options.alpha_after
+            time.monotonic() - self.started >= options.alpha_after and not self.graph
         if refine and not bool(refuted.all()):
             open_ = ~refuted
             best_row[open_] = torch.maximum(best_row[open_], optimized_lower(
@@ -380,6 +415,8 @@ class BoxSearch:
         for x0, value in sorted(tries, key=lambda t: t[1]):
             if value <= 0 and (self.check is None or self.check(x0)):
                 x = x0
+            elif self.graph:
+                continue
             elif time.monotonic() < end:  # each candidate gets at most its share
                 x = local_milp(self.net, self.box, self.A_array, self.b_array, x0,
                                options.polish_radius,
