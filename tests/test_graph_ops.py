@@ -154,7 +154,8 @@ def assert_bounds_hold(net, center: np.ndarray, radius: float) -> None:
         crown = graph_bounds.margin_lower_from(net, batch, graph_bounds.crown_bounds(net, batch))[0].numpy()
     assert np.all(lo <= out.min(0)) and np.all(up >= out.max(0)), "IBP"
     assert np.all(crown[:k] <= out.min(0)) and np.all(-crown[k:] >= out.max(0)), "CROWN"
-    assert np.all(ibp_margin <= crown), "the order IBP <= CROWN"
+    # IBP <= CROWN up to rounding: an interval step from tighter inputs can land an ulp lower
+    assert np.all(ibp_margin <= crown + 1e-12 * (1 + np.abs(crown))), "the order IBP <= CROWN"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -170,7 +171,7 @@ def random_dag(seed: int, n: int, smooth: str) -> GraphNetwork:
     g = lambda *s: rng.normal(size=s) * 0.6
     nodes = [
         helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-        helper.make_node(smooth, ["c1"], ["a1"]),
+        helper.make_node(smooth, ["c1"], ["a1"], **({"axis": 1} if smooth == "Softmax" else {})),
         helper.make_node("Conv", ["a1", "W2"], ["c2"], pads=[1, 1, 1, 1]),
         helper.make_node("Add", ["a1", "c2"], ["res"]),
         helper.make_node("Relu", ["res"], ["r"]),
@@ -188,7 +189,7 @@ def random_dag(seed: int, n: int, smooth: str) -> GraphNetwork:
 
 @settings(max_examples=6, deadline=None)
 @given(seed=st.integers(0, 10 ** 6), n=st.sampled_from([2, 4]),
-       smooth=st.sampled_from(["Relu", "Sigmoid", "Tanh", "Softplus"]),
+       smooth=st.sampled_from(["Relu", "Sigmoid", "Tanh", "Softplus", "Softmax"]),
        radius=st.sampled_from([0.01, 0.1, 0.5]))
 def test_random_dag_bounds_hold(seed, n, smooth, radius):
     net = random_dag(seed, n, smooth)
@@ -326,6 +327,8 @@ def test_graph_ibp_uses_the_ball_like_the_chain(norm):
         values = net.run(net.split_input(torch.as_tensor(center + eps * direction)))
         tight, loose = graph_bounds.interval_bounds(net, batch), graph_bounds.interval_bounds(net, box)
         crown = graph_bounds.margin_lower_from(net, batch, graph_bounds.crown_bounds(net, batch))[0].numpy()
+        ibp_margin = graph_bounds.interval_margin(batch, *graph_bounds.output_bounds(net, tight))[0].numpy()
+    assert np.all(ibp_margin <= crown)
     for name in ("h2", "a", "y"):
         v, (lo, up) = values[name].flatten(1), (t.flatten(1) for t in tight[name])
         assert torch.all(lo <= v) and torch.all(v <= up), name
