@@ -89,6 +89,11 @@ class InputBatch:
     def __len__(self) -> int:
         return len(self.lower)
 
+    def subset(self, rows: torch.Tensor) -> "InputBatch":
+        """The specifications `rows` (an index tensor) of this batch."""
+        return InputBatch(lower=self.lower[rows], upper=self.upper[rows], center=self.center[rows],
+                          eps=self.eps[rows], norm=self.norm, C=self.C[rows], d=self.d[rows])
+
 
 MarginBoundFn = Callable[[Network, InputBatch], tuple[torch.Tensor, dict]]
 
