@@ -28,23 +28,37 @@ from ..verdict import certificates_from_bounds
 UNDERFLOW = 2.0 ** -1074
 
 
+def float_constants(dtype: torch.dtype) -> tuple[float, float]:
+    """(unit roundoff u, smallest subnormal) of a float dtype: (2^-53, 2^-1074) for float64,
+    (2^-24, 2^-149) for float32. The bounds assume IEEE arithmetic with gradual underflow (no
+    flush-to-zero), as torch's CPU kernels and cuBLAS give; TF32 is switched off where float32
+    bounds run on CUDA (`crown.exact_float32`)."""
+    if dtype == torch.float64:
+        return UNIT_ROUNDOFF, UNDERFLOW
+    info = torch.finfo(dtype)
+    return info.eps / 2, info.smallest_normal * info.eps
+
+
 def rounding_slack(magnitude: torch.Tensor, n_terms: int, scale=0.0) -> torch.Tensor:
-    """Allowance for float64 rounding in a sum of `n_terms` products whose absolute values add up
+    """Allowance for float rounding in a sum of `n_terms` products whose absolute values add up
     to `magnitude`: |fl(sum) - sum| <= gamma_n * magnitude + n_terms * UNDERFLOW, gamma_n ~ n u
     (Higham, Thm 3.1, with each product's underflow added); we take 2 (n + 4) for n to cover the
     mid/radius split and the bias addition as well. `scale`: when the sum's terms are themselves
     rounded products (coefficients fl(Lambda W)) later multiplied by values whose absolute values
-    add up to `scale` (broadcastable to magnitude), their underflow is charged that much more."""
+    add up to `scale` (broadcastable to magnitude), their underflow is charged that much more.
+    u and UNDERFLOW are those of magnitude's dtype (float_constants): float64 unless a caller
+    computes in float32."""
     terms = 2.0 * (n_terms + 4)
-    return magnitude * (terms * UNIT_ROUNDOFF) + (terms * UNDERFLOW) * (1 + scale)
+    unit, tiny = float_constants(magnitude.dtype)
+    return magnitude * (terms * unit) + (terms * tiny) * (1 + scale)
 
 
-def norm_underflow(norm: str, n_terms: int) -> float:
-    """How far below the true ||v||_q of `n_terms` entries a float64 one can come out by
+def norm_underflow(norm: str, n_terms: int, dtype: torch.dtype = torch.float64) -> float:
+    """How far below the true ||v||_q of `n_terms` entries a float one can come out by
     underflow alone (relative rounding aside), q the dual of the ball's `norm`: for q = 2 (an l_2
-    ball) the squares of entries below ~1e-162 vanish, losing at most sqrt(n UNDERFLOW); for
-    q = inf (an l_1 ball; a maximum) nothing."""
-    return 2.0 * math.sqrt(n_terms * UNDERFLOW) if norm == "2" else 0.0
+    ball) the squares of entries below ~1e-162 (float64) vanish, losing at most
+    sqrt(n UNDERFLOW); for q = inf (an l_1 ball; a maximum) nothing."""
+    return 2.0 * math.sqrt(n_terms * float_constants(dtype)[1]) if norm == "2" else 0.0
 
 
 @dataclass
@@ -88,6 +102,11 @@ class InputBatch:
 
     def __len__(self) -> int:
         return len(self.lower)
+
+    def subset(self, rows: torch.Tensor) -> "InputBatch":
+        """The specifications `rows` (an index tensor) of this batch."""
+        return InputBatch(lower=self.lower[rows], upper=self.upper[rows], center=self.center[rows],
+                          eps=self.eps[rows], norm=self.norm, C=self.C[rows], d=self.d[rows])
 
 
 MarginBoundFn = Callable[[Network, InputBatch], tuple[torch.Tensor, dict]]

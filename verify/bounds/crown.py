@@ -18,6 +18,7 @@ Reference: Zhang et al., "Efficient Neural Network Robustness Certification with
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from typing import ClassVar, Optional, Sequence
@@ -29,7 +30,7 @@ from ..backends import check_choice, check_choices
 from ..certificate import Certificate
 from ..network import AFFINE, Dense, Network, ReLU
 from ..spec import Specification
-from . import (UNDERFLOW, UNIT_ROUNDOFF, InputBatch, certify_with_bounds, norm_underflow,
+from . import (InputBatch, certify_with_bounds, float_constants, norm_underflow,
                rounding_slack)
 from . import ibp
 from .ibp import Bounds, dual_norm
@@ -44,13 +45,18 @@ Selection = tuple[Tensor, Tensor]
 @dataclass
 class CROWNOptions:
     LIMITS: ClassVar[dict[str, str]] = {"batch_size": ">= 1"}  # checked by make_options
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"intermediate": ("crown", "ibp")}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"intermediate": ("crown", "ibp"),
+                                                     "dtype": ("float64", "float32")}
     device: str = "auto"
     batch_size: int = 128
     # "crown": every unstable neuron bounded by its own backward pass (tight; cost grows with
     # neurons x depth); "ibp": CROWN-IBP, interval neuron bounds and one backward pass from the
     # margins (Zhang et al., ICLR 2020): a few forward passes' cost, looser.
     intermediate: str = "crown"
+    # The neuron bounds' backward passes (nearly all of CROWN's work) in float32 with float32's
+    # rounding allowances (sound, a little looser; pays on a GPU and on large layers); IBP and
+    # the margin pass stay float64.
+    dtype: str = "float64"
 
 
 @dataclass
@@ -64,7 +70,9 @@ class ReluRelaxation:
 
 
 def relu_relaxation(lower: Tensor, upper: Tensor) -> ReluRelaxation:
-    """CROWN's relaxation of relu on [lower, upper] (B, n), sound in real arithmetic."""
+    """CROWN's relaxation of relu on [lower, upper] (B, n), sound in real arithmetic (the
+    rounding allowances are those of the bounds' dtype)."""
+    unit, tiny = float_constants(lower.dtype)
     # A NaN bound (inf - inf upstream) means "unknown": widen it to -inf / +inf.
     lower = torch.nan_to_num(lower, nan=float("-inf"))
     upper = torch.nan_to_num(upper, nan=float("inf"))
@@ -79,8 +87,8 @@ def relu_relaxation(lower: Tensor, upper: Tensor) -> ReluRelaxation:
     # most ~2u (s |l| + u); raising t by 8u (s |l| + u) keeps the line above ReLU in real numbers.
     # Underflow adds at most UNDERFLOW / 2 to s, hence (u - l) UNDERFLOW / 2 at the upper end, and
     # UNDERFLOW / 2 to each product: raising t by 4 UNDERFLOW (-l + u + 1) covers those too.
-    intercept = (slope * neg_l + 8 * UNIT_ROUNDOFF * (slope * neg_l + u)
-                 + 4 * UNDERFLOW * (neg_l + u + 1))
+    intercept = (slope * neg_l + 8 * unit * (slope * neg_l + u)
+                 + 4 * tiny * (neg_l + u + 1))
     return ReluRelaxation(
         unstable=unstable,
         lower_slope=torch.where(unstable, (upper > -lower).to(lower.dtype), active),
@@ -150,6 +158,18 @@ def transpose_apply(layer, params: dict, coeffs: Tensor) -> Tensor:
     return padded[:, :, top:top + h, left:left + w].reshape(lead, rows, c_in * h * w)
 
 
+def outward(lower: Tensor, upper: Tensor, dtype: torch.dtype) -> Bounds:
+    """[lower, upper] in `dtype`, rounded outwards so that it holds the given interval (the same
+    tensors when they are in `dtype` already). NaN stays NaN; beyond the range: -inf / +inf."""
+    if lower.dtype == dtype and upper.dtype == dtype:
+        return lower, upper
+    low, up = lower.to(dtype), upper.to(dtype)
+    low = torch.where(low.to(lower.dtype) > lower, torch.nextafter(low, low.new_tensor(-np.inf)),
+                      low)
+    up = torch.where(up.to(upper.dtype) < upper, torch.nextafter(up, up.new_tensor(np.inf)), up)
+    return low, up
+
+
 def _input_bounds(batch: InputBatch, bounds: list[Bounds], k: int) -> Bounds:
     """Bounds on the input of layer k."""
     return bounds[k - 1] if k > 0 else (batch.lower, batch.upper)
@@ -160,19 +180,28 @@ def concretize(batch: InputBatch, coeffs: Tensor, const: Tensor,
     """Sound lower bound (B, m) of coeffs x + const over the input set (rounding included):
     over the box, and for l_2/l_1 also over the ball, coeffs x0 + const - eps ||coeffs||_q with q
     the dual norm; the larger is kept (both sets hold their intersection). `coeffs` is
-    overwritten if `consume` (without autograd)."""
-    n = coeffs.shape[-1]
+    overwritten if `consume` (without autograd).
+
+    In float32 (coeffs' dtype; the batch stays float64) the box is rounded outwards, eps
+    upwards, and the center to nearest: that moves c x0 by at most u |c| |x0|, charged with one
+    more term in the magnitude pass's gamma (n + 1)."""
+    dtype = coeffs.dtype
+    unit, tiny = float_constants(dtype)
+    n = coeffs.shape[-1] + (dtype != torch.float64)
+    box_lower, box_upper = outward(batch.lower, batch.upper, dtype)
     # Box in midpoint/radius form; mid and rad are each off by a relative u (plus UNDERFLOW / 2
     # where the halving underflows), so the radius is widened by 4u (|mid| + rad) + UNDERFLOW:
     # [mid - rad, mid + rad] then holds [lower, upper] exactly.
-    mid = (batch.upper + batch.lower) / 2
-    rad = (batch.upper - batch.lower) / 2
-    rad = rad + 4 * UNIT_ROUNDOFF * (mid.abs() + rad) + UNDERFLOW
+    mid = (box_upper + box_lower) / 2
+    rad = (box_upper - box_lower) / 2
+    rad = rad + 4 * unit * (mid.abs() + rad) + tiny
     ball = None
     if batch.norm in ("2", "1"):  # min over the ball: coeffs x0 + const - eps ||coeffs||_q
-        ball_spread = batch.eps[:, None] * (torch.linalg.vector_norm(
-            coeffs, ord=dual_norm(batch.norm), dim=-1) + norm_underflow(batch.norm, n))
-        ball = _matvec(coeffs, batch.center) + const - ball_spread
+        center = batch.center.to(dtype)
+        eps = outward(batch.eps, batch.eps, dtype)[1]
+        ball_spread = eps[:, None] * (torch.linalg.vector_norm(
+            coeffs, ord=dual_norm(batch.norm), dim=-1) + norm_underflow(batch.norm, n, dtype))
+        ball = _matvec(coeffs, center) + const - ball_spread
     lower = _matvec(coeffs, mid) + const
     if abs_coeffs is None:
         detached = coeffs.detach()
@@ -186,7 +215,7 @@ def concretize(batch: InputBatch, coeffs: Tensor, const: Tensor,
     lower = lower - _matvec(coeffs.abs() if coeffs.requires_grad else abs_coeffs, weights)
     lower = lower - rounding_slack(const.detach().abs(), n)
     if ball is not None:
-        magnitude = (_matvec(abs_coeffs, batch.center.abs()) + ball_spread.detach()
+        magnitude = (_matvec(abs_coeffs, center.abs()) + ball_spread.detach()
                      + const.detach().abs())
         lower = torch.maximum(lower, ball - rounding_slack(magnitude, n))
     return lower
@@ -220,8 +249,17 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
     the one extra float addition is charged u |Lambda'| max|z| (twice, with underflow).
     `record[k]`, if given, receives the coefficients (detached) on ReLU layer k's output, and
     `record[-1]` those on the input.
+
+    Float32 (coeffs and const in float32): the products run on float32 copies of the weights
+    (each off by a relative u), against the float64 bounds rounded outwards (`outward`), with
+    float32's u and UNDERFLOW; a weight's rounding adds u |Lambda_k| |W_k| |h_{k-1}| (and
+    u |Lambda_k| |b_k|), covered by counting one more term in each gamma (n + 1). The returned
+    bound is float32; as float64 it is the same number.
     """
-    params = net.torch_params(batch.lower.device)
+    dtype = coeffs.dtype
+    tiny = float_constants(dtype)[1]
+    extra = int(dtype != torch.float64)  # one more rounding per product: the weights' own
+    params = net.torch_params(batch.lower.device, dtype)
     slack = torch.zeros((), dtype=coeffs.dtype, device=coeffs.device)
     abs_coeffs: Optional[Tensor] = None  # |coeffs|, detached, when already at hand
     # The allowance still owed for the current coefficients is rounding_slack(|coeffs| owed,
@@ -230,15 +268,15 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
     owned = consume and not torch.is_grad_enabled()  # coeffs may be overwritten in place
     for k in range(top, -1, -1):
         layer, p = net.layers[k], params[k]
-        in_lower, in_upper = _input_bounds(batch, bounds, k)
+        in_lower, in_upper = outward(*_input_bounds(batch, bounds, k), dtype)
         in_magnitude = torch.maximum(in_lower.abs(), in_upper.abs()).detach()
-        n_terms = coeffs.shape[-1]
+        n_terms = coeffs.shape[-1] + extra
         if isinstance(layer, AFFINE):
             with torch.no_grad():
                 abs_coeffs = coeffs.detach().abs() if abs_coeffs is None else abs_coeffs
                 # |W| max|h| + |b|, plus what its own products may lose to underflow (a huge
                 # |Lambda| times an underflowed |W| max|h| would drop Lambda W's rounding)
-                step = _abs_affine(layer, p, in_magnitude) + ibp.fan_in(layer) * UNDERFLOW
+                step = _abs_affine(layer, p, in_magnitude) + ibp.fan_in(layer) * tiny
                 owed = step if owed is None else owed + step
                 slack = slack + rounding_slack(_matvec(abs_coeffs, owed) + const.detach().abs(),
                                                n_terms, in_magnitude.sum(-1, keepdim=True))
@@ -247,7 +285,7 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
             owned = not torch.is_grad_enabled()
         elif isinstance(layer, ReLU):
             if owed is not None:  # two ReLUs in a row: the earlier one's allowance is due now
-                slack = _settle(slack, abs_coeffs, owed)
+                slack = _settle(slack, abs_coeffs, owed, extra)
             if record is not None:
                 record[k] = coeffs.detach().clone()
             relax = relu_relaxation(in_lower, in_upper)
@@ -278,16 +316,17 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
         else:  # pragma: no cover - the loader only builds the layers above
             raise TypeError(f"CROWN cannot handle {type(layer).__name__}")
     if owed is not None:  # a ReLU came first
-        slack = _settle(slack, abs_coeffs, owed)
+        slack = _settle(slack, abs_coeffs, owed, extra)
     if record is not None:
         record[-1] = coeffs.detach().clone()  # on the input
     return concretize(batch, coeffs, const, abs_coeffs, consume=owned) - slack
 
 
-def _settle(slack: Tensor, abs_coeffs: Tensor, owed: Tensor) -> Tensor:
-    """slack plus the allowance a ReLU step left owed, rounding_slack(|coeffs| owed, width)."""
+def _settle(slack: Tensor, abs_coeffs: Tensor, owed: Tensor, extra: int = 0) -> Tensor:
+    """slack plus the allowance a ReLU step left owed, rounding_slack(|coeffs| owed, width
+    (+ `extra` terms))."""
     with torch.no_grad():
-        return slack + rounding_slack(_matvec(abs_coeffs, owed), abs_coeffs.shape[-1])
+        return slack + rounding_slack(_matvec(abs_coeffs, owed), abs_coeffs.shape[-1] + extra)
 
 
 def select_rows(mask: Tensor) -> Selection:
@@ -299,41 +338,100 @@ def select_rows(mask: Tensor) -> Selection:
 
 def neuron_bounds(net: Network, batch: InputBatch, bounds: list[Bounds], k: int,
                   selection: Selection, alphas: Optional[Alphas] = None,
-                  max_elements: int = 2 ** 20) -> Bounds:
+                  max_elements: int = 2 ** 20, dtype: torch.dtype = torch.float64) -> Bounds:
     """CROWN bounds (B, n) on the selected outputs of affine layer k; -inf/+inf elsewhere.
 
     Lower and upper bounds in one pass: rows e_i W_k and -e_i W_k (taken exactly, so this first
     step carries no rounding). `alphas[j]` (B, 2R, n_j): slopes for the R lower rows, then the R
-    upper rows. Rows go in chunks of at most ~`max_elements` coefficients (8 MiB: chunks that
-    small reuse freed heap memory instead of faulting in fresh pages; ~1.4x on the digits CNN).
+    upper rows. Inputs go in groups of similar row counts (`_row_groups`: padding each group to
+    its own largest count, not the batch's), and rows in chunks of at most ~`max_elements`
+    coefficients (8 MiB: chunks that small reuse freed heap memory instead of faulting in fresh
+    pages; ~1.4x on the digits CNN). Each row's arithmetic is the same in any grouping.
+    `dtype`: the backward passes' float type (float32: see `_row_bounds`); bounds are float64.
     """
     index, valid = selection
-    count = index.shape[1]
-    widths = [net.input_size] + [int(np.prod(layer.out_shape)) for layer in net.layers[:k + 1]]
-    step = max(1, max_elements // max(1, 2 * len(index) * max(widths)))
-    parts = []
-    for a in range(0, count, step):
-        b = min(a + step, count)
-        chunk_alphas = None if alphas is None else \
-            {j: torch.cat([t[:, a:b], t[:, count + a:count + b]], 1) for j, t in alphas.items()}
-        parts.append(_row_bounds(net, batch, bounds, k, index[:, a:b], chunk_alphas))
-    lower = torch.cat([part[0] for part in parts], dim=1)
-    upper = torch.cat([part[1] for part in parts], dim=1)
     n = int(np.prod(net.layers[k].out_shape))
-    full = torch.full((len(index), n), float("inf"), dtype=lower.dtype, device=lower.device)
-    inf = torch.full_like(lower, float("inf"))
-    return (torch.scatter(-full, 1, index, torch.where(valid, lower, -inf)),
-            torch.scatter(full, 1, index, torch.where(valid, upper, inf)))
+    widths = [net.input_size] + [int(np.prod(layer.out_shape)) for layer in net.layers[:k + 1]]
+    full = torch.full((len(index), n), float("inf"), dtype=batch.lower.dtype,
+                      device=batch.lower.device)
+    lower, upper = -full, full.clone()
+    for group, count in _row_groups(valid):
+        whole = len(group) == len(index)
+        sub_batch = batch if whole else batch.subset(group)
+        sub_bounds = bounds[:k] if whole else [(l[group], u[group]) for l, u in bounds[:k]]
+        sub_index = index[:, :count] if whole else index[group, :count]
+        sub_valid = valid[:, :count] if whole else valid[group, :count]
+        rows = index.shape[1]
+        step = max(1, max_elements // max(1, 2 * len(sub_index) * max(widths)))
+        parts = []
+        for a in range(0, count, step):
+            b = min(a + step, count)
+            chunk_alphas = None if alphas is None else {
+                j: torch.cat([t[:, a:b], t[:, rows + a:rows + b]], 1) if whole else
+                torch.cat([t[group, a:b], t[group, rows + a:rows + b]], 1)
+                for j, t in alphas.items()}
+            parts.append(_row_bounds(net, sub_batch, sub_bounds, k, sub_index[:, a:b],
+                                     chunk_alphas, dtype))
+        part_lower = torch.cat([part[0] for part in parts], dim=1)
+        part_upper = torch.cat([part[1] for part in parts], dim=1)
+        inf = torch.full_like(part_lower, float("inf"))
+        part_lower = torch.where(sub_valid, part_lower, -inf)
+        part_upper = torch.where(sub_valid, part_upper, inf)
+        if whole:
+            return (torch.scatter(lower, 1, sub_index, part_lower),
+                    torch.scatter(upper, 1, sub_index, part_upper))
+        lower = lower.index_put((group,), torch.scatter(lower[group], 1, sub_index, part_lower))
+        upper = upper.index_put((group,), torch.scatter(upper[group], 1, sub_index, part_upper))
+    return lower, upper
+
+
+# Splitting a batch into one more group of inputs costs about this many padded rows per input
+# (the Python and kernel-launch overhead of one more backward pass), measured on the digits MLP.
+GROUP_OVERHEAD_ROWS = 2.0
+
+
+def _row_groups(valid: Tensor) -> list[tuple[Tensor, int]]:
+    """Inputs grouped by their number of selected rows (valid (B, R)): [(inputs, rows to keep)].
+
+    The inputs are sorted by count and cut into g equal runs, g in 1, 2, 4, 8, the g that
+    minimises the padded rows sum(len(run) max(run)) plus GROUP_OVERHEAD_ROWS B per run. A run
+    with no rows is dropped (its neurons keep -inf/+inf, as padding did)."""
+    counts = valid.sum(dim=1)
+    total = len(counts)
+    if total == 0:
+        return []
+    order = torch.argsort(counts, stable=True)
+    sorted_counts = counts[order].tolist()
+    best, best_cost = 1, None
+    for runs in (1, 2, 4, 8):
+        if runs > total:
+            break
+        cuts = [total * r // runs for r in range(runs + 1)]
+        cost = sum((b - a) * sorted_counts[b - 1] for a, b in zip(cuts, cuts[1:])) \
+            + GROUP_OVERHEAD_ROWS * total * runs
+        if best_cost is None or cost < best_cost:
+            best, best_cost = runs, cost
+    if best == 1:
+        return [(torch.arange(total, device=valid.device), int(sorted_counts[-1]))] \
+            if sorted_counts[-1] > 0 else []
+    cuts = [total * r // best for r in range(best + 1)]
+    return [(order[a:b], int(sorted_counts[b - 1])) for a, b in zip(cuts, cuts[1:])
+            if sorted_counts[b - 1] > 0]
 
 
 def _row_bounds(net: Network, batch: InputBatch, bounds: list[Bounds], k: int, index: Tensor,
-                alphas: Optional[Alphas]) -> Bounds:
-    """(lower, upper), each (B, R), of the outputs index (B, R) of affine layer k."""
-    layer, p = net.layers[k], net.torch_params(batch.lower.device)[k]
+                alphas: Optional[Alphas], dtype: torch.dtype = torch.float64) -> Bounds:
+    """(lower, upper), each (B, R), of the outputs index (B, R) of affine layer k (float64).
+
+    In float32 the rows e_i W_k and the bias are float32 roundings, each entry off by a
+    relative u: the output moves by at most u (|W_k| |h_{k-1}| + |b_k|)_i, subtracted (twice
+    over, for the float64 evaluation of that magnitude) from both ends."""
+    layer, p = net.layers[k], net.torch_params(batch.lower.device, dtype)[k]
     count = index.shape[1]
     dense = dense_weight(layer, p)
     if dense is not None:
-        coeffs = dense[torch.cat([index, index], dim=1)]  # (B, 2R, in), gathered once
+        rows = torch.cat([index, index], dim=1).reshape(-1)  # (B, 2R, in), gathered once
+        coeffs = dense.index_select(0, rows).reshape(len(index), 2 * count, dense.shape[1])
     else:
         one_hot = torch.zeros((*index.shape, int(np.prod(layer.out_shape))),
                               dtype=p["weight"].dtype, device=index.device)
@@ -346,6 +444,14 @@ def _row_bounds(net: Network, batch: InputBatch, bounds: list[Bounds], k: int, i
         lower = concretize(batch, coeffs, const)
     else:
         lower = backward_lower(net, batch, bounds, k - 1, coeffs, const, alphas, consume=True)
+    lower = lower.to(batch.lower.dtype)
+    if dtype != batch.lower.dtype:  # the weights' rounding to dtype
+        unit = float_constants(dtype)[0]
+        in_lower, in_upper = _input_bounds(batch, bounds, k)
+        magnitude = _abs_affine(layer, net.torch_params(batch.lower.device)[k],
+                                torch.maximum(in_lower.abs(), in_upper.abs()))
+        moved = (2 * unit) * torch.gather(magnitude, 1, index)
+        return lower[:, :count] - moved, -lower[:, count:] + moved
     return lower[:, :count], -lower[:, count:]
 
 
@@ -368,12 +474,14 @@ def propagate(net: Network, batch: InputBatch, ibp_bounds: list[Bounds], *,
               include_last: bool = True, all_neurons: bool = False,
               selections: Optional[dict[int, Selection]] = None,
               alphas: Optional[dict[int, Alphas]] = None,
-              floor: Optional[list[Bounds]] = None) -> tuple[list[Bounds], dict[int, Selection]]:
+              floor: Optional[list[Bounds]] = None,
+              dtype: torch.dtype = torch.float64) -> tuple[list[Bounds], dict[int, Selection]]:
     """Bounds on every layer's output: IBP ∩ intervals from the previous layer ∩ CROWN.
 
     CROWN runs for the neurons unstable under the interval bounds (all of them with
     `all_neurons`, and for the last layer); `selections` fixes those rows instead, `alphas[k]`
-    gives the lower slopes for layer k's backward pass, `floor` earlier sound bounds to keep.
+    gives the lower slopes for layer k's backward pass, `floor` earlier sound bounds to keep,
+    `dtype` the float type of the neuron bounds' backward passes (`neuron_bounds`).
     """
     params = net.torch_params(batch.lower.device)
     selections = {} if selections is None else selections
@@ -394,7 +502,8 @@ def propagate(net: Network, batch: InputBatch, ibp_bounds: list[Bounds], *,
                 selections[k] = select_rows(mask)
             if selections[k][0].shape[1] > 0:
                 crown_lower, crown_upper = neuron_bounds(
-                    net, batch, bounds, k, selections[k], None if alphas is None else alphas.get(k))
+                    net, batch, bounds, k, selections[k], None if alphas is None else alphas.get(k),
+                    dtype=dtype)
                 lower, upper = _intersect(lower, upper, crown_lower, crown_upper)
         bounds.append((lower, upper))
     return bounds, selections
@@ -429,18 +538,21 @@ def ibp_margin_lower(net: Network, batch: InputBatch, ibp_bounds: list[Bounds],
                          ibp.margin_bounds(net, batch, bounds)[0])
 
 
-def margin_lower_bounds(net: Network, batch: InputBatch, intermediate: str = "crown"
-                        ) -> tuple[Tensor, dict]:
+def margin_lower_bounds(net: Network, batch: InputBatch, intermediate: str = "crown",
+                        dtype: str = "float64") -> tuple[Tensor, dict]:
     """Lower bounds (B, m) of C f(x) - d over each input set, and the cost; `intermediate`
-    picks the neuron bounds the backward pass relaxes over ("crown" or "ibp": CROWN-IBP)."""
+    picks the neuron bounds the backward pass relaxes over ("crown" or "ibp": CROWN-IBP),
+    `dtype` the float type of the neuron bounds' passes ("float64" or "float32")."""
     check_choice(intermediate, CROWNOptions.CHOICES["intermediate"], "intermediate bounds",
                  "crown")
-    with torch.no_grad():
+    check_choice(dtype, CROWNOptions.CHOICES["dtype"], "dtype", "crown")
+    with torch.no_grad(), exact_float32(batch.lower.device):
         ibp_bounds = ibp.layer_bounds(net, batch)
         if intermediate == "ibp":
             bounds, selections = ibp_bounds, {}
         else:
-            bounds, selections = propagate(net, batch, ibp_bounds, include_last=False)
+            bounds, selections = propagate(net, batch, ibp_bounds, include_last=False,
+                                           dtype=passes_dtype(net, dtype))
         # These numbers become a YES in verdict.certificate_from_bounds when every row is > 0
         # (no tolerance). Why that holds for the real-arithmetic network: (1) every pre-activation
         # bound is a sound CROWN or interval bound, each with its rounding allowance; (2) each
@@ -456,9 +568,38 @@ def margin_lower_bounds(net: Network, batch: InputBatch, intermediate: str = "cr
                    "crown_neurons_per_input": round(rows / max(len(batch), 1), 1)}
 
 
+# float32's allowances (2 (n + 4) u for gamma_(n + 1)) hold while n u stays well below 1: wider
+# layers than this go in float64.
+FLOAT32_MAX_WIDTH = 2 ** 20
+
+
+def passes_dtype(net: Network, dtype: str) -> torch.dtype:
+    """The torch dtype for CROWN's neuron-bound passes: float32 when asked and every layer is
+    at most FLOAT32_MAX_WIDTH wide, else float64."""
+    widths = [net.input_size] + [int(np.prod(layer.out_shape)) for layer in net.layers]
+    return torch.float32 if dtype == "float32" and max(widths) <= FLOAT32_MAX_WIDTH \
+        else torch.float64
+
+
+@contextlib.contextmanager
+def exact_float32(device: torch.device):
+    """On CUDA, TF32 (10-bit mantissa products) off for float32 matmuls and convolutions while
+    the block runs: float32 bounds charge float32's own rounding. Nothing to do on a CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def certify(net: Network, specs: Sequence[Specification], options: CROWNOptions
             ) -> list[Certificate]:
     """CROWN certificates for a list of specifications, batched on `options.device`."""
     check_choices(options, "crown")
-    bound = functools.partial(margin_lower_bounds, intermediate=options.intermediate)
+    bound = functools.partial(margin_lower_bounds, intermediate=options.intermediate,
+                              dtype=options.dtype)
     return certify_with_bounds(net, specs, "crown", bound, options.device, options.batch_size)

@@ -1,0 +1,212 @@
+"""CROWN's faster paths give the bounds of the plain ones: grouped neuron rows, the batched
+certificate replay, the float32 option (sound, never above float64 here), equality with
+auto_LiRPA's CROWN (skipped when it is not importable), device="auto"."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import MODELS, random_conv_net, random_mlp, sampled_margins
+from verify import Box, Dense, Network, OutputProperty, ReLU, Specification, certify_batch, load_onnx
+from verify.bounds import InputBatch, crown, ibp
+from verify.spec import robustness_specs
+from verify.verdict import certificate_from_bounds, certificates_from_bounds
+
+CPU = torch.device("cpu")
+
+
+def digits(n: int) -> tuple[np.ndarray, np.ndarray]:
+    data = np.load(MODELS / "digits_test.npz")
+    return data["x"][:n], data["y"][:n]
+
+
+def batch_of(net: Network, xs, ys, eps: float, norm: str = "inf") -> tuple[list, InputBatch]:
+    specs = robustness_specs(net.input_size, net.output_size, xs, ys, eps, norm, (0.0, 1.0))
+    return specs, InputBatch.from_specs(specs, CPU)
+
+
+@pytest.mark.parametrize("model", ["digits_mlp", "digits_cnn"])
+def test_row_groups_give_the_bounds_of_one_padded_group(model, monkeypatch):
+    net = load_onnx(MODELS / f"{model}.onnx")
+    xs, ys = digits(40)
+    _, batch = batch_of(net, xs, ys, 0.05)
+    with torch.no_grad():
+        grouped, selections = crown.propagate(net, batch, ibp.layer_bounds(net, batch))
+        assert any(len(crown._row_groups(valid)) > 1 for _, valid in selections.values())
+        monkeypatch.setattr(crown, "GROUP_OVERHEAD_ROWS", 1e9)  # one group: the batch's padding
+        single, _ = crown.propagate(net, batch, ibp.layer_bounds(net, batch))
+    for (a_lo, a_up), (b_lo, b_up) in zip(grouped, single):
+        torch.testing.assert_close(a_lo, b_lo, rtol=0, atol=1e-12)
+        torch.testing.assert_close(a_up, b_up, rtol=0, atol=1e-12)
+
+
+def test_row_groups_cover_every_input_with_rows_once():
+    valid = torch.zeros(50, 7, dtype=torch.bool)
+    counts = np.random.default_rng(0).integers(0, 8, size=50)
+    for b, c in enumerate(counts):
+        valid[b, :c] = True
+    groups = crown._row_groups(valid)
+    seen = torch.cat([g for g, _ in groups]).tolist()
+    assert len(seen) == len(set(seen))  # each input in one group at most
+    assert set(seen) >= {b for b in range(50) if counts[b] > 0}  # every input with rows
+    for group, count in groups:
+        assert count == int(counts[group.numpy()].max())
+
+
+def test_batched_certificates_equal_one_by_one():
+    """Random labels: many inputs are misclassified (NO, with the center as counterexample)."""
+    net = load_onnx(MODELS / "digits_mlp.onnx")
+    xs, _ = digits(60)
+    labels = np.random.default_rng(1).integers(0, 10, size=60)
+    specs, batch = batch_of(net, xs, labels, 0.02)
+    lower = crown.margin_lower_bounds(net, batch)[0].numpy()
+    batched = certificates_from_bounds(net, specs, "crown", lower)
+    assert {c.status.value for c in batched} >= {"NO", "YES"}
+    for spec, row, cert in zip(specs, lower, batched):
+        one = certificate_from_bounds(net, spec, "crown", row)
+        assert (cert.status, cert.reason, cert.counterexample, cert.counterexample_logits) == \
+            (one.status, one.reason, one.counterexample, one.counterexample_logits)
+        assert cert.margin_lower == one.margin_lower
+        np.testing.assert_allclose([v for v in cert.margin_upper if v is not None],
+                                   [v for v in one.margin_upper if v is not None], rtol=1e-12)
+
+
+def test_an_input_on_the_decision_boundary_is_replayed_alone():
+    """Two equal logits at the center: the row value is 0 in any order of sums; NO either way."""
+    net = Network([Dense(np.array([[1.0, 0.0], [1.0, 0.0]]), np.zeros(2), (2,), (2,))], (2,))
+    specs = robustness_specs(2, 2, np.array([[0.5, 0.5], [0.5, 0.5]]), [0, 1], 0.1)
+    certs = certificates_from_bounds(net, specs, "crown", np.full((2, 1), -1.0))
+    assert [c.status.value for c in certs] == ["NO", "NO"]
+
+
+# ---------------------------------------------------------------------------------------------
+# float32 option
+
+def float32_cases():
+    rng = np.random.default_rng(3)
+    yield "digits_mlp", load_onnx(MODELS / "digits_mlp.onnx"), 0.03
+    yield "digits_cnn", load_onnx(MODELS / "digits_cnn.onnx"), 0.03
+    yield "random_mlp", random_mlp(rng, [6, 30, 30, 30, 4]), 0.2
+    yield "random_conv", random_conv_net(rng), 0.2
+
+
+@pytest.mark.parametrize("norm", ["inf", "2", "1"])
+def test_float32_bounds_are_sound_and_not_above_float64(norm):
+    for name, net, eps in float32_cases():
+        rng = np.random.default_rng(0)
+        if net.input_size == 64:
+            xs, ys = digits(12)
+        else:
+            xs = rng.uniform(0, 1, size=(12, net.input_size))
+            ys = net.forward(xs).argmax(axis=1)
+        eps = eps * (4 if norm != "inf" else 1)
+        specs, batch = batch_of(net, xs, ys, eps, norm)
+        low64 = crown.margin_lower_bounds(net, batch)[0]
+        low32, _ = crown.margin_lower_bounds(net, batch, dtype="float32")
+        assert low32.dtype == torch.float64
+        assert bool((low32 <= low64 + 1e-12).all()), name
+        assert bool((low32 > low64 - 0.05 * (1 + low64.abs())).all()), name  # still CROWN-tight
+        for spec, row in zip(specs, low32.numpy()):
+            sampled = sampled_margins(net, spec, 300).min(axis=0)
+            assert np.all(row <= sampled), name
+        with torch.no_grad():
+            layers, _ = crown.propagate(net, batch, ibp.layer_bounds(net, batch),
+                                        dtype=torch.float32)
+        for b, spec in enumerate(specs):
+            h = spec.input_set.sample(200, rng)
+            for k, layer in enumerate(net.layers):
+                h = layer.forward(h)
+                flat = h.reshape(len(h), -1)
+                assert np.all(flat >= layers[k][0][b].numpy()), (name, k)
+                assert np.all(flat <= layers[k][1][b].numpy()), (name, k)
+
+
+def test_float32_bounds_hold_for_weights_float32_cannot_hold():
+    """z = (1 - 2^-40) h - 1 + 2^-50 on h = x in [1 - 2^-38, 1 + 2^-38]: float32 rounds the weight
+    and bias to 1 and -1, which puts the minimum 2^-40 too high; the bounds must hold the exact
+    (rational) range all the same."""
+    w, b, e = 1 - 2.0 ** -40, -1 + 2.0 ** -50, 2.0 ** -38
+    net = Network([Dense([[1.0]], [0.0], (1,), (1,)), ReLU((1,)), Dense([[w]], [b], (1,), (1,)),
+                   ReLU((1,)), Dense([[1.0], [-1.0]], [0.0, 0.0], (1,), (2,))], (1,))
+    spec = Specification(Box([1 - e], [1 + e]), OutputProperty(np.array([[1.0, -1.0]]), [0.0]))
+    batch = InputBatch.from_specs([spec], CPU)
+    with torch.no_grad():
+        bounds, selections = crown.propagate(net, batch, ibp.layer_bounds(net, batch),
+                                             include_last=False, dtype=torch.float32)
+    assert int(selections[2][1].sum()) == 1  # the neuron went through the float32 pass
+    exact_min = Fraction(w) * (1 - Fraction(e)) + Fraction(b)
+    exact_max = Fraction(w) * (1 + Fraction(e)) + Fraction(b)
+    assert Fraction(bounds[2][0].item()) <= exact_min
+    assert Fraction(bounds[2][1].item()) >= exact_max
+
+
+def test_float32_option_through_the_public_api():
+    net = load_onnx(MODELS / "digits_mlp.onnx")
+    xs, ys = digits(20)
+    c64 = certify_batch(net, xs, ys, 0.03, method="crown", device="cpu", domain=(0, 1))
+    c32 = certify_batch(net, xs, ys, 0.03, method="crown", device="cpu", domain=(0, 1),
+                        dtype="float32")
+    for a, b in zip(c64, c32):
+        assert b.proved <= a.proved  # float32 proves nothing float64 does not (here)
+        assert all(y <= x + 1e-12 for x, y in zip(a.margin_lower, b.margin_lower) if x is not None)
+
+
+def test_device_auto_equals_the_explicit_device():
+    net = load_onnx(MODELS / "digits_mlp.onnx")
+    xs, ys = digits(10)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    auto = certify_batch(net, xs, ys, 0.03, method="crown", domain=(0, 1))  # device="auto"
+    explicit = certify_batch(net, xs, ys, 0.03, method="crown", device=device, domain=(0, 1))
+    assert [c.margin_lower for c in auto] == [c.margin_lower for c in explicit]
+    assert {c.cost["device"] for c in auto} == {device}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_float32_on_cuda_is_sound_and_below_float64_on_cpu():
+    net = load_onnx(MODELS / "digits_cnn.onnx")
+    xs, ys = digits(20)
+    specs, batch = batch_of(net, xs, ys, 0.03)
+    cuda_batch = InputBatch.from_specs(specs, torch.device("cuda"))
+    low64 = crown.margin_lower_bounds(net, batch)[0]
+    low32 = crown.margin_lower_bounds(net, cuda_batch, dtype="float32")[0].cpu()
+    assert bool((low32 <= low64 + 1e-9).all())
+    for spec, row in zip(specs, low32.numpy()):
+        assert np.all(row <= sampled_margins(net, spec, 200).min(axis=0))
+
+
+# ---------------------------------------------------------------------------------------------
+# auto_LiRPA (optional)
+
+@pytest.mark.parametrize("model", ["digits_mlp", "digits_cnn"])
+def test_bounds_equal_auto_lirpa_crown(model):
+    pytest.importorskip("auto_LiRPA")
+    import warnings
+
+    from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
+
+    from benchmarks.crown_vs_auto_lirpa import torch_model
+
+    net = load_onnx(MODELS / f"{model}.onnx")
+    xs, ys = digits(30)
+    _, batch = batch_of(net, xs, ys, 0.03)
+    shape = (len(xs), *net.input_shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bounded = BoundedModule(torch_model(net), torch.zeros(shape, dtype=torch.float64),
+                                device="cpu", verbose=0)
+        ptb = PerturbationLpNorm(norm=np.inf, eps=0.03, x_L=batch.lower.reshape(shape),
+                                 x_U=batch.upper.reshape(shape))
+        with torch.no_grad():
+            theirs, _ = bounded.compute_bounds(
+                x=(BoundedTensor(batch.center.reshape(shape), ptb),), C=batch.C, method="CROWN",
+                bound_upper=False)
+    ours = crown.margin_lower_bounds(net, batch)[0]
+    # equal up to our rounding allowances, or tighter (intervals intersected in our neuron bounds)
+    assert bool((ours >= theirs - 1e-9).all())
+    assert float((ours - theirs).abs().max()) < 1e-9 or bool((ours >= theirs - 1e-9).all())
+    same = ((ours - theirs).abs() <= 1e-9).all(dim=1)
+    assert int(same.sum()) >= len(xs) - 2
