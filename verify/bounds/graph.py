@@ -31,7 +31,7 @@ from . import UNDERFLOW, InputBatch, certify_with_bounds, rounding_slack
 from .crown import concretize, relu_relaxation
 
 Bounds = tuple[torch.Tensor, torch.Tensor]
-GRAPH_METHODS = ("ibp", "crown", "attack", "smoothing")
+GRAPH_METHODS = ("ibp", "crown", "lp", "milp", "attack", "smoothing")
 CROWN_ROWS = 512  # CROWN intermediate bounds for up to this many entries (Relu: unstable ones)
 
 
