@@ -202,8 +202,8 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict) -> Quer
             if found is not None:
                 return QueryResult("sat", found, 0.0, method,
                                    "the violation has no output constraint")
-    graph = getattr(net, "is_graph", False)  # a GraphNetwork: attack and CROWN only (for now)
-    if graph and method not in ("auto", "ibp", "crown", "attack", "smoothing"):
+    graph = getattr(net, "is_graph", False)  # a GraphNetwork: no alpha-crown, bab, relu-bab yet
+    if graph and method not in ("auto", "ibp", "crown", "lp", "milp", "attack", "smoothing"):
         from .bounds.graph import refuse
         raise refuse(method)
     if method == "bab" or (method == "auto" and net.input_size <= BAB_MAX_INPUTS and not graph):
