@@ -237,3 +237,29 @@ def test_lp_tighten_is_refused_on_graphs():
     spec = robustness_spec(2, 3, np.zeros(2), 0, 0.1, "inf", None)
     with pytest.raises(Exception, match="lp_tighten is not available on graph networks"):
         backends.certify_specs(net, [spec], "lp", lp_tighten=True)
+
+
+def test_linear_matrices_reproduce_every_linear_op():
+    """J x + b from verify.graph.encoding.linear_matrices equals the node's forward, for every
+    linear node of the op cases of test_graph_ops (both the forward- and reverse-mode paths)."""
+    import torch
+
+    from test_graph_ops import CASES, as_graph, build
+    from verify.graph import ops
+    from verify.graph.encoding import linear_matrices
+
+    seen = set()
+    for case in CASES:
+        net = as_graph(build(case), case[0])
+        params = net.torch_params(torch.device("cpu"))
+        for k, node in enumerate(net.graph.nodes):
+            if node.op not in ops.LINEAR:
+                continue
+            shapes = [net.graph.shapes[i] for i in node.inputs]
+            matrices, bias = linear_matrices(node, params[k], shapes)
+            xs = [R.normal(size=(1, *s)) for s in shapes]
+            want = ops.LINEAR[node.op][0](node, [torch.as_tensor(x) for x in xs], params[k])
+            got = bias + sum(J @ x.reshape(-1) for J, x in zip(matrices, xs))
+            np.testing.assert_allclose(got, want.reshape(-1).numpy(), rtol=1e-12, atol=1e-12)
+            seen.add(node.op)
+    assert {"Conv", "ConvTranspose", "Gemm", "AveragePool", "Select", "Concat", "Pad"} <= seen

@@ -543,7 +543,7 @@ def to_highs(program: ReluProgram, relax: bool = False, options: Optional[dict] 
         int(highspy.ObjSense.kMinimize), 0.0, np.zeros(program.n_cols), program.col_lower,
         program.col_upper, program.row_lower, program.row_upper, A.indptr.astype(np.int32),
         A.indices.astype(np.int32), A.data.astype(np.float64), integrality)
-    tiny = np.flatnonzero((A.data != 0) & (np.abs(A.data) < SMALL_COEFFICIENT))
+    tiny = np.flatnonzero((A.data != 0) & (np.abs(A.data) <= SMALL_COEFFICIENT))
     if tiny.size:  # HiGHS would drop it: the model would not be the network's
         k = tiny[np.argmin(np.abs(A.data[tiny]))]
         row, col = np.searchsorted(A.indptr, k, side="right") - 1, A.indices[k]

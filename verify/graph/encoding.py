@@ -39,8 +39,9 @@ from . import ops
 from .ir import size_of
 
 NumpyBounds = tuple[np.ndarray, np.ndarray]
-SMALL_COEFFICIENT = 1e-9  # HiGHS drops matrix entries below this (relu_encoding's constant)
-JACOBIAN_ROWS = 512  # identity rows per vector-Jacobian product (memory: rows x input size)
+SMALL_COEFFICIENT = 1e-9  # HiGHS drops matrix entries at or below this (relu_encoding's)
+SAFE_COEFFICIENT = 2 * SMALL_COEFFICIENT  # what a tiny coefficient that may grow becomes
+CHUNK_ENTRIES = 1 << 22  # dense Jacobian entries per automatic-differentiation pass
 # Ops whose matrix entries are products of constants (rounded), not copies of them.
 ROUNDED_MATRIX = ("AveragePool", "GlobalAveragePool", "Reduce")
 
@@ -78,25 +79,40 @@ def tag_of(k: int, node) -> str:
 
 def linear_matrices(node, params: dict, shapes: list) -> tuple[list[sp.csr_matrix], np.ndarray]:
     """The linear node as y = sum_i J_i x_i + b over flat tensors: (J_i as sparse (m, n_i), b).
-    J's rows come from vector-Jacobian products of the forward on identity rows, in chunks."""
+    J is read off the forward by automatic differentiation at 0, exact for a linear map:
+    forward mode on identity inputs (columns of J) when the inputs are fewer than the outputs
+    (convolutions), else reverse mode on identity rows; in chunks of about CHUNK_ENTRIES."""
     forward = ops.LINEAR[node.op][0]
-    zeros = [torch.zeros((1, *s), dtype=torch.float64) for s in shapes]
+    sizes = [size_of(s) for s in shapes]
+    zeros = lambda r: [torch.zeros((r, *s), dtype=torch.float64) for s in shapes]
     with torch.no_grad():
-        bias = forward(node, zeros, params).reshape(-1).numpy().copy()
+        bias = forward(node, zeros(1), params).reshape(-1).numpy().copy()
     m = len(bias)
+    call = lambda *xs: forward(node, list(xs), params)
     parts: list[list] = [[] for _ in shapes]
-    for start in range(0, m, JACOBIAN_ROWS):
-        rows = min(JACOBIAN_ROWS, m - start)
-        eye = torch.zeros((rows, m), dtype=torch.float64)
-        eye[torch.arange(rows), torch.arange(start, start + rows)] = 1.0
+    if sum(sizes) <= m:  # columns of J: jvp with unit inputs
+        for i, n in enumerate(sizes):
+            chunk = max(1, CHUNK_ENTRIES // max(m, 1))
+            for start in range(0, n, chunk):
+                r = min(chunk, n - start)
+                tangents = zeros(r)
+                unit = tangents[i].reshape(r, n)
+                unit[torch.arange(r), torch.arange(start, start + r)] = 1.0
+                _, out = torch.func.jvp(call, tuple(zeros(r)), tuple(tangents))
+                parts[i].append(sp.csr_matrix(out.reshape(r, m).numpy()).T)
+        return [sp.hstack(p, format="csr") for p in parts], bias
+    chunk = max(1, CHUNK_ENTRIES // max(sum(sizes), 1))  # rows of J: vjp with unit outputs
+    for start in range(0, m, chunk):
+        r = min(chunk, m - start)
+        unit = torch.zeros((r, m), dtype=torch.float64)
+        unit[torch.arange(r), torch.arange(start, start + r)] = 1.0
         with torch.enable_grad():
-            xs = [torch.zeros((rows, *s), dtype=torch.float64, requires_grad=True) for s in shapes]
-            y = forward(node, xs, params).reshape(rows, m)
-            grads = torch.autograd.grad(y, xs, grad_outputs=eye, allow_unused=True)
+            xs = [x.requires_grad_() for x in zeros(r)]
+            y = call(*xs).reshape(r, m)
+            grads = torch.autograd.grad(y, xs, grad_outputs=unit, allow_unused=True)
         for i, g in enumerate(grads):
-            n = size_of(shapes[i])
-            block = sp.csr_matrix((rows, n)) if g is None else sp.csr_matrix(g.reshape(rows, n).numpy())
-            parts[i].append(block)
+            parts[i].append(sp.csr_matrix((r, sizes[i])) if g is None
+                            else sp.csr_matrix(g.reshape(r, sizes[i]).numpy()))
     return [sp.vstack(p, format="csr") for p in parts], bias
 
 
@@ -236,11 +252,13 @@ class GraphEncoder:
         n_out = len(cand)
         out_cols = np.full(n_out, -1, dtype=np.int64)
         out_const = np.zeros(n_out)
-        single = keep.sum(1) == 1
+        single = (keep.sum(1) == 1) & (U > L)
         pick = safe[np.arange(n_out), keep.argmax(1)]
         out_cols[single] = ent.cols[pick[single]]
         out_const[single] = np.where(live[pick[single]], 0.0, ent.const[pick[single]])
-        split = np.flatnonzero(~single)
+        fixed = U <= L  # max_i x_i >= x_j >= l_j = L and <= U: the constant L
+        out_const[fixed] = L[fixed]
+        split = np.flatnonzero(~single & ~fixed)
         self.columns.split_pools += len(split)
         if len(split):
             tag = tag_of(k, node)
@@ -257,7 +275,7 @@ class GraphEncoder:
             src_live = live[src]
             yo = y[o_idx]
             l_i, u_i = c_lo[split][o_idx, c_idx], c_up[split][o_idx, c_idx]
-            big = np.maximum(np.nextafter(U[split][o_idx] - l_i, np.inf), SMALL_COEFFICIENT)
+            big = np.maximum(np.nextafter(U[split][o_idx] - l_i, np.inf), SAFE_COEFFICIENT)
             names = [f"{split[o]}_{j}" for o, j in zip(o_idx, c_idx)]
             # y >= x_i (a constant candidate: already the column's lower bound, L >= c)
             v = np.flatnonzero(src_live)
@@ -275,7 +293,7 @@ class GraphEncoder:
             # sum_i z_i = 1 and y - sum_i u_i z_i <= 0 (u_i moved up off HiGHS's dropped range)
             m = len(split)
             self.b.add_rows([f"pool_one_{tag}_{o}" for o in split], o_idx, z, np.ones(n), 1.0, 1.0)
-            coef = np.where(np.abs(u_i) < SMALL_COEFFICIENT, np.where(u_i > 0, SMALL_COEFFICIENT, 0.0), u_i)
+            coef = np.where(np.abs(u_i) <= SMALL_COEFFICIENT, np.where(u_i > 0, SAFE_COEFFICIENT, 0.0), u_i)
             nz = np.flatnonzero(coef != 0)
             self.b.add_rows([f"pool_up_{tag}_{o}" for o in split],
                             np.concatenate([np.arange(m), o_idx[nz]]), np.concatenate([y, z[nz]]),
@@ -305,7 +323,7 @@ class GraphEncoder:
         tag = tag_of(k, node)
         for slope, intercept, sign, side in ((a_l, b_l, 1.0, "lo"), (a_u, b_u, -1.0, "up")):
             # sign * (y - a x) >= sign * b
-            steep = np.abs(slope) >= SMALL_COEFFICIENT
+            steep = np.abs(slope) > SMALL_COEFFICIENT
             w = v[steep]
             self.b.add_pairs([f"{node.op.lower()}_{side}_{tag}_{i}" for i in w], y[w], 1.0,
                              ent.cols[w], -slope[steep],
