@@ -382,9 +382,6 @@ def cmd_export(args) -> int:
     from .spec import robustness_spec
 
     net = load_onnx(args.model)
-    if getattr(net, "is_graph", False):  # verify.graph has no MILP encoding yet
-        from .bounds.graph import refuse
-        raise refuse("export")
     x = read_input(args.input)
     spec = robustness_spec(net.input_size, net.output_size, x, args.label, args.eps, args.norm,
                            parse_domain(args.domain, args.model))

@@ -203,8 +203,8 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict) -> Quer
             if found is not None:
                 return QueryResult("sat", found, 0.0, method,
                                    "the violation has no output constraint")
-    graph = getattr(net, "is_graph", False)  # a GraphNetwork: attack, IBP / CROWN, bab (for now)
-    if graph and method not in ("auto", "ibp", "crown", "bab", "attack", "smoothing"):
+    graph = getattr(net, "is_graph", False)  # a GraphNetwork: no alpha-crown, relu-bab yet
+    if graph and method not in ("auto", "ibp", "crown", "lp", "milp", "bab", "attack", "smoothing"):
         from .bounds.graph import refuse
         raise refuse(method)
     if method == "bab" or (method == "auto" and net.input_size <= BAB_MAX_INPUTS):

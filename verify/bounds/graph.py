@@ -33,7 +33,7 @@ from . import UNDERFLOW, InputBatch, certify_with_bounds, norm_underflow, roundi
 from .crown import concretize, relu_relaxation
 
 Bounds = tuple[torch.Tensor, torch.Tensor]
-GRAPH_METHODS = ("ibp", "crown", "bab", "attack", "smoothing")
+GRAPH_METHODS = ("ibp", "crown", "lp", "milp", "bab", "attack", "smoothing")
 CROWN_ROWS = 512  # CROWN intermediate bounds for up to this many entries (Relu: unstable ones)
 
 

@@ -34,6 +34,7 @@ import torch
 from .. import deadline
 from ..backends import check_choice, check_choices
 from ..certificate import Certificate
+from ..errors import InputError
 from ..network import AFFINE, Network, ReLU
 from ..spec import Box, InputSet, Specification
 from ..verdict import certificate_from_bounds, row_name
@@ -57,9 +58,19 @@ class LPOptions:
 def neuron_bounds(net: Network, spec: Specification, source: str = "crown"
                   ) -> tuple[list[NumpyBounds], str]:
     """Per-layer float64 bounds (entry k: output of net.layers[k]) and the name of what made
-    them: IBP, intersected with CROWN for source "crown" (each can only shrink the interval)."""
+    them: IBP, intersected with CROWN for source "crown" (each can only shrink the interval).
+    A GraphNetwork gets a dict: tensor name -> bounds of its flat entries (`graph.crown_bounds`,
+    IBP with CROWN on the inputs of nonlinear nodes)."""
     check_choice(source, BOUND_SOURCES, "bounds")
     batch = InputBatch.from_specs([spec], torch.device("cpu"))
+    if getattr(net, "is_graph", False):
+        from . import graph  # (first use)
+
+        with torch.no_grad():
+            found = graph.interval_bounds(net, batch) if source == "ibp" \
+                else graph.crown_bounds(net, batch)
+        return ({name: (lo[0].reshape(-1).numpy().copy(), up[0].reshape(-1).numpy().copy())
+                 for name, (lo, up) in found.items()}, "ibp" if source == "ibp" else "ibp+crown")
     bounds = [(lo[0].numpy().copy(), up[0].numpy().copy())
               for lo, up in ibp.layer_bounds(net, batch)]
     if source == "ibp":
@@ -93,6 +104,9 @@ def tighten_with_lp(net: Network, input_set: InputSet, bounds: Sequence[NumpyBou
     interval arithmetic. Each new bound is a Lagrangian bound (sound), intersected with the old
     one. Returns the bounds and the number of LPs solved. Stops refining once the active
     deadline (`verify.deadline`) has passed: what it has is sound."""
+    if getattr(net, "is_graph", False):
+        raise InputError("lp_tighten is not available on graph networks yet (their neuron "
+                         "bounds are IBP and CROWN's): drop the option")
     bounds = [(lo.copy(), up.copy()) for lo, up in bounds]
     n_lps = 0
     first_is_exact = isinstance(input_set, Box) or input_set.norm == "inf"
@@ -141,6 +155,15 @@ def relaxed_margin_lower(net: Network, spec: Specification, bounds: Sequence[Num
     from .crown import margin_lower_from  # (first use)
 
     batch = InputBatch.from_specs([spec], torch.device("cpu"))
+    if getattr(net, "is_graph", False):
+        from . import graph  # (first use)
+
+        shapes = net.graph.shapes
+        as_dict = {name: (torch.as_tensor(lo).reshape(1, *shapes[name]),
+                          torch.as_tensor(up).reshape(1, *shapes[name]))
+                   for name, (lo, up) in bounds.items()}
+        with torch.no_grad():
+            return graph.margin_lower_from(net, batch, as_dict)[0].numpy()
     as_torch = [(torch.as_tensor(lo)[None], torch.as_tensor(up)[None]) for lo, up in bounds]
     with torch.no_grad():
         lower = torch.maximum(ibp.margin_bounds(net, batch, as_torch)[0],

@@ -39,6 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import InputError
+from ..graph import encoding as graph_encoding
 from ..network import AFFINE, Network, ReLU
 from ..spec import Box, InputSet, LpBall
 from . import UNIT_ROUNDOFF
@@ -126,7 +127,7 @@ class ReluEncoding:
     integer: bool
 
     def encode(self, builder: _Builder, y: np.ndarray, lower: np.ndarray, upper: np.ndarray,
-               tag: int, neurons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+               tag, neurons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Columns (z, a) for unstable neurons with pre-activation columns y in [lower, upper];
         `a` is empty for relaxations."""
         z = builder.add_cols(0.0, np.maximum(upper, 0.0), [f"z_{tag}_{i}" for i in neurons])
@@ -196,6 +197,7 @@ class ReluProgram:
     unstable_neurons: int = 0
     aux_cols: Optional[np.ndarray] = None  # l_1 balls: the t_i columns
     aux_center: Optional[np.ndarray] = None
+    graph: Optional[graph_encoding.GraphColumns] = None  # a GraphNetwork's columns per tensor
 
     @property
     def n_cols(self) -> int:
@@ -257,7 +259,9 @@ class ReluProgram:
         values = np.zeros(self.n_cols)
         h = np.asarray(x, dtype=np.float64).reshape(1, -1)
         values[self.input_cols] = h[0]
-        for k, layer in enumerate(net.layers):
+        if self.graph is not None:
+            graph_encoding.assignment(net, self.graph, values, h[0])
+        for k, layer in enumerate(net.layers if self.graph is None else ()):
             pre, h = h.reshape(-1), layer.forward(h)
             cols = self.layer_cols[k]
             if len(cols):  # (empty for the folded last layer)
@@ -272,18 +276,10 @@ class ReluProgram:
         return np.clip(values, self.col_lower, self.col_upper)
 
 
-def build_program(net: Network, input_set: InputSet, bounds: Sequence[NumpyBounds],
-                  encoding: ReluEncoding, eliminate_stable: bool = True) -> ReluProgram:
-    """Constraints of `net` over `input_set` with neuron bounds `bounds` (entry k bounds the flat
-    output of net.layers[k], as from `ibp.layer_bounds`). The last affine layer is folded into
-    the output expression. `eliminate_stable=False` encodes stable neurons like unstable ones
-    (only for comparisons: it never changes the feasible set's projection)."""
-    b = _Builder()
+def _input_columns(b: _Builder, input_set: InputSet) -> tuple:
+    """Columns x_i of the inputs (and t_i of an l_1 ball, with its rows): (x, ball, t, center)."""
     box_lower, box_upper = input_set.bounding_box()
     _check_holdable(box_lower, box_upper, "input")
-    encoded = len(net.layers) - (0 if isinstance(net.layers[-1], ReLU) else 1)  # (last folded)
-    for k, (lower, upper) in enumerate(bounds[:encoded]):
-        _check_holdable(lower, upper, f"layer {k} ({type(net.layers[k]).__name__}) neuron")
     n_in = len(box_lower)
     x = b.add_cols(box_lower, box_upper, [f"x_{i}" for i in range(n_in)])
     ball = None
@@ -299,6 +295,24 @@ def build_program(net: Network, input_set: InputSet, bounds: Sequence[NumpyBound
         ball = (x, input_set.center.copy(), input_set.eps)
     elif not isinstance(input_set, (Box, LpBall)):  # pragma: no cover
         raise TypeError(f"unknown input set {type(input_set).__name__}")
+    return x, ball, aux_cols, aux_center
+
+
+def build_program(net: Network, input_set: InputSet, bounds, encoding: ReluEncoding,
+                  eliminate_stable: bool = True) -> ReluProgram:
+    """Constraints of `net` over `input_set` with neuron bounds `bounds` (entry k bounds the flat
+    output of net.layers[k], as from `ibp.layer_bounds`). The last affine layer is folded into
+    the output expression. `eliminate_stable=False` encodes stable neurons like unstable ones
+    (only for comparisons: it never changes the feasible set's projection). A GraphNetwork
+    takes `bounds` per tensor name (flat arrays) and its nodes' rules from verify.graph.encoding."""
+    if getattr(net, "is_graph", False):
+        return _build_graph_program(net, input_set, bounds, encoding)
+    b = _Builder()
+    x, ball, aux_cols, aux_center = _input_columns(b, input_set)
+    encoded = len(net.layers) - (0 if isinstance(net.layers[-1], ReLU) else 1)  # (last folded)
+    for k, (lower, upper) in enumerate(bounds[:encoded]):
+        _check_holdable(lower, upper, f"layer {k} ({type(net.layers[k]).__name__}) neuron")
+    box_lower, box_upper = input_set.bounding_box()
 
     current = x  # columns of the current flat activation; -1 = the constant 0
     layer_cols: list[np.ndarray] = []
@@ -355,7 +369,31 @@ def build_program(net: Network, input_set: InputSet, bounds: Sequence[NumpyBound
     if G is None:  # the network ends with a ReLU: the output is the last activation
         live = current >= 0
         output_cols, G, g = current[live], np.eye(len(current))[:, live], np.zeros(len(current))
+    return _finish(b, encoding, x, output_cols, G, g, ball, aux_cols, aux_center,
+                   layer_cols=layer_cols, binary_cols=binary_cols, unstable_neurons=unstable_total)
 
+
+def _build_graph_program(net, input_set: InputSet, bounds: dict, encoding: ReluEncoding
+                         ) -> ReluProgram:
+    """build_program for a GraphNetwork: every node by its rule in verify.graph.encoding."""
+    b = _Builder()
+    x, ball, aux_cols, aux_center = _input_columns(b, input_set)
+    columns, output_cols, G, g = graph_encoding.encode(net, b, x, bounds, encoding)
+    lower, upper = b.col_lower[0], b.col_upper[0]
+    reach = np.maximum(np.abs(lower), np.abs(upper))
+    bad = np.flatnonzero(~(reach < LARGEST_BOUND))
+    if bad.size:
+        i = int(bad[0])
+        raise InputError(f"column {b.names[i]} reaches {reach[i]:.3g} (bounds [{lower[i]:.3g}, "
+                         f"{upper[i]:.3g}]), beyond the {LARGEST_BOUND:g} a solver can hold: lp "
+                         "and milp need a smaller input set or weights (ibp and crown take it)")
+    return _finish(b, encoding, x, output_cols, G, g, ball, aux_cols, aux_center, layer_cols=[],
+                   binary_cols={}, unstable_neurons=columns.unstable_relus, graph=columns)
+
+
+def _finish(b: _Builder, encoding: ReluEncoding, x, output_cols, G, g, ball, aux_cols,
+            aux_center, **extra) -> ReluProgram:
+    """The builder's columns and rows as a ReluProgram."""
     n_rows = b.n_rows
     if b.rows:
         matrix = sp.csr_matrix((np.concatenate(b.vals), (np.concatenate(b.rows),
@@ -370,8 +408,7 @@ def build_program(net: Network, input_set: InputSet, bounds: Sequence[NumpyBound
         col_lower=np.concatenate(b.col_lower), col_upper=np.concatenate(b.col_upper),
         integer=np.concatenate(b.integer), names=b.names, row_names=b.row_names, input_cols=x,
         output_cols=np.asarray(output_cols, dtype=np.int64), G=np.asarray(G), g=np.asarray(g),
-        layer_cols=layer_cols, binary_cols=binary_cols, ball=ball,
-        unstable_neurons=unstable_total, aux_cols=aux_cols, aux_center=aux_center)
+        ball=ball, aux_cols=aux_cols, aux_center=aux_center, **extra)
 
 
 def lagrangian_bound(program: ReluProgram, cost: np.ndarray, offset: float,
@@ -506,7 +543,7 @@ def to_highs(program: ReluProgram, relax: bool = False, options: Optional[dict] 
         int(highspy.ObjSense.kMinimize), 0.0, np.zeros(program.n_cols), program.col_lower,
         program.col_upper, program.row_lower, program.row_upper, A.indptr.astype(np.int32),
         A.indices.astype(np.int32), A.data.astype(np.float64), integrality)
-    tiny = np.flatnonzero((A.data != 0) & (np.abs(A.data) < SMALL_COEFFICIENT))
+    tiny = np.flatnonzero((A.data != 0) & (np.abs(A.data) <= SMALL_COEFFICIENT))
     if tiny.size:  # HiGHS would drop it: the model would not be the network's
         k = tiny[np.argmin(np.abs(A.data[tiny]))]
         row, col = np.searchsorted(A.indptr, k, side="right") - 1, A.indices[k]

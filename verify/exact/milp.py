@@ -53,6 +53,7 @@ from .. import deadline
 from ..backends import check_choices
 from ..certificate import Certificate
 from ..errors import InputError
+from ..graph.encoding import relaxed_reason
 from ..network import Network
 from ..spec import LpBall, Specification
 from ..verdict import certificate_from_bounds, row_name, validated_counterexample
@@ -303,6 +304,9 @@ def _certify_one(net: Network, spec: Specification, options: MILPOptions,
                                                          options.timeout, "the LP screen"),
                       lp_solver.tolerance)
     program = build_program(net, spec.input_set, bounds, BIG_M)
+    relaxed = relaxed_reason(program.graph)  # smooth ops, Softmax: the MILP is a relaxation
+    if relaxed:
+        details["not_exact"] = relaxed
     # 3. What float64 can resolve: the worst rounding error of any row or objective.
     noise, noisiest = max((program.rounding_noise(*program.objective(c, d)[:2])
                            for c, d in zip(spec.output.C, spec.output.d)), key=lambda t: t[0])
@@ -389,6 +393,8 @@ def _certify_one(net: Network, spec: Specification, options: MILPOptions,
         reason = _timeout_reason(spec, lower, timed_out, outcomes, options.timeout, "the MILP")
     else:
         reason = _maybe_reason(net, spec, lower, outcomes, tolerance)
+    if reason and relaxed:
+        reason = f"not exact: {relaxed}; {reason}"
     return finish(lower, candidates, reason, tolerance)
 
 
