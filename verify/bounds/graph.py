@@ -32,7 +32,8 @@ from .crown import concretize, relu_relaxation
 
 Bounds = tuple[torch.Tensor, torch.Tensor]
 GRAPH_METHODS = ("ibp", "crown", "attack", "smoothing")
-CROWN_ROWS = 512  # CROWN intermediate bounds for up to this many entries (Relu: unstable ones)
+CROWN_ROWS = 512  # CROWN intermediate bounds: at most this many entries per backward pass,
+CROWN_MAX_ROWS = 4096  # for a tensor with at most this many entries to tighten (Relu: unstable)
 
 
 def refuse(method: str) -> InputError:
@@ -96,25 +97,48 @@ def interval_margin(batch: InputBatch, lower: torch.Tensor, upper: torch.Tensor)
 
 
 def _vjp(forward, node, p, shapes: list, coeffs: torch.Tensor) -> list[torch.Tensor]:
-    """Transpose of a linear node applied to coeffs (R, *out): one (R, *in_i) per input."""
-    with torch.enable_grad():
-        xs = [torch.zeros((len(coeffs), *s), dtype=coeffs.dtype, device=coeffs.device,
-                          requires_grad=True) for s in shapes]
-        y = forward(node, xs, p)
-        return list(torch.autograd.grad(y, xs, grad_outputs=coeffs, allow_unused=True))
+    """Transpose of a linear node applied to coeffs (R, *out): one (R, *in_i) per input
+    (differentiable in coeffs when coeffs requires grad: alpha-CROWN's slopes). The forward
+    runs once on one zero sample and its vjp is mapped over the R rows (torch.func.vmap): the
+    same sums as autograd on R samples, without R forward passes."""
+    xs = [torch.zeros((1, *s), dtype=coeffs.dtype, device=coeffs.device) for s in shapes]
+    try:
+        _, pullback = torch.func.vjp(lambda *v: forward(node, list(v), p), *xs)
+        return [g.squeeze(1) for g in torch.func.vmap(pullback)(coeffs.unsqueeze(1))]
+    except RuntimeError:  # an op whose backward has no batching rule: autograd on R samples
+        with torch.enable_grad():
+            xs = [x.expand(len(coeffs), *x.shape[1:]).clone().requires_grad_(True) for x in xs]
+            y = forward(node, xs, p)
+            return list(torch.autograd.grad(y, xs, grad_outputs=coeffs, allow_unused=True,
+                                            create_graph=coeffs.requires_grad))
 
 
 def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str,
-                   coeffs: torch.Tensor, const: torch.Tensor) -> torch.Tensor:
+                   coeffs: torch.Tensor, const: torch.Tensor,
+                   alphas: Optional[dict[str, torch.Tensor]] = None,
+                   split_terms: Optional[dict[str, torch.Tensor]] = None,
+                   record: Optional[dict] = None) -> torch.Tensor:
     """Sound lower bound (B, m) of coeffs . t + const over the input set, t the tensor `start`
-    (coeffs (B, m, *shape of t)), by a backward linear pass through the DAG."""
+    (coeffs (B, m, *shape of t)), by a backward linear pass through the DAG.
+
+    `alphas[r]` (B or 1, m, size of r): lower slopes in [0, 1] of the unstable entries of the
+    Relu node with output r (CROWN's adaptive slope elsewhere; alpha-CROWN). `split_terms[r]`
+    (B or 1, m, size): beta * s for that Relu's input z, each split entry carrying s z >= 0
+    (s = +1 active, -1 inactive, 0 unsplit) and beta >= 0 (beta-CROWN): on the set where the
+    constraints hold, coeffs . t + const >= that - sum beta s z, so the term is subtracted from
+    the coefficients on z (its one float subtraction charged through the carried |A|).
+    `record[r]`, if given, receives the coefficients (detached, (B, m, size)) on Relu output r,
+    and `record[-1]` those (B, m, input_size) on the flat input."""
     graph, b, m = net.graph, coeffs.shape[0], coeffs.shape[1]
     device, dtype = coeffs.device, coeffs.dtype
     params = net.torch_params(device, dtype)
     params_abs = net.torch_params(device, dtype, absolute=True)
     index = {node.output: k for k, node in enumerate(graph.nodes)}
     A = {start: coeffs}
-    M = {start: coeffs.abs()}  # |A| |L| ... : bounds the float64 error of A by gamma_n times it
+    # M[t] >= |A[t]|: the float64 error of the pass so far is at most gamma_n M[t] . |t| (plus
+    # what `owed` holds); a linear node settles it against its output's magnitude,
+    # M . (|L| max|x| + |b|) with max|x| from the bounds, so M never goes through |L| itself.
+    M = {start: coeffs.abs()}
     owed = torch.zeros_like(const)  # magnitudes of the constant terms summed
     const = const.clone()
     n_terms = 0
@@ -131,9 +155,12 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
             bias = forward(node, [torch.zeros((1, *s), dtype=dtype, device=device) for s in shapes],
                            params[k])
             const = const + (a * bias).flatten(2).sum(-1)
-            owed = owed + (mag * bias.abs()).flatten(2).sum(-1)
+            with torch.no_grad():  # settled here: mag . |y| <= mag . (|L| max|x| + |b|)
+                in_mag = [torch.maximum(bounds[i][0].abs(), bounds[i][1].abs()) for i in node.inputs]
+                step = forward(node, in_mag, params_abs[k]) + bias.abs()
+                owed = owed + (mag.detach() * step[:, None]).nan_to_num(nan=0.0).flatten(2).sum(-1)
             new = _vjp(forward, node, params[k], shapes, flat(a))
-            new_mag = _vjp(forward, node, params_abs[k], shapes, flat(mag))
+            new_mag = [None if g is None else g.detach().abs() for g in new]
         else:
             lo, up = bounds[node.inputs[0]]
             n_terms += 2
@@ -166,13 +193,25 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
                 if node.op == "Relu":
                     r = relu_relaxation(lo, up)
                     a_l, b_l, a_u, b_u = r.lower_slope, torch.zeros_like(lo), r.upper_slope, r.upper_intercept
+                    if record is not None:
+                        record[node.output] = a.detach().reshape(b, m, -1).clone()
+                    if alphas is not None and node.output in alphas:  # (B, m, *shape) slopes
+                        a_l = torch.where(r.unstable[:, None], alphas[node.output].reshape(
+                            -1, m, *lo.shape[1:]), a_l[:, None])
+                    else:
+                        a_l = a_l[:, None]
                 else:
                     a_l, b_l, a_u, b_u = ops.relax(node.op, lo, up)
+                    a_l = a_l[:, None]
                 pos, neg = a.clamp(min=0), a.clamp(max=0)
-                new = [pos * a_l[:, None] + neg * a_u[:, None]]
+                new = [pos * a_l + neg * a_u[:, None]]
                 const = const + (pos * b_l[:, None] + neg * b_u[:, None]).flatten(2).sum(-1)
                 owed = owed + (mag * torch.maximum(b_l.abs(), b_u.abs())[:, None]).flatten(2).sum(-1)
-                new_mag = [mag * torch.maximum(a_l.abs(), a_u.abs())[:, None]]
+                new_mag = [mag * torch.maximum(a_l.detach().abs(), a_u.abs()[:, None])]
+                if split_terms is not None and node.output in split_terms:  # - beta s on z
+                    new = [new[0] - split_terms[node.output].reshape(-1, m, *lo.shape[1:])]
+                    new_mag = [new_mag[0] + new[0].detach().abs()]  # its rounding: u |new| |z|
+                    n_terms += 1
                 new, new_mag = [t.reshape(b * m, *t.shape[2:]) for t in new], \
                     [t.reshape(b * m, *t.shape[2:]) for t in new_mag]
         for name, g, gm in zip(node.inputs, new, new_mag):
@@ -190,6 +229,8 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
         parts.append(A.get(name, torch.zeros((b, m, size), dtype=dtype, device=device)).reshape(b, m, size))
         mags.append(M.get(name, torch.zeros((b, m, size), dtype=dtype, device=device)).reshape(b, m, size))
     coeffs_in, mag_in = torch.cat(parts, -1), torch.cat(mags, -1)
+    if record is not None:
+        record[-1] = coeffs_in.detach().clone()
     box = torch.maximum(batch.lower.abs(), batch.upper.abs())
     carried = torch.einsum("bmn,bn->bm", mag_in, box) + owed
     lower = concretize(batch, coeffs_in, const)
@@ -197,10 +238,11 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
     return torch.nan_to_num(lower, nan=float("-inf"))
 
 
-def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS) -> dict[str, Bounds]:
-    """IBP bounds of every tensor, the inputs of nonlinear nodes tightened by a CROWN pass where
-    at most `crown_rows` entries need it (for Relu: the unstable ones, l < 0 < u, in any input
-    of the batch; for the other ops: all)."""
+def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS,
+                 max_rows: int = CROWN_MAX_ROWS) -> dict[str, Bounds]:
+    """IBP bounds of every tensor, the inputs of nonlinear nodes tightened by CROWN passes of at
+    most `crown_rows` rows each where at most `max_rows` entries need it (for Relu: the
+    unstable ones, l < 0 < u, in any input of the batch; for the other ops: all)."""
     bounds = _input_bounds(net, batch)
     tightened: set[str] = set(bounds)
     for k, node in enumerate(net.graph.nodes):
@@ -214,16 +256,19 @@ def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS) -> dict[s
                 rows = torch.nonzero(((flat_lo < 0) & (flat_up > 0)).any(0)).flatten()
             else:
                 rows = torch.arange(flat_lo.shape[1], device=lo.device)
-            if 0 < len(rows) <= crown_rows:
-                r = len(rows)
-                eye = torch.zeros((r, flat_lo.shape[1]), dtype=lo.dtype, device=lo.device)
-                eye[torch.arange(r, device=lo.device), rows] = 1.0
-                coeffs = torch.cat([eye, -eye]).reshape(2 * r, *shape).expand(len(batch), 2 * r, *shape)
-                lower = backward_bound(net, batch, bounds, name, coeffs,
-                                       torch.zeros((len(batch), 2 * r), dtype=lo.dtype, device=lo.device))
+            if 0 < len(rows) <= max(max_rows, crown_rows):
                 new_lo, new_up = flat_lo.clone(), flat_up.clone()
-                new_lo[:, rows] = torch.maximum(flat_lo[:, rows], lower[:, :r])
-                new_up[:, rows] = torch.minimum(flat_up[:, rows], -lower[:, r:])
+                for chunk in torch.split(rows, crown_rows):
+                    if deadlines.active().expired():
+                        break
+                    r = len(chunk)
+                    eye = torch.zeros((r, flat_lo.shape[1]), dtype=lo.dtype, device=lo.device)
+                    eye[torch.arange(r, device=lo.device), chunk] = 1.0
+                    coeffs = torch.cat([eye, -eye]).reshape(2 * r, *shape).expand(len(batch), 2 * r, *shape)
+                    lower = backward_bound(net, batch, bounds, name, coeffs, torch.zeros(
+                        (len(batch), 2 * r), dtype=lo.dtype, device=lo.device))
+                    new_lo[:, chunk] = torch.maximum(flat_lo[:, chunk], lower[:, :r])
+                    new_up[:, chunk] = torch.minimum(flat_up[:, chunk], -lower[:, r:])
                 bounds[name] = (new_lo.reshape(lo.shape), new_up.reshape(up.shape))
             tightened.add(name)
         bounds[node.output] = node_interval(net, k, node, [bounds[i] for i in node.inputs])
