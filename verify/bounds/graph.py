@@ -31,7 +31,7 @@ from . import UNDERFLOW, InputBatch, certify_with_bounds, rounding_slack
 from .crown import concretize, relu_relaxation
 
 Bounds = tuple[torch.Tensor, torch.Tensor]
-GRAPH_METHODS = ("ibp", "crown", "attack", "smoothing")
+GRAPH_METHODS = ("ibp", "crown", "alpha-crown", "relu-bab", "attack", "smoothing")
 CROWN_ROWS = 512  # CROWN intermediate bounds: at most this many entries per backward pass,
 CROWN_MAX_ROWS = 4096  # for a tensor with at most this many entries to tighten (Relu: unstable)
 
@@ -96,21 +96,27 @@ def interval_margin(batch: InputBatch, lower: torch.Tensor, upper: torch.Tensor)
     return lo - batch.d - rounding_slack(magnitude + batch.d.abs(), batch.C.shape[2])
 
 
+VMAP_ENTRIES = 2 ** 16  # coefficients from which a vmapped vjp beats autograd on R samples
+
+
 def _vjp(forward, node, p, shapes: list, coeffs: torch.Tensor) -> list[torch.Tensor]:
     """Transpose of a linear node applied to coeffs (R, *out): one (R, *in_i) per input
     (differentiable in coeffs when coeffs requires grad: alpha-CROWN's slopes). The forward
     runs once on one zero sample and its vjp is mapped over the R rows (torch.func.vmap): the
-    same sums as autograd on R samples, without R forward passes."""
+    same sums as autograd on R samples, without R forward passes (small coefficients, or an op
+    whose backward has no batching rule: autograd on R samples, less overhead)."""
     xs = [torch.zeros((1, *s), dtype=coeffs.dtype, device=coeffs.device) for s in shapes]
-    try:
-        _, pullback = torch.func.vjp(lambda *v: forward(node, list(v), p), *xs)
-        return [g.squeeze(1) for g in torch.func.vmap(pullback)(coeffs.unsqueeze(1))]
-    except RuntimeError:  # an op whose backward has no batching rule: autograd on R samples
-        with torch.enable_grad():
-            xs = [x.expand(len(coeffs), *x.shape[1:]).clone().requires_grad_(True) for x in xs]
-            y = forward(node, xs, p)
-            return list(torch.autograd.grad(y, xs, grad_outputs=coeffs, allow_unused=True,
-                                            create_graph=coeffs.requires_grad))
+    if coeffs.numel() >= VMAP_ENTRIES:
+        try:
+            _, pullback = torch.func.vjp(lambda *v: forward(node, list(v), p), *xs)
+            return [g.squeeze(1) for g in torch.func.vmap(pullback)(coeffs.unsqueeze(1))]
+        except RuntimeError:
+            pass
+    with torch.enable_grad():
+        xs = [x.expand(len(coeffs), *x.shape[1:]).clone().requires_grad_(True) for x in xs]
+        y = forward(node, xs, p)
+        return list(torch.autograd.grad(y, xs, grad_outputs=coeffs, allow_unused=True,
+                                        create_graph=coeffs.requires_grad))
 
 
 def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str,
@@ -275,8 +281,23 @@ def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS,
     return bounds
 
 
-def margin_lower_from(net, batch: InputBatch, bounds: dict[str, Bounds]) -> torch.Tensor:
-    """CROWN's lower bound of C f(x) - d given intermediate bounds; f's outputs concatenated."""
+def relu_slopes(net, bounds: dict[str, Bounds], rows: int) -> dict[str, torch.Tensor]:
+    """CROWN's adaptive lower slopes, (B, rows, size) per Relu node (keyed by its output), as
+    the starting point of alpha-CROWN."""
+    out = {}
+    for node in net.graph.nodes:
+        if node.op == "Relu":
+            slope = relu_relaxation(*bounds[node.inputs[0]]).lower_slope.flatten(1)
+            out[node.output] = slope[:, None, :].expand(-1, rows, -1).clone()
+    return out
+
+
+def margin_lower_from(net, batch: InputBatch, bounds: dict[str, Bounds],
+                      alphas: Optional[dict[str, torch.Tensor]] = None,
+                      split_terms: Optional[dict[str, torch.Tensor]] = None,
+                      record: Optional[dict] = None) -> torch.Tensor:
+    """CROWN's lower bound of C f(x) - d given intermediate bounds; f's outputs concatenated
+    (alphas, split terms and record as in `backward_bound`)."""
     graph = net.graph
     b, m = batch.C.shape[:2]
     best = interval_margin(batch, *output_bounds(net, bounds))
@@ -288,7 +309,7 @@ def margin_lower_from(net, batch: InputBatch, bounds: dict[str, Bounds]) -> torc
         coeffs = batch.C[:, :, start:start + size].reshape(b, m, *graph.shapes[name])
         start += size
         const = -batch.d if total is None else torch.zeros_like(batch.d)
-        part = backward_bound(net, batch, bounds, name, coeffs, const)
+        part = backward_bound(net, batch, bounds, name, coeffs, const, alphas, split_terms, record)
         total = part if total is None else total + part
     return torch.maximum(best, total)
 
