@@ -248,7 +248,22 @@ def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS,
                  max_rows: int = CROWN_MAX_ROWS) -> dict[str, Bounds]:
     """IBP bounds of every tensor, the inputs of nonlinear nodes tightened by CROWN passes of at
     most `crown_rows` rows each where at most `max_rows` entries need it (for Relu: the
-    unstable ones, l < 0 < u, in any input of the batch; for the other ops: all)."""
+    unstable ones, l < 0 < u, in any input of the batch; for the other ops: all). Inputs of the
+    batch with the same input set (VNN-LIB disjuncts of one box) are bounded once."""
+    key = torch.cat([batch.lower, batch.upper, batch.center, batch.eps[:, None]], 1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    count = int(inverse.max()) + 1 if len(inverse) else 0
+    if count == len(batch):
+        return _crown_bounds(net, batch, crown_rows, max_rows)
+    first = torch.full((count,), len(batch), dtype=torch.long, device=inverse.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(batch), device=inverse.device), "amin")
+    sub = InputBatch(lower=batch.lower[first], upper=batch.upper[first], center=batch.center[first],
+                     eps=batch.eps[first], norm=batch.norm, C=batch.C[first], d=batch.d[first])
+    return {name: (lo[inverse], up[inverse])
+            for name, (lo, up) in _crown_bounds(net, sub, crown_rows, max_rows).items()}
+
+
+def _crown_bounds(net, batch: InputBatch, crown_rows: int, max_rows: int) -> dict[str, Bounds]:
     bounds = _input_bounds(net, batch)
     tightened: set[str] = set(bounds)
     for k, node in enumerate(net.graph.nodes):
