@@ -148,6 +148,7 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
     owed = torch.zeros_like(const)  # magnitudes of the constant terms summed
     const = const.clone()
     n_terms = 0
+    widest = max(size_of(graph.shapes[n.output]) for n in graph.nodes)  # the constants' sums
     for k in range(index.get(start, -1), -1, -1):
         node = graph.nodes[k]
         if node.output not in A:
@@ -240,8 +241,11 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
     box = torch.maximum(batch.lower.abs(), batch.upper.abs())
     carried = torch.einsum("bmn,bn->bm", mag_in, box) + owed
     lower = concretize(batch, coeffs_in, const)
-    lower = lower - rounding_slack(carried, n_terms + coeffs_in.shape[-1])
+    lower = lower - rounding_slack(carried, n_terms + widest + coeffs_in.shape[-1])
     return torch.nan_to_num(lower, nan=float("-inf"))
+
+
+_LAST_BOUNDS: list = []  # [key, bounds] of the last complete crown_bounds call
 
 
 def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS,
@@ -249,18 +253,27 @@ def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS,
     """IBP bounds of every tensor, the inputs of nonlinear nodes tightened by CROWN passes of at
     most `crown_rows` rows each where at most `max_rows` entries need it (for Relu: the
     unstable ones, l < 0 < u, in any input of the batch; for the other ops: all). Inputs of the
-    batch with the same input set (VNN-LIB disjuncts of one box) are bounded once."""
+    batch with the same input set (VNN-LIB disjuncts of one box) are bounded once, and the last
+    call's bounds are reused when asked again for the same sets (alpha-CROWN, then relu-bab's
+    root, in one `auto` run)."""
     key = torch.cat([batch.lower, batch.upper, batch.center, batch.eps[:, None]], 1)
     _, inverse = torch.unique(key, dim=0, return_inverse=True)
     count = int(inverse.max()) + 1 if len(inverse) else 0
     if count == len(batch):
-        return _crown_bounds(net, batch, crown_rows, max_rows)
+        memo = (id(net), net.fingerprint(), str(key.device), batch.norm, crown_rows, max_rows,
+                key.cpu().numpy().tobytes())
+        if _LAST_BOUNDS and _LAST_BOUNDS[0] == memo:
+            return dict(_LAST_BOUNDS[1])
+        bounds = _crown_bounds(net, batch, crown_rows, max_rows)
+        if not deadlines.active().expired():  # complete (not cut short by the deadline)
+            _LAST_BOUNDS[:] = [memo, dict(bounds)]
+        return bounds
     first = torch.full((count,), len(batch), dtype=torch.long, device=inverse.device)
     first = first.scatter_reduce(0, inverse, torch.arange(len(batch), device=inverse.device), "amin")
     sub = InputBatch(lower=batch.lower[first], upper=batch.upper[first], center=batch.center[first],
                      eps=batch.eps[first], norm=batch.norm, C=batch.C[first], d=batch.d[first])
     return {name: (lo[inverse], up[inverse])
-            for name, (lo, up) in _crown_bounds(net, sub, crown_rows, max_rows).items()}
+            for name, (lo, up) in crown_bounds(net, sub, crown_rows, max_rows).items()}
 
 
 def _crown_bounds(net, batch: InputBatch, crown_rows: int, max_rows: int) -> dict[str, Bounds]:
