@@ -171,13 +171,25 @@ def test_relu_bab_on_random_dags_is_never_wrong_and_decides_most():
         net = residual_dag(seed)
         for eps in (0.05, 0.15, 0.4):
             spec, x = spec_at(net, seed, eps)
-            cert = backends.certify_specs(net, [spec], "relu-bab", device="cpu", timeout=1.0)[0]
+            cert = backends.certify_specs(net, [spec], "relu-bab", device="cpu", timeout=0,
+                                          max_domains=200)[0]
             check_verdict(net, spec, x, eps, cert)
             total += 1
             if cert.proved or cert.counterexample is not None:
                 decided += 1
                 verdicts.add(cert.proved)
     assert verdicts == {True, False} and decided >= 0.7 * total, (decided, total)
+
+
+@pytest.mark.parametrize("seed,eps", [(1, 0.2), (5, 0.2)])
+def test_relu_bab_splits_to_prove_what_crown_cannot(seed, eps):
+    net = residual_dag(seed)
+    spec, x = spec_at(net, seed, eps)
+    assert not backends.certify_specs(net, [spec], "alpha-crown", device="cpu")[0].proved
+    cert = backends.certify_specs(net, [spec], "relu-bab", device="cpu", timeout=0,
+                                  max_domains=500)[0]
+    assert cert.proved and cert.cost["domains"] > 2, cert.reason
+    check_verdict(net, spec, x, eps, cert)
 
 
 @pytest.mark.parametrize("seed", range(4))
