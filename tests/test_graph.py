@@ -141,16 +141,6 @@ def test_plain_chain_stays_a_network(tmp_path):
     assert isinstance(load_onnx(tmp_path / "chain.onnx"), Network)
 
 
-def test_graph_network_refused_by_other_methods_in_one_line(tmp_path):
-    export(ResidualMLP(), (5,), tmp_path / "res.onnx")
-    net = load_onnx(tmp_path / "res.onnx")
-    spec = robustness_spec(5, 3, np.zeros(5), 0, 0.01, "inf", None)
-    for method in ("alpha-crown",):
-        with pytest.raises(InputError, match="graph networks") as info:
-            backends.certify_specs(net, [spec], method)
-        assert "\n" not in str(info.value)
-
-
 def test_unsupported_nodes_all_named_in_one_line(tmp_path):
     class Bad(nn.Module):
         def forward(self, x):

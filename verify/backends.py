@@ -168,7 +168,8 @@ def certify_specs(net: Network, specs: Sequence[Specification], method: str = "i
 
     backend = get_backend(method)
     opts = make_options(method, options)
-    if getattr(net, "is_graph", False) and method not in ("attack", "smoothing", "bab", "lp", "milp"):
+    if getattr(net, "is_graph", False) and method not in ("attack", "smoothing", "bab", "lp", "milp",
+                                                          "alpha-crown", "relu-bab"):
         from .bounds import graph  # IBP / CROWN over the DAG; other methods refuse in one line
 
         return graph.certify(net, list(specs), method, opts)

@@ -35,8 +35,7 @@ BAB_MAX_INPUTS = 16
 # when it starts, so of the whole budget the attack gets 15%, alpha-CROWN 35% (plus what the
 # attack left), the ReLU-split search 3/4 of what remains then, and the MILP all the rest.
 AUTO_STAGES = (("attack", 0.15), ("alpha-crown", 0.35 / 0.85), ("relu-bab", 0.75), ("milp", 1.0))
-# graph networks (verify.graph) above BAB_MAX_INPUTS inputs; at most that many: bab, as chains
-GRAPH_AUTO_STAGES = (("attack", 0.15), ("crown", 1.0))
+GRAPH_AUTO_STAGES = (("attack", 0.15), ("alpha-crown", 0.35 / 0.85), ("relu-bab", 1.0))  # graphs
 BAB_ATTACK_SHARE = 0.15  # "auto"/"bab" on few inputs: the attack before the searches
 # Methods that bound every disjunct in one batched call; the others take one disjunct at a time.
 BATCHED_METHODS = ("attack", "ibp", "crown", "alpha-crown")
@@ -203,8 +202,9 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict) -> Quer
             if found is not None:
                 return QueryResult("sat", found, 0.0, method,
                                    "the violation has no output constraint")
-    graph = getattr(net, "is_graph", False)  # a GraphNetwork: no alpha-crown, relu-bab yet
-    if graph and method not in ("auto", "ibp", "crown", "lp", "milp", "bab", "attack", "smoothing"):
+    graph = getattr(net, "is_graph", False)  # a GraphNetwork
+    if graph and method not in ("auto", "ibp", "crown", "alpha-crown", "relu-bab", "lp", "milp",
+                                "bab", "attack", "smoothing"):
         from .bounds.graph import refuse
         raise refuse(method)
     if method == "bab" or (method == "auto" and net.input_size <= BAB_MAX_INPUTS):

@@ -1,6 +1,7 @@
 """alpha-CROWN: CROWN with optimised lower ReLU slopes.
 
-Accepts:   Network of Dense/Conv2d/ReLU layers; input set = l_inf/l_2/l_1 ball ∩ box, or a box.
+Accepts:   Network of Dense/Conv2d/ReLU layers, or a GraphNetwork (verify.graph: the slopes of
+           the final pass only); input set = l_inf/l_2/l_1 ball ∩ box, or a box.
 Returns:   Certificate; margin_lower[j] <= min over the set of z_y - z_j (YES or MAYBE; NO only
            when the set's center is itself a counterexample); details["crown_margin_lower"] holds
            plain CROWN's bounds for comparison.
@@ -156,6 +157,45 @@ def optimized_margin_lower(net: Network, batch: InputBatch, options: AlphaCROWNO
     return best, crown_lower, cost
 
 
+def graph_optimized_margin_lower(net, batch: InputBatch, options: AlphaCROWNOptions
+                                 ) -> tuple[Tensor, Tensor, dict]:
+    """The same for a GraphNetwork (verify.bounds.graph): the slopes of every Relu node in the
+    backward pass from C are optimised; the intermediate bounds stay CROWN's."""
+    from . import graph
+
+    with torch.no_grad():
+        bounds = graph.crown_bounds(net, batch)
+        crown_lower = graph.margin_lower_from(net, batch, bounds)
+    best = crown_lower.clone()
+    alphas = {name: a.requires_grad_(True) for name, a in
+              graph.relu_slopes(net, bounds, batch.C.shape[1]).items()}
+    steps_done, timed_out = 0, False
+    if alphas and options.steps > 0 and not (options.early_stop and bool((best > 0).all())):
+        optimizer = ProjectedAdam(list(alphas.values()), options.lr, options.lr_decay)
+        timer = deadline.active()
+        for step in range(options.steps):
+            if timer.expired():  # every iterate is sound: stop with the best bounds so far
+                timed_out = True
+                break
+            lower = graph.margin_lower_from(net, batch, bounds, alphas)
+            proved = (best > 0).all(dim=1) if options.early_stop else \
+                torch.zeros(len(best), dtype=torch.bool, device=best.device)
+            best = torch.where(proved[:, None], best, torch.maximum(best, lower.detach()))
+            steps_done = step + 1
+            if options.early_stop and bool((best > 0).all()):
+                break
+            optimizer.zero_grad()
+            (-lower[~proved].sum()).backward()
+            optimizer.step()
+            with torch.no_grad():  # projection onto [0, 1]: keeps the next iterate sound
+                for alpha in alphas.values():
+                    alpha.clamp_(0.0, 1.0)
+    cost = {"bound_passes": 1 + steps_done, "alpha_steps": steps_done}
+    if timed_out:
+        cost["stopped_at_deadline"] = 1
+    return best, crown_lower, cost
+
+
 def _group_key(spec: Specification) -> tuple:
     return norm_of(spec.input_set), spec.output.C.shape
 
@@ -174,7 +214,9 @@ def certify(net: Network, specs: Sequence[Specification], options: AlphaCROWNOpt
             recorded: dict[str, np.ndarray] = {}
 
             def margin_lower(net: Network, batch: InputBatch) -> tuple[Tensor, dict]:
-                lower, crown_lower, cost = optimized_margin_lower(net, batch, options)
+                optimize = graph_optimized_margin_lower if getattr(net, "is_graph", False) \
+                    else optimized_margin_lower
+                lower, crown_lower, cost = optimize(net, batch, options)
                 recorded["crown"] = crown_lower.detach().cpu().numpy()
                 return lower, cost
 

@@ -33,8 +33,10 @@ from . import UNDERFLOW, InputBatch, certify_with_bounds, norm_underflow, roundi
 from .crown import concretize, relu_relaxation
 
 Bounds = tuple[torch.Tensor, torch.Tensor]
-GRAPH_METHODS = ("ibp", "crown", "lp", "milp", "bab", "attack", "smoothing")
-CROWN_ROWS = 512  # CROWN intermediate bounds for up to this many entries (Relu: unstable ones)
+GRAPH_METHODS = ("ibp", "crown", "alpha-crown", "relu-bab", "lp", "milp", "bab", "attack",
+                 "smoothing")
+CROWN_ROWS = 512  # CROWN intermediate bounds: at most this many entries per backward pass,
+CROWN_MAX_ROWS = 4096  # for a tensor with at most this many entries to tighten (Relu: unstable)
 
 
 def refuse(method: str) -> InputError:
@@ -205,29 +207,59 @@ def interval_margin(batch: InputBatch, lower: torch.Tensor, upper: torch.Tensor)
     return lo - batch.d - rounding_slack(magnitude + batch.d.abs(), batch.C.shape[2])
 
 
+VMAP_ENTRIES = 2 ** 16  # coefficients from which a vmapped vjp beats autograd on R samples
+
+
 def _vjp(forward, node, p, shapes: list, coeffs: torch.Tensor) -> list[torch.Tensor]:
-    """Transpose of a linear node applied to coeffs (R, *out): one (R, *in_i) per input."""
+    """Transpose of a linear node applied to coeffs (R, *out): one (R, *in_i) per input
+    (differentiable in coeffs when coeffs requires grad: alpha-CROWN's slopes). The forward
+    runs once on one zero sample and its vjp is mapped over the R rows (torch.func.vmap): the
+    same sums as autograd on R samples, without R forward passes (small coefficients, or an op
+    whose backward has no batching rule: autograd on R samples, less overhead)."""
+    xs = [torch.zeros((1, *s), dtype=coeffs.dtype, device=coeffs.device) for s in shapes]
+    if coeffs.numel() >= VMAP_ENTRIES:
+        try:
+            _, pullback = torch.func.vjp(lambda *v: forward(node, list(v), p), *xs)
+            return [g.squeeze(1) for g in torch.func.vmap(pullback)(coeffs.unsqueeze(1))]
+        except RuntimeError:
+            pass
     with torch.enable_grad():
-        xs = [torch.zeros((len(coeffs), *s), dtype=coeffs.dtype, device=coeffs.device,
-                          requires_grad=True) for s in shapes]
+        xs = [x.expand(len(coeffs), *x.shape[1:]).clone().requires_grad_(True) for x in xs]
         y = forward(node, xs, p)
-        return list(torch.autograd.grad(y, xs, grad_outputs=coeffs, allow_unused=True))
+        return list(torch.autograd.grad(y, xs, grad_outputs=coeffs, allow_unused=True,
+                                        create_graph=coeffs.requires_grad))
 
 
 def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str,
-                   coeffs: torch.Tensor, const: torch.Tensor) -> torch.Tensor:
+                   coeffs: torch.Tensor, const: torch.Tensor,
+                   alphas: Optional[dict[str, torch.Tensor]] = None,
+                   split_terms: Optional[dict[str, torch.Tensor]] = None,
+                   record: Optional[dict] = None) -> torch.Tensor:
     """Sound lower bound (B, m) of coeffs . t + const over the input set, t the tensor `start`
-    (coeffs (B, m, *shape of t)), by a backward linear pass through the DAG."""
+    (coeffs (B, m, *shape of t)), by a backward linear pass through the DAG.
+
+    `alphas[r]` (B or 1, m, size of r): lower slopes in [0, 1] of the unstable entries of the
+    Relu node with output r (CROWN's adaptive slope elsewhere; alpha-CROWN). `split_terms[r]`
+    (B or 1, m, size): beta * s for that Relu's input z, each split entry carrying s z >= 0
+    (s = +1 active, -1 inactive, 0 unsplit) and beta >= 0 (beta-CROWN): on the set where the
+    constraints hold, coeffs . t + const >= that - sum beta s z, so the term is subtracted from
+    the coefficients on z (its one float subtraction charged through the carried |A|).
+    `record[r]`, if given, receives the coefficients (detached, (B, m, size)) on Relu output r,
+    and `record[-1]` those (B, m, input_size) on the flat input."""
     graph, b, m = net.graph, coeffs.shape[0], coeffs.shape[1]
     device, dtype = coeffs.device, coeffs.dtype
     params = net.torch_params(device, dtype)
     params_abs = net.torch_params(device, dtype, absolute=True)
     index = {node.output: k for k, node in enumerate(graph.nodes)}
     A = {start: coeffs}
-    M = {start: coeffs.abs()}  # |A| |L| ... : bounds the float64 error of A by gamma_n times it
+    # M[t] >= |A[t]|: the float64 error of the pass so far is at most gamma_n M[t] . |t| (plus
+    # what `owed` holds); a linear node settles it against its output's magnitude,
+    # M . (|L| max|x| + |b|) with max|x| from the bounds, so M never goes through |L| itself.
+    M = {start: coeffs.abs()}
     owed = torch.zeros_like(const)  # magnitudes of the constant terms summed
     const = const.clone()
     n_terms = 0
+    widest = max(size_of(graph.shapes[n.output]) for n in graph.nodes)  # the constants' sums
     for k in range(index.get(start, -1), -1, -1):
         node = graph.nodes[k]
         if node.output not in A:
@@ -241,9 +273,12 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
             bias = forward(node, [torch.zeros((1, *s), dtype=dtype, device=device) for s in shapes],
                            params[k])
             const = const + (a * bias).flatten(2).sum(-1)
-            owed = owed + (mag * bias.abs()).flatten(2).sum(-1)
+            with torch.no_grad():  # settled here: mag . |y| <= mag . (|L| max|x| + |b|)
+                in_mag = [torch.maximum(bounds[i][0].abs(), bounds[i][1].abs()) for i in node.inputs]
+                step = forward(node, in_mag, params_abs[k]) + bias.abs()
+                owed = owed + (mag.detach() * step[:, None]).nan_to_num(nan=0.0).flatten(2).sum(-1)
             new = _vjp(forward, node, params[k], shapes, flat(a))
-            new_mag = _vjp(forward, node, params_abs[k], shapes, flat(mag))
+            new_mag = [None if g is None else g.detach().abs() for g in new]
         else:
             lo, up = bounds[node.inputs[0]]
             n_terms += 2
@@ -287,13 +322,25 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
                 if node.op == "Relu":
                     r = relu_relaxation(lo, up)
                     a_l, b_l, a_u, b_u = r.lower_slope, torch.zeros_like(lo), r.upper_slope, r.upper_intercept
+                    if record is not None:
+                        record[node.output] = a.detach().reshape(b, m, -1).clone()
+                    if alphas is not None and node.output in alphas:  # (B, m, *shape) slopes
+                        a_l = torch.where(r.unstable[:, None], alphas[node.output].reshape(
+                            -1, m, *lo.shape[1:]), a_l[:, None])
+                    else:
+                        a_l = a_l[:, None]
                 else:
                     a_l, b_l, a_u, b_u = ops.relax(node.op, lo, up)
+                    a_l = a_l[:, None]
                 pos, neg = a.clamp(min=0), a.clamp(max=0)
-                new = [pos * a_l[:, None] + neg * a_u[:, None]]
+                new = [pos * a_l + neg * a_u[:, None]]
                 const = const + (pos * b_l[:, None] + neg * b_u[:, None]).flatten(2).sum(-1)
                 owed = owed + (mag * torch.maximum(b_l.abs(), b_u.abs())[:, None]).flatten(2).sum(-1)
-                new_mag = [mag * torch.maximum(a_l.abs(), a_u.abs())[:, None]]
+                new_mag = [mag * torch.maximum(a_l.detach().abs(), a_u.abs()[:, None])]
+                if split_terms is not None and node.output in split_terms:  # - beta s on z
+                    new = [new[0] - split_terms[node.output].reshape(-1, m, *lo.shape[1:])]
+                    new_mag = [new_mag[0] + new[0].detach().abs()]  # its rounding: u |new| |z|
+                    n_terms += 1
                 new, new_mag = [t.reshape(b * m, *t.shape[2:]) for t in new], \
                     [t.reshape(b * m, *t.shape[2:]) for t in new_mag]
         for name, g, gm in zip(node.inputs, new, new_mag):
@@ -311,17 +358,47 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
         parts.append(A.get(name, torch.zeros((b, m, size), dtype=dtype, device=device)).reshape(b, m, size))
         mags.append(M.get(name, torch.zeros((b, m, size), dtype=dtype, device=device)).reshape(b, m, size))
     coeffs_in, mag_in = torch.cat(parts, -1), torch.cat(mags, -1)
+    if record is not None:
+        record[-1] = coeffs_in.detach().clone()
     box = torch.maximum(batch.lower.abs(), batch.upper.abs())
     carried = torch.einsum("bmn,bn->bm", mag_in, box) + owed
     lower = concretize(batch, coeffs_in, const)
-    lower = lower - rounding_slack(carried, n_terms + coeffs_in.shape[-1])
+    lower = lower - rounding_slack(carried, n_terms + widest + coeffs_in.shape[-1])
     return torch.nan_to_num(lower, nan=float("-inf"))
 
 
-def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS) -> dict[str, Bounds]:
-    """IBP bounds of every tensor, the inputs of nonlinear nodes tightened by a CROWN pass where
-    at most `crown_rows` entries need it (for Relu: the unstable ones, l < 0 < u, in any input
-    of the batch; for the other ops: all)."""
+_LAST_BOUNDS: list = []  # [key, bounds] of the last complete crown_bounds call
+
+
+def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS,
+                 max_rows: int = CROWN_MAX_ROWS) -> dict[str, Bounds]:
+    """IBP bounds of every tensor, the inputs of nonlinear nodes tightened by CROWN passes of at
+    most `crown_rows` rows each where at most `max_rows` entries need it (for Relu: the
+    unstable ones, l < 0 < u, in any input of the batch; for the other ops: all). Inputs of the
+    batch with the same input set (VNN-LIB disjuncts of one box) are bounded once, and the last
+    call's bounds are reused when asked again for the same sets (alpha-CROWN, then relu-bab's
+    root, in one `auto` run)."""
+    key = torch.cat([batch.lower, batch.upper, batch.center, batch.eps[:, None]], 1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    count = int(inverse.max()) + 1 if len(inverse) else 0
+    if count == len(batch):
+        memo = (id(net), net.fingerprint(), str(key.device), batch.norm, crown_rows, max_rows,
+                key.cpu().numpy().tobytes())
+        if _LAST_BOUNDS and _LAST_BOUNDS[0] == memo:
+            return dict(_LAST_BOUNDS[1])
+        bounds = _crown_bounds(net, batch, crown_rows, max_rows)
+        if not deadlines.active().expired():  # complete (not cut short by the deadline)
+            _LAST_BOUNDS[:] = [memo, dict(bounds)]
+        return bounds
+    first = torch.full((count,), len(batch), dtype=torch.long, device=inverse.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(batch), device=inverse.device), "amin")
+    sub = InputBatch(lower=batch.lower[first], upper=batch.upper[first], center=batch.center[first],
+                     eps=batch.eps[first], norm=batch.norm, C=batch.C[first], d=batch.d[first])
+    return {name: (lo[inverse], up[inverse])
+            for name, (lo, up) in crown_bounds(net, sub, crown_rows, max_rows).items()}
+
+
+def _crown_bounds(net, batch: InputBatch, crown_rows: int, max_rows: int) -> dict[str, Bounds]:
     bounds = _input_bounds(net, batch)
     ball = BallBounds(net, batch)
     tightened: set[str] = set(bounds)
@@ -336,16 +413,19 @@ def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS) -> dict[s
                 rows = torch.nonzero(((flat_lo < 0) & (flat_up > 0)).any(0)).flatten()
             else:
                 rows = torch.arange(flat_lo.shape[1], device=lo.device)
-            if 0 < len(rows) <= crown_rows:
-                r = len(rows)
-                eye = torch.zeros((r, flat_lo.shape[1]), dtype=lo.dtype, device=lo.device)
-                eye[torch.arange(r, device=lo.device), rows] = 1.0
-                coeffs = torch.cat([eye, -eye]).reshape(2 * r, *shape).expand(len(batch), 2 * r, *shape)
-                lower = backward_bound(net, batch, bounds, name, coeffs,
-                                       torch.zeros((len(batch), 2 * r), dtype=lo.dtype, device=lo.device))
+            if 0 < len(rows) <= max(max_rows, crown_rows):
                 new_lo, new_up = flat_lo.clone(), flat_up.clone()
-                new_lo[:, rows] = torch.maximum(flat_lo[:, rows], lower[:, :r])
-                new_up[:, rows] = torch.minimum(flat_up[:, rows], -lower[:, r:])
+                for chunk in torch.split(rows, crown_rows):
+                    if deadlines.active().expired():
+                        break
+                    r = len(chunk)
+                    eye = torch.zeros((r, flat_lo.shape[1]), dtype=lo.dtype, device=lo.device)
+                    eye[torch.arange(r, device=lo.device), chunk] = 1.0
+                    coeffs = torch.cat([eye, -eye]).reshape(2 * r, *shape).expand(len(batch), 2 * r, *shape)
+                    lower = backward_bound(net, batch, bounds, name, coeffs, torch.zeros(
+                        (len(batch), 2 * r), dtype=lo.dtype, device=lo.device))
+                    new_lo[:, chunk] = torch.maximum(flat_lo[:, chunk], lower[:, :r])
+                    new_up[:, chunk] = torch.minimum(flat_up[:, chunk], -lower[:, r:])
                 bounds[name] = (new_lo.reshape(lo.shape), new_up.reshape(up.shape))
             tightened.add(name)
         bounds[node.output] = ball.intersect(k, node, node_interval(
@@ -353,8 +433,23 @@ def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS) -> dict[s
     return bounds
 
 
-def margin_lower_from(net, batch: InputBatch, bounds: dict[str, Bounds]) -> torch.Tensor:
-    """CROWN's lower bound of C f(x) - d given intermediate bounds; f's outputs concatenated."""
+def relu_slopes(net, bounds: dict[str, Bounds], rows: int) -> dict[str, torch.Tensor]:
+    """CROWN's adaptive lower slopes, (B, rows, size) per Relu node (keyed by its output), as
+    the starting point of alpha-CROWN."""
+    out = {}
+    for node in net.graph.nodes:
+        if node.op == "Relu":
+            slope = relu_relaxation(*bounds[node.inputs[0]]).lower_slope.flatten(1)
+            out[node.output] = slope[:, None, :].expand(-1, rows, -1).clone()
+    return out
+
+
+def margin_lower_from(net, batch: InputBatch, bounds: dict[str, Bounds],
+                      alphas: Optional[dict[str, torch.Tensor]] = None,
+                      split_terms: Optional[dict[str, torch.Tensor]] = None,
+                      record: Optional[dict] = None) -> torch.Tensor:
+    """CROWN's lower bound of C f(x) - d given intermediate bounds; f's outputs concatenated
+    (alphas, split terms and record as in `backward_bound`)."""
     graph = net.graph
     b, m = batch.C.shape[:2]
     best = interval_margin(batch, *output_bounds(net, bounds))
@@ -366,7 +461,7 @@ def margin_lower_from(net, batch: InputBatch, bounds: dict[str, Bounds]) -> torc
         coeffs = batch.C[:, :, start:start + size].reshape(b, m, *graph.shapes[name])
         start += size
         const = -batch.d if total is None else torch.zeros_like(batch.d)
-        part = backward_bound(net, batch, bounds, name, coeffs, const)
+        part = backward_bound(net, batch, bounds, name, coeffs, const, alphas, split_terms, record)
         total = part if total is None else total + part
     return torch.maximum(best, total)
 

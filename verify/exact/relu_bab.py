@@ -1,6 +1,7 @@
 """ReLU-split branch and bound with beta-CROWN bounds: complete for networks with many inputs.
 
-Accepts:   Network of Dense/Conv2d/ReLU layers; input set = l_inf/l_2/l_1 ball ∩ box, or a box;
+Accepts:   Network of Dense/Conv2d/ReLU layers, or a GraphNetwork (verify.graph: bounds by
+           verify.bounds.graph, no leaf LP); input set = l_inf/l_2/l_1 ball ∩ box, or a box;
            any output rows C f(x) - d (robustness margins or VNN-LIB disjuncts, one row each).
 Returns:   Certificate: YES (every row's minimum > 0, proved on every leaf of the split tree), NO
            (a counterexample replayed by the float64 forward pass) or MAYBE (timeout / domain
@@ -132,15 +133,101 @@ def domain_bounds(net: Network, root: list, splits: dict[int, Tensor], params: l
     return bounds, empty
 
 
-def babsr_scores(bounds: list, record: dict[int, Tensor], splits: dict[int, Tensor]
+def graph_domain_bounds(net, root: dict, splits: dict[str, Tensor], input_of: dict[str, str]
+                        ) -> tuple[dict, Tensor]:
+    """`domain_bounds` for a GraphNetwork: every tensor's bounds (D, *shape) are the root's, the
+    split Relu inputs clamped, the others re-tightened by the nodes' interval rules in
+    topological order; and the (D,) empty mask."""
+    from ..bounds import graph
+
+    count = len(next(iter(splits.values()))) if splits else 1
+    clamp_at: dict[str, list[str]] = {}
+    for key, z in input_of.items():
+        clamp_at.setdefault(z, []).append(key)
+    bounds = {name: (lo.expand(count, *lo.shape[1:]), up.expand(count, *up.shape[1:]))
+              for name, (lo, up) in root.items() if name in net.graph.inputs}
+    empty = torch.zeros(count, dtype=torch.bool, device=next(iter(root.values()))[0].device)
+    for k, node in enumerate(net.graph.nodes):
+        lower, upper = (t.expand(count, *t.shape[1:]) for t in root[node.output])
+        step_lower, step_upper = graph.node_interval(net, k, node, [bounds[i] for i in node.inputs])
+        lower, upper = torch.maximum(lower, step_lower), torch.minimum(upper, step_upper)
+        for key in clamp_at.get(node.output, []):
+            phase = splits[key].reshape(lower.shape)
+            lower = torch.where(phase > 0, lower.clamp(min=0), lower)
+            upper = torch.where(phase < 0, upper.clamp(max=0), upper)
+        empty = empty | (lower > upper).flatten(1).any(dim=1)
+        bounds[node.output] = (lower, upper)
+    return bounds, empty
+
+
+class ChainBounds:
+    """The search's bound functions on a chain Network (verify.bounds.crown), keyed by ReLU
+    layer index: the root's CROWN neuron bounds, domain bounds, beta-CROWN margin bounds."""
+
+    leaf_lp = True  # fully split leaves have an exact LP (verify.bounds.relu_encoding)
+
+    def __init__(self, net: Network, base, device: torch.device):
+        from ..bounds import crown, ibp
+
+        self.net, self.params = net, net.torch_params(device)
+        with torch.no_grad():
+            self.root, _ = crown.propagate(net, base, ibp.layer_bounds(net, base),
+                                           include_last=False)
+        self.keys = splittable_layers(net)
+
+    def relu_inputs(self, bounds: list) -> dict[int, tuple[Tensor, Tensor]]:
+        """(D, n) bounds of each split key's ReLU input."""
+        return {k: bounds[k - 1] for k in self.keys}
+
+    def domain_bounds(self, splits: dict) -> tuple[list, Tensor]:
+        return domain_bounds(self.net, self.root, splits, self.params)
+
+    def margin_lower(self, batch, bounds, alphas, terms, record) -> Tensor:
+        from ..bounds import crown
+
+        return crown.margin_lower_from(self.net, batch, bounds, alphas, terms, record)
+
+
+class GraphBounds(ChainBounds):
+    """The same on a GraphNetwork (verify.bounds.graph), keyed by Relu node output; a Relu is
+    split on when its input is a node's output. No exact LP of a leaf yet (it stays open)."""
+
+    leaf_lp = False
+
+    def __init__(self, net, base, device: torch.device):
+        from ..bounds import graph
+
+        self.net = net
+        with torch.no_grad():
+            self.root = graph.crown_bounds(net, base)
+        produced = {node.output for node in net.graph.nodes}
+        self.input_of = {node.output: node.inputs[0] for node in net.graph.nodes
+                         if node.op == "Relu" and node.inputs[0] in produced}
+        self.keys = list(self.input_of)
+
+    def relu_inputs(self, bounds: dict) -> dict[str, tuple[Tensor, Tensor]]:
+        return {k: (bounds[z][0].flatten(1), bounds[z][1].flatten(1))
+                for k, z in self.input_of.items()}
+
+    def domain_bounds(self, splits: dict) -> tuple[dict, Tensor]:
+        return graph_domain_bounds(self.net, self.root, splits, self.input_of)
+
+    def margin_lower(self, batch, bounds, alphas, terms, record) -> Tensor:
+        from ..bounds import graph
+
+        return graph.margin_lower_from(self.net, batch, bounds, alphas, terms, record)
+
+
+def babsr_scores(inputs: dict, record: dict, splits: dict
                  ) -> tuple[Tensor, list[tuple[int, int]]]:
-    """BaBSR-style scores (D, total neurons) over the splittable layers, -inf where a neuron is
-    split or stable. lam = the bound's coefficient on the ReLU output; an unstable neuron with
+    """BaBSR-style scores (D, total neurons) over the splittable ReLUs, -inf where a neuron is
+    split or stable; `inputs[k]`: (D, n) bounds of ReLU k's input. lam = the bound's
+    coefficient on the ReLU output; an unstable neuron with
     lam < 0 is charged its upper chord's intercept, -lam u (-l) / (u - l): the estimated gain of
     removing it by a split (Bunel et al. 2020). Ties: |lam| min(u, -l) (the lower line's gap)."""
     parts, spans, start = [], [], 0
     for k, phase in splits.items():
-        lower, upper = bounds[k - 1]
+        lower, upper = inputs[k]
         lam = record[k][:, 0, :]
         open_ = (lower < 0) & (upper > 0) & (phase == 0)
         neg_l, u = (-lower).clamp(min=0), upper.clamp(min=0)
@@ -150,6 +237,8 @@ def babsr_scores(bounds: list, record: dict[int, Tensor], splits: dict[int, Tens
         parts.append(torch.where(open_, score, torch.full_like(score, -math.inf)))
         spans.append((k, start))
         start += score.shape[1]
+    if not parts:  # nothing to split on: every domain is a leaf
+        return torch.full((len(record[-1]), 1), -math.inf, dtype=torch.float64), spans
     return torch.cat(parts, dim=1), spans
 
 
@@ -158,25 +247,25 @@ class ReluSearch:
 
     def __init__(self, net: Network, spec: Specification, options: ReluBaBOptions,
                  deadline: deadlines.Deadline):
-        from ..bounds import InputBatch, crown, ibp
+        from ..bounds import InputBatch, crown
 
         self.net, self.spec, self.options, self.deadline = net, spec, options, deadline
         self.device = resolve_device(options.device)
-        self.params = net.torch_params(self.device)
         self.base = InputBatch.from_specs([spec], self.device)
-        with torch.no_grad():
-            self.root, _ = crown.propagate(net, self.base, ibp.layer_bounds(net, self.base),
-                                           include_last=False)
-        self.relus = splittable_layers(net)
+        kind = GraphBounds if getattr(net, "is_graph", False) else ChainBounds
+        self.problem = kind(net, self.base, self.device)
+        self.root, self.relus = self.problem.root, self.problem.keys
+        self.params = getattr(self.problem, "params", None)
         m = spec.output.C.shape[0]
+        inputs = self.problem.relu_inputs(self.root)
         self.row_lower = np.full(m, np.inf)  # least proved bound per row
         self.leaf_open: list[str] = []
         self.result = SearchResult("unknown", self.row_lower)
-        splits = {k: torch.zeros((m, self.root[k - 1][0].shape[1]), dtype=torch.int8,
+        splits = {k: torch.zeros((m, inputs[k][0].shape[1]), dtype=torch.int8,
                                  device=self.device) for k in self.relus}
         alphas = {}
         for k in self.relus:
-            relax = crown.relu_relaxation(*self.root[k - 1])
+            relax = crown.relu_relaxation(*inputs[k])
             alphas[k] = relax.lower_slope[:, None, :].expand(m, -1, -1).clone()
         self.domains = Domains(torch.arange(m, device=self.device), splits, alphas,
                                {k: torch.zeros_like(a) for k, a in alphas.items()},
@@ -198,12 +287,11 @@ class ReluSearch:
         """beta-CROWN lower bounds (D,) of the chosen domains, their neuron bounds, the empty
         mask, and the coefficients on each ReLU's output (for branching). alpha and beta are
         optimised in place by `steps` of projected Adam; every iterate is sound, the best kept."""
-        from ..bounds import crown
         from ..bounds.alpha_crown import ProjectedAdam
 
         batch = self._batch(chosen.rows)
         with torch.no_grad():
-            bounds, empty = domain_bounds(self.net, self.root, chosen.splits, self.params)
+            bounds, empty = self.problem.domain_bounds(chosen.splits)
         signs = {k: s.to(torch.float64)[:, None, :] for k, s in chosen.splits.items()}
         alphas = {k: a.clone().requires_grad_(True) for k, a in chosen.alphas.items()}
         betas = {k: b.clone().requires_grad_(True) for k, b in chosen.betas.items()}
@@ -217,8 +305,8 @@ class ReluSearch:
             last = step == steps or self.deadline.expired()
             with torch.enable_grad() if not last else torch.no_grad():
                 terms = {k: betas[k] * signs[k] for k in betas}
-                value = crown.margin_lower_from(self.net, batch, bounds, alphas, terms,
-                                                record if last else None)[:, 0]
+                value = self.problem.margin_lower(batch, bounds, alphas, terms,
+                                                  record if last else None)[:, 0]
             with torch.no_grad():
                 better = value.detach() > best
                 best = torch.where(better, value.detach(), best)
@@ -294,7 +382,8 @@ class ReluSearch:
             index = torch.nonzero(open_).squeeze(1)
             chosen = chosen.take(index)
             chosen.lower = lower[index]
-            bounds = [(lo[index], up[index]) for lo, up in bounds]
+            bounds = [(lo[index], up[index]) for lo, up in bounds] if isinstance(bounds, list) \
+                else {name: (lo[index], up[index]) for name, (lo, up) in bounds.items()}
             record = {k: v[index] for k, v in record.items()}
             rounds = result.rounds  # rounds 1, 2, 4, 8, ...: a bounded share of the time
             found = self._attack_corners(chosen, record[-1]) if rounds & (rounds - 1) == 0 \
@@ -303,7 +392,7 @@ class ReluSearch:
                 result.status, result.counterexample = "sat", found
                 result.reason = "PGD from a domain's bound minimiser"
                 return result
-            scores, spans = babsr_scores(bounds, record, chosen.splits)
+            scores, spans = babsr_scores(self.problem.relu_inputs(bounds), record, chosen.splits)
             best_score, best_at = scores.max(dim=1)
             leaf = torch.isinf(best_score)  # nothing left to split: the domain is linear
             if bool(leaf.any()):
@@ -352,9 +441,12 @@ class ReluSearch:
         """Exact LPs on the leaves; a SearchResult when one yields a replayed counterexample."""
         result = self.result
         for i in leaves.tolist():
-            if self.deadline.expired() or result.leaf_lps >= self.options.leaf_lps:
-                self.leaf_open.append("timeout" if self.deadline.expired() else
-                                      f"leaf LP budget of {self.options.leaf_lps} spent")
+            if not self.problem.leaf_lp or self.deadline.expired() \
+                    or result.leaf_lps >= self.options.leaf_lps:
+                self.leaf_open.append(
+                    "a fully split leaf (no exact LP on graph networks yet)"
+                    if not self.problem.leaf_lp else "timeout" if self.deadline.expired() else
+                    f"leaf LP budget of {self.options.leaf_lps} spent")
                 row = int(chosen.rows[i])
                 self.row_lower[row] = min(self.row_lower[row], float(chosen.lower[i]))
                 continue

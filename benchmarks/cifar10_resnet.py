@@ -1,0 +1,83 @@
+"""VNN-COMP 2021 cifar10_resnet (residual CNNs, graph networks) with method auto, beside the 2021 tools.
+
+    python benchmarks/cifar10_resnet.py [--timeout-cap 60] [--bench cifar10_resnet verivital]
+                                        [--limit N] [--threads 1]
+
+Runs `verify vnncomp` (auto: attack -> alpha-CROWN -> relu-bab on graph networks) on
+benchmarks/data/vnncomp2021/<bench>/instances.csv, loading included, each instance capped at
+--timeout-cap seconds (their own timeouts are 300-420 s; an answer after the cap counts as a
+timeout). Writes benchmarks/results/vnncomp2021_<bench>.csv and .md: solved counts, wrong
+answers, medians, the stage that decided each instance, and how many of the same instances each
+2021 tool solved (its own hardware and timeout), plus the full-benchmark counts of issue 16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from verify.vnncomp import run_instances, summary, write_results  # noqa: E402
+from benchmarks.reporting import machine  # noqa: E402
+
+DATA = REPO / "benchmarks" / "data" / "vnncomp2021"
+RESULTS = REPO / "benchmarks" / "results"
+# VNN-COMP 2021 solved counts on the whole benchmarks (issue 16; the report arXiv:2109.00498).
+FULL_COUNTS = {"cifar10_resnet": "72 instances: alpha-beta-CROWN 58, VeriNet 49, ERAN 44",
+               "verivital": "60 instances: alpha-beta-CROWN 60, ERAN 59"}
+
+
+def tool_counts(rows) -> list[str]:
+    """Per 2021 tool: instances of these rows it answered correctly (sat/unsat = ground truth)."""
+    counts = {}
+    for r in rows:
+        for tool, value in r.reference.items():
+            answer = value.split(":")[0] if value else ""
+            counts.setdefault(tool, 0)
+            counts[tool] += answer in ("sat", "unsat") and answer == r.expected
+    return [f"{tool.replace('_2021', '')} {n}" for tool, n in
+            sorted(counts.items(), key=lambda kv: -kv[1]) if n > 0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bench", nargs="+", default=["cifar10_resnet"])
+    parser.add_argument("--timeout-cap", type=float, default=60.0)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for bench in args.bench:
+        rows = run_instances(str(DATA / bench / "instances.csv"), "auto", args.timeout_cap,
+                             limit=args.limit, threads=args.threads)
+        write_results(rows, str(RESULTS / f"vnncomp2021_{bench}.csv"))
+        solved = [r for r in rows if r.result in ("sat", "unsat")]
+        decidable = [r for r in rows if r.expected in ("sat", "unsat")]
+        table = ["| network | property | expected | result | stage | time (s) |",
+                 "|---|---|---|---|---|---|"]
+        for r in rows:
+            table.append(f"| {r.network} | {r.property} | {r.expected} | {r.result} | "
+                         f"{r.method} | {r.time_s:.1f} |")
+        stages: dict[str, int] = {}
+        for r in solved:
+            stages[r.method] = stages.get(r.method, 0) + 1
+        md = (f"# VNN-COMP 2021 {bench}: method auto, each instance capped at "
+              f"{args.timeout_cap:g} s\n\nMachine: {machine()}\n\n"
+              f"Solved {len(solved)} of {len(rows)} ({len(decidable)} with a known answer), "
+              f"wrong {sum(r.score < 0 for r in rows)}; median time of the solved "
+              f"{statistics.median(r.time_s for r in solved) if solved else float('nan'):.1f} s; "
+              f"decided by: {', '.join(f'{k} {v}' for k, v in sorted(stages.items()))}.\n\n"
+              f"2021 tools on these {len(rows)} instances (their hardware, timeouts "
+              f"300-420 s): {', '.join(tool_counts(rows))}.\n"
+              f"2021 tools on the whole benchmark: {FULL_COUNTS.get(bench, '-')}.\n\n"
+              f"```\n{summary(rows)}\n```\n\n" + "\n".join(table) + "\n")
+        (RESULTS / f"vnncomp2021_{bench}.md").write_text(md)
+        print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""alpha-CROWN and ReLU-split BaB (beta-CROWN) on graph networks (verify.graph): bounds against
+CROWN, sampling and the attack on random residual conv DAGs; relu-bab verdicts against dense
+sampling, the attack and, for a chain read as a graph, the chain's complete relu-bab."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from onnx import helper
+
+from onnx_reference import make_model, tensor
+from verify import backends
+from verify.attack import AttackOptions, find_counterexample
+from verify.bounds import InputBatch
+from verify.bounds import graph as graph_bounds
+from verify.bounds.alpha_crown import AlphaCROWNOptions, graph_optimized_margin_lower
+from verify.exact import relu_bab
+from verify.graph.network import GraphNetwork
+from verify.graph.onnx_graph import GraphReader
+from verify.network import Network
+from verify.onnx_io import network_from_onnx
+from verify.spec import robustness_spec
+from verify.vnncomp import solve
+from verify.vnnlib import parse_vnnlib
+
+
+def residual_dag(seed: int, n: int = 3, width: int = 8) -> GraphNetwork:
+    """x -> Conv -> Relu -> Conv (+ skip) -> Relu, x - Relu(x) branch -> Concat -> Gemm -> Relu
+    -> Gemm (3 outputs): residual adds, a Relu on the graph input, a Sub of two variables."""
+    rng = np.random.default_rng(seed)
+    g = lambda *s: rng.normal(size=s) * 0.6
+    nodes = [
+        helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["a1"]),
+        helper.make_node("Conv", ["a1", "W2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["a1", "c2"], ["res"]),
+        helper.make_node("Relu", ["res"], ["r"]),
+        helper.make_node("Relu", ["x"], ["rx"]),
+        helper.make_node("Sub", ["x", "rx"], ["neg"]),
+        helper.make_node("Concat", ["r", "neg"], ["cat"], axis=1),
+        helper.make_node("Flatten", ["cat"], ["f"]),
+        helper.make_node("Gemm", ["f", "W3", "b3"], ["h"], transB=1),
+        helper.make_node("Relu", ["h"], ["rh"]),
+        helper.make_node("Gemm", ["rh", "W4", "b4"], ["y"], transB=1),
+    ]
+    inits = [("W1", g(2, 1, 3, 3)), ("b1", g(2)), ("W2", g(2, 2, 3, 3)), ("b2", g(2)),
+             ("W3", g(width, 3 * n * n)), ("b3", g(width)), ("W4", g(3, width)), ("b4", g(3))]
+    net = network_from_onnx(make_model(nodes, [tensor("x", [1, 1, n, n])], [tensor("y", None)],
+                                       inits), "dag")
+    assert isinstance(net, GraphNetwork)
+    return net
+
+
+def mlp_as_graph(seed: int) -> tuple[GraphNetwork, Network]:
+    """One small MLP twice: read as a graph and as a chain."""
+    rng = np.random.default_rng(seed)
+    g = lambda *s: rng.normal(size=s) * 0.7
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h1"], transB=1),
+             helper.make_node("Relu", ["h1"], ["a1"]),
+             helper.make_node("Gemm", ["a1", "W2", "b2"], ["h2"], transB=1),
+             helper.make_node("Relu", ["h2"], ["a2"]),
+             helper.make_node("Gemm", ["a2", "W3", "b3"], ["y"], transB=1)]
+    model = make_model(nodes, [tensor("x", [1, 4])], [tensor("y", None)],
+                       [("W1", g(6, 4)), ("b1", g(6)), ("W2", g(6, 6)), ("b2", g(6)),
+                        ("W3", g(3, 6)), ("b3", g(3))])
+    chain = network_from_onnx(model, "mlp")
+    assert isinstance(chain, Network)
+    return GraphNetwork(GraphReader(model, "mlp").read()), chain
+
+
+def spec_at(net, seed: int, eps: float):
+    x = np.random.default_rng(seed).uniform(-1, 1, net.input_size)
+    label = int(np.argmax(net.forward(x)))
+    return robustness_spec(net.input_size, net.output_size, x, label, eps, "inf", None), x
+
+
+def sampled_min(net, spec, x: np.ndarray, eps: float, count: int = 4000) -> np.ndarray:
+    """Per row, the least margin over uniform samples and the box's corners (an upper bound of
+    the true minimum)."""
+    rng = np.random.default_rng(1)
+    points = np.concatenate([rng.uniform(x - eps, x + eps, (count, len(x))),
+                             np.where(rng.random((count, len(x))) < 0.5, x - eps, x + eps)])
+    return (net.forward(points) @ spec.output.C.T - spec.output.d).min(axis=0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("eps", [0.1, 0.3])
+def test_alpha_crown_between_crown_and_the_sampled_minimum(seed, eps):
+    net = residual_dag(seed)
+    spec, x = spec_at(net, seed, eps)
+    batch = InputBatch.from_specs([spec], torch.device("cpu"))
+    best, crown_lower, _ = graph_optimized_margin_lower(net, batch, AlphaCROWNOptions(
+        steps=15, early_stop=False))
+    with torch.no_grad():
+        plain = graph_bounds.margin_lower_from(net, batch, graph_bounds.crown_bounds(net, batch))
+    assert torch.equal(crown_lower, plain)
+    assert bool((best >= crown_lower).all())
+    assert np.all(best[0].numpy() <= sampled_min(net, spec, x, eps) + 1e-9)
+
+
+def test_crown_slopes_and_zero_betas_leave_the_bound_unchanged():
+    net = residual_dag(0)
+    spec, _ = spec_at(net, 0, 0.3)
+    batch = InputBatch.from_specs([spec], torch.device("cpu"))
+    with torch.no_grad():
+        bounds = graph_bounds.crown_bounds(net, batch)
+        plain = graph_bounds.margin_lower_from(net, batch, bounds)
+        m = batch.C.shape[1]
+        alphas = graph_bounds.relu_slopes(net, bounds, m)
+        terms = {k: torch.zeros_like(a) for k, a in alphas.items()}
+        record: dict = {}
+        both = graph_bounds.margin_lower_from(net, batch, bounds, alphas, terms, record)
+    assert torch.all(both <= plain) and torch.allclose(both, plain, atol=1e-12)
+    assert set(record) == set(alphas) | {-1} and record[-1].shape == (1, m, net.input_size)
+
+
+def split_by_a_point(seed: int, full: bool):
+    """A graph search's first domain, its unstable Relus (the first two per node, or all) split
+    by the phases of a sampled point, which therefore lies in the domain."""
+    net = residual_dag(seed)
+    spec, _ = spec_at(net, seed, 0.3)
+    search = relu_bab.ReluSearch(net, spec, relu_bab.ReluBaBOptions(device="cpu"),
+                                 relu_bab.deadlines.Deadline())
+    point = spec.input_set.sample(1, np.random.default_rng(seed))[0]
+    with torch.no_grad():
+        values = net.run(net.split_input(torch.as_tensor(point)[None]))
+    domains = search.domains.take(torch.tensor([0]))
+    for key, z in search.problem.input_of.items():
+        lower, upper = (t.flatten(1)[0] for t in search.root[z])
+        unstable = torch.nonzero((lower < 0) & (upper > 0)).squeeze(1)
+        chosen = unstable if full else unstable[:2]
+        phase = torch.where(values[z].flatten(1)[0, chosen] >= 0, 1, -1)
+        domains.splits[key][0, chosen] = phase.to(torch.int8)
+    return net, spec, search, domains, point
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("full", [False, True])
+def test_beta_bound_is_sound_on_a_split_domain_and_not_below_crown(seed, full):
+    net, spec, search, domains, point = split_by_a_point(seed, full)
+    row = int(domains.rows[0])
+    with torch.no_grad():
+        bounds, empty = search.problem.domain_bounds(domains.splits)
+        plain = graph_bounds.margin_lower_from(net, search._batch(domains.rows), bounds)[0, 0]
+    assert not bool(empty[0])  # it holds the sampled point, and its tensors lie in the bounds
+    with torch.no_grad():
+        values = net.run(net.split_input(torch.as_tensor(point)[None]))
+    for name, (lo, up) in bounds.items():
+        assert bool((lo <= values[name]).all() and (values[name] <= up).all()), name
+    beta, _, _, _ = search.bound(domains, steps=20)
+    assert float(beta[0]) >= float(plain) - 1e-9
+    value = spec.output.values(net.forward(point))[row]
+    assert float(beta[0]) <= value + 1e-9
+
+
+def check_verdict(net, spec, x, eps, cert) -> None:
+    """YES: no sample, corner or attack point violates; NO: its counterexample replays."""
+    if cert.proved:
+        assert np.all(sampled_min(net, spec, x, eps) > 0)
+        assert find_counterexample(net, spec, AttackOptions(device="cpu")) is None
+    if cert.counterexample is not None:
+        values = spec.output.values(net.forward(np.asarray(cert.counterexample)))
+        assert np.min(values) <= 0 and spec.input_set.contains(np.asarray(cert.counterexample))
+
+
+def test_relu_bab_on_random_dags_is_never_wrong_and_decides_most():
+    decided = total = 0
+    verdicts = set()
+    for seed in range(4):
+        net = residual_dag(seed)
+        for eps in (0.05, 0.15, 0.4):
+            spec, x = spec_at(net, seed, eps)
+            cert = backends.certify_specs(net, [spec], "relu-bab", device="cpu", timeout=0,
+                                          max_domains=200)[0]
+            check_verdict(net, spec, x, eps, cert)
+            total += 1
+            if cert.proved or cert.counterexample is not None:
+                decided += 1
+                verdicts.add(cert.proved)
+    assert verdicts == {True, False} and decided >= 0.7 * total, (decided, total)
+
+
+@pytest.mark.parametrize("seed,eps", [(1, 0.2), (5, 0.2)])
+def test_relu_bab_splits_to_prove_what_crown_cannot(seed, eps):
+    net = residual_dag(seed)
+    spec, x = spec_at(net, seed, eps)
+    assert not backends.certify_specs(net, [spec], "alpha-crown", device="cpu")[0].proved
+    cert = backends.certify_specs(net, [spec], "relu-bab", device="cpu", timeout=0,
+                                  max_domains=500)[0]
+    assert cert.proved and cert.cost["domains"] > 2, cert.reason
+    check_verdict(net, spec, x, eps, cert)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_chain_read_as_graph_agrees_with_the_chains_complete_search(seed):
+    graph_net, chain = mlp_as_graph(seed)
+    x = np.random.default_rng(seed).uniform(-1, 1, 4)
+    label = int(np.argmax(chain.forward(x)))
+    np.testing.assert_allclose(graph_net.forward(x), chain.forward(x), rtol=1e-12)
+    for eps in (0.05, 0.2, 0.5):
+        spec = robustness_spec(4, 3, x, label, eps, "inf", None)
+        exact = backends.certify_specs(chain, [spec], "relu-bab", device="cpu")[0]
+        assert exact.proved or exact.counterexample is not None  # complete on the chain
+        cert = backends.certify_specs(graph_net, [spec], "relu-bab", device="cpu", timeout=3.0)[0]
+        if cert.proved or cert.counterexample is not None:
+            assert cert.proved == exact.proved, (eps, cert.reason)
+        check_verdict(graph_net, spec, x, eps, cert)
+
+
+def test_auto_on_a_graph_goes_through_alpha_crown_and_relu_bab():
+    net = residual_dag(5)
+    x = np.random.default_rng(5).uniform(-1, 1, net.input_size)
+    label = int(np.argmax(net.forward(x)))
+    eps = 0.1
+    lines = [f"(declare-const X_{i} Real)" for i in range(net.input_size)]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(3)]
+    for i, v in enumerate(x):
+        lines += [f"(assert (>= X_{i} {float(v - eps)!r}))", f"(assert (<= X_{i} {float(v + eps)!r}))"]
+    others = [j for j in range(3) if j != label]
+    lines.append("(assert (or " + " ".join(f"(and (>= Y_{j} Y_{label}))" for j in others) + "))")
+    query = parse_vnnlib("\n".join(lines))
+    result = solve(net, query, "auto", timeout=20.0)
+    assert result.method.startswith("auto:") and result.result in ("sat", "unsat")
+    spec = robustness_spec(net.input_size, 3, x, label, eps, "inf", None)
+    if result.result == "unsat":
+        assert np.all(sampled_min(net, spec, x, eps) > 0)
+    else:
+        assert query.violated_by(*result.counterexample)
+
+
+@pytest.mark.slow
+def test_cifar10_resnet_2b_prop_2_is_proved_by_auto(benchmark_data):
+    from verify.vnncomp import solve_files
+
+    folder = benchmark_data / "vnncomp2021" / "cifar10_resnet"
+    result = solve_files(str(folder / "onnx" / "resnet_2b.onnx"),
+                         str(folder / "vnnlib" / "prop_2_eps_0.008.vnnlib"), "auto", 120.0)
+    assert result.result == "unsat", result.reason
