@@ -1,6 +1,7 @@
 """LP: the triangle relaxation of every unstable ReLU, solved exactly as a linear program.
 
-Accepts:   Network of Dense/Conv2d/ReLU layers; input set = l_inf/l_1 ball ∩ box or a box (HiGHS);
+Accepts:   Network of Dense/Conv2d/ReLU layers, or a GraphNetwork (rows per node from
+           verify.graph.encoding); input set = l_inf/l_1 ball ∩ box or a box (HiGHS);
            l_2 ball ∩ box (a second-order cone: cvxpy with Clarabel).
 Returns:   Certificate; margin_lower[j] <= min over the set of z_y - z_j (YES or MAYBE; NO when the
            LP's own optimal input, or the set's center, is a float64-confirmed counterexample).

@@ -1,7 +1,9 @@
 """MILP: exact verification by a big-M mixed-integer program on HiGHS.
 
-Accepts:   Network of Dense/Conv2d/ReLU layers; input set = l_inf/l_1 ball ∩ box, or a box. An l_2
-           ball is refused (InputError): it is not a MILP; use lp, crown or smoothing.
+Accepts:   Network of Dense/Conv2d/ReLU layers, or a GraphNetwork (verify.graph.encoding: exact
+           on piecewise-linear graphs, a relaxation with smooth ops or Softmax); input set =
+           l_inf/l_1 ball ∩ box, or a box. An l_2 ball is refused (InputError): it is not a
+           MILP; use lp, crown or smoothing.
 Returns:   Certificate: YES (every row's minimum proved > 0) or NO (a counterexample confirmed by
            the float64 forward pass); MAYBE on timeout, when the solver's minimum lies within
            its tolerance of 0 / its point fails the replay, or on a badly scaled model. With `exact_margins`,

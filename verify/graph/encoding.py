@@ -27,12 +27,15 @@ constant. Given sound bounds [l, u] of every tensor (from `verify.bounds.graph.c
 from __future__ import annotations
 
 import re
+import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 from ..spec import UNIT_ROUNDOFF
 from . import ops
@@ -98,7 +101,10 @@ def linear_matrices(node, params: dict, shapes: list) -> tuple[list[sp.csr_matri
                 tangents = zeros(r)
                 unit = tangents[i].reshape(r, n)
                 unit[torch.arange(r), torch.arange(start, start + r)] = 1.0
-                _, out = torch.func.jvp(call, tuple(zeros(r)), tuple(tangents))
+                with forward_ad.dual_level(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)  # (torch's first use)
+                    duals = [forward_ad.make_dual(x, t) for x, t in zip(zeros(r), tangents)]
+                    out = forward_ad.unpack_dual(call(*duals)).tangent
                 parts[i].append(sp.csr_matrix(out.reshape(r, m).numpy()).T)
         return [sp.hstack(p, format="csr") for p in parts], bias
     chunk = max(1, CHUNK_ENTRIES // max(sum(sizes), 1))  # rows of J: vjp with unit outputs
@@ -114,6 +120,9 @@ def linear_matrices(node, params: dict, shapes: list) -> tuple[list[sp.csr_matri
             parts[i].append(sp.csr_matrix((r, sizes[i])) if g is None
                             else sp.csr_matrix(g.reshape(r, sizes[i]).numpy()))
     return [sp.vstack(p, format="csr") for p in parts], bias
+
+
+_MATRICES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # net -> {node: (J, b)}
 
 
 class GraphEncoder:
@@ -160,8 +169,11 @@ class GraphEncoder:
 
     # -- linear ----------------------------------------------------------------------------------
     def _linear(self, k: int, node) -> None:
-        shapes = [self.net.graph.shapes[i] for i in node.inputs]
-        matrices, bias = linear_matrices(node, self.params[k], shapes)
+        cache = _MATRICES.setdefault(self.net, {})  # (the same for every program of this net)
+        if k not in cache:
+            shapes = [self.net.graph.shapes[i] for i in node.inputs]
+            cache[k] = linear_matrices(node, self.params[k], shapes)
+        matrices, bias = cache[k]
         m = len(bias)
         const = bias.copy()
         magnitude = np.abs(bias)
