@@ -209,7 +209,7 @@ def test_chain_read_as_graph_agrees_with_the_chains_complete_search(seed):
 
 
 def test_auto_on_a_graph_goes_through_alpha_crown_and_relu_bab():
-    net = residual_dag(5)
+    net = residual_dag(5, n=5)  # 25 inputs: past input splitting's 16
     x = np.random.default_rng(5).uniform(-1, 1, net.input_size)
     label = int(np.argmax(net.forward(x)))
     eps = 0.1
