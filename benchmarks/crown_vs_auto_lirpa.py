@@ -13,7 +13,8 @@ eps 0.005; (f) our float32 option (CROWNOptions.dtype) on 256x6 against auto_LiR
 against our own float64; (g) alpha-CROWN (`alpha_crown.optimized_margin_lower`, --alpha-steps
 Adam steps, lr 0.1, decay 0.98, final-layer slopes only, no early stop) against auto_LiRPA's
 "CROWN-Optimized" with the same iteration count, learning rate and decay, fixed intermediate
-bounds (its default) and no early stop. The two run interleaved, --repeats times each, one after
+bounds (its default) and no early stop; (h) the same with the neuron bounds' slopes optimised
+too (ours optimize_intermediate=True, theirs fix_interm_bounds=False). The two run interleaved, --repeats times each, one after
 the other, and the ratio is median(theirs) / median(ours) (> 1: ours faster). Their
 BoundedModule is built once outside the timings (as our network is loaded once). CROWN bounds
 must agree to 1e-9 or be tighter on our side (ours carry a float64 rounding allowance of ~1e-13
@@ -78,8 +79,9 @@ def case(name: str, net: Network, xs: np.ndarray, labels: np.ndarray, eps: float
          repeats: int, ours_kind: str = "bounds", theirs_kind: str = "crown",
          alpha_steps: int = 20) -> dict:
     """One side-by-side timing. ours_kind: "api" (certify_batch), "bounds" (CROWN bounds),
-    "float32" (CROWN bounds, float32 passes), "alpha" (alpha-CROWN bounds); theirs_kind:
-    "crown" / "alpha" (auto_LiRPA) or "ours64" (our float64 CROWN bounds)."""
+    "float32" (CROWN bounds, float32 passes), "alpha" (alpha-CROWN bounds, final-layer slopes),
+    "alpha-interm" (and the neuron bounds' slopes); theirs_kind: "crown" / "alpha" /
+    "alpha-interm" (auto_LiRPA) or "ours64" (our float64 CROWN bounds)."""
     from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
 
     specs = robustness_specs(net.input_size, net.output_size, xs, labels, eps, "inf", (0.0, 1.0))
@@ -91,12 +93,13 @@ def case(name: str, net: Network, xs: np.ndarray, labels: np.ndarray, eps: float
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bounded = BoundedModule(model, torch.zeros_like(center), device="cpu", verbose=0)
-    if theirs_kind == "alpha":
+    interm = ours_kind == "alpha-interm"  # intermediate slopes optimised too, on both sides
+    if theirs_kind.startswith("alpha"):
         bounded.set_bound_opts({"optimize_bound_args": {
             "iteration": alpha_steps, "lr_alpha": 0.1, "lr_decay": 0.98,
-            "early_stop_patience": 10 ** 9, "fix_interm_bounds": True}})
+            "early_stop_patience": 10 ** 9, "fix_interm_bounds": not interm}})
     alpha_options = AlphaCROWNOptions(steps=alpha_steps, lr=0.1, lr_decay=0.98,
-                                      optimize_intermediate=False, early_stop=False)
+                                      optimize_intermediate=interm, early_stop=False)
 
     def theirs() -> np.ndarray:
         if theirs_kind == "ours64":
@@ -105,7 +108,7 @@ def case(name: str, net: Network, xs: np.ndarray, labels: np.ndarray, eps: float
         x = (BoundedTensor(center, ptb),)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if theirs_kind == "alpha":  # (its best-bound buffers take the default dtype)
+            if theirs_kind.startswith("alpha"):  # (its best buffers take the default dtype)
                 default = torch.get_default_dtype()
                 torch.set_default_dtype(torch.float64)
                 try:
@@ -124,7 +127,7 @@ def case(name: str, net: Network, xs: np.ndarray, labels: np.ndarray, eps: float
             certs = certify_batch(net, xs, labels, eps, "inf", method="crown", device="cpu",
                                   domain=(0.0, 1.0))
             return np.array([[v for v in c.margin_lower if v is not None] for c in certs])
-        if ours_kind == "alpha":
+        if ours_kind.startswith("alpha"):
             return alpha_crown.optimized_margin_lower(net, batch, alpha_options)[0] \
                 .detach().numpy()
         dtype = "float32" if ours_kind == "float32" else "float64"
@@ -226,6 +229,9 @@ def main(argv=None) -> int:
                             images, guess, 0.005, deep_reps, "float32", "ours64"))
     results.append(case(f"(g) digits MLP, alpha-CROWN {args.alpha_steps} steps", mlp, xs, labels,
                         args.eps, max(3, reps // 3), "alpha", "alpha", args.alpha_steps))
+    results.append(case(f"(h) digits MLP, alpha-CROWN {args.alpha_steps} steps, neuron bounds' "
+                        "slopes optimised too", mlp, xs, labels, args.eps, max(3, reps // 3),
+                        "alpha-interm", "alpha-interm", args.alpha_steps))
     if "256x2" in nets:
         images, guess = random_images(nets["256x2"], args.deep_n)
         results.append(case(f"(g') mnist-net_256x2, alpha-CROWN {args.alpha_steps} steps",
