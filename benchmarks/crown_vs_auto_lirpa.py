@@ -1,18 +1,26 @@
-"""CROWN speed against auto_LiRPA's CROWN: same weights, same batch, float64, one thread.
+"""CROWN and alpha-CROWN speed against auto_LiRPA's: same weights, same batch, float64, one thread.
 
-    python benchmarks/crown_vs_auto_lirpa.py [--repeats 9] [--n 100] [--eps 0.03]
-        [--benchmarks benchmarks/data]
+    python benchmarks/crown_vs_auto_lirpa.py [--repeats 9] [--n 100] [--eps 0.03] [--deep-n 25]
+        [--alpha-steps 20] [--benchmarks benchmarks/data]
 
 Cases: (a) the public API `verify.certify_batch(..., method="crown")` (specifications, bounds and
 Certificates) against auto_LiRPA's `compute_bounds(method="CROWN")` with the margin matrix C, on
 the bundled digits MLP, the first --n test digits, l_inf eps ∩ [0, 1]; (b) bounds only
 (`crown.margin_lower_bounds` on a prebuilt InputBatch) on the same batch; (c) the same for the
-bundled digits CNN; (d) mnist-net_256x2 (VNN-COMP mnist_fc, bundled in benchmarks/data) on --n random
-[0, 1] images (seeded), eps 0.02. The two run interleaved, --repeats times each, one after the
-other, and the ratio is median(theirs) / median(ours) (> 1: ours faster). Their BoundedModule is
-built once outside the timings (as our network is loaded once). Bounds must agree to 1e-9 or be
-tighter on our side (ours carry a float64 rounding allowance of ~1e-13 and IBP's intersection).
-Skipped when auto_LiRPA is not importable. Writes benchmarks/results/crown_vs_auto_lirpa.md.
+bundled digits CNN; (d) mnist-net_256x2 (VNN-COMP mnist_fc, bundled in benchmarks/data) on --n
+random [0, 1] images (seeded), eps 0.02; (e) mnist-net_256x4 and 256x6 on --deep-n such images,
+eps 0.005; (f) our float32 option (CROWNOptions.dtype) on 256x6 against auto_LiRPA (float64) and
+against our own float64; (g) alpha-CROWN (`alpha_crown.optimized_margin_lower`, --alpha-steps
+Adam steps, lr 0.1, decay 0.98, final-layer slopes only, no early stop) against auto_LiRPA's
+"CROWN-Optimized" with the same iteration count, learning rate and decay, fixed intermediate
+bounds (its default) and no early stop; (h) the same with the neuron bounds' slopes optimised
+too (ours optimize_intermediate=True, theirs fix_interm_bounds=False). The two run interleaved, --repeats times each, one after
+the other, and the ratio is median(theirs) / median(ours) (> 1: ours faster). Their
+BoundedModule is built once outside the timings (as our network is loaded once). CROWN bounds
+must agree to 1e-9 or be tighter on our side (ours carry a float64 rounding allowance of ~1e-13
+and IBP's intersection); where ours are looser by more (the deep nets: CROWN is not monotone in
+its neuron bounds) the table counts the inputs. Skipped when auto_LiRPA is not importable.
+Writes benchmarks/results/crown_vs_auto_lirpa.md, keeping the earlier runs' ratios as history.
 """
 
 from __future__ import annotations
@@ -30,11 +38,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.reporting import RESULTS, SHARED_NOTE, machine, single_thread  # noqa: E402
+from benchmarks.reporting import (RESULTS, SHARED_NOTE, machine, single_thread,  # noqa: E402
+                                  write_text)
 from verify import certify_batch, load_onnx  # noqa: E402
-from verify.bounds import InputBatch, crown  # noqa: E402
+from verify.bounds import InputBatch, alpha_crown, crown  # noqa: E402
+from verify.bounds.alpha_crown import AlphaCROWNOptions  # noqa: E402
 from verify.network import Conv2d, Dense, Network, ReLU  # noqa: E402
-from verify.spec import robustness_spec  # noqa: E402
+from verify.spec import robustness_specs  # noqa: E402
 
 
 def torch_model(net: Network) -> torch.nn.Module:
@@ -66,11 +76,15 @@ def torch_model(net: Network) -> torch.nn.Module:
 
 
 def case(name: str, net: Network, xs: np.ndarray, labels: np.ndarray, eps: float,
-         repeats: int, public: bool) -> dict:
+         repeats: int, ours_kind: str = "bounds", theirs_kind: str = "crown",
+         alpha_steps: int = 20) -> dict:
+    """One side-by-side timing. ours_kind: "api" (certify_batch), "bounds" (CROWN bounds),
+    "float32" (CROWN bounds, float32 passes), "alpha" (alpha-CROWN bounds, final-layer slopes),
+    "alpha-interm" (and the neuron bounds' slopes); theirs_kind: "crown" / "alpha" /
+    "alpha-interm" (auto_LiRPA) or "ours64" (our float64 CROWN bounds)."""
     from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
 
-    specs = [robustness_spec(net.input_size, net.output_size, x, y, eps, "inf", (0.0, 1.0))
-             for x, y in zip(xs, labels)]
+    specs = robustness_specs(net.input_size, net.output_size, xs, labels, eps, "inf", (0.0, 1.0))
     batch = InputBatch.from_specs(specs, torch.device("cpu"))
     shape = (len(xs), *net.input_shape)
     x_l, x_u = batch.lower.reshape(shape), batch.upper.reshape(shape)
@@ -79,20 +93,45 @@ def case(name: str, net: Network, xs: np.ndarray, labels: np.ndarray, eps: float
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bounded = BoundedModule(model, torch.zeros_like(center), device="cpu", verbose=0)
+    interm = ours_kind == "alpha-interm"  # intermediate slopes optimised too, on both sides
+    if theirs_kind.startswith("alpha"):
+        bounded.set_bound_opts({"optimize_bound_args": {
+            "iteration": alpha_steps, "lr_alpha": 0.1, "lr_decay": 0.98,
+            "early_stop_patience": 10 ** 9, "fix_interm_bounds": not interm}})
+    alpha_options = AlphaCROWNOptions(steps=alpha_steps, lr=0.1, lr_decay=0.98,
+                                      optimize_intermediate=interm, early_stop=False)
 
     def theirs() -> np.ndarray:
+        if theirs_kind == "ours64":
+            return crown.margin_lower_bounds(net, batch)[0].numpy()
         ptb = PerturbationLpNorm(norm=np.inf, eps=eps, x_L=x_l, x_U=x_u)
-        with torch.no_grad():
-            lower, _ = bounded.compute_bounds(x=(BoundedTensor(center, ptb),), C=batch.C,
-                                              method="CROWN", bound_upper=False)
+        x = (BoundedTensor(center, ptb),)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if theirs_kind.startswith("alpha"):  # (its best buffers take the default dtype)
+                default = torch.get_default_dtype()
+                torch.set_default_dtype(torch.float64)
+                try:
+                    lower, _ = bounded.compute_bounds(x=x, C=batch.C, method="CROWN-Optimized",
+                                                      bound_upper=False)
+                finally:
+                    torch.set_default_dtype(default)
+                return lower.detach().numpy()
+            with torch.no_grad():
+                lower, _ = bounded.compute_bounds(x=x, C=batch.C, method="CROWN",
+                                                  bound_upper=False)
         return lower.numpy()
 
     def ours() -> np.ndarray:
-        if public:
+        if ours_kind == "api":
             certs = certify_batch(net, xs, labels, eps, "inf", method="crown", device="cpu",
                                   domain=(0.0, 1.0))
             return np.array([[v for v in c.margin_lower if v is not None] for c in certs])
-        return crown.margin_lower_bounds(net, batch)[0].numpy()
+        if ours_kind.startswith("alpha"):
+            return alpha_crown.optimized_margin_lower(net, batch, alpha_options)[0] \
+                .detach().numpy()
+        dtype = "float32" if ours_kind == "float32" else "float64"
+        return crown.margin_lower_bounds(net, batch, dtype=dtype)[0].numpy()
 
     ours(), theirs()  # warm-up
     times = {"ours": [], "theirs": []}
@@ -104,20 +143,45 @@ def case(name: str, net: Network, xs: np.ndarray, labels: np.ndarray, eps: float
     a, b = ours(), theirs()
     # our rows come in class order (label skipped); theirs in C's rows: the same order
     gap = float(np.max(np.abs(a - b)))
-    looser = float(np.max(b - a))  # > 0: theirs tighter somewhere (must stay <= 1e-9)
-    tighter = int(np.sum(np.any(a - b > 1e-9, axis=1)))  # inputs where ours is tighter
+    looser = float(np.max(b - a))  # > 0: theirs tighter somewhere
     ours_med, theirs_med = statistics.median(times["ours"]), statistics.median(times["theirs"])
     return {"case": name, "ours": ours_med, "theirs": theirs_med, "ratio": theirs_med / ours_med,
-            "gap": gap, "looser": looser, "tighter": tighter,
+            "gap": gap, "looser": looser,
+            "n_looser": int(np.sum(np.any(b - a > 1e-9, axis=1))),
+            "tighter": int(np.sum(np.any(a - b > 1e-9, axis=1))),  # inputs where ours is tighter
+            "mean_ours": float(np.mean(a)), "mean_theirs": float(np.mean(b)),
             "proved_ours": int(np.sum(np.all(a > 0, axis=1))),
-            "proved_theirs": int(np.sum(np.all(b > 0, axis=1))), "n": len(xs)}
+            "proved_theirs": int(np.sum(np.all(b > 0, axis=1))), "n": len(xs),
+            "exact": ours_kind in ("api", "bounds") and theirs_kind == "crown"}
+
+
+def random_images(net: Network, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """n seeded uniform [0, 1] images and the network's own classes for them."""
+    images = np.random.default_rng(0).uniform(0, 1, size=(n, net.input_size))
+    return images, net.forward(images).argmax(axis=1)
+
+
+def history(path: Path) -> list[str]:
+    """The earlier runs' lines: the file's history list, plus its current table as one line."""
+    if not path.is_file():
+        return []
+    text = path.read_text().splitlines()
+    old = [line for line in text if line.startswith("- ") and " ratios: " in line]
+    date = next((line.rsplit("; ", 1)[-1] for line in text[:3] if "; " in line), "earlier")
+    rows = [line.split(" | ") for line in text if line.startswith("| (")]
+    if rows:
+        old.insert(0, f"- {date.strip()} ratios: " + ", ".join(
+            f"{r[0][2:].strip()} {r[3].strip()}" for r in rows))
+    return old
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--deep-n", type=int, default=25)
     parser.add_argument("--eps", type=float, default=0.03)
+    parser.add_argument("--alpha-steps", type=int, default=20)
     parser.add_argument("--benchmarks", type=Path, default=REPO / "benchmarks" / "data")
     args = parser.parse_args(argv)
     try:
@@ -131,58 +195,91 @@ def main(argv=None) -> int:
     xs, labels = data["x"][:args.n], data["y"][:args.n]
     mlp = load_onnx(REPO / "models/digits_mlp.onnx")
     cnn = load_onnx(REPO / "models/digits_cnn.onnx")
+    reps = args.repeats
     results = [
-        case("(a) digits MLP, certify_batch (public API)", mlp, xs, labels, args.eps,
-             args.repeats, True),
-        case("(b) digits MLP, bounds only", mlp, xs, labels, args.eps, args.repeats, False),
-        case("(c) digits CNN, bounds only", cnn, xs, labels, args.eps, args.repeats, False),
-        case("(c') digits CNN, certify_batch", cnn, xs, labels, args.eps, args.repeats, True),
+        case("(a) digits MLP, certify_batch (public API)", mlp, xs, labels, args.eps, reps, "api"),
+        case("(b) digits MLP, bounds only", mlp, xs, labels, args.eps, reps),
+        case("(c) digits CNN, bounds only", cnn, xs, labels, args.eps, reps),
+        case("(c') digits CNN, certify_batch", cnn, xs, labels, args.eps, reps, "api"),
     ]
-    mnist = args.benchmarks / "mnist_fc/onnx/mnist-net_256x2.onnx"
-    if mnist.is_file():
-        net = load_onnx(mnist)
-        rng = np.random.default_rng(0)
-        images = rng.uniform(0, 1, size=(args.n, net.input_size))
-        guess = net.forward(images).argmax(axis=1)
-        results.append(case("(d) mnist-net_256x2, bounds only", net, images, guess, 0.02,
-                            args.repeats, False))
+    folder = args.benchmarks / "mnist_fc" / "onnx"
+    missing = []
+    nets = {}
+    for size in ("256x2", "256x4", "256x6"):
+        path = folder / f"mnist-net_{size}.onnx"
+        if path.is_file():
+            nets[size] = load_onnx(path)
+        else:
+            missing.append(size)
+    if "256x2" in nets:
+        images, guess = random_images(nets["256x2"], args.n)
+        results.append(case("(d) mnist-net_256x2, bounds only", nets["256x2"], images, guess,
+                            0.02, reps))
+    deep_reps = max(3, reps // 2)
+    for size, letter in (("256x4", "e"), ("256x6", "e'")):
+        if size in nets:
+            images, guess = random_images(nets[size], args.deep_n)
+            results.append(case(f"({letter}) mnist-net_{size}, bounds only", nets[size], images,
+                                guess, 0.005, deep_reps))
+    if "256x6" in nets:
+        images, guess = random_images(nets["256x6"], args.deep_n)
+        results.append(case("(f) mnist-net_256x6, ours float32 vs auto_LiRPA", nets["256x6"],
+                            images, guess, 0.005, deep_reps, "float32"))
+        results.append(case("(f') mnist-net_256x6, ours float32 vs ours float64", nets["256x6"],
+                            images, guess, 0.005, deep_reps, "float32", "ours64"))
+    results.append(case(f"(g) digits MLP, alpha-CROWN {args.alpha_steps} steps", mlp, xs, labels,
+                        args.eps, max(3, reps // 3), "alpha", "alpha", args.alpha_steps))
+    results.append(case(f"(h) digits MLP, alpha-CROWN {args.alpha_steps} steps, neuron bounds' "
+                        "slopes optimised too", mlp, xs, labels, args.eps, max(3, reps // 3),
+                        "alpha-interm", "alpha-interm", args.alpha_steps))
+    if "256x2" in nets:
+        images, guess = random_images(nets["256x2"], args.deep_n)
+        results.append(case(f"(g') mnist-net_256x2, alpha-CROWN {args.alpha_steps} steps",
+                            nets["256x2"], images, guess, 0.02, max(3, reps // 3), "alpha",
+                            "alpha", args.alpha_steps))
+    path = RESULTS / "crown_vs_auto_lirpa.md"
+    past = history(path)
     lines = ["# CROWN: verify vs auto_LiRPA 0.7.1", "", machine(), "",
-             f"Batch of {args.n} inputs, l_inf eps {args.eps} ∩ [0, 1] (mnist: 0.02, random "
-             f"images), float64, one thread, {args.repeats} interleaved repeats, process-CPU "
-             "medians; ratio = theirs / ours (> 1: ours faster). " + SHARED_NOTE, "",
-             "| case | ours s | auto_LiRPA s | ratio | max bound gap | inputs ours tighter "
-             "| proved ours / theirs |", "|---|---|---|---|---|---|---|"]
+             f"Batch of {args.n} inputs, l_inf eps {args.eps} ∩ [0, 1] (mnist 256x2: 0.02, "
+             f"random images; 256x4 / 256x6: {args.deep_n} random images, eps 0.005), float64 "
+             f"unless said, one thread, {reps} interleaved repeats ({deep_reps} for the deep "
+             "nets, fewer for alpha-CROWN), process-CPU medians; ratio = theirs / ours (> 1: "
+             "ours faster). " + SHARED_NOTE, "",
+             "| case | ours s | theirs s | ratio | max bound gap | inputs ours tighter / looser "
+             "| mean bound ours / theirs | proved ours / theirs |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['case']} | {r['ours']:.4f} | {r['theirs']:.4f} | {r['ratio']:.2f} | "
-                     f"{r['gap']:.1e} | {r['tighter']} | "
+                     f"{r['gap']:.1e} | {r['tighter']} / {r['n_looser']} | "
+                     f"{r['mean_ours']:.4g} / {r['mean_theirs']:.4g} | "
                      f"{r['proved_ours']} / {r['proved_theirs']} of {r['n']} |")
-    lines += ["", "Bounds: equal to 1e-9 on every input except where ours are tighter (column "
-              "'inputs ours tighter'): our neuron bounds are CROWN's intersected with IBP's and "
-              "with the interval step from the layer below (crown.propagate), auto_LiRPA's "
-              "CROWN keeps CROWN's alone; a neuron where the interval is tighter then gets a "
-              "tighter relaxation. Ours are never looser by more than 1e-9 (checked)."]
-    if not mnist.is_file():
-        lines += ["", f"mnist-net_256x2 skipped: {mnist} not found."]
-    lines += ["", "mnist-net_256x4 is not in benchmarks/data (only 256x2): not measured.",
-              "", "Profile notes (cProfile, this tree): on the CNN the transposed convolutions of "
-              "the intermediate bounds dominated (conv_transpose2d in float64); small "
-              "convolutions now go through their dense matrix (crown.DENSE_CONV_ENTRIES) and "
-              "row chunks are 8 MiB (reused heap instead of fresh pages): CNN bounds went from "
-              "0.23x to about 1x auto_LiRPA. The public API's extra cost over bounds-only was "
-              "~14 ms per 100 digits (specifications ~8 ms: robustness_spec validated and "
-              "copied each input; certificates ~4 ms; stacking ~1.3 ms); now ~3-4 ms: "
-              "robustness_specs validates the batch once, InputBatch.from_specs computes the "
-              "bounding boxes as (B, n) arrays, certificates_from_bounds works out domains and "
-              "the model name once per batch. What remains is one float64 numpy forward pass "
-              "of each center (the replay that makes a NO, kept per input so that its floats "
-              "are those of a single-input forward: a batched matmul rounds differently in the "
-              "last bits) and the Certificate objects. np.prod in Network sizes cost ~20 us per "
-              "forward (now math.prod). Small batched matvecs are products then a sum. "
-              "GPU not measured (no GPU in this session)."]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "crown_vs_auto_lirpa.md").write_text("\n".join(lines) + "\n")
+    lines += ["", "Bounds (a)-(e'): equal to 1e-9 on every input except where ours are tighter "
+              "or looser (column 'inputs ours tighter / looser'): our neuron bounds are CROWN's "
+              "intersected with IBP's and with the interval step from the layer below "
+              "(crown.propagate), auto_LiRPA's CROWN keeps CROWN's alone; a neuron where the "
+              "interval is tighter then gets a tighter relaxation, and since CROWN's adaptive "
+              "lower slope (1 if u > -l else 0) is not monotone in [l, u], a tighter neuron "
+              "bound can give a looser margin bound on deep nets. (f): float32 bounds are "
+              "looser by float32's rounding allowances. (g): equal iteration counts and "
+              "settings, different optimisers' paths: bounds differ; the table gives the mean.",
+              ""]
+    if missing:
+        lines += [f"Not in {folder}: mnist-net_{', '.join(missing)}: not measured.", ""]
+    lines += ["Where the time went (cProfile, torch profiler, this tree): the public API's extra "
+              "cost over bounds-only is the specifications (robustness_specs validates the batch "
+              "once), the InputBatch (boxes as (B, n) arrays), one batched float64 forward pass "
+              "of the centers (verdict.certificates_from_bounds; an input within 1e-6 of a "
+              "row's zero is replayed alone) and the Certificate objects. The bounds are matrix "
+              "products of the neuron rows: rows of unstable neurons are padded per group of "
+              "inputs with similar counts (crown._row_groups), not to the batch's largest count "
+              "(1.2x on the MLP, 1.3x on the CNN, 1.8x on 256x2); small convolutions go through "
+              "their dense matrix (crown.DENSE_CONV_ENTRIES); row chunks are 8 MiB. GPU not "
+              "measured (no GPU in this session).", "", "## History (ratios of earlier runs)", ""]
+    lines += past
+    write_text(path, "\n".join(lines) + "\n")
     print("\n".join(lines))
-    bad = [r["case"] for r in results if r["looser"] > 1e-9]
+    bad = [r["case"] for r in results if r["exact"] and r["looser"] > 1e-9
+           and not r["case"].startswith("(e")]
     if bad:
         print(f"our bounds looser by more than 1e-9 in: {', '.join(bad)}", file=sys.stderr)
         return 1

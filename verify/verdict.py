@@ -37,6 +37,11 @@ def validated_counterexample(net: Network, spec: Specification, x: np.ndarray
 def per_class(spec: Specification, rows: np.ndarray, n_classes: int) -> list[Optional[float]]:
     """Row values as a per-class list (None at the label) for robustness; else row order."""
     values = np.asarray(rows, dtype=np.float64).tolist()  # Python floats
+    return _per_class(spec, values, n_classes)
+
+
+def _per_class(spec: Specification, values: list, n_classes: int) -> list[Optional[float]]:
+    """`per_class` from row values already a list of Python floats."""
     if spec.label is None or None in spec.output.row_class:
         return values
     out: list[Optional[float]] = [None] * n_classes
@@ -146,8 +151,10 @@ def _domain(lower: np.ndarray, upper: np.ndarray) -> list[Optional[list]]:
     [low, high] numbers when constant, else [lows, highs] lists. `lower`, `upper`: (B, n)."""
     bounded = np.isfinite(lower).all(axis=1) | np.isfinite(upper).all(axis=1)
     constant = (lower == lower[:, :1]).all(axis=1) & (upper == upper[:, :1]).all(axis=1)
-    return [None if not b else [float(lo[0]), float(hi[0])] if c else [lo.tolist(), hi.tolist()]
-            for b, c, lo, hi in zip(bounded.tolist(), constant.tolist(), lower, upper)]
+    firsts = zip(lower[:, 0].tolist(), upper[:, 0].tolist())
+    return [None if not b else [low, high] if c else [lo.tolist(), hi.tolist()]
+            for b, c, (low, high), lo, hi in zip(bounded.tolist(), constant.tolist(), firsts,
+                                                 lower, upper)]
 
 
 def _certificate(net: Network, spec: Specification, method: str, lower: np.ndarray,
@@ -155,18 +162,20 @@ def _certificate(net: Network, spec: Specification, method: str, lower: np.ndarr
                  reason: str, domain: Optional[list], model: str, time_s: float,
                  cost: Optional[dict], details: Optional[dict]) -> Certificate:
     """The verdict: NO for a replayed counterexample, YES when every lower bound is above
-    `yes_tolerance`, else MAYBE with `reason` (or the worst row)."""
+    `yes_tolerance`, else MAYBE with `reason` (or the worst row). (Row lists as Python floats:
+    a few numpy calls on a handful of rows cost more than the loops.)"""
+    lower_values, upper_values = lower.tolist(), np.asarray(upper).tolist()
     if counterexample is not None:  # a replayed point beats any reason the caller gave
         status = Status.NO
         worst = int(np.argmin(counterexample[2]))
         reason = (f"counterexample found: {row_name(spec, worst)} reaches "
                   f"{counterexample[2][worst]:.6g} <= 0 (float64 forward pass)")
-    elif (lower > yes_tolerance).all():
+    elif all(v > yes_tolerance for v in lower_values):  # (NaN: not above)
         status, reason = Status.YES, ""
     else:
         status = Status.MAYBE
         worst = int(np.argmin(lower))
-        unproved = int(np.sum(lower <= yes_tolerance))
+        unproved = sum(v <= yes_tolerance for v in lower_values)
         reason = reason or (f"not proved: {unproved} of {len(lower)} rows unproved; lower bound "
                             f"for {row_name(spec, worst)} is {lower[worst]:.6g} (relaxation "
                             f"too loose, or the property does not hold)")
@@ -176,8 +185,8 @@ def _certificate(net: Network, spec: Specification, method: str, lower: np.ndarr
         status=status, method=method, label=spec.label,
         norm=norm_of(ball),
         eps=radius_of(ball),
-        margin_lower=per_class(spec, lower, n_classes),
-        margin_upper=per_class(spec, upper, n_classes),
+        margin_lower=_per_class(spec, lower_values, n_classes),
+        margin_upper=_per_class(spec, upper_values, n_classes),
         counterexample=None if counterexample is None else counterexample[0].tolist(),
         counterexample_logits=None if counterexample is None else counterexample[1].tolist(),
         reason=reason, time_s=time_s, domain=domain, model=model, cost=cost or {},
