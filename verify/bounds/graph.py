@@ -206,12 +206,14 @@ def interval_margin(batch: InputBatch, lower: torch.Tensor, upper: torch.Tensor)
 
 
 def _vjp(forward, node, p, shapes: list, coeffs: torch.Tensor) -> list[torch.Tensor]:
-    """Transpose of a linear node applied to coeffs (R, *out): one (R, *in_i) per input."""
+    """Transpose of a linear node applied to coeffs (R, *out): one (R, *in_i) per input
+    (differentiable in coeffs when coeffs requires grad: bab's split scores)."""
     with torch.enable_grad():
         xs = [torch.zeros((len(coeffs), *s), dtype=coeffs.dtype, device=coeffs.device,
                           requires_grad=True) for s in shapes]
         y = forward(node, xs, p)
-        return list(torch.autograd.grad(y, xs, grad_outputs=coeffs, allow_unused=True))
+        return list(torch.autograd.grad(y, xs, grad_outputs=coeffs, allow_unused=True,
+                                        create_graph=coeffs.requires_grad))
 
 
 def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str,
