@@ -335,3 +335,29 @@ def test_graph_ibp_uses_the_ball_like_the_chain(norm):
     assert torch.all(tight["h2"][1] - tight["h2"][0] < 0.8 * (loose["h2"][1] - loose["h2"][0]))
     out = values["y"].flatten(1).numpy()
     assert np.all(crown <= np.concatenate([out.min(0), -out.max(0)]))
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 10 ** 6), n=st.sampled_from([2, 4]),
+       smooth=st.sampled_from(["Relu", "Sigmoid", "Softmax"]), norm=st.sampled_from(["2", "1"]),
+       eps=st.sampled_from([0.05, 0.5, 2.0]))
+def test_random_dag_ball_bounds_hold(seed, n, smooth, norm, eps):
+    """On random DAGs (a Conv reads the input) over l_2 / l_1 balls: IBP's and CROWN's bounds
+    hold at sampled points inside and on the sphere, and IBP <= CROWN."""
+    net = random_dag(seed, n, smooth)
+    rng = np.random.default_rng(seed)
+    center = rng.uniform(-1, 1, net.input_size)
+    batch = ball_batch(net, center, eps, norm)
+    direction = rng.normal(size=(600, net.input_size)) if norm == "2" else \
+        rng.laplace(size=(600, net.input_size))
+    direction /= np.linalg.norm(direction, ord=float(norm), axis=1, keepdims=True)
+    direction[300:] *= rng.random((300, 1))
+    out = net.forward(center + eps * direction)
+    k = net.output_size
+    with torch.no_grad():
+        lo, up = graph_bounds.output_bounds(net, graph_bounds.interval_bounds(net, batch))
+        ibp_margin = graph_bounds.interval_margin(batch, lo, up)[0].numpy()
+        crown = graph_bounds.margin_lower_from(net, batch, graph_bounds.crown_bounds(net, batch))[0].numpy()
+    assert np.all(lo[0].numpy() <= out.min(0)) and np.all(up[0].numpy() >= out.max(0)), "IBP"
+    assert np.all(crown[:k] <= out.min(0)) and np.all(-crown[k:] >= out.max(0)), "CROWN"
+    assert np.all(ibp_margin <= crown + 1e-12 * (1 + np.abs(crown))), "the order IBP <= CROWN"

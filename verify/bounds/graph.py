@@ -212,7 +212,8 @@ VMAP_ENTRIES = 2 ** 16  # coefficients from which a vmapped vjp beats autograd o
 
 def _vjp(forward, node, p, shapes: list, coeffs: torch.Tensor) -> list[torch.Tensor]:
     """Transpose of a linear node applied to coeffs (R, *out): one (R, *in_i) per input
-    (differentiable in coeffs when coeffs requires grad: alpha-CROWN's slopes). The forward
+    (differentiable in coeffs when coeffs requires grad: alpha-CROWN's slopes, bab's split
+    scores). The forward
     runs once on one zero sample and its vjp is mapped over the R rows (torch.func.vmap): the
     same sums as autograd on R samples, without R forward passes (small coefficients, or an op
     whose backward has no batching rule: autograd on R samples, less overhead)."""

@@ -13,8 +13,8 @@ Method:    keep a stack of sub-boxes per disjunct. Each round bounds a batch of 
            lower bound refutes them too (`optimized_lower`). A short PGD from the centers of
            the most suspicious boxes looks for a counterexample. The rest are split in two along
            the input whose halving raises the bound most to first order (the bound's gradient
-           with respect to the box's ends, times the width; on graphs IBP's bound's), and pushed
-           back. Graph networks skip the alpha-CROWN and local-MILP steps.
+           with respect to the box's ends, times the width), and pushed back. Graph networks
+           skip the alpha-CROWN and local-MILP steps.
 Soundness: sound and complete for boxes: a sub-box is dropped only when its bound proves it; a
            counterexample is replayed by the float64 forward pass. Terminates (for a property
            that holds strictly, or fails strictly) as boxes shrink, within budget: CROWN's bound
@@ -95,8 +95,7 @@ def bound_and_split_scores(net: Network, lower: torch.Tensor, upper: torch.Tenso
     bound: to first order, how much halving the box along i raises the bound (the bound is
     differentiable in the box, through the intermediate bounds too). The bounds themselves are
     the same numbers `crown.margin_lower_bounds` / `ibp.margin_lower_bounds` compute. A graph
-    network (verify.graph) is bounded by verify.bounds.graph's CROWN / IBP and scored by the
-    gradient of its IBP bound (the graph CROWN pass is not differentiated); no neuron bounds."""
+    network (verify.graph) is bounded by verify.bounds.graph's CROWN / IBP; no neuron bounds."""
     from ..bounds import crown, ibp
 
     check_choice(bounds, BaBOptions.CHOICES["bounds"], "bounds", "bab")
@@ -122,26 +121,27 @@ def bound_and_split_scores(net: Network, lower: torch.Tensor, upper: torch.Tenso
 def _graph_bound_and_split_scores(net, lower: torch.Tensor, upper: torch.Tensor,
                                   A: torch.Tensor, b: torch.Tensor, bounds: str
                                   ) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """bound_and_split_scores for a GraphNetwork (see there)."""
+    """bound_and_split_scores for a GraphNetwork: verify.bounds.graph's CROWN (or IBP) bound,
+    differentiated through its intermediate bounds as for a chain."""
     from ..bounds import graph as graph_bounds
 
     lower = lower.detach().clone().requires_grad_(True)
     upper = upper.detach().clone().requires_grad_(True)
     batch = _box_batch(lower, upper, A, b)
     with torch.enable_grad():
-        interval = graph_bounds.interval_bounds(net, batch)
-        ibp_lower = graph_bounds.interval_margin(batch, *graph_bounds.output_bounds(net, interval))
-        grad_lower, grad_upper = torch.autograd.grad(ibp_lower.max(dim=1).values.sum(),
-                                                     (lower, upper))
-    row_lower = ibp_lower.detach()
-    if bounds == "crown":
-        with torch.no_grad():
-            plain = _box_batch(lower.detach(), upper.detach(), A, b)
-            row_lower = torch.maximum(row_lower, graph_bounds.margin_lower_from(
-                net, plain, graph_bounds.crown_bounds(net, plain)))
+        if bounds == "crown":
+            row_lower = graph_bounds.margin_lower_from(net, batch,
+                                                       graph_bounds.crown_bounds(net, batch))
+        else:
+            row_lower = graph_bounds.interval_margin(batch, *graph_bounds.output_bounds(
+                net, graph_bounds.interval_bounds(net, batch)))
+        grad_lower, grad_upper = torch.autograd.grad(row_lower.max(dim=1).values.sum(),
+                                                     (lower, upper), allow_unused=True)
     width = (upper - lower).detach()
+    grad_lower = torch.zeros_like(width) if grad_lower is None else grad_lower
+    grad_upper = torch.zeros_like(width) if grad_upper is None else grad_upper
     scores = (grad_lower - grad_upper) * width + 1e-12 * width  # ties: the widest side
-    return row_lower, scores.nan_to_num(0.0), []
+    return row_lower.detach(), scores.nan_to_num(0.0), []
 
 
 def _box_batch(lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, d: torch.Tensor
