@@ -222,3 +222,38 @@ def test_graph_float32_unsat_with_the_bound(tmp_path, capsys):
     code, out, err = _solver(["verify", str(query), "--network", f"N={path}", "--timeout", "60"],
                              capsys)
     assert (code, out) == (0, "unsat\n"), err
+
+
+def _one_input_model(tmp_path: Path, build) -> Path:
+    b = _Builder(np.random.default_rng(0), np.float32)
+    y = build(b)
+    b.nodes.append(helper.make_node("Identity", [y], ["Y"]))
+    graph = helper.make_graph(b.nodes, "m",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])],
+                              b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("case", ["constant_cancellation", "cast_to_float16"])
+def test_unmodelled_roundings_are_refused(tmp_path, case):
+    """A weight computed as (16384.1 + 1) - 16384 from initializers (two float operations: the
+    float32 folding keeps it to 2^-10), and a Cast to float16 in a float32 model, round where
+    the graph IR reads exact values: no bound, hence no unsat."""
+    from verify.float_rounding import FloatSemanticsError
+
+    def constant(b):
+        c = b.op("Sub", [b.op("Add", [b.const([16384.1]), b.const([1.0])]), b.const([16384.0])])
+        return b.op("Mul", ["X", c])
+
+    def cast(b):
+        return b.op("Cast", [b.op("Mul", ["X", b.const([3.0])])], to=TensorProto.FLOAT16)
+
+    path = _one_input_model(tmp_path, constant if case == "constant_cancellation" else cast)
+    load_onnx(path)  # readable over the reals
+    with pytest.raises(FloatSemanticsError):
+        evaluation_error(path, np.array([0.0]), np.array([1.0]))

@@ -5,28 +5,38 @@ A query declaring float32 is about N_fl(x), the ONNX graph evaluated in float32 
 inputs x. The certifiers bound N(x), the graph over the reals. `evaluation_error` bounds
 E >= |N_fl(x) - N(x)| per output, for every x in a box, whatever the summation order (so
 blocked, pairwise, SIMD and FMA kernels are covered: a fused multiply-add rounds once where
-the bound allows two). The recurrence walks the ONNX nodes in order (each node loaded on its
-own with the project's loader, so the walk understands exactly the ops the loader does), with
-sound real intervals [l_k, h_k] of every node's output (interval arithmetic) and, for the
-float evaluation, the error E_k of the node's output:
+the bound allows two). Every model, a Dense/Conv/ReLU chain included, is read as the graph IR
+(verify.graph: one node per ONNX node, piecewise-linear ops rewritten into Relu and sums); the
+walk goes over its nodes in topological order with sound real intervals [l, h] of every tensor
+(IBP, the inputs of nonlinear nodes tightened by CROWN: bounds.graph.crown_bounds) and, for the
+float evaluation, a bound E_t on |t_fl - t| per tensor t; one rule per op kind (graph.ops):
 
-    affine node y = W w + b (MatMul, Gemm, Conv, Add/Sub/Mul/Div by a constant), per output i:
-        E_k,i = sum_j |W_ij| E_k-1,j
-                + gamma_{m_i} (sum_j |W_ij| (max|w_j| + E_k-1,j) + |b_i|) + m_i * TINY
-        m_i = nnz(W_i) + 3,   gamma_m = m u / (1 - m u)
+    linear  y = L(x) + b (MatMul, Gemm, Conv, pools, Reduce, Affine, Sum; n = terms per output):
+            E_y = |L|(E_x) + gamma_m (|L|(max|x| + E_x) + |b|) + m TINY,  m = n + 3,
+            gamma_m = m u / (1 - m u); data movement (Reshape, Transpose, Select, Concat,
+            Expand, Pad: n = 0) is exact: E_y = |L|(E_x)
+    Relu    E_y = E_x, and 0 where h + E_x < 0 (both values 0); MaxPool: the window's max of
+            E_x (max is exact and 1-Lipschitz in the max norm)
+    smooth f (Sigmoid, Tanh, Exp, Softplus): E_y = max|f'| on [l - E_x, h + E_x] E_x
+            + FUNCTION_ULPS u max(|f|, 1) (the runtime's f, an assumption, see FUNCTION_ULPS)
+    Softmax E_y = 2 max y(1 - y) max_j E_x,j + rel y_max, rel from (R + log n + 1) u per exponent
+            (R the spread of the widened inputs), FUNCTION_ULPS u per exp, gamma_n for the sum,
+            2 roundings for the quotient (see _softmax_error)
 
-Derivation: the float evaluation computes fl(W fl(w) + b) on the float input w + e, |e| <= E_k-1.
-Exactly, W (w + e) + b - (W w + b) = W e, at most |W| E_k-1 in magnitude. The float sum of the
-nnz(W_i) products plus the bias, in any order, is off by at most gamma_{nnz+1} times the sum of
-the absolute values of its terms (Higham, Accuracy and Stability, Thm 3.1 and Lemma 3.3; each
-product carries one more rounding, hence nnz + 1 terms and gamma_{nnz+2}); the terms' absolute
-values are at most |W_ij| (max|w_j| + E_j) and |b_i|. The third extra rounding covers Gemm's
-alpha/beta scalings, or the rounding of float64-stored weights to float32, and the float64
-rounding in the loader's own folding (2^-53 relative, far below one u). TINY, the smallest
-normal number, bounds the absolute error of one product that underflows, also when subnormals
-are flushed to zero (FTZ/DAZ). ReLU and reshapes are exact in floating point (ReLU is
-1-Lipschitz: E passes unchanged, and becomes 0 where h_k + E_k < 0: both values are 0). u = 2^-24 for float32, 2^-11 for float16. A magnitude that
-could reach the format's largest finite number (overflow) makes the bound infinite.
+Derivation of the linear rule: the float evaluation computes fl(L(x_fl) + b) with |x_fl - x| <=
+E_x. Exactly, L(x_fl) - L(x) = L(x_fl - x), at most |L|(E_x). The float sum of the n products
+plus the bias, in any order, is off by at most gamma_{n+1} times the sum of the absolute values
+of its terms (Higham, Accuracy and Stability, Thm 3.1 and Lemma 3.3; each product carries one
+more rounding: gamma_{n+2}), those at most |L|(max|x| + E_x) + |b|. The third extra rounding
+covers Gemm's alpha/beta, a division by a constant read as a product by its reciprocal, a
+ReduceMean's division, weights stored in float64 but evaluated in float32, a float constant
+the graph computes with one IEEE operation (deeper constant arithmetic is refused), and the
+float64 rounding of the loader's own folding. TINY, the smallest normal number, bounds the
+absolute error of one product that underflows, also when subnormals are flushed to zero
+(FTZ/DAZ). u = 2^-24 for float32, 2^-11 for float16. A magnitude (partial sums included) that
+could reach the format's largest finite number (overflow) makes the bound infinite. The
+rewrites of Max / Min / Clip / Abs / LeakyRelu / PRelu into Relu and sums are charged at least
+the Lipschitz propagation of E, which is all the exact float max / min / select costs.
 
 `widen_query` adds sum_j |A_rj| E_j to the right-hand side of every violation row A_r y <= b_r:
 a real-arithmetic proof that no x in the box satisfies the widened rows is a proof that no
@@ -42,7 +52,7 @@ with b the loader's folded shift) added to the magnitudes.
 Not covered (see docs/float32.md): TF32 or other reduced-precision matrix units (their
 products round to 10 bits), kernels that reassociate across the whole graph (a fused
 Conv+BatchNorm rewrites the weights: covered only while the rewrite itself is within the
-extra roundings counted above).
+extra roundings counted above), math libraries less accurate than FUNCTION_ULPS.
 """
 
 from __future__ import annotations
@@ -111,8 +121,9 @@ def _real_bounds(net, lower: np.ndarray, upper: np.ndarray) -> dict:
 
 def _linear_error(net, k: int, node, errors: list, bounds: list, u: float, tiny: float,
                   extra=None):
-    """Linear node y = L(x) + b: |L|(E) + gamma_m(|L|(max|x| + E) + |b| + extra) + m TINY,
-    m = terms + EXTRA_ROUNDINGS; a pure data movement (no terms) carries E only."""
+    """(error, magnitude) of a linear node y = L(x) + b: error |L|(E) + gamma_m magnitude +
+    m TINY, magnitude |L|(max|x| + E) + |b| + extra (a bound on every partial sum), m = terms +
+    EXTRA_ROUNDINGS; a pure data movement (no terms) carries E only."""
     import torch
 
     from .graph import ops
@@ -123,14 +134,15 @@ def _linear_error(net, k: int, node, errors: list, bounds: list, u: float, tiny:
     carried = forward(node, errors, p_abs)
     n = terms(node)
     if n == 0:
-        return carried
+        return carried, carried
     bias = forward(node, [torch.zeros_like(e) for e in errors], p).abs()
     magnitude = forward(node, [torch.maximum(lo.abs(), up.abs()) + e
                                for (lo, up), e in zip(bounds, errors)], p_abs) + bias
     m = n + EXTRA_ROUNDINGS
     if extra is not None:
         magnitude, m = magnitude + extra, m + BATCHNORM_ROUNDINGS
-    return carried + float(gamma(np.asarray(m, dtype=np.float64), u)) * magnitude + m * tiny
+    error = carried + float(gamma(np.asarray(m, dtype=np.float64), u)) * magnitude + m * tiny
+    return error, magnitude
 
 
 def _elementwise_error(op: str, error, lower, upper, u: float, tiny: float):
@@ -202,6 +214,37 @@ def _check_casts(model, reader) -> None:
                                           "its rounding is not modelled")
 
 
+# Ops on constants whose float result is rounded once (IEEE correctly rounded), and ops whose
+# result may be off by more (sums, math library functions): counted as two.
+ONE_ROUNDING_FOLDS = ("Add", "Sub", "Mul", "Div", "Sqrt", "Reciprocal")
+MANY_ROUNDING_FOLDS = ("Pow", "Exp", "MatMul", "ReduceMean", "ReduceSum", "ReduceProd",
+                       "Sigmoid", "Tanh", "Mod", "Range")
+
+
+def _check_constant_arithmetic(model, reader) -> None:
+    """Float constants the graph computes from its initializers (folded in float64 at load):
+    one rounding each is within EXTRA_ROUNDINGS (a weight off by u relatively); a constant
+    computed by two or more rounding ops in a row could cancel (like x + C - C), and a sum or a
+    library function may be off by more than one rounding: not modelled."""
+    depth: dict[str, int] = {}
+    for node in model.graph.node:
+        inputs = [name for name in node.input if name]
+        if node.op_type == "Constant" or any(reader.var(n) in reader.shapes for n in inputs):
+            continue
+        d = max((depth.get(n, 0) for n in inputs), default=0)
+        if node.op_type in ONE_ROUNDING_FOLDS + MANY_ROUNDING_FOLDS:
+            d += 1 if node.op_type in ONE_ROUNDING_FOLDS else 2
+        for out in node.output:
+            value = reader.consts.get(out)
+            if value is not None and np.asarray(value).dtype.kind == "f":
+                depth[out] = d
+                if d >= 2:
+                    raise FloatSemanticsError(
+                        f"constant '{out}' is computed from the initializers by float "
+                        f"arithmetic ({node.op_type} after others, or a sum); its rounding is "
+                        "not modelled")
+
+
 def read_graph(path: Union[str, Path]):
     """(ModelProto, the graph reader after reading, GraphNetwork) of the model at `path`: every
     model, a chain included, as the graph IR (one IR node per ONNX node, rewrites aside)."""
@@ -241,6 +284,7 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
     means = batchnorm_means or {}
     with torch.no_grad():
         for k, node in enumerate(net.graph.nodes):
+            partial = None
             ins = [errors[i] for i in node.inputs]
             box = [bounds[i] for i in node.inputs]
             if node.op in ops.LINEAR:
@@ -253,7 +297,7 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
                          "shift": 2 * np.abs(scale) * mean}
                     extra = ops.f_affine(node, [torch.zeros_like(ins[0])],
                                          ops.to_torch(p, torch.device("cpu"), torch.float64))
-                error = _linear_error(net, k, node, ins, box, u, tiny, extra)
+                error, partial = _linear_error(net, k, node, ins, box, u, tiny, extra)
             elif node.op in ops.ELEMENTWISE:
                 error = _elementwise_error(node.op, ins[0], *box[0], u, tiny)
             elif node.op == "MaxPool":  # max is exact and 1-Lipschitz in the window's max norm
@@ -267,6 +311,8 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
             errors[node.output] = error * (1 + SELF_SLACK)
             lo, up = bounds[node.output]
             peak = float((torch.maximum(lo.abs(), up.abs()) + error).max())
+            if partial is not None:
+                peak = max(peak, float(partial.max()))
             if not math.isfinite(peak) or peak >= largest / 2:
                 return np.full(net.output_size, np.inf)
     return np.concatenate([errors[o].reshape(-1).numpy() for o in net.graph.outputs])
@@ -279,6 +325,7 @@ def evaluation_error(path: Union[str, Path], lower: np.ndarray, upper: np.ndarra
     `element_type` (any summation order). FloatSemanticsError when it cannot be bounded."""
     model, reader, net = read_graph(path)
     _check_casts(model, reader)
+    _check_constant_arithmetic(model, reader)
     return network_error(net, lower, upper, element_type, _batchnorm_extras(model, reader))
 
 
