@@ -22,6 +22,7 @@ float evaluation, a bound E_t on |t_fl - t| per tensor t; one rule per op kind (
     Softmax E_y = 2 max y(1 - y) max_j E_x,j + rel y_max, rel from (R + log n + 1) u per exponent
             (R the spread of the widened inputs), FUNCTION_ULPS u per exp, gamma_n for the sum,
             2 roundings for the quotient (see _softmax_error)
+    a b     E_a (|b| + E_b) + |a| E_b + u (|a| + E_a)(|b| + E_b); a / b: see _bilinear_error
 
 Derivation of the linear rule: the float evaluation computes fl(L(x_fl) + b) with |x_fl - x| <=
 E_x. Exactly, L(x_fl) - L(x) = L(x_fl - x), at most |L|(E_x). The float sum of the n products
@@ -189,6 +190,37 @@ def _softmax_error(axis: int, error, lower, upper, u: float, tiny: float):
     return torch.clamp(carried + relative * y_up + n * tiny, max=1.0)
 
 
+def _bilinear_error(node, p: dict, errors: list, bounds: list, u: float, tiny: float):
+    """Product y = a b: |a_fl b_fl - a b| <= E_a (|b| + E_b) + |a| E_b, and one rounding of
+    at most u (|a| + E_a)(|b| + E_b). Quotient y = a / b (|b| >= m > E_b on the box):
+    |a_fl / b_fl - a / b| = |(a_fl - a) b - a (b_fl - b)| / |b b_fl| <= (E_a |b| + |a| E_b) /
+    (m (m - E_b)), and one rounding of at most u (|a| + E_a) / (m - E_b); unbounded when the
+    denominator's interval, widened by E_b, reaches 0. A constant numerator is exact."""
+    import torch
+
+    from .graph.ops import lift
+
+    rank = p["rank"]
+    if node.op == "Quotient" and "numerator" in p:
+        b_lo, b_up = (lift(t, rank) for t in bounds[0])
+        e_b = lift(errors[0], rank)
+        a_mag, e_a = p["numerator"].abs(), torch.zeros(())
+    else:
+        (a_lo, a_up), (b_lo, b_up) = [(lift(lo, rank), lift(up, rank)) for lo, up in bounds]
+        e_a, e_b = (lift(e, rank) for e in errors)
+        a_mag = torch.maximum(a_lo.abs(), a_up.abs())
+    b_mag = torch.maximum(b_lo.abs(), b_up.abs())
+    if node.op == "Product":
+        carried = e_a * (b_mag + e_b) + a_mag * e_b
+        return carried + u * (a_mag + e_a) * (b_mag + e_b) + tiny
+    b_min = torch.where((b_lo > 0) | (b_up < 0), torch.minimum(b_lo.abs(), b_up.abs()),
+                        torch.zeros_like(b_lo))
+    room = b_min - e_b * (1 + SELF_SLACK)
+    carried = (e_a * b_mag + a_mag * e_b) / (b_min * room)
+    error = carried + u * (a_mag + e_a) / room + tiny
+    return torch.where(room > 0, error, torch.full_like(error, torch.inf))
+
+
 def _batchnorm_extras(model, reader) -> dict:
     """{output tensor of a BatchNormalization node: |running mean| (per channel)}."""
     extras = {}
@@ -305,6 +337,9 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
                 error = ops.f_max_pool(node, ins, p)
             elif node.op == "Softmax":
                 error = _softmax_error(node.params["axis"], ins[0], *box[0], u, tiny)
+            elif node.op in ops.BILINEAR:
+                p = net.torch_params(torch.device("cpu"), torch.float64)[k]
+                error = _bilinear_error(node, p, ins, box, u, tiny)
             else:
                 raise FloatSemanticsError(f"node '{node.name or node.op}' ({node.op}): its float "
                                           "rounding is not modelled")

@@ -24,7 +24,7 @@ import torch
 from .. import deadline as deadlines
 from ..certificate import Certificate
 from ..errors import InputError
-from ..graph import ops
+from ..graph import bilinear, ops
 from ..graph.ir import size_of
 from ..spec import Specification
 from . import UNDERFLOW, InputBatch, certify_with_bounds, rounding_slack
@@ -70,6 +70,8 @@ def node_interval(net, k: int, node, ins: list[Bounds]) -> Bounds:
     if node.op == "Softmax":
         return ops.softmax_interval(node.params["axis"], lo, up)
     p = net.torch_params(lo.device, lo.dtype)[k]
+    if node.op in ops.BILINEAR:
+        return bilinear.interval(node, ins, p)
     return ops.f_max_pool(node, [lo], p), ops.f_max_pool(node, [up], p)  # monotone, exact
 
 
