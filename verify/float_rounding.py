@@ -5,28 +5,39 @@ A query declaring float32 is about N_fl(x), the ONNX graph evaluated in float32 
 inputs x. The certifiers bound N(x), the graph over the reals. `evaluation_error` bounds
 E >= |N_fl(x) - N(x)| per output, for every x in a box, whatever the summation order (so
 blocked, pairwise, SIMD and FMA kernels are covered: a fused multiply-add rounds once where
-the bound allows two). The recurrence walks the ONNX nodes in order (each node loaded on its
-own with the project's loader, so the walk understands exactly the ops the loader does), with
-sound real intervals [l_k, h_k] of every node's output (interval arithmetic) and, for the
-float evaluation, the error E_k of the node's output:
+the bound allows two). Every model, a Dense/Conv/ReLU chain included, is read as the graph IR
+(verify.graph: one node per ONNX node, piecewise-linear ops rewritten into Relu and sums); the
+walk goes over its nodes in topological order with sound real intervals [l, h] of every tensor
+(IBP, the inputs of nonlinear nodes tightened by CROWN: bounds.graph.crown_bounds) and, for the
+float evaluation, a bound E_t on |t_fl - t| per tensor t; one rule per op kind (graph.ops):
 
-    affine node y = W w + b (MatMul, Gemm, Conv, Add/Sub/Mul/Div by a constant), per output i:
-        E_k,i = sum_j |W_ij| E_k-1,j
-                + gamma_{m_i} (sum_j |W_ij| (max|w_j| + E_k-1,j) + |b_i|) + m_i * TINY
-        m_i = nnz(W_i) + 3,   gamma_m = m u / (1 - m u)
+    linear  y = L(x) + b (MatMul, Gemm, Conv, pools, Reduce, Affine, Sum; n = terms per output):
+            E_y = |L|(E_x) + gamma_m (|L|(max|x| + E_x) + |b|) + m TINY,  m = n + 3,
+            gamma_m = m u / (1 - m u); data movement (Reshape, Transpose, Select, Concat,
+            Expand, Pad: n = 0) is exact: E_y = |L|(E_x)
+    Relu    E_y = E_x, and 0 where h + E_x < 0 (both values 0); MaxPool: the window's max of
+            E_x (max is exact and 1-Lipschitz in the max norm)
+    smooth f (Sigmoid, Tanh, Exp, Softplus): E_y = max|f'| on [l - E_x, h + E_x] E_x
+            + FUNCTION_ULPS u max(|f|, 1) (the runtime's f, an assumption, see FUNCTION_ULPS)
+    Softmax E_y = 2 max y(1 - y) max_j E_x,j + rel y_max, rel from (R + log n + 1) u per exponent
+            (R the spread of the widened inputs), FUNCTION_ULPS u per exp, gamma_n for the sum,
+            2 roundings for the quotient (see _softmax_error)
+    a b     E_a (|b| + E_b) + |a| E_b + u (|a| + E_a)(|b| + E_b); a / b: see _bilinear_error
 
-Derivation: the float evaluation computes fl(W fl(w) + b) on the float input w + e, |e| <= E_k-1.
-Exactly, W (w + e) + b - (W w + b) = W e, at most |W| E_k-1 in magnitude. The float sum of the
-nnz(W_i) products plus the bias, in any order, is off by at most gamma_{nnz+1} times the sum of
-the absolute values of its terms (Higham, Accuracy and Stability, Thm 3.1 and Lemma 3.3; each
-product carries one more rounding, hence nnz + 1 terms and gamma_{nnz+2}); the terms' absolute
-values are at most |W_ij| (max|w_j| + E_j) and |b_i|. The third extra rounding covers Gemm's
-alpha/beta scalings, or the rounding of float64-stored weights to float32, and the float64
-rounding in the loader's own folding (2^-53 relative, far below one u). TINY, the smallest
-normal number, bounds the absolute error of one product that underflows, also when subnormals
-are flushed to zero (FTZ/DAZ). ReLU and reshapes are exact in floating point (ReLU is
-1-Lipschitz: E passes unchanged, and becomes 0 where h_k + E_k < 0: both values are 0). u = 2^-24 for float32, 2^-11 for float16. A magnitude that
-could reach the format's largest finite number (overflow) makes the bound infinite.
+Derivation of the linear rule: the float evaluation computes fl(L(x_fl) + b) with |x_fl - x| <=
+E_x. Exactly, L(x_fl) - L(x) = L(x_fl - x), at most |L|(E_x). The float sum of the n products
+plus the bias, in any order, is off by at most gamma_{n+1} times the sum of the absolute values
+of its terms (Higham, Accuracy and Stability, Thm 3.1 and Lemma 3.3; each product carries one
+more rounding: gamma_{n+2}), those at most |L|(max|x| + E_x) + |b|. The third extra rounding
+covers Gemm's alpha/beta, a division by a constant read as a product by its reciprocal, a
+ReduceMean's division, weights stored in float64 but evaluated in float32, a float constant
+the graph computes with one IEEE operation (deeper constant arithmetic is refused), and the
+float64 rounding of the loader's own folding. TINY, the smallest normal number, bounds the
+absolute error of one product that underflows, also when subnormals are flushed to zero
+(FTZ/DAZ). u = 2^-24 for float32, 2^-11 for float16. A magnitude (partial sums included) that
+could reach the format's largest finite number (overflow) makes the bound infinite. The
+rewrites of Max / Min / Clip / Abs / LeakyRelu / PRelu into Relu and sums are charged at least
+the Lipschitz propagation of E, which is all the exact float max / min / select costs.
 
 `widen_query` adds sum_j |A_rj| E_j to the right-hand side of every violation row A_r y <= b_r:
 a real-arithmetic proof that no x in the box satisfies the widened rows is a proof that no
@@ -42,20 +53,19 @@ with b the loader's folded shift) added to the magnitudes.
 Not covered (see docs/float32.md): TF32 or other reduced-precision matrix units (their
 products round to 10 bits), kernels that reassociate across the whole graph (a fused
 Conv+BatchNorm rewrites the weights: covered only while the rewrite itself is within the
-extra roundings counted above).
+extra roundings counted above), math libraries less accurate than FUNCTION_ULPS.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 
 from .errors import InputError
-from .network import AFFINE, Network, ReLU
 
 # element type -> (unit roundoff u, smallest normal TINY, largest finite, numpy dtype name)
 FLOAT_FORMATS = {
@@ -63,11 +73,13 @@ FLOAT_FORMATS = {
     "float16": (2.0 ** -11, 2.0 ** -14, float(np.finfo(np.float16).max), "float16"),
     "float64": (2.0 ** -53, 2.0 ** -1022, float(np.finfo(np.float64).max), "float64"),
 }
-EXACT_OPS = ("Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Relu")
-UNMODELLED_OPS: tuple[str, ...] = ()
 BATCHNORM_ROUNDINGS = 8  # inv = 1/sqrt(var + eps), s = scale inv, (w - mean) s + B, in any form
 EXTRA_ROUNDINGS = 3
 SELF_SLACK = 1e-9  # relative inflation for the float64 rounding of this module's own sums
+# Allowance for the runtime's exp / tanh / sigmoid / softplus: |f_fl(v) - f(v)| <= FUNCTION_ULPS
+# u max(|f(v)|, 1). An assumption about the runtime's math library (onnxruntime's MLAS kernels,
+# measured: at most 4.5 u max(|f|, 1) over [-100, 100]), like the fused-kernel caveat.
+FUNCTION_ULPS = 16
 
 
 class FloatSemanticsError(InputError):
@@ -93,183 +105,203 @@ def gamma(m: np.ndarray, u: float) -> np.ndarray:
     return mu / (1.0 - mu)
 
 
-@dataclass
-class _State:
-    lower: np.ndarray  # real interval of the current tensor (flat, row-major)
-    upper: np.ndarray
-    error: np.ndarray  # bound on |float value - real value|
-
-
-def _affine_step(layer, state: _State, u: float, tiny: float,
-                 batchnorm_mean: Optional[np.ndarray] = None) -> _State:
-    W = np.asarray(layer.dense_matrix(), dtype=np.float64)
-    b = np.asarray(layer.bias, dtype=np.float64)
-    if b.size != W.shape[0]:  # Conv2d: one bias per channel, repeated over the positions
-        b = np.repeat(b, W.shape[0] // b.size)
-    absW = np.abs(W)
-    mid, rad = (state.upper + state.lower) / 2, (state.upper - state.lower) / 2
-    out_mid, out_rad = W @ mid + b, absW @ rad
-    out_rad = out_rad * (1 + SELF_SLACK) + SELF_SLACK * np.abs(out_mid) + 1e-300
-    magnitude = np.maximum(np.abs(state.lower), np.abs(state.upper)) + state.error
-    m = np.count_nonzero(W, axis=1) + EXTRA_ROUNDINGS
-    terms = absW @ magnitude + np.abs(b)
-    if batchnorm_mean is not None:  # y = (w - mean) s + B: |B| <= |b| + |s mean|; + |s mean|
-        m = m + BATCHNORM_ROUNDINGS
-        terms = terms + 2 * (absW @ np.abs(batchnorm_mean))
-    error = absW @ state.error + gamma(m, u) * terms + m * tiny
-    return _State(out_mid - out_rad, out_mid + out_rad, error * (1 + SELF_SLACK))
-
-
-def _tighten(state: _State, bounds) -> _State:
-    """state's interval ∩ sound bounds (lower, upper) of the same real values, where sizes fit."""
-    if bounds is None or bounds[0].size != state.lower.size:
-        return state
-    return _State(np.maximum(state.lower, bounds[0]), np.minimum(state.upper, bounds[1]),
-                  state.error)
-
-
-def _step(net: Network, state: _State, u: float, tiny: float,
-          batchnorm_mean: Optional[np.ndarray] = None) -> _State:
-    for layer in net.layers:
-        if isinstance(layer, ReLU):  # exact; both values 0 where upper + E < 0: no error left
-            dead = state.upper + state.error * (1 + SELF_SLACK) + 1e-12 * np.abs(state.upper) < 0
-            state = _State(np.maximum(state.lower, 0), np.maximum(state.upper, 0),
-                           np.where(dead, 0.0, state.error))
-        elif isinstance(layer, AFFINE):
-            state = _affine_step(layer, state, u, tiny, batchnorm_mean)
-        else:  # pragma: no cover - the loader makes only these layers
-            raise FloatSemanticsError(f"layer {layer.describe()} is not modelled")
-    return state
-
-
-def _tensor_shapes(model, names: list[str]) -> dict[str, tuple[int, ...]]:
-    """The shapes of the named intermediate tensors at batch size 1: onnxruntime runs the model
-    once (on zeros) with them as extra outputs (no `import onnx` needed)."""
-    import onnxruntime as ort
-
-    probe = type(model)()
-    probe.CopyFrom(model)
-    graph_input = next(i for i in probe.graph.input
-                       if i.name not in {init.name for init in probe.graph.initializer})
-    elem_type = graph_input.type.tensor_type.elem_type
-    existing = {o.name for o in probe.graph.output}
-    for name in names:
-        if name in existing:
-            continue
-        out = probe.graph.output.add()
-        out.name = name
-        out.type.tensor_type.elem_type = elem_type
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(probe.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    inp = session.get_inputs()[0]
-    dtype = {"tensor(double)": np.float64, "tensor(float16)": np.float16}.get(inp.type,
-                                                                               np.float32)
-    shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
-    outputs = session.run(names, {inp.name: np.zeros(shape, dtype=dtype)})
-    return {name: tuple(np.shape(value)) for name, value in zip(names, outputs)}
-
-
-def _single_node_model(model, const_nodes: list, node, var: str, shape: tuple[int, ...],
-                       elem_type: int):
-    """A copy of `model` with the constant nodes and `node` only, `var` its input."""
-    single = type(model)()
-    single.CopyFrom(model)
-    graph = single.graph
-    del graph.node[:], graph.input[:], graph.output[:], graph.value_info[:]
-    graph.node.extend([*const_nodes, node])
-    for name, dims in ((var, shape), (node.output[0], None)):
-        info = (graph.input if dims is not None else graph.output).add()
-        info.name = name
-        info.type.tensor_type.elem_type = elem_type
-        for d in dims or ():
-            info.type.tensor_type.shape.dim.add().dim_value = int(d)
-    return single
-
-
-def _node_models(path: Union[str, Path]):
-    """(node, single-node ModelProto or None for exact reshapes) for every node on the variable
-    chain, in order; the single-node model holds the node, every constant and initializer, and
-    the variable input with its shape at batch size 1."""
-    from .onnx_proto import read_model_proto
-
-    model = read_model_proto(path)
-    const_names = {init.name for init in model.graph.initializer}
-    graph_input = next(i for i in model.graph.input if i.name not in const_names)
-    elem_type = graph_input.type.tensor_type.elem_type
-    chain, const_nodes = [], []
-    for node in model.graph.node:
-        inputs = [name for name in node.input if name]
-        if node.op_type == "Constant" or all(name in const_names for name in inputs):
-            const_nodes.append(node)
-            const_names.update(node.output)
-            continue
-        if node.op_type in UNMODELLED_OPS:
-            raise FloatSemanticsError(f"node '{node.name or node.op_type}' ({node.op_type}): "
-                                      "its float rounding is not modelled")
-        var = next(name for name in inputs if name not in const_names)
-        chain.append((node, var, list(const_nodes)))
-    shapes = _tensor_shapes(model, [var for _, var, _ in chain if var != graph_input.name])
-    input_dims = [d.dim_value if d.dim_value > 0 else 1
-                  for d in graph_input.type.tensor_type.shape.dim]
-    shapes[graph_input.name] = tuple(input_dims)
-    for node, var, consts in chain:
-        if node.op_type in EXACT_OPS and node.op_type != "Relu":
-            yield node, None
-            continue
-        yield node, _single_node_model(model, consts, node, var, shapes[var], elem_type)
-
-
-def _batchnorm_mean(single, node, input_shape) -> np.ndarray:
-    """|running mean| of a BatchNormalization node, per input element (flat)."""
-    from .onnx_proto import tensor_to_array
-
-    name = node.input[3]
-    values = {init.name: init for init in single.graph.initializer}
-    for const in single.graph.node:
-        if const.op_type == "Constant" and const.output[0] == name:
-            values.update({name: a.t for a in const.attribute if a.name == "value"})
-    if name not in values:
-        raise FloatSemanticsError(f"node '{node.name or node.op_type}': its mean '{name}' is "
-                                  "not an initializer or Constant tensor")
-    mean = np.abs(np.asarray(tensor_to_array(values[name]), dtype=np.float64).reshape(-1))
-    channels = input_shape[0] if len(input_shape) > 1 else input_shape[-1]
-    if mean.size != channels:
-        raise FloatSemanticsError(f"node '{node.name or node.op_type}': mean of size "
-                                  f"{mean.size} for {channels} channels")
-    positions = int(np.prod(input_shape, dtype=np.int64)) // channels
-    return np.repeat(mean, positions)
-
-
-def _relu_bounds(path, lower: np.ndarray, upper: np.ndarray) -> list:
-    """[(bounds on the input, bounds on the output)] of every ReLU layer of the loaded network,
-    in order (CROWN, sound for the reals): the values at the graph's Relu nodes, whose inputs
-    the loader never folds past (pending scalings are flushed before each ReLU)."""
+def _real_bounds(net, lower: np.ndarray, upper: np.ndarray) -> dict:
+    """Sound real intervals (1, *shape) of every tensor over the box: IBP, the inputs of the
+    nonlinear nodes tightened by CROWN (bounds.graph.crown_bounds)."""
     import torch
 
     from .bounds import InputBatch
-    from .bounds.crown import layer_bounds
-    from .onnx_io import load_onnx
+    from .bounds.graph import crown_bounds
     from .spec import Box, OutputProperty, Specification
 
-    net = load_onnx(path)
-    if getattr(net, "is_graph", False):
-        raise FloatSemanticsError("a graph-IR model: its float rounding is not modelled yet")
     spec = Specification(Box(lower, upper), OutputProperty(np.eye(net.output_size)[:1], [0.0]))
     batch = InputBatch.from_specs([spec], torch.device("cpu"))
-    bounds = [(lo[0].numpy(), hi[0].numpy()) for lo, hi in layer_bounds(net, batch)]
-    return [(bounds[k - 1] if k else None, bounds[k])
-            for k, layer in enumerate(net.layers) if isinstance(layer, ReLU)]
+    with torch.no_grad():
+        return crown_bounds(net, batch)
 
 
-def evaluation_error(path: Union[str, Path], lower: np.ndarray, upper: np.ndarray,
-                     element_type: str = "float32") -> np.ndarray:
-    """Per output, a bound on |N_fl(x) - N(x)| over the box [lower, upper] (flat network
-    input), N the ONNX model at `path` over the reals and N_fl the same graph evaluated in
-    `element_type` (any summation order). FloatSemanticsError when it cannot be bounded."""
-    from .onnx_io import network_from_onnx
+def _linear_error(net, k: int, node, errors: list, bounds: list, u: float, tiny: float,
+                  extra=None):
+    """(error, magnitude) of a linear node y = L(x) + b: error |L|(E) + gamma_m magnitude +
+    m TINY, magnitude |L|(max|x| + E) + |b| + extra (a bound on every partial sum), m = terms +
+    EXTRA_ROUNDINGS; a pure data movement (no terms) carries E only."""
+    import torch
+
+    from .graph import ops
+
+    forward, _, terms = ops.LINEAR[node.op]
+    p = net.torch_params(torch.device("cpu"), torch.float64)[k]
+    p_abs = net.torch_params(torch.device("cpu"), torch.float64, absolute=True)[k]
+    carried = forward(node, errors, p_abs)
+    n = terms(node)
+    if n == 0:
+        return carried, carried
+    bias = forward(node, [torch.zeros_like(e) for e in errors], p).abs()
+    magnitude = forward(node, [torch.maximum(lo.abs(), up.abs()) + e
+                               for (lo, up), e in zip(bounds, errors)], p_abs) + bias
+    m = n + EXTRA_ROUNDINGS
+    if extra is not None:
+        magnitude, m = magnitude + extra, m + BATCHNORM_ROUNDINGS
+    error = carried + float(gamma(np.asarray(m, dtype=np.float64), u)) * magnitude + m * tiny
+    return error, magnitude
+
+
+def _elementwise_error(op: str, error, lower, upper, u: float, tiny: float):
+    """Relu: E, or 0 where upper + E < 0 (both values 0). Smooth f: max|f'| on the widened
+    interval times E (mean value theorem) plus f's own rounding (FUNCTION_ULPS, see above)."""
+    import torch
+
+    from .graph import ops
+
+    if op == "Relu":
+        return torch.where(upper + error * (1 + SELF_SLACK) < 0, torch.zeros_like(error), error)
+    f, df, shape = ops.ELEMENTWISE[op]
+    lo, up = lower - error, upper + error
+    if shape == "s":  # f' largest at 0, monotone on either side
+        slope = df(torch.minimum(torch.maximum(torch.zeros_like(lo), lo), up))
+    else:  # convex, increasing: f' largest at the top
+        slope = df(up)
+    value = torch.maximum(torch.maximum(f(lo).abs(), f(up).abs()), torch.ones_like(lo))
+    return slope * error + FUNCTION_ULPS * u * value + tiny
+
+
+def _softmax_error(axis: int, error, lower, upper, u: float, tiny: float):
+    """y = softmax(x) along `axis` (n entries). Input error: |dy_i| <= sum_j |y_i (d_ij - y_j)|
+    E_j <= 2 y_i (1 - y_i) max_j E_j, y at some point of the widened box. Own rounding, for
+    exp(x_j - max) / sum or exp(x_j - log-sum-exp), by reciprocal or division: each exponent
+    off by (R + log n + 1) u relatively at most (R the spread of x along the axis), each exp by
+    FUNCTION_ULPS u, the sum of positive terms by gamma_n, the quotient by 2 roundings."""
+    import torch
+
+    from .graph import ops
+
+    lo, up = lower - error, upper + error
+    y_lo, y_up = ops.softmax_interval(axis, lo, up)
+    q = torch.where((y_lo <= 0.5) & (y_up >= 0.5), torch.full_like(y_lo, 0.25),
+                    torch.maximum(y_lo * (1 - y_lo), y_up * (1 - y_up)))
+    dim = axis + 1
+    n = lo.shape[dim]
+    carried = 2 * q * error.amax(dim=dim, keepdim=True)
+    spread = up.amax(dim=dim, keepdim=True) - lo.amin(dim=dim, keepdim=True)
+    rho = torch.expm1((spread + math.log(n) + 1) * u) + FUNCTION_ULPS * u
+    rho = rho * (1 + rho)  # (1 + r)(1 + K u) - 1 <= r + K u + r K u, loosely
+    g = float(gamma(np.asarray(n, dtype=np.float64), u))
+    relative = (1 + rho) * (1 + u) ** 2 / ((1 - rho) * (1 - g)) - 1
+    return torch.clamp(carried + relative * y_up + n * tiny, max=1.0)
+
+
+def _bilinear_error(node, p: dict, errors: list, bounds: list, u: float, tiny: float):
+    """Product y = a b: |a_fl b_fl - a b| <= E_a (|b| + E_b) + |a| E_b, and one rounding of
+    at most u (|a| + E_a)(|b| + E_b). Quotient y = a / b (|b| >= m > E_b on the box):
+    |a_fl / b_fl - a / b| = |(a_fl - a) b - a (b_fl - b)| / |b b_fl| <= (E_a |b| + |a| E_b) /
+    (m (m - E_b)), and one rounding of at most u (|a| + E_a) / (m - E_b); unbounded when the
+    denominator's interval, widened by E_b, reaches 0. A constant numerator is exact."""
+    import torch
+
+    from .graph.ops import lift
+
+    rank = p["rank"]
+    if node.op == "Quotient" and "numerator" in p:
+        b_lo, b_up = (lift(t, rank) for t in bounds[0])
+        e_b = lift(errors[0], rank)
+        a_mag, e_a = p["numerator"].abs(), torch.zeros(())
+    else:
+        (a_lo, a_up), (b_lo, b_up) = [(lift(lo, rank), lift(up, rank)) for lo, up in bounds]
+        e_a, e_b = (lift(e, rank) for e in errors)
+        a_mag = torch.maximum(a_lo.abs(), a_up.abs())
+    b_mag = torch.maximum(b_lo.abs(), b_up.abs())
+    if node.op == "Product":
+        carried = e_a * (b_mag + e_b) + a_mag * e_b
+        return carried + u * (a_mag + e_a) * (b_mag + e_b) + tiny
+    b_min = torch.where((b_lo > 0) | (b_up < 0), torch.minimum(b_lo.abs(), b_up.abs()),
+                        torch.zeros_like(b_lo))
+    room = b_min - e_b * (1 + SELF_SLACK)
+    carried = (e_a * b_mag + a_mag * e_b) / (b_min * room)
+    error = carried + u * (a_mag + e_a) / room + tiny
+    return torch.where(room > 0, error, torch.full_like(error, torch.inf))
+
+
+def _batchnorm_extras(model, reader) -> dict:
+    """{output tensor of a BatchNormalization node: |running mean| (per channel)}."""
+    extras = {}
+    for node in model.graph.node:
+        if node.op_type == "BatchNormalization" and len(node.input) > 3:
+            mean = reader.consts.get(reader.var(node.input[3]))
+            if mean is not None:
+                extras[node.output[0]] = np.abs(np.asarray(mean, dtype=np.float64))
+    return extras
+
+
+def _check_casts(model, reader) -> None:
+    """A Cast of a variable tensor to another float type rounds where the graph reads an
+    identity: not modelled (the reader takes only float casts)."""
+    graph_input = next(i for i in model.graph.input if i.name not in reader.consts)
+    elem_type = graph_input.type.tensor_type.elem_type
+    for node in model.graph.node:
+        if node.op_type == "Cast" and reader.var(node.input[0]) in reader.shapes:
+            to = next((a.i for a in node.attribute if a.name == "to"), None)
+            if to != elem_type:
+                raise FloatSemanticsError(f"node '{node.name or node.op_type}' (Cast): a cast "
+                                          f"of a variable tensor to element type {to} rounds; "
+                                          "its rounding is not modelled")
+
+
+# Ops on constants whose float result is rounded once (IEEE correctly rounded), and ops whose
+# result may be off by more (sums, math library functions): counted as two.
+ONE_ROUNDING_FOLDS = ("Add", "Sub", "Mul", "Div", "Sqrt", "Reciprocal")
+MANY_ROUNDING_FOLDS = ("Pow", "Exp", "MatMul", "ReduceMean", "ReduceSum", "ReduceProd",
+                       "Sigmoid", "Tanh", "Mod", "Range")
+
+
+def _check_constant_arithmetic(model, reader) -> None:
+    """Float constants the graph computes from its initializers (folded in float64 at load):
+    one rounding each is within EXTRA_ROUNDINGS (a weight off by u relatively); a constant
+    computed by two or more rounding ops in a row could cancel (like x + C - C), and a sum or a
+    library function may be off by more than one rounding: not modelled."""
+    depth: dict[str, int] = {}
+    for node in model.graph.node:
+        inputs = [name for name in node.input if name]
+        if node.op_type == "Constant" or any(reader.var(n) in reader.shapes for n in inputs):
+            continue
+        d = max((depth.get(n, 0) for n in inputs), default=0)
+        if node.op_type in ONE_ROUNDING_FOLDS + MANY_ROUNDING_FOLDS:
+            d += 1 if node.op_type in ONE_ROUNDING_FOLDS else 2
+        for out in node.output:
+            value = reader.consts.get(out)
+            if value is not None and np.asarray(value).dtype.kind == "f":
+                depth[out] = d
+                if d >= 2:
+                    raise FloatSemanticsError(
+                        f"constant '{out}' is computed from the initializers by float "
+                        f"arithmetic ({node.op_type} after others, or a sum); its rounding is "
+                        "not modelled")
+
+
+def read_graph(path: Union[str, Path]):
+    """(ModelProto, the graph reader after reading, GraphNetwork) of the model at `path`: every
+    model, a chain included, as the graph IR (one IR node per ONNX node, rewrites aside)."""
+    from .errors import UnsupportedModelError
+    from .graph.network import GraphNetwork
+    from .graph.onnx_graph import GraphReader
+    from .onnx_proto import read_model_proto
+
+    model = read_model_proto(path)
+    reader = GraphReader(model, str(path))
+    try:
+        graph = reader.read()
+    except UnsupportedModelError as exc:
+        raise FloatSemanticsError(str(exc)) from None
+    return model, reader, GraphNetwork(graph)
+
+
+def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str = "float32",
+                  batchnorm_means: Optional[dict] = None) -> np.ndarray:
+    """Per output of the GraphNetwork `net`, a bound on |N_fl(x) - N(x)| over the box [lower,
+    upper] (the recurrence of the module docstring, one rule per op); `batchnorm_means`: the
+    |running mean| per BatchNormalization output tensor."""
+    import torch
+
+    from .graph import ops
 
     if element_type not in FLOAT_FORMATS:
         raise FloatSemanticsError(f"element type {element_type} has no float model here "
@@ -277,33 +309,59 @@ def evaluation_error(path: Union[str, Path], lower: np.ndarray, upper: np.ndarra
     u, tiny, largest, _ = FLOAT_FORMATS[element_type]
     lower = np.asarray(lower, dtype=np.float64).reshape(-1)
     upper = np.asarray(upper, dtype=np.float64).reshape(-1)
-    # Inputs are float values already (the assignment is in the format); DAZ may read a
-    # subnormal as 0: at most TINY off.
-    state = _State(lower, upper, np.full(lower.shape, tiny))
-    relu_bounds = _relu_bounds(path, lower, upper)  # CROWN's, around each ReLU of the network
-    for node, single in _node_models(path):
-        if single is None:
-            continue
-        pre, post = relu_bounds.pop(0) if node.op_type == "Relu" and relu_bounds else (None, None)
-        state = _tighten(state, pre)
-        net = network_from_onnx(single, where=f"node '{node.name or node.op_type}'")
-        if getattr(net, "is_graph", False):
-            raise FloatSemanticsError(f"node '{node.name or node.op_type}' ({node.op_type}): "
-                                      "its float rounding is not modelled (graph-IR op)")
-        if net.input_size != state.error.size:
-            raise FloatSemanticsError(f"node '{node.name or node.op_type}' reads "
-                                      f"{net.input_size} values, the walk has "
-                                      f"{state.error.size}")
-        mean = None
-        if node.op_type == "BatchNormalization":
-            mean = _batchnorm_mean(single, node, net.input_shape)
-        state = _step(net, state, u, tiny, mean)
-        state = _tighten(state, post)
-        peak = np.max(np.maximum(np.abs(state.lower), np.abs(state.upper)) + state.error,
-                      initial=0.0)
-        if not math.isfinite(peak) or peak >= largest / 2:
-            return np.full(state.error.shape, np.inf)
-    return state.error
+    bounds = _real_bounds(net, lower, upper)
+    # Inputs are values of the format already; DAZ may read a subnormal as 0: TINY off.
+    errors = {name: torch.full((1, *net.graph.shapes[name]), tiny, dtype=torch.float64)
+              for name in net.graph.inputs}
+    means = batchnorm_means or {}
+    with torch.no_grad():
+        for k, node in enumerate(net.graph.nodes):
+            partial = None
+            ins = [errors[i] for i in node.inputs]
+            box = [bounds[i] for i in node.inputs]
+            if node.op in ops.LINEAR:
+                extra = None
+                if node.op == "Affine" and node.output in means:  # (x - mean) s + B
+                    scale = node.params["scale"]
+                    mean = means[node.output].reshape(np.shape(scale)) if np.size(scale) > 1 \
+                        else means[node.output]
+                    p = {**node.params, "scale": np.zeros_like(scale),
+                         "shift": 2 * np.abs(scale) * mean}
+                    extra = ops.f_affine(node, [torch.zeros_like(ins[0])],
+                                         ops.to_torch(p, torch.device("cpu"), torch.float64))
+                error, partial = _linear_error(net, k, node, ins, box, u, tiny, extra)
+            elif node.op in ops.ELEMENTWISE:
+                error = _elementwise_error(node.op, ins[0], *box[0], u, tiny)
+            elif node.op == "MaxPool":  # max is exact and 1-Lipschitz in the window's max norm
+                p = net.torch_params(torch.device("cpu"), torch.float64)[k]
+                error = ops.f_max_pool(node, ins, p)
+            elif node.op == "Softmax":
+                error = _softmax_error(node.params["axis"], ins[0], *box[0], u, tiny)
+            elif node.op in ops.BILINEAR:
+                p = net.torch_params(torch.device("cpu"), torch.float64)[k]
+                error = _bilinear_error(node, p, ins, box, u, tiny)
+            else:
+                raise FloatSemanticsError(f"node '{node.name or node.op}' ({node.op}): its float "
+                                          "rounding is not modelled")
+            errors[node.output] = error * (1 + SELF_SLACK)
+            lo, up = bounds[node.output]
+            peak = float((torch.maximum(lo.abs(), up.abs()) + error).max())
+            if partial is not None:
+                peak = max(peak, float(partial.max()))
+            if not math.isfinite(peak) or peak >= largest / 2:
+                return np.full(net.output_size, np.inf)
+    return np.concatenate([errors[o].reshape(-1).numpy() for o in net.graph.outputs])
+
+
+def evaluation_error(path: Union[str, Path], lower: np.ndarray, upper: np.ndarray,
+                     element_type: str = "float32") -> np.ndarray:
+    """Per output, a bound on |N_fl(x) - N(x)| over the box [lower, upper] (flat network
+    input), N the ONNX model at `path` over the reals and N_fl the same graph evaluated in
+    `element_type` (any summation order). FloatSemanticsError when it cannot be bounded."""
+    model, reader, net = read_graph(path)
+    _check_casts(model, reader)
+    _check_constant_arithmetic(model, reader)
+    return network_error(net, lower, upper, element_type, _batchnorm_extras(model, reader))
 
 
 def widen_query(query, error: np.ndarray):
@@ -346,30 +404,18 @@ def round_into_box(x: np.ndarray, lower: np.ndarray, upper: np.ndarray,
 
 def graph_float_forward(path: Union[str, Path], x: np.ndarray,
                         element_type: str = "float32") -> np.ndarray:
-    """The own float replay: the ONNX graph evaluated node by node in the format (numpy), each
-    node as the loader reads it on its own (a product by the constant's reciprocal for Div),
-    every value and constant rounded to the format; reshapes move nothing."""
-    from .onnx_io import network_from_onnx
+    """The own float replay: the graph IR of the model evaluated node by node in the format
+    (torch on the CPU), every constant rounded to the format; a Div by a constant as the
+    product by its rounded reciprocal (the reader's form), rewrites of Max / Clip / LeakyRelu
+    into Relu and sums as such."""
+    import torch
 
-    dtype = np.dtype(FLOAT_FORMATS[element_type][3])
-    value = np.asarray(x).astype(dtype).reshape(-1)
-    for node, single in _node_models(path):
-        if single is None:
-            continue
-        net = network_from_onnx(single, where=f"node '{node.name}'")
-        if getattr(net, "is_graph", False):
-            raise FloatSemanticsError(f"node '{node.name or node.op_type}' ({node.op_type}): no "
-                                      "own float replay for graph-IR ops")
-        for layer in net.layers:
-            if isinstance(layer, ReLU):
-                value = np.maximum(value, dtype.type(0))
-                continue
-            W = np.asarray(layer.dense_matrix()).astype(dtype)
-            b = np.asarray(layer.bias).astype(dtype)
-            if b.size != W.shape[0]:
-                b = np.repeat(b, W.shape[0] // b.size)
-            value = (W @ value + b).astype(dtype)
-    return value.astype(np.float64)
+    _, _, net = read_graph(path)
+    dtype = {"float32": torch.float32, "float16": torch.float16,
+             "float64": torch.float64}[element_type]
+    value = torch.as_tensor(np.asarray(x, dtype=np.float64).reshape(1, -1)).to(dtype)
+    with torch.no_grad():
+        return net.torch_forward(value).reshape(-1).to(torch.float64).numpy()
 
 
 def onnxruntime_forward(path: Union[str, Path], x: np.ndarray) -> np.ndarray:

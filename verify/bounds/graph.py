@@ -26,7 +26,7 @@ import torch
 from .. import deadline as deadlines
 from ..certificate import Certificate
 from ..errors import InputError
-from ..graph import ops
+from ..graph import bilinear, ops
 from ..graph.ir import size_of
 from ..spec import Specification
 from . import UNDERFLOW, InputBatch, certify_with_bounds, norm_underflow, rounding_slack
@@ -157,6 +157,8 @@ def node_interval(net, k: int, node, ins: list[Bounds]) -> Bounds:
     if node.op == "Softmax":
         return ops.softmax_interval(node.params["axis"], lo, up)
     p = net.torch_params(lo.device, lo.dtype)[k]
+    if node.op in ops.BILINEAR:
+        return bilinear.interval(node, ins, p)
     return ops.f_max_pool(node, [lo], p), ops.f_max_pool(node, [up], p)  # monotone, exact
 
 
@@ -213,10 +215,10 @@ VMAP_ENTRIES = 2 ** 16  # coefficients from which a vmapped vjp beats autograd o
 def _vjp(forward, node, p, shapes: list, coeffs: torch.Tensor) -> list[torch.Tensor]:
     """Transpose of a linear node applied to coeffs (R, *out): one (R, *in_i) per input
     (differentiable in coeffs when coeffs requires grad: alpha-CROWN's slopes, bab's split
-    scores). The forward
-    runs once on one zero sample and its vjp is mapped over the R rows (torch.func.vmap): the
-    same sums as autograd on R samples, without R forward passes (small coefficients, or an op
-    whose backward has no batching rule: autograd on R samples, less overhead)."""
+    scores). The forward runs once on one zero sample and its vjp is mapped over the R rows
+    (torch.func.vmap): the same sums as autograd on R samples, without R forward passes (small
+    coefficients, or an op whose backward has no batching rule: autograd on R samples, less
+    overhead)."""
     xs = [torch.zeros((1, *s), dtype=coeffs.dtype, device=coeffs.device) for s in shapes]
     if coeffs.numel() >= VMAP_ENTRIES:
         try:

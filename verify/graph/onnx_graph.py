@@ -267,15 +267,23 @@ class GraphReader:
             self.affine(node.name, names[1], -1.0, c, node.output[0])
 
     def op_Mul(self, node, names, consts, attrs) -> None:
-        if all(n in self.shapes for n in names):
-            raise NodeError("multiplies two variable tensors (not linear)")
+        if all(n in self.shapes for n in names):  # bilinear (graph.bilinear)
+            rank = max(len(self.shapes[n]) for n in names)
+            self.emit("Product", node.name, names[:2], {"rank": rank}, node.output[0])
+            return
         k, c = self._binary(node, names, consts)
         self.affine(node.name, names[k], c, 0.0, node.output[0])
 
     def op_Div(self, node, names, consts, attrs) -> None:
-        if names[1] in self.shapes:
-            raise NodeError("divides a constant by the variable (not linear)" if names[0] not in
-                            self.shapes else "divides by a variable tensor (not linear)")
+        if names[1] in self.shapes:  # by a variable: graph.bilinear's Quotient
+            rank = max(len(self.shapes[names[1]]), np.ndim(consts[0]) if consts[0] is not None
+                       else len(self.shapes[names[0]]))
+            if names[0] in self.shapes:
+                self.emit("Quotient", node.name, names[:2], {"rank": rank}, node.output[0])
+            else:
+                self.emit("Quotient", node.name, [names[1]], {"rank": rank, "numerator":
+                          _finite(_as_float(consts[0]), "numerator")}, node.output[0])
+            return
         c = _as_float(consts[1])
         if np.any(c == 0):
             raise NodeError("divides by a constant holding zeros")

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .bilinear import FORWARDS as BILINEAR
 from .ir import Node, size_of
 
 Tensor = torch.Tensor
@@ -249,8 +250,9 @@ NONLINEAR: dict[str, Callable] = {
     **{op: f_elementwise for op in ELEMENTWISE},
     "MaxPool": f_max_pool,
     "Softmax": f_softmax,
+    **BILINEAR,  # Product, Quotient of variable tensors (graph.bilinear)
 }
-BOUNDED = ("MaxPool", "Softmax")
+BOUNDED = ("MaxPool", "Softmax", *BILINEAR)
 
 
 def forward_of(op: str) -> Callable:

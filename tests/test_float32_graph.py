@@ -1,0 +1,259 @@
+"""float32 semantics on graph-IR models (residual adds, pooling, concat, smooth activations,
+softmax): the evaluation-error bound of verify.float_rounding holds against onnxruntime's float32
+evaluation and the own float32 replay, compared with the loader's float64 forward (onnxruntime's
+CPU provider has no double Conv or LeakyRelu), on many points of the box; a query unsat over the
+reals but sat in float32 is never answered unsat."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from verify.float_rounding import (evaluation_error, graph_float_forward, onnxruntime_forward,
+                                   round_into_box)
+from verify.onnx_io import load_onnx
+from verify.solver_cli import main
+
+
+class _Builder:
+    """Nodes and initializers of one ONNX graph, in float32 or float64."""
+
+    def __init__(self, rng, dtype):
+        self.rng, self.dtype = rng, dtype
+        self.nodes, self.inits, self.count = [], [], 0
+
+    def const(self, value) -> str:
+        self.count += 1
+        name = f"c{self.count}"
+        self.inits.append(numpy_helper.from_array(np.asarray(value).astype(self.dtype), name))
+        return name
+
+    def ints(self, value) -> str:
+        self.count += 1
+        name = f"i{self.count}"
+        self.inits.append(numpy_helper.from_array(np.asarray(value, np.int64), name))
+        return name
+
+    def op(self, op: str, inputs: list[str], **attrs) -> str:
+        self.count += 1
+        out = f"t{self.count}"
+        self.nodes.append(helper.make_node(op, inputs, [out], **attrs))
+        return out
+
+    def weights(self, *shape, scale=1.0):
+        return self.rng.standard_normal(shape) * scale / np.sqrt(np.prod(shape[1:]))
+
+
+def _conv_residual(b: _Builder, x: str) -> str:
+    """(1, 2, 6, 6): Conv + BN + Relu, a residual Add, MaxPool, AveragePool, Sigmoid, Concat,
+    Gemm, Tanh, Softmax."""
+    h = b.op("Conv", [x, b.const(b.weights(2, 2, 3, 3, scale=2)), b.const(b.rng.normal(size=2))],
+             pads=[1, 1, 1, 1])
+    h = b.op("BatchNormalization", [h, b.const(b.rng.uniform(0.5, 2, 2)),
+                                    b.const(b.rng.normal(size=2)), b.const(b.rng.normal(size=2)),
+                                    b.const(b.rng.uniform(0.5, 2, 2))])
+    h = b.op("Relu", [h])
+    r = b.op("Add", [h, x])  # residual
+    p = b.op("MaxPool", [r], kernel_shape=[2, 2], strides=[2, 2])  # (1, 2, 3, 3)
+    a = b.op("AveragePool", [r], kernel_shape=[2, 2], strides=[2, 2])
+    s = b.op("Sigmoid", [b.op("Mul", [a, b.const(3.0)])])
+    c = b.op("Concat", [p, s], axis=1)  # (1, 4, 3, 3)
+    f = b.op("Flatten", [c])  # (1, 36)
+    g = b.op("Gemm", [f, b.const(b.weights(36, 6, scale=3)), b.const(b.rng.normal(size=6))])
+    t = b.op("Tanh", [g])
+    y = b.op("Gemm", [t, b.const(b.weights(4, 6, scale=4)), b.const(b.rng.normal(size=4))],
+             transB=1)
+    return b.op("Softmax", [y], axis=1)
+
+
+def _mlp_mixed(b: _Builder, x: str) -> str:
+    """(1, 6): a cancellation x + 4096 - 4096, MatMul, LeakyRelu, Max of two tensors, Transpose,
+    ReduceMean, Exp, Softplus, Sub of variables, Clip, a residual."""
+    h = b.op("Sub", [b.op("Add", [x, b.const(4096.0)]), b.const(4096.0)])
+    h = b.op("MatMul", [h, b.const(b.weights(6, 8, scale=3))])
+    h = b.op("Add", [h, b.const(b.rng.normal(size=8))])
+    u = b.op("LeakyRelu", [h], alpha=0.1)
+    v = b.op("Softplus", [b.op("MatMul", [x, b.const(b.weights(6, 8, scale=2))])])
+    m = b.op("Max", [u, v])
+    w = b.op("Reshape", [m, b.ints([-1, 2, 4])])
+    w = b.op("Transpose", [w], perm=[0, 2, 1])  # (1, 4, 2)
+    mean = b.op("ReduceMean", [w], axes=[2], keepdims=0)  # (1, 4)
+    e = b.op("Exp", [b.op("Mul", [mean, b.const(0.5)])])
+    d = b.op("Sub", [e, b.op("Clip", [mean, b.const(-1.0), b.const(1.0)])])
+    r = b.op("Add", [d, b.op("MatMul", [x, b.const(b.weights(6, 4))])])  # residual from x
+    return b.op("Div", [r, b.const(3.0)])
+
+
+BUILDERS = {"conv_residual": (_conv_residual, [1, 2, 6, 6]), "mlp_mixed": (_mlp_mixed, [1, 6])}
+
+
+def _save(path: Path, kind: str, seed: int, elem) -> Path:
+    build, shape = BUILDERS[kind]
+    dtype = np.float32 if elem == TensorProto.FLOAT else np.float64
+    b = _Builder(np.random.default_rng(seed), dtype)
+    y = build(b, "X")
+    b.nodes.append(helper.make_node("Identity", [y], ["Y"]))
+    graph = helper.make_graph(b.nodes, kind,
+                              [helper.make_tensor_value_info("X", elem, ["N", *shape[1:]])],
+                              [helper.make_tensor_value_info("Y", elem, None)], b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _ort(path: Path, x: np.ndarray, dtype) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    shape = session.get_inputs()[0].shape
+    batch = x.reshape(len(x), *shape[1:]).astype(dtype)
+    return session.run(None, {"X": batch})[0].reshape(len(x), -1).astype(np.float64)
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_graph_error_bound_holds_against_onnxruntime_float32(tmp_path, kind, seed):
+    rng = np.random.default_rng(100 + seed)
+    path32 = _save(tmp_path / "f32.onnx", kind, seed, TensorProto.FLOAT)
+    net = load_onnx(path32)
+    assert getattr(net, "is_graph", False)
+    n = net.input_size
+    lower = rng.uniform(-2, 0, n)
+    upper = lower + rng.uniform(0.1, 2, n)
+    error = evaluation_error(path32, lower, upper)
+    assert error.shape == (net.output_size,)
+    assert np.all(np.isfinite(error)) and np.all(error > 0)
+    points = rng.uniform(lower, upper, (300, n))
+    points = np.stack([round_into_box(x, lower, upper) for x in points]).astype(np.float64)
+    real64 = net.forward(points)  # N(x): the loader's float64 forward, what certifiers bound
+    float32 = _ort(path32, points, np.float32)
+    gaps = np.abs(float32 - real64)
+    assert np.all(gaps <= error), (gaps.max(0), error)
+    for x, real in zip(points[:20], real64[:20]):  # the own replay is a float32 evaluation too
+        assert np.all(np.abs(graph_float_forward(path32, x) - real) <= error)
+    # The rounding is there to be bounded, and the bound is not vacuous.
+    assert gaps.max() > 0
+    assert np.max(error) < 0.05
+
+
+def test_float16_bound_holds_for_the_own_replay(tmp_path):
+    path = _save(tmp_path / "f32.onnx", "mlp_mixed", 3, TensorProto.FLOAT)
+    rng = np.random.default_rng(3)
+    lower, upper = np.full(6, -0.5), np.full(6, 0.5)
+    error16 = evaluation_error(path, lower, upper, "float16")
+    assert np.all(error16 > evaluation_error(path, lower, upper, "float32"))
+    net = load_onnx(path)
+    for x in rng.uniform(lower, upper, (20, 6)):
+        xf = round_into_box(x, lower, upper, "float16").astype(np.float64)
+        gap = np.abs(graph_float_forward(path, xf, "float16") - net.forward(xf))
+        assert np.all(gap <= error16)
+
+
+def _cancel_graph(tmp_path: Path) -> Path:
+    """y = tanh(((x + 16384) - x) - 16384): 0 over the reals; in float32 x + 16384 keeps x to a
+    multiple of 2^-9, so y is -2^-10 or 2^-10 away from 0 for most x (a residual Sub of two
+    variables does the cancelling)."""
+    b = _Builder(np.random.default_rng(0), np.float32)
+    a = b.op("Add", ["X", b.const([16384.0])])
+    d = b.op("Sub", [a, "X"])
+    y = b.op("Tanh", [b.op("Sub", [d, b.const([16384.0])])])
+    b.nodes.append(helper.make_node("Identity", [y], ["Y"]))
+    graph = helper.make_graph(b.nodes, "cancel",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])],
+                              b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "cancel.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def _solver(argv: list[str], capsys) -> tuple[int, str, str]:
+    out = io.StringIO()
+    code = main(argv, out=out)
+    return code, out.getvalue(), capsys.readouterr().err
+
+
+def test_unsat_over_reals_but_sat_in_float32_is_not_unsat(tmp_path, capsys):
+    pytest.importorskip("vnnlib")
+    path = _cancel_graph(tmp_path)
+    xs = np.float32(np.linspace(0.01, 1, 400))
+    ys = np.array([onnxruntime_forward(path, np.float32([x]))[0] for x in xs])
+    assert ys.min() <= -0.0005  # the violation exists in float32
+    query = tmp_path / "q.vnnlib"
+    query.write_text("(vnnlib-version <2.0>)\n(declare-network N\n  (declare-input X float32 [1])\n"
+                     "  (declare-output Y float32 [1])\n)\n(assert (>= X[0] 0.01))\n"
+                     "(assert (<= X[0] 1.0))\n(assert (<= Y[0] -0.0005))\n")
+    argv = ["verify", str(query), "--network", f"N={path}", "--timeout", "30"]
+    code, out, err = _solver(argv + ["--floats-as-reals"], capsys)
+    assert (code, out) == (0, "unsat\n"), err  # y = 0 over the reals
+    code, out, err = _solver(argv, capsys)
+    assert code == 0 and out.splitlines()[0] in ("sat", "unknown"), err
+    error = evaluation_error(path, np.array([0.01]), np.array([1.0]))
+    assert error[0] >= abs(ys).max()
+
+
+def test_graph_float32_unsat_with_the_bound(tmp_path, capsys):
+    """The conv-residual model: a margin far above the float32 error is proved in float32."""
+    pytest.importorskip("vnnlib")
+    path = _save(tmp_path / "f32.onnx", "conv_residual", 0, TensorProto.FLOAT)
+    net = load_onnx(path)
+    lower, upper = np.full(72, -0.05), np.full(72, 0.05)
+    y0 = net.forward(np.zeros(72))
+    top = int(np.argmax(y0))
+    bound = float(y0[top]) + 0.5  # softmax output y_top >= that: unreachable near 0
+    lines = ["(vnnlib-version <2.0>)", "(declare-network N",
+             "  (declare-input X float32 [1, 2, 6, 6])", "  (declare-output Y float32 [1, 4])", ")"]
+    for k in range(72):
+        idx = np.unravel_index(k, (1, 2, 6, 6))
+        name = "X[" + ",".join(str(i) for i in idx) + "]"
+        lines += [f"(assert (>= {name} -0.05))", f"(assert (<= {name} 0.05))"]
+    lines.append(f"(assert (>= Y[0,{top}] {min(bound, 0.999)}))")
+    query = tmp_path / "q.vnnlib"
+    query.write_text("\n".join(lines) + "\n")
+    code, out, err = _solver(["verify", str(query), "--network", f"N={path}", "--timeout", "60"],
+                             capsys)
+    assert (code, out) == (0, "unsat\n"), err
+
+
+def _one_input_model(tmp_path: Path, build) -> Path:
+    b = _Builder(np.random.default_rng(0), np.float32)
+    y = build(b)
+    b.nodes.append(helper.make_node("Identity", [y], ["Y"]))
+    graph = helper.make_graph(b.nodes, "m",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])],
+                              b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("case", ["constant_cancellation", "cast_to_float16"])
+def test_unmodelled_roundings_are_refused(tmp_path, case):
+    """A weight computed as (16384.1 + 1) - 16384 from initializers (two float operations: the
+    float32 folding keeps it to 2^-10), and a Cast to float16 in a float32 model, round where
+    the graph IR reads exact values: no bound, hence no unsat."""
+    from verify.float_rounding import FloatSemanticsError
+
+    def constant(b):
+        c = b.op("Sub", [b.op("Add", [b.const([16384.1]), b.const([1.0])]), b.const([16384.0])])
+        return b.op("Mul", ["X", c])
+
+    def cast(b):
+        return b.op("Cast", [b.op("Mul", ["X", b.const([3.0])])], to=TensorProto.FLOAT16)
+
+    path = _one_input_model(tmp_path, constant if case == "constant_cancellation" else cast)
+    load_onnx(path)  # readable over the reals
+    with pytest.raises(FloatSemanticsError):
+        evaluation_error(path, np.array([0.0]), np.array([1.0]))
