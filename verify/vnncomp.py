@@ -11,11 +11,12 @@ and finish with the MILP where one is registered), "bab", "relu-bab", or any reg
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, TextIO
 
@@ -194,8 +195,85 @@ def _solve_relu_bab(net: Network, query: VnnlibQuery, options: dict,
                        reason=reasons[0] if reasons else "not proved", open_pairs=still_open)
 
 
-def _solve(net: Network, query: VnnlibQuery, method: str, options: dict) -> QueryResult:
+NONLINEAR_SAMPLES = 256  # random points per case tried on a polynomial query, besides corners
+NONLINEAR_MAX_CORNERS = 1024
+
+
+def _output_intervals(net: Network, box) -> tuple[np.ndarray, np.ndarray]:
+    """Sound bounds on every output over the box: CROWN's lower bounds of y_j and of -y_j."""
+    n = net.output_size
+    spec = Specification(box, OutputProperty(np.vstack([np.eye(n), -np.eye(n)]), np.zeros(2 * n)))
+    (cert,) = certify_specs(net, [spec], "crown")
+    lower = np.array([-np.inf if v is None else v for v in cert.margin_lower], dtype=np.float64)
+    return lower[:n], -lower[n:]
+
+
+def _nonlinear_candidates(box, rng: np.random.Generator) -> np.ndarray:
+    """Points tried on a case with polynomial atoms: its center, its corners (up to
+    NONLINEAR_MAX_CORNERS) and NONLINEAR_SAMPLES uniform samples."""
+    lo, hi = box.lower, box.upper
+    points = [box.center]
+    if 2 ** len(lo) <= NONLINEAR_MAX_CORNERS:
+        for bits in itertools.product((0, 1), repeat=len(lo)):
+            points.append(np.where(np.array(bits, dtype=bool), hi, lo))
+    points.extend(lo + (hi - lo) * rng.random((NONLINEAR_SAMPLES, len(lo))))
+    return np.array(points)
+
+
+def _split_nonlinear(net: Network, query: VnnlibQuery, slack: Optional[np.ndarray]
+                     ) -> tuple[Optional[QueryResult], VnnlibQuery, int]:
+    """Polynomial atoms before the certifiers: (a sat found among the candidate points, or
+    None; the query left for the certifiers; how many disjuncts stay undecided). A disjunct
+    whose polynomial is positive on sound output bounds (widened by `slack`, the float error per
+    output) is refuted; one with linear rows keeps them (its polynomials dropped: a superset of
+    the region, so an unsat of the rest still proves it); one with polynomials only is left out
+    of the certifiers' query and counted undecided."""
+    rng = np.random.default_rng(0)
+    cases, undecided = [], 0
+    for case in query.cases:
+        if not any(d.polys for d in case.disjuncts):
+            cases.append(case)
+            continue
+        points = _nonlinear_candidates(case.box, rng)
+        outputs = net.forward(points)
+        for x, y in zip(points, outputs):
+            if case.contains(x) and query.violated_by(x, y):
+                return QueryResult("sat", (x, y), method="nonlinear-candidates"), query, 0
+        lower, upper = _output_intervals(net, case.box)
+        if slack is not None:
+            lower, upper = lower - slack, upper + slack
+        kept = []
+        for d in case.disjuncts:
+            if any(p.lower_bound(lower, upper) > 0 or (p.strict and
+                                                       p.lower_bound(lower, upper) >= 0)
+                   for p in d.polys):
+                continue  # refuted on the bounds
+            if d.polys and len(d.A) == 0:
+                undecided += 1
+                continue
+            kept.append(replace(d, polys=[]))
+        if kept:
+            cases.append(replace(case, disjuncts=kept))
+    return None, replace(query, cases=cases), undecided
+
+
+def _solve(net: Network, query: VnnlibQuery, method: str, options: dict,
+           slack: Optional[np.ndarray] = None) -> QueryResult:
     """`solve` under its deadline (the active one)."""
+    if query.nonlinear:
+        found, rest, undecided = _split_nonlinear(net, query, slack)
+        if found is not None:
+            return found
+        result = _solve(net, rest, method, options) if rest.cases else \
+            QueryResult("unsat", method="interval")
+        if result.result == "sat":  # the relaxed query's sat: replay it on the full query
+            result.counterexample = replay(net, query, result.counterexample[0])
+        if result.result == "unsat" and undecided:
+            return QueryResult("unknown", method=result.method,
+                               reason=f"{undecided} disjunct(s) with a nonlinear constraint "
+                                      "neither refuted on the output bounds nor satisfied by "
+                                      "a candidate point")
+        return result
     for case in query.cases:  # a disjunct without output constraints: the box itself violates
         if any(len(d.A) == 0 for d in case.disjuncts):
             found = replay(net, query, case.box.center)
@@ -235,16 +313,19 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict) -> Quer
 
 
 def solve(net: Network, query: VnnlibQuery, method: str = "auto", timeout: float = 60.0,
-          **options) -> QueryResult:
+          output_slack: Optional[np.ndarray] = None, **options) -> QueryResult:
     """Answer a VNN-LIB query on a network: sat (with a replayed counterexample), unsat,
     unknown (the method could not decide) or timeout. Every stage runs under one deadline
-    (verify.deadline) `timeout` seconds from the call; past it the answer is "timeout"."""
+    (verify.deadline) `timeout` seconds from the call; past it the answer is "timeout".
+    `output_slack`: per output, how far the evaluation the query is about may be from the
+    network over the reals (float semantics; the rows come widened already, polynomial atoms
+    are widened by it here)."""
     t0 = time.monotonic()
     check_seconds(timeout)
     query.check_sizes(net.input_size, net.output_size, net.input_shape)
     with deadlines.limit(timeout) as whole:
         try:
-            result = _solve(net, query, method, options)
+            result = _solve(net, query, method, options, output_slack)
         except DeadlineExpired as exc:  # a loop that raises rather than returning its best
             result = QueryResult("timeout", method=method, reason=str(exc))
     result.time_s = time.monotonic() - t0
