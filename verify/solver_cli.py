@@ -409,6 +409,37 @@ def _dependencies(model, tensor: str) -> list[str]:
     return [name for name in _onnx_inputs(model) if name in seen]
 
 
+def _sub_model(model, inputs: list[str], tensor: str):
+    """A copy of `model` computing `tensor` (its only output) from the graph inputs `inputs`:
+    the nodes it depends on, in the model's order, and the initializers they read."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    needed_nodes, seen, stack = set(), set(), [tensor]
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in producers:
+            continue
+        seen.add(name)
+        needed_nodes.add(id(producers[name]))
+        stack.extend(n for n in producers[name].input if n)
+    sub = type(model)()
+    sub.CopyFrom(model)
+    graph = sub.graph
+    nodes = [node for node in model.graph.node if id(node) in needed_nodes]
+    read = {n for node in nodes for n in node.input} | {tensor}
+    elem_type = next(i for i in model.graph.input if i.name in inputs or not inputs
+                     ).type.tensor_type.elem_type
+    kept_inputs = [i for i in model.graph.input if i.name in inputs]
+    kept_inits = [t for t in model.graph.initializer if t.name in read]
+    del graph.node[:], graph.input[:], graph.output[:], graph.value_info[:]
+    del graph.initializer[:]
+    graph.node.extend(nodes)
+    graph.input.extend(kept_inputs)
+    graph.initializer.extend(kept_inits)
+    out = graph.output.add()
+    out.name, out.type.tensor_type.elem_type = tensor, elem_type
+    return sub
+
+
 def _composed_float_widened(query, parts: list[_Part], kind: str):
     """As _float_widened, the error bounded per observed tensor: the sub-model from the
     network's inputs to that tensor (onnx.utils.Extractor), bounded by
@@ -435,14 +466,8 @@ def _composed_float_widened(query, parts: list[_Part], kind: str):
                 if needed == _onnx_inputs(part.model) and outputs == [tensor]:
                     sub = part.path
                 else:
-                    try:
-                        from onnx.utils import Extractor
-                        sub_model = Extractor(part.model).extract_model(needed, [tensor])
-                    except Exception as exc:  # noqa: BLE001 - no sub-model: no bound
-                        return query, f"{kind} rounding not bounded: {part.name}'s tensor " \
-                                      f"'{tensor}' cannot be cut out ({type(exc).__name__})", None
                     sub = Path(scratch) / f"{len(list(Path(scratch).iterdir()))}.onnx"
-                    sub.write_bytes(sub_model.SerializeToString())
+                    sub.write_bytes(_sub_model(part.model, needed, tensor).SerializeToString())
                 widened, reason = _float_widened_error(sub, lo, hi, kind)
                 if reason is not None:
                     return query, f"{reason} ({part.name}, {v.kind} {v.name})", None

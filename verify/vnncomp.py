@@ -257,6 +257,59 @@ def _split_nonlinear(net: Network, query: VnnlibQuery, slack: Optional[np.ndarra
     return None, replace(query, cases=cases), undecided
 
 
+COMBINATION_STEPS = 8  # multi-row disjuncts: row weights on the simplex grid of step 1/8
+COMBINATION_MAX_ROWS = 4
+
+
+def _falsify_multirow(net: Network, query: VnnlibQuery) -> Optional[QueryResult]:
+    """A graph network's multi-row disjuncts (every row must hold at one point, which the
+    attack certifier, violating one row at a time, does not search for): PGD on
+    max_r (A_r f(x) - b_r) over each case's box (exact.bab.falsify_box), replayed."""
+    from .exact.bab import falsify_box
+
+    pairs = [(case, d) for case in query.cases for d in case.disjuncts if len(d.A) > 1]
+    timer = deadlines.active()
+    for k, (case, d) in enumerate(pairs):
+        if timer.expired():
+            break
+        with deadlines.limit(timer.split(1.0 / (len(pairs) - k))):
+            x = falsify_box(net, case.box, d.A, d.b, "cpu", restarts=256, steps=40)
+        found = replay(net, query, x) if x is not None else None
+        if found is not None:
+            return QueryResult("sat", found, method="attack")
+    return None
+
+
+def _row_combinations(rows: int) -> np.ndarray:
+    """Weights lambda >= 0 on the grid of step 1/COMBINATION_STEPS of the simplex (every
+    entry in use: the others are the rows' own, or smaller, combinations)."""
+    grid = [np.array(c) / COMBINATION_STEPS
+            for c in itertools.product(range(1, COMBINATION_STEPS + 1), repeat=rows)
+            if sum(c) == COMBINATION_STEPS]
+    return np.array(grid).reshape(len(grid), rows)
+
+
+def _combine_rows(net: Network, query: VnnlibQuery, pairs: list) -> list:
+    """Refute multi-row disjuncts A y <= b by one combination: for lambda >= 0, the region
+    implies lambda^T A y <= lambda^T b, so a CROWN lower bound of lambda^T (A y - b) > 0 over the
+    box refutes it (the rows alone may each be satisfiable: y1 >= 1.5 and y2 <= 10.5 with
+    y = (2x, x + 10), x in [0, 1]). Returns the pairs still open."""
+    still_open = []
+    for spec, rows in pairs:
+        if rows < 2 or rows > COMBINATION_MAX_ROWS or deadlines.active().expired():
+            still_open.append((spec, rows))
+            continue
+        A, b = spec.output.C, spec.output.d
+        scale = 1.0 / np.maximum(np.linalg.norm(A, axis=1), 1e-300)
+        weights = _row_combinations(rows) * scale
+        combined = Specification(spec.input_set, OutputProperty(weights @ A, weights @ b))
+        (cert,) = certify_specs(net, [combined], "crown")
+        lower = np.array([-np.inf if v is None else v for v in cert.margin_lower])
+        if not np.max(lower) > cert.details.get("yes_tolerance", 0.0):
+            still_open.append((spec, rows))
+    return still_open
+
+
 def _solve(net: Network, query: VnnlibQuery, method: str, options: dict,
            slack: Optional[np.ndarray] = None) -> QueryResult:
     """`solve` under its deadline (the active one)."""
@@ -289,6 +342,12 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict,
     if method == "auto":
         result = QueryResult("unknown")
         pairs = _disjunct_specs(query)  # each stage gets the disjuncts the earlier ones left
+        if graph and any(rows > 1 for _, rows in pairs):
+            with deadlines.limit(deadlines.active().split(0.15)):
+                found = _falsify_multirow(net, query)
+            if found is not None:
+                found.method = f"auto:{found.method}"
+                return found
         for step, share in (GRAPH_AUTO_STAGES if graph else AUTO_STAGES):
             if deadlines.active().expired():
                 break
@@ -300,6 +359,10 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict,
             if result.result in ("sat", "unsat"):
                 break
             pairs = result.open_pairs
+            if graph and step == "crown" and pairs:  # multi-row disjuncts: combined rows
+                pairs = _combine_rows(net, query, pairs)
+                if not pairs:
+                    result = QueryResult("unsat", method="crown+combined-rows")
         result.method = f"auto:{result.method}"
         return result
     if method == "relu-bab":

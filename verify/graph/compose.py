@@ -113,5 +113,20 @@ def compose(members: list[Member], inputs: list[tuple[str, Shape]],
             shapes[identity] = shape
             composed = identity
         out_names.append(composed)
+    if len(out_names) > 1:  # one output tensor: bounds are then propagated for all jointly
+        unique = list(dict.fromkeys(out_names))
+        flat = []
+        for k, tensor in enumerate(unique):
+            size = size_of(shapes[tensor])
+            if shapes[tensor] != (size,):
+                nodes.append(Node("Reshape", f"flatten/{tensor}", [tensor],
+                                  f"flatten/{tensor}/{k}", {"shape": (size,)}))
+                tensor = f"flatten/{tensor}/{k}"
+                shapes[tensor] = (size,)
+            flat.append(tensor)
+        nodes.append(Node("Concat", "observed", flat, "observed",
+                          {"parts": [unique.index(t) for t in out_names], "axis": 0}))
+        shapes["observed"] = (sum(size_of(shapes[t]) for t in out_names),)
+        out_names = ["observed"]
     graph = Graph([n for n, _ in inputs], out_names, nodes, shapes)
     return GraphNetwork(graph, name)
