@@ -599,6 +599,8 @@ def cmd_verify(args: argparse.Namespace, out: TextIO, t0: float) -> int:
     else:
         solved = solve(net, solved_query, args.method, remaining, output_slack=error)
         result, counterexample, method = solved.result, solved.counterexample, solved.method
+        if result == "unknown" and solved.reason:
+            method = f"{method}: {' '.join(solved.reason.split())[:200]}"
         if result == "timeout":
             result = "timed-out"
     if result == "unsat" and no_unsat is not None:
