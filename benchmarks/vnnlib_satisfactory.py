@@ -131,7 +131,12 @@ def valid_assignment(stdout: str, models: dict[str, Path], query_path: Path
         query = load_vnnlib(str(query_path))
         assignment = parse_assignment(stdout)
         inputs = [v for v in query.variables if v.kind == "input"]
-        x = np.concatenate([assignment[v.name][2] for v in inputs])
+        x = np.zeros(query.n_inputs)
+        for v in inputs:  # a shared input (the query equates it with another) at its offset
+            if v.shares is not None and np.any(assignment[v.name][2] !=
+                                               assignment[v.shares][2]):
+                return False, f"{v.name} differs from {v.shares}, which the query equates"
+            x[v.offset:v.offset + v.size] = assignment[v.name][2]
         kinds = [assignment[v.name][0].lower() for v in inputs]
     except Exception as exc:  # noqa: BLE001 - any failure to read it makes it invalid
         return False, f"cannot check: {' '.join(str(exc).split())[:120]}"

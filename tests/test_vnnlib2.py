@@ -281,3 +281,31 @@ def test_polynomial_constraints_sat_unsat_and_unknown(tmp_path, ident2, capsys):
     code, out, err = _solve(tmp_path, head + "(assert (<= (* (- Y[0] Y[1]) (- Y[0] Y[1])) "
                                              "-0.01))", {"N": ident2}, capsys)
     assert (code, out) == (0, "unknown\n") and "nonlinear constraint" in err
+
+
+def test_shared_input_is_one_graph_input(tmp_path, relu, hidden, capsys):
+    head = """(vnnlib-version <2.0>)
+(declare-network N1 (declare-input X real [1]) (declare-output Y real [1]))
+(declare-network N2 (declare-input U real [1]) (declare-output V real [1]))
+(assert (and (>= X[0] 0.0) (<= X[0] 1.0) (>= U[0] -5.0) (<= U[0] 5.0)))
+(assert (== U[0] X[0]))
+"""
+    q = parse_vnnlib(head + "(assert (>= (- V[0] 2.01) Y[0]))", "t.vnnlib")
+    assert [(v.name, v.offset, v.shares) for v in q.variables if v.kind == "input"] == \
+        [("X", 0, None), ("U", 0, "X")]
+    assert q.n_inputs == 1 and not q.observes_inputs
+    (case,) = q.cases
+    assert (case.box.lower[0], case.box.upper[0]) == (0.0, 1.0)  # both boxes intersected
+    grid = np.linspace(0, 1, 100001)  # relu(2x - 1) <= relu(x) on [0, 1], equal at 0 and 1
+    assert not np.any(np.maximum(2 * grid - 1, 0) >= np.maximum(grid, 0) + 0.01)
+    code, out, err = _solve(tmp_path, head + "(assert (>= (- V[0] 2.01) Y[0]))",
+                            {"N1": relu, "N2": hidden}, capsys)
+    assert (code, out) == (0, "unsat\n"), err
+    code, out, err = _solve(tmp_path, head + "(assert (>= (- V[0] 2.0) Y[0]))",
+                            {"N1": relu, "N2": hidden}, capsys)
+    assert code == 0 and out.startswith("sat\n"), err
+    v = _assignment(out)
+    assert v["X"] == v["U"]
+    (y,) = _ort(relu, {"x": v["X"]}, ["y"])
+    (h,) = _ort(hidden, {"x": v["U"]}, ["y"])
+    assert h[0] - 2.0 >= y[0] and [v["Y"], v["V"]] == [y[0], h[0]]

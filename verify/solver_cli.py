@@ -376,8 +376,8 @@ def _composed_network(query, parts: list[_Part]):
             if size_of(graph.shapes[own]) != v.size:
                 raise UsageError(f"{part.path}: input {v.name} is declared {list(v.shape)}, "
                                  f"the model's '{own}' has shape {list(graph.shapes[own])}")
-            input_shapes[v.name] = graph.shapes[own]
-        members.append(Member(part.name, graph, [v.name for _, v in part.inputs]))
+            input_shapes.setdefault(v.shares or v.name, graph.shapes[own])
+        members.append(Member(part.name, graph, [v.shares or v.name for _, v in part.inputs]))
         for tensor, v in part.observed:  # each part's in declaration order, parts in order
             k = names.index(tensor) if tensor in names else len(names) + hidden.index(tensor)
             name = graph.outputs[k]
@@ -385,7 +385,8 @@ def _composed_network(query, parts: list[_Part]):
                 raise UsageError(f"{part.path}: {v.kind} {v.name} is declared {list(v.shape)}, "
                                  f"the tensor '{tensor}' has shape {list(graph.shapes[name])}")
             outputs.append((part.name, name))
-    inputs = [(v.name, input_shapes[v.name]) for v in query.variables if v.kind == "input"]
+    inputs = [(v.name, input_shapes[v.name]) for v in query.variables
+              if v.kind == "input" and v.shares is None]  # a shared input is read once
     if query.observes_inputs:
         outputs += [(None, name) for name, _ in inputs]
     try:

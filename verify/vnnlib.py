@@ -140,6 +140,7 @@ class VnnlibVariable:
     offset: int
     network: Optional[str] = None  # the declaring network (2.0)
     onnx_name: Optional[str] = None  # the ONNX tensor named in the declaration, if any
+    shares: Optional[str] = None  # an input the query makes equal to this one, entry by entry
 
     @property
     def size(self) -> int:
@@ -755,6 +756,71 @@ def _poly_sum(parts: list[dict], weights: list[float]) -> dict[tuple, float]:
     return {m: c for m, c in out.items() if c != 0.0 or m == ()}
 
 
+def _equal_pairs(term: list) -> set[tuple[int, int]]:
+    """Input entries (i, j), i != j, that a conjunction of atoms makes equal: x_i - x_j <= 0
+    and x_j - x_i <= 0, both non-strict and linear."""
+    halves = set()
+    for atom in term:
+        coef, const, strict = atom[0], atom[1], atom[3]
+        if strict or const != 0 or (len(atom) > 4 and atom[4]) or len(coef) != 2:
+            continue
+        (k1, c1), (k2, c2) = coef.items()
+        if k1[0] == k2[0] == "X" and c1 == -c2 != 0:
+            halves.add((k1[1], k2[1]) if c1 > 0 else (k2[1], k1[1]))
+    return {(i, j) for i, j in halves if (j, i) in halves}
+
+
+def _share_inputs(terms: list[list], variables: list[VnnlibVariable], n_in: int
+                  ) -> tuple[list[list], int]:
+    """Shared inputs: an input tensor that every case makes equal, entry by entry, to an
+    earlier declared input of the same size (`(assert (== U[0] X[0]))`, ...: the standard has
+    no other way to feed two networks one input) becomes the same entries of x (its
+    `offset` that input's, `shares` its name); the equalities then read 0 <= 0. Returns the
+    terms over the smaller x and its size."""
+    pairs = set.intersection(*[_equal_pairs(t) for t in terms]) if terms else set()
+    if not pairs:
+        return terms, n_in
+    inputs = [v for v in variables if v.kind == "input"]
+    target: dict[int, int] = {}  # old x index -> old x index it equals (an earlier tensor's)
+    for k, u in enumerate(inputs):
+        for x in inputs[:k]:
+            if x.shares is None and x.size == u.size and u.shares is None and all(
+                    (x.offset + e, u.offset + e) in pairs or (u.offset + e, x.offset + e) in pairs
+                    for e in range(u.size)):
+                u.shares = x.name
+                target.update({u.offset + e: x.offset + e for e in range(u.size)})
+                break
+    if not target:
+        return terms, n_in
+    kept = [i for i in range(n_in) if i not in target]
+    new_index = {old: new for new, old in enumerate(kept)}
+    new_index.update({old: new_index[t] for old, t in target.items()})
+    for v in inputs:
+        v.offset = new_index[v.offset]
+
+    def moved(key):
+        return ("X", new_index[key[1]]) if key[0] == "X" else key
+
+    out = []
+    for term in terms:
+        atoms = []
+        for atom in term:
+            coef: dict = {}
+            for key, c in atom[0].items():
+                coef[moved(key)] = coef.get(moved(key), 0.0) + c
+            coef = {k: c for k, c in coef.items() if c != 0.0}
+            nonlinear = atom[4] if len(atom) > 4 else None
+            if nonlinear:
+                merged: dict = {}
+                for monomial, c in nonlinear.items():
+                    key = tuple(sorted(moved(k) for k in monomial))
+                    merged[key] = merged.get(key, 0.0) + c
+                nonlinear = {k: c for k, c in merged.items() if c != 0.0} or None
+            atoms.append((coef, atom[1], atom[2], atom[3], nonlinear))
+        out.append(atoms)
+    return out, len(kept)
+
+
 def _onnx_name(decl: Any) -> Optional[str]:
     """The ONNX tensor name a declaration gives (the package keeps the quotes), or None."""
     name = getattr(decl, "onnx_name", None)
@@ -821,11 +887,13 @@ def parse_vnnlib2(text: str, source: str = "<vnnlib>") -> VnnlibQuery:
         terms = [a + b for a, b in itertools.product(terms, reader.dnf(assertion.expr))]
         if len(terms) > MAX_DNF_TERMS:
             raise reader.fail(assertion, f"more than {MAX_DNF_TERMS} cases after expansion")
+    terms, n_in = _share_inputs(terms, variables, n_in)
     observes_inputs = any(_reads_inputs(atom) for term in terms for atom in term)
     n_out = n_observed + (n_in if observes_inputs else 0)
 
     def input_name(i: int) -> str:
-        v = next(v for v in variables if v.kind == "input" and v.offset <= i < v.offset + v.size)
+        v = next(v for v in variables if v.kind == "input" and v.offset <= i < v.offset + v.size
+                 and v.shares is None)
         return v.name + (_dims(np.unravel_index(i - v.offset, v.shape)) if v.shape else "")
 
     cases = _cases_from_dnf(terms, n_in, n_out, source, reader.fail, input_name,
