@@ -101,7 +101,8 @@ def _vjp(forward, node, p, shapes: list, coeffs: torch.Tensor) -> list[torch.Ten
         xs = [torch.zeros((len(coeffs), *s), dtype=coeffs.dtype, device=coeffs.device,
                           requires_grad=True) for s in shapes]
         y = forward(node, xs, p)
-        return list(torch.autograd.grad(y, xs, grad_outputs=coeffs, allow_unused=True))
+        # the gradient of <y, coeffs> (a scalar: no grad_outputs, whose check imports sympy)
+        return list(torch.autograd.grad((y * coeffs).sum(), xs, allow_unused=True))
 
 
 def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str,
