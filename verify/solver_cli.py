@@ -13,6 +13,10 @@ or decimal seconds; none: no limit). `supports` answers from what the loader and
 really do (`LOADABLE_OPSETS`, the VNN-LIB versions readable here, and of the loader's
 `LOADABLE_OPS` those it takes in every attribute form probed by `ATTRIBUTE_PROBES`).
 
+A query over several networks, inputs or outputs, hidden nodes, or with rows reading inputs is
+answered on one composed graph (`verify.graph.compose`: input x, output the observed vector y);
+its sat is replayed on that graph and by onnxruntime on every network's own model (docs/vnnlib.md).
+
 Element types: a query is about the network evaluated in the coarsest element type it declares.
 `real`: the reals (float64 with rounding allowances). float32, float16, float64: that IEEE
 format, by default (docs/float32.md): the query is widened by a bound on the float evaluation

@@ -24,9 +24,15 @@ VNN-LIB 2.0 (`(vnnlib-version <2.0>)`, `(declare-network N (declare-input X real
 (declare-output Y real [1,5]))`, indexed elements `X[0,3]`), parsed and type-checked by the
 `vnnlib` package (in a checkout: `pip install -e '.[vnnlib2]'`). We walk its typed AST ourselves into the same
 DNF (the package's `compat.transform` returns wrong cases when a query has several `assert`s:
-it treats them as alternatives instead of a conjunction). Supported: one network with one input
-and one output tensor, no hidden nodes, real or floating-point element types; tensor elements
-flatten row-major. Errors carry the file and, where the package gives them, line and column.
+it treats them as alternatives instead of a conjunction). Supported: several networks, inputs,
+outputs and hidden nodes, real or floating-point element types, linear and polynomial terms over
+any declared variables, `!=` (two strict alternatives); tensor elements flatten row-major. x is
+every declared input in declaration order; the rows read y: every hidden node and output in
+declaration order, then x again when a constraint reads inputs other than as single-entry
+bounds (`VnnlibQuery.observes_inputs`); an input equated entry by entry with an earlier one in
+every case shares its entries of x. Polynomial atoms stay with their disjunct (`Polynomial`):
+certifiers see the linear rows only. Errors carry the file and, where the package gives them,
+line and column.
 """
 
 from __future__ import annotations
