@@ -309,3 +309,16 @@ def test_shared_input_is_one_graph_input(tmp_path, relu, hidden, capsys):
     (y,) = _ort(relu, {"x": v["X"]}, ["y"])
     (h,) = _ort(hidden, {"x": v["U"]}, ["y"])
     assert h[0] - 2.0 >= y[0] and [v["Y"], v["V"]] == [y[0], h[0]]
+
+
+def test_polynomial_query_is_no_specification():
+    from verify.vnnlib import VnnlibError
+
+    q = parse_vnnlib("""(vnnlib-version <2.0>)
+(declare-network N (declare-input X real [1]) (declare-output Y real [2]))
+(assert (and (>= X[0] 0.0) (<= X[0] 1.0)))
+(assert (and (<= Y[0] 1.0) (<= (* Y[0] Y[1]) 1.0)))
+""", "t.vnnlib")
+    assert not q.single_row and q.nonlinear
+    with pytest.raises(VnnlibError, match="polynomial"):
+        q.to_specifications()

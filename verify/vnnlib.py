@@ -232,7 +232,7 @@ class VnnlibQuery:
 
     @property
     def single_row(self) -> bool:
-        return all(len(d.A) == 1 for c in self.cases for d in c.disjuncts)
+        return all(len(d.A) == 1 and not d.polys for c in self.cases for d in c.disjuncts)
 
     def to_specifications(self) -> list[Specification]:
         """One Specification per case: rows a.y - b > 0 that all must hold (the property).
@@ -241,8 +241,8 @@ class VnnlibQuery:
         that handles 'some row > 0' (see `violated_by`).
         """
         if not self.single_row:
-            raise VnnlibError(f"{self.source}: a disjunct has several output constraints; it "
-                              "is not a conjunction of margin rows")
+            raise VnnlibError(f"{self.source}: a disjunct has several output constraints (or a "
+                              "polynomial one); it is not a conjunction of margin rows")
         specs = []
         for case in self.cases:
             C = np.array([d.A[0] for d in case.disjuncts])
