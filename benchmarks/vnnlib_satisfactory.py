@@ -13,9 +13,9 @@ fresh process, killed at T seconds as the suite does, and sorts each case into
 - skipped: a required op or theory that `supports` does not claim.
 
 An assignment is valid when its input values are representable in the declared element type,
-and onnxruntime, run on the model at those inputs, gives outputs that, with those inputs,
-satisfy the query (checked with verify's VNN-LIB reader; queries that reader refuses cannot be
-checked and count as wrong).
+and onnxruntime, run on each declared network's model at its inputs (hidden nodes read as extra
+outputs), gives outputs that, with those inputs, satisfy the query (checked with verify's
+VNN-LIB reader; queries that reader refuses cannot be checked and count as wrong).
 
     python benchmarks/vnnlib_satisfactory.py [--timeout 10] [--tree PATH] [--label NAME]
         [--solver-args "--floats-as-reals"] [--category conv] [--out FILE.md]
@@ -75,22 +75,77 @@ def parse_assignment(stdout: str) -> dict[str, tuple[str, list[int], np.ndarray]
     return out
 
 
-def valid_assignment(stdout: str, model: Path, query_path: Path) -> tuple[bool, str]:
+def _observed_by_onnxruntime(query, models: dict[str, Path], x: np.ndarray) -> np.ndarray:
+    """The query's observed vector (hidden nodes and outputs in declaration order) from
+    onnxruntime, each declared network run on its own model file (an `equal-to` network on the
+    file of the network it equals) at its declared inputs; ONNX tensors matched by the names
+    the declarations give, else by position. Written apart from verify-solver's own code."""
+    import onnx
+    import onnxruntime as ort
+
+    y = np.zeros(sum(v.size for v in query.variables if v.kind != "input"))
+    declared = {n.name: n for n in query.networks}
+    for net in query.networks:
+        source = net
+        while source.name not in models and source.equal_to:
+            source = declared[source.equal_to]
+        model = onnx.load(str(models[source.name]))
+        mine = [v for v in query.variables if v.network == net.name]
+        consts = {init.name for init in model.graph.initializer}
+        onnx_inputs = [i.name for i in model.graph.input if i.name not in consts]
+        onnx_outputs = [o.name for o in model.graph.output]
+        ins = [v for v in mine if v.kind == "input"]
+        outs = [v for v in mine if v.kind == "output"]
+        in_names = [v.onnx_name for v in ins] if all(v.onnx_name for v in ins) else onnx_inputs
+        out_names = [v.onnx_name for v in outs] if all(v.onnx_name for v in outs) \
+            else onnx_outputs
+        names = dict(zip((v.name for v in outs), out_names))
+        names.update({v.name: v.onnx_name for v in mine if v.kind == "hidden"})
+        elem_type = model.graph.input[0].type.tensor_type.elem_type
+        for v in mine:
+            if v.kind == "hidden" and v.onnx_name not in onnx_outputs:
+                model.graph.output.append(onnx.helper.make_tensor_value_info(
+                    v.onnx_name, elem_type, None))
+        session = ort.InferenceSession(model.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        feeds = {}
+        for inp in session.get_inputs():
+            v = ins[in_names.index(inp.name)]
+            dtype = {"tensor(double)": np.float64, "tensor(float16)": np.float16}.get(
+                inp.type, np.float32)
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+            feeds[inp.name] = x[v.offset:v.offset + v.size].astype(dtype).reshape(shape)
+        observed = [v for v in mine if v.kind != "input"]
+        values = session.run([names[v.name] for v in observed], feeds)
+        for v, value in zip(observed, values):
+            y[v.offset:v.offset + v.size] = np.asarray(value, dtype=np.float64).reshape(-1)
+    return y
+
+
+def valid_assignment(stdout: str, models: dict[str, Path], query_path: Path
+                     ) -> tuple[bool, str]:
     """Is the printed sat assignment a real counterexample (see the module docstring)?"""
-    from verify.float_rounding import onnxruntime_forward
     from verify.vnnlib import load_vnnlib
 
     try:
         query = load_vnnlib(str(query_path))
         assignment = parse_assignment(stdout)
         inputs = [v for v in query.variables if v.kind == "input"]
-        kind, _, x = assignment[inputs[0].name]
+        x = np.zeros(query.n_inputs)
+        for v in inputs:  # a shared input (the query equates it with another) at its offset
+            if v.shares is not None and np.any(assignment[v.name][2] !=
+                                               assignment[v.shares][2]):
+                return False, f"{v.name} differs from {v.shares}, which the query equates"
+            x[v.offset:v.offset + v.size] = assignment[v.name][2]
+        kinds = [assignment[v.name][0].lower() for v in inputs]
     except Exception as exc:  # noqa: BLE001 - any failure to read it makes it invalid
         return False, f"cannot check: {' '.join(str(exc).split())[:120]}"
-    for dtype in ("float16", "float32"):
-        if kind.lower() == dtype and np.any(x.astype(dtype).astype(np.float64) != x):
-            return False, f"inputs not representable in {dtype}"
-    y = onnxruntime_forward(model, x)
+    for v, kind in zip(inputs, kinds):
+        values = x[v.offset:v.offset + v.size]
+        for dtype in ("float16", "float32"):
+            if kind == dtype and np.any(values.astype(dtype).astype(np.float64) != values):
+                return False, f"inputs not representable in {dtype}"
+    y = _observed_by_onnxruntime(query, models, x)
     if not query.violated_by(x, y):
         return False, "onnxruntime's outputs do not satisfy the query"
     return True, ""
@@ -119,7 +174,8 @@ def run_case(tree: Path, entry: dict, folder: Path, timeout: float,
     if verdict != expected:
         return "wrong", f"{verdict}, expected {expected}", seconds
     if verdict == "sat":
-        ok, why = valid_assignment(done.stdout, folder / entry["onnx"], query)
+        models = {name: folder / onnx_file for name, onnx_file in entry["networks"].items()}
+        ok, why = valid_assignment(done.stdout, models, query)
         if not ok:
             return "wrong", f"invalid assignment: {why}", seconds
     return "pass", "", seconds

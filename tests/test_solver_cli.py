@@ -138,7 +138,7 @@ def test_supports_answers_from_the_loader(capsys):
     assert not {"Where", "Pow", "Equal", "Sin", "Cast"} & set(claimed)  # Cast: not to int
     assert answers["--onnx-element-types"] == ["real", "float32", "float16", "float64"]
     assert answers["--vnnlib-versions"][0] == "1.0"
-    assert _run(["capabilities", "--multiple-inputs-output-theories"], capsys)[1] == "SIO\n"
+    assert _run(["capabilities", "--multiple-inputs-output-theories"], capsys)[1] == "SIO\nMIO\n"
     # Every capability of the reference implementation is answered, and our answers are valid
     # members of the standard's sets (checked by the reference's own configuration validator).
     supports = pytest.importorskip("vnnlib_test_solver.supports")

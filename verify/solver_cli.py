@@ -13,6 +13,10 @@ or decimal seconds; none: no limit). `supports` answers from what the loader and
 really do (`LOADABLE_OPSETS`, the VNN-LIB versions readable here, and of the loader's
 `LOADABLE_OPS` those it takes in every attribute form probed by `ATTRIBUTE_PROBES`).
 
+A query over several networks, inputs or outputs, hidden nodes, or with rows reading inputs is
+answered on one composed graph (`verify.graph.compose`: input x, output the observed vector y);
+its sat is replayed on that graph and by onnxruntime on every network's own model (docs/vnnlib.md).
+
 Element types: a query is about the network evaluated in the coarsest element type it declares.
 `real`: the reals (float64 with rounding allowances). float32, float16, float64: that IEEE
 format, by default (docs/float32.md): the query is widened by a bound on the float evaluation
@@ -31,8 +35,9 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn, Optional, Sequence, TextIO
+from typing import Any, NoReturn, Optional, Sequence, TextIO
 
 from . import __version__
 from .errors import VerifyError
@@ -42,15 +47,18 @@ SOLVER_NAME = "verify (ReLU network verifier: branch and bound, CROWN, MILP)"
 EXIT_OK, EXIT_USAGE_ERROR = 0, 1
 NO_TIMEOUT_S = 1e7  # no --timeout: effectively unlimited, but finite for the MILP's time limit
 
-# The theories of standard chapter 4 that the reader maps into its DNF of input boxes and linear
-# output constraints: no hidden nodes, one input and one output tensor, one network, no
-# comparison between inputs and outputs, single-input bounds and linear output constraints.
+# The theories of standard chapter 4 that the reader maps into its DNF of input boxes and
+# constraints over one observed vector: hidden nodes, several inputs and outputs and several
+# networks (composed into one graph, verify.graph.compose), constraints mixing any declared
+# variables (inputs read through identity outputs), linear and polynomial constraints (POLY:
+# certifiers bound the linear rows; a polynomial atom is refuted by interval arithmetic on
+# sound output bounds or satisfied by a checked assignment, else the answer is unknown).
 THEORIES = {
-    "--hidden-node-theories": ("NH",),
-    "--multiple-input-output-theories": ("SIO",),
-    "--multiple-network-theories": ("SNET",),
-    "--multiple-node-comparison-theories": ("SNC",),
-    "--arithmetic-complexity-theories": ("BND", "OUTC"),
+    "--hidden-node-theories": ("NH", "H"),
+    "--multiple-input-output-theories": ("SIO", "MIO"),
+    "--multiple-network-theories": ("SNET", "MNET", "MENET", "MINET"),
+    "--multiple-node-comparison-theories": ("SNC", "MNC"),
+    "--arithmetic-complexity-theories": ("BND", "OUTC", "LIN", "POLY"),
 }
 BOOLEANS = {
     "--optimised-disjunctive-reasoning": False,  # queries are expanded to DNF
@@ -168,6 +176,37 @@ def parse_timeout(text: Optional[str]) -> float:
     return value
 
 
+def _network_models(networks: Sequence[str], query, query_path: str) -> dict[str, Path]:
+    """The model file of every declared network (section 5.3.2, first error condition); a
+    network declared `equal-to` another one may be left out: it reuses that one's file."""
+    if query.network is None or len(query.networks) <= 1:
+        return {query.network: _network_model(networks, query, query_path)}
+    pairs: dict[str, str] = {}
+    for token in networks:
+        name, sep, path = token.partition("=")
+        if not (sep and name and path):
+            raise UsageError(f"--network takes NAME=MODEL.onnx, got '{token}'")
+        if name in pairs:
+            raise UsageError(f"--network maps '{name}' more than once")
+        pairs[name] = path
+    declared = {n.name: n for n in query.networks}
+    for name in pairs:
+        if name not in declared:
+            raise UsageError(f"--network maps '{name}', which {query_path} does not declare "
+                             f"(it declares {', '.join(declared)})")
+    models: dict[str, Path] = {}
+    for net in query.networks:
+        source, seen = net, set()
+        while source.name not in pairs and source.equal_to and source.name not in seen:
+            seen.add(source.name)
+            source = declared.get(source.equal_to, source)
+        if source.name not in pairs:
+            raise UsageError(f"no model file for network '{net.name}', which {query_path} "
+                             f"declares: give --network {net.name}=MODEL.onnx")
+        models[net.name] = Path(pairs[source.name])
+    return models
+
+
 def _network_model(networks: Sequence[str], query, query_path: str) -> Path:
     """The model file for the query's network (section 5.3.2, first error condition)."""
     pairs: dict[str, str] = {}
@@ -211,24 +250,33 @@ def _float_format(query, query_path: str, floats_as_reals: bool = False) -> Opti
     return kind
 
 
-def _float_widened(query, model: Path, kind: str):
-    """(the query widened by the float evaluation error, None) or (the query itself, the
+def _float_widened_error(model: Path, lower, upper, kind: str):
+    """(the float evaluation error of `model` per output over the box, None) or (None, the
     reason no unsat can be given) when that error cannot be bounded."""
     import numpy as np
 
-    from .float_rounding import FloatSemanticsError, evaluation_error, query_hull, widen_query
+    from .float_rounding import FloatSemanticsError, evaluation_error
 
     try:
-        error = evaluation_error(model, *query_hull(query), kind)
+        error = evaluation_error(model, lower, upper, kind)
     except FloatSemanticsError as exc:
-        return query, f"{kind} rounding not bounded: {exc}"
+        return None, f"{kind} rounding not bounded: {exc}"
     except Exception as exc:  # noqa: BLE001 - e.g. onnxruntime refusing the shape probe: the
         # answer stays sound without the bound (no unsat), so say why and go on
-        return query, f"{kind} rounding not bounded: {type(exc).__name__}: " \
-                      f"{' '.join(str(exc).split())[:200]}"
+        return None, f"{kind} rounding not bounded: {type(exc).__name__}: " \
+                     f"{' '.join(str(exc).split())[:200]}"
     if not np.all(np.isfinite(error)):
-        return query, f"{kind} evaluation may overflow on the box"
-    return widen_query(query, error), None
+        return None, f"{kind} evaluation may overflow on the box"
+    return error, None
+
+
+def _float_widened(query, model: Path, kind: str):
+    """(the query widened by the float evaluation error, None, that error per output) or (the
+    query itself, the reason no unsat can be given, None) when it cannot be bounded."""
+    from .float_rounding import query_hull, widen_query
+
+    error, reason = _float_widened_error(model, *query_hull(query), kind)
+    return (query, reason, None) if error is None else (widen_query(query, error), None, error)
 
 
 def _float_counterexample(query, model: Path, x, kind: str):
@@ -256,6 +304,254 @@ def _float_counterexample(query, model: Path, x, kind: str):
     return None
 
 
+# -- queries over several networks, inputs, outputs or hidden nodes -------------------------------
+
+@dataclass
+class _Part:
+    """One declared network of a composed query: its model, and per declared input / observed
+    variable (hidden node or output) the ONNX tensor it is, with the variable."""
+
+    name: str
+    path: Path
+    model: Any
+    inputs: list[tuple[str, Any]]     # (ONNX graph input, VnnlibVariable), ONNX input order
+    observed: list[tuple[str, Any]]   # (ONNX tensor, VnnlibVariable), y order
+
+
+def _onnx_inputs(model) -> list[str]:
+    consts = {init.name for init in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in consts]
+
+
+def _matched(declared: list, onnx_names: list[str], what: str, where: str) -> list[str]:
+    """The ONNX tensor of each declared variable: the one it names, else by position."""
+    if all(v.onnx_name for v in declared):
+        for v in declared:
+            if v.onnx_name not in onnx_names:
+                raise UsageError(f"{where}: {what} {v.name} names '{v.onnx_name}', the model's "
+                                 f"{what}s are {', '.join(onnx_names)}")
+        return [v.onnx_name for v in declared]
+    if len(declared) != len(onnx_names):
+        raise UsageError(f"{where}: the query declares {len(declared)} {what}(s) "
+                         f"({', '.join(v.name for v in declared)}), the model has "
+                         f"{len(onnx_names)} ({', '.join(onnx_names)})")
+    return list(onnx_names)
+
+
+def _query_parts(query, models: dict[str, Path]) -> list[_Part]:
+    from .onnx_proto import read_model_proto
+
+    parts = []
+    for net in query.networks:
+        path = models[net.name]
+        model = read_model_proto(path)
+        where = f"{path} (network {net.name})"
+        mine = [v for v in query.variables if v.network == net.name]
+        declared_in = [v for v in mine if v.kind == "input"]
+        declared_out = [v for v in mine if v.kind == "output"]
+        onnx_in = _matched(declared_in, _onnx_inputs(model), "input", where)
+        if sorted(onnx_in) != sorted(_onnx_inputs(model)):
+            raise UsageError(f"{where}: every model input must be declared; "
+                             f"{', '.join(sorted(set(_onnx_inputs(model)) - set(onnx_in)))} "
+                             "is not")
+        onnx_out = _matched(declared_out, [o.name for o in model.graph.output], "output", where)
+        by_var = dict(zip((v.name for v in declared_out), onnx_out))
+        by_var.update({v.name: v.onnx_name for v in mine if v.kind == "hidden"})
+        inputs = sorted(zip(onnx_in, declared_in),
+                        key=lambda pair: _onnx_inputs(model).index(pair[0]))
+        observed = [(by_var[v.name], v) for v in mine if v.kind != "input"]
+        parts.append(_Part(net.name, path, model, inputs, observed))
+    return parts
+
+
+def _composed_network(query, parts: list[_Part]):
+    """The query's networks as one GraphNetwork (verify.graph.compose): input x, the declared
+    inputs in declaration order; output y, the hidden nodes and outputs in declaration order,
+    then x when the query's rows read inputs."""
+    from .graph.compose import Member, compose, read_member
+    from .graph.ir import size_of
+
+    members, input_shapes, outputs = [], {}, []
+    for part in parts:
+        names = [o.name for o in part.model.graph.output]
+        hidden = [t for t, v in part.observed if v.kind == "hidden" and t not in names]
+        graph = read_member(part.model, str(part.path), tuple(hidden))
+        for own, v in part.inputs:
+            if size_of(graph.shapes[own]) != v.size:
+                raise UsageError(f"{part.path}: input {v.name} is declared {list(v.shape)}, "
+                                 f"the model's '{own}' has shape {list(graph.shapes[own])}")
+            input_shapes.setdefault(v.shares or v.name, graph.shapes[own])
+        members.append(Member(part.name, graph, [v.shares or v.name for _, v in part.inputs]))
+        for tensor, v in part.observed:  # each part's in declaration order, parts in order
+            k = names.index(tensor) if tensor in names else len(names) + hidden.index(tensor)
+            name = graph.outputs[k]
+            if size_of(graph.shapes[name]) != v.size:
+                raise UsageError(f"{part.path}: {v.kind} {v.name} is declared {list(v.shape)}, "
+                                 f"the tensor '{tensor}' has shape {list(graph.shapes[name])}")
+            outputs.append((part.name, name))
+    inputs = [(v.name, input_shapes[v.name]) for v in query.variables
+              if v.kind == "input" and v.shares is None]  # a shared input is read once
+    if query.observes_inputs:
+        outputs += [(None, name) for name, _ in inputs]
+    try:
+        net = compose(members, inputs, outputs, name="+".join(p.name for p in parts))
+    except VerifyError as exc:
+        raise UsageError(f"{query.source}: cannot compose the networks: {exc}") from None
+    return net
+
+
+def _dependencies(model, tensor: str) -> list[str]:
+    """The graph inputs that `tensor` depends on, in the model's input order."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    inputs, seen, stack = set(_onnx_inputs(model)), set(), [tensor]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in producers:
+            stack.extend(n for n in producers[name].input if n)
+    return [name for name in _onnx_inputs(model) if name in seen]
+
+
+def _sub_model(model, inputs: list[str], tensor: str):
+    """A copy of `model` computing `tensor` (its only output) from the graph inputs `inputs`:
+    the nodes it depends on, in the model's order, and the initializers they read."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    needed_nodes, seen, stack = set(), set(), [tensor]
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in producers:
+            continue
+        seen.add(name)
+        needed_nodes.add(id(producers[name]))
+        stack.extend(n for n in producers[name].input if n)
+    sub = type(model)()
+    sub.CopyFrom(model)
+    graph = sub.graph
+    nodes = [node for node in model.graph.node if id(node) in needed_nodes]
+    read = {n for node in nodes for n in node.input} | {tensor}
+    elem_type = next(i for i in model.graph.input if i.name in inputs or not inputs
+                     ).type.tensor_type.elem_type
+    kept_inputs = [i for i in model.graph.input if i.name in inputs]
+    kept_inits = [t for t in model.graph.initializer if t.name in read]
+    del graph.node[:], graph.input[:], graph.output[:], graph.value_info[:]
+    del graph.initializer[:]
+    graph.node.extend(nodes)
+    graph.input.extend(kept_inputs)
+    graph.initializer.extend(kept_inits)
+    out = graph.output.add()
+    out.name, out.type.tensor_type.elem_type = tensor, elem_type
+    return sub
+
+
+def _composed_float_widened(query, parts: list[_Part], kind: str):
+    """As _float_widened, the error bounded per observed tensor: the sub-model from the
+    network's inputs to that tensor (onnx.utils.Extractor), bounded by
+    float_rounding.evaluation_error on the hull of those inputs; inputs read as outputs are
+    exact (error 0)."""
+    import tempfile
+
+    import numpy as np
+
+    from .float_rounding import query_hull
+
+    lower, upper = query_hull(query)
+    error = np.zeros(query.n_outputs)
+    with tempfile.TemporaryDirectory(prefix="verify-solver-") as scratch:
+        for part in parts:
+            for tensor, v in part.observed:
+                needed = _dependencies(part.model, tensor)
+                slices = {own: var for own, var in part.inputs}
+                lo = np.concatenate([lower[slices[n].offset:slices[n].offset + slices[n].size]
+                                     for n in needed]) if needed else np.zeros(0)
+                hi = np.concatenate([upper[slices[n].offset:slices[n].offset + slices[n].size]
+                                     for n in needed]) if needed else np.zeros(0)
+                outputs = [o.name for o in part.model.graph.output]
+                if needed == _onnx_inputs(part.model) and outputs == [tensor]:
+                    sub = part.path
+                else:
+                    sub = Path(scratch) / f"{len(list(Path(scratch).iterdir()))}.onnx"
+                    sub.write_bytes(_sub_model(part.model, needed, tensor).SerializeToString())
+                widened, reason = _float_widened_error(sub, lo, hi, kind)
+                if reason is not None:
+                    return query, f"{reason} ({part.name}, {v.kind} {v.name})", None
+                error[v.offset:v.offset + v.size] = widened
+    from .float_rounding import widen_query
+    return widen_query(query, error), None, error
+
+
+def _onnxruntime_observed(query, parts: list[_Part], x, kind: str):
+    """The observed vector y (hidden nodes and outputs, declaration order) from onnxruntime,
+    each network run on its own model at its slice of x (fed in its inputs' own types)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    y = np.zeros(query.n_outputs - (query.n_inputs if query.observes_inputs else 0))
+    for part in parts:
+        model = type(part.model)()
+        model.CopyFrom(part.model)
+        existing = {o.name for o in model.graph.output}
+        elem_type = next(i for i in model.graph.input
+                         if i.name == part.inputs[0][0]).type.tensor_type.elem_type
+        for tensor, _ in part.observed:
+            if tensor not in existing:
+                out = model.graph.output.add()
+                out.name, out.type.tensor_type.elem_type = tensor, elem_type
+                existing.add(tensor)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(model.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        feeds = {}
+        types = {"tensor(double)": np.float64, "tensor(float16)": np.float16}
+        for inp in session.get_inputs():
+            v = dict(part.inputs)[inp.name]
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+            feeds[inp.name] = x[v.offset:v.offset + v.size].astype(
+                types.get(inp.type, np.float32)).reshape(shape)
+        names = [t for t, _ in part.observed]
+        for (tensor, v), value in zip(part.observed, session.run(names, feeds)):
+            y[v.offset:v.offset + v.size] = np.asarray(value, dtype=np.float64).reshape(-1)
+    return y
+
+
+def _composed_counterexample(query, parts: list[_Part], net, x, kind: Optional[str]):
+    """(x, y) for a composed query's sat: x (rounded into the format inside a case's box when
+    `kind`) violating the query in the own replay (the composed graph in float64, or in the
+    format's torch dtype) and in onnxruntime on every network's own model (float semantics);
+    y the observed vector printed (onnxruntime's in float semantics). Else None."""
+    import numpy as np
+    import torch
+
+    from .float_rounding import round_into_box
+
+    if kind is None:
+        y = net.forward(x)
+        return (x, y) if query.violated_by(x, y) else None
+    dtypes = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16}
+    for case in query.cases:
+        xf = round_into_box(x, case.box.lower, case.box.upper, kind)
+        if xf is None:
+            continue
+        xf = xf.astype(np.float64)
+        try:
+            with torch.no_grad():
+                own = net.torch_forward(torch.as_tensor(xf[None], dtype=dtypes[kind]))[0]
+            own = own.double().numpy()
+        except Exception:  # noqa: BLE001 - no own replay in this dtype: onnxruntime's alone
+            own = None
+        if own is not None and not query.violated_by(xf, own):
+            continue
+        try:
+            y = _onnxruntime_observed(query, parts, xf, kind)
+        except Exception:  # noqa: BLE001 - no onnxruntime evaluation: no sat claimed
+            return None
+        if query.violated_by(xf, y):
+            return xf, query.observed_from(xf, y)
+    return None
+
 def process_age() -> float:
     """Seconds since this process started (Linux, from /proc), so that a timeout also covers
     Python's start and the imports; 0 where that cannot be read."""
@@ -282,22 +578,34 @@ def cmd_verify(args: argparse.Namespace, out: TextIO, t0: float) -> int:
     if not args.query:
         raise UsageError("verify needs the path to a query file")
     query = load_vnnlib(args.query)
-    model = _network_model(args.networks, query, args.query)
+    models = _network_models(args.networks, query, args.query)
     kind = _float_format(query, args.query, args.floats_as_reals)
     if args.serialise_assignments is not None:
         print(f"{PROGRAM}: warning: --serialise-assignments is not supported (see supports "
               "--serialise-assignments); the assignment goes to stdout", file=sys.stderr)
-    net = load_onnx(model)
+    parts = None if query.simple else _query_parts(query, models)
+    if parts is None:  # one network read as it is (the chain loader where it applies)
+        model = next(iter(models.values()))
+        net = load_onnx(model)
+    else:
+        net = _composed_network(query, parts)
     configure(net, args.threads)
-    query.check_sizes(net.input_size, net.output_size, net.input_shape)
-    solved_query, no_unsat = (query, None) if kind is None else \
-        _float_widened(query, model, kind)
+    query.check_sizes(net.input_size, net.output_size,
+                      net.input_shape if parts is None else None)
+    if kind is None:
+        solved_query, no_unsat, error = query, None, None
+    elif parts is None:
+        solved_query, no_unsat, error = _float_widened(query, model, kind)
+    else:
+        solved_query, no_unsat, error = _composed_float_widened(query, parts, kind)
     remaining = timeout - (time.perf_counter() - t0)
     if remaining <= 0:
         result, counterexample, method = "timed-out", None, "loading"
     else:
-        solved = solve(net, solved_query, args.method, remaining)
+        solved = solve(net, solved_query, args.method, remaining, output_slack=error)
         result, counterexample, method = solved.result, solved.counterexample, solved.method
+        if result == "unknown" and solved.reason:
+            method = f"{method}: {' '.join(solved.reason.split())[:200]}"
         if result == "timeout":
             result = "timed-out"
     if result == "unsat" and no_unsat is not None:
@@ -305,7 +613,9 @@ def cmd_verify(args: argparse.Namespace, out: TextIO, t0: float) -> int:
     text = result + "\n"
     if result == "sat":
         x, _ = counterexample
-        if kind is None:
+        if parts is not None:
+            found = _composed_counterexample(query, parts, net, x, kind)
+        elif kind is None:
             y = net.forward(x)  # replayed once more, here, on the numbers that are printed
             found = (x, y) if query.violated_by(x, y) else None
         else:

@@ -11,11 +11,12 @@ and finish with the MILP where one is registered), "bab", "relu-bab", or any reg
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, TextIO
 
@@ -194,8 +195,138 @@ def _solve_relu_bab(net: Network, query: VnnlibQuery, options: dict,
                        reason=reasons[0] if reasons else "not proved", open_pairs=still_open)
 
 
-def _solve(net: Network, query: VnnlibQuery, method: str, options: dict) -> QueryResult:
+NONLINEAR_SAMPLES = 256  # random points per case tried on a polynomial query, besides corners
+NONLINEAR_MAX_CORNERS = 1024
+
+
+def _output_intervals(net: Network, box) -> tuple[np.ndarray, np.ndarray]:
+    """Sound bounds on every output over the box: CROWN's lower bounds of y_j and of -y_j."""
+    n = net.output_size
+    spec = Specification(box, OutputProperty(np.vstack([np.eye(n), -np.eye(n)]), np.zeros(2 * n)))
+    (cert,) = certify_specs(net, [spec], "crown")
+    lower = np.array([-np.inf if v is None else v for v in cert.margin_lower], dtype=np.float64)
+    return lower[:n], -lower[n:]
+
+
+def _nonlinear_candidates(box, rng: np.random.Generator) -> np.ndarray:
+    """Points tried on a case with polynomial atoms: its center, its corners (up to
+    NONLINEAR_MAX_CORNERS) and NONLINEAR_SAMPLES uniform samples."""
+    lo, hi = box.lower, box.upper
+    points = [box.center]
+    if 2 ** len(lo) <= NONLINEAR_MAX_CORNERS:
+        for bits in itertools.product((0, 1), repeat=len(lo)):
+            points.append(np.where(np.array(bits, dtype=bool), hi, lo))
+    points.extend(lo + (hi - lo) * rng.random((NONLINEAR_SAMPLES, len(lo))))
+    return np.array(points)
+
+
+def _split_nonlinear(net: Network, query: VnnlibQuery, slack: Optional[np.ndarray]
+                     ) -> tuple[Optional[QueryResult], VnnlibQuery, int]:
+    """Polynomial atoms before the certifiers: (a sat found among the candidate points, or
+    None; the query left for the certifiers; how many disjuncts stay undecided). A disjunct
+    whose polynomial is positive on sound output bounds (widened by `slack`, the float error per
+    output) is refuted; one with linear rows keeps them (its polynomials dropped: a superset of
+    the region, so an unsat of the rest still proves it); one with polynomials only is left out
+    of the certifiers' query and counted undecided."""
+    rng = np.random.default_rng(0)
+    cases, undecided = [], 0
+    for case in query.cases:
+        if not any(d.polys for d in case.disjuncts):
+            cases.append(case)
+            continue
+        points = _nonlinear_candidates(case.box, rng)
+        outputs = net.forward(points)
+        for x, y in zip(points, outputs):
+            if case.contains(x) and query.violated_by(x, y):
+                return QueryResult("sat", (x, y), method="nonlinear-candidates"), query, 0
+        lower, upper = _output_intervals(net, case.box)
+        if slack is not None:
+            lower, upper = lower - slack, upper + slack
+        kept = []
+        for d in case.disjuncts:
+            if any(p.lower_bound(lower, upper) > 0 or (p.strict and
+                                                       p.lower_bound(lower, upper) >= 0)
+                   for p in d.polys):
+                continue  # refuted on the bounds
+            if d.polys and len(d.A) == 0:
+                undecided += 1
+                continue
+            kept.append(replace(d, polys=[]))
+        if kept:
+            cases.append(replace(case, disjuncts=kept))
+    return None, replace(query, cases=cases), undecided
+
+
+COMBINATION_STEPS = 8  # multi-row disjuncts: row weights on the simplex grid of step 1/8
+COMBINATION_MAX_ROWS = 4
+
+
+def _falsify_multirow(net: Network, query: VnnlibQuery) -> Optional[QueryResult]:
+    """A graph network's multi-row disjuncts (every row must hold at one point, which the
+    attack certifier, violating one row at a time, does not search for): PGD on
+    max_r (A_r f(x) - b_r) over each case's box (exact.bab.falsify_box), replayed."""
+    from .exact.bab import falsify_box
+
+    pairs = [(case, d) for case in query.cases for d in case.disjuncts if len(d.A) > 1]
+    timer = deadlines.active()
+    for k, (case, d) in enumerate(pairs):
+        if timer.expired():
+            break
+        with deadlines.limit(timer.split(1.0 / (len(pairs) - k))):
+            x = falsify_box(net, case.box, d.A, d.b, "cpu", restarts=256, steps=40)
+        found = replay(net, query, x) if x is not None else None
+        if found is not None:
+            return QueryResult("sat", found, method="attack")
+    return None
+
+
+def _row_combinations(rows: int) -> np.ndarray:
+    """Weights lambda >= 0 on the grid of step 1/COMBINATION_STEPS of the simplex (every
+    entry in use: the others are the rows' own, or smaller, combinations)."""
+    grid = [np.array(c) / COMBINATION_STEPS
+            for c in itertools.product(range(1, COMBINATION_STEPS + 1), repeat=rows)
+            if sum(c) == COMBINATION_STEPS]
+    return np.array(grid).reshape(len(grid), rows)
+
+
+def _combine_rows(net: Network, query: VnnlibQuery, pairs: list) -> list:
+    """Refute multi-row disjuncts A y <= b by one combination: for lambda >= 0, the region
+    implies lambda^T A y <= lambda^T b, so a CROWN lower bound of lambda^T (A y - b) > 0 over the
+    box refutes it (the rows alone may each be satisfiable: y1 >= 1.5 and y2 <= 10.5 with
+    y = (2x, x + 10), x in [0, 1]). Returns the pairs still open."""
+    still_open = []
+    for spec, rows in pairs:
+        if rows < 2 or rows > COMBINATION_MAX_ROWS or deadlines.active().expired():
+            still_open.append((spec, rows))
+            continue
+        A, b = spec.output.C, spec.output.d
+        scale = 1.0 / np.maximum(np.linalg.norm(A, axis=1), 1e-300)
+        weights = _row_combinations(rows) * scale
+        combined = Specification(spec.input_set, OutputProperty(weights @ A, weights @ b))
+        (cert,) = certify_specs(net, [combined], "crown")
+        lower = np.array([-np.inf if v is None else v for v in cert.margin_lower])
+        if not np.max(lower) > cert.details.get("yes_tolerance", 0.0):
+            still_open.append((spec, rows))
+    return still_open
+
+
+def _solve(net: Network, query: VnnlibQuery, method: str, options: dict,
+           slack: Optional[np.ndarray] = None) -> QueryResult:
     """`solve` under its deadline (the active one)."""
+    if query.nonlinear:
+        found, rest, undecided = _split_nonlinear(net, query, slack)
+        if found is not None:
+            return found
+        result = _solve(net, rest, method, options) if rest.cases else \
+            QueryResult("unsat", method="interval")
+        if result.result == "sat":  # the relaxed query's sat: replay it on the full query
+            result.counterexample = replay(net, query, result.counterexample[0])
+        if result.result == "unsat" and undecided:
+            return QueryResult("unknown", method=result.method,
+                               reason=f"{undecided} disjunct(s) with a nonlinear constraint "
+                                      "neither refuted on the output bounds nor satisfied by "
+                                      "a candidate point")
+        return result
     for case in query.cases:  # a disjunct without output constraints: the box itself violates
         if any(len(d.A) == 0 for d in case.disjuncts):
             found = replay(net, query, case.box.center)
@@ -212,6 +343,12 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict) -> Quer
     if method == "auto":
         result = QueryResult("unknown")
         pairs = _disjunct_specs(query)  # each stage gets the disjuncts the earlier ones left
+        if graph and any(rows > 1 for _, rows in pairs):
+            with deadlines.limit(deadlines.active().split(0.15)):
+                found = _falsify_multirow(net, query)
+            if found is not None:
+                found.method = f"auto:{found.method}"
+                return found
         for step, share in (GRAPH_AUTO_STAGES if graph else AUTO_STAGES):
             if deadlines.active().expired():
                 break
@@ -223,6 +360,10 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict) -> Quer
             if result.result in ("sat", "unsat"):
                 break
             pairs = result.open_pairs
+            if graph and step == "crown" and pairs:  # multi-row disjuncts: combined rows
+                pairs = _combine_rows(net, query, pairs)
+                if not pairs:
+                    result = QueryResult("unsat", method="crown+combined-rows")
         result.method = f"auto:{result.method}"
         return result
     if method == "relu-bab":
@@ -236,16 +377,19 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict) -> Quer
 
 
 def solve(net: Network, query: VnnlibQuery, method: str = "auto", timeout: float = 60.0,
-          **options) -> QueryResult:
+          output_slack: Optional[np.ndarray] = None, **options) -> QueryResult:
     """Answer a VNN-LIB query on a network: sat (with a replayed counterexample), unsat,
     unknown (the method could not decide) or timeout. Every stage runs under one deadline
-    (verify.deadline) `timeout` seconds from the call; past it the answer is "timeout"."""
+    (verify.deadline) `timeout` seconds from the call; past it the answer is "timeout".
+    `output_slack`: per output, how far the evaluation the query is about may be from the
+    network over the reals (float semantics; the rows come widened already, polynomial atoms
+    are widened by it here)."""
     t0 = time.monotonic()
     check_seconds(timeout)
     query.check_sizes(net.input_size, net.output_size, net.input_shape)
     with deadlines.limit(timeout) as whole:
         try:
-            result = _solve(net, query, method, options)
+            result = _solve(net, query, method, options, output_slack)
         except DeadlineExpired as exc:  # a loop that raises rather than returning its best
             result = QueryResult("timeout", method=method, reason=str(exc))
     result.time_s = time.monotonic() - t0

@@ -24,9 +24,15 @@ VNN-LIB 2.0 (`(vnnlib-version <2.0>)`, `(declare-network N (declare-input X real
 (declare-output Y real [1,5]))`, indexed elements `X[0,3]`), parsed and type-checked by the
 `vnnlib` package (in a checkout: `pip install -e '.[vnnlib2]'`). We walk its typed AST ourselves into the same
 DNF (the package's `compat.transform` returns wrong cases when a query has several `assert`s:
-it treats them as alternatives instead of a conjunction). Supported: one network with one input
-and one output tensor, no hidden nodes, real or floating-point element types; tensor elements
-flatten row-major. Errors carry the file and, where the package gives them, line and column.
+it treats them as alternatives instead of a conjunction). Supported: several networks, inputs,
+outputs and hidden nodes, real or floating-point element types, linear and polynomial terms over
+any declared variables, `!=` (two strict alternatives); tensor elements flatten row-major. x is
+every declared input in declaration order; the rows read y: every hidden node and output in
+declaration order, then x again when a constraint reads inputs other than as single-entry
+bounds (`VnnlibQuery.observes_inputs`); an input equated entry by entry with an earlier one in
+every case shares its entries of x. Polynomial atoms stay with their disjunct (`Polynomial`):
+certifiers see the linear rows only. Errors carry the file and, where the package gives them,
+line and column.
 """
 
 from __future__ import annotations
@@ -63,12 +69,48 @@ class Disjunct:
     A: np.ndarray
     b: np.ndarray
     strict: Optional[np.ndarray] = None  # bool per row; None: all non-strict
+    polys: list["Polynomial"] = field(default_factory=list)  # nonlinear atoms, also required
 
     def holds(self, y: np.ndarray) -> bool:
+        if not all(p.holds(y) for p in self.polys):
+            return False
         value = self.A @ y
         if self.strict is None:
             return bool(np.all(value <= self.b))
         return bool(np.all(np.where(self.strict, value < self.b, value <= self.b)))
+
+
+@dataclass
+class Polynomial:
+    """A nonlinear atom sum_m c_m prod_{j in m} y_j + const <= 0 (< 0 when strict), m a tuple
+    of indices into the observed vector y (a repeated index is a power). Certifiers never see
+    it: they answer for the disjunct's linear rows alone (a superset of the violation region,
+    so an unsat stays a proof), and a sat is confirmed by `holds` on the replayed point."""
+
+    terms: dict[tuple[int, ...], float]
+    const: float
+    strict: bool = False
+
+    def value(self, y: np.ndarray) -> float:
+        return float(sum(c * np.prod([y[j] for j in m]) for m, c in self.terms.items())
+                     + self.const)
+
+    def holds(self, y: np.ndarray) -> bool:
+        v = self.value(np.asarray(y, dtype=np.float64).reshape(-1))
+        return v < 0 if self.strict else v <= 0
+
+    def lower_bound(self, lower: np.ndarray, upper: np.ndarray) -> float:
+        """A lower bound of the polynomial over the box lower <= y <= upper (interval
+        arithmetic, float64 with outward slack)."""
+        total = self.const
+        for m, c in self.terms.items():
+            lo, hi = 1.0, 1.0
+            for j in m:
+                corners = [lo * lower[j], lo * upper[j], hi * lower[j], hi * upper[j]]
+                corners = [0.0 if math.isnan(v) else v for v in corners]  # 0 * inf
+                lo, hi = min(corners), max(corners)
+            total += min(c * lo, c * hi)
+        return total - 1e-12 * (abs(total) + 1.0)
 
 
 @dataclass
@@ -94,13 +136,17 @@ class VnnlibCase:
 @dataclass
 class VnnlibVariable:
     """A declared variable: a 1.0 scalar `X_3`, or a 2.0 tensor `X real [1,5]`; its values are
-    the flat network input (or output) entries offset .. offset + size - 1, row-major."""
+    the flat input x (inputs) or observed vector y (outputs and hidden nodes) entries offset ..
+    offset + size - 1, row-major."""
 
     name: str
     element_type: str  # as declared: "Real" (1.0), "real", "float32", ... (2.0)
     shape: tuple[int, ...]
-    kind: str  # "input" or "output"
+    kind: str  # "input", "hidden" or "output"; inputs index x, the others y
     offset: int
+    network: Optional[str] = None  # the declaring network (2.0)
+    onnx_name: Optional[str] = None  # the ONNX tensor named in the declaration, if any
+    shares: Optional[str] = None  # an input the query makes equal to this one, entry by entry
 
     @property
     def size(self) -> int:
@@ -108,14 +154,51 @@ class VnnlibVariable:
 
 
 @dataclass
+class VnnlibNetwork:
+    """A 2.0 `declare-network`: its name and the network it is declared equal or isomorphic
+    to (an equal network reuses that network's model file)."""
+
+    name: str
+    equal_to: Optional[str] = None
+    isomorphic_to: Optional[str] = None
+
+
+@dataclass
 class VnnlibQuery:
+    """x: every declared input, flat, in declaration order (network by network). y, the
+    observed vector the rows read: every declared hidden node and output in declaration order,
+    then, when `observes_inputs`, x again (a constraint mixing inputs with outputs, or a linear
+    combination of several inputs, is a row over y). `n_outputs` is the size of y."""
+
     n_inputs: int
     n_outputs: int
     cases: list[VnnlibCase]
     source: str = ""
     version: str = "1.0"
-    network: Optional[str] = None  # the declared network's name (2.0)
+    network: Optional[str] = None  # the declared network's name (2.0; the first of several)
     variables: list[VnnlibVariable] = field(default_factory=list)  # in declaration order
+    networks: list[VnnlibNetwork] = field(default_factory=list)  # 2.0, in declaration order
+    observes_inputs: bool = False
+
+    @property
+    def simple(self) -> bool:
+        """One network, one input and one output tensor, no hidden node, rows over the outputs
+        only: the query reads the model's own output vector."""
+        kinds = [v.kind for v in self.variables]
+        return len(self.networks) <= 1 and not self.observes_inputs and \
+            "hidden" not in kinds and (self.version == "1.0" or
+                                       (kinds.count("input"), kinds.count("output")) == (1, 1))
+
+    @property
+    def nonlinear(self) -> bool:
+        return any(d.polys for c in self.cases for d in c.disjuncts)
+
+    def observed_from(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """y extended by x when the rows read the inputs too (y: hidden nodes and outputs)."""
+        y = np.asarray(y, dtype=np.float64).reshape(-1)
+        if self.observes_inputs and y.size == self.n_outputs - self.n_inputs:
+            y = np.concatenate([y, np.asarray(x, dtype=np.float64).reshape(-1)])
+        return y
 
     def check_sizes(self, n_inputs: int, n_outputs: int,
                     input_shape: Optional[tuple[int, ...]] = None) -> None:
@@ -139,8 +222,8 @@ class VnnlibQuery:
         """The VNN-LIB standard's command-line assignment (section 5.3.1): per declared
         variable, in declaration order, `NAME TYPE [DIMS]` and then its values row-major, one
         per line, at full float64 precision."""
-        flat = {"input": np.ravel(np.asarray(x, dtype=np.float64)),
-                "output": np.ravel(np.asarray(y, dtype=np.float64))}
+        y = np.ravel(np.asarray(y, dtype=np.float64))
+        flat = {"input": np.ravel(np.asarray(x, dtype=np.float64)), "output": y, "hidden": y}
         lines = []
         for v in self.variables:
             lines.append(f"{v.name} {v.element_type} {_dims(v.shape)}")
@@ -149,7 +232,7 @@ class VnnlibQuery:
 
     @property
     def single_row(self) -> bool:
-        return all(len(d.A) == 1 for c in self.cases for d in c.disjuncts)
+        return all(len(d.A) == 1 and not d.polys for c in self.cases for d in c.disjuncts)
 
     def to_specifications(self) -> list[Specification]:
         """One Specification per case: rows a.y - b > 0 that all must hold (the property).
@@ -158,8 +241,8 @@ class VnnlibQuery:
         that handles 'some row > 0' (see `violated_by`).
         """
         if not self.single_row:
-            raise VnnlibError(f"{self.source}: a disjunct has several output constraints; it "
-                              "is not a conjunction of margin rows")
+            raise VnnlibError(f"{self.source}: a disjunct has several output constraints (or a "
+                              "polynomial one); it is not a conjunction of margin rows")
         specs = []
         for case in self.cases:
             C = np.array([d.A[0] for d in case.disjuncts])
@@ -172,7 +255,7 @@ class VnnlibQuery:
     def violated_by(self, x: np.ndarray, y: np.ndarray) -> bool:
         """Does the input/output pair satisfy the VNN-LIB assertions (a counterexample)?"""
         x = np.asarray(x, dtype=np.float64).reshape(-1)
-        y = np.asarray(y, dtype=np.float64).reshape(-1)
+        y = self.observed_from(x, y)
         return any(case.contains(x) and any(d.holds(y) for d in case.disjuncts)
                    for case in self.cases)
 
@@ -391,26 +474,60 @@ def parse_vnnlib(text: str, source: str = "<vnnlib>") -> VnnlibQuery:
 _Atom = tuple[dict, float, Any, bool]
 
 
+def _is_bound(atom) -> bool:
+    """A bound on one input entry (the atoms that make the input boxes)."""
+    coef, nonlinear = atom[0], atom[4] if len(atom) > 4 else None
+    return not nonlinear and len(coef) == 1 and next(iter(coef))[0] == "X"
+
+
+def _reads_inputs(atom) -> bool:
+    """Does the atom read an input other than as a bound on one entry?"""
+    coef, nonlinear = atom[0], atom[4] if len(atom) > 4 else None
+    return not _is_bound(atom) and (any(kind == "X" for kind, _ in coef) or any(
+        kind == "X" for monomial in (nonlinear or {}) for kind, _ in monomial))
+
+
 def _cases_from_dnf(terms: list[list[_Atom]], n_in: int, n_out: int, source: str,
                     fail: Callable[[Any, str], VnnlibError],
-                    input_name: Callable[[int], str]) -> list[VnnlibCase]:
+                    input_name: Callable[[int], str],
+                    observes_inputs: bool = False) -> list[VnnlibCase]:
     """Conjunctions of atoms `sum coef * var + constant <= 0` (< 0 if strict) -> cases (one per
-    distinct input box, empty boxes dropped), each with its disjuncts over the outputs."""
+    distinct input box, empty boxes dropped), each with its disjuncts over the outputs. With
+    `observes_inputs`, y is the n_out - n_in observed values followed by x, and atoms other than
+    single-input bounds become rows (or polynomials) over y; an atom's fifth entry, if any,
+    holds its nonlinear monomials {((kind, index), ...): coefficient}."""
+    base = n_out - n_in if observes_inputs else n_out
+
+    def column(key) -> int:
+        kind, index = key
+        return index if kind == "Y" else base + index
+
     cases: dict[bytes, VnnlibCase] = {}
     for term in terms:
         lower, upper = np.full(n_in, -np.inf), np.full(n_in, np.inf)
         open_lower, open_upper = np.zeros(n_in, dtype=bool), np.zeros(n_in, dtype=bool)
-        rows, rhs, strict_rows, feasible = [], [], [], True
-        for coef, const, where, strict in term:
+        rows, rhs, strict_rows, polys, feasible = [], [], [], [], True
+        for atom in term:
+            coef, const, where, strict = atom[:4]
+            nonlinear = atom[4] if len(atom) > 4 else None
             kinds = {kind for kind, _ in coef}
-            if kinds == {"X", "Y"}:
-                raise fail(where, "a constraint mixes inputs and outputs")
+            if nonlinear:
+                if _reads_inputs(atom) and not observes_inputs:
+                    raise fail(where, "a nonlinear constraint reads inputs")
+                poly_terms = {(column(k),): c for k, c in coef.items()}
+                for monomial, c in nonlinear.items():
+                    key = tuple(sorted(column(k) for k in monomial))
+                    poly_terms[key] = poly_terms.get(key, 0.0) + c
+                polys.append(Polynomial(poly_terms, const, strict))
+                continue
+            if "X" in kinds and not _is_bound(atom) and not observes_inputs:
+                if kinds == {"X", "Y"}:
+                    raise fail(where, "a constraint mixes inputs and outputs")
+                raise fail(where, "only bounds on single inputs are supported "
+                                  f"(e.g. (<= {input_name(0)} 1))")
             if not kinds:  # constant atom: const <= 0 (const < 0 if strict)
                 feasible &= const < 0 if strict else const <= 0
-            elif kinds == {"X"}:
-                if len(coef) != 1:
-                    raise fail(where, "only bounds on single inputs are supported "
-                                      f"(e.g. (<= {input_name(0)} 1))")
+            elif _is_bound(atom):
                 ((_, i), c), = coef.items()
                 bound, side, opened = (upper, -1, open_upper) if c > 0 else \
                     (lower, 1, open_lower)
@@ -421,8 +538,8 @@ def _cases_from_dnf(terms: list[list[_Atom]], n_in: int, n_out: int, source: str
                     opened[i] |= strict
             else:
                 row = np.zeros(n_out)
-                for (_, j), c in coef.items():
-                    row[j] = c
+                for key, c in coef.items():
+                    row[column(key)] += c
                 rows.append(row)
                 rhs.append(-const)
                 strict_rows.append(strict)
@@ -439,7 +556,7 @@ def _cases_from_dnf(terms: list[list[_Atom]], n_in: int, n_out: int, source: str
             open_upper=open_upper if open_upper.any() else None))
         strict = np.array(strict_rows, dtype=bool)
         case.disjuncts.append(Disjunct(np.array(rows).reshape(len(rows), n_out), np.array(rhs),
-                                       strict if strict.any() else None))
+                                       strict if strict.any() else None, polys))
     return list(cases.values())
 
 
@@ -542,50 +659,67 @@ def _line_of(node: Any) -> Optional[int]:
 
 
 class _Reader2:
-    """Walks the package's typed AST of a single-network query into DNF atoms."""
+    """Walks the package's typed AST of a query into DNF atoms. `tensors`: declared name ->
+    ("X" for inputs, "Y" for hidden nodes and outputs, shape, offset into x or y)."""
 
-    def __init__(self, vnnlib: Any, source: str, inputs: Any, outputs: Any):
+    def __init__(self, vnnlib: Any, source: str,
+                 tensors: dict[str, tuple[str, tuple[int, ...], int]]):
         self.v = vnnlib
         self.source = source
-        self.tensors = {inputs.name: ("X", tuple(inputs.shape)),
-                        outputs.name: ("Y", tuple(outputs.shape))}
+        self.tensors = tensors
 
     def fail(self, node: Any, message: str) -> VnnlibError:
         line = node if isinstance(node, int) else (None if node is None else _line_of(node))
         return VnnlibError(f"{self.source}{'' if line is None else f':{line}'}: {message}")
 
-    def linear(self, node: Any) -> tuple[dict, float]:
-        """An arithmetic expression as ({(kind, flat index): coefficient}, constant)."""
+    def poly(self, node: Any) -> dict[tuple, float]:
+        """An arithmetic expression as a polynomial {monomial: coefficient}, a monomial the
+        sorted tuple of its variables (kind, flat index), () for the constant."""
         v = self.v
         if isinstance(node, v.Var):
             if node.name not in self.tensors:
-                raise self.fail(node, f"'{node.name}' is not the declared input or output")
-            kind, shape = self.tensors[node.name]
+                raise self.fail(node, f"'{node.name}' is not a declared variable")
+            kind, shape, offset = self.tensors[node.name]
             index = int(np.ravel_multi_index(tuple(node.indices), shape)) if shape else 0
-            return {(kind, index): 1.0}, 0.0
+            return {((kind, offset + index),): 1.0}
         if isinstance(node, v.Literal):
             value = float(node.lexeme)  # correctly rounded from the text
             if not np.isfinite(value):
                 raise self.fail(node, f"the constant {node.lexeme} is not a finite float64")
-            return {}, value
+            return {(): value}
         if isinstance(node, v.Negate):
-            return _combine([self.linear(node.expr)], [-1.0])
+            return _poly_sum([self.poly(node.expr)], [-1.0])
         if isinstance(node, v.Plus):
-            args = [self.linear(a) for a in node.args]
-            return _combine(args, [1.0] * len(args))
+            args = [self.poly(a) for a in node.args]
+            return _poly_sum(args, [1.0] * len(args))
         if isinstance(node, v.Minus):
-            args = [self.linear(node.head)] + [self.linear(a) for a in node.rest]
-            return _combine(args, [1.0] + [-1.0] * (len(args) - 1))
+            args = [self.poly(node.head)] + [self.poly(a) for a in node.rest]
+            return _poly_sum(args, [1.0] + [-1.0] * (len(args) - 1))
         if isinstance(node, v.Multiply):
-            args = [self.linear(a) for a in node.args]
-            variable = [a for a in args if a[0]]
-            if len(variable) > 1:
-                raise self.fail(node, f"product of two variables (not linear): {node}")
-            factor = math.prod(a[1] for a in args if not a[0])
-            if not variable:
-                return {}, factor
-            return {k: c * factor for k, c in variable[0][0].items()}, variable[0][1] * factor
-        raise self.fail(node, f"'{type(node).__name__}' is not supported in a linear term")
+            product: dict[tuple, float] = {(): 1.0}
+            for arg in node.args:
+                factor = self.poly(arg)
+                out: dict[tuple, float] = {}
+                for m1, c1 in product.items():
+                    for m2, c2 in factor.items():
+                        key = tuple(sorted(m1 + m2))
+                        out[key] = out.get(key, 0.0) + c1 * c2
+                if len(out) > MAX_DNF_TERMS:
+                    raise self.fail(node, f"more than {MAX_DNF_TERMS} monomials")
+                product = out
+            return {m: c for m, c in product.items() if c != 0.0}
+        raise self.fail(node, f"'{type(node).__name__}' is not supported in an arithmetic term")
+
+    def atom(self, poly: dict[tuple, float], line: Any, strict: bool) -> _Atom:
+        """poly <= 0 (< 0 if strict) as (linear coefficients, constant, where, strict,
+        nonlinear monomials or None)."""
+        coef = {m[0]: c for m, c in poly.items() if len(m) == 1}
+        nonlinear = {m: c for m, c in poly.items() if len(m) > 1}
+        const = poly.get((), 0.0)
+        if not (np.isfinite(const) and all(np.isfinite(c) for c in poly.values())):
+            raise self.fail(line, "a coefficient or constant of this constraint overflows "
+                                  "float64")
+        return (coef, const, line, strict, nonlinear or None)
 
     def dnf(self, node: Any) -> list[list[_Atom]]:
         """A Boolean expression as a list of conjunctions of atoms `expr <= 0`."""
@@ -600,30 +734,112 @@ class _Reader2:
         if isinstance(node, v.Or):
             return [t for arg in node.args for t in self.dnf(arg)]
         line = _line_of(node)
-        if isinstance(node, v.NotEqual):
-            raise self.fail(line, "'!=' is not supported (it is not a closed region)")
         if isinstance(node, v.Comparison):
-            lhs, rhs = self.linear(node.lhs), self.linear(node.rhs)
-            less = _combine([lhs, rhs], [1.0, -1.0])  # lhs - rhs <= 0
-            more = _combine([lhs, rhs], [-1.0, 1.0])
+            lhs, rhs = self.poly(node.lhs), self.poly(node.rhs)
+            less = _poly_sum([lhs, rhs], [1.0, -1.0])  # lhs - rhs <= 0
+            more = _poly_sum([lhs, rhs], [-1.0, 1.0])
+            if isinstance(node, v.NotEqual):  # lhs < rhs or lhs > rhs
+                return [[self.atom(less, line, True)], [self.atom(more, line, True)]]
             if isinstance(node, (v.LessEqual, v.LessThan)):
-                atoms = [less]
+                polys = [less]
             elif isinstance(node, (v.GreaterEqual, v.GreaterThan)):
-                atoms = [more]
+                polys = [more]
             elif isinstance(node, v.Equal):
-                atoms = [less, more]
+                polys = [less, more]
             else:
                 raise self.fail(line, f"comparison '{type(node).__name__}' is not supported")
-            _check_finite(atoms, lambda message: self.fail(line, message))
             strict = isinstance(node, (v.LessThan, v.GreaterThan))
-            return [[(coef, const, line, strict) for coef, const in atoms]]
+            return [[self.atom(p, line, strict) for p in polys]]
         raise self.fail(line, f"'{type(node).__name__}' is not supported (and, or, <=, >=, <, "
-                              ">, ==)")
+                              ">, ==, !=)")
+
+
+def _poly_sum(parts: list[dict], weights: list[float]) -> dict[tuple, float]:
+    out: dict[tuple, float] = {}
+    for part, w in zip(parts, weights):
+        for m, c in part.items():
+            out[m] = out.get(m, 0.0) + w * c
+    return {m: c for m, c in out.items() if c != 0.0 or m == ()}
+
+
+def _equal_pairs(term: list) -> set[tuple[int, int]]:
+    """Input entries (i, j), i != j, that a conjunction of atoms makes equal: x_i - x_j <= 0
+    and x_j - x_i <= 0, both non-strict and linear."""
+    halves = set()
+    for atom in term:
+        coef, const, strict = atom[0], atom[1], atom[3]
+        if strict or const != 0 or (len(atom) > 4 and atom[4]) or len(coef) != 2:
+            continue
+        (k1, c1), (k2, c2) = coef.items()
+        if k1[0] == k2[0] == "X" and c1 == -c2 != 0:
+            halves.add((k1[1], k2[1]) if c1 > 0 else (k2[1], k1[1]))
+    return {(i, j) for i, j in halves if (j, i) in halves}
+
+
+def _share_inputs(terms: list[list], variables: list[VnnlibVariable], n_in: int
+                  ) -> tuple[list[list], int]:
+    """Shared inputs: an input tensor that every case makes equal, entry by entry, to an
+    earlier declared input of the same size (`(assert (== U[0] X[0]))`, ...: the standard has
+    no other way to feed two networks one input) becomes the same entries of x (its
+    `offset` that input's, `shares` its name); the equalities then read 0 <= 0. Returns the
+    terms over the smaller x and its size."""
+    pairs = set.intersection(*[_equal_pairs(t) for t in terms]) if terms else set()
+    if not pairs:
+        return terms, n_in
+    inputs = [v for v in variables if v.kind == "input"]
+    target: dict[int, int] = {}  # old x index -> old x index it equals (an earlier tensor's)
+    for k, u in enumerate(inputs):
+        for x in inputs[:k]:
+            if x.shares is None and x.size == u.size and u.shares is None and all(
+                    (x.offset + e, u.offset + e) in pairs or (u.offset + e, x.offset + e) in pairs
+                    for e in range(u.size)):
+                u.shares = x.name
+                target.update({u.offset + e: x.offset + e for e in range(u.size)})
+                break
+    if not target:
+        return terms, n_in
+    kept = [i for i in range(n_in) if i not in target]
+    new_index = {old: new for new, old in enumerate(kept)}
+    new_index.update({old: new_index[t] for old, t in target.items()})
+    for v in inputs:
+        v.offset = new_index[v.offset]
+
+    def moved(key):
+        return ("X", new_index[key[1]]) if key[0] == "X" else key
+
+    out = []
+    for term in terms:
+        atoms = []
+        for atom in term:
+            coef: dict = {}
+            for key, c in atom[0].items():
+                coef[moved(key)] = coef.get(moved(key), 0.0) + c
+            coef = {k: c for k, c in coef.items() if c != 0.0}
+            nonlinear = atom[4] if len(atom) > 4 else None
+            if nonlinear:
+                merged: dict = {}
+                for monomial, c in nonlinear.items():
+                    key = tuple(sorted(moved(k) for k in monomial))
+                    merged[key] = merged.get(key, 0.0) + c
+                nonlinear = {k: c for k, c in merged.items() if c != 0.0} or None
+            atoms.append((coef, atom[1], atom[2], atom[3], nonlinear))
+        out.append(atoms)
+    return out, len(kept)
+
+
+def _onnx_name(decl: Any) -> Optional[str]:
+    """The ONNX tensor name a declaration gives (the package keeps the quotes), or None."""
+    name = getattr(decl, "onnx_name", None)
+    if not name:
+        return None
+    name = str(name)
+    return name[1:-1] if len(name) >= 2 and name[0] == name[-1] == '"' else name
 
 
 def parse_vnnlib2(text: str, source: str = "<vnnlib>") -> VnnlibQuery:
     """Read VNN-LIB 2.0 text with the `vnnlib` package's parser and type checker into a
-    VnnlibQuery: one network, one input and one output tensor, flattened row-major."""
+    VnnlibQuery: x the declared inputs, y the hidden nodes and outputs (network by network, in
+    declaration order), every tensor flattened row-major."""
     try:
         import vnnlib
     except ImportError:
@@ -645,42 +861,51 @@ def parse_vnnlib2(text: str, source: str = "<vnnlib>") -> VnnlibQuery:
         raise VnnlibError(f"{source}: the VNN-LIB 2.0 parser failed: {exc}") from None
     if query is None:
         raise VnnlibError(f"{source}: the VNN-LIB 2.0 parser could not read the query")
-    networks = list(query.networks)
-    if len(networks) != 1:
-        names = ", ".join(n.name for n in networks)
-        raise VnnlibError(f"{source}: declares {len(networks)} networks ({names}); only queries "
-                          "over one network are supported")
-    net = networks[0]
-    if len(net.hidden):
-        raise VnnlibError(f"{source}: network '{net.name}' declares hidden nodes "
-                          f"({', '.join(h.name for h in net.hidden)}); not supported")
-    if len(net.inputs) != 1 or len(net.outputs) != 1:
-        raise VnnlibError(f"{source}: network '{net.name}' declares {len(net.inputs)} inputs "
-                          f"and {len(net.outputs)} outputs; only one of each is supported")
-    (inputs,), (outputs,) = net.inputs, net.outputs
-    variables = []
-    for decl, kind in ((inputs, "input"), (outputs, "output")):
-        element_type = _ELEMENT_TYPES.get(decl.dtype.name)
-        if element_type is None:
-            raise VnnlibError(f"{source}: {kind} {decl.name} has element type "
-                              f"{decl.dtype.name}; only real and floating-point types "
-                              f"({', '.join(_ELEMENT_TYPES.values())}) are supported")
-        variables.append(VnnlibVariable(decl.name, element_type, tuple(decl.shape), kind, 0))
-    n_in, n_out = variables[0].size, variables[1].size
+    networks, variables = [], []
+    tensors: dict[str, tuple[str, tuple[int, ...], int]] = {}
+    size = {"X": 0, "Y": 0}
+    for net in query.networks:
+        networks.append(VnnlibNetwork(net.name, net.equal_to or None,
+                                      net.isometric_to or None))
+        if not len(net.inputs) or not len(net.outputs):
+            raise VnnlibError(f"{source}: network '{net.name}' declares no input or no output")
+        for kind, decls in (("input", net.inputs), ("hidden", net.hidden),
+                            ("output", net.outputs)):
+            for decl in decls:
+                element_type = _ELEMENT_TYPES.get(decl.dtype.name)
+                if element_type is None:
+                    raise VnnlibError(f"{source}: {kind} {decl.name} has element type "
+                                      f"{decl.dtype.name}; only real and floating-point types "
+                                      f"({', '.join(_ELEMENT_TYPES.values())}) are supported")
+                side = "X" if kind == "input" else "Y"
+                variable = VnnlibVariable(decl.name, element_type, tuple(decl.shape), kind,
+                                          size[side], net.name, _onnx_name(decl))
+                if kind == "hidden" and variable.onnx_name is None:
+                    raise VnnlibError(f"{source}: hidden node {decl.name} names no ONNX tensor")
+                variables.append(variable)
+                tensors[decl.name] = (side, variable.shape, variable.offset)
+                size[side] += variable.size
+    n_in, n_observed = size["X"], size["Y"]
 
-    reader = _Reader2(vnnlib, source, inputs, outputs)
+    reader = _Reader2(vnnlib, source, tensors)
     terms: list[list[_Atom]] = [[]]
     for assertion in query.assertions:
         terms = [a + b for a, b in itertools.product(terms, reader.dnf(assertion.expr))]
         if len(terms) > MAX_DNF_TERMS:
             raise reader.fail(assertion, f"more than {MAX_DNF_TERMS} cases after expansion")
+    terms, n_in = _share_inputs(terms, variables, n_in)
+    observes_inputs = any(_reads_inputs(atom) for term in terms for atom in term)
+    n_out = n_observed + (n_in if observes_inputs else 0)
 
     def input_name(i: int) -> str:
-        shape = variables[0].shape
-        return inputs.name + (_dims(np.unravel_index(i, shape)) if shape else "")
+        v = next(v for v in variables if v.kind == "input" and v.offset <= i < v.offset + v.size
+                 and v.shares is None)
+        return v.name + (_dims(np.unravel_index(i - v.offset, v.shape)) if v.shape else "")
 
-    cases = _cases_from_dnf(terms, n_in, n_out, source, reader.fail, input_name)
-    return VnnlibQuery(n_in, n_out, cases, source, version, net.name, variables)
+    cases = _cases_from_dnf(terms, n_in, n_out, source, reader.fail, input_name,
+                            observes_inputs)
+    return VnnlibQuery(n_in, n_out, cases, source, version, networks[0].name, variables,
+                       networks, observes_inputs)
 
 
 def format_counterexample(x: np.ndarray, y: np.ndarray) -> str:

@@ -229,7 +229,8 @@ def _vjp(forward, node, p, shapes: list, coeffs: torch.Tensor) -> list[torch.Ten
     with torch.enable_grad():
         xs = [x.expand(len(coeffs), *x.shape[1:]).clone().requires_grad_(True) for x in xs]
         y = forward(node, xs, p)
-        return list(torch.autograd.grad(y, xs, grad_outputs=coeffs, allow_unused=True,
+        # the gradient of <y, coeffs> (a scalar: no grad_outputs, whose check imports sympy)
+        return list(torch.autograd.grad((y * coeffs).sum(), xs, allow_unused=True,
                                         create_graph=coeffs.requires_grad))
 
 

@@ -1,0 +1,324 @@
+"""VNN-LIB 2.0 beyond one network with one input and one output: several inputs and outputs
+(MIO), hidden nodes (H), several networks (MNET, MENET), linear constraints over inputs and
+outputs (LIN), `!=`, and polynomial constraints (POLY), end to end through verify-solver on tiny
+ONNX models built here. Sat answers are checked with onnxruntime on each network's own model;
+unsat answers against a dense grid (the models are 1-D or 2-D and piecewise linear)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from verify.graph.compose import Member, compose, read_member
+from verify.solver_cli import main
+from verify.vnnlib import parse_vnnlib
+
+pytest.importorskip("vnnlib")
+ort = pytest.importorskip("onnxruntime")
+
+
+def _model(path: Path, nodes, inputs: dict, outputs: dict, consts: dict = ()) -> Path:
+    """An opset-13 float32 model: inputs / outputs {name: shape}, consts {name: array}."""
+    inits = [numpy_helper.from_array(np.asarray(v, dtype=np.float32), k)
+             for k, v in dict(consts).items()]
+    graph = helper.make_graph(
+        nodes, path.stem,
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs.items()],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _ort(path: Path, feeds: dict, outputs: list[str]) -> list[np.ndarray]:
+    """onnxruntime on the model, the named tensors (hidden ones made outputs) as float64."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for name in outputs:
+        if name not in [o.name for o in model.graph.output]:
+            model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT,
+                                                                    None))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {k: np.asarray(v, dtype=np.float32).reshape(1) for k, v in feeds.items()}
+    return [np.asarray(v, dtype=np.float64).reshape(-1) for v in session.run(outputs, feeds)]
+
+
+def _solve(tmp_path: Path, text: str, networks: dict[str, Path], capsys, *extra: str):
+    query = tmp_path / "q.vnnlib"
+    query.write_text(text)
+    argv = ["verify", str(query), "--timeout", "60", *extra]
+    for name, path in networks.items():
+        argv += ["--network", f"{name}={path}"]
+    out = io.StringIO()
+    code = main(argv, out=out)
+    return code, out.getvalue(), capsys.readouterr().err
+
+
+def _assignment(stdout: str) -> dict[str, float]:
+    lines = stdout.splitlines()[1:]
+    return {lines[k].split()[0]: float(lines[k + 1]) for k in range(0, len(lines), 2)}
+
+
+@pytest.fixture
+def sub(tmp_path):  # Y = X1 - X2, two inputs
+    return _model(tmp_path / "sub.onnx", [helper.make_node("Sub", ["x1", "x2"], ["y"])],
+                  {"x1": [1], "x2": [1]}, {"y": [1]})
+
+
+@pytest.fixture
+def two_out(tmp_path):  # Y1 = 2 X, Y2 = X + 10, two outputs
+    return _model(tmp_path / "two_out.onnx", [helper.make_node("Mul", ["x", "two"], ["y1"]),
+                                              helper.make_node("Add", ["x", "ten"], ["y2"])],
+                  {"x": [1]}, {"y1": [1], "y2": [1]}, {"two": [2.0], "ten": [10.0]})
+
+
+@pytest.fixture
+def hidden(tmp_path):  # h = relu(2 x - 1) (hidden), y = h + 2
+    return _model(tmp_path / "hidden.onnx", [
+        helper.make_node("Mul", ["x", "two"], ["t"]),
+        helper.make_node("Sub", ["t", "one"], ["pre"]),
+        helper.make_node("Relu", ["pre"], ["h"]),
+        helper.make_node("Add", ["h", "two"], ["y"])],
+        {"x": [1]}, {"y": [1]}, {"two": [2.0], "one": [1.0]})
+
+
+@pytest.fixture
+def relu(tmp_path):  # y = relu(x)
+    return _model(tmp_path / "relu.onnx", [helper.make_node("Relu", ["x"], ["y"])],
+                  {"x": [1]}, {"y": [1]})
+
+
+@pytest.fixture
+def ident2(tmp_path):  # y = x + 0, two entries
+    return _model(tmp_path / "ident2.onnx", [helper.make_node("Add", ["x", "zero"], ["y"])],
+                  {"x": [2]}, {"y": [2]}, {"zero": [0.0, 0.0]})
+
+
+def test_layout_of_networks_hidden_nodes_and_inputs_read_as_outputs():
+    q = parse_vnnlib("""(vnnlib-version <2.0>)
+(declare-network A (declare-input X real [2]) (declare-hidden H real [3] "h")
+  (declare-output Y real [1]))
+(declare-network B (equal-to A) (declare-input U real [2]) (declare-hidden G real [3] "h")
+  (declare-output V real [1]))
+(assert (and (>= X[0] 0.0) (<= X[0] 1.0) (>= X[1] 0.0) (<= X[1] 1.0)))
+(assert (and (>= U[0] 0.0) (<= U[0] 1.0) (>= U[1] 0.0) (<= U[1] 1.0)))
+(assert (!= V[0] (+ Y[0] X[1])))
+""", "t.vnnlib")
+    assert [(v.name, v.kind, v.offset, v.network) for v in q.variables] == [
+        ("X", "input", 0, "A"), ("H", "hidden", 0, "A"), ("Y", "output", 3, "A"),
+        ("U", "input", 2, "B"), ("G", "hidden", 4, "B"), ("V", "output", 7, "B")]
+    assert [v.onnx_name for v in q.variables if v.kind == "hidden"] == ["h", "h"]
+    assert [(n.name, n.equal_to) for n in q.networks] == [("A", None), ("B", "A")]
+    # y = (H, Y, G, V) then x = (X, U): the row reads X[1] at column 8 + 1
+    assert q.observes_inputs and (q.n_inputs, q.n_outputs) == (4, 12) and not q.simple
+    (case,) = q.cases
+    below, above = case.disjuncts  # != : V < Y + X[1] or V > Y + X[1], both strict
+    assert list(below.A[0][[3, 7, 9]]) == [-1.0, 1.0, -1.0] and list(below.strict) == [True]
+    assert list(above.A[0][[3, 7, 9]]) == [1.0, -1.0, 1.0]
+    x = np.array([0.5, 0.25, 0.0, 0.0])
+    y = np.zeros(8)
+    y[3], y[7] = 1.0, 1.25
+    assert not q.violated_by(x, y)  # V == Y + X[1]
+    y[7] = 1.5
+    assert q.violated_by(x, y)
+
+
+def test_polynomial_atoms_are_kept_for_the_replay_and_bounded_by_intervals():
+    q = parse_vnnlib("""(vnnlib-version <2.0>)
+(declare-network N (declare-input X real [2]) (declare-output Y real [2]))
+(assert (and (>= X[0] -1.0) (<= X[0] 2.0) (>= X[1] 0.0) (<= X[1] 2.0)))
+(assert (>= (* Y[0] (+ Y[1] X[0])) 4.5))
+""", "t.vnnlib")
+    ((d,),) = [c.disjuncts for c in q.cases]
+    assert len(d.A) == 0 and len(d.polys) == 1
+    (p,) = d.polys  # 4.5 - Y0 Y1 - Y0 X0 <= 0, y = (Y0, Y1, X0, X1)
+    assert p.terms == {(0, 1): -1.0, (0, 2): -1.0} and p.const == 4.5
+    x, y = np.array([2.0, 1.0]), np.array([1.5, 1.0])
+    assert q.violated_by(x, y) == (1.5 * (1.0 + 2.0) >= 4.5)
+    lo, hi = np.array([0.0, 0.0, -1.0, 0.0]), np.array([2.0, 2.0, 2.0, 2.0])
+    assert p.lower_bound(lo, hi) <= 4.5 - 2.0 * 4.0  # the true minimum over the box
+    grid = np.stack(np.meshgrid(*[np.linspace(a, b, 9) for a, b in zip(lo, hi)]), -1)
+    assert p.lower_bound(lo, hi) <= min(p.value(v) for v in grid.reshape(-1, 4))
+
+
+def test_compose_matches_onnxruntime_per_network(two_out, hidden):
+    import onnx
+
+    members = [Member("P", read_member(onnx.load(str(two_out)), "P"), ["in0"]),
+               Member("Q", read_member(onnx.load(str(hidden)), "Q", ("h",)), ["in1"])]
+    net = compose(members, [("in0", (1,)), ("in1", (1,))],
+                  [("P", "y2"), ("Q", "h"), ("Q", "y"), ("P", "y1"), (None, "in0")])
+    rng = np.random.default_rng(0)
+    for x in rng.uniform(-2, 2, size=(20, 2)):
+        y1, y2 = _ort(two_out, {"x": x[0]}, ["y1", "y2"])
+        h, y = _ort(hidden, {"x": x[1]}, ["h", "y"])
+        expected = np.concatenate([y2, h, y, y1, x[:1]])
+        assert np.allclose(net.forward(x), expected, atol=1e-5)
+
+
+def test_several_inputs_sat_checked_by_onnxruntime(tmp_path, sub, capsys):
+    code, out, err = _solve(tmp_path, """(vnnlib-version <2.0>)
+(declare-network N (declare-input A float32 [1]) (declare-input B float32 [1])
+  (declare-output Y float32 [1]))
+(assert (and (>= A[0] 0.0) (<= A[0] 1.0) (>= B[0] 10.0) (<= B[0] 11.0)))
+(assert (<= Y[0] -10.5))
+""", {"N": sub}, capsys)
+    assert code == 0 and out.startswith("sat\n"), err
+    values = _assignment(out)
+    (y,) = _ort(sub, {"x1": values["A"], "x2": values["B"]}, ["y"])
+    assert 0 <= values["A"] <= 1 and 10 <= values["B"] <= 11 and y[0] <= -10.5
+    assert values["Y"] == y[0]
+
+
+def test_several_outputs_unsat_needs_both_rows(tmp_path, two_out, capsys):
+    text = """(vnnlib-version <2.0>)
+(declare-network N (declare-input X real [1]) (declare-output P real [1])
+  (declare-output Q real [1]))
+(assert (and (>= X[0] 0.0) (<= X[0] 1.0)))
+(assert (>= P[0] 1.5))
+(assert (<= Q[0] 10.5))
+"""
+    grid = np.linspace(0, 1, 100001)  # y1 >= 1.5 needs x >= 0.75, y2 <= 10.5 needs x <= 0.5
+    assert not np.any((2 * grid >= 1.5) & (grid + 10 <= 10.5))
+    code, out, err = _solve(tmp_path, text, {"N": two_out}, capsys)
+    assert (code, out) == (0, "unsat\n"), err
+    # declared in the model's output order: P is y1 = 2x, Q is y2 = x + 10; swapped, sat
+    code, out, err = _solve(tmp_path, text.replace("(>= P[0] 1.5)", "(>= Q[0] 1.5)").replace(
+        "(<= Q[0] 10.5)", "(<= P[0] 10.5)"), {"N": two_out}, capsys)
+    assert code == 0 and out.startswith("sat\n"), err
+
+
+def test_hidden_nodes_sat_and_unsat(tmp_path, hidden, capsys):
+    head = """(vnnlib-version <2.0>)
+(declare-network N (declare-input X float32 [1]) (declare-hidden H float32 [1] "h")
+  (declare-output Y float32 [1]))
+(assert (and (>= X[0] 0.0) (<= X[0] 2.0)))
+"""
+    code, out, err = _solve(tmp_path, head + "(assert (<= H[0] -0.5))", {"N": hidden}, capsys)
+    assert (code, out) == (0, "unsat\n"), err  # a ReLU's output
+    code, out, err = _solve(tmp_path, head + "(assert (>= H[0] (+ X[0] 0.5)))", {"N": hidden},
+                            capsys)
+    assert code == 0 and out.startswith("sat\n"), err
+    values = _assignment(out)
+    h, y = _ort(hidden, {"x": values["X"]}, ["h", "y"])
+    assert h[0] >= values["X"] + 0.5 and (values["H"], values["Y"]) == (h[0], y[0])
+    assert list(_assignment(out)) == ["X", "H", "Y"]  # declaration order
+    code, out, err = _solve(tmp_path, head.replace('"h"', '"nowhere"') +
+                            "(assert (<= H[0] 1.0))", {"N": hidden}, capsys)
+    assert code == 1 and out == "" and "no tensor named 'nowhere'" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_several_networks_equal_and_separate(tmp_path, relu, capsys):
+    head = """(vnnlib-version <2.0>)
+(declare-network N1 (declare-input X real [1]) (declare-output Y real [1]))
+(declare-network N2 (equal-to N1) (declare-input X2 real [1]) (declare-output Y2 real [1]))
+(assert (and (>= X[0] -1.0) (<= X[0] 1.0) (>= X2[0] 0.5) (<= X2[0] 3.0)))
+"""
+    a, b = np.meshgrid(np.linspace(-1, 1, 401), np.linspace(0.5, 3, 401))
+    assert not np.any(np.maximum(b, 0) + 0.6 <= np.maximum(a, 0))  # 1.1 <= relu(x2) + 0.6
+    assert np.any(np.maximum(b, 0) + 0.4 <= np.maximum(a, 0))
+    code, out, err = _solve(tmp_path, head + "(assert (<= (+ Y2[0] 0.6) Y[0]))",
+                            {"N1": relu}, capsys)  # N2 reuses N1's model
+    assert (code, out) == (0, "unsat\n"), err
+    code, out, err = _solve(tmp_path, head + "(assert (<= (+ Y2[0] 0.4) Y[0]))",
+                            {"N1": relu, "N2": relu}, capsys)
+    assert code == 0 and out.startswith("sat\n"), err
+    v = _assignment(out)
+    (y,) = _ort(relu, {"x": v["X"]}, ["y"])
+    (y2,) = _ort(relu, {"x": v["X2"]}, ["y"])
+    assert y2[0] + 0.4 <= y[0] and [v["Y"], v["Y2"]] == [y[0], y2[0]]
+    separate = head.replace("(equal-to N1) ", "")
+    code, out, err = _solve(tmp_path, separate + "(assert (<= Y2[0] Y[0]))", {"N1": relu},
+                            capsys)
+    assert code == 1 and "no model file for network 'N2'" in err
+
+
+def test_linear_constraints_over_inputs_and_outputs(tmp_path, ident2, capsys):
+    head = """(vnnlib-version <2.0>)
+(declare-network N (declare-input X float32 [2]) (declare-output Y float32 [2]))
+(assert (and (>= X[0] 0.0) (<= X[0] 2.0) (>= X[1] 0.0) (<= X[1] 2.0)))
+"""
+    code, out, err = _solve(tmp_path, head + "(assert (>= (+ (* 0.5 X[0]) (* 0.75 X[1])) 2.6))",
+                            {"N": ident2}, capsys)
+    assert (code, out) == (0, "unsat\n"), err  # the maximum is 2.5
+    code, out, err = _solve(tmp_path, head + "(assert (>= (- Y[0] X[1]) 1.5))", {"N": ident2},
+                            capsys)
+    assert code == 0 and out.startswith("sat\n"), err
+    lines = out.splitlines()
+    x, y = np.array(lines[2:4], dtype=float), np.array(lines[5:7], dtype=float)
+    (y_ort,) = _ort_vector(ident2, x)
+    assert np.array_equal(y, y_ort) and y_ort[0] - x[1] >= 1.5
+
+
+def _ort_vector(path: Path, x: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [np.asarray(session.run(None, {"x": x.astype(np.float32)})[0], dtype=np.float64)]
+
+
+def test_polynomial_constraints_sat_unsat_and_unknown(tmp_path, ident2, capsys):
+    head = """(vnnlib-version <2.0>)
+(declare-network N (declare-input X float32 [2]) (declare-output Y float32 [2]))
+(assert (and (>= X[0] 0.0) (<= X[0] 2.0) (>= X[1] 0.0) (<= X[1] 2.0)))
+"""
+    code, out, err = _solve(tmp_path, head + "(assert (>= (* X[0] X[1]) 4.5))", {"N": ident2},
+                            capsys)
+    assert (code, out) == (0, "unsat\n"), err
+    code, out, err = _solve(tmp_path, head + "(assert (>= (* Y[0] Y[1]) 4.0))", {"N": ident2},
+                            capsys)
+    assert code == 0 and out.startswith("sat\n"), err  # only at the corner (2, 2)
+    lines = out.splitlines()
+    (y,) = _ort_vector(ident2, np.array(lines[2:4], dtype=float))
+    assert y[0] * y[1] >= 4.0
+    # (Y0 - Y1)^2 <= -0.01: no point, but interval arithmetic on the expanded square does not
+    # see it; never unsat from an unproved relaxation, never sat without a checked point
+    code, out, err = _solve(tmp_path, head + "(assert (<= (* (- Y[0] Y[1]) (- Y[0] Y[1])) "
+                                             "-0.01))", {"N": ident2}, capsys)
+    assert (code, out) == (0, "unknown\n") and "nonlinear constraint" in err
+
+
+def test_shared_input_is_one_graph_input(tmp_path, relu, hidden, capsys):
+    head = """(vnnlib-version <2.0>)
+(declare-network N1 (declare-input X real [1]) (declare-output Y real [1]))
+(declare-network N2 (declare-input U real [1]) (declare-output V real [1]))
+(assert (and (>= X[0] 0.0) (<= X[0] 1.0) (>= U[0] -5.0) (<= U[0] 5.0)))
+(assert (== U[0] X[0]))
+"""
+    q = parse_vnnlib(head + "(assert (>= (- V[0] 2.01) Y[0]))", "t.vnnlib")
+    assert [(v.name, v.offset, v.shares) for v in q.variables if v.kind == "input"] == \
+        [("X", 0, None), ("U", 0, "X")]
+    assert q.n_inputs == 1 and not q.observes_inputs
+    (case,) = q.cases
+    assert (case.box.lower[0], case.box.upper[0]) == (0.0, 1.0)  # both boxes intersected
+    grid = np.linspace(0, 1, 100001)  # relu(2x - 1) <= relu(x) on [0, 1], equal at 0 and 1
+    assert not np.any(np.maximum(2 * grid - 1, 0) >= np.maximum(grid, 0) + 0.01)
+    code, out, err = _solve(tmp_path, head + "(assert (>= (- V[0] 2.01) Y[0]))",
+                            {"N1": relu, "N2": hidden}, capsys)
+    assert (code, out) == (0, "unsat\n"), err
+    code, out, err = _solve(tmp_path, head + "(assert (>= (- V[0] 2.0) Y[0]))",
+                            {"N1": relu, "N2": hidden}, capsys)
+    assert code == 0 and out.startswith("sat\n"), err
+    v = _assignment(out)
+    assert v["X"] == v["U"]
+    (y,) = _ort(relu, {"x": v["X"]}, ["y"])
+    (h,) = _ort(hidden, {"x": v["U"]}, ["y"])
+    assert h[0] - 2.0 >= y[0] and [v["Y"], v["V"]] == [y[0], h[0]]
+
+
+def test_polynomial_query_is_no_specification():
+    from verify.vnnlib import VnnlibError
+
+    q = parse_vnnlib("""(vnnlib-version <2.0>)
+(declare-network N (declare-input X real [1]) (declare-output Y real [2]))
+(assert (and (>= X[0] 0.0) (<= X[0] 1.0)))
+(assert (and (<= Y[0] 1.0) (<= (* Y[0] Y[1]) 1.0)))
+""", "t.vnnlib")
+    assert not q.single_row and q.nonlinear
+    with pytest.raises(VnnlibError, match="polynomial"):
+        q.to_specifications()
