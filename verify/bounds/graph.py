@@ -383,6 +383,8 @@ def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS,
     call's bounds are reused when asked again for the same sets (alpha-CROWN, then relu-bab's
     root, in one `auto` run)."""
     key = torch.cat([batch.lower, batch.upper, batch.center, batch.eps[:, None]], 1)
+    if key.requires_grad:  # bab's split scores differentiate through the bounds: no sharing
+        return _crown_bounds(net, batch, crown_rows, max_rows)
     _, inverse = torch.unique(key, dim=0, return_inverse=True)
     count = int(inverse.max()) + 1 if len(inverse) else 0
     if count == len(batch):
