@@ -244,11 +244,11 @@ def test_satisfactory_driver_checks_assignments(tmp_path, capsys):
     code, out, _ = _solver(["verify", str(query_path), "--network", f"N={path}",
                             "--timeout", "60"], capsys)
     assert code == 0 and out.startswith("sat\n")
-    assert valid_assignment(out, path, query_path) == (True, "")
+    assert valid_assignment(out, {"N": path}, query_path) == (True, "")
     outside = out.replace(repr(x0), repr(float(np.float32(0.5))), 1)
-    assert not valid_assignment(outside, path, query_path)[0]
+    assert not valid_assignment(outside, {"N": path}, query_path)[0]
     not_float32 = out.replace(repr(x0), "0.1", 1)
-    assert valid_assignment(not_float32, path, query_path) == (
+    assert valid_assignment(not_float32, {"N": path}, query_path) == (
         False, "inputs not representable in float32")
 
 
