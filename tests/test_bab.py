@@ -260,3 +260,26 @@ def test_bab_on_a_chain_read_as_a_graph_searches_like_the_chain(seed):
         on_graph = refute(graph, box, A, np.array([b]), options, time.monotonic() + 60)
         assert on_graph.status == on_chain.status == ("unsat" if b < grid_min else "sat")
         assert on_graph.boxes <= 1.5 * on_chain.boxes + 8
+
+
+def test_vnnlib_auto_on_a_small_smooth_graph_is_complete(tmp_path):
+    """vnncomp.solve "auto" on a 2-input Tanh graph runs input-split BaB (complete): unsat just
+    below the dense grid's minimum of y_0 - y_1, sat (replayed) just above it."""
+    from verify.vnncomp import solve
+    from verify.vnnlib import load_vnnlib
+
+    net = smooth_graph(1, "Tanh")
+    axis = np.linspace(-1, 1, 401)
+    values = net.forward(np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2)) @ [1.0, -1.0]
+    for threshold, expected in ((values.min() - 0.02, "unsat"), (values.min() + 1e-3, "sat")):
+        path = tmp_path / f"{expected}.vnnlib"
+        path.write_text("(declare-const X_0 Real)\n(declare-const X_1 Real)\n"
+                        "(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
+                        "(assert (>= X_0 -1))\n(assert (<= X_0 1))\n"
+                        "(assert (>= X_1 -1))\n(assert (<= X_1 1))\n"
+                        f"(assert (<= Y_0 (+ Y_1 {float(threshold)!r})))\n")
+        result = solve(net, load_vnnlib(path), "auto", timeout=30)
+        assert result.result == expected and result.method == "bab", result.reason
+        if expected == "sat":
+            x = np.asarray(result.counterexample[0], dtype=float)  # (x, f(x)), replayed
+            assert np.all(np.abs(x) <= 1) and float(net.forward(x) @ [1.0, -1.0]) <= threshold
