@@ -225,3 +225,61 @@ def test_bab_certifies_graph_robustness_and_agrees_with_the_attack():
                 assert np.all(np.abs(np.asarray(bab.counterexample) - x) <= eps)
                 assert np.argmax(z) != label or np.any(np.delete(z, label) >= z[label])
     assert verify.Status.YES in answers and verify.Status.NO in answers
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bab_on_a_chain_read_as_a_graph_searches_like_the_chain(seed):
+    """A Relu MLP through the graph path (graph CROWN, its gradient for the split scores) gives
+    the chain path's answers with about as many boxes (alpha-CROWN and local MILPs off, which
+    the graph path does not have): the same bounds and scores up to rounding."""
+    from onnx import helper
+    from onnx_reference import make_model, tensor
+    from verify.exact.bab import BaBOptions, refute
+    from verify.graph.network import GraphNetwork
+    from verify.graph.onnx_graph import GraphReader
+    from verify.onnx_io import network_from_onnx
+
+    rng = np.random.default_rng(seed)
+    sizes, nodes, inits, prev = [3, 12, 12, 2], [], [], "x"
+    for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        out = "y" if k == len(sizes) - 2 else f"h{k}"
+        nodes.append(helper.make_node("Gemm", [prev, f"W{k}", f"b{k}"], [out], transB=1))
+        inits += [(f"W{k}", rng.normal(size=(n_out, n_in)) * np.sqrt(2 / n_in)),
+                  (f"b{k}", rng.normal(size=n_out) * 0.1)]
+        if out != "y":
+            nodes.append(helper.make_node("Relu", [out], [f"r{k}"]))
+            prev = f"r{k}"
+    model = make_model(nodes, [tensor("x", [1, 3])], [tensor("y", None)], inits)
+    chain, graph = network_from_onnx(model, "mlp"), GraphNetwork(GraphReader(model, "mlp").read())
+    box, A = Box(-np.ones(3), np.ones(3)), np.array([[1.0, -1.0]])
+    axis = np.linspace(-1, 1, 41)
+    grid_min = (chain.forward(np.stack(np.meshgrid(axis, axis, axis), -1).reshape(-1, 3)) @ A[0]).min()
+    options = BaBOptions(device="cpu", alpha_steps=0, polish_after=1e9, batch_size=64)
+    for b in (grid_min - 0.05, grid_min + 0.01):
+        on_chain = refute(chain, box, A, np.array([b]), options, time.monotonic() + 60)
+        on_graph = refute(graph, box, A, np.array([b]), options, time.monotonic() + 60)
+        assert on_graph.status == on_chain.status == ("unsat" if b < grid_min else "sat")
+        assert on_graph.boxes <= 1.5 * on_chain.boxes + 8
+
+
+def test_vnnlib_auto_on_a_small_smooth_graph_is_complete(tmp_path):
+    """vnncomp.solve "auto" on a 2-input Tanh graph runs input-split BaB (complete): unsat just
+    below the dense grid's minimum of y_0 - y_1, sat (replayed) just above it."""
+    from verify.vnncomp import solve
+    from verify.vnnlib import load_vnnlib
+
+    net = smooth_graph(1, "Tanh")
+    axis = np.linspace(-1, 1, 401)
+    values = net.forward(np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2)) @ [1.0, -1.0]
+    for threshold, expected in ((values.min() - 0.02, "unsat"), (values.min() + 1e-3, "sat")):
+        path = tmp_path / f"{expected}.vnnlib"
+        path.write_text("(declare-const X_0 Real)\n(declare-const X_1 Real)\n"
+                        "(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
+                        "(assert (>= X_0 -1))\n(assert (<= X_0 1))\n"
+                        "(assert (>= X_1 -1))\n(assert (<= X_1 1))\n"
+                        f"(assert (<= Y_0 (+ Y_1 {float(threshold)!r})))\n")
+        result = solve(net, load_vnnlib(path), "auto", timeout=30)
+        assert result.result == expected and result.method == "bab", result.reason
+        if expected == "sat":
+            x = np.asarray(result.counterexample[0], dtype=float)  # (x, f(x)), replayed
+            assert np.all(np.abs(x) <= 1) and float(net.forward(x) @ [1.0, -1.0]) <= threshold

@@ -10,10 +10,10 @@ Method:    IBP: in topological order, linear nodes in center/radius form y = L(m
            mean-value form around the box's midpoint (ops.softmax_relaxation; its interval where
            tighter). For l_2 / l_1 balls, tensors affine in the input get the exact ball bound
            x0 ± eps ||J_i||_q in IBP too. Intermediate bounds: IBP, tightened by a CROWN pass
-           from each nonlinear node's input where at most `crown_rows` entries need it. Rounding: each linear step's float64
-           error is at most gamma_n times the same pass run on absolute values (|A| |L|),
-           carried alongside and charged at the end with `rounding_slack`; concretization is
-           crown.concretize's (rounding included).
+           from each nonlinear node's input where at most `crown_rows` entries need it.
+           Rounding: each linear step's float64 error is at most gamma_n times the same pass run
+           on absolute values (|A| |L|), carried alongside and charged at the end with
+           `rounding_slack`; concretization is crown.concretize's (rounding included).
 Soundness: sound, incomplete.
 """
 

@@ -13,7 +13,8 @@ Tensors carry a leading sample axis B: a variable of ONNX shape S is a torch ten
   widened alike.
 - `MaxPool` and `Softmax` (`BOUNDED`): exact or sound interval rules. Linear bounds: MaxPool's
   from its window candidates (`max_pool_windows`, any spatial rank), Softmax's from
-  `softmax_relaxation` (tangent planes of the convex / concave pieces of its parts).
+  `softmax_relaxation` (a mean-value form around the box's midpoint; the interval where
+  tighter).
 
 Piecewise-linear ops other than Relu (LeakyRelu, PRelu, Clip, Abs, Max, Min) are rewritten into
 Relu and linear nodes by the loader (e.g. max(a, b) = b + relu(a - b)), so every certifier that
