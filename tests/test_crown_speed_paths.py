@@ -210,3 +210,47 @@ def test_bounds_equal_auto_lirpa_crown(model):
     assert float((ours - theirs).abs().max()) < 1e-9 or bool((ours >= theirs - 1e-9).all())
     same = ((ours - theirs).abs() <= 1e-9).all(dim=1)
     assert int(same.sum()) >= len(xs) - 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Reused buffers (crown.scratch)
+
+def test_reused_buffers_change_no_bound(monkeypatch):
+    net = load_onnx(MODELS / "digits_cnn.onnx")
+    xs, ys = digits(30)
+    _, batch = batch_of(net, xs, ys, 0.05)
+    reused = crown.margin_lower_bounds(net, batch)[0]
+    again = crown.margin_lower_bounds(net, batch)[0]  # the buffers hold the last call's numbers
+    monkeypatch.setattr(crown, "SCRATCH_ENTRIES", 0)  # every tensor fresh
+    fresh = crown.margin_lower_bounds(net, batch)[0]
+    assert torch.equal(reused, fresh) and torch.equal(again, fresh)
+
+
+def test_no_buffer_reuse_under_autograd():
+    like = torch.zeros(2, dtype=torch.float64)
+    with torch.no_grad():
+        assert crown.scratch("test", (2, 3), like) is not None
+    assert crown.scratch("test", (2, 3), like) is None  # a graph may keep it
+
+
+def test_threads_have_their_own_buffers():
+    """Two threads bounding different batches at once get what each gets alone."""
+    import threading
+
+    net = load_onnx(MODELS / "digits_cnn.onnx")
+    xs, ys = digits(40)
+    batches = [batch_of(net, xs[:20], ys[:20], 0.05)[1], batch_of(net, xs[20:], ys[20:], 0.04)[1]]
+    alone = [crown.margin_lower_bounds(net, b)[0] for b in batches]
+    results: dict[int, list] = {0: [], 1: []}
+
+    def work(i: int) -> None:
+        for _ in range(3):
+            results[i].append(crown.margin_lower_bounds(net, batches[i])[0])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in (0, 1):
+        assert all(torch.equal(r, alone[i]) for r in results[i])
