@@ -579,10 +579,13 @@ def ibp_margin_lower(net: Network, batch: InputBatch, ibp_bounds: list[Bounds],
 
 
 def margin_lower_bounds(net: Network, batch: InputBatch, intermediate: str = "crown",
-                        dtype: str = "float64") -> tuple[Tensor, dict]:
+                        dtype: str = "float64", all_neurons: bool = False
+                        ) -> tuple[Tensor, dict]:
     """Lower bounds (B, m) of C f(x) - d over each input set, and the cost; `intermediate`
     picks the neuron bounds the backward pass relaxes over ("crown" or "ibp": CROWN-IBP),
-    `dtype` the float type of the neuron bounds' passes ("float64" or "float32")."""
+    `dtype` the float type of the neuron bounds' passes ("float64" or "float32"),
+    `all_neurons` bounds the stable neurons too (their CROWN bounds tighten the interval steps
+    of the layers above; costlier)."""
     check_choice(intermediate, CROWNOptions.CHOICES["intermediate"], "intermediate bounds",
                  "crown")
     check_choice(dtype, CROWNOptions.CHOICES["dtype"], "dtype", "crown")
@@ -592,6 +595,7 @@ def margin_lower_bounds(net: Network, batch: InputBatch, intermediate: str = "cr
             bounds, selections = ibp_bounds, {}
         else:
             bounds, selections = propagate(net, batch, ibp_bounds, include_last=False,
+                                           all_neurons=all_neurons,
                                            dtype=passes_dtype(net, dtype))
         # These numbers become a YES in verdict.certificate_from_bounds when every row is > 0
         # (no tolerance). Why that holds for the real-arithmetic network: (1) every pre-activation
