@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
+import threading
 from dataclasses import dataclass
 from typing import ClassVar, Optional, Sequence
 
@@ -138,11 +140,43 @@ def dense_weight(layer, params: dict) -> Optional[Tensor]:
     return params["dense_weight"]
 
 
-def transpose_apply(layer, params: dict, coeffs: Tensor) -> Tensor:
-    """coeffs @ W for coefficients (L, m, out) on the layer's output: (L, m, in), no autograd."""
+# Reused CPU buffers for the large coefficient tensors of backward passes without autograd, by
+# role: a fresh tensor of a few MB comes from pages the kernel faults in on first touch (glibc
+# returns freed memory at the top of its heap), ~20,000 faults per CROWN call on the digits CNN.
+# A buffer is reused only while no autograd graph can hold it, only up to SCRATCH_ENTRIES, and
+# only by its own thread (a Dask worker may run two certifications side by side).
+SCRATCH_ENTRIES = 2 ** 21
+_scratch = threading.local()
+
+
+def scratch(role: str, shape: Sequence[int], like: Tensor, avoid: Optional[Tensor] = None
+            ) -> Optional[Tensor]:
+    """A reusable uninitialised CPU tensor of `shape` for `role` (never sharing memory with
+    `avoid`), or None where a fresh one is due: autograd on, not a CPU tensor, or too large."""
+    size = math.prod(shape)
+    if torch.is_grad_enabled() or like.device.type != "cpu" or size > SCRATCH_ENTRIES:
+        return None
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    for key in ((role, like.dtype), (role + "'", like.dtype)):  # a second one to alternate
+        buffer = buffers.get(key)
+        if buffer is None or buffer.numel() < size:
+            buffer = buffers[key] = torch.empty(max(size, SCRATCH_ENTRIES // 8),
+                                                dtype=like.dtype)
+        view = buffer[:size].view(*shape)
+        if avoid is None or view.untyped_storage().data_ptr() \
+                != avoid.untyped_storage().data_ptr():
+            return view
+    return None  # pragma: no cover - two buffers of one role, `avoid` is at most one of them
+
+
+def transpose_apply(layer, params: dict, coeffs: Tensor, reuse: bool = False) -> Tensor:
+    """coeffs @ W for coefficients (L, m, out) on the layer's output: (L, m, in), no autograd.
+    With `reuse` the result may lie in a `scratch` buffer (valid until the next such call)."""
     dense = dense_weight(layer, params)
     if dense is not None:
-        return coeffs @ dense
+        out = scratch("product", (*coeffs.shape[:-1], dense.shape[1]), coeffs, avoid=coeffs) \
+            if reuse and coeffs.dim() == 3 else None
+        return coeffs @ dense if out is None else torch.matmul(coeffs, dense, out=out)
     lead, rows = coeffs.shape[:2]
     c_in, h, w = layer.in_shape
     top, left, bottom, right = layer.padding
@@ -281,7 +315,7 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
                 slack = slack + rounding_slack(_matvec(abs_coeffs, owed) + const.detach().abs(),
                                                n_terms, in_magnitude.sum(-1, keepdim=True))
             const = const + coeffs @ layer.bias_per_output(p["bias"])
-            coeffs, abs_coeffs, owed = transpose_apply(layer, p, coeffs), None, None
+            coeffs, abs_coeffs, owed = transpose_apply(layer, p, coeffs, reuse=True), None, None
             owned = not torch.is_grad_enabled()
         elif isinstance(layer, ReLU):
             if owed is not None:  # two ReLUs in a row: the earlier one's allowance is due now
@@ -292,7 +326,10 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
             lower_slope = relax.lower_slope[:, None, :]
             if alphas is not None and k in alphas:
                 lower_slope = torch.where(relax.unstable[:, None, :], alphas[k], lower_slope)
-            negative = coeffs.clamp(max=0)  # these use the chord s z + t, the others alpha z
+            buffer = scratch("negative", coeffs.shape, coeffs, avoid=coeffs) if owned else None
+            # negative entries use the chord s z + t, the others alpha z
+            negative = coeffs.clamp(max=0) if buffer is None else \
+                torch.clamp(coeffs, max=0, out=buffer)
             positive = coeffs.sub_(negative) if owned else coeffs - negative  # exact
             increment = _matvec(negative, relax.upper_intercept)
             const = const + increment
@@ -431,7 +468,10 @@ def _row_bounds(net: Network, batch: InputBatch, bounds: list[Bounds], k: int, i
     dense = dense_weight(layer, p)
     if dense is not None:
         rows = torch.cat([index, index], dim=1).reshape(-1)  # (B, 2R, in), gathered once
-        coeffs = dense.index_select(0, rows).reshape(len(index), 2 * count, dense.shape[1])
+        shape = (len(rows), dense.shape[1])
+        buffer = scratch("rows", shape, dense)
+        coeffs = (dense.index_select(0, rows) if buffer is None else
+                  torch.index_select(dense, 0, rows, out=buffer)).view(len(index), 2 * count, -1)
     else:
         one_hot = torch.zeros((*index.shape, int(np.prod(layer.out_shape))),
                               dtype=p["weight"].dtype, device=index.device)
@@ -539,10 +579,13 @@ def ibp_margin_lower(net: Network, batch: InputBatch, ibp_bounds: list[Bounds],
 
 
 def margin_lower_bounds(net: Network, batch: InputBatch, intermediate: str = "crown",
-                        dtype: str = "float64") -> tuple[Tensor, dict]:
+                        dtype: str = "float64", all_neurons: bool = False
+                        ) -> tuple[Tensor, dict]:
     """Lower bounds (B, m) of C f(x) - d over each input set, and the cost; `intermediate`
     picks the neuron bounds the backward pass relaxes over ("crown" or "ibp": CROWN-IBP),
-    `dtype` the float type of the neuron bounds' passes ("float64" or "float32")."""
+    `dtype` the float type of the neuron bounds' passes ("float64" or "float32"),
+    `all_neurons` bounds the stable neurons too (their CROWN bounds tighten the interval steps
+    of the layers above; costlier)."""
     check_choice(intermediate, CROWNOptions.CHOICES["intermediate"], "intermediate bounds",
                  "crown")
     check_choice(dtype, CROWNOptions.CHOICES["dtype"], "dtype", "crown")
@@ -552,6 +595,7 @@ def margin_lower_bounds(net: Network, batch: InputBatch, intermediate: str = "cr
             bounds, selections = ibp_bounds, {}
         else:
             bounds, selections = propagate(net, batch, ibp_bounds, include_last=False,
+                                           all_neurons=all_neurons,
                                            dtype=passes_dtype(net, dtype))
         # These numbers become a YES in verdict.certificate_from_bounds when every row is > 0
         # (no tolerance). Why that holds for the real-arithmetic network: (1) every pre-activation
