@@ -53,8 +53,8 @@ def tiny_graphs():
                   inits + [("W2", w(2, 4)), ("W3", w(10, 3))]))
     nodes, inits = hidden(16)
     cases.append(("max_pool", nodes + [n("Reshape", ["h", "sh"], "img"),
-                                       n("MaxPool", ["img"], "p", kernel_shape=[2, 2], strides=[1, 1],
-                                         pads=[0, 0, 1, 1]),
+                                       n("MaxPool", ["img"], "p", kernel_shape=[2, 2],
+                                         strides=[1, 1], pads=[0, 0, 1, 1]),
                                        n("Flatten", ["p"], "f"), n("Gemm", ["f", "W3"], "y")],
                   inits + [("sh", np.array([1, 1, 4, 4])), ("W3", w(16, 3))]))
     nodes, inits = hidden()
@@ -124,7 +124,8 @@ def random_dag(seed: int) -> GraphNetwork:
                       n("Add", [current, f"r{k}"], f"o{k}")]
             inits += [(a, weight(8, 8))]
         elif block == "concat":
-            nodes += [n("Gemm", [current, a], f"g{k}"), n("LeakyRelu", [f"g{k}"], f"l{k}", alpha=0.2),
+            nodes += [n("Gemm", [current, a], f"g{k}"),
+                      n("LeakyRelu", [f"g{k}"], f"l{k}", alpha=0.2),
                       n("Gemm", [current, b], f"q{k}"), n("Clip", [f"q{k}", "lo", "hi"], f"c{k}"),
                       n("Concat", [f"l{k}", f"c{k}"], f"o{k}", axis=1)]
             inits += [(a, weight(8, 4)), (b, weight(8, 4))]

@@ -261,8 +261,8 @@ class GraphEncoder:
 
     def _new_cols(self, name: str, k: int, node, entries: np.ndarray, prefix: str) -> np.ndarray:
         lo, up = self.bounds[name]
-        return self.b.add_cols(lo[entries], up[entries],
-                               [f"{prefix}_{tag_of(k, node)}_{i}" for i in entries])
+        tag = tag_of(k, node)
+        return self.b.add_cols(lo[entries], up[entries], [f"{prefix}_{tag}_{i}" for i in entries])
 
     # -- linear ----------------------------------------------------------------------------------
     def _linear(self, k: int, node) -> None:
@@ -316,7 +316,8 @@ class GraphEncoder:
             out_cols[new] = y
             sub = merged[new].tocoo()
             local = np.arange(len(new))
-            self.b.add_rows([f"lin_{tag_of(k, node)}_{i}" for i in new],
+            tag = tag_of(k, node)
+            self.b.add_rows([f"lin_{tag}_{i}" for i in new],
                             np.concatenate([local, sub.row]), np.concatenate([y, sub.col]),
                             np.concatenate([np.ones(len(new)), -sub.data]),
                             const[new] - allowance[new], const[new] + allowance[new])
@@ -402,7 +403,8 @@ class GraphEncoder:
             # sum_i z_i = 1 and y - sum_i u_i z_i <= 0 (u_i moved up off HiGHS's dropped range)
             m = len(split)
             self.b.add_rows([f"pool_one_{tag}_{o}" for o in split], o_idx, z, np.ones(n), 1.0, 1.0)
-            coef = np.where(np.abs(u_i) <= SMALL_COEFFICIENT, np.where(u_i > 0, SAFE_COEFFICIENT, 0.0), u_i)
+            coef = np.where(np.abs(u_i) <= SMALL_COEFFICIENT,
+                            np.where(u_i > 0, SAFE_COEFFICIENT, 0.0), u_i)
             nz = np.flatnonzero(coef != 0)
             self.b.add_rows([f"pool_up_{tag}_{o}" for o in split],
                             np.concatenate([np.arange(m), o_idx[nz]]), np.concatenate([y, z[nz]]),
