@@ -264,3 +264,26 @@ def test_linear_matrices_reproduce_every_linear_op():
             np.testing.assert_allclose(got, want.reshape(-1).numpy(), rtol=1e-12, atol=1e-12)
             seen.add(node.op)
     assert {"Conv", "ConvTranspose", "Gemm", "AveragePool", "Select", "Concat", "Pad"} <= seen
+
+
+@pytest.mark.parametrize("norm, eps", [("1", 0.4), ("2", 0.3)])
+def test_l1_and_l2_balls_on_a_graph(norm, eps):
+    """LP (HiGHS for l_1, Clarabel's cone for l_2) and, for l_1, the MILP stay below the margins
+    sampled in the ball, and CROWN stays below the LP."""
+    net = random_dag(1)
+    rng = np.random.default_rng(5)
+    x = np.random.default_rng(1).uniform(-1, 1, 3)
+    label = int(np.argmax(net.forward(x)))
+    spec = robustness_spec(3, 3, x, label, eps, norm, None)
+    d = rng.normal(size=(4000, 3))
+    d /= np.linalg.norm(d, ord=float(norm), axis=1, keepdims=True)
+    points = x + d * eps * rng.uniform(0, 1, (4000, 1))
+    sampled = np.min([spec.output.values(o) for o in net.forward(points)], axis=0)
+    lp = row_values(backends.certify_specs(net, [spec], "lp")[0], label)[0]
+    crown = row_values(backends.certify_specs(net, [spec], "crown", device="cpu")[0], label)[0]
+    assert np.all(lp <= sampled) and np.all(crown <= lp + 1e-9)
+    if norm == "1":
+        milp = backends.certify_specs(net, [spec], "milp", exact_margins=True)[0]
+        exact, upper = row_values(milp, label)
+        assert np.all(lp <= exact + 1e-7) and np.all(exact <= sampled + 1e-9)
+        assert np.all(upper - exact <= 1e-6)
