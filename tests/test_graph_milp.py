@@ -189,6 +189,36 @@ def test_smooth_graph_milp_is_a_relaxation():
     assert backends.certify_specs(net, [easy], "milp")[0].status.name == "YES"
 
 
+def smooth_dag(seed: int) -> GraphNetwork:
+    """2 inputs -> Gemm -> f -> Gemm -> g, plus a residual add -> Gemm to 3 outputs, f and g
+    drawn from Sigmoid, Tanh, Softplus, Exp."""
+    rng = np.random.default_rng(seed)
+    weight = lambda *s: rng.normal(size=s) * 0.8
+    f, g = rng.choice(["Sigmoid", "Tanh", "Softplus", "Exp"], 2)
+    nodes = [n("Gemm", ["x", "W0", "b0"], "h0"), n(str(f), ["h0"], "a0"),
+             n("Gemm", ["a0", "W1"], "h1"), n(str(g), ["h1"], "a1"), n("Add", ["a1", "h1"], "s"),
+             n("Gemm", ["s", "W2"], "y")]
+    inits = [("W0", weight(2, 6)), ("b0", weight(6)), ("W1", weight(6, 6)), ("W2", weight(6, 3))]
+    return graph_net(nodes, inits, name=f"smooth{seed}")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_smooth_dags_lp_and_milp_bounds_hold(seed):
+    """CROWN <= LP (relax lines and tangents) <= the grid's minimum; the MILP (a relaxation
+    here) is below the grid too, and never answers YES on a violated row."""
+    net = smooth_dag(seed)
+    x, eps = np.array([0.1, -0.3]), 0.5
+    label = int(np.argmax(net.forward(x)))
+    spec = robustness_spec(2, 3, x, label, eps, "inf", None)
+    sampled = np.min([spec.output.values(o) for o in net.forward(grid(x, eps, 201))], axis=0)
+    crown = row_values(backends.certify_specs(net, [spec], "crown", device="cpu")[0], label)[0]
+    lp = row_values(backends.certify_specs(net, [spec], "lp")[0], label)[0]
+    milp = backends.certify_specs(net, [spec], "milp", exact_margins=True)[0]
+    assert np.all(crown <= lp + 1e-9) and np.all(lp <= sampled)
+    assert np.all(row_values(milp, label)[0] <= sampled)
+    assert not (milp.status.name == "YES" and sampled.min() <= 0)
+
+
 def test_softmax_is_interval_only():
     nodes = [n("Gemm", ["x", "W"], "h"), n("Softmax", ["h"], "y", axis=1)]
     net = graph_net(nodes, [("W", w(2, 3))], name="softmax")

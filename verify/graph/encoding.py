@@ -44,6 +44,7 @@ from .ir import size_of
 NumpyBounds = tuple[np.ndarray, np.ndarray]
 SMALL_COEFFICIENT = 1e-9  # HiGHS drops matrix entries at or below this (relu_encoding's)
 SAFE_COEFFICIENT = 2 * SMALL_COEFFICIENT  # what a tiny coefficient that may grow becomes
+LARGE_SLOPE = 1e9  # relaxation lines steeper than this are left out (the column box holds)
 CHUNK_ENTRIES = 1 << 22  # dense Jacobian entries per automatic-differentiation pass
 # Ops whose matrix entries are products of constants (rounded), not copies of them.
 ROUNDED_MATRIX = ("AveragePool", "GlobalAveragePool", "Reduce")
@@ -421,8 +422,8 @@ class GraphEncoder:
         return y
 
     def _smooth(self, k: int, node) -> None:
-        """a_l x + b_l <= y <= a_u x + b_u (ops.relax) on the live entries; a slope below
-        HiGHS's smallest coefficient becomes the line's constant bound over [l, u]."""
+        """The lines of `ops.relax` and of `tangent_lines` on the live entries; a slope at or
+        below HiGHS's smallest coefficient becomes the line's constant bound over [l, u]."""
         y = self._interval(k, node, f"{node.op} ({node.name}, linear relaxation)")
         ent = self.columns.tensors[node.inputs[0]]
         lo, up = self.bounds[node.inputs[0]]
@@ -431,16 +432,19 @@ class GraphEncoder:
             return
         t = lambda a: torch.as_tensor(a, dtype=torch.float64)
         a_l, b_l, a_u, b_u = (r.numpy() for r in ops.relax(node.op, t(lo[v]), t(up[v])))
+        everywhere = np.ones(len(v), dtype=bool)
+        lines = [(a_l, b_l, 1.0, everywhere, "lo"), (a_u, b_u, -1.0, everywhere, "up")]
+        lines += tangent_lines(node.op, lo[v], up[v])
         tag = tag_of(k, node)
-        for slope, intercept, sign, side in ((a_l, b_l, 1.0, "lo"), (a_u, b_u, -1.0, "up")):
+        for n, (slope, intercept, sign, valid, side) in enumerate(lines):
             # sign * (y - a x) >= sign * b
-            steep = np.abs(slope) > SMALL_COEFFICIENT
+            steep = valid & (np.abs(slope) > SMALL_COEFFICIENT) & (np.abs(slope) <= LARGE_SLOPE)
             w = v[steep]
-            self.b.add_pairs([f"{node.op.lower()}_{side}_{tag}_{i}" for i in w], y[w], 1.0,
+            self.b.add_pairs([f"{node.op.lower()}_{side}{n}_{tag}_{i}" for i in w], y[w], 1.0,
                              ent.cols[w], -slope[steep],
                              intercept[steep] if sign > 0 else -np.inf,
                              np.inf if sign > 0 else intercept[steep])
-            flat = ~steep
+            flat = valid & (np.abs(slope) <= SMALL_COEFFICIENT)  # (steeper than LARGE: none)
             if flat.any():  # constant bound b + min / max of a x over [l, u], rounded outwards
                 ends = np.stack([slope[flat] * lo[v][flat], slope[flat] * up[v][flat]])
                 value = intercept[flat] + (ends.min(0) if sign > 0 else ends.max(0))
@@ -448,6 +452,30 @@ class GraphEncoder:
                                         + 1e-300)
                 self.box.append((y[v[flat]], value if sign > 0 else np.full(flat.sum(), -np.inf),
                                  np.full(flat.sum(), np.inf) if sign > 0 else value))
+
+
+def tangent_lines(op: str, lower: np.ndarray, upper: np.ndarray) -> list:
+    """Tangents of f at both ends of [l, u], where f is convex (below) or concave (above) on
+    the whole interval: f(x) >= f(p) + f'(p)(x - p) (convex; "s" ops for u <= 0), <= for concave
+    ("s" ops for l >= 0). The slope's and f(p)'s rounding is allowed for as in `ops.relax`
+    (`ops.function_error` of the values and of the slope times the interval's span). Returns
+    (slope, intercept, +1 below / -1 above, entries where valid, name) per line."""
+    f, df, shape = ops.ELEMENTWISE[op]
+    lines = []
+    span = torch.as_tensor(np.abs(lower) + np.abs(upper), dtype=torch.float64)
+    sides = [(1.0, np.ones(len(lower), dtype=bool))] if shape == "convex" else \
+        [(1.0, upper <= 0), (-1.0, lower >= 0)]
+    for point in (lower, upper):
+        p = torch.as_tensor(point, dtype=torch.float64)
+        fp, a = f(p), df(p)
+        b = fp - a * p
+        error = ops.function_error(fp, b, a * (span + p.abs()))
+        for sign, where in sides:
+            if where.any():
+                line_b = (b - sign * error).numpy()
+                ok = where & np.isfinite(a.numpy()) & np.isfinite(line_b)
+                lines.append((a.numpy(), line_b, sign, ok, "t"))
+    return lines
 
 
 def encode(net, builder, input_cols: np.ndarray, bounds: dict[str, NumpyBounds],
