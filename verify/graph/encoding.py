@@ -19,8 +19,9 @@ constant. Given sound bounds [l, u] of every tensor (from `verify.bounds.graph.c
       M_i = U - l_i rounded up, U = max_i u_i,  z_i in {0, 1} (MILP) or [0, 1] (LP).
   Exact in the MILP; its LP relaxation otherwise.
 - Sigmoid, Tanh, Softplus, Exp: the outer linear relaxation a_l x + b_l <= y <= a_u x + b_u of
-  `ops.relax` (chord / tangent, widened for rounding) within y's interval: never exact, so the
-  MILP on such a graph is a relaxation (`GraphColumns.relaxed` names the ops).
+  `ops.relax` (chord / tangent, widened for rounding) within y's interval, plus the tangents at
+  l and u where f is convex or concave on [l, u] (`tangent_lines`): never exact, so the MILP on
+  such a graph is a relaxation (`GraphColumns.relaxed` names the ops).
 - Softmax and MaxPool other than 2-D: interval only (y's column box), also a relaxation.
 """
 
