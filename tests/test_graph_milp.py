@@ -53,8 +53,8 @@ def tiny_graphs():
                   inits + [("W2", w(2, 4)), ("W3", w(10, 3))]))
     nodes, inits = hidden(16)
     cases.append(("max_pool", nodes + [n("Reshape", ["h", "sh"], "img"),
-                                       n("MaxPool", ["img"], "p", kernel_shape=[2, 2], strides=[1, 1],
-                                         pads=[0, 0, 1, 1]),
+                                       n("MaxPool", ["img"], "p", kernel_shape=[2, 2],
+                                         strides=[1, 1], pads=[0, 0, 1, 1]),
                                        n("Flatten", ["p"], "f"), n("Gemm", ["f", "W3"], "y")],
                   inits + [("sh", np.array([1, 1, 4, 4])), ("W3", w(16, 3))]))
     nodes, inits = hidden()
@@ -124,7 +124,8 @@ def random_dag(seed: int) -> GraphNetwork:
                       n("Add", [current, f"r{k}"], f"o{k}")]
             inits += [(a, weight(8, 8))]
         elif block == "concat":
-            nodes += [n("Gemm", [current, a], f"g{k}"), n("LeakyRelu", [f"g{k}"], f"l{k}", alpha=0.2),
+            nodes += [n("Gemm", [current, a], f"g{k}"),
+                      n("LeakyRelu", [f"g{k}"], f"l{k}", alpha=0.2),
                       n("Gemm", [current, b], f"q{k}"), n("Clip", [f"q{k}", "lo", "hi"], f"c{k}"),
                       n("Concat", [f"l{k}", f"c{k}"], f"o{k}", axis=1)]
             inits += [(a, weight(8, 4)), (b, weight(8, 4))]
@@ -186,6 +187,36 @@ def test_smooth_graph_milp_is_a_relaxation():
     # a property the relaxation does prove: YES stays sound and reachable
     easy = robustness_spec(1, 2, np.zeros(1), 0, 0.05, "inf", None)
     assert backends.certify_specs(net, [easy], "milp")[0].status.name == "YES"
+
+
+def smooth_dag(seed: int) -> GraphNetwork:
+    """2 inputs -> Gemm -> f -> Gemm -> g, plus a residual add -> Gemm to 3 outputs, f and g
+    drawn from Sigmoid, Tanh, Softplus, Exp."""
+    rng = np.random.default_rng(seed)
+    weight = lambda *s: rng.normal(size=s) * 0.8
+    f, g = rng.choice(["Sigmoid", "Tanh", "Softplus", "Exp"], 2)
+    nodes = [n("Gemm", ["x", "W0", "b0"], "h0"), n(str(f), ["h0"], "a0"),
+             n("Gemm", ["a0", "W1"], "h1"), n(str(g), ["h1"], "a1"), n("Add", ["a1", "h1"], "s"),
+             n("Gemm", ["s", "W2"], "y")]
+    inits = [("W0", weight(2, 6)), ("b0", weight(6)), ("W1", weight(6, 6)), ("W2", weight(6, 3))]
+    return graph_net(nodes, inits, name=f"smooth{seed}")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_smooth_dags_lp_and_milp_bounds_hold(seed):
+    """CROWN <= LP (relax lines and tangents) <= the grid's minimum; the MILP (a relaxation
+    here) is below the grid too, and never answers YES on a violated row."""
+    net = smooth_dag(seed)
+    x, eps = np.array([0.1, -0.3]), 0.5
+    label = int(np.argmax(net.forward(x)))
+    spec = robustness_spec(2, 3, x, label, eps, "inf", None)
+    sampled = np.min([spec.output.values(o) for o in net.forward(grid(x, eps, 201))], axis=0)
+    crown = row_values(backends.certify_specs(net, [spec], "crown", device="cpu")[0], label)[0]
+    lp = row_values(backends.certify_specs(net, [spec], "lp")[0], label)[0]
+    milp = backends.certify_specs(net, [spec], "milp", exact_margins=True)[0]
+    assert np.all(crown <= lp + 1e-9) and np.all(lp <= sampled)
+    assert np.all(row_values(milp, label)[0] <= sampled)
+    assert not (milp.status.name == "YES" and sampled.min() <= 0)
 
 
 def test_softmax_is_interval_only():
@@ -263,3 +294,26 @@ def test_linear_matrices_reproduce_every_linear_op():
             np.testing.assert_allclose(got, want.reshape(-1).numpy(), rtol=1e-12, atol=1e-12)
             seen.add(node.op)
     assert {"Conv", "ConvTranspose", "Gemm", "AveragePool", "Select", "Concat", "Pad"} <= seen
+
+
+@pytest.mark.parametrize("norm, eps", [("1", 0.4), ("2", 0.3)])
+def test_l1_and_l2_balls_on_a_graph(norm, eps):
+    """LP (HiGHS for l_1, Clarabel's cone for l_2) and, for l_1, the MILP stay below the margins
+    sampled in the ball, and CROWN stays below the LP."""
+    net = random_dag(1)
+    rng = np.random.default_rng(5)
+    x = np.random.default_rng(1).uniform(-1, 1, 3)
+    label = int(np.argmax(net.forward(x)))
+    spec = robustness_spec(3, 3, x, label, eps, norm, None)
+    d = rng.normal(size=(4000, 3))
+    d /= np.linalg.norm(d, ord=float(norm), axis=1, keepdims=True)
+    points = x + d * eps * rng.uniform(0, 1, (4000, 1))
+    sampled = np.min([spec.output.values(o) for o in net.forward(points)], axis=0)
+    lp = row_values(backends.certify_specs(net, [spec], "lp")[0], label)[0]
+    crown = row_values(backends.certify_specs(net, [spec], "crown", device="cpu")[0], label)[0]
+    assert np.all(lp <= sampled) and np.all(crown <= lp + 1e-9)
+    if norm == "1":
+        milp = backends.certify_specs(net, [spec], "milp", exact_margins=True)[0]
+        exact, upper = row_values(milp, label)
+        assert np.all(lp <= exact + 1e-7) and np.all(exact <= sampled + 1e-9)
+        assert np.all(upper - exact <= 1e-6)

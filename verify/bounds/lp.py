@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import ClassVar, Optional, Sequence
 
@@ -44,6 +45,7 @@ from .relu_encoding import (TRIANGLE, NumpyBounds, ReluProgram, build_program, h
                             lagrangian_bound, run_highs, set_objective, to_highs)
 
 BOUND_SOURCES = ("ibp", "crown")
+_GRAPH_BOUNDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # net -> (set, bounds)
 
 
 @dataclass
@@ -67,11 +69,19 @@ def neuron_bounds(net: Network, spec: Specification, source: str = "crown"
     if getattr(net, "is_graph", False):
         from . import graph  # (first use)
 
-        with torch.no_grad():
-            found = graph.interval_bounds(net, batch) if source == "ibp" \
-                else graph.crown_bounds(net, batch)
-        return ({name: (lo[0].reshape(-1).numpy().copy(), up[0].reshape(-1).numpy().copy())
-                 for name, (lo, up) in found.items()}, "ibp" if source == "ibp" else "ibp+crown")
+        # The bounds depend on the input set only: the disjuncts of a VNN-LIB query share them.
+        key = (source, batch.norm, *(t.numpy().tobytes() for t in
+                                     (batch.lower, batch.upper, batch.center, batch.eps)))
+        cached = _GRAPH_BOUNDS.get(net)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                found = graph.interval_bounds(net, batch) if source == "ibp" \
+                    else graph.crown_bounds(net, batch)
+            cached = _GRAPH_BOUNDS[net] = (key, {name: (lo[0].reshape(-1).numpy(),
+                                                        up[0].reshape(-1).numpy())
+                                                 for name, (lo, up) in found.items()})
+        return ({name: (lo.copy(), up.copy()) for name, (lo, up) in cached[1].items()},
+                "ibp" if source == "ibp" else "ibp+crown")
     bounds = [(lo[0].numpy().copy(), up[0].numpy().copy())
               for lo, up in ibp.layer_bounds(net, batch)]
     if source == "ibp":

@@ -52,14 +52,16 @@ SMALL_COEFFICIENT = 1e-9
 LARGEST_BOUND = 1e20
 
 
-def _check_holdable(lower: np.ndarray, upper: np.ndarray, what: str) -> None:
+def _check_holdable(lower: np.ndarray, upper: np.ndarray, what: str,
+                    names: Optional[Sequence[str]] = None) -> None:
     """InputError unless every bound is finite and below LARGEST_BOUND in magnitude: a solver
-    reads larger ones as infinite (HiGHS) or meets NaN in its data (cvxpy, from inf - inf)."""
+    reads larger ones as infinite (HiGHS) or meets NaN in its data (cvxpy, from inf - inf).
+    The offender is named `what` and its index, or its entry of `names`."""
     reach = np.maximum(np.abs(lower), np.abs(upper))
     bad = np.flatnonzero(~(reach < LARGEST_BOUND))
     if bad.size:
         i = int(bad[0])
-        raise InputError(f"{what} {i} reaches {reach[i]:.3g} (bounds [{lower[i]:.3g}, "
+        raise InputError(f"{what} {i if names is None else names[i]} reaches {reach[i]:.3g} (bounds [{lower[i]:.3g}, "
                          f"{upper[i]:.3g}]), beyond the {LARGEST_BOUND:g} a solver can hold: lp "
                          "and milp need a smaller input set or weights (ibp and crown take it)")
 
@@ -379,14 +381,7 @@ def _build_graph_program(net, input_set: InputSet, bounds: dict, encoding: ReluE
     b = _Builder()
     x, ball, aux_cols, aux_center = _input_columns(b, input_set)
     columns, output_cols, G, g = graph_encoding.encode(net, b, x, bounds, encoding)
-    lower, upper = b.col_lower[0], b.col_upper[0]
-    reach = np.maximum(np.abs(lower), np.abs(upper))
-    bad = np.flatnonzero(~(reach < LARGEST_BOUND))
-    if bad.size:
-        i = int(bad[0])
-        raise InputError(f"column {b.names[i]} reaches {reach[i]:.3g} (bounds [{lower[i]:.3g}, "
-                         f"{upper[i]:.3g}]), beyond the {LARGEST_BOUND:g} a solver can hold: lp "
-                         "and milp need a smaller input set or weights (ibp and crown take it)")
+    _check_holdable(b.col_lower[0], b.col_upper[0], "column", b.names)
     return _finish(b, encoding, x, output_cols, G, g, ball, aux_cols, aux_center, layer_cols=[],
                    binary_cols={}, unstable_neurons=columns.unstable_relus, graph=columns)
 

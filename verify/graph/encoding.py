@@ -19,8 +19,9 @@ constant. Given sound bounds [l, u] of every tensor (from `verify.bounds.graph.c
       M_i = U - l_i rounded up, U = max_i u_i,  z_i in {0, 1} (MILP) or [0, 1] (LP).
   Exact in the MILP; its LP relaxation otherwise.
 - Sigmoid, Tanh, Softplus, Exp: the outer linear relaxation a_l x + b_l <= y <= a_u x + b_u of
-  `ops.relax` (chord / tangent, widened for rounding) within y's interval: never exact, so the
-  MILP on such a graph is a relaxation (`GraphColumns.relaxed` names the ops).
+  `ops.relax` (chord / tangent, widened for rounding) within y's interval, plus the tangents at
+  l and u where f is convex or concave on [l, u] (`tangent_lines`): never exact, so the MILP on
+  such a graph is a relaxation (`GraphColumns.relaxed` names the ops).
 - Softmax and MaxPool other than 2-D: interval only (y's column box), also a relaxation.
 """
 
@@ -44,6 +45,7 @@ from .ir import size_of
 NumpyBounds = tuple[np.ndarray, np.ndarray]
 SMALL_COEFFICIENT = 1e-9  # HiGHS drops matrix entries at or below this (relu_encoding's)
 SAFE_COEFFICIENT = 2 * SMALL_COEFFICIENT  # what a tiny coefficient that may grow becomes
+LARGE_SLOPE = 1e9  # relaxation lines steeper than this are left out (the column box holds)
 CHUNK_ENTRIES = 1 << 22  # dense Jacobian entries per automatic-differentiation pass
 # Ops whose matrix entries are products of constants (rounded), not copies of them.
 ROUNDED_MATRIX = ("AveragePool", "GlobalAveragePool", "Reduce")
@@ -80,11 +82,90 @@ def tag_of(k: int, node) -> str:
     return f"{k}_{re.sub(r'[^A-Za-z0-9_]', '_', node.output)[:24]}"
 
 
+# Ops where each output entry reads at most one entry of each input (copies, scalings, sums).
+SINGLE_SOURCE = ("Affine", "Sum", "Reshape", "Transpose", "Select", "Concat", "Pad", "Expand")
+
+
+def input_colors(node, shape) -> Optional[np.ndarray]:
+    """A color per flat entry of an input such that no output entry reads two entries of one
+    color (None: not known, read J densely). One color for SINGLE_SOURCE ops; for Conv and
+    AveragePool, entries closer than the kernel's extent on every spatial axis differ in
+    color: coordinate mod extent per spatial axis (and, for Conv, which mixes channels, the
+    leading index)."""
+    n = size_of(shape)
+    if node.op in SINGLE_SOURCE:
+        return np.zeros(n, dtype=np.int64)
+    if node.op == "Conv":
+        kernel = node.params["weight"].shape[2:]
+        extent = [d * (k - 1) + 1 for k, d in zip(kernel, node.params["dilations"])]
+    elif node.op == "AveragePool":  # (channel by channel: the leading axes need no colors)
+        extent = list(node.params["kernel"])
+    else:
+        return None
+    k = len(extent)
+    coords = np.indices(shape).reshape(len(shape), -1)
+    lead = np.ravel_multi_index(coords[:-k], shape[:-k]) \
+        if len(shape) > k and node.op == "Conv" else np.zeros(n, np.int64)
+    spatial = np.ravel_multi_index(tuple(c % e for c, e in zip(coords[-k:], extent)), extent)
+    return lead * int(np.prod(extent)) + spatial
+
+
+def _tangents_out(call, zeros, shapes, i: int, tangent: torch.Tensor, unbiased: bool
+                  ) -> np.ndarray:
+    """Derivative at 0 of the node along `tangent` (r, n_i) on input i: (r, m). A node without
+    constant term (`unbiased`) is its own derivative: the plain forward, else forward-mode AD."""
+    r = len(tangent)
+    tangents = zeros(r)
+    tangents[i] = tangent.reshape(r, *shapes[i])
+    if unbiased:
+        with torch.no_grad():
+            return call(*tangents).reshape(r, -1).numpy()
+    with forward_ad.dual_level(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # (torch's first use)
+        duals = [forward_ad.make_dual(x, t) for x, t in zip(zeros(r), tangents)]
+        out = forward_ad.unpack_dual(call(*duals)).tangent
+    return out.reshape(r, -1).numpy()
+
+
+def _colored_matrix(call, zeros, shapes, i: int, colors: np.ndarray, m: int, unbiased: bool
+                    ) -> Optional[sp.csr_matrix]:
+    """J_i from two derivatives per color: along the color's indicator (each output gets the
+    one coefficient it reads, exactly) and along indicator * (index + 1) (the ratio names the
+    entry). None if a ratio is not such an index (the coloring did not hold)."""
+    n = len(colors)
+    count = int(colors.max()) + 1 if n else 0
+    chunk = max(1, CHUNK_ENTRIES // (2 * max(m, n, 1)))
+    rows, cols, vals = [], [], []
+    for start in range(0, count, chunk):
+        members = np.arange(start, min(count, start + chunk))[:, None] == colors[None, :]
+        one = torch.as_tensor(members, dtype=torch.float64)
+        out = _tangents_out(call, zeros, shapes, i,
+                            torch.cat([one, one * torch.arange(1, n + 1, dtype=torch.float64)]),
+                            unbiased)
+        coef, scaled = out[:len(one)], out[len(one):]
+        color, where = np.nonzero(coef)
+        ratio = scaled[color, where] / coef[color, where]
+        entry = np.rint(ratio).astype(np.int64) - 1
+        if np.any((entry < 0) | (entry >= n)) or \
+                np.any(np.abs(ratio - (entry + 1)) > 1e-6 * (entry + 1)) or \
+                np.any(colors[np.clip(entry, 0, max(n - 1, 0))] != start + color):
+            return None
+        rows.append(where)
+        cols.append(entry)
+        vals.append(coef[color, where])
+    if not rows:
+        return sp.csr_matrix((m, n))
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                         shape=(m, n))
+
+
 def linear_matrices(node, params: dict, shapes: list) -> tuple[list[sp.csr_matrix], np.ndarray]:
     """The linear node as y = sum_i J_i x_i + b over flat tensors: (J_i as sparse (m, n_i), b).
-    J is read off the forward by automatic differentiation at 0, exact for a linear map:
-    forward mode on identity inputs (columns of J) when the inputs are fewer than the outputs
-    (convolutions), else reverse mode on identity rows; in chunks of about CHUNK_ENTRIES."""
+    J is read off the forward by automatic differentiation at 0, exact for a linear map: two
+    forward-mode passes per color of `input_colors` where the op has one (copies, sums,
+    convolutions, pooling; checked against the forward at a random point), else forward mode
+    on identity inputs (columns of J) when the inputs are fewer than the outputs, or reverse
+    mode on identity rows; in chunks of about CHUNK_ENTRIES dense entries."""
     forward = ops.LINEAR[node.op][0]
     sizes = [size_of(s) for s in shapes]
     zeros = lambda r: [torch.zeros((r, *s), dtype=torch.float64) for s in shapes]
@@ -92,20 +173,30 @@ def linear_matrices(node, params: dict, shapes: list) -> tuple[list[sp.csr_matri
         bias = forward(node, zeros(1), params).reshape(-1).numpy().copy()
     m = len(bias)
     call = lambda *xs: forward(node, list(xs), params)
+    unbiased = not bias.any()
+    colors = [input_colors(node, s) for s in shapes]
+    if all(c is not None for c in colors):
+        found = [_colored_matrix(call, zeros, shapes, i, c, m, unbiased)
+                 for i, c in enumerate(colors)]
+        if all(J is not None for J in found):
+            x = [np.random.default_rng(0).normal(size=n) for n in sizes]
+            with torch.no_grad():
+                want = forward(node, [torch.as_tensor(v).reshape(1, *s) for v, s in zip(x, shapes)],
+                               params).reshape(-1).numpy()
+            got = bias + sum(J @ v for J, v in zip(found, x))
+            scale = np.abs(bias) + sum(abs(J) @ np.abs(v) for J, v in zip(found, x))
+            if np.all(np.abs(got - want) <= 1e-9 * (scale + 1e-300)):
+                return found, bias
     parts: list[list] = [[] for _ in shapes]
     if sum(sizes) <= m:  # columns of J: jvp with unit inputs
         for i, n in enumerate(sizes):
             chunk = max(1, CHUNK_ENTRIES // max(m, 1))
             for start in range(0, n, chunk):
                 r = min(chunk, n - start)
-                tangents = zeros(r)
-                unit = tangents[i].reshape(r, n)
+                unit = torch.zeros((r, n), dtype=torch.float64)
                 unit[torch.arange(r), torch.arange(start, start + r)] = 1.0
-                with forward_ad.dual_level(), warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DeprecationWarning)  # (torch's first use)
-                    duals = [forward_ad.make_dual(x, t) for x, t in zip(zeros(r), tangents)]
-                    out = forward_ad.unpack_dual(call(*duals)).tangent
-                parts[i].append(sp.csr_matrix(out.reshape(r, m).numpy()).T)
+                parts[i].append(sp.csr_matrix(_tangents_out(call, zeros, shapes, i, unit,
+                                                             unbiased)).T)
         return [sp.hstack(p, format="csr") for p in parts], bias
     chunk = max(1, CHUNK_ENTRIES // max(sum(sizes), 1))  # rows of J: vjp with unit outputs
     for start in range(0, m, chunk):
@@ -120,6 +211,14 @@ def linear_matrices(node, params: dict, shapes: list) -> tuple[list[sp.csr_matri
             parts[i].append(sp.csr_matrix((r, sizes[i])) if g is None
                             else sp.csr_matrix(g.reshape(r, sizes[i]).numpy()))
     return [sp.vstack(p, format="csr") for p in parts], bias
+
+
+def copied(node, J: sp.csr_matrix) -> bool:
+    """Whether every entry of J is +-1 or one of the node's float constants (not a rounded
+    product of them), which makes the rows y - J x = b exact."""
+    allowed = [np.array([1.0, -1.0])] + [v.ravel() for v in node.params.values()
+                                         if isinstance(v, np.ndarray) and v.dtype.kind == "f"]
+    return bool(np.isin(J.data, np.concatenate(allowed)).all())
 
 
 _MATRICES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # net -> {node: (J, b)}
@@ -164,8 +263,8 @@ class GraphEncoder:
 
     def _new_cols(self, name: str, k: int, node, entries: np.ndarray, prefix: str) -> np.ndarray:
         lo, up = self.bounds[name]
-        return self.b.add_cols(lo[entries], up[entries],
-                               [f"{prefix}_{tag_of(k, node)}_{i}" for i in entries])
+        tag = tag_of(k, node)
+        return self.b.add_cols(lo[entries], up[entries], [f"{prefix}_{tag}_{i}" for i in entries])
 
     # -- linear ----------------------------------------------------------------------------------
     def _linear(self, k: int, node) -> None:
@@ -177,7 +276,7 @@ class GraphEncoder:
         m = len(bias)
         const = bias.copy()
         magnitude = np.abs(bias)
-        exact = node.op not in ROUNDED_MATRIX
+        exact = node.op not in ROUNDED_MATRIX and all(copied(node, J) for J in matrices)
         rows, cols, vals = [], [], []
         for name, J in zip(node.inputs, matrices):
             ent = self.columns.tensors[name]
@@ -219,7 +318,8 @@ class GraphEncoder:
             out_cols[new] = y
             sub = merged[new].tocoo()
             local = np.arange(len(new))
-            self.b.add_rows([f"lin_{tag_of(k, node)}_{i}" for i in new],
+            tag = tag_of(k, node)
+            self.b.add_rows([f"lin_{tag}_{i}" for i in new],
                             np.concatenate([local, sub.row]), np.concatenate([y, sub.col]),
                             np.concatenate([np.ones(len(new)), -sub.data]),
                             const[new] - allowance[new], const[new] + allowance[new])
@@ -305,7 +405,8 @@ class GraphEncoder:
             # sum_i z_i = 1 and y - sum_i u_i z_i <= 0 (u_i moved up off HiGHS's dropped range)
             m = len(split)
             self.b.add_rows([f"pool_one_{tag}_{o}" for o in split], o_idx, z, np.ones(n), 1.0, 1.0)
-            coef = np.where(np.abs(u_i) <= SMALL_COEFFICIENT, np.where(u_i > 0, SAFE_COEFFICIENT, 0.0), u_i)
+            coef = np.where(np.abs(u_i) <= SMALL_COEFFICIENT,
+                            np.where(u_i > 0, SAFE_COEFFICIENT, 0.0), u_i)
             nz = np.flatnonzero(coef != 0)
             self.b.add_rows([f"pool_up_{tag}_{o}" for o in split],
                             np.concatenate([np.arange(m), o_idx[nz]]), np.concatenate([y, z[nz]]),
@@ -322,8 +423,8 @@ class GraphEncoder:
         return y
 
     def _smooth(self, k: int, node) -> None:
-        """a_l x + b_l <= y <= a_u x + b_u (ops.relax) on the live entries; a slope below
-        HiGHS's smallest coefficient becomes the line's constant bound over [l, u]."""
+        """The lines of `ops.relax` and of `tangent_lines` on the live entries; a slope at or
+        below HiGHS's smallest coefficient becomes the line's constant bound over [l, u]."""
         y = self._interval(k, node, f"{node.op} ({node.name}, linear relaxation)")
         ent = self.columns.tensors[node.inputs[0]]
         lo, up = self.bounds[node.inputs[0]]
@@ -332,16 +433,19 @@ class GraphEncoder:
             return
         t = lambda a: torch.as_tensor(a, dtype=torch.float64)
         a_l, b_l, a_u, b_u = (r.numpy() for r in ops.relax(node.op, t(lo[v]), t(up[v])))
+        everywhere = np.ones(len(v), dtype=bool)
+        lines = [(a_l, b_l, 1.0, everywhere, "lo"), (a_u, b_u, -1.0, everywhere, "up")]
+        lines += tangent_lines(node.op, lo[v], up[v])
         tag = tag_of(k, node)
-        for slope, intercept, sign, side in ((a_l, b_l, 1.0, "lo"), (a_u, b_u, -1.0, "up")):
+        for n, (slope, intercept, sign, valid, side) in enumerate(lines):
             # sign * (y - a x) >= sign * b
-            steep = np.abs(slope) > SMALL_COEFFICIENT
+            steep = valid & (np.abs(slope) > SMALL_COEFFICIENT) & (np.abs(slope) <= LARGE_SLOPE)
             w = v[steep]
-            self.b.add_pairs([f"{node.op.lower()}_{side}_{tag}_{i}" for i in w], y[w], 1.0,
+            self.b.add_pairs([f"{node.op.lower()}_{side}{n}_{tag}_{i}" for i in w], y[w], 1.0,
                              ent.cols[w], -slope[steep],
                              intercept[steep] if sign > 0 else -np.inf,
                              np.inf if sign > 0 else intercept[steep])
-            flat = ~steep
+            flat = valid & (np.abs(slope) <= SMALL_COEFFICIENT)  # (steeper than LARGE: none)
             if flat.any():  # constant bound b + min / max of a x over [l, u], rounded outwards
                 ends = np.stack([slope[flat] * lo[v][flat], slope[flat] * up[v][flat]])
                 value = intercept[flat] + (ends.min(0) if sign > 0 else ends.max(0))
@@ -349,6 +453,30 @@ class GraphEncoder:
                                         + 1e-300)
                 self.box.append((y[v[flat]], value if sign > 0 else np.full(flat.sum(), -np.inf),
                                  np.full(flat.sum(), np.inf) if sign > 0 else value))
+
+
+def tangent_lines(op: str, lower: np.ndarray, upper: np.ndarray) -> list:
+    """Tangents of f at both ends of [l, u], where f is convex (below) or concave (above) on
+    the whole interval: f(x) >= f(p) + f'(p)(x - p) (convex; "s" ops for u <= 0), <= for concave
+    ("s" ops for l >= 0). The slope's and f(p)'s rounding is allowed for as in `ops.relax`
+    (`ops.function_error` of the values and of the slope times the interval's span). Returns
+    (slope, intercept, +1 below / -1 above, entries where valid, name) per line."""
+    f, df, shape = ops.ELEMENTWISE[op]
+    lines = []
+    span = torch.as_tensor(np.abs(lower) + np.abs(upper), dtype=torch.float64)
+    sides = [(1.0, np.ones(len(lower), dtype=bool))] if shape == "convex" else \
+        [(1.0, upper <= 0), (-1.0, lower >= 0)]
+    for point in (lower, upper):
+        p = torch.as_tensor(point, dtype=torch.float64)
+        fp, a = f(p), df(p)
+        b = fp - a * p
+        error = ops.function_error(fp, b, a * (span + p.abs()))
+        for sign, where in sides:
+            if where.any():
+                line_b = (b - sign * error).numpy()
+                ok = where & np.isfinite(a.numpy()) & np.isfinite(line_b)
+                lines.append((a.numpy(), line_b, sign, ok, "t"))
+    return lines
 
 
 def encode(net, builder, input_cols: np.ndarray, bounds: dict[str, NumpyBounds],

@@ -3,8 +3,8 @@ float64 `forward`, batched `torch_forward`, fingerprint, summary).
 
 The input is one flat vector: one graph input in its ONNX shape (a leading batch axis of 1
 dropped from `input_shape`), or several inputs concatenated in graph order. The output is every
-graph output flattened and concatenated. Certifiers that only read Network.layers (MILP, LP,
-alpha-CROWN, BaB, export) refuse a GraphNetwork; `is_graph` tells them apart.
+graph output flattened and concatenated. Certifiers that only read Network.layers
+(alpha-CROWN, BaB) refuse a GraphNetwork; `is_graph` tells them apart.
 """
 
 from __future__ import annotations
