@@ -237,3 +237,23 @@ def test_cifar10_resnet_2b_prop_2_is_proved_by_auto(benchmark_data):
     result = solve_files(str(folder / "onnx" / "resnet_2b.onnx"),
                          str(folder / "vnnlib" / "prop_2_eps_0.008.vnnlib"), "auto", 120.0)
     assert result.result == "unsat", result.reason
+
+
+def test_crown_bounds_cut_by_the_deadline_are_sound_and_resume_to_the_full_bounds():
+    from verify import deadline
+
+    net = residual_dag(2)
+    spec, _ = spec_at(net, 2, 0.3)
+    batch = InputBatch.from_specs([spec, spec], torch.device("cpu"))  # one set, bounded once
+    graph_bounds._LAST_BOUNDS.clear()
+    with torch.no_grad():
+        with deadline.limit(deadline.Deadline.after(1e-9)):
+            cut = graph_bounds.crown_bounds(net, batch)
+        resumed = graph_bounds.crown_bounds(net, batch)
+        graph_bounds._LAST_BOUNDS.clear()
+        fresh = graph_bounds.crown_bounds(net, batch)
+        ibp = graph_bounds.interval_bounds(net, batch)
+    for name, (lo, up) in fresh.items():
+        assert torch.equal(lo, resumed[name][0]) and torch.equal(up, resumed[name][1]), name
+        assert bool((cut[name][0] <= lo).all() and (up <= cut[name][1]).all()), name
+        assert torch.equal(cut[name][0], ibp[name][0]), name  # nothing tightened past it

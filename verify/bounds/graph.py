@@ -245,7 +245,7 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
     return torch.nan_to_num(lower, nan=float("-inf"))
 
 
-_LAST_BOUNDS: list = []  # [key, bounds] of the last complete crown_bounds call
+_LAST_BOUNDS: list = []  # [key, (bounds, tightened, resume node or None)] of the last call
 
 
 def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS,
@@ -255,18 +255,19 @@ def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS,
     unstable ones, l < 0 < u, in any input of the batch; for the other ops: all). Inputs of the
     batch with the same input set (VNN-LIB disjuncts of one box) are bounded once, and the last
     call's bounds are reused when asked again for the same sets (alpha-CROWN, then relu-bab's
-    root, in one `auto` run)."""
+    root, in one `auto` run): a call cut short by the deadline (IBP past it, still sound) is
+    resumed from the first tensor it left untightened."""
     key = torch.cat([batch.lower, batch.upper, batch.center, batch.eps[:, None]], 1)
     _, inverse = torch.unique(key, dim=0, return_inverse=True)
     count = int(inverse.max()) + 1 if len(inverse) else 0
     if count == len(batch):
         memo = (id(net), net.fingerprint(), str(key.device), batch.norm, crown_rows, max_rows,
                 key.cpu().numpy().tobytes())
-        if _LAST_BOUNDS and _LAST_BOUNDS[0] == memo:
-            return dict(_LAST_BOUNDS[1])
-        bounds = _crown_bounds(net, batch, crown_rows, max_rows)
-        if not deadlines.active().expired():  # complete (not cut short by the deadline)
-            _LAST_BOUNDS[:] = [memo, dict(bounds)]
+        start = _LAST_BOUNDS[1] if _LAST_BOUNDS and _LAST_BOUNDS[0] == memo else None
+        if start is not None and start[2] is None:  # complete
+            return dict(start[0])
+        bounds, resume = _crown_bounds(net, batch, crown_rows, max_rows, start)
+        _LAST_BOUNDS[:] = [memo, (dict(bounds), set(), None) if resume is None else resume]
         return bounds
     first = torch.full((count,), len(batch), dtype=torch.long, device=inverse.device)
     first = first.scatter_reduce(0, inverse, torch.arange(len(batch), device=inverse.device), "amin")
@@ -276,13 +277,23 @@ def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS,
             for name, (lo, up) in crown_bounds(net, sub, crown_rows, max_rows).items()}
 
 
-def _crown_bounds(net, batch: InputBatch, crown_rows: int, max_rows: int) -> dict[str, Bounds]:
-    bounds = _input_bounds(net, batch)
-    tightened: set[str] = set(bounds)
-    for k, node in enumerate(net.graph.nodes):
+def _crown_bounds(net, batch: InputBatch, crown_rows: int, max_rows: int,
+                  start: Optional[tuple] = None) -> tuple[dict[str, Bounds], Optional[tuple]]:
+    """crown_bounds for distinct input sets, from `start` = (bounds, tightened, node index) of
+    an earlier call cut short; also the state to resume this one from (None: complete)."""
+    if start is None:
+        bounds, tightened, first = _input_bounds(net, batch), set(), 0
+        tightened.update(bounds)
+    else:
+        bounds, tightened, first = dict(start[0]), set(start[1]), start[2]
+    resume = None
+    for k, node in enumerate(net.graph.nodes[first:], first):
         name = node.inputs[0] if node.op not in ops.LINEAR else None
-        if name is not None and name not in tightened and crown_rows > 0 \
-                and not deadlines.active().expired():  # past the deadline: IBP (still sound)
+        if name is not None and name not in tightened and crown_rows > 0 and resume is None \
+                and deadlines.active().expired():  # past the deadline: IBP (still sound)
+            resume = (dict(bounds), set(tightened), k)
+        if name is not None and name not in tightened and crown_rows > 0 and resume is None:
+            before = (dict(bounds), set(tightened), k)
             shape = net.graph.shapes[name]
             lo, up = bounds[name]
             flat_lo, flat_up = lo.flatten(1), up.flatten(1)
@@ -294,6 +305,7 @@ def _crown_bounds(net, batch: InputBatch, crown_rows: int, max_rows: int) -> dic
                 new_lo, new_up = flat_lo.clone(), flat_up.clone()
                 for chunk in torch.split(rows, crown_rows):
                     if deadlines.active().expired():
+                        resume = before  # this tensor again, whole, next time
                         break
                     r = len(chunk)
                     eye = torch.zeros((r, flat_lo.shape[1]), dtype=lo.dtype, device=lo.device)
@@ -306,7 +318,7 @@ def _crown_bounds(net, batch: InputBatch, crown_rows: int, max_rows: int) -> dic
                 bounds[name] = (new_lo.reshape(lo.shape), new_up.reshape(up.shape))
             tightened.add(name)
         bounds[node.output] = node_interval(net, k, node, [bounds[i] for i in node.inputs])
-    return bounds
+    return bounds, resume
 
 
 def relu_slopes(net, bounds: dict[str, Bounds], rows: int) -> dict[str, torch.Tensor]:
