@@ -96,6 +96,12 @@ def interval_margin(batch: InputBatch, lower: torch.Tensor, upper: torch.Tensor)
     return lo - batch.d - rounding_slack(magnitude + batch.d.abs(), batch.C.shape[2])
 
 
+def _dot(t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(b, m): the entries of t (b, m, *S) times v (1 or b, *S), summed per row."""
+    t, v = t.flatten(2), v.flatten(1)
+    return t @ v[0] if len(v) == 1 else torch.einsum("bmn,bn->bm", t, v)
+
+
 VMAP_ENTRIES = 2 ** 16  # coefficients from which a vmapped vjp beats autograd on R samples
 
 
@@ -161,11 +167,12 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
             n_terms += terms(node) + 1
             bias = forward(node, [torch.zeros((1, *s), dtype=dtype, device=device) for s in shapes],
                            params[k])
-            const = const + (a * bias).flatten(2).sum(-1)
+            const = const + _dot(a, bias)
             with torch.no_grad():  # settled here: mag . |y| <= mag . (|L| max|x| + |b|)
                 in_mag = [torch.maximum(bounds[i][0].abs(), bounds[i][1].abs()) for i in node.inputs]
                 step = forward(node, in_mag, params_abs[k]) + bias.abs()
-                owed = owed + (mag.detach() * step[:, None]).nan_to_num(nan=0.0).flatten(2).sum(-1)
+                owed = owed + (_dot(mag.detach(), step) if bool(torch.isfinite(step).all()) else
+                               (mag.detach() * step[:, None]).nan_to_num(nan=0.0).flatten(2).sum(-1))
             new = _vjp(forward, node, params[k], shapes, flat(a))
             new_mag = [None if g is None else g.detach().abs() for g in new]
         else:
@@ -199,7 +206,7 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
             else:
                 if node.op == "Relu":
                     r = relu_relaxation(lo, up)
-                    a_l, b_l, a_u, b_u = r.lower_slope, torch.zeros_like(lo), r.upper_slope, r.upper_intercept
+                    a_l, a_u, b_u = r.lower_slope, r.upper_slope, r.upper_intercept
                     if record is not None:
                         record[node.output] = a.detach().reshape(b, m, -1).clone()
                     if alphas is not None and node.output in alphas:  # (B, m, *shape) slopes
@@ -207,14 +214,20 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
                             -1, m, *lo.shape[1:]), a_l[:, None])
                     else:
                         a_l = a_l[:, None]
+                    # b_l = 0 and slopes in [0, 1]: the same numbers as below, fewer passes
+                    neg = a.clamp(max=0)
+                    new = [torch.where(a > 0, a * a_l, neg * a_u[:, None])]
+                    const = const + _dot(neg, b_u)
+                    owed = owed + _dot(mag, b_u)
+                    new_mag = [mag * torch.maximum(a_l.detach(), a_u[:, None])]
                 else:
                     a_l, b_l, a_u, b_u = ops.relax(node.op, lo, up)
                     a_l = a_l[:, None]
-                pos, neg = a.clamp(min=0), a.clamp(max=0)
-                new = [pos * a_l + neg * a_u[:, None]]
-                const = const + (pos * b_l[:, None] + neg * b_u[:, None]).flatten(2).sum(-1)
-                owed = owed + (mag * torch.maximum(b_l.abs(), b_u.abs())[:, None]).flatten(2).sum(-1)
-                new_mag = [mag * torch.maximum(a_l.detach().abs(), a_u.abs()[:, None])]
+                    pos, neg = a.clamp(min=0), a.clamp(max=0)
+                    new = [pos * a_l + neg * a_u[:, None]]
+                    const = const + (pos * b_l[:, None] + neg * b_u[:, None]).flatten(2).sum(-1)
+                    owed = owed + (mag * torch.maximum(b_l.abs(), b_u.abs())[:, None]).flatten(2).sum(-1)
+                    new_mag = [mag * torch.maximum(a_l.detach().abs(), a_u.abs()[:, None])]
                 if split_terms is not None and node.output in split_terms:  # - beta s on z
                     new = [new[0] - split_terms[node.output].reshape(-1, m, *lo.shape[1:])]
                     new_mag = [new_mag[0] + new[0].detach().abs()]  # its rounding: u |new| |z|
