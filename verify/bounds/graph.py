@@ -7,11 +7,14 @@ Method:    IBP: in topological order, linear nodes in center/radius form y = L(m
            coefficients of a node summed over its consumers; linear nodes transpose by their
            vector-Jacobian product (exact for a linear map), Relu takes CROWN's relaxation, smooth
            ops chord / tangent lines (ops.relax), MaxPool and Softmax their interval as constant
-           bounds. Intermediate bounds: IBP, tightened by a CROWN pass from each nonlinear node's
-           input where at most `crown_rows` entries need it. Rounding: each linear step's float64
-           error is at most gamma_n times the same pass run on absolute values (|A| |L|),
-           carried alongside and charged at the end with `rounding_slack`; concretization is
-           crown.concretize's (rounding included).
+           bounds. Intermediate bounds: IBP, tightened by CROWN passes (at most `crown_rows` rows
+           each) from each nonlinear node's input where at most `max_rows` entries need it. Rounding: with M >= |A| carried
+           beside the coefficients A, a linear step y = L x + b (computed A_x = fl(A_y L)) errs
+           by at most gamma_n M_y . (|L| max|x| + |b|), max|x| from the tensor bounds, which also
+           covers the M_y . |y| owed by earlier steps; a relaxation step passes M max(slopes) on
+           (its own products' error) and its constants' magnitudes; all of it is charged at the
+           end with `rounding_slack`; concretization is crown.concretize's (rounding included).
+           alpha-CROWN slopes and beta-CROWN split terms enter the Relu step (backward_bound).
 Soundness: sound, incomplete.
 """
 
