@@ -1,4 +1,4 @@
-"""VNN-COMP 2021 cifar10_resnet (residual CNNs, graph networks) with method auto, beside the 2021 tools.
+"""VNN-COMP 2021 cifar10_resnet (residual CNNs, graph networks) with method auto, beside 2021 tools.
 
     python benchmarks/cifar10_resnet.py [--timeout-cap 60] [--bench cifar10_resnet verivital]
                                         [--limit N] [--stride K] [--threads 1]

@@ -216,7 +216,8 @@ def test_auto_on_a_graph_goes_through_alpha_crown_and_relu_bab():
     lines = [f"(declare-const X_{i} Real)" for i in range(net.input_size)]
     lines += [f"(declare-const Y_{j} Real)" for j in range(3)]
     for i, v in enumerate(x):
-        lines += [f"(assert (>= X_{i} {float(v - eps)!r}))", f"(assert (<= X_{i} {float(v + eps)!r}))"]
+        lines += [f"(assert (>= X_{i} {float(v - eps)!r}))",
+                  f"(assert (<= X_{i} {float(v + eps)!r}))"]
     others = [j for j in range(3) if j != label]
     lines.append("(assert (or " + " ".join(f"(and (>= Y_{j} Y_{label}))" for j in others) + "))")
     query = parse_vnnlib("\n".join(lines))

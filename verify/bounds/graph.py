@@ -8,12 +8,12 @@ Method:    IBP: in topological order, linear nodes in center/radius form y = L(m
            vector-Jacobian product (exact for a linear map), Relu takes CROWN's relaxation, smooth
            ops chord / tangent lines (ops.relax), MaxPool and Softmax their interval as constant
            bounds. Intermediate bounds: IBP, tightened by CROWN passes (at most `crown_rows` rows
-           each) from each nonlinear node's input where at most `max_rows` entries need it. Rounding: with M >= |A| carried
-           beside the coefficients A, a linear step y = L x + b (computed A_x = fl(A_y L)) errs
-           by at most gamma_n M_y . (|L| max|x| + |b|), max|x| from the tensor bounds, which also
-           covers the M_y . |y| owed by earlier steps; a relaxation step passes M max(slopes) on
-           (its own products' error) and its constants' magnitudes; all of it is charged at the
-           end with `rounding_slack`; concretization is crown.concretize's (rounding included).
+           each) from each nonlinear node's input where at most `max_rows` entries need it.
+           Rounding: with M >= |A| carried beside the coefficients A, a linear step
+           y = L x + b (computed A_x = fl(A_y L)) errs by at most gamma_n M_y . (|L| max|x| + |b|),
+           max|x| from the tensor bounds, which also covers the M_y . |y| owed by earlier steps;
+           a relaxation step passes M max(slopes) on (its own products' error) and its
+           constants' magnitudes; all of it is charged at the end with `rounding_slack`; concretization is crown.concretize's (rounding included).
            alpha-CROWN slopes and beta-CROWN split terms enter the Relu step (backward_bound).
 Soundness: sound, incomplete.
 """
@@ -172,10 +172,13 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
                            params[k])
             const = const + _dot(a, bias)
             with torch.no_grad():  # settled here: mag . |y| <= mag . (|L| max|x| + |b|)
-                in_mag = [torch.maximum(bounds[i][0].abs(), bounds[i][1].abs()) for i in node.inputs]
+                in_mag = [torch.maximum(bounds[i][0].abs(), bounds[i][1].abs())
+                          for i in node.inputs]
                 step = forward(node, in_mag, params_abs[k]) + bias.abs()
-                owed = owed + (_dot(mag.detach(), step) if bool(torch.isfinite(step).all()) else
-                               (mag.detach() * step[:, None]).nan_to_num(nan=0.0).flatten(2).sum(-1))
+                spread = mag.detach() * step[:, None] if not bool(torch.isfinite(step).all()) \
+                    else None  # an infinite bound: 0 * inf counts 0 (no coefficient there)
+                owed = owed + (_dot(mag.detach(), step) if spread is None else
+                               spread.nan_to_num(nan=0.0).flatten(2).sum(-1))
             new = _vjp(forward, node, params[k], shapes, flat(a))
             new_mag = [None if g is None else g.detach().abs() for g in new]
         else:
@@ -229,7 +232,8 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
                     pos, neg = a.clamp(min=0), a.clamp(max=0)
                     new = [pos * a_l + neg * a_u[:, None]]
                     const = const + (pos * b_l[:, None] + neg * b_u[:, None]).flatten(2).sum(-1)
-                    owed = owed + (mag * torch.maximum(b_l.abs(), b_u.abs())[:, None]).flatten(2).sum(-1)
+                    owed = owed + (mag * torch.maximum(b_l.abs(), b_u.abs())[:, None]
+                                   ).flatten(2).sum(-1)
                     new_mag = [mag * torch.maximum(a_l.detach().abs(), a_u.abs()[:, None])]
                 if split_terms is not None and node.output in split_terms:  # - beta s on z
                     new = [new[0] - split_terms[node.output].reshape(-1, m, *lo.shape[1:])]
@@ -286,7 +290,8 @@ def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS,
         _LAST_BOUNDS[:] = [memo, (dict(bounds), set(), None) if resume is None else resume]
         return bounds
     first = torch.full((count,), len(batch), dtype=torch.long, device=inverse.device)
-    first = first.scatter_reduce(0, inverse, torch.arange(len(batch), device=inverse.device), "amin")
+    first = first.scatter_reduce(0, inverse, torch.arange(len(batch), device=inverse.device),
+                                 "amin")
     sub = InputBatch(lower=batch.lower[first], upper=batch.upper[first], center=batch.center[first],
                      eps=batch.eps[first], norm=batch.norm, C=batch.C[first], d=batch.d[first])
     return {name: (lo[inverse], up[inverse])
@@ -326,7 +331,8 @@ def _crown_bounds(net, batch: InputBatch, crown_rows: int, max_rows: int,
                     r = len(chunk)
                     eye = torch.zeros((r, flat_lo.shape[1]), dtype=lo.dtype, device=lo.device)
                     eye[torch.arange(r, device=lo.device), chunk] = 1.0
-                    coeffs = torch.cat([eye, -eye]).reshape(2 * r, *shape).expand(len(batch), 2 * r, *shape)
+                    coeffs = torch.cat([eye, -eye]).reshape(2 * r, *shape).expand(
+                        len(batch), 2 * r, *shape)
                     lower = backward_bound(net, batch, bounds, name, coeffs, torch.zeros(
                         (len(batch), 2 * r), dtype=lo.dtype, device=lo.device))
                     new_lo[:, chunk] = torch.maximum(flat_lo[:, chunk], lower[:, :r])
