@@ -80,7 +80,7 @@ def main() -> None:
         stages: dict[str, int] = {}
         for r in solved:
             stages[r.method] = stages.get(r.method, 0) + 1
-        subset = f", every {args.stride}th instance" if args.stride > 1 else ""
+        subset = f", one instance in {args.stride}" if args.stride > 1 else ""
         md = (f"# VNN-COMP 2021 {bench}: method auto, each instance capped at "
               f"{args.timeout_cap:g} s{subset}\n\nMachine: {machine()}\n\n"
               f"Solved {len(solved)} of {len(rows)} ({len(decidable)} with a known answer), "
