@@ -308,6 +308,12 @@ def _crown_bounds(net, batch: InputBatch, crown_rows: int, max_rows: int,
     else:
         bounds, tightened, first = dict(start[0]), set(start[1]), start[2]
     resume = None
+    # Tensors affine in the input: over a box their interval is already CROWN's bound.
+    affine = set(net.graph.inputs) if batch.norm in ("inf", "box") else set()
+    for node in net.graph.nodes if affine else []:
+        if node.op in ops.LINEAR and all(i in affine for i in node.inputs):
+            affine.add(node.output)
+    tightened.update(affine)
     for k, node in enumerate(net.graph.nodes[first:], first):
         name = node.inputs[0] if node.op not in ops.LINEAR else None
         if name is not None and name not in tightened and crown_rows > 0 and resume is None \
