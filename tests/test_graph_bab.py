@@ -258,3 +258,19 @@ def test_crown_bounds_cut_by_the_deadline_are_sound_and_resume_to_the_full_bound
         assert torch.equal(lo, resumed[name][0]) and torch.equal(up, resumed[name][1]), name
         assert bool((cut[name][0] <= lo).all() and (up <= cut[name][1]).all()), name
         assert torch.equal(cut[name][0], ibp[name][0]), name  # nothing tightened past it
+
+
+def test_a_graph_without_splittable_relus_is_bounded_not_split():
+    """Relu on the graph input only: nothing to split; the verdict stays sound."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Gemm", ["r", "W", "b"], ["y"], transB=1)]
+    net = GraphNetwork(GraphReader(make_model(nodes, [tensor("x", [1, 3])], [tensor("y", None)],
+                                              [("W", rng.normal(size=(2, 3))),
+                                               ("b", rng.normal(size=2))]), "flat").read())
+    for eps in (0.1, 1.0):
+        spec, x = spec_at(net, 0, eps)
+        cert = backends.certify_specs(net, [spec], "relu-bab", device="cpu", timeout=0,
+                                      max_domains=50)[0]
+        check_verdict(net, spec, x, eps, cert)
+        assert cert.proved or cert.counterexample is not None or cert.reason
