@@ -216,7 +216,8 @@ def test_auto_on_a_graph_goes_through_alpha_crown_and_relu_bab():
     lines = [f"(declare-const X_{i} Real)" for i in range(net.input_size)]
     lines += [f"(declare-const Y_{j} Real)" for j in range(3)]
     for i, v in enumerate(x):
-        lines += [f"(assert (>= X_{i} {float(v - eps)!r}))", f"(assert (<= X_{i} {float(v + eps)!r}))"]
+        lines += [f"(assert (>= X_{i} {float(v - eps)!r}))",
+                  f"(assert (<= X_{i} {float(v + eps)!r}))"]
     others = [j for j in range(3) if j != label]
     lines.append("(assert (or " + " ".join(f"(and (>= Y_{j} Y_{label}))" for j in others) + "))")
     query = parse_vnnlib("\n".join(lines))
@@ -237,3 +238,39 @@ def test_cifar10_resnet_2b_prop_2_is_proved_by_auto(benchmark_data):
     result = solve_files(str(folder / "onnx" / "resnet_2b.onnx"),
                          str(folder / "vnnlib" / "prop_2_eps_0.008.vnnlib"), "auto", 120.0)
     assert result.result == "unsat", result.reason
+
+
+def test_crown_bounds_cut_by_the_deadline_are_sound_and_resume_to_the_full_bounds():
+    from verify import deadline
+
+    net = residual_dag(2)
+    spec, _ = spec_at(net, 2, 0.3)
+    batch = InputBatch.from_specs([spec, spec], torch.device("cpu"))  # one set, bounded once
+    graph_bounds._LAST_BOUNDS.clear()
+    with torch.no_grad():
+        with deadline.limit(deadline.Deadline.after(1e-9)):
+            cut = graph_bounds.crown_bounds(net, batch)
+        resumed = graph_bounds.crown_bounds(net, batch)
+        graph_bounds._LAST_BOUNDS.clear()
+        fresh = graph_bounds.crown_bounds(net, batch)
+        ibp = graph_bounds.interval_bounds(net, batch)
+    for name, (lo, up) in fresh.items():
+        assert torch.equal(lo, resumed[name][0]) and torch.equal(up, resumed[name][1]), name
+        assert bool((cut[name][0] <= lo).all() and (up <= cut[name][1]).all()), name
+        assert torch.equal(cut[name][0], ibp[name][0]), name  # nothing tightened past it
+
+
+def test_a_graph_without_splittable_relus_is_bounded_not_split():
+    """Relu on the graph input only: nothing to split; the verdict stays sound."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Gemm", ["r", "W", "b"], ["y"], transB=1)]
+    net = GraphNetwork(GraphReader(make_model(nodes, [tensor("x", [1, 3])], [tensor("y", None)],
+                                              [("W", rng.normal(size=(2, 3))),
+                                               ("b", rng.normal(size=2))]), "flat").read())
+    for eps in (0.1, 1.0):
+        spec, x = spec_at(net, 0, eps)
+        cert = backends.certify_specs(net, [spec], "relu-bab", device="cpu", timeout=0,
+                                      max_domains=50)[0]
+        check_verdict(net, spec, x, eps, cert)
+        assert cert.proved or cert.counterexample is not None or cert.reason

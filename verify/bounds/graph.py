@@ -9,11 +9,16 @@ Method:    IBP: in topological order, linear nodes in center/radius form y = L(m
            ops chord / tangent lines (ops.relax), MaxPool its window candidates, Softmax a
            mean-value form around the box's midpoint (ops.softmax_relaxation; its interval where
            tighter). For l_2 / l_1 balls, tensors affine in the input get the exact ball bound
-           x0 ± eps ||J_i||_q in IBP too. Intermediate bounds: IBP, tightened by a CROWN pass
-           from each nonlinear node's input where at most `crown_rows` entries need it.
-           Rounding: each linear step's float64 error is at most gamma_n times the same pass run
-           on absolute values (|A| |L|), carried alongside and charged at the end with
-           `rounding_slack`; concretization is crown.concretize's (rounding included).
+           x0 ± eps ||J_i||_q in IBP too. Intermediate bounds: IBP, tightened by CROWN passes (at
+           most `crown_rows` rows each) from each nonlinear node's input where at most
+           `max_rows` entries need it.
+           Rounding: with M >= |A| carried beside the coefficients A, a linear step
+           y = L x + b (computed A_x = fl(A_y L)) errs by at most gamma_n M_y . (|L| max|x| + |b|),
+           max|x| from the tensor bounds, which also covers the M_y . |y| owed by earlier steps;
+           a relaxation step passes M max(slopes) on (its own products' error) and its
+           constants' magnitudes; all of it is charged at the end with `rounding_slack`;
+           concretization is crown.concretize's (rounding included).
+           alpha-CROWN slopes and beta-CROWN split terms enter the Relu step (backward_bound).
 Soundness: sound, incomplete.
 """
 
@@ -209,6 +214,12 @@ def interval_margin(batch: InputBatch, lower: torch.Tensor, upper: torch.Tensor)
     return lo - batch.d - rounding_slack(magnitude + batch.d.abs(), batch.C.shape[2])
 
 
+def _dot(t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(b, m): the entries of t (b, m, *S) times v (1 or b, *S), summed per row."""
+    t, v = t.flatten(2), v.flatten(1)
+    return t @ v[0] if len(v) == 1 else torch.einsum("bmn,bn->bm", t, v)
+
+
 VMAP_ENTRIES = 2 ** 16  # coefficients from which a vmapped vjp beats autograd on R samples
 
 
@@ -276,11 +287,15 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
             n_terms += terms(node) + 1
             bias = forward(node, [torch.zeros((1, *s), dtype=dtype, device=device) for s in shapes],
                            params[k])
-            const = const + (a * bias).flatten(2).sum(-1)
+            const = const + _dot(a, bias)
             with torch.no_grad():  # settled here: mag . |y| <= mag . (|L| max|x| + |b|)
-                in_mag = [torch.maximum(bounds[i][0].abs(), bounds[i][1].abs()) for i in node.inputs]
+                in_mag = [torch.maximum(bounds[i][0].abs(), bounds[i][1].abs())
+                          for i in node.inputs]
                 step = forward(node, in_mag, params_abs[k]) + bias.abs()
-                owed = owed + (mag.detach() * step[:, None]).nan_to_num(nan=0.0).flatten(2).sum(-1)
+                spread = mag.detach() * step[:, None] if not bool(torch.isfinite(step).all()) \
+                    else None  # an infinite bound: 0 * inf counts 0 (no coefficient there)
+                owed = owed + (_dot(mag.detach(), step) if spread is None else
+                               spread.nan_to_num(nan=0.0).flatten(2).sum(-1))
             new = _vjp(forward, node, params[k], shapes, flat(a))
             new_mag = [None if g is None else g.detach().abs() for g in new]
         else:
@@ -325,7 +340,7 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
             else:
                 if node.op == "Relu":
                     r = relu_relaxation(lo, up)
-                    a_l, b_l, a_u, b_u = r.lower_slope, torch.zeros_like(lo), r.upper_slope, r.upper_intercept
+                    a_l, a_u, b_u = r.lower_slope, r.upper_slope, r.upper_intercept
                     if record is not None:
                         record[node.output] = a.detach().reshape(b, m, -1).clone()
                     if alphas is not None and node.output in alphas:  # (B, m, *shape) slopes
@@ -333,14 +348,21 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
                             -1, m, *lo.shape[1:]), a_l[:, None])
                     else:
                         a_l = a_l[:, None]
+                    # b_l = 0 and slopes in [0, 1]: the same numbers as below, fewer passes
+                    neg = a.clamp(max=0)
+                    new = [torch.where(a > 0, a * a_l, neg * a_u[:, None])]
+                    const = const + _dot(neg, b_u)
+                    owed = owed + _dot(mag, b_u)
+                    new_mag = [mag * torch.maximum(a_l.detach(), a_u[:, None])]
                 else:
                     a_l, b_l, a_u, b_u = ops.relax(node.op, lo, up)
                     a_l = a_l[:, None]
-                pos, neg = a.clamp(min=0), a.clamp(max=0)
-                new = [pos * a_l + neg * a_u[:, None]]
-                const = const + (pos * b_l[:, None] + neg * b_u[:, None]).flatten(2).sum(-1)
-                owed = owed + (mag * torch.maximum(b_l.abs(), b_u.abs())[:, None]).flatten(2).sum(-1)
-                new_mag = [mag * torch.maximum(a_l.detach().abs(), a_u.abs()[:, None])]
+                    pos, neg = a.clamp(min=0), a.clamp(max=0)
+                    new = [pos * a_l + neg * a_u[:, None]]
+                    const = const + (pos * b_l[:, None] + neg * b_u[:, None]).flatten(2).sum(-1)
+                    owed = owed + (mag * torch.maximum(b_l.abs(), b_u.abs())[:, None]
+                                   ).flatten(2).sum(-1)
+                    new_mag = [mag * torch.maximum(a_l.detach().abs(), a_u.abs()[:, None])]
                 if split_terms is not None and node.output in split_terms:  # - beta s on z
                     new = [new[0] - split_terms[node.output].reshape(-1, m, *lo.shape[1:])]
                     new_mag = [new_mag[0] + new[0].detach().abs()]  # its rounding: u |new| |z|
@@ -371,7 +393,7 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
     return torch.nan_to_num(lower, nan=float("-inf"))
 
 
-_LAST_BOUNDS: list = []  # [key, bounds] of the last complete crown_bounds call
+_LAST_BOUNDS: list = []  # [key, (bounds, tightened, resume node or None)] of the last call
 
 
 def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS,
@@ -381,37 +403,55 @@ def crown_bounds(net, batch: InputBatch, crown_rows: int = CROWN_ROWS,
     unstable ones, l < 0 < u, in any input of the batch; for the other ops: all). Inputs of the
     batch with the same input set (VNN-LIB disjuncts of one box) are bounded once, and the last
     call's bounds are reused when asked again for the same sets (alpha-CROWN, then relu-bab's
-    root, in one `auto` run)."""
+    root, in one `auto` run): a call cut short by the deadline (IBP past it, still sound) is
+    resumed from the first tensor it left untightened."""
     key = torch.cat([batch.lower, batch.upper, batch.center, batch.eps[:, None]], 1)
     if key.requires_grad:  # bab's split scores differentiate through the bounds: no sharing
-        return _crown_bounds(net, batch, crown_rows, max_rows)
+        return _crown_bounds(net, batch, crown_rows, max_rows)[0]
     _, inverse = torch.unique(key, dim=0, return_inverse=True)
     count = int(inverse.max()) + 1 if len(inverse) else 0
     if count == len(batch):
         memo = (id(net), net.fingerprint(), str(key.device), batch.norm, crown_rows, max_rows,
                 key.cpu().numpy().tobytes())
-        if _LAST_BOUNDS and _LAST_BOUNDS[0] == memo:
-            return dict(_LAST_BOUNDS[1])
-        bounds = _crown_bounds(net, batch, crown_rows, max_rows)
-        if not deadlines.active().expired():  # complete (not cut short by the deadline)
-            _LAST_BOUNDS[:] = [memo, dict(bounds)]
+        start = _LAST_BOUNDS[1] if _LAST_BOUNDS and _LAST_BOUNDS[0] == memo else None
+        if start is not None and start[2] is None:  # complete
+            return dict(start[0])
+        bounds, resume = _crown_bounds(net, batch, crown_rows, max_rows, start)
+        _LAST_BOUNDS[:] = [memo, (dict(bounds), set(), None) if resume is None else resume]
         return bounds
     first = torch.full((count,), len(batch), dtype=torch.long, device=inverse.device)
-    first = first.scatter_reduce(0, inverse, torch.arange(len(batch), device=inverse.device), "amin")
+    first = first.scatter_reduce(0, inverse, torch.arange(len(batch), device=inverse.device),
+                                 "amin")
     sub = InputBatch(lower=batch.lower[first], upper=batch.upper[first], center=batch.center[first],
                      eps=batch.eps[first], norm=batch.norm, C=batch.C[first], d=batch.d[first])
     return {name: (lo[inverse], up[inverse])
             for name, (lo, up) in crown_bounds(net, sub, crown_rows, max_rows).items()}
 
 
-def _crown_bounds(net, batch: InputBatch, crown_rows: int, max_rows: int) -> dict[str, Bounds]:
-    bounds = _input_bounds(net, batch)
+def _crown_bounds(net, batch: InputBatch, crown_rows: int, max_rows: int,
+                  start: Optional[tuple] = None) -> tuple[dict[str, Bounds], Optional[tuple]]:
+    """crown_bounds for distinct input sets, from `start` = (bounds, tightened, node index) of
+    an earlier call cut short; also the state to resume this one from (None: complete)."""
+    if start is None:
+        bounds, tightened, first = _input_bounds(net, batch), set(), 0
+        tightened.update(bounds)
+    else:
+        bounds, tightened, first = dict(start[0]), set(start[1]), start[2]
+    resume = None
+    # Tensors affine in the input: over a box their interval is already CROWN's bound.
+    affine = set(net.graph.inputs) if batch.norm in ("inf", "box") else set()
+    for node in net.graph.nodes if affine else []:
+        if node.op in ops.LINEAR and all(i in affine for i in node.inputs):
+            affine.add(node.output)
+    tightened.update(affine)
     ball = BallBounds(net, batch)
-    tightened: set[str] = set(bounds)
-    for k, node in enumerate(net.graph.nodes):
+    for k, node in enumerate(net.graph.nodes[first:], first):
         name = node.inputs[0] if node.op not in ops.LINEAR else None
-        if name is not None and name not in tightened and crown_rows > 0 \
-                and not deadlines.active().expired():  # past the deadline: IBP (still sound)
+        if name is not None and name not in tightened and crown_rows > 0 and resume is None \
+                and deadlines.active().expired():  # past the deadline: IBP (still sound)
+            resume = (dict(bounds), set(tightened), k)
+        if name is not None and name not in tightened and crown_rows > 0 and resume is None:
+            before = (dict(bounds), set(tightened), k)
             shape = net.graph.shapes[name]
             lo, up = bounds[name]
             flat_lo, flat_up = lo.flatten(1), up.flatten(1)
@@ -423,11 +463,13 @@ def _crown_bounds(net, batch: InputBatch, crown_rows: int, max_rows: int) -> dic
                 new_lo, new_up = flat_lo.clone(), flat_up.clone()
                 for chunk in torch.split(rows, crown_rows):
                     if deadlines.active().expired():
+                        resume = before  # this tensor again, whole, next time
                         break
                     r = len(chunk)
                     eye = torch.zeros((r, flat_lo.shape[1]), dtype=lo.dtype, device=lo.device)
                     eye[torch.arange(r, device=lo.device), chunk] = 1.0
-                    coeffs = torch.cat([eye, -eye]).reshape(2 * r, *shape).expand(len(batch), 2 * r, *shape)
+                    coeffs = torch.cat([eye, -eye]).reshape(2 * r, *shape).expand(
+                        len(batch), 2 * r, *shape)
                     lower = backward_bound(net, batch, bounds, name, coeffs, torch.zeros(
                         (len(batch), 2 * r), dtype=lo.dtype, device=lo.device))
                     new_lo[:, chunk] = torch.maximum(flat_lo[:, chunk], lower[:, :r])
@@ -436,7 +478,7 @@ def _crown_bounds(net, batch: InputBatch, crown_rows: int, max_rows: int) -> dic
             tightened.add(name)
         bounds[node.output] = ball.intersect(k, node, node_interval(
             net, k, node, [bounds[i] for i in node.inputs]))
-    return bounds
+    return bounds, resume
 
 
 def relu_slopes(net, bounds: dict[str, Bounds], rows: int) -> dict[str, torch.Tensor]:

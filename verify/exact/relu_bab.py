@@ -238,7 +238,8 @@ def babsr_scores(inputs: dict, record: dict, splits: dict
         spans.append((k, start))
         start += score.shape[1]
     if not parts:  # nothing to split on: every domain is a leaf
-        return torch.full((len(record[-1]), 1), -math.inf, dtype=torch.float64), spans
+        return torch.full((len(record[-1]), 1), -math.inf, dtype=torch.float64,
+                          device=record[-1].device), spans
     return torch.cat(parts, dim=1), spans
 
 
