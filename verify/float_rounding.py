@@ -19,7 +19,7 @@ float evaluation, a bound E_t on |t_fl - t| per tensor t; one rule per op kind (
             E_x (max is exact and 1-Lipschitz in the max norm)
     smooth f (Sigmoid, Tanh, Exp, Softplus): E_y = max|f'| on [l - E_x, h + E_x] E_x
             + FUNCTION_ULPS u max(|f|, 1) (the runtime's f, an assumption, see FUNCTION_ULPS)
-    Softmax E_y = 2 max y(1 - y) max_j E_x,j + rel y_max, rel from (R + log n + 1) u per exponent
+    Softmax E_y = 2 max y(1 - y) max_j E_x,j + rel y_max, rel from 2(R + log n + 1) u per exponent
             (R the spread of the widened inputs), FUNCTION_ULPS u per exp, gamma_n for the sum,
             2 roundings for the quotient (see _softmax_error)
     a b     E_a (|b| + E_b) + |a| E_b + u (|a| + E_a)(|b| + E_b); a / b: see _bilinear_error
@@ -175,8 +175,9 @@ def _softmax_error(axis: int, error, lower, upper, u: float, tiny: float):
     """y = softmax(x) along `axis` (n entries). Input error: |dy_i| <= sum_j |y_i (d_ij - y_j)|
     E_j <= 2 y_i (1 - y_i) max_j E_j, y at some point of the widened box. Own rounding, for
     exp(x_j - max) / sum or exp(x_j - log-sum-exp), by reciprocal or division: each exponent
-    off by (R + log n + 1) u relatively at most (R the spread of x along the axis), each exp by
-    FUNCTION_ULPS u, the sum of positive terms by gamma_n, the quotient by 2 roundings."""
+    off by 2 (R + log n + 1) u relatively at most (R the spread of x along the axis), each exp by
+    FUNCTION_ULPS u, the sum of positive terms by gamma_n, the quotient by 2 roundings (the
+    exponent's allowance doubled for the log-sum-exp form: x_i - max - log S, 3 roundings)."""
     import torch
 
     from .graph import ops
@@ -189,7 +190,7 @@ def _softmax_error(axis: int, error, lower, upper, u: float, tiny: float):
     n = lo.shape[dim]
     carried = 2 * q * error.amax(dim=dim, keepdim=True)
     spread = up.amax(dim=dim, keepdim=True) - lo.amin(dim=dim, keepdim=True)
-    rho = torch.expm1((spread + math.log(n) + 1) * u) + FUNCTION_ULPS * u
+    rho = torch.expm1(2 * (spread + math.log(n) + 1) * u) + FUNCTION_ULPS * u
     rho = rho * (1 + rho)  # (1 + r)(1 + K u) - 1 <= r + K u + r K u, loosely
     g = float(gamma(np.asarray(n, dtype=np.float64), u))
     relative = (1 + rho) * (1 + u) ** 2 / ((1 - rho) * (1 - g)) - 1
