@@ -257,3 +257,30 @@ def test_unmodelled_roundings_are_refused(tmp_path, case):
     load_onnx(path)  # readable over the reals
     with pytest.raises(FloatSemanticsError):
         evaluation_error(path, np.array([0.0]), np.array([1.0]))
+
+
+@pytest.mark.parametrize("scale", [1.0, 40.0])
+def test_softmax_bound_holds_with_a_wide_spread(tmp_path, scale):
+    """Y = softmax(X W) over 10 classes: at scale 40 the logits spread over hundreds, where the
+    exponent's rounding (x_j - max, relative) dominates onnxruntime's error."""
+    rng = np.random.default_rng(5)
+    b = _Builder(rng, np.float32)
+    y = b.op("Softmax", [b.op("MatMul", ["X", b.const(rng.standard_normal((5, 10)) * scale)])],
+             axis=1)
+    b.nodes.append(helper.make_node("Identity", [y], ["Y"]))
+    graph = helper.make_graph(b.nodes, "softmax",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 5])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+                              b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "softmax.onnx"
+    onnx.save(model, str(path))
+    net = load_onnx(path)
+    lower, upper = np.full(5, -1.0), np.full(5, 1.0)
+    error = evaluation_error(path, lower, upper)
+    points = np.stack([round_into_box(x, lower, upper)
+                       for x in rng.uniform(lower, upper, (500, 5))]).astype(np.float64)
+    gaps = np.abs(_ort(path, points, np.float32) - net.forward(points))
+    assert np.all(gaps <= error), (gaps.max(0), error)
+    assert 0 < gaps.max() and np.max(error) < 1e-3
