@@ -122,13 +122,16 @@ def _observed_by_onnxruntime(query, models: dict[str, Path], x: np.ndarray) -> n
     return y
 
 
-def valid_assignment(stdout: str, models: dict[str, Path], query_path: Path
+def valid_assignment(stdout: str, models: dict[str, Path] | Path, query_path: Path
                      ) -> tuple[bool, str]:
-    """Is the printed sat assignment a real counterexample (see the module docstring)?"""
+    """Is the printed sat assignment a real counterexample (see the module docstring)?
+    `models`: the model file of each declared network, or one file for all of them."""
     from verify.vnnlib import load_vnnlib
 
     try:
         query = load_vnnlib(str(query_path))
+        if not isinstance(models, dict):
+            models = {n.name: Path(models) for n in query.networks}
         assignment = parse_assignment(stdout)
         inputs = [v for v in query.variables if v.kind == "input"]
         x = np.zeros(query.n_inputs)

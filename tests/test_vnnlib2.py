@@ -324,3 +324,28 @@ def test_polynomial_query_is_no_specification():
     assert not q.single_row and q.nonlinear
     with pytest.raises(VnnlibError, match="polynomial"):
         q.to_specifications()
+
+
+def test_satisfactory_driver_checks_assignments_per_network(tmp_path, relu, hidden, capsys):
+    """benchmarks/vnnlib_satisfactory.py's own check of a multi-network sat: valid as printed,
+    invalid once an input moves (the outputs no longer satisfy the query)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.vnnlib_satisfactory import valid_assignment
+
+    text = """(vnnlib-version <2.0>)
+(declare-network N1 (declare-input X float32 [1]) (declare-output Y float32 [1]))
+(declare-network N2 (declare-input U float32 [1]) (declare-hidden H float32 [1] "h")
+  (declare-output V float32 [1]))
+(assert (and (>= X[0] 0.0) (<= X[0] 1.0) (>= U[0] 0.0) (<= U[0] 1.0)))
+(assert (>= H[0] (+ Y[0] 0.5)))
+"""
+    models = {"N1": relu, "N2": hidden}
+    code, out, err = _solve(tmp_path, text, models, capsys)
+    assert code == 0 and out.startswith("sat\n"), err
+    query = tmp_path / "q.vnnlib"
+    assert valid_assignment(out, models, query) == (True, "")
+    v = _assignment(out)
+    moved = out.replace(f"U float32 [1]\n{v['U']!r}", "U float32 [1]\n0.0")
+    assert moved != out and not valid_assignment(moved, models, query)[0]
