@@ -52,14 +52,15 @@ def test_interval_contains_sampled_values(op):
         node, ins = Node(op, op, ["a", "b"], "y"), [(a_lo, a_up), (b_lo, b_up)]
     lo, up = bilinear.interval(node, ins, params)
     a, b = _samples(rng, a_lo, a_up), _samples(rng, b_lo, b_up)
-    xs = [a] if op == "Square" else ([b] if op == "ConstantOverVariable" else [a, b])
-    if op == "Square":
-        xs = [a, a]
+    xs = {"Square": [a, a], "ConstantOverVariable": [b]}.get(op, [a, b])
     y = bilinear.FORWARDS[node.op](node, xs, params)
     assert torch.all(y >= lo) and torch.all(y <= up)
-    # Tight at the corners: the square's and product's bounds are reached up to rounding.
-    if op in ("Product", "Square"):
-        assert torch.all(up - lo <= (torch.maximum(a_lo.abs(), a_up.abs()) + 3) ** 2 * 4)
+    if op == "Product":  # exact: the bounds are products of corners, reached there
+        a_c = torch.cat([a_lo, a_lo, a_up, a_up])
+        b_c = torch.cat([b_lo, b_up, b_lo, b_up])
+        corners = a_c * b_c
+        assert torch.allclose(lo[0], corners.min(0).values, rtol=1e-9, atol=1e-12)
+        assert torch.allclose(up[0], corners.max(0).values, rtol=1e-9, atol=1e-12)
 
 
 def test_quotient_unbounded_when_denominator_spans_zero():
@@ -102,8 +103,10 @@ def _model(path, kind: str):
                       helper.make_node("ReduceSum", ["r"], ["rs"], keepdims=1, axes=[1]),
                       helper.make_node("Sub", ["q", "rs"], ["Y"])]
     opset = 12  # ReduceSum with an axes attribute
-    graph = helper.make_graph(nodes, kind, [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 3])], inits)
+    graph = helper.make_graph(nodes, kind,
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 3])],
+                              inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -116,7 +119,8 @@ def test_bounds_and_float32_error_on_bilinear_models(tmp_path, kind):
     net = load_onnx(path)
     rng = np.random.default_rng(3)
     lower, upper = rng.uniform(-1, 0, 4), rng.uniform(0, 1, 4)
-    points = np.stack([round_into_box(x, lower, upper) for x in rng.uniform(lower, upper, (200, 4))])
+    points = np.stack([round_into_box(x, lower, upper)
+                       for x in rng.uniform(lower, upper, (200, 4))])
     points = points.astype(np.float64)
     real = net.forward(points)
     ort32 = np.stack([onnxruntime_forward(path, x) for x in points])
@@ -144,7 +148,8 @@ def _query(tmp_path, n_in: int, box: list[tuple[float, float]], output: str):
 
 
 def _single_node(tmp_path, node, n_in: int):
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [n_in])],
+    graph = helper.make_graph([node], "g",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [n_in])],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path = tmp_path / "m.onnx"

@@ -54,9 +54,11 @@ def is_square(node: Node) -> bool:
     return node.op == "Product" and len(node.inputs) == 2 and node.inputs[0] == node.inputs[1]
 
 
-def _endpoint_hull(a_lo: Tensor, a_up: Tensor, b_lo: Tensor, b_up: Tensor) -> tuple[Tensor, Tensor]:
+def _endpoint_hull(a_lo: Tensor, a_up: Tensor, b_lo: Tensor, b_up: Tensor
+                   ) -> tuple[Tensor, Tensor]:
     """[min, max] of a b over the box (the four corners), NaN-free for infinite endpoints."""
-    corners = torch.stack(torch.broadcast_tensors(a_lo * b_lo, a_lo * b_up, a_up * b_lo, a_up * b_up))
+    corners = torch.stack(torch.broadcast_tensors(a_lo * b_lo, a_lo * b_up, a_up * b_lo,
+                                                  a_up * b_up))
     corners = torch.where(corners.isnan(), torch.zeros_like(corners), corners)  # 0 * inf: 0
     return corners.min(0).values, corners.max(0).values
 
