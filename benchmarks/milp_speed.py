@@ -36,7 +36,8 @@ import highspy  # noqa: E402
 
 import verify  # noqa: E402
 from verify.bounds.lp import neuron_bounds  # noqa: E402
-from verify.bounds.relu_encoding import BIG_M, build_program, set_objective, to_highs  # noqa: E402
+from verify.bounds.highs_session import set_objective, to_highs  # noqa: E402
+from verify.bounds.relu_encoding import BIG_M, build_program  # noqa: E402
 from verify.verdict import certificate_from_bounds  # noqa: E402
 from benchmarks.reporting import machine  # noqa: E402
 

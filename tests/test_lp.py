@@ -130,7 +130,7 @@ def test_lp_relaxation_of_big_m_is_the_triangle(digits_mlp_path, digits_test):
     """One builder, two encodings: relaxing the binaries of BIG_M gives the triangle's value."""
     import highspy
 
-    from verify.bounds.relu_encoding import set_objective, to_highs
+    from verify.bounds.highs_session import set_objective, to_highs
 
     net = load_onnx(digits_mlp_path)
     xs, ys = digits_test

@@ -322,8 +322,9 @@ def test_ctrl_c_during_a_highs_solve_stops_it_and_raises(digits_mlp_path, digits
     import threading
 
     from verify.bounds.lp import neuron_bounds
-    from verify.bounds.relu_encoding import (BIG_M, build_program, interrupt_requested,
-                                             run_highs, set_objective, to_highs)
+    from verify.bounds.highs_session import (interrupt_requested, run_highs, set_objective,
+                                             to_highs)
+    from verify.bounds.relu_encoding import BIG_M, build_program
 
     net = load_onnx(digits_mlp_path)
     x, y = digits_test[0][0], int(digits_test[1][0])

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from . import deadline
-from .backends import check_choices
+from .options import check_choices
 from .certificate import Certificate, Status
 from .errors import InputError
 from .network import Network, resolve_device

@@ -20,6 +20,7 @@ import numpy as np
 from .certificate import Certificate
 from .errors import InputError
 from .network import Network, resolve_device
+from .options import check_choice, check_choices, fits, option_kind, within  # noqa: F401 (re-exported)
 from .spec import NORMS, Specification, parse_norm, robustness_spec, robustness_specs
 
 RunFn = Callable[[Network, Sequence[Specification], Any], list[Certificate]]
@@ -56,50 +57,6 @@ def check_norm(method: str, norm) -> None:
                          f"(see verify methods)")
 
 
-def option_kind(default: Any) -> Optional[str]:
-    """What an option with this default takes, in words, or None (not type-checked): a bool
-    default takes true or false, an int an integer, a float or None a number."""
-    if isinstance(default, bool):
-        return "true or false"
-    if isinstance(default, int):
-        return "an integer"
-    if default is None or isinstance(default, float):
-        return "a number"
-    return None
-
-
-def _fits(default: Any, value: Any) -> bool:
-    """Whether `value` has the type an option with this default takes (a bool is not a number,
-    though Python counts it as an int; None defaults take any non-bool value)."""
-    if isinstance(default, bool):
-        return isinstance(value, (bool, np.bool_))
-    if option_kind(default) is None:
-        return True
-    if isinstance(value, (bool, np.bool_)):
-        return False
-    if isinstance(default, int):
-        return isinstance(value, (int, np.integer))
-    return default is None or isinstance(value, (int, float, np.integer, np.floating))
-
-
-def check_choice(value: Any, allowed: Sequence[str], what: str, owner: str = "") -> None:
-    """InputError unless `value` is one of `allowed`: "unknown WHAT 'value' for OWNER: use one
-    of ...", for settings passed as plain strings (an options object goes to check_choices)."""
-    if value not in allowed:
-        where = f" for {owner}" if owner else ""
-        raise InputError(f"unknown {what} '{value}'{where}: use one of {', '.join(allowed)}")
-
-
-def check_choices(options: Any, method: str) -> None:
-    """InputError unless each field named in the options class's CHOICES holds one of its
-    values (make_options checks them, and certifiers called directly with an options object)."""
-    for key, allowed in getattr(type(options), "CHOICES", {}).items():
-        value = getattr(options, key)
-        if value not in allowed:
-            raise InputError(f"option {key} of method '{method}' must be one of "
-                             f"{', '.join(allowed)}, got {value!r}")
-
-
 def make_options(method: str, options: dict[str, Any]):
     """The method's options dataclass from keyword options. Refused with InputError: unknown or
     mistyped names (a bool is no number), non-finite numbers, values outside the class's LIMITS
@@ -114,7 +71,7 @@ def make_options(method: str, options: dict[str, Any]):
     defaults = backend.options_type()
     for key, value in options.items():
         default = getattr(defaults, key)
-        if not _fits(default, value):
+        if not fits(default, value):
             raise InputError(f"option {key} of method '{method}' takes {option_kind(default)}, "
                              f"got {value!r}")
     options = {key: bool(value) if isinstance(value, np.bool_) else value
@@ -133,17 +90,6 @@ def make_options(method: str, options: dict[str, Any]):
     if hasattr(made, "check"):  # the options class's own consistency checks
         made.check()
     return made
-
-
-def within(value: float, rule: str) -> bool:
-    """Whether value obeys an options class's LIMITS rule: ">= a", "> a" or "in (a, b]" (any
-    of ( [ and ) ])."""
-    if rule.startswith("in "):
-        low, high = (float(t) for t in rule[4:-1].split(","))
-        return (value > low if rule[3] == "(" else value >= low) and \
-            (value < high if rule[-1] == ")" else value <= high)
-    op, bound = rule.split()
-    return value > float(bound) if op == ">" else value >= float(bound)
 
 
 def get_backend(method: str) -> Backend:

@@ -28,7 +28,7 @@ from typing import ClassVar, Optional, Sequence
 import numpy as np
 import torch
 
-from ..backends import check_choice, check_choices
+from ..options import check_choice, check_choices
 from ..certificate import Certificate
 from ..network import AFFINE, Dense, Network, ReLU
 from ..spec import Specification

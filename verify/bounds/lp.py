@@ -34,15 +34,15 @@ import numpy as np
 import torch
 
 from .. import deadline
-from ..backends import check_choice, check_choices
+from ..options import check_choice, check_choices
 from ..certificate import Certificate
 from ..errors import InputError
 from ..network import AFFINE, Network, ReLU
 from ..spec import Box, InputSet, Specification
 from ..verdict import certificate_from_bounds, row_name
 from . import InputBatch, ibp
-from .relu_encoding import (TRIANGLE, NumpyBounds, ReluProgram, build_program, highs_tolerance,
-                            lagrangian_bound, run_highs, set_objective, to_highs)
+from .highs_session import highs_tolerance, run_highs, set_objective, to_highs
+from .relu_encoding import TRIANGLE, NumpyBounds, ReluProgram, build_program, lagrangian_bound
 
 BOUND_SOURCES = ("ibp", "crown")
 _GRAPH_BOUNDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # net -> (set, bounds)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .. import deadline as deadlines
-from ..backends import check_choice, check_choices
+from ..options import check_choice, check_choices
 from ..certificate import Certificate
 from ..errors import InputError
 from ..network import Network, resolve_device
@@ -261,7 +261,8 @@ def local_milp(net: Network, box: Box, A: np.ndarray, b: np.ndarray, center: np.
     neuron bounds there, so few binaries), solved with HiGHS within `time_limit`. It reaches the
     thin violation regions a gradient attack stops short of. Not yet replayed."""
     from ..bounds import crown
-    from ..bounds.relu_encoding import BIG_M, build_program, run_highs, to_highs
+    from ..bounds.highs_session import run_highs, to_highs
+    from ..bounds.relu_encoding import BIG_M, build_program
 
     reach = radius * (box.upper - box.lower)
     lower = np.maximum(box.lower, center - reach)

@@ -48,11 +48,11 @@ import numpy as np
 
 from ..bounds.lp import (BOUND_SOURCES, neuron_bounds, relaxed_margin_lower, solve_rows,
                          tighten_with_lp, trusted_lower)
-from ..bounds.relu_encoding import (BIG_M, TRIANGLE, ReluProgram, build_program, highs_tolerance,
-                                    interrupt_requested, lagrangian_bound, run_highs,
+from ..bounds.highs_session import (highs_tolerance, interrupt_requested, run_highs,
                                     set_objective, to_highs)
+from ..bounds.relu_encoding import BIG_M, TRIANGLE, ReluProgram, build_program, lagrangian_bound
 from .. import deadline
-from ..backends import check_choices
+from ..options import check_choices
 from ..certificate import Certificate
 from ..errors import InputError
 from ..graph.encoding import relaxed_reason

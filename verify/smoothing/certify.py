@@ -59,7 +59,7 @@ from scipy.stats import binomtest
 from scipy.stats import norm as _normal
 
 from .. import deadline
-from ..backends import check_choices
+from ..options import check_choices
 from ..certificate import Certificate, Status
 from ..errors import InputError
 from ..network import Network, resolve_device
