@@ -172,7 +172,8 @@ def test_vnncomp2021_graphs_match_onnxruntime(relative, shared_benchmarks):
 @pytest.mark.slow
 @pytest.mark.parametrize("bench, rows", [("verivital", [0, 4, 30, 40]), ("test", [1, 2])])
 def test_vnncomp2021_graph_instances_never_wrong(bench, rows, shared_benchmarks):
-    """auto (attack, then CROWN on graph networks) against the ground truth: never wrong."""
+    """auto (attack, alpha-CROWN, relu-bab on graph networks) against the ground truth: never
+    wrong."""
     from verify.vnncomp import solve_files
 
     root = shared_benchmarks / "vnncomp2021" / bench

@@ -274,3 +274,21 @@ def test_a_graph_without_splittable_relus_is_bounded_not_split():
                                       max_domains=50)[0]
         check_verdict(net, spec, x, eps, cert)
         assert cert.proved or cert.counterexample is not None or cert.reason
+
+
+@pytest.mark.parametrize("smooth", ["Sigmoid", "Relu"])
+def test_pooling_and_smooth_dags_bounded_soundly_by_alpha_crown_and_relu_bab(smooth):
+    """MaxPool / AveragePool / Concat and a smooth first activation (test_graph_ops' DAG):
+    alpha-CROWN's bounds stay below the sampled margins, relu-bab is never wrong."""
+    from test_graph_ops import random_dag
+
+    for seed, eps in ((0, 0.05), (1, 0.3)):
+        net = random_dag(seed, 4, smooth)
+        spec, x = spec_at(net, seed, eps)
+        cert = backends.certify_specs(net, [spec], "alpha-crown", device="cpu")[0]
+        lower = np.array([np.inf if v is None else v for v in cert.margin_lower])
+        lower = lower[np.arange(len(lower)) != int(np.argmax(net.forward(x)))]
+        assert np.all(lower <= sampled_min(net, spec, x, eps) + 1e-9)
+        cert = backends.certify_specs(net, [spec], "relu-bab", device="cpu", timeout=0,
+                                      max_domains=100)[0]
+        check_verdict(net, spec, x, eps, cert)
