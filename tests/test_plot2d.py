@@ -66,3 +66,32 @@ def test_refuses_other_input_sizes(tmp_path, capsys, digits_mlp_path):
                  "--out", str(tmp_path / "x.png")])
     assert code == 2 and "2-input networks; this one has 64" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_graph_network_ordered_against_the_exact_milp(tmp_path):
+    """A residual graph (Relu, skip Add, Max): drawn on the graph IR, with its exact MILP."""
+    from verify.graph.network import GraphNetwork
+    from verify.onnx_io import load_onnx
+
+    rng = np.random.default_rng(3)
+    model = make_model(
+        [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1),
+         helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("Gemm", ["r", "w2", "b2"], ["g"], transB=1),
+         helper.make_node("Add", ["g", "r"], ["s"]),
+         helper.make_node("Max", ["s", "r"], ["m"]),
+         helper.make_node("Gemm", ["m", "w3", "b3"], ["y"], transB=1)],
+        [tensor("x", [1, 2])], [tensor("y", [1, 3])],
+        [("w1", rng.normal(size=(6, 2))), ("b1", rng.normal(size=6)),
+         ("w2", rng.normal(size=(6, 6))), ("b2", rng.normal(size=6)),
+         ("w3", rng.normal(size=(3, 6))), ("b3", rng.normal(size=3))])
+    path = tmp_path / "res.onnx"
+    onnx.save(model, path)
+    net = load_onnx(path)
+    assert isinstance(net, GraphNetwork)
+    info = plot2d(net, [0.3, -0.2], 0.3, tmp_path / "fig.png", "inf",
+                  methods=("ibp", "crown", "lp", "milp"))
+    m = info["margin_lower"]
+    assert m["ibp"] <= m["crown"] + 1e-9 and m["crown"] <= m["lp"] + 1e-6
+    assert m["lp"] <= m["milp"] + 1e-6 and m["milp"] <= info["sampled_min"] + 1e-9
+    assert (tmp_path / "fig.png").stat().st_size > 10_000

@@ -88,7 +88,13 @@ def plot2d(net: Network, x: Sequence[float], eps: float, path: Path, norm: str =
     z = net.forward(points)
     right.scatter(z[:, j], z[:, label], s=1, c="0.5", alpha=0.4, label="f(ball), sampled")
     batch = InputBatch.from_specs([spec], torch.device("cpu"))
-    lo, up = (t.numpy()[0] for t in layer_bounds(net, batch)[-1])
+    if getattr(net, "is_graph", False):
+        from .bounds import graph
+
+        logits = graph.output_bounds(net, graph.interval_bounds(net, batch))
+    else:
+        logits = layer_bounds(net, batch)[-1]
+    lo, up = (t.numpy()[0] for t in logits)
     right.add_patch(plt.Rectangle((lo[j], lo[label]), up[j] - lo[j], up[label] - lo[label],
                                   fill=False, ec="tab:blue", ls=":", label="IBP box of the logits"))
     xs_line = np.linspace(min(lo[j], z[:, j].min()), max(up[j], z[:, j].max()), 2)
