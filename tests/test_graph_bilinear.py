@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from verify.bounds import InputBatch
 from verify.bounds.graph import crown_bounds, interval_bounds, output_bounds
+from verify.errors import InputError
 from verify.float_rounding import evaluation_error, onnxruntime_forward, round_into_box
 from verify.graph import bilinear
 from verify.graph.ir import Node
@@ -187,3 +188,37 @@ def test_solver_square_and_quotient(tmp_path, capsys):
         if expected == "sat":
             x = np.array([float(v) for v in out.splitlines()[2:4]])
             assert onnxruntime_forward(path, x.astype(np.float32))[0] >= bound
+
+
+def test_alpha_crown_behind_a_product_keeps_crowns_bound(tmp_path):
+    """relu(W x) * sigmoid(V x): the Relu slopes do not reach the margin through the Product's
+    interval; alpha-CROWN answers with CROWN's bound (was a RuntimeError from autograd), which
+    holds at sampled points."""
+    from verify import backends
+    from verify.spec import robustness_spec
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "V"),
+             numpy_helper.from_array(rng.normal(size=(5, 3)).astype(np.float32), "U")]
+    nodes = [helper.make_node("MatMul", ["X", "W"], ["a"]), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("MatMul", ["X", "V"], ["b"]), helper.make_node("Sigmoid", ["b"], ["s"]),
+             helper.make_node("Mul", ["r", "s"], ["g"]), helper.make_node("MatMul", ["g", "U"], ["Y"])]
+    graph = helper.make_graph(nodes, "gate",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 3])],
+                              inits)
+    path = tmp_path / "gate.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    net = load_onnx(path)
+    x = rng.uniform(-1, 1, 4)
+    label = int(np.argmax(net.forward(x)))
+    spec = robustness_spec(4, 3, x, label, 0.3, "inf", None)
+    alpha, crown = (backends.certify_specs(net, [spec], m)[0] for m in ("alpha-crown", "crown"))
+    rows = lambda cert: np.array([v for j, v in enumerate(cert.margin_lower) if j != label])
+    assert np.allclose(rows(alpha), rows(crown))
+    sampled = np.min([spec.output.values(y) for y in net.forward(
+        x + rng.uniform(-0.3, 0.3, (2000, 4)))], axis=0)
+    assert np.all(rows(alpha) <= sampled + 1e-9)
+    with pytest.raises(InputError, match="graph networks are bounded in float64"):
+        backends.certify_specs(net, [spec], "crown", dtype="float32")

@@ -57,6 +57,17 @@ def tiny_graphs():
                                          strides=[1, 1], pads=[0, 0, 1, 1]),
                                        n("Flatten", ["p"], "f"), n("Gemm", ["f", "W3"], "y")],
                   inits + [("sh", np.array([1, 1, 4, 4])), ("W3", w(16, 3))]))
+    nodes, inits = hidden(12)
+    cases.append(("max_pool_1d", nodes + [n("Reshape", ["h", "sh"], "seq"),
+                                          n("MaxPool", ["seq"], "p", kernel_shape=[3],
+                                            strides=[2], pads=[1, 1]),
+                                          n("Flatten", ["p"], "f"), n("Gemm", ["f", "W3"], "y")],
+                  inits + [("sh", np.array([1, 2, 6])), ("W3", w(6, 3))]))
+    nodes, inits = hidden(16)
+    cases.append(("max_pool_3d", nodes + [n("Reshape", ["h", "sh"], "vol"),
+                                          n("MaxPool", ["vol"], "p", kernel_shape=[2, 2, 2]),
+                                          n("Flatten", ["p"], "f"), n("Gemm", ["f", "W3"], "y")],
+                  inits + [("sh", np.array([1, 2, 2, 2, 2])), ("W3", w(2, 3))]))
     nodes, inits = hidden()
     cases.append(("leaky_relu", nodes + [n("Gemm", ["r", "W2"], "g"),
                                          n("LeakyRelu", ["g"], "l", alpha=0.1),
@@ -182,6 +193,9 @@ def test_smooth_graph_milp_is_a_relaxation():
     lp = backends.certify_specs(net, [spec], "lp")[0]
     sampled = min(spec.output.values(o)[0] for o in net.forward(np.linspace(-1, 1, 2001)[:, None]))
     assert milp.status.name == "MAYBE" and "not exact" in milp.reason and "Sigmoid" in milp.reason
+    if "true minimum" in milp.reason:  # the interval quoted is ordered: [lower, replayed]
+        low, high = (float(v) for v in milp.reason.split("lies in [")[1].split("]")[0].split(","))
+        assert low <= sampled + 1e-9 and low <= high
     assert milp.margin_lower[1] <= sampled and lp.margin_lower[1] <= sampled
     assert lp.margin_lower[1] <= milp.margin_lower[1] + 1e-7
     # a property the relaxation does prove: YES stays sound and reachable
@@ -251,7 +265,7 @@ def test_cli_certify_and_export_on_a_graph_model(capsys, tmp_path):
     against = (label + 1) % 3
     code = main(["export", str(path), "--input", str(tmp_path / "x.npy"), "--label", str(label),
                  "--eps", "0.3", "--against", str(against), "--out", str(out)])
-    assert code == 0 and out.is_file()
+    assert code == 0 and out.is_file() and "wrote the MILP of" in capsys.readouterr().out
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.readModel(str(out))
@@ -317,3 +331,11 @@ def test_l1_and_l2_balls_on_a_graph(norm, eps):
         exact, upper = row_values(milp, label)
         assert np.all(lp <= exact + 1e-7) and np.all(exact <= sampled + 1e-9)
         assert np.all(upper - exact <= 1e-6)
+
+
+def test_relaxed_ops_name_what_the_milp_relaxes():
+    """export's message and the MILP's "not exact" come from the same op classes."""
+    from verify.graph.encoding import relaxed_ops
+
+    assert [relaxed_ops(graph_net(nodes, inits)) for _, nodes, inits in TINY] == [[]] * len(TINY)
+    assert relaxed_ops(smooth_net()) == ["Sigmoid"]

@@ -349,3 +349,21 @@ def test_satisfactory_driver_checks_assignments_per_network(tmp_path, relu, hidd
     v = _assignment(out)
     moved = out.replace(f"U float32 [1]\n{v['U']!r}", "U float32 [1]\n0.0")
     assert moved != out and not valid_assignment(moved, models, query)[0]
+
+
+def test_verify_vnnlib_points_a_two_network_query_to_verify_solver(tmp_path, relu, capsys):
+    """`verify vnnlib MODEL QUERY` takes one model: a query over two networks is refused in one
+    line that says where it can be answered (not a confusing size mismatch)."""
+    from verify.cli import main as verify_main
+
+    query = tmp_path / "two.vnnlib"
+    query.write_text("""(vnnlib-version <2.0>)
+(declare-network N1 (declare-input X real [1]) (declare-output Y real [1]))
+(declare-network N2 (equal-to N1) (declare-input X2 real [1]) (declare-output Y2 real [1]))
+(assert (and (>= X[0] -1.0) (<= X[0] 1.0) (>= X2[0] 0.5) (<= X2[0] 3.0)))
+(assert (<= (+ Y2[0] 0.6) Y[0]))
+""")
+    assert verify_main(["vnnlib", str(relu), str(query)]) == 2
+    err = capsys.readouterr().err
+    assert "declares 2 networks (N1, N2)" in err and "verify-solver" in err
+    assert len(err.strip().splitlines()) == 1

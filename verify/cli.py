@@ -398,7 +398,11 @@ def cmd_export(args) -> int:
     with atomic_path(out) as tmp:
         export_model(net, spec, tmp, relax=args.relax, format=args.format,
                      row=spec.output.row_class.index(against))
-    kind = "LP relaxation" if args.relax else "MILP"
+    from .graph.encoding import relaxed_ops
+
+    relaxed = relaxed_ops(net)
+    kind = "LP relaxation" if args.relax else \
+        f"MILP relaxation ({', '.join(relaxed)} by linear bounds)" if relaxed else "MILP"
     print(f"wrote the {kind} of min z_{args.label} - z_{against} over the l_{args.norm} ball "
           f"of radius {args.eps:g} to {out} ({args.format})")
     return 0

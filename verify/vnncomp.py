@@ -29,7 +29,7 @@ from .errors import InputError
 from .network import Network
 from .onnx_io import load_onnx
 from .spec import OutputProperty, Specification
-from .vnnlib import VnnlibQuery, format_counterexample, load_vnnlib
+from .vnnlib import VnnlibError, VnnlibQuery, format_counterexample, load_vnnlib
 
 BAB_MAX_INPUTS = 16
 # "auto" above BAB_MAX_INPUTS inputs: each stage gets this fraction of the time that remains
@@ -386,6 +386,12 @@ def solve(net: Network, query: VnnlibQuery, method: str = "auto", timeout: float
     are widened by it here)."""
     t0 = time.monotonic()
     check_seconds(timeout)
+    if len(query.networks) > 1 and (net.input_size, net.output_size) != (query.n_inputs,
+                                                                          query.n_outputs):
+        names = ", ".join(n.name for n in query.networks)
+        raise VnnlibError(f"{query.source}: the query declares {len(query.networks)} networks "
+                          f"({names}): answer it with verify-solver verify QUERY --network "
+                          "NAME=MODEL.onnx for each")
     query.check_sizes(net.input_size, net.output_size, net.input_shape)
     with deadlines.limit(timeout) as whole:
         try:

@@ -178,6 +178,8 @@ def graph_optimized_margin_lower(net, batch: InputBatch, options: AlphaCROWNOpti
                 timed_out = True
                 break
             lower = graph.margin_lower_from(net, batch, bounds, alphas)
+            if not lower.requires_grad:  # no Relu slope reaches the margin (e.g. behind a
+                break  # Product / Quotient, bounded by its interval): CROWN's bound is final
             proved = (best > 0).all(dim=1) if options.early_stop else \
                 torch.zeros(len(best), dtype=torch.bool, device=best.device)
             best = torch.where(proved[:, None], best, torch.maximum(best, lower.detach()))

@@ -531,6 +531,9 @@ def certify(net, specs: Sequence[Specification], method: str, options) -> list[C
         return certify_with_bounds(net, specs, "ibp", ibp_margin_lower, options.device,
                                    options.batch_size)
     if method == "crown":
+        if options.dtype != "float64":
+            raise InputError(f"option dtype={options.dtype} of method 'crown' is for chain "
+                             "networks; graph networks are bounded in float64")
         bound = lambda n, b: crown_margin_lower(n, b, options.intermediate)
         return certify_with_bounds(net, specs, "crown", bound, options.device, options.batch_size)
     raise refuse(method)

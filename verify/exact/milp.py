@@ -394,7 +394,7 @@ def _certify_one(net: Network, spec: Specification, options: MILPOptions,
     elif timed_out:
         reason = _timeout_reason(spec, lower, timed_out, outcomes, options.timeout, "the MILP")
     else:
-        reason = _maybe_reason(net, spec, lower, outcomes, tolerance)
+        reason = _maybe_reason(net, spec, lower, outcomes, tolerance, bool(relaxed))
     if reason and relaxed:
         reason = f"not exact: {relaxed}; {reason}"
     return finish(lower, candidates, reason, tolerance)
@@ -411,8 +411,10 @@ def _timeout_reason(spec, lower, timed_out, outcomes, timeout, stage) -> str:
             f"{upper:.6g}")
 
 
-def _maybe_reason(net, spec, lower, outcomes, tolerance) -> str:
-    """Why the rows that are neither proved nor refuted stay open (empty when all are proved)."""
+def _maybe_reason(net, spec, lower, outcomes, tolerance, relaxed: bool = False) -> str:
+    """Why the rows that are neither proved nor refuted stay open (empty when all are proved).
+    A relaxed program's optimum only bounds the true minimum from below: the interval quoted is
+    then [lower bound, best replayed value]."""
     for i, outcome in outcomes.items():
         if lower[i] > tolerance:
             continue
@@ -422,6 +424,11 @@ def _maybe_reason(net, spec, lower, outcomes, tolerance) -> str:
         values = [spec.output.values(net.forward(spec.input_set.project(x)))[i]
                   for x in outcome.candidates]
         replay = f"{min(values):.6g}" if values else "none"
+        if relaxed:
+            return (f"the true minimum for {row_name(spec, i)} lies in [{lower[i]:.6g}, "
+                    f"{replay if values else 'inf'}] (lower bound, best replayed value; the "
+                    f"relaxed program's optimum is {outcome.solver_upper:.6g}), not above the "
+                    f"tolerance {tolerance:g}")
         return (f"MILP minimum for {row_name(spec, i)} lies in [{lower[i]:.6g}, "
                 f"{outcome.solver_upper:.6g}] (solver), not above the tolerance {tolerance:g}, "
                 f"and no point of it fails the property in the float64 replay (best replayed "

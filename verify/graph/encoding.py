@@ -13,8 +13,8 @@ constant. Given sound bounds [l, u] of every tensor (from `verify.bounds.graph.c
   b +- gamma_n (|J| |x| + |b|), so the program still holds the real-arithmetic network.
 - Relu: the `ReluEncoding` passed in (big-M with a binary per unstable entry, or the triangle);
   stable entries are linear (0 or the input itself).
-- MaxPool (2-D), per output with candidates x_i in [l_i, u_i] (those with u_i < L = max_i l_i
-  can never be the maximum and are dropped; one left: y is that candidate):
+- MaxPool (any spatial rank), per output with candidates x_i in [l_i, u_i] (those with
+  u_i < L = max_i l_i can never be the maximum and are dropped; one left: y is that candidate):
       y >= x_i,  y <= x_i + M_i (1 - z_i),  sum_i z_i = 1,  y <= sum_i u_i z_i,
       M_i = U - l_i rounded up, U = max_i u_i,  z_i in {0, 1} (MILP) or [0, 1] (LP).
   Exact in the MILP; its LP relaxation otherwise.
@@ -22,7 +22,7 @@ constant. Given sound bounds [l, u] of every tensor (from `verify.bounds.graph.c
   `ops.relax` (chord / tangent, widened for rounding) within y's interval, plus the tangents at
   l and u where f is convex or concave on [l, u] (`tangent_lines`): never exact, so the MILP on
   such a graph is a relaxation (`GraphColumns.relaxed` names the ops).
-- Softmax and MaxPool other than 2-D: interval only (y's column box), also a relaxation.
+- Softmax, Product and Quotient: interval only (y's column box), also a relaxation.
 """
 
 from __future__ import annotations
@@ -244,11 +244,11 @@ class GraphEncoder:
                 self._linear(k, node)
             elif node.op == "Relu":
                 self._relu(k, node)
-            elif node.op == "MaxPool" and len(node.params["kernel"]) == 2:
+            elif node.op == "MaxPool":  # any spatial rank (ops.max_pool_windows)
                 self._max_pool(k, node)
             elif node.op in ops.ELEMENTWISE:
                 self._smooth(k, node)
-            else:  # Softmax, MaxPool 1-D / 3-D: the output's interval
+            else:  # Softmax, Product, Quotient: the output's interval
                 self._interval(k, node, f"{node.op} ({node.name}, interval only)")
         return self.columns
 
@@ -518,6 +518,17 @@ def assignment(net, columns: GraphColumns, values: np.ndarray, x: np.ndarray) ->
         has = z >= 0
         values[z[has]] = 0.0
         values[z[np.arange(len(z)), best]] = 1.0
+
+
+EXACT_OPS = ("Relu", "MaxPool")  # with the linear ones: encoded exactly in the MILP
+
+
+def relaxed_ops(net) -> list[str]:
+    """The op types of a network whose MILP encoding is a relaxation (none for a chain)."""
+    if not getattr(net, "is_graph", False):
+        return []
+    return sorted({node.op for node in net.graph.nodes
+                   if node.op not in ops.LINEAR and node.op not in EXACT_OPS})
 
 
 def relaxed_reason(columns: Optional[GraphColumns]) -> str:
