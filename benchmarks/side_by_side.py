@@ -1,14 +1,15 @@
 """This tree against an earlier commit on VNN-COMP instances, side by side in one run.
 
     python benchmarks/side_by_side.py --base REF [--bench acasxu mnist_fc] [--timeout-cap 30]
-                                      [--limit N] [--every K]
+                                      [--limit N] [--every K [K ...]] [--out NAME.md]
 
 Each instance is solved as a user solves it: `python -m verify vnnlib MODEL PROPERTY --timeout T`
 in a fresh process (start-up, loading and default settings included), once with this tree's code
 and once with REF's (a temporary `git worktree`), the order alternating from one instance to the
-next so that a busy neighbour weighs on both alike. Prints and writes
-benchmarks/results/side_by_side.md: per benchmark, solved and wrong counts of each, the median
-wall time of each and the median and geometric mean of the per-instance ratio (this / base).
+next so that a busy neighbour weighs on both alike. `--every` takes one K for all benchmarks or
+one per benchmark. Prints and writes benchmarks/results/<--out> (default side_by_side.md): per
+benchmark, solved and wrong counts of each, the median wall time of each and the median and
+geometric mean of the per-instance ratio (this / base), then one row per instance.
 """
 
 from __future__ import annotations
@@ -52,9 +53,12 @@ def _solve(tree: Path, onnx: Path, prop: Path, timeout: float) -> tuple[str, flo
     """(first word of the answer, wall seconds) of one fresh `verify vnnlib` process on `tree`."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "verify", "vnnlib", str(onnx), str(prop),
-                           "--timeout", f"{timeout:g}"], env=env, cwd=tree,
-                          capture_output=True, text=True, timeout=timeout + 120)
+    try:
+        done = subprocess.run([sys.executable, "-m", "verify", "vnnlib", str(onnx), str(prop),
+                               "--timeout", f"{timeout:g}"], env=env, cwd=tree,
+                              capture_output=True, text=True, timeout=timeout + 120)
+    except subprocess.TimeoutExpired:
+        return "killed", time.perf_counter() - start
     wall = time.perf_counter() - start
     words = done.stdout.split()
     return (words[0] if done.returncode == 0 and words else f"error({done.returncode})"), wall
@@ -71,27 +75,38 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA, help="folder holding the benchmarks")
     parser.add_argument("--timeout-cap", type=float, default=30.0)
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--every", type=int, default=1, help="take every K-th instance")
+    parser.add_argument("--every", type=int, nargs="+", default=[1],
+                        help="take every K-th instance: one K, or one per benchmark")
+    parser.add_argument("--out", default="side_by_side.md", help="file name in benchmarks/results")
     args = parser.parse_args()
+    if len(args.every) not in (1, len(args.bench)):
+        parser.error(f"--every: give one K or {len(args.bench)} (one per benchmark), "
+                     f"not {len(args.every)}")
+    every = dict(zip(args.bench, args.every * len(args.bench) if len(args.every) == 1
+                     else args.every))
     base_sha = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=REPO, check=True,
                               capture_output=True, text=True).stdout.strip()
     head_sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
                               capture_output=True, text=True).stdout.strip()
     lines = [f"# Side by side: this tree ({head_sha}, working tree) against {base_sha}",
              "", f"`python benchmarks/side_by_side.py --base {args.base} --bench "
-             f"{' '.join(args.bench)} --timeout-cap {args.timeout_cap:g} --every {args.every}`; "
+             f"{' '.join(args.bench)} --timeout-cap {args.timeout_cap:g} --every "
+             f"{' '.join(map(str, args.every))}"
+             f"{f' --limit {args.limit}' if args.limit is not None else ''}`; "
              "each instance in fresh processes (start-up included), the order alternating; "
              f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}.", "",
              "| benchmark | instances | solved (this / base) | wrong (this / base) | "
              "median s (this / base) | ratio this/base: median, geometric mean |",
              "|---|---|---|---|---|---|"]
+    per_instance = ["", "| benchmark | network | property | expected | this: answer, s | "
+                    "base: answer, s | ratio |", "|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         base_tree = Path(tmp) / "base"
         subprocess.run(["git", "worktree", "add", "--detach", str(base_tree), args.base],
                        cwd=REPO, check=True, capture_output=True)
         try:
             for bench in args.bench:
-                rows = _instances(args.data / bench, args.limit, args.every)
+                rows = _instances(args.data / bench, args.limit, every[bench])
                 answers: dict[str, list] = {"this": [], "base": []}
                 for k, (onnx, prop, timeout, expected) in enumerate(rows):
                     timeout = min(timeout, args.timeout_cap)
@@ -101,6 +116,9 @@ def main() -> None:
                     (a, ta, _), (b, tb, _) = answers["this"][-1], answers["base"][-1]
                     print(f"{bench} {onnx.name} {prop.name}: this {a} {ta:.2f} s, "
                           f"base {b} {tb:.2f} s (expected {expected or '?'})", flush=True)
+                    per_instance.append(f"| {bench} | {onnx.name} | {prop.name} | "
+                                        f"{expected or '?'} | {a}, {ta:.2f} | {b}, {tb:.2f} | "
+                                        f"{ta / tb:.2f} |")
                 solved = {n: sum(r[0] in ("sat", "unsat") for r in v) for n, v in answers.items()}
                 wrong = {n: sum(_wrong(*r[::2]) for r in v) for n, v in answers.items()}
                 med = {n: statistics.median(r[1] for r in v) for n, v in answers.items()}
@@ -112,9 +130,9 @@ def main() -> None:
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=REPO,
                            capture_output=True)
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines + per_instance) + "\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "side_by_side.md").write_text(text)
+    (RESULTS / args.out).write_text(text)
     print(text)
 
 
