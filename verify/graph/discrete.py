@@ -192,8 +192,8 @@ def power_interval(lo: Tensor, up: Tensor, exponent: Tensor) -> tuple[Tensor, Te
     frac = ~integral
     y_lo = torch.where(frac & (lo < 0), -inf, y_lo)
     y_up = torch.where(frac & (lo < 0), inf, y_up)
-    y_lo = torch.nan_to_num(y_lo, nan=-math.inf)
-    y_up = torch.nan_to_num(y_up, nan=math.inf)
+    y_lo = torch.where(y_lo.isnan(), -inf, y_lo)
+    y_up = torch.where(y_up.isnan(), inf, y_up)
     return y_lo, y_up
 
 
