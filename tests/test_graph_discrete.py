@@ -145,6 +145,10 @@ def test_intervals_decide_where_they_can():
     lo, up = discrete.power_interval(t([-2.0, -2.0, 1.0, -1.0]), t([1.0, 1.0, 4.0, 1.0]),
                                      torch.tensor([2.0, 3.0, -0.5, -1.0], dtype=torch.float64))
     assert lo.tolist() == [[0.0, -8.0, 0.5, -np.inf]] and up.tolist() == [[4.0, 1.0, 1.0, np.inf]]
+    trunc = Node("Trunc", "t", ["x"], "y")
+    lo, up = discrete.interval(trunc, [(t([-1.5, 2.7, 1.0]), t([-0.5, 3.2, 3e9]))],
+                               {"limit": torch.tensor(2.0 ** 31, dtype=torch.float64)})
+    assert lo.tolist() == [[-1.0, 2.0, -np.inf]] and up.tolist() == [[0.0, 3.0, np.inf]]
 
 
 @pytest.mark.parametrize("op", ["Compare", "Where", "Trunc", "Power"])
@@ -170,6 +174,7 @@ def test_float_error_covers_perturbed_inputs(op):
         ins, errs = [(c_lo, torch.maximum(c_lo, (up > 0).double())), (lo, up)], [0 * e, e]
     elif op == "Trunc":
         node, ins, errs = Node(op, op, ["x"], "y"), [(lo, up)], [e]
+        params["limit"] = torch.tensor(2.0 ** 31, dtype=torch.float64)
     else:
         node, ins, errs = Node(op, op, ["x"], "y"), [(lo, up)], [e]
         params["exponent"] = torch.as_tensor(rng.choice([2.0, 3.0, -1.0, 0.5], n))

@@ -11,7 +11,8 @@ broadcasting, inputs lifted to the node's `rank`).
   variable (an input index in params["branches"]) or constant (an array there). Interval:
   t's where c's interval excludes 0, f's where it is [0, 0], else the hull of both.
 - `Trunc` (Cast of a float to int32 / int64): y = trunc(x), rounding toward zero; monotone,
-  so y in [trunc(l), trunc(u)].
+  so y in [trunc(l), trunc(u)]; unbounded where the interval leaves (-limit, limit), the
+  integer type's range (params["limit"]: 2^31 or 2^63), where the cast is undefined.
 - `Power`: y = x^p, p a constant array. Integer p >= 0: x^p is monotone on either side of 0
   (even p: [0, max(l^p, u^p)] across 0; odd: [l^p, u^p]); integer p < 0: monotone on either
   side, unbounded across 0; other p: defined for x >= 0 only, monotone there (increasing for
@@ -210,8 +211,10 @@ def interval(node: Node, ins: list[tuple[Tensor, Tensor]], p: dict) -> tuple[Ten
         true, false = _cond_decided(lo, up)
         t, f = _branch_intervals(node, ins, p)
         return _select(node, ins, p, true, false, t, f)
-    if node.op == "Trunc":
-        return torch.trunc(ins[0][0]), torch.trunc(ins[0][1])
+    if node.op == "Trunc":  # beyond the integer type's range the cast is undefined: unbounded
+        lo, up = torch.trunc(ins[0][0]), torch.trunc(ins[0][1])
+        inside = (lo > -p["limit"]) & (up < p["limit"])
+        return torch.where(inside, lo, -math.inf), torch.where(inside, up, math.inf)
     lo, up = (lift(t, p["rank"]) for t in ins[0])
     y_lo, y_up = power_interval(lo, up, p["exponent"])
     return y_lo - function_error(y_lo), y_up + function_error(y_up)
@@ -245,8 +248,9 @@ def float_error(node: Node, p: dict, errors: list[Tensor], bounds: list[tuple[Te
                            torch.where(false, e_parts[1] + 0 * y_lo, spread))
     if node.op == "Trunc":
         w_lo, w_up = interval(node, widened, p)
-        cell = w_lo == w_up
-        return torch.where(cell, torch.zeros_like(width), w_up - w_lo)
+        cell = w_lo == w_up  # + u |y|: the integer read back as a float rounds above 2^24
+        magnitude = torch.maximum(w_lo.abs(), w_up.abs())
+        return torch.where(cell, torch.zeros_like(width), w_up - w_lo) + u * magnitude
     w_lo, w_up = (lift(t, p["rank"]) for t in widened[0])
     exponent = p["exponent"].to(w_lo.dtype)
     s_lo, s_up = power_interval(w_lo, w_up, exponent - 1)  # x^(p-1): f' = p x^(p-1)

@@ -256,7 +256,8 @@ class GraphReader:
         elif to == 9:  # bool: x != 0 (graph.discrete)
             self.compare(node, "NotEqual", names[0], np.zeros(()))
         elif to in INTEGER_CASTS:  # toward zero (graph.discrete's Trunc)
-            self.emit("Trunc", node.name, [names[0]], {}, node.output[0])
+            self.emit("Trunc", node.name, [names[0]], {"limit": np.asarray(
+                2.0 ** (31 if to == 6 else 63))}, node.output[0])
         else:
             raise NodeError(f"casts a variable tensor to element type {to} (only float, bool, "
                             "int32 and int64 casts are supported)")
