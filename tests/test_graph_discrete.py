@@ -46,6 +46,7 @@ MODELS = {
     "cast_int": ([_cast("X", "t", TensorProto.INT64), _cast("t", "Y")], [N], TensorProto.FLOAT),
     "cast_int_out": ([_cast("X", "t", TensorProto.INT32), _cast("t", "Y", TensorProto.INT64)],
                      [N], TensorProto.INT64),
+    "cast_int8": ([_cast("X", "t", TensorProto.INT8), _cast("t", "Y")], [N], TensorProto.FLOAT),
     "where": ([_const("t", 0.25), _const("f", [10.0, -1.0, 0.0, 3.0]),
                helper.make_node("Greater", ["X", "t"], ["g"]),
                helper.make_node("Where", ["g", "X", "f"], ["Y"])], [N], TensorProto.FLOAT),
@@ -147,7 +148,7 @@ def test_intervals_decide_where_they_can():
     assert lo.tolist() == [[0.0, -8.0, 0.5, -np.inf]] and up.tolist() == [[4.0, 1.0, 1.0, np.inf]]
     trunc = Node("Trunc", "t", ["x"], "y")
     lo, up = discrete.interval(trunc, [(t([-1.5, 2.7, 1.0]), t([-0.5, 3.2, 3e9]))],
-                               {"limit": torch.tensor(2.0 ** 31, dtype=torch.float64)})
+                               {"range": torch.tensor([-2.0 ** 31, 2.0 ** 31], dtype=torch.float64)})
     assert lo.tolist() == [[-1.0, 2.0, -np.inf]] and up.tolist() == [[0.0, 3.0, np.inf]]
 
 
@@ -174,7 +175,7 @@ def test_float_error_covers_perturbed_inputs(op):
         ins, errs = [(c_lo, torch.maximum(c_lo, (up > 0).double())), (lo, up)], [0 * e, e]
     elif op == "Trunc":
         node, ins, errs = Node(op, op, ["x"], "y"), [(lo, up)], [e]
-        params["limit"] = torch.tensor(2.0 ** 31, dtype=torch.float64)
+        params["range"] = torch.tensor([-2.0 ** 31, 2.0 ** 31], dtype=torch.float64)
     else:
         node, ins, errs = Node(op, op, ["x"], "y"), [(lo, up)], [e]
         params["exponent"] = torch.as_tensor(rng.choice([2.0, 3.0, -1.0, 0.5], n))
@@ -195,7 +196,7 @@ def test_float_error_covers_perturbed_inputs(op):
 @pytest.mark.parametrize("form", [
     ("Pow of two variables", [helper.make_node("Pow", ["X", "X"], ["Y"])], "variable power"),
     ("negative base", [_const("b", -2.0), helper.make_node("Pow", ["b", "X"], ["Y"])], "base <= 0"),
-    ("cast to uint8", [_cast("X", "Y", TensorProto.UINT8)], "element type 2"),
+    ("cast to string", [_cast("X", "Y", TensorProto.STRING)], "element type 8"),
 ])
 def test_refusals_are_one_line(tmp_path, form):
     _, nodes, why = form

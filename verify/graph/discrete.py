@@ -10,9 +10,9 @@ broadcasting, inputs lifted to the node's `rank`).
 - `Where`: y = c ? t : f, c (input 0) a variable {0, 1} tensor read as c != 0, t and f
   variable (an input index in params["branches"]) or constant (an array there). Interval:
   t's where c's interval excludes 0, f's where it is [0, 0], else the hull of both.
-- `Trunc` (Cast of a float to int32 / int64): y = trunc(x), rounding toward zero; monotone,
-  so y in [trunc(l), trunc(u)]; unbounded where the interval leaves (-limit, limit), the
-  integer type's range (params["limit"]: 2^31 or 2^63), where the cast is undefined.
+- `Trunc` (Cast of a float to an integer type): y = trunc(x), rounding toward zero; monotone,
+  so y in [trunc(l), trunc(u)]; unbounded where that leaves [low, high), the integer type's
+  range (params["range"]), where the cast is undefined.
 - `Power`: y = x^p, p a constant array. Integer p >= 0: x^p is monotone on either side of 0
   (even p: [0, max(l^p, u^p)] across 0; odd: [l^p, u^p]); integer p < 0: monotone on either
   side, unbounded across 0; other p: defined for x >= 0 only, monotone there (increasing for
@@ -213,7 +213,7 @@ def interval(node: Node, ins: list[tuple[Tensor, Tensor]], p: dict) -> tuple[Ten
         return _select(node, ins, p, true, false, t, f)
     if node.op == "Trunc":  # beyond the integer type's range the cast is undefined: unbounded
         lo, up = torch.trunc(ins[0][0]), torch.trunc(ins[0][1])
-        inside = (lo > -p["limit"]) & (up < p["limit"])
+        inside = (lo >= p["range"][0]) & (up < p["range"][1])
         return torch.where(inside, lo, -math.inf), torch.where(inside, up, math.inf)
     lo, up = (lift(t, p["rank"]) for t in ins[0])
     y_lo, y_up = power_interval(lo, up, p["exponent"])

@@ -36,7 +36,10 @@ FOLD_OPS = (
     "ReduceProd", "ReduceSum", "Relu", "Reshape", "Shape", "Sigmoid", "Size", "Slice", "Sqrt",
     "Squeeze", "Sub", "Tanh", "Tile", "Transpose", "Unsqueeze", "Where",
 )
-INTEGER_CASTS = (6, 7)  # int32, int64: a cast of a float truncates toward zero
+# Integer element types: [low, high) of their values (a cast of a float truncates toward zero)
+INTEGER_RANGES = {2: (0, 2 ** 8), 3: (-2 ** 7, 2 ** 7), 4: (0, 2 ** 16), 5: (-2 ** 15, 2 ** 15),
+                  6: (-2 ** 31, 2 ** 31), 7: (-2 ** 63, 2 ** 63), 12: (0, 2 ** 32),
+                  13: (0, 2 ** 64)}
 _NUMPY_TYPES = {1: np.float64, 2: np.uint8, 3: np.int8, 5: np.int16, 6: np.int32, 7: np.int64,
                 9: np.bool_, 10: np.float64, 11: np.float64, 12: np.uint32, 13: np.uint64,
                 16: np.float64}
@@ -250,17 +253,17 @@ class GraphReader:
     def op_Cast(self, node, names, consts, attrs) -> None:
         to = attrs.get("to")
         producer = next((n for n in reversed(self.nodes) if n.output == names[0]), None)
-        integral = producer is not None and producer.op in ("Compare", "Trunc")
-        if to in (1, 10, 11, 16) or (to in INTEGER_CASTS and integral):
+        zero_one = producer is not None and producer.op == "Compare"
+        if to in (1, 10, 11, 16) or (to in INTEGER_RANGES and zero_one):
             self.alias_of(node, names, consts, attrs)
         elif to == 9:  # bool: x != 0 (graph.discrete)
             self.compare(node, "NotEqual", names[0], np.zeros(()))
-        elif to in INTEGER_CASTS:  # toward zero (graph.discrete's Trunc)
-            self.emit("Trunc", node.name, [names[0]], {"limit": np.asarray(
-                2.0 ** (31 if to == 6 else 63))}, node.output[0])
+        elif to in INTEGER_RANGES:  # toward zero (graph.discrete's Trunc)
+            self.emit("Trunc", node.name, [names[0]], {"range": np.asarray(
+                INTEGER_RANGES[to], dtype=np.float64)}, node.output[0])
         else:
-            raise NodeError(f"casts a variable tensor to element type {to} (only float, bool, "
-                            "int32 and int64 casts are supported)")
+            raise NodeError(f"casts a variable tensor to element type {to} (only float, bool "
+                            "and integer casts are supported)")
 
     # -- comparisons, Where, Pow (graph.discrete) ---------------------------------------------------
     def compare(self, node, relation: str, a, b) -> None:
