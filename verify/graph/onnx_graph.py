@@ -265,7 +265,7 @@ class GraphReader:
             raise NodeError(f"casts a variable tensor to element type {to} (only float, bool "
                             "and integer casts are supported)")
 
-    # -- comparisons, Where, Pow (graph.discrete) ---------------------------------------------------
+    # -- comparisons, Where, Pow (graph.discrete) ----------------------------------------------
     def compare(self, node, relation: str, a, b) -> None:
         """1[a R b] as a 0 / 1 tensor; a, b variable names or constant arrays (not both)."""
         variables = [v for v in (a, b) if isinstance(v, str)]
@@ -292,7 +292,8 @@ class GraphReader:
             parts = [self.affine(node.name, n, w, 0.0) for n, w in terms]
             rank = max(len(self.shapes[names[1 if names[1] in self.shapes else 2]]),
                        *(np.ndim(k) for k in consts if k is not None))
-            total = parts[0] if len(parts) == 1 else self.add_vars(node.name, [(p, 1.0) for p in parts])
+            total = parts[0] if len(parts) == 1 else \
+                self.add_vars(node.name, [(p, 1.0) for p in parts])
             self.affine(node.name, total, np.ones((1,) * rank), shift, node.output[0])
             return
         variables = [n for n in names if n in self.shapes]
