@@ -238,7 +238,8 @@ def _float_format(query, query_path: str, floats_as_reals: bool = False) -> Opti
     accepts real-arithmetic semantics for every float type instead."""
     from .float_rounding import FLOAT_FORMATS, query_format
 
-    kind = query_format([v.element_type for v in query.variables])
+    kind = query_format([v.element_type for v in query.variables  # integers: exact values
+                         if not v.element_type.startswith(("int", "uint"))])
     if kind is None or floats_as_reals:
         return None
     if kind not in FLOAT_FORMATS:

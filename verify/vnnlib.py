@@ -581,6 +581,9 @@ _VERSION_FORM = re.compile(r"\(\s*vnnlib-version\s*<\s*(\d+)\s*\.\s*(\d+)\s*>\s*
 # Values are analysed as reals in float64 whatever the declared type.
 _ELEMENT_TYPES = {"Real": "real", "F64": "float64", "F32": "float32", "F16": "float16",
                   "BF16": "bfloat16"}
+# Integer types, read for outputs and hidden nodes (the network computes them exactly, e.g. a
+# Shape or a cast to int64): their values are integers, compared as reals.
+_INTEGER_TYPES = ("I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64")
 
 
 def vnnlib_version(text: str) -> str:
@@ -873,6 +876,8 @@ def parse_vnnlib2(text: str, source: str = "<vnnlib>") -> VnnlibQuery:
                             ("output", net.outputs)):
             for decl in decls:
                 element_type = _ELEMENT_TYPES.get(decl.dtype.name)
+                if kind != "input" and decl.dtype.name in _INTEGER_TYPES:
+                    element_type = decl.dtype.name.replace("I", "int").replace("U", "uint")
                 if element_type is None:
                     raise VnnlibError(f"{source}: {kind} {decl.name} has element type "
                                       f"{decl.dtype.name}; only real and floating-point types "

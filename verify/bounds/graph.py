@@ -31,7 +31,7 @@ import torch
 from .. import deadline as deadlines
 from ..certificate import Certificate
 from ..errors import InputError
-from ..graph import bilinear, ops
+from ..graph import bilinear, discrete, ops
 from ..graph.ir import size_of
 from ..spec import Specification
 from . import UNDERFLOW, InputBatch, certify_with_bounds, norm_underflow, rounding_slack
@@ -164,6 +164,8 @@ def node_interval(net, k: int, node, ins: list[Bounds]) -> Bounds:
     p = net.torch_params(lo.device, lo.dtype)[k]
     if node.op in ops.BILINEAR:
         return bilinear.interval(node, ins, p)
+    if node.op in ops.DISCRETE:
+        return discrete.interval(node, ins, p)
     return ops.f_max_pool(node, [lo], p), ops.f_max_pool(node, [up], p)  # monotone, exact
 
 

@@ -25,6 +25,7 @@ VARIABLE_OPS = (
     "GlobalAveragePool", "Identity", "LeakyRelu", "MatMul", "Max", "MaxPool", "Min", "Mul", "Neg",
     "PRelu", "Pad", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Shape", "Sigmoid", "Size",
     "Slice", "Softmax", "Softplus", "Split", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze",
+    "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Pow", "Where",  # graph.discrete
 )
 # ONNX ops evaluated when all their inputs are constants (see `fold`).
 FOLD_OPS = (
@@ -35,6 +36,10 @@ FOLD_OPS = (
     "ReduceProd", "ReduceSum", "Relu", "Reshape", "Shape", "Sigmoid", "Size", "Slice", "Sqrt",
     "Squeeze", "Sub", "Tanh", "Tile", "Transpose", "Unsqueeze", "Where",
 )
+# Integer element types: [low, high) of their values (a cast of a float truncates toward zero)
+INTEGER_RANGES = {2: (0, 2 ** 8), 3: (-2 ** 7, 2 ** 7), 4: (0, 2 ** 16), 5: (-2 ** 15, 2 ** 15),
+                  6: (-2 ** 31, 2 ** 31), 7: (-2 ** 63, 2 ** 63), 12: (0, 2 ** 32),
+                  13: (0, 2 ** 64)}
 _NUMPY_TYPES = {1: np.float64, 2: np.uint8, 3: np.int8, 5: np.int16, 6: np.int32, 7: np.int64,
                 9: np.bool_, 10: np.float64, 11: np.float64, 12: np.uint32, 13: np.uint64,
                 16: np.float64}
@@ -170,11 +175,24 @@ class GraphReader:
         outputs = []
         for value_info in graph.output:
             name = self.var(value_info.name)
+            if name not in self.shapes and name in self.consts and not self.poisoned:
+                name = self.constant_output(name, inputs[0])
             if name not in self.shapes:
                 raise UnsupportedModelError(f"{self.where}: output '{value_info.name}' does not "
                                             "depend on the input")
             outputs.append(name)
         return Graph(inputs, outputs, self.nodes, self.shapes)
+
+    def constant_output(self, name: str, x: str) -> str:
+        """A graph output that is a constant (e.g. the Shape of an input) as 0 * x_0 + c, x_0
+        the first entry of input x: a variable tensor every certifier reads."""
+        c = _finite(_as_float(self.consts[name]), "constant output")
+        flat = self.emit("Reshape", name, [x], {"shape": [size_of(self.shapes[x])]})
+        first = self.select(name, flat, [0], [np.zeros(1, dtype=np.int64)], None,
+                            (1,) * max(c.ndim, 1))
+        if c.ndim == 0:
+            first = self.emit("Reshape", name, [first], {"shape": []})
+        return self.affine(name, first, np.zeros(c.shape), c)
 
     def array(self, tensor) -> np.ndarray:
         try:
@@ -233,9 +251,84 @@ class GraphReader:
     op_Identity = op_Dropout = alias_of
 
     def op_Cast(self, node, names, consts, attrs) -> None:
-        if attrs.get("to") not in (1, 10, 11, 16):
-            raise NodeError("casts a variable tensor to a non-float type")
-        self.alias_of(node, names, consts, attrs)
+        to = attrs.get("to")
+        producer = next((n for n in reversed(self.nodes) if n.output == names[0]), None)
+        zero_one = producer is not None and producer.op == "Compare"
+        if to in (1, 10, 11, 16) or (to in INTEGER_RANGES and zero_one):
+            self.alias_of(node, names, consts, attrs)
+        elif to == 9:  # bool: x != 0 (graph.discrete)
+            self.compare(node, "NotEqual", names[0], np.zeros(()))
+        elif to in INTEGER_RANGES:  # toward zero (graph.discrete's Trunc)
+            self.emit("Trunc", node.name, [names[0]], {"range": np.asarray(
+                INTEGER_RANGES[to], dtype=np.float64)}, node.output[0])
+        else:
+            raise NodeError(f"casts a variable tensor to element type {to} (only float, bool "
+                            "and integer casts are supported)")
+
+    # -- comparisons, Where, Pow (graph.discrete) ----------------------------------------------
+    def compare(self, node, relation: str, a, b) -> None:
+        """1[a R b] as a 0 / 1 tensor; a, b variable names or constant arrays (not both)."""
+        variables = [v for v in (a, b) if isinstance(v, str)]
+        rank = max([len(self.shapes[v]) for v in variables]
+                   + [np.ndim(v) for v in (a, b) if not isinstance(v, str)])
+        params = {"relation": relation, "rank": rank}
+        if len(variables) == 1:
+            params.update(other=_finite(_as_float(b if isinstance(a, str) else a), "constant"),
+                          swap=not isinstance(a, str))
+        self.emit("Compare", node.name, variables, params, node.output[0])
+
+    def _relation(self, node, names, consts, attrs) -> None:
+        a, b = [n if n in self.shapes else c for n, c in zip(names, consts)]
+        self.compare(node, node.op_type, a, b)
+
+    op_Equal = op_Greater = op_Less = op_GreaterOrEqual = op_LessOrEqual = _relation
+
+    def op_Where(self, node, names, consts, attrs) -> None:
+        if names[0] not in self.shapes:  # a constant condition: c t + (1 - c) f
+            c = np.asarray(consts[0]).astype(bool).astype(np.float64)
+            terms = [(n, w) for n, w in zip(names[1:], (c, 1 - c)) if n in self.shapes]
+            shift = sum(w * _as_float(k) for n, k, w in zip(names[1:], consts[1:], (c, 1 - c))
+                        if n not in self.shapes)
+            parts = [self.affine(node.name, n, w, 0.0) for n, w in terms]
+            rank = max(len(self.shapes[names[1 if names[1] in self.shapes else 2]]),
+                       *(np.ndim(k) for k in consts if k is not None))
+            total = parts[0] if len(parts) == 1 else \
+                self.add_vars(node.name, [(p, 1.0) for p in parts])
+            self.affine(node.name, total, np.ones((1,) * rank), shift, node.output[0])
+            return
+        variables = [n for n in names if n in self.shapes]
+        branches = [variables.index(n) if n in self.shapes else _finite(_as_float(c), "constant")
+                    for n, c in zip(names[1:], consts[1:])]
+        rank = max([len(self.shapes[v]) for v in variables]
+                   + [np.ndim(b) for b in branches if not isinstance(b, int)])
+        self.emit("Where", node.name, variables, {"branches": branches, "rank": rank},
+                  node.output[0])
+
+    def op_Pow(self, node, names, consts, attrs) -> None:
+        if all(n in self.shapes for n in names):
+            raise NodeError("raises a variable tensor to a variable power")
+        if names[0] not in self.shapes:  # c^x = exp(x ln c), c > 0
+            base = _finite(_as_float(consts[0]), "base")
+            if np.any(base <= 0):
+                raise NodeError("a constant base <= 0 to a variable power is not supported")
+            scaled = self.affine(node.name, names[1], np.log(base), 0.0)
+            self.emit("Exp", node.name, [scaled], {}, node.output[0])
+            return
+        x, e = names[0], _finite(_as_float(consts[1]), "exponent")
+        rank = max(len(self.shapes[x]), e.ndim)
+        if e.size and np.all(e == e.reshape(-1)[0]) and e.reshape(-1)[0] in (0, 1, 2, 3):
+            p = int(e.reshape(-1)[0])
+            if p == 0:  # x^0 = 1 (also at 0, as ONNX and C's pow)
+                self.affine(node.name, x, np.zeros(e.shape), np.ones(e.shape), node.output[0])
+            elif p == 1:
+                self.affine(node.name, x, np.ones(e.shape), 0.0, node.output[0])
+            else:
+                square = self.emit("Product", node.name, [x, x], {"rank": rank},
+                                   None if p == 3 else node.output[0])
+                if p == 3:
+                    self.emit("Product", node.name, [square, x], {"rank": rank}, node.output[0])
+            return
+        self.emit("Power", node.name, [x], {"exponent": e, "rank": rank}, node.output[0])
 
     def op_Shape(self, node, names, consts, attrs) -> None:
         shape = np.asarray(self.shapes[names[0]], dtype=np.int64)

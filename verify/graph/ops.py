@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .bilinear import FORWARDS as BILINEAR
+from .discrete import FORWARDS as DISCRETE
 from .ir import Node, size_of
 
 Tensor = torch.Tensor
@@ -252,8 +253,9 @@ NONLINEAR: dict[str, Callable] = {
     "MaxPool": f_max_pool,
     "Softmax": f_softmax,
     **BILINEAR,  # Product, Quotient of variable tensors (graph.bilinear)
+    **DISCRETE,  # Compare, Where, Trunc, Power (graph.discrete)
 }
-BOUNDED = ("MaxPool", "Softmax", *BILINEAR)
+BOUNDED = ("MaxPool", "Softmax", *BILINEAR, *DISCRETE)
 
 
 def forward_of(op: str) -> Callable:
