@@ -247,7 +247,8 @@ def _check_casts(model, reader) -> None:
     for node in model.graph.node:
         if node.op_type == "Cast" and reader.var(node.input[0]) in reader.shapes:
             to = next((a.i for a in node.attribute if a.name == "to"), None)
-            if to != elem_type:
+            # integer and bool targets are graph.discrete's Trunc / Compare, bounded below
+            if to != elem_type and to not in (2, 3, 4, 5, 6, 7, 9, 12, 13):
                 raise FloatSemanticsError(f"node '{node.name or node.op_type}' (Cast): a cast "
                                           f"of a variable tensor to element type {to} rounds; "
                                           "its rounding is not modelled")
@@ -308,7 +309,7 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
     |running mean| per BatchNormalization output tensor."""
     import torch
 
-    from .graph import ops
+    from .graph import discrete, ops
 
     if element_type not in FLOAT_FORMATS:
         raise FloatSemanticsError(f"element type {element_type} has no float model here "
@@ -318,8 +319,12 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
     upper = np.asarray(upper, dtype=np.float64).reshape(-1)
     bounds = _real_bounds(net, lower, upper)
     # Inputs are values of the format already; DAZ may read a subnormal as 0: TINY off.
-    errors = {name: torch.full((1, *net.graph.shapes[name]), tiny, dtype=torch.float64)
-              for name in net.graph.inputs}
+    # (only where the box holds a nonzero value below TINY in magnitude)
+    lows, highs = net.split_input(torch.as_tensor(lower[None])), \
+        net.split_input(torch.as_tensor(upper[None]))
+    errors = {name: torch.where(((lows[name] < tiny) & (highs[name] > 0))
+                                | ((lows[name] < 0) & (highs[name] > -tiny)),
+                                tiny, 0.0).to(torch.float64) for name in net.graph.inputs}
     means = batchnorm_means or {}
     with torch.no_grad():
         for k, node in enumerate(net.graph.nodes):
@@ -347,6 +352,9 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
             elif node.op in ops.BILINEAR:
                 p = net.torch_params(torch.device("cpu"), torch.float64)[k]
                 error = _bilinear_error(node, p, ins, box, u, tiny)
+            elif node.op in ops.DISCRETE:  # comparisons, Where, trunc, powers
+                p = net.torch_params(torch.device("cpu"), torch.float64)[k]
+                error = discrete.float_error(node, p, ins, box, u, tiny, FUNCTION_ULPS)
             else:
                 raise FloatSemanticsError(f"node '{node.name or node.op}' ({node.op}): its float "
                                           "rounding is not modelled")
