@@ -300,22 +300,35 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
     # width): a ReLU step's and the next affine step's (same width) go through one product.
     owed: Optional[Tensor] = None
     owned = consume and not torch.is_grad_enabled()  # coeffs may be overwritten in place
+    live: Optional[Tensor] = None  # after a ReLU step: the neurons coeffs' columns stand for
     for k in range(top, -1, -1):
         layer, p = net.layers[k], params[k]
         in_lower, in_upper = outward(*_input_bounds(batch, bounds, k), dtype)
         in_magnitude = torch.maximum(in_lower.abs(), in_upper.abs()).detach()
-        n_terms = coeffs.shape[-1] + extra
+        magnitude_sum = in_magnitude.sum(-1, keepdim=True)
+        # terms per sum: the layer's full width even where dead columns are dropped (`live`)
+        width = int(np.prod(layer.out_shape)) + extra
         if isinstance(layer, AFFINE):
             with torch.no_grad():
                 abs_coeffs = coeffs.detach().abs() if abs_coeffs is None else abs_coeffs
                 # |W| max|h| + |b|, plus what its own products may lose to underflow (a huge
                 # |Lambda| times an underflowed |W| max|h| would drop Lambda W's rounding)
                 step = _abs_affine(layer, p, in_magnitude) + ibp.fan_in(layer) * tiny
+                if live is not None:
+                    step = step.index_select(1, live)
                 owed = step if owed is None else owed + step
                 slack = slack + rounding_slack(_matvec(abs_coeffs, owed) + const.detach().abs(),
-                                               n_terms, in_magnitude.sum(-1, keepdim=True))
-            const = const + coeffs @ layer.bias_per_output(p["bias"])
-            coeffs, abs_coeffs, owed = transpose_apply(layer, p, coeffs, reuse=True), None, None
+                                               width, in_magnitude.sum(-1, keepdim=True))
+            if live is None:
+                const = const + coeffs @ layer.bias_per_output(p["bias"])
+                coeffs = transpose_apply(layer, p, coeffs, reuse=True)
+            else:  # only the live outputs' rows of W and b (the other coefficients are 0)
+                const = const + coeffs @ layer.bias_per_output(p["bias"]).index_select(0, live)
+                weight = dense_weight(layer, p).index_select(0, live)
+                out = scratch("product", (*coeffs.shape[:-1], weight.shape[1]), coeffs,
+                              avoid=coeffs) if coeffs.dim() == 3 else None
+                coeffs = coeffs @ weight if out is None else torch.matmul(coeffs, weight, out=out)
+            abs_coeffs, owed, live = None, None, None
             owned = not torch.is_grad_enabled()
         elif isinstance(layer, ReLU):
             if owed is not None:  # two ReLUs in a row: the earlier one's allowance is due now
@@ -323,9 +336,21 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
             if record is not None:
                 record[k] = coeffs.detach().clone()
             relax = relu_relaxation(in_lower, in_upper)
+            alpha = None if alphas is None or k not in alphas else alphas[k]
+            live = _live_neurons(net, params, k, in_upper, split_terms)
+            if live is not None:  # the columns of neurons inactive on every input are dropped
+                relax = ReluRelaxation(*(t.index_select(1, live) for t in (
+                    relax.unstable, relax.lower_slope, relax.upper_slope, relax.upper_intercept)))
+                alpha = None if alpha is None else alpha.index_select(2, live)
+                in_magnitude = in_magnitude.index_select(1, live)
+                buffer = scratch("live", (*coeffs.shape[:-1], len(live)), coeffs, avoid=coeffs) \
+                    if not torch.is_grad_enabled() else None
+                coeffs = coeffs.index_select(2, live) if buffer is None else \
+                    torch.index_select(coeffs, 2, live, out=buffer)
+                owned = not torch.is_grad_enabled()
             lower_slope = relax.lower_slope[:, None, :]
-            if alphas is not None and k in alphas:
-                lower_slope = torch.where(relax.unstable[:, None, :], alphas[k], lower_slope)
+            if alpha is not None:
+                lower_slope = torch.where(relax.unstable[:, None, :], alpha, lower_slope)
             buffer = scratch("negative", coeffs.shape, coeffs, avoid=coeffs) if owned else None
             # negative entries use the chord s z + t, the others alpha z
             negative = coeffs.clamp(max=0) if buffer is None else \
@@ -348,7 +373,7 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
                     slack = slack + rounding_slack(_matvec(abs_coeffs, in_magnitude), 1)
             with torch.no_grad():  # owed: |coeffs| in_magnitude + |increment| + |const|
                 slack = slack + rounding_slack(increment.detach().abs() + const.detach().abs(),
-                                               n_terms, in_magnitude.sum(-1, keepdim=True))
+                                               width, magnitude_sum)
                 owed = in_magnitude
         else:  # pragma: no cover - the loader only builds the layers above
             raise TypeError(f"CROWN cannot handle {type(layer).__name__}")
@@ -357,6 +382,28 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
     if record is not None:
         record[-1] = coeffs.detach().clone()  # on the input
     return concretize(batch, coeffs, const, abs_coeffs, consume=owned) - slack
+
+
+# A ReLU step drops the columns of the neurons that are inactive (u <= 0) on every input of the
+# batch when at most this fraction of the layer is left (`_live_neurons`).
+LIVE_FRACTION = 0.8
+
+
+def _live_neurons(net: Network, params: list[dict], k: int, in_upper: Tensor,
+                  split_terms: Optional[dict[int, Tensor]]) -> Optional[Tensor]:
+    """The neurons of ReLU layer k not inactive on every input (index (U,)), when the affine
+    layer below has a dense weight, no split term sits on layer k, and U <= LIVE_FRACTION n;
+    else None. Both slopes and the intercept of an inactive neuron are exactly 0, so its
+    coefficient after the ReLU step is an exact 0 for every input, and so are its terms in
+    Lambda W, Lambda b and the rounding allowances: dropping them changes only which zeros are
+    summed (the allowances keep the full width n)."""
+    if k == 0 or not isinstance(net.layers[k - 1], AFFINE) \
+            or (split_terms is not None and k in split_terms) \
+            or dense_weight(net.layers[k - 1], params[k - 1]) is None:
+        return None
+    live = ~(in_upper <= 0).all(dim=0)  # NaN counts as live
+    count = int(live.sum())
+    return live.nonzero().squeeze(1) if count <= LIVE_FRACTION * len(live) else None
 
 
 def _settle(slack: Tensor, abs_coeffs: Tensor, owed: Tensor, extra: int = 0) -> Tensor:
