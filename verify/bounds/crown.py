@@ -557,8 +557,39 @@ def _intersect(lower: Tensor, upper: Tensor, new_lower: Tensor, new_upper: Tenso
             torch.where(new_upper <= upper, new_upper, upper))
 
 
+# A layer whose unstable neurons (l < 0 < u), taken over the whole batch, exceed this fraction
+# of it has every neuron bounded under rows="auto" (auto_LiRPA's minimum_sparsity).
+DENSE_FRACTION = 0.9
+ROWS = ("unstable", "auto", "live", "all")
+
+
+def rows_to_bound(lower: Tensor, upper: Tensor, rows: str) -> Tensor:
+    """Which neurons (B, n) of a layer with bounds [lower, upper] CROWN bounds, per input:
+    "unstable": l < 0 < u; "live": u > 0; "auto": auto_LiRPA's choice, the batch's union of the
+    unstable ones (every neuron once it passes DENSE_FRACTION of the layer), less the inactive
+    ones (u <= 0) of each input; "all": every neuron.
+
+    An inactive neuron's bound never matters (relu is exactly 0 on it, and a tighter bound keeps
+    it inactive), so "live" gives the bounds of "all" above the layer, and "auto" those of
+    auto_LiRPA. The bound of an active neuron (l >= 0) tightens the interval steps above; in
+    the last layer that CROWN bounds before the margins, only IBP's margin bound, which CROWN's
+    margin bound nearly always beats: `propagate` takes "unstable" there for "auto"."""
+    if rows == "all":
+        return torch.ones_like(lower, dtype=torch.bool)
+    live = ~(upper <= 0)  # NaN: live
+    unstable = live & (lower < 0)
+    if rows == "unstable":
+        return unstable
+    if rows == "live":
+        return live
+    union = unstable.any(dim=0)
+    if int(union.sum()) > DENSE_FRACTION * union.numel():
+        return live
+    return live & union
+
+
 def propagate(net: Network, batch: InputBatch, ibp_bounds: list[Bounds], *,
-              include_last: bool = True, all_neurons: bool = False,
+              include_last: bool = True, all_neurons: bool = False, rows: str = "unstable",
               selections: Optional[dict[int, Selection]] = None,
               alphas: Optional[dict[int, Alphas]] = None,
               floor: Optional[list[Bounds]] = None,
@@ -584,9 +615,11 @@ def propagate(net: Network, batch: InputBatch, ibp_bounds: list[Bounds], *,
         if _needs_crown(net, k, include_last):
             if k not in selections:
                 last = k == len(net.layers) - 1
-                mask = torch.ones_like(lower, dtype=torch.bool) if all_neurons or last else \
-                    (lower < 0) & (upper > 0)
-                selections[k] = select_rows(mask)
+                rule = "all" if all_neurons or last else rows
+                if rule == "auto" and not any(_needs_crown(net, j, include_last)
+                                              for j in range(k + 1, len(net.layers))):
+                    rule = "unstable"  # (rows_to_bound)
+                selections[k] = select_rows(rows_to_bound(lower, upper, rule))
             if selections[k][0].shape[1] > 0:
                 crown_lower, crown_upper = neuron_bounds(
                     net, batch, bounds, k, selections[k], None if alphas is None else alphas.get(k),
@@ -626,8 +659,8 @@ def ibp_margin_lower(net: Network, batch: InputBatch, ibp_bounds: list[Bounds],
 
 
 def margin_lower_bounds(net: Network, batch: InputBatch, intermediate: str = "crown",
-                        dtype: str = "float64", all_neurons: bool = False
-                        ) -> tuple[Tensor, dict]:
+                        dtype: str = "float64", all_neurons: bool = False,
+                        rows: str = "auto") -> tuple[Tensor, dict]:
     """Lower bounds (B, m) of C f(x) - d over each input set, and the cost; `intermediate`
     picks the neuron bounds the backward pass relaxes over ("crown" or "ibp": CROWN-IBP),
     `dtype` the float type of the neuron bounds' passes ("float64" or "float32"),
@@ -642,7 +675,7 @@ def margin_lower_bounds(net: Network, batch: InputBatch, intermediate: str = "cr
             bounds, selections = ibp_bounds, {}
         else:
             bounds, selections = propagate(net, batch, ibp_bounds, include_last=False,
-                                           all_neurons=all_neurons,
+                                           all_neurons=all_neurons, rows=rows,
                                            dtype=passes_dtype(net, dtype))
         # These numbers become a YES in verdict.certificate_from_bounds when every row is > 0
         # (no tolerance). Why that holds for the real-arithmetic network: (1) every pre-activation
