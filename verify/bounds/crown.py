@@ -48,7 +48,8 @@ Selection = tuple[Tensor, Tensor]
 class CROWNOptions:
     LIMITS: ClassVar[dict[str, str]] = {"batch_size": ">= 1"}  # checked by make_options
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"intermediate": ("crown", "ibp"),
-                                                     "dtype": ("float64", "float32")}
+                                                     "dtype": ("float64", "float32"),
+                                                     "rows": ("auto", "unstable", "live", "all")}
     device: str = "auto"
     batch_size: int = 128
     # "crown": every unstable neuron bounded by its own backward pass (tight; cost grows with
@@ -59,6 +60,10 @@ class CROWNOptions:
     # rounding allowances (sound, a little looser; pays on a GPU and on large layers); IBP and
     # the margin pass stay float64.
     dtype: str = "float64"
+    # Which neurons get their own backward pass (`rows_to_bound`): "auto", auto_LiRPA's choice
+    # (the batch's union of unstable neurons, or every one past 90% of a layer) less each
+    # input's inactive ones; "unstable" (per input, cheapest), "live" (bounds of "all"), "all".
+    rows: str = "auto"
 
 
 @dataclass
@@ -560,7 +565,6 @@ def _intersect(lower: Tensor, upper: Tensor, new_lower: Tensor, new_upper: Tenso
 # A layer whose unstable neurons (l < 0 < u), taken over the whole batch, exceed this fraction
 # of it has every neuron bounded under rows="auto" (auto_LiRPA's minimum_sparsity).
 DENSE_FRACTION = 0.9
-ROWS = ("unstable", "auto", "live", "all")
 
 
 def rows_to_bound(lower: Tensor, upper: Tensor, rows: str) -> Tensor:
@@ -596,8 +600,8 @@ def propagate(net: Network, batch: InputBatch, ibp_bounds: list[Bounds], *,
               dtype: torch.dtype = torch.float64) -> tuple[list[Bounds], dict[int, Selection]]:
     """Bounds on every layer's output: IBP ∩ intervals from the previous layer ∩ CROWN.
 
-    CROWN runs for the neurons unstable under the interval bounds (all of them with
-    `all_neurons`, and for the last layer); `selections` fixes those rows instead, `alphas[k]`
+    CROWN runs for the neurons `rows` picks from the interval bounds (`rows_to_bound`; all of
+    them with `all_neurons`, and for the last layer); `selections` fixes those rows instead, `alphas[k]`
     gives the lower slopes for layer k's backward pass, `floor` earlier sound bounds to keep,
     `dtype` the float type of the neuron bounds' backward passes (`neuron_bounds`).
     """
@@ -665,10 +669,11 @@ def margin_lower_bounds(net: Network, batch: InputBatch, intermediate: str = "cr
     picks the neuron bounds the backward pass relaxes over ("crown" or "ibp": CROWN-IBP),
     `dtype` the float type of the neuron bounds' passes ("float64" or "float32"),
     `all_neurons` bounds the stable neurons too (their CROWN bounds tighten the interval steps
-    of the layers above; costlier)."""
+    of the layers above; costlier), `rows` which neurons otherwise (`rows_to_bound`)."""
     check_choice(intermediate, CROWNOptions.CHOICES["intermediate"], "intermediate bounds",
                  "crown")
     check_choice(dtype, CROWNOptions.CHOICES["dtype"], "dtype", "crown")
+    check_choice(rows, CROWNOptions.CHOICES["rows"], "rows", "crown")
     with torch.no_grad(), exact_float32(batch.lower.device):
         ibp_bounds = ibp.layer_bounds(net, batch)
         if intermediate == "ibp":
@@ -725,5 +730,5 @@ def certify(net: Network, specs: Sequence[Specification], options: CROWNOptions
     """CROWN certificates for a list of specifications, batched on `options.device`."""
     check_choices(options, "crown")
     bound = functools.partial(margin_lower_bounds, intermediate=options.intermediate,
-                              dtype=options.dtype)
+                              dtype=options.dtype, rows=options.rows)
     return certify_with_bounds(net, specs, "crown", bound, options.device, options.batch_size)
