@@ -8,7 +8,8 @@ Method:    backward propagation of linear bounds from the margin matrix C (rows 
            u (z - l) / (u - l) and an adaptive lower line (slope 1 if u > -l else 0); the input is
            eliminated with the dual norm: over the box for l_inf and boxes, over the ball and over
            the box (keeping the larger bound) for l_2/l_1. Pre-activation bounds come from the same
-           backward pass, layer by layer, for the neurons that are still unstable (per input).
+           backward pass, layer by layer, for the neurons auto_LiRPA bounds (the batch's union
+           of unstable ones, or all past 90% of a layer), less each input's inactive ones.
            Every bound is intersected with IBP's, so CROWN is never looser than IBP, and widened by
            a float64 rounding allowance, so YES holds for the real-arithmetic network.
 Soundness: sound, incomplete.
@@ -288,6 +289,10 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
     the one extra float addition is charged u |Lambda'| max|z| (twice, with underflow).
     `record[k]`, if given, receives the coefficients (detached) on ReLU layer k's output, and
     `record[-1]` those on the input.
+
+    A ReLU step keeps only the columns of neurons not inactive on every input (`_live_neurons`):
+    the others' coefficients are exact zeros, and the affine step below takes only their rows
+    of W and b.
 
     Float32 (coeffs and const in float32): the products run on float32 copies of the weights
     (each off by a relative u), against the float64 bounds rounded outwards (`outward`), with
@@ -601,9 +606,9 @@ def propagate(net: Network, batch: InputBatch, ibp_bounds: list[Bounds], *,
     """Bounds on every layer's output: IBP ∩ intervals from the previous layer ∩ CROWN.
 
     CROWN runs for the neurons `rows` picks from the interval bounds (`rows_to_bound`; all of
-    them with `all_neurons`, and for the last layer); `selections` fixes those rows instead, `alphas[k]`
-    gives the lower slopes for layer k's backward pass, `floor` earlier sound bounds to keep,
-    `dtype` the float type of the neuron bounds' backward passes (`neuron_bounds`).
+    them with `all_neurons`, and for the last layer); `selections` fixes those rows instead,
+    `alphas[k]` gives the lower slopes for layer k's backward pass, `floor` earlier sound
+    bounds to keep, `dtype` the float type of the neuron bounds' backward passes (`neuron_bounds`).
     """
     params = net.torch_params(batch.lower.device)
     selections = {} if selections is None else selections
