@@ -317,7 +317,7 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
         in_magnitude = torch.maximum(in_lower.abs(), in_upper.abs()).detach()
         magnitude_sum = in_magnitude.sum(-1, keepdim=True)
         # terms per sum: the layer's full width even where dead columns are dropped (`live`)
-        width = int(np.prod(layer.out_shape)) + extra
+        width = math.prod(layer.out_shape) + extra
         if isinstance(layer, AFFINE):
             with torch.no_grad():
                 abs_coeffs = coeffs.detach().abs() if abs_coeffs is None else abs_coeffs
@@ -411,9 +411,10 @@ def _live_neurons(net: Network, params: list[dict], k: int, in_upper: Tensor,
             or (split_terms is not None and k in split_terms) \
             or dense_weight(net.layers[k - 1], params[k - 1]) is None:
         return None
-    live = ~(in_upper <= 0).all(dim=0)  # NaN counts as live
-    count = int(live.sum())
-    return live.nonzero().squeeze(1) if count <= LIVE_FRACTION * len(live) else None
+    dead = (in_upper <= 0).all(dim=0)  # NaN counts as live
+    if dead.numel() - int(dead.sum()) > LIVE_FRACTION * dead.numel():
+        return None
+    return (~dead).nonzero().squeeze(1)
 
 
 def _settle(slack: Tensor, abs_coeffs: Tensor, owed: Tensor, extra: int = 0) -> Tensor:
