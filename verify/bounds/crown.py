@@ -8,7 +8,8 @@ Method:    backward propagation of linear bounds from the margin matrix C (rows 
            u (z - l) / (u - l) and an adaptive lower line (slope 1 if u > -l else 0); the input is
            eliminated with the dual norm: over the box for l_inf and boxes, over the ball and over
            the box (keeping the larger bound) for l_2/l_1. Pre-activation bounds come from the same
-           backward pass, layer by layer, for the neurons that are still unstable (per input).
+           backward pass, layer by layer, for the neurons auto_LiRPA bounds (the batch's union
+           of unstable ones, or all past 90% of a layer), less each input's inactive ones.
            Every bound is intersected with IBP's, so CROWN is never looser than IBP, and widened by
            a float64 rounding allowance, so YES holds for the real-arithmetic network.
 Soundness: sound, incomplete.
@@ -48,7 +49,8 @@ Selection = tuple[Tensor, Tensor]
 class CROWNOptions:
     LIMITS: ClassVar[dict[str, str]] = {"batch_size": ">= 1"}  # checked by make_options
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"intermediate": ("crown", "ibp"),
-                                                     "dtype": ("float64", "float32")}
+                                                     "dtype": ("float64", "float32"),
+                                                     "rows": ("auto", "unstable", "live", "all")}
     device: str = "auto"
     batch_size: int = 128
     # "crown": every unstable neuron bounded by its own backward pass (tight; cost grows with
@@ -59,6 +61,10 @@ class CROWNOptions:
     # rounding allowances (sound, a little looser; pays on a GPU and on large layers); IBP and
     # the margin pass stay float64.
     dtype: str = "float64"
+    # Which neurons get their own backward pass (`rows_to_bound`): "auto", auto_LiRPA's choice
+    # (the batch's union of unstable neurons, or every one past 90% of a layer) less each
+    # input's inactive ones; "unstable" (per input, cheapest), "live" (bounds of "all"), "all".
+    rows: str = "auto"
 
 
 @dataclass
@@ -284,6 +290,10 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
     `record[k]`, if given, receives the coefficients (detached) on ReLU layer k's output, and
     `record[-1]` those on the input.
 
+    A ReLU step keeps only the columns of neurons not inactive on every input (`_live_neurons`):
+    the others' coefficients are exact zeros, and the affine step below takes only their rows
+    of W and b.
+
     Float32 (coeffs and const in float32): the products run on float32 copies of the weights
     (each off by a relative u), against the float64 bounds rounded outwards (`outward`), with
     float32's u and UNDERFLOW; a weight's rounding adds u |Lambda_k| |W_k| |h_{k-1}| (and
@@ -300,22 +310,35 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
     # width): a ReLU step's and the next affine step's (same width) go through one product.
     owed: Optional[Tensor] = None
     owned = consume and not torch.is_grad_enabled()  # coeffs may be overwritten in place
+    live: Optional[Tensor] = None  # after a ReLU step: the neurons coeffs' columns stand for
     for k in range(top, -1, -1):
         layer, p = net.layers[k], params[k]
         in_lower, in_upper = outward(*_input_bounds(batch, bounds, k), dtype)
         in_magnitude = torch.maximum(in_lower.abs(), in_upper.abs()).detach()
-        n_terms = coeffs.shape[-1] + extra
+        magnitude_sum = in_magnitude.sum(-1, keepdim=True)
+        # terms per sum: the layer's full width even where dead columns are dropped (`live`)
+        width = math.prod(layer.out_shape) + extra
         if isinstance(layer, AFFINE):
             with torch.no_grad():
                 abs_coeffs = coeffs.detach().abs() if abs_coeffs is None else abs_coeffs
                 # |W| max|h| + |b|, plus what its own products may lose to underflow (a huge
                 # |Lambda| times an underflowed |W| max|h| would drop Lambda W's rounding)
                 step = _abs_affine(layer, p, in_magnitude) + ibp.fan_in(layer) * tiny
+                if live is not None:
+                    step = step.index_select(1, live)
                 owed = step if owed is None else owed + step
                 slack = slack + rounding_slack(_matvec(abs_coeffs, owed) + const.detach().abs(),
-                                               n_terms, in_magnitude.sum(-1, keepdim=True))
-            const = const + coeffs @ layer.bias_per_output(p["bias"])
-            coeffs, abs_coeffs, owed = transpose_apply(layer, p, coeffs, reuse=True), None, None
+                                               width, in_magnitude.sum(-1, keepdim=True))
+            if live is None:
+                const = const + coeffs @ layer.bias_per_output(p["bias"])
+                coeffs = transpose_apply(layer, p, coeffs, reuse=True)
+            else:  # only the live outputs' rows of W and b (the other coefficients are 0)
+                const = const + coeffs @ layer.bias_per_output(p["bias"]).index_select(0, live)
+                weight = dense_weight(layer, p).index_select(0, live)
+                out = scratch("product", (*coeffs.shape[:-1], weight.shape[1]), coeffs,
+                              avoid=coeffs) if coeffs.dim() == 3 else None
+                coeffs = coeffs @ weight if out is None else torch.matmul(coeffs, weight, out=out)
+            abs_coeffs, owed, live = None, None, None
             owned = not torch.is_grad_enabled()
         elif isinstance(layer, ReLU):
             if owed is not None:  # two ReLUs in a row: the earlier one's allowance is due now
@@ -323,9 +346,21 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
             if record is not None:
                 record[k] = coeffs.detach().clone()
             relax = relu_relaxation(in_lower, in_upper)
+            alpha = None if alphas is None or k not in alphas else alphas[k]
+            live = _live_neurons(net, params, k, in_upper, split_terms)
+            if live is not None:  # the columns of neurons inactive on every input are dropped
+                relax = ReluRelaxation(*(t.index_select(1, live) for t in (
+                    relax.unstable, relax.lower_slope, relax.upper_slope, relax.upper_intercept)))
+                alpha = None if alpha is None else alpha.index_select(2, live)
+                in_magnitude = in_magnitude.index_select(1, live)
+                buffer = scratch("live", (*coeffs.shape[:-1], len(live)), coeffs, avoid=coeffs) \
+                    if not torch.is_grad_enabled() else None
+                coeffs = coeffs.index_select(2, live) if buffer is None else \
+                    torch.index_select(coeffs, 2, live, out=buffer)
+                owned = not torch.is_grad_enabled()
             lower_slope = relax.lower_slope[:, None, :]
-            if alphas is not None and k in alphas:
-                lower_slope = torch.where(relax.unstable[:, None, :], alphas[k], lower_slope)
+            if alpha is not None:
+                lower_slope = torch.where(relax.unstable[:, None, :], alpha, lower_slope)
             buffer = scratch("negative", coeffs.shape, coeffs, avoid=coeffs) if owned else None
             # negative entries use the chord s z + t, the others alpha z
             negative = coeffs.clamp(max=0) if buffer is None else \
@@ -348,7 +383,7 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
                     slack = slack + rounding_slack(_matvec(abs_coeffs, in_magnitude), 1)
             with torch.no_grad():  # owed: |coeffs| in_magnitude + |increment| + |const|
                 slack = slack + rounding_slack(increment.detach().abs() + const.detach().abs(),
-                                               n_terms, in_magnitude.sum(-1, keepdim=True))
+                                               width, magnitude_sum)
                 owed = in_magnitude
         else:  # pragma: no cover - the loader only builds the layers above
             raise TypeError(f"CROWN cannot handle {type(layer).__name__}")
@@ -357,6 +392,29 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
     if record is not None:
         record[-1] = coeffs.detach().clone()  # on the input
     return concretize(batch, coeffs, const, abs_coeffs, consume=owned) - slack
+
+
+# A ReLU step drops the columns of the neurons that are inactive (u <= 0) on every input of the
+# batch when at most this fraction of the layer is left (`_live_neurons`).
+LIVE_FRACTION = 0.8
+
+
+def _live_neurons(net: Network, params: list[dict], k: int, in_upper: Tensor,
+                  split_terms: Optional[dict[int, Tensor]]) -> Optional[Tensor]:
+    """The neurons of ReLU layer k not inactive on every input (index (U,)), when the affine
+    layer below has a dense weight, no split term sits on layer k, and U <= LIVE_FRACTION n;
+    else None. Both slopes and the intercept of an inactive neuron are exactly 0, so its
+    coefficient after the ReLU step is an exact 0 for every input, and so are its terms in
+    Lambda W, Lambda b and the rounding allowances: dropping them changes only which zeros are
+    summed (the allowances keep the full width n)."""
+    if k == 0 or not isinstance(net.layers[k - 1], AFFINE) \
+            or (split_terms is not None and k in split_terms) \
+            or dense_weight(net.layers[k - 1], params[k - 1]) is None:
+        return None
+    dead = (in_upper <= 0).all(dim=0)  # NaN counts as live
+    if dead.numel() - int(dead.sum()) > LIVE_FRACTION * dead.numel():
+        return None
+    return (~dead).nonzero().squeeze(1)
 
 
 def _settle(slack: Tensor, abs_coeffs: Tensor, owed: Tensor, extra: int = 0) -> Tensor:
@@ -510,18 +568,48 @@ def _intersect(lower: Tensor, upper: Tensor, new_lower: Tensor, new_upper: Tenso
             torch.where(new_upper <= upper, new_upper, upper))
 
 
+# A layer whose unstable neurons (l < 0 < u), taken over the whole batch, exceed this fraction
+# of it has every neuron bounded under rows="auto" (auto_LiRPA's minimum_sparsity).
+DENSE_FRACTION = 0.9
+
+
+def rows_to_bound(lower: Tensor, upper: Tensor, rows: str) -> Tensor:
+    """Which neurons (B, n) of a layer with bounds [lower, upper] CROWN bounds, per input:
+    "unstable": l < 0 < u; "live": u > 0; "auto": auto_LiRPA's choice, the batch's union of the
+    unstable ones (every neuron once it passes DENSE_FRACTION of the layer), less the inactive
+    ones (u <= 0) of each input; "all": every neuron.
+
+    An inactive neuron's bound never matters (relu is exactly 0 on it, and a tighter bound keeps
+    it inactive), so "live" gives the bounds of "all" above the layer, and "auto" those of
+    auto_LiRPA. The bound of an active neuron (l >= 0) tightens the interval steps above; in
+    the last layer that CROWN bounds before the margins, only IBP's margin bound, which CROWN's
+    margin bound nearly always beats: `propagate` takes "unstable" there for "auto"."""
+    if rows == "all":
+        return torch.ones_like(lower, dtype=torch.bool)
+    live = ~(upper <= 0)  # NaN: live
+    unstable = live & (lower < 0)
+    if rows == "unstable":
+        return unstable
+    if rows == "live":
+        return live
+    union = unstable.any(dim=0)
+    if int(union.sum()) > DENSE_FRACTION * union.numel():
+        return live
+    return live & union
+
+
 def propagate(net: Network, batch: InputBatch, ibp_bounds: list[Bounds], *,
-              include_last: bool = True, all_neurons: bool = False,
+              include_last: bool = True, all_neurons: bool = False, rows: str = "unstable",
               selections: Optional[dict[int, Selection]] = None,
               alphas: Optional[dict[int, Alphas]] = None,
               floor: Optional[list[Bounds]] = None,
               dtype: torch.dtype = torch.float64) -> tuple[list[Bounds], dict[int, Selection]]:
     """Bounds on every layer's output: IBP ∩ intervals from the previous layer ∩ CROWN.
 
-    CROWN runs for the neurons unstable under the interval bounds (all of them with
-    `all_neurons`, and for the last layer); `selections` fixes those rows instead, `alphas[k]`
-    gives the lower slopes for layer k's backward pass, `floor` earlier sound bounds to keep,
-    `dtype` the float type of the neuron bounds' backward passes (`neuron_bounds`).
+    CROWN runs for the neurons `rows` picks from the interval bounds (`rows_to_bound`; all of
+    them with `all_neurons`, and for the last layer); `selections` fixes those rows instead,
+    `alphas[k]` gives the lower slopes for layer k's backward pass, `floor` earlier sound
+    bounds to keep, `dtype` the float type of the neuron bounds' backward passes (`neuron_bounds`).
     """
     params = net.torch_params(batch.lower.device)
     selections = {} if selections is None else selections
@@ -537,9 +625,11 @@ def propagate(net: Network, batch: InputBatch, ibp_bounds: list[Bounds], *,
         if _needs_crown(net, k, include_last):
             if k not in selections:
                 last = k == len(net.layers) - 1
-                mask = torch.ones_like(lower, dtype=torch.bool) if all_neurons or last else \
-                    (lower < 0) & (upper > 0)
-                selections[k] = select_rows(mask)
+                rule = "all" if all_neurons or last else rows
+                if rule == "auto" and not any(_needs_crown(net, j, include_last)
+                                              for j in range(k + 1, len(net.layers))):
+                    rule = "unstable"  # (rows_to_bound)
+                selections[k] = select_rows(rows_to_bound(lower, upper, rule))
             if selections[k][0].shape[1] > 0:
                 crown_lower, crown_upper = neuron_bounds(
                     net, batch, bounds, k, selections[k], None if alphas is None else alphas.get(k),
@@ -579,23 +669,24 @@ def ibp_margin_lower(net: Network, batch: InputBatch, ibp_bounds: list[Bounds],
 
 
 def margin_lower_bounds(net: Network, batch: InputBatch, intermediate: str = "crown",
-                        dtype: str = "float64", all_neurons: bool = False
-                        ) -> tuple[Tensor, dict]:
+                        dtype: str = "float64", all_neurons: bool = False,
+                        rows: str = "auto") -> tuple[Tensor, dict]:
     """Lower bounds (B, m) of C f(x) - d over each input set, and the cost; `intermediate`
     picks the neuron bounds the backward pass relaxes over ("crown" or "ibp": CROWN-IBP),
     `dtype` the float type of the neuron bounds' passes ("float64" or "float32"),
     `all_neurons` bounds the stable neurons too (their CROWN bounds tighten the interval steps
-    of the layers above; costlier)."""
+    of the layers above; costlier), `rows` which neurons otherwise (`rows_to_bound`)."""
     check_choice(intermediate, CROWNOptions.CHOICES["intermediate"], "intermediate bounds",
                  "crown")
     check_choice(dtype, CROWNOptions.CHOICES["dtype"], "dtype", "crown")
+    check_choice(rows, CROWNOptions.CHOICES["rows"], "rows", "crown")
     with torch.no_grad(), exact_float32(batch.lower.device):
         ibp_bounds = ibp.layer_bounds(net, batch)
         if intermediate == "ibp":
             bounds, selections = ibp_bounds, {}
         else:
             bounds, selections = propagate(net, batch, ibp_bounds, include_last=False,
-                                           all_neurons=all_neurons,
+                                           all_neurons=all_neurons, rows=rows,
                                            dtype=passes_dtype(net, dtype))
         # These numbers become a YES in verdict.certificate_from_bounds when every row is > 0
         # (no tolerance). Why that holds for the real-arithmetic network: (1) every pre-activation
@@ -645,5 +736,5 @@ def certify(net: Network, specs: Sequence[Specification], options: CROWNOptions
     """CROWN certificates for a list of specifications, batched on `options.device`."""
     check_choices(options, "crown")
     bound = functools.partial(margin_lower_bounds, intermediate=options.intermediate,
-                              dtype=options.dtype)
+                              dtype=options.dtype, rows=options.rows)
     return certify_with_bounds(net, specs, "crown", bound, options.device, options.batch_size)
