@@ -25,7 +25,7 @@ from .errors import InputError
 Shape = tuple[int, ...]
 
 
-def _size(shape: Shape) -> int:
+def size_of(shape: Shape) -> int:
     return math.prod(int(n) for n in shape)  # (np.prod: ~20 us a call, on every forward)
 
 
@@ -41,7 +41,7 @@ class Dense:
     def __post_init__(self) -> None:
         self.weight = np.array(self.weight, dtype=np.float64, order="C")
         self.bias = np.array(self.bias, dtype=np.float64).reshape(-1)
-        assert self.weight.shape == (_size(self.out_shape), _size(self.in_shape))
+        assert self.weight.shape == (size_of(self.out_shape), size_of(self.in_shape))
         assert self.bias.shape == (self.weight.shape[0],)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -115,7 +115,7 @@ class Conv2d:
     def dense_matrix(self) -> np.ndarray:
         """The equivalent (out_size, in_size) matrix, built once from the identity basis."""
         if getattr(self, "_matrix", None) is None:
-            n = _size(self.in_shape)
+            n = size_of(self.in_shape)
             basis = np.eye(n).reshape(n, *self.in_shape)
             self._matrix = np.ascontiguousarray(self.correlate(basis).reshape(n, -1).T)
         return self._matrix
@@ -154,7 +154,7 @@ class ReLU:
         return torch.clamp(x, min=0.0)
 
     def describe(self) -> str:
-        return f"ReLU ({_size(self.in_shape)} neurons)"
+        return f"ReLU ({size_of(self.in_shape)} neurons)"
 
     n_params = 0
 
@@ -197,7 +197,7 @@ class Network:
         self._torch_params: dict = {}
         shape = self.input_shape
         for k, layer in enumerate(self.layers):
-            if _size(layer.in_shape) != _size(shape):
+            if size_of(layer.in_shape) != size_of(shape):
                 raise ValueError(f"layer {k} ({layer.describe()}) reads {layer.in_shape}, "
                                  f"previous layer writes {shape}")
             shape = layer.out_shape
@@ -205,15 +205,15 @@ class Network:
 
     @property
     def input_size(self) -> int:
-        return _size(self.input_shape)
+        return size_of(self.input_shape)
 
     @property
     def output_size(self) -> int:
-        return _size(self.output_shape)
+        return size_of(self.output_shape)
 
     @property
     def n_relus(self) -> int:
-        return sum(_size(layer.in_shape) for layer in self.layers if isinstance(layer, ReLU))
+        return sum(size_of(layer.in_shape) for layer in self.layers if isinstance(layer, ReLU))
 
     @property
     def n_params(self) -> int:

@@ -30,7 +30,7 @@ from .errors import ModelLoadError, UnsupportedModelError
 from .graph.network import GraphNetwork
 from .graph import onnx_graph
 from .graph.onnx_graph import GraphReader
-from .network import Conv2d, Dense, Network, ReLU, _size
+from .network import Conv2d, Dense, Network, ReLU, size_of
 from .onnx_proto import attribute_value, read_model_proto, static_input_shape, tensor_to_array
 
 SUPPORTED_OPS = (
@@ -66,7 +66,7 @@ class _Builder:
 
     @property
     def size(self) -> int:
-        return _size(self.shape)
+        return size_of(self.shape)
 
     # -- pending elementwise affine map -------------------------------------------------------
     def elementwise(self, scale: np.ndarray, shift: np.ndarray) -> None:
@@ -229,7 +229,7 @@ class _GraphReader:
                 "of nodes is supported")
         builder.flush()
         if not builder.layers:
-            n = _size(input_shape)
+            n = size_of(input_shape)
             builder.layers.append(Dense(np.eye(n), np.zeros(n), (n,), (n,)))
         return Network(builder.layers, input_shape)
 
@@ -312,7 +312,7 @@ class _GraphReader:
         if op == "Flatten":
             axis = attrs.get("axis", 1)
             axis = axis + rank if axis < 0 else axis
-            return (_size(shape[:axis]), _size(shape[axis:]))
+            return (size_of(shape[:axis]), size_of(shape[axis:]))
         if op == "Reshape":
             if len(inputs) < 2 or not isinstance(inputs[1], np.ndarray):
                 raise self.fail(node, "needs a constant target shape")
@@ -345,7 +345,7 @@ class _GraphReader:
         if k != 0:
             raise self.fail(node, "the variable must be the data input")
         shape = tuple(int(d) for d in self.reshaped(node, builder.shape, inputs))
-        if _size(shape) != builder.size:
+        if size_of(shape) != builder.size:
             raise self.fail(node, f"reshape from {builder.shape} to {shape} changes the size")
         builder.shape = shape
         self.new_var(node, shape)
@@ -372,9 +372,9 @@ class _GraphReader:
         shape = builder.shape
         if w.ndim != 2:
             raise self.fail(node, f"constant of rank {w.ndim}; a 2-D matrix is supported")
-        if k == 0 and len(shape) >= 1 and _size(shape[:-1]) == 1 and shape[-1] == w.shape[0]:
+        if k == 0 and len(shape) >= 1 and size_of(shape[:-1]) == 1 and shape[-1] == w.shape[0]:
             self._add_dense(node, builder, w.T, 0.0, shape[:-1] + (w.shape[1],))
-        elif k == 1 and len(shape) >= 2 and _size(shape[:-2]) == 1 and shape[-1] == 1 \
+        elif k == 1 and len(shape) >= 2 and size_of(shape[:-2]) == 1 and shape[-1] == 1 \
                 and shape[-2] == w.shape[1]:
             self._add_dense(node, builder, w, 0.0, shape[:-2] + (w.shape[0], 1))
         else:

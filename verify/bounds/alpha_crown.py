@@ -89,13 +89,13 @@ class ProjectedAdam:
         self.lr *= self.decay
 
 
-def _initial_slopes(net: Network, batch: InputBatch, bounds: list[Bounds], rows: int,
+def initial_slopes(net: Network, batch: InputBatch, bounds: list[Bounds], rows: int,
                     below: int) -> crown.Alphas:
     """CROWN's adaptive slopes, (B, rows, n) per ReLU layer before layer `below`, trainable."""
     alphas = {}
     for k, layer in enumerate(net.layers[:below]):
         if isinstance(layer, ReLU):
-            relax = crown.relu_relaxation(*crown._input_bounds(batch, bounds, k))
+            relax = crown.relu_relaxation(*crown.layer_input_bounds(batch, bounds, k))
             slopes = relax.lower_slope[:, None, :].expand(-1, rows, -1)
             alphas[k] = slopes.clone().requires_grad_(True)
     return alphas
@@ -110,10 +110,10 @@ def optimized_margin_lower(net: Network, batch: InputBatch, options: AlphaCROWNO
         crown_lower = torch.maximum(crown.margin_lower_from(net, batch, bounds),
                                     crown.ibp_margin_lower(net, batch, ibp_bounds, bounds))
     best = crown_lower.clone()
-    final_alphas = _initial_slopes(net, batch, bounds, batch.C.shape[1], len(net.layers))
+    final_alphas = initial_slopes(net, batch, bounds, batch.C.shape[1], len(net.layers))
     inner_alphas: dict[int, crown.Alphas] = {}
     if options.optimize_intermediate:
-        inner_alphas = {k: _initial_slopes(net, batch, bounds, 2 * index.shape[1], k)
+        inner_alphas = {k: initial_slopes(net, batch, bounds, 2 * index.shape[1], k)
                         for k, (index, _) in selections.items() if index.shape[1] > 0}
     trainable = [a for a in final_alphas.values()] + \
         [a for alphas in inner_alphas.values() for a in alphas.values()]

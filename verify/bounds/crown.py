@@ -123,7 +123,7 @@ def _matvec(matrix: Tensor, vector: Tensor) -> Tensor:
 
 def _abs_affine(layer, params: dict, magnitude: Tensor) -> Tensor:
     """|W| magnitude + |b| (B, out): bounds |W h + b| when |h| <= magnitude."""
-    abs_params = ibp._abs_params(layer, params)
+    abs_params = ibp.abs_params_of(layer, params)
     return layer.torch_forward(magnitude, abs_params).flatten(1) + layer.bias_per_output(params["abs_bias"])
 
 
@@ -210,7 +210,7 @@ def outward(lower: Tensor, upper: Tensor, dtype: torch.dtype) -> Bounds:
     return low, up
 
 
-def _input_bounds(batch: InputBatch, bounds: list[Bounds], k: int) -> Bounds:
+def layer_input_bounds(batch: InputBatch, bounds: list[Bounds], k: int) -> Bounds:
     """Bounds on the input of layer k."""
     return bounds[k - 1] if k > 0 else (batch.lower, batch.upper)
 
@@ -313,7 +313,7 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
     live: Optional[Tensor] = None  # after a ReLU step: the neurons coeffs' columns stand for
     for k in range(top, -1, -1):
         layer, p = net.layers[k], params[k]
-        in_lower, in_upper = outward(*_input_bounds(batch, bounds, k), dtype)
+        in_lower, in_upper = outward(*layer_input_bounds(batch, bounds, k), dtype)
         in_magnitude = torch.maximum(in_lower.abs(), in_upper.abs()).detach()
         magnitude_sum = in_magnitude.sum(-1, keepdim=True)
         # terms per sum: the layer's full width even where dead columns are dropped (`live`)
@@ -545,7 +545,7 @@ def _row_bounds(net: Network, batch: InputBatch, bounds: list[Bounds], k: int, i
     lower = lower.to(batch.lower.dtype)
     if dtype != batch.lower.dtype:  # the weights' rounding to dtype
         unit = float_constants(dtype)[0]
-        in_lower, in_upper = _input_bounds(batch, bounds, k)
+        in_lower, in_upper = layer_input_bounds(batch, bounds, k)
         magnitude = _abs_affine(layer, net.torch_params(batch.lower.device)[k],
                                 torch.maximum(in_lower.abs(), in_upper.abs()))
         moved = (2 * unit) * torch.gather(magnitude, 1, index)

@@ -42,7 +42,7 @@ def fan_in(layer) -> int:
     return layer.weight.shape[1] if isinstance(layer, Dense) else int(np.prod(layer.weight.shape[1:]))
 
 
-def _abs_params(layer, params: dict) -> dict:
+def abs_params_of(layer, params: dict) -> dict:
     if "abs_weight" not in params:
         params["abs_weight"] = params["weight"].abs()
         params["abs_bias"] = params["bias"].abs()
@@ -52,7 +52,7 @@ def _abs_params(layer, params: dict) -> dict:
 def affine_interval(layer, params: dict, lower: torch.Tensor, upper: torch.Tensor) -> Bounds:
     """Sound bounds of W x + b for x in [lower, upper] (flat, batched)."""
     mid, rad = (upper + lower) / 2, (upper - lower) / 2 + UNDERFLOW  # (the halving may underflow)
-    abs_params = _abs_params(layer, params)
+    abs_params = abs_params_of(layer, params)
     y_mid = layer.torch_forward(mid, params).flatten(1)
     y_rad = layer.torch_forward(rad, abs_params).flatten(1)
     magnitude = layer.torch_forward(mid.abs() + rad, abs_params).flatten(1) + layer.bias_per_output(params["abs_bias"])
@@ -76,7 +76,7 @@ def row_dual_norms(layer, params: dict, norm: str) -> torch.Tensor:
 
 def ball_affine_bounds(layer, params: dict, batch: InputBatch) -> Bounds:
     """Exact bounds of W x + b over the l_p ball (box ignored): W x0 + b ± eps ||W_i||_q."""
-    abs_params = _abs_params(layer, params)
+    abs_params = abs_params_of(layer, params)
     y0 = layer.torch_forward(batch.center, params).flatten(1)
     spread = batch.eps[:, None] * (row_dual_norms(layer, params, batch.norm)[None, :]
                                    + norm_underflow(batch.norm, batch.center.shape[1]))

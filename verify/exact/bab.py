@@ -173,13 +173,13 @@ def optimized_lower(net: Network, lower: torch.Tensor, upper: torch.Tensor, A: t
     gamma_m ((|lam|^T |A|) |f| + |lam|^T |b|), subtracted with |f| bounded by the logit bounds.
     """
     from ..bounds import crown, rounding_slack
-    from ..bounds.alpha_crown import ProjectedAdam, _initial_slopes
+    from ..bounds.alpha_crown import ProjectedAdam, initial_slopes
 
     batch = _box_batch(lower, upper, A[None, :1], b[None, :1])
     f_max = torch.maximum(neuron[-1][0].abs(), neuron[-1][1].abs())
     theta = torch.zeros((len(lower), len(A)), dtype=lower.dtype, device=lower.device,
                         requires_grad=True)
-    alphas = _initial_slopes(net, batch, neuron, 1, len(net.layers))
+    alphas = initial_slopes(net, batch, neuron, 1, len(net.layers))
     optimizer = ProjectedAdam([theta, *alphas.values()], lr)
     best = torch.full((len(lower),), -np.inf, dtype=lower.dtype, device=lower.device)
     end = _end(None)
