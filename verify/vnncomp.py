@@ -36,7 +36,7 @@ BAB_MAX_INPUTS = 16
 # when it starts, so of the whole budget the attack gets 15%, alpha-CROWN 35% (plus what the
 # attack left), the ReLU-split search 3/4 of what remains then, and the MILP all the rest.
 AUTO_STAGES = (("attack", 0.15), ("alpha-crown", 0.35 / 0.85), ("relu-bab", 0.75), ("milp", 1.0))
-GRAPH_AUTO_STAGES = (("attack", 0.15), ("alpha-crown", 0.35 / 0.85), ("relu-bab", 1.0))  # graphs
+GRAPH_AUTO_STAGES = AUTO_STAGES  # graphs too: the MILP is exact on piecewise-linear ones
 BAB_ATTACK_SHARE = 0.15  # "auto"/"bab" on few inputs: the attack before the searches
 # Methods that bound every disjunct in one batched call; the others take one disjunct at a time.
 BATCHED_METHODS = ("attack", "ibp", "crown", "alpha-crown")

@@ -484,8 +484,9 @@ class ReluSearch:
                 self.row_lower[row] = min(self.row_lower[row], lower)
                 continue
             self.row_lower[row] = min(self.row_lower[row], max(lower, float(chosen.lower[i])))
-            if x is not None and validated_counterexample(self.net, self.spec, x) is not None:
-                result.status, result.counterexample = "sat", x
+            found = None if x is None else validated_counterexample(self.net, self.spec, x)
+            if found is not None:  # (the LP's point projected into the input set)
+                result.status, result.counterexample = "sat", found[0]
                 result.reason = "exact LP of a fully split leaf"
                 return result
             self.leaf_open.append(f"a fully split leaf's LP is not exact ({relaxed}; bound "
