@@ -438,3 +438,30 @@ def test_auto_on_a_graph_reaches_the_milp_stage(monkeypatch):
         if result.result == "sat":
             assert query.violated_by(*result.counterexample)
         answers.add(result.result)
+
+
+def test_auto_answers_unknown_when_the_milp_cannot_encode_the_graph(monkeypatch):
+    """A network the MILP refuses (e.g. a weight HiGHS would drop) ends auto with unknown and
+    that reason, not an error."""
+    from verify import vnncomp
+    from verify.errors import InputError
+
+    net = residual_mlp(1)
+
+    def refusing_milp(net_, query_, step, options, pairs=None):
+        if step == "milp":
+            raise InputError("milp cannot encode this network")
+        return vnncomp.QueryResult("unknown", method=step, open_pairs=pairs)
+
+    monkeypatch.setattr(vnncomp, "_solve_with_certifier", refusing_milp)
+    monkeypatch.setattr(vnncomp, "_solve_relu_bab", lambda net_, query_, options, pairs=None:
+                        vnncomp.QueryResult("unknown", method="relu-bab", open_pairs=pairs))
+    monkeypatch.setattr(vnncomp, "BAB_MAX_INPUTS", 0)
+    lines = [f"(declare-const X_{i} Real)" for i in range(3)]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(3)]
+    lines += [f"(assert (>= X_{i} -0.1))" for i in range(3)]
+    lines += [f"(assert (<= X_{i} 0.1))" for i in range(3)]
+    lines.append("(assert (>= Y_0 Y_1))")
+    result = solve(net, parse_vnnlib("\n".join(lines)), "auto", timeout=30.0)
+    assert result.result == "unknown" and result.method == "auto:milp"
+    assert "cannot encode" in result.reason

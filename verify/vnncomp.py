@@ -354,9 +354,15 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict,
                 break
             stage_options = {"stop_at_first": True} if step == "attack" else {}
             with deadlines.limit(deadlines.active().split(share)):
-                result = _solve_relu_bab(net, query, {"attack": False}, pairs) \
-                    if step == "relu-bab" else \
-                    _solve_with_certifier(net, query, step, stage_options, pairs)
+                try:
+                    result = _solve_relu_bab(net, query, {"attack": False}, pairs) \
+                        if step == "relu-bab" else \
+                        _solve_with_certifier(net, query, step, stage_options, pairs)
+                except InputError as error:  # the last stage cannot encode this network
+                    if step != "milp":
+                        raise
+                    result = QueryResult("unknown", method=step, reason=str(error),
+                                         open_pairs=pairs)
             if result.result in ("sat", "unsat"):
                 break
             pairs = result.open_pairs
