@@ -44,6 +44,7 @@ import torch
 
 from .. import deadline as deadlines
 from ..certificate import Certificate
+from ..errors import InputError
 from ..graph.encoding import relaxed_reason
 from ..network import AFFINE, Network, ReLU, resolve_device
 from ..spec import Specification
@@ -471,14 +472,21 @@ class ReluSearch:
         """Exact LPs on the leaves; a SearchResult when one yields a replayed counterexample."""
         result = self.result
         for i in leaves.tolist():
-            if self.deadline.expired() or result.leaf_lps >= self.options.leaf_lps:
-                self.leaf_open.append("timeout" if self.deadline.expired() else
-                                      f"leaf LP budget of {self.options.leaf_lps} spent")
-                row = int(chosen.rows[i])
+            row = int(chosen.rows[i])
+            if self.deadline.expired():
+                skipped = "timeout"
+            elif result.leaf_lps >= self.options.leaf_lps:
+                skipped = f"leaf LP budget of {self.options.leaf_lps} spent"
+            else:
+                try:
+                    lower, x, relaxed = self.leaf_lp(row, bounds, i)
+                    skipped = ""
+                except InputError as error:  # (a weight or bound HiGHS cannot hold)
+                    skipped = f"a fully split leaf's LP cannot be built: {error}"
+            if skipped:
+                self.leaf_open.append(skipped)
                 self.row_lower[row] = min(self.row_lower[row], float(chosen.lower[i]))
                 continue
-            row = int(chosen.rows[i])
-            lower, x, relaxed = self.leaf_lp(row, bounds, i)
             result.leaf_lps += 1
             if lower > 0:
                 self.row_lower[row] = min(self.row_lower[row], lower)
