@@ -3,7 +3,7 @@
     python benchmarks/cifar10_resnet.py [--timeout-cap 60] [--bench cifar10_resnet verivital]
                                         [--limit N] [--stride K] [--threads 1]
 
-Runs `verify vnncomp` (auto: attack -> alpha-CROWN -> relu-bab on graph networks) on
+Runs `verify vnncomp` (auto: attack -> alpha-CROWN -> relu-bab -> MILP on graph networks) on
 benchmarks/data/vnncomp2021/<bench>/instances.csv, loading included, each instance capped at
 --timeout-cap seconds (their own timeouts are 300-420 s; an answer after the cap counts as a
 timeout). Writes benchmarks/results/vnncomp2021_<bench>.csv and .md: solved counts, wrong

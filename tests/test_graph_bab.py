@@ -292,3 +292,176 @@ def test_pooling_and_smooth_dags_bounded_soundly_by_alpha_crown_and_relu_bab(smo
         cert = backends.certify_specs(net, [spec], "relu-bab", device="cpu", timeout=0,
                                       max_domains=100)[0]
         check_verdict(net, spec, x, eps, cert)
+
+
+def residual_mlp(seed: int, width: int = 5) -> GraphNetwork:
+    """x (3) -> Gemm -> Relu -> Gemm (+ skip) -> Relu -> Gemm (3 outputs): piecewise linear,
+    every Relu reads a node's output (so a fully split leaf's LP is exact)."""
+    rng = np.random.default_rng(seed)
+    g = lambda *s: rng.normal(size=s) * 0.8
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h1"], transB=1),
+             helper.make_node("Relu", ["h1"], ["a1"]),
+             helper.make_node("Gemm", ["a1", "W2", "b2"], ["h2"], transB=1),
+             helper.make_node("Add", ["a1", "h2"], ["res"]),
+             helper.make_node("Relu", ["res"], ["a2"]),
+             helper.make_node("Gemm", ["a2", "W3", "b3"], ["y"], transB=1)]
+    net = GraphNetwork(GraphReader(make_model(
+        nodes, [tensor("x", [1, 3])], [tensor("y", None)],
+        [("W1", g(width, 3)), ("b1", g(width)), ("W2", g(width, width)), ("b2", g(width)),
+         ("W3", g(3, width)), ("b3", g(3))]), "resmlp").read())
+    return net
+
+
+@pytest.mark.parametrize("seed,eps,norm", [(0, 0.8, "inf"), (1, 0.6, "1"), (3, 0.2, "1"),
+                                           (5, 0.4, "1")])
+def test_relu_bab_on_a_piecewise_linear_graph_is_complete(seed, eps, norm):
+    """Weak bounds (no alpha / beta steps) and no attack force splitting down to fully split
+    leaves, whose exact LPs decide them: YES or NO, as the graph MILP says, and sampling."""
+    net = residual_mlp(seed)
+    x = np.random.default_rng(seed).uniform(-1, 1, 3)
+    label = int(np.argmax(net.forward(x)))
+    spec = robustness_spec(3, 3, x, label, eps, norm, None)
+    result = relu_bab.search(net, spec, relu_bab.ReluBaBOptions(
+        device="cpu", timeout=0, steps=0, root_steps=0, attack=False))
+    assert result.status in ("sat", "unsat") and result.leaf_lps > 0, result.reason
+    milp = backends.certify_specs(net, [spec], "milp")[0]
+    assert milp.proved or milp.counterexample is not None, milp.reason
+    assert (result.status == "unsat") == milp.proved
+    if result.status == "unsat":
+        assert np.all(result.row_lower > 0)
+        points = spec.input_set.sample(20000, np.random.default_rng(0))
+        assert np.all(spec.output.values(net.forward(points)) > 0)
+    else:
+        assert result.reason == "exact LP of a fully split leaf"
+        assert np.min(spec.output.values(net.forward(result.counterexample))) <= 0
+        assert spec.input_set.contains(result.counterexample)
+
+
+def fully_split_leaf(net, seed: int, eps: float):
+    """The first domain of a search with every unstable Relu split by a sampled point's phases:
+    (search, domain bounds, the point, its row's margin there)."""
+    spec, _ = spec_at(net, seed, eps)
+    search = relu_bab.ReluSearch(net, spec, relu_bab.ReluBaBOptions(device="cpu"),
+                                 relu_bab.deadlines.Deadline())
+    point = spec.input_set.sample(1, np.random.default_rng(seed))[0]
+    with torch.no_grad():
+        values = net.run(net.split_input(torch.as_tensor(point)[None]))
+        domains = search.domains.take(torch.tensor([0]))
+        for key, z in search.problem.input_of.items():
+            phase = torch.where(values[z].flatten(1)[0] >= 0, 1, -1).to(torch.int8)
+            domains.splits[key][0] = phase
+        bounds, empty = search.problem.domain_bounds(domains.splits)
+    assert not bool(empty[0])
+    row = int(domains.rows[0])
+    return search, bounds, row, float(spec.output.values(net.forward(point))[row])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_graph_leaf_lp_is_exact_on_piecewise_linear_graphs_and_says_what_it_relaxes(seed):
+    from test_graph_ops import random_dag
+
+    search, bounds, row, value = fully_split_leaf(residual_mlp(seed), seed, 0.3)
+    lower, x, relaxed = search.leaf_lp(row, bounds, 0)
+    assert relaxed == "" and x is not None
+    assert lower <= value + 1e-9  # the point lies in the leaf
+    replayed = float(search.spec.output.values(search.net.forward(x))[row])
+    assert abs(replayed - lower) <= 1e-6 * (1 + abs(lower))  # exact: the LP optimum is real
+    for smooth, op in (("Sigmoid", "Sigmoid"), ("Relu", "MaxPool")):
+        search, bounds, row, value = fully_split_leaf(random_dag(seed, 4, smooth), seed, 0.3)
+        lower, _, relaxed = search.leaf_lp(row, bounds, 0)
+        assert op in relaxed and lower <= value + 1e-9, relaxed
+
+
+def test_a_leaf_with_a_relaxed_node_stays_open_with_the_reason():
+    """y = Sigmoid(x) + 0.3 (Relu(x) + Relu(-x)) on [-3, 3], least 1/2 at x = 0, above
+    1/2 - 1e-6: true, but on either leaf the sigmoid's linear relaxation (over x's whole
+    interval, which the splits do not narrow) falls below 1/2 at 0."""
+    from verify.spec import Box, OutputProperty, Specification
+
+    nodes = [helper.make_node("Gemm", ["x", "W", "b"], ["h"], transB=1),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "V", "c"], ["t"], transB=1),
+             helper.make_node("Sigmoid", ["x"], ["s"]),
+             helper.make_node("Add", ["s", "t"], ["y"])]
+    net = GraphNetwork(GraphReader(make_model(
+        nodes, [tensor("x", [1, 1])], [tensor("y", None)],
+        [("W", np.array([[1.0], [-1.0]])), ("b", np.zeros(2)), ("V", np.full((1, 2), 0.3)),
+         ("c", np.zeros(1))]), "sig").read())
+    floor = 0.5 - 1e-6
+    spec = Specification(Box(np.array([-3.0]), np.array([3.0])),
+                         OutputProperty(np.ones((1, 1)), np.array([floor])))
+    result = relu_bab.search(net, spec, relu_bab.ReluBaBOptions(device="cpu", timeout=0,
+                                                                attack=False))
+    assert result.status == "unknown" and result.leaf_lps >= 1, result.reason
+    assert "not exact" in result.reason and "Sigmoid" in result.reason, result.reason
+    assert result.row_lower[0] <= 0.5 - floor  # nothing proved past the truth
+
+
+def test_auto_on_a_graph_reaches_the_milp_stage(monkeypatch):
+    """With the earlier stages answering unknown, auto's last stage (the graph MILP, exact on a
+    piecewise-linear graph) decides, in agreement with relu-bab's complete search."""
+    from verify import vnncomp
+
+    net = residual_mlp(1)
+    x = np.random.default_rng(1).uniform(-1, 1, 3)
+    label = int(np.argmax(net.forward(x)))
+    assert vnncomp.GRAPH_AUTO_STAGES[-1][0] == "milp"
+    calls = []
+    real = vnncomp._solve_with_certifier
+
+    def only_milp(net_, query_, step, options, pairs=None):
+        calls.append(step)
+        if step == "milp":
+            return real(net_, query_, step, options, pairs)
+        return vnncomp.QueryResult("unknown", method=step, open_pairs=pairs)
+
+    monkeypatch.setattr(vnncomp, "_solve_with_certifier", only_milp)
+    monkeypatch.setattr(vnncomp, "_solve_relu_bab", lambda net_, query_, options, pairs=None:
+                        vnncomp.QueryResult("unknown", method="relu-bab", open_pairs=pairs))
+    monkeypatch.setattr(vnncomp, "BAB_MAX_INPUTS", 0)  # 3 inputs: not input splitting
+    answers = set()
+    for eps in (0.05, 0.6):
+        lines = [f"(declare-const X_{i} Real)" for i in range(3)]
+        lines += [f"(declare-const Y_{j} Real)" for j in range(3)]
+        for i, v in enumerate(x):
+            lines += [f"(assert (>= X_{i} {float(v - eps)!r}))",
+                      f"(assert (<= X_{i} {float(v + eps)!r}))"]
+        others = [j for j in range(3) if j != label]
+        lines.append("(assert (or " + " ".join(f"(and (>= Y_{j} Y_{label}))" for j in others)
+                     + "))")
+        query = parse_vnnlib("\n".join(lines))
+        result = solve(net, query, "auto", timeout=30.0)
+        assert calls[-1] == "milp" and result.method == "auto:milp", result.method
+        spec = robustness_spec(3, 3, x, label, eps, "inf", None)
+        exact = relu_bab.search(net, spec, relu_bab.ReluBaBOptions(device="cpu", timeout=0))
+        assert result.result == {"unsat": "unsat", "sat": "sat"}[exact.status], result.reason
+        if result.result == "sat":
+            assert query.violated_by(*result.counterexample)
+        answers.add(result.result)
+
+
+def test_auto_answers_unknown_when_the_milp_cannot_encode_the_graph(monkeypatch):
+    """A network the MILP refuses (e.g. a weight HiGHS would drop) ends auto with unknown and
+    that reason, not an error."""
+    from verify import vnncomp
+    from verify.errors import InputError
+
+    net = residual_mlp(1)
+
+    def refusing_milp(net_, query_, step, options, pairs=None):
+        if step == "milp":
+            raise InputError("milp cannot encode this network")
+        return vnncomp.QueryResult("unknown", method=step, open_pairs=pairs)
+
+    monkeypatch.setattr(vnncomp, "_solve_with_certifier", refusing_milp)
+    monkeypatch.setattr(vnncomp, "_solve_relu_bab", lambda net_, query_, options, pairs=None:
+                        vnncomp.QueryResult("unknown", method="relu-bab", open_pairs=pairs))
+    monkeypatch.setattr(vnncomp, "BAB_MAX_INPUTS", 0)
+    lines = [f"(declare-const X_{i} Real)" for i in range(3)]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(3)]
+    lines += [f"(assert (>= X_{i} -0.1))" for i in range(3)]
+    lines += [f"(assert (<= X_{i} 0.1))" for i in range(3)]
+    lines.append("(assert (>= Y_0 Y_1))")
+    result = solve(net, parse_vnnlib("\n".join(lines)), "auto", timeout=30.0)
+    assert result.result == "unknown" and result.method == "auto:milp"
+    assert "cannot encode" in result.reason

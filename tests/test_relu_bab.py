@@ -122,7 +122,7 @@ def test_beta_bounds_between_crown_and_the_domain_minimum(seed):
                                                           for lo, up in bounds], TRIANGLE)
             exact = RowSolver(program).minimize(spec.output.C[row], spec.output.d[row])
             assert float(beta[0]) <= exact.primal + 1e-7
-            lower, _ = search.leaf_lp(row, bounds, 0)
+            lower = search.leaf_lp(row, bounds, 0)[0]
             assert lower <= exact.primal + 1e-7 and lower >= float(beta[0]) - 1e-6
 
 

@@ -36,7 +36,10 @@ BAB_MAX_INPUTS = 16
 # when it starts, so of the whole budget the attack gets 15%, alpha-CROWN 35% (plus what the
 # attack left), the ReLU-split search 3/4 of what remains then, and the MILP all the rest.
 AUTO_STAGES = (("attack", 0.15), ("alpha-crown", 0.35 / 0.85), ("relu-bab", 0.75), ("milp", 1.0))
-GRAPH_AUTO_STAGES = (("attack", 0.15), ("alpha-crown", 0.35 / 0.85), ("relu-bab", 1.0))  # graphs
+GRAPH_AUTO_STAGES = AUTO_STAGES  # graphs too: the MILP is exact on piecewise-linear ones
+# ... unless a node's constant has an entry HiGHS would drop (the MILP refuses the network):
+# then relu-bab gets all the rest.
+NO_MILP_STAGES = (("attack", 0.15), ("alpha-crown", 0.35 / 0.85), ("relu-bab", 1.0))
 BAB_ATTACK_SHARE = 0.15  # "auto"/"bab" on few inputs: the attack before the searches
 # Methods that bound every disjunct in one batched call; the others take one disjunct at a time.
 BATCHED_METHODS = ("attack", "ibp", "crown", "alpha-crown")
@@ -310,6 +313,16 @@ def _combine_rows(net: Network, query: VnnlibQuery, pairs: list) -> list:
     return still_open
 
 
+def _milp_holds(net) -> bool:
+    """Whether no node constant of a GraphNetwork has a non-zero entry at or below HiGHS's
+    smallest matrix coefficient (which the MILP refuses, `highs_session.to_highs`)."""
+    from .bounds.relu_encoding import SMALL_COEFFICIENT
+
+    return not any(isinstance(v, np.ndarray) and v.dtype.kind == "f"
+                   and bool(np.any((v != 0) & (np.abs(v) <= SMALL_COEFFICIENT)))
+                   for node in net.graph.nodes for v in node.params.values())
+
+
 def _solve(net: Network, query: VnnlibQuery, method: str, options: dict,
            slack: Optional[np.ndarray] = None) -> QueryResult:
     """`solve` under its deadline (the active one)."""
@@ -349,14 +362,22 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict,
             if found is not None:
                 found.method = f"auto:{found.method}"
                 return found
-        for step, share in (GRAPH_AUTO_STAGES if graph else AUTO_STAGES):
+        stages = AUTO_STAGES if not graph else GRAPH_AUTO_STAGES if _milp_holds(net) \
+            else NO_MILP_STAGES
+        for step, share in stages:
             if deadlines.active().expired():
                 break
             stage_options = {"stop_at_first": True} if step == "attack" else {}
             with deadlines.limit(deadlines.active().split(share)):
-                result = _solve_relu_bab(net, query, {"attack": False}, pairs) \
-                    if step == "relu-bab" else \
-                    _solve_with_certifier(net, query, step, stage_options, pairs)
+                try:
+                    result = _solve_relu_bab(net, query, {"attack": False}, pairs) \
+                        if step == "relu-bab" else \
+                        _solve_with_certifier(net, query, step, stage_options, pairs)
+                except InputError as error:  # the last stage cannot encode this network
+                    if step != "milp":
+                        raise
+                    result = QueryResult("unknown", method=step, reason=str(error),
+                                         open_pairs=pairs)
             if result.result in ("sat", "unsat"):
                 break
             pairs = result.open_pairs

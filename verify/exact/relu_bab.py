@@ -1,7 +1,8 @@
 """ReLU-split branch and bound with beta-CROWN bounds: complete for networks with many inputs.
 
 Accepts:   Network of Dense/Conv2d/ReLU layers, or a GraphNetwork (verify.graph: bounds by
-           verify.bounds.graph, no leaf LP); input set = l_inf/l_2/l_1 ball ∩ box, or a box;
+           verify.bounds.graph, leaf LPs by verify.graph.encoding); input set = l_inf/l_2/l_1
+           ball ∩ box, or a box;
            any output rows C f(x) - d (robustness margins or VNN-LIB disjuncts, one row each).
 Returns:   Certificate: YES (every row's minimum > 0, proved on every leaf of the split tree), NO
            (a counterexample replayed by the float64 forward pass) or MAYBE (timeout / domain
@@ -15,11 +16,17 @@ Method:    PGD attack first (verify.attack). Then a search over ReLU splits: a d
            ReLU slopes alpha in [0, 1] are optimised with beta by projected Adam (beta-CROWN).
            Proved domains (bound > 0) and empty ones (some l > u) are dropped; the rest split on
            the unsplit unstable neuron of highest BaBSR score, children inheriting alpha and beta.
-           A domain with no unstable neuron left is linear: its exact LP (HiGHS, bounds from the
-           duals by `lagrangian_bound`) proves it or yields a point that is replayed.
+           A domain with no unstable neuron left is a leaf, linear on every ReLU: its LP (HiGHS,
+           the triangle encoding with the leaf's clamped bounds, bounds from the duals by
+           `lagrangian_bound`) proves it or yields a point that is replayed. On a graph the
+           leaf LP is exact unless it relaxes a node (`leaf_relaxation`: a MaxPool output with
+           several live candidates, smooth ops, Softmax, ...); such a leaf it cannot prove
+           stays open with that reason.
 Soundness: sound (every bound is valid on its domain with crown.py's rounding allowances; the
-           domains cover the input set); complete when the first layer is affine: depth is
-           bounded by the number of unstable neurons and every leaf is decided by an exact LP.
+           domains cover the input set); complete when every ReLU reads an affine node's
+           output (chains: the first layer is affine) and, on a graph, no node is relaxed:
+           depth is bounded by the number of unstable neurons and every leaf is decided by an
+           exact LP.
 Reference: Wang et al., "Beta-CROWN: Efficient Bound Propagation with Per-neuron Split Constraints
            for Neural Network Robustness Verification", NeurIPS 2021; Bunel et al., "Branch and
            Bound for Piecewise Linear Neural Network Verification", JMLR 2020 (BaBSR).
@@ -37,6 +44,8 @@ import torch
 
 from .. import deadline as deadlines
 from ..certificate import Certificate
+from ..errors import InputError
+from ..graph.encoding import relaxed_reason
 from ..network import AFFINE, Network, ReLU, resolve_device
 from ..spec import Specification
 from ..verdict import certificate_from_bounds, validated_counterexample
@@ -160,11 +169,22 @@ def graph_domain_bounds(net, root: dict, splits: dict[str, Tensor], input_of: di
     return bounds, empty
 
 
+def leaf_relaxation(program) -> str:
+    """'' when a fully split leaf's triangle LP `program` is exact, else what it relaxes: the
+    graph encoding's relaxed ops (`relaxed_reason`), MaxPool outputs with two live candidates
+    or more (their LP hull), Relus still unstable (on a network input: never split)."""
+    columns = program.graph
+    parts = [relaxed_reason(columns)] if columns is not None and columns.relaxed else []
+    if columns is not None and columns.split_pools:
+        parts.append(f"{columns.split_pools} MaxPool output(s) with several live candidates")
+    if program.unstable_neurons:
+        parts.append(f"{program.unstable_neurons} unsplit unstable Relu(s)")
+    return "; ".join(parts)
+
+
 class ChainBounds:
     """The search's bound functions on a chain Network (verify.bounds.crown), keyed by ReLU
     layer index: the root's CROWN neuron bounds, domain bounds, beta-CROWN margin bounds."""
-
-    leaf_lp = True  # fully split leaves have an exact LP (verify.bounds.relu_encoding)
 
     def __init__(self, net: Network, base, device: torch.device):
         from ..bounds import crown, ibp
@@ -182,6 +202,10 @@ class ChainBounds:
     def domain_bounds(self, splits: dict) -> tuple[list, Tensor]:
         return domain_bounds(self.net, self.root, splits, self.params)
 
+    def leaf_bounds(self, bounds: list, index: int) -> list:
+        """Domain `index`'s neuron bounds as `build_program` takes them (float64 numpy)."""
+        return [(lo[index].cpu().numpy(), up[index].cpu().numpy()) for lo, up in bounds]
+
     def margin_lower(self, batch, bounds, alphas, terms, record) -> Tensor:
         from ..bounds import crown
 
@@ -190,9 +214,7 @@ class ChainBounds:
 
 class GraphBounds(ChainBounds):
     """The same on a GraphNetwork (verify.bounds.graph), keyed by Relu node output; a Relu is
-    split on when its input is a node's output. No exact LP of a leaf yet (it stays open)."""
-
-    leaf_lp = False
+    split on when its input is a node's output."""
 
     def __init__(self, net, base, device: torch.device):
         from ..bounds import graph
@@ -211,6 +233,11 @@ class GraphBounds(ChainBounds):
 
     def domain_bounds(self, splits: dict) -> tuple[dict, Tensor]:
         return graph_domain_bounds(self.net, self.root, splits, self.input_of)
+
+    def leaf_bounds(self, bounds: dict, index: int) -> dict:
+        """Per tensor name, its flat bounds in domain `index` (as `build_program` takes them)."""
+        return {name: (lo[index].reshape(-1).cpu().numpy(), up[index].reshape(-1).cpu().numpy())
+                for name, (lo, up) in bounds.items()}
 
     def margin_lower(self, batch, bounds, alphas, terms, record) -> Tensor:
         from ..bounds import graph
@@ -331,14 +358,17 @@ class ReluSearch:
         chosen.alphas, chosen.betas = best_alphas, best_betas
         return torch.maximum(best, chosen.lower), bounds, empty, record
 
-    def leaf_lp(self, row: int, bounds: list, index: int) -> tuple[float, Optional[np.ndarray]]:
-        """Exact LP of one fully split leaf: a sound bound from its duals, and its optimal input.
-        An infeasible leaf is bounded through HiGHS's dual ray (any multipliers give a bound)."""
+    def leaf_lp(self, row: int, bounds, index: int
+                ) -> tuple[float, Optional[np.ndarray], str]:
+        """LP of one fully split leaf (triangle encoding, exact for its stable ReLUs): a sound
+        bound from its duals, its optimal input, and what it relaxes ('' when it is exact:
+        `leaf_relaxation`). An infeasible leaf is bounded through HiGHS's dual ray (any
+        multipliers give a bound)."""
         from ..bounds.lp import RowSolver
         from ..bounds.relu_encoding import TRIANGLE, build_program, lagrangian_bound
 
-        numpy_bounds = [(lo[index].cpu().numpy(), up[index].cpu().numpy()) for lo, up in bounds]
-        program = build_program(self.net, self.spec.input_set, numpy_bounds, TRIANGLE)
+        program = build_program(self.net, self.spec.input_set,
+                                self.problem.leaf_bounds(bounds, index), TRIANGLE)
         solver = RowSolver(program)
         c, d = self.spec.output.C[row], float(self.spec.output.d[row])
         found = solver.minimize(c, d)
@@ -352,7 +382,7 @@ class ReluSearch:
                                                         -scale * np.asarray(ray)))
                     lower = max(lower, lagrangian_bound(program, cost, offset, cost_error,
                                                         scale * np.asarray(ray)))
-        return lower, found.x
+        return lower, found.x, leaf_relaxation(program)
 
     def run(self) -> SearchResult:
         result, options = self.result, self.options
@@ -442,27 +472,34 @@ class ReluSearch:
         """Exact LPs on the leaves; a SearchResult when one yields a replayed counterexample."""
         result = self.result
         for i in leaves.tolist():
-            if not self.problem.leaf_lp or self.deadline.expired() \
-                    or result.leaf_lps >= self.options.leaf_lps:
-                self.leaf_open.append(
-                    "a fully split leaf (no exact LP on graph networks yet)"
-                    if not self.problem.leaf_lp else "timeout" if self.deadline.expired() else
-                    f"leaf LP budget of {self.options.leaf_lps} spent")
-                row = int(chosen.rows[i])
+            row = int(chosen.rows[i])
+            if self.deadline.expired():
+                skipped = "timeout"
+            elif result.leaf_lps >= self.options.leaf_lps:
+                skipped = f"leaf LP budget of {self.options.leaf_lps} spent"
+            else:
+                try:
+                    lower, x, relaxed = self.leaf_lp(row, bounds, i)
+                    skipped = ""
+                except InputError as error:  # (a weight or bound HiGHS cannot hold)
+                    skipped = f"a fully split leaf's LP cannot be built: {error}"
+            if skipped:
+                self.leaf_open.append(skipped)
                 self.row_lower[row] = min(self.row_lower[row], float(chosen.lower[i]))
                 continue
-            row = int(chosen.rows[i])
-            lower, x = self.leaf_lp(row, bounds, i)
             result.leaf_lps += 1
             if lower > 0:
                 self.row_lower[row] = min(self.row_lower[row], lower)
                 continue
             self.row_lower[row] = min(self.row_lower[row], max(lower, float(chosen.lower[i])))
-            if x is not None and validated_counterexample(self.net, self.spec, x) is not None:
-                result.status, result.counterexample = "sat", x
+            found = None if x is None else validated_counterexample(self.net, self.spec, x)
+            if found is not None:  # (the LP's point projected into the input set)
+                result.status, result.counterexample = "sat", found[0]
                 result.reason = "exact LP of a fully split leaf"
                 return result
-            self.leaf_open.append(f"a fully split leaf's LP is inconclusive (bound {lower:.3g})")
+            self.leaf_open.append(f"a fully split leaf's LP is not exact ({relaxed}; bound "
+                                  f"{lower:.3g})" if relaxed else
+                                  f"a fully split leaf's LP is inconclusive (bound {lower:.3g})")
         return None
 
     def _push_children(self, parents: Domains, at: Tensor, spans: list) -> None:
