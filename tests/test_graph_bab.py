@@ -141,7 +141,7 @@ def test_beta_bound_is_sound_on_a_split_domain_and_not_below_crown(seed, full):
     net, spec, search, domains, point = split_by_a_point(seed, full)
     row = int(domains.rows[0])
     with torch.no_grad():
-        bounds, empty = search.problem.domain_bounds(domains.splits)
+        bounds, empty = search.problem.domain_bounds(domains.splits, len(domains))
         plain = graph_bounds.margin_lower_from(net, search._batch(domains.rows), bounds)[0, 0]
     assert not bool(empty[0])  # it holds the sampled point, and its tensors lie in the bounds
     with torch.no_grad():
@@ -350,7 +350,7 @@ def fully_split_leaf(net, seed: int, eps: float):
         for key, z in search.problem.input_of.items():
             phase = torch.where(values[z].flatten(1)[0] >= 0, 1, -1).to(torch.int8)
             domains.splits[key][0] = phase
-        bounds, empty = search.problem.domain_bounds(domains.splits)
+        bounds, empty = search.problem.domain_bounds(domains.splits, len(domains))
     assert not bool(empty[0])
     row = int(domains.rows[0])
     return search, bounds, row, float(spec.output.values(net.forward(point))[row])

@@ -105,7 +105,7 @@ def test_beta_bounds_between_crown_and_the_domain_minimum(seed):
         row = int(domains.rows[0])
         with torch.no_grad():
             bounds, empty = relu_bab.domain_bounds(net, search.root, domains.splits,
-                                                   search.params)
+                                                   search.params, len(domains))
             plain = crown.margin_lower_from(net, search._batch(domains.rows), bounds)[0, 0]
         assert not bool(empty[0])  # it holds the sampled point
         beta, bounds, _, _ = search.bound(domains, steps=20)
@@ -202,3 +202,51 @@ def test_crown_benchmark_compares_the_same_network():
         ours = net.forward(x)
         theirs = torch_model(net)(torch.as_tensor(x).reshape(5, *net.input_shape))
         assert np.allclose(theirs.detach().numpy(), ours, atol=1e-12, rtol=0)
+
+
+class _Gate(torch.nn.Module):
+    """relu(A x) * sigmoid(B x) -> C: the Relu sits behind a Product (interval only)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = (torch.nn.Linear(4, 6), torch.nn.Linear(4, 6),
+                                  torch.nn.Linear(6, 3))
+
+    def forward(self, x):
+        return self.c(torch.relu(self.a(x)) * torch.sigmoid(self.b(x)))
+
+
+@pytest.mark.parametrize("kind", ["linear", "smooth", "gate"])
+def test_relu_bab_without_a_splittable_relu_in_reach(tmp_path, kind):
+    """No Relu (a linear chain, a Sigmoid/Tanh graph) or none the margin's backward pass reaches
+    (behind a Product): relu-bab answers (was an IndexError / autograd RuntimeError / KeyError),
+    never YES where the attack finds a counterexample, and YES only above sampled minima."""
+    from test_graph import export
+
+    from verify import backends
+    from verify.onnx_io import load_onnx
+
+    torch.manual_seed(0)
+    model = {"linear": lambda: torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3)),
+             "smooth": lambda: torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Sigmoid(),
+                                                   torch.nn.Linear(8, 8), torch.nn.Tanh(),
+                                                   torch.nn.Linear(8, 3)),
+             "gate": _Gate}[kind]().eval()
+    export(model, (4,), tmp_path / "m.onnx")
+    net = load_onnx(tmp_path / "m.onnx")
+    x = np.array([0.1, -0.2, 0.3, 0.05])
+    label = int(np.argmax(net.forward(x)))
+    rng = np.random.default_rng(0)
+    for eps in (0.05, 0.3, 3.0):
+        spec = robustness_spec(4, 3, x, label, eps, "inf", None)
+        cert = backends.certify_specs(net, [spec], "relu-bab", timeout=20)[0]
+        attack = backends.certify_specs(net, [spec], "attack")[0]
+        sampled = np.min([spec.output.values(y) for y in net.forward(
+            x + rng.uniform(-eps, eps, (4000, 4)))], axis=0)
+        assert cert.status.name in ("YES", "NO", "MAYBE") and cert.reason is not None
+        if cert.status.name == "YES":
+            assert attack.status.name != "NO" and np.all(sampled > 0)
+            rows = np.array([v for j, v in enumerate(cert.margin_lower) if j != label])
+            assert np.all(rows <= sampled + 1e-9)
+        if cert.status.name == "NO":
+            assert spec.output.values(net.forward(cert.counterexample)).min() <= 0

@@ -116,14 +116,14 @@ def splittable_layers(net: Network) -> list[int]:
             if isinstance(layer, ReLU) and k > 0 and isinstance(net.layers[k - 1], AFFINE)]
 
 
-def domain_bounds(net: Network, root: list, splits: dict[int, Tensor], params: list
-                  ) -> tuple[list, Tensor]:
+def domain_bounds(net: Network, root: list, splits: dict[int, Tensor], params: list,
+                  count: int) -> tuple[list, Tensor]:
     """Neuron bounds of each domain: the root's, the split neurons' clamped (active: l >= 0,
     inactive: u <= 0), later layers re-tightened by interval steps. Also (D,) bool: empty
-    domains (some l > u: the splits contradict sound bounds, no input lies there)."""
+    domains (some l > u: the splits contradict sound bounds, no input lies there). `count`:
+    the number of domains D (also when nothing is split)."""
     from ..bounds import ibp
 
-    count = len(next(iter(splits.values()))) if splits else 1
     bounds = []
     empty = None
     for k, layer in enumerate(net.layers):
@@ -142,14 +142,13 @@ def domain_bounds(net: Network, root: list, splits: dict[int, Tensor], params: l
     return bounds, empty
 
 
-def graph_domain_bounds(net, root: dict, splits: dict[str, Tensor], input_of: dict[str, str]
-                        ) -> tuple[dict, Tensor]:
+def graph_domain_bounds(net, root: dict, splits: dict[str, Tensor], input_of: dict[str, str],
+                        count: int) -> tuple[dict, Tensor]:
     """`domain_bounds` for a GraphNetwork: every tensor's bounds (D, *shape) are the root's, the
     split Relu inputs clamped, the others re-tightened by the nodes' interval rules in
     topological order; and the (D,) empty mask."""
     from ..bounds import graph
 
-    count = len(next(iter(splits.values()))) if splits else 1
     clamp_at: dict[str, list[str]] = {}
     for key, z in input_of.items():
         clamp_at.setdefault(z, []).append(key)
@@ -199,8 +198,8 @@ class ChainBounds:
         """(D, n) bounds of each split key's ReLU input."""
         return {k: bounds[k - 1] for k in self.keys}
 
-    def domain_bounds(self, splits: dict) -> tuple[list, Tensor]:
-        return domain_bounds(self.net, self.root, splits, self.params)
+    def domain_bounds(self, splits: dict, count: int) -> tuple[list, Tensor]:
+        return domain_bounds(self.net, self.root, splits, self.params, count)
 
     def leaf_bounds(self, bounds: list, index: int) -> list:
         """Domain `index`'s neuron bounds as `build_program` takes them (float64 numpy)."""
@@ -231,8 +230,8 @@ class GraphBounds(ChainBounds):
         return {k: (bounds[z][0].flatten(1), bounds[z][1].flatten(1))
                 for k, z in self.input_of.items()}
 
-    def domain_bounds(self, splits: dict) -> tuple[dict, Tensor]:
-        return graph_domain_bounds(self.net, self.root, splits, self.input_of)
+    def domain_bounds(self, splits: dict, count: int) -> tuple[dict, Tensor]:
+        return graph_domain_bounds(self.net, self.root, splits, self.input_of, count)
 
     def leaf_bounds(self, bounds: dict, index: int) -> dict:
         """Per tensor name, its flat bounds in domain `index` (as `build_program` takes them)."""
@@ -255,7 +254,8 @@ def babsr_scores(inputs: dict, record: dict, splits: dict
     parts, spans, start = [], [], 0
     for k, phase in splits.items():
         lower, upper = inputs[k]
-        lam = record[k][:, 0, :]
+        # a Relu the backward pass does not reach (behind an interval-only node) has lam = 0
+        lam = record[k][:, 0, :] if k in record else torch.zeros_like(lower)
         open_ = (lower < 0) & (upper > 0) & (phase == 0)
         neg_l, u = (-lower).clamp(min=0), upper.clamp(min=0)
         intercept = neg_l * u / (neg_l + u).clamp(min=1e-300)
@@ -319,7 +319,7 @@ class ReluSearch:
 
         batch = self._batch(chosen.rows)
         with torch.no_grad():
-            bounds, empty = self.problem.domain_bounds(chosen.splits)
+            bounds, empty = self.problem.domain_bounds(chosen.splits, len(chosen))
         signs = {k: s.to(torch.float64)[:, None, :] for k, s in chosen.splits.items()}
         alphas = {k: a.clone().requires_grad_(True) for k, a in chosen.alphas.items()}
         betas = {k: b.clone().requires_grad_(True) for k, b in chosen.betas.items()}
@@ -344,6 +344,10 @@ class ReluSearch:
             if last:
                 break
             if bool((best > 0).all()):  # all proved: no branching needs the coefficients
+                break
+            if not value.requires_grad:  # no slope or split term reaches the margin (no Relu,
+                with torch.no_grad():  # or only behind a Product's interval): nothing to
+                    self.problem.margin_lower(batch, bounds, alphas, terms, record)  # optimise
                 break
             for optimizer in optimizers:
                 optimizer.zero_grad()
