@@ -160,20 +160,11 @@ def _cancel_graph(tmp_path: Path) -> Path:
     """y = tanh(((x + 16384) - x) - 16384): 0 over the reals; in float32 x + 16384 keeps x to a
     multiple of 2^-9, so y is -2^-10 or 2^-10 away from 0 for most x (a residual Sub of two
     variables does the cancelling)."""
-    b = _Builder(np.random.default_rng(0), np.float32)
-    a = b.op("Add", ["X", b.const([16384.0])])
-    d = b.op("Sub", [a, "X"])
-    y = b.op("Tanh", [b.op("Sub", [d, b.const([16384.0])])])
-    b.nodes.append(helper.make_node("Identity", [y], ["Y"]))
-    graph = helper.make_graph(b.nodes, "cancel",
-                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])],
-                              b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path = tmp_path / "cancel.onnx"
-    onnx.save(model, str(path))
-    return path
+    def build(b):
+        a = b.op("Add", ["X", b.const([16384.0])])
+        d = b.op("Sub", [a, "X"])
+        return b.op("Tanh", [b.op("Sub", [d, b.const([16384.0])])])
+    return _one_input_model(tmp_path, build, "cancel")
 
 
 def _solver(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -224,7 +215,8 @@ def test_graph_float32_unsat_with_the_bound(tmp_path, capsys):
     assert (code, out) == (0, "unsat\n"), err
 
 
-def _one_input_model(tmp_path: Path, build) -> Path:
+def _one_input_model(tmp_path: Path, build, name: str = "m") -> Path:
+    """X [1] -> build(builder) -> Y [1], float32, saved as NAME.onnx."""
     b = _Builder(np.random.default_rng(0), np.float32)
     y = build(b)
     b.nodes.append(helper.make_node("Identity", [y], ["Y"]))
@@ -234,7 +226,7 @@ def _one_input_model(tmp_path: Path, build) -> Path:
                               b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    path = tmp_path / "m.onnx"
+    path = tmp_path / f"{name}.onnx"
     onnx.save(model, str(path))
     return path
 

@@ -115,17 +115,23 @@ def test_crown_slopes_and_zero_betas_leave_the_bound_unchanged():
     assert set(record) == set(alphas) | {-1} and record[-1].shape == (1, m, net.input_size)
 
 
-def split_by_a_point(seed: int, full: bool):
-    """A graph search's first domain, its unstable Relus (the first two per node, or all) split
-    by the phases of a sampled point, which therefore lies in the domain."""
-    net = residual_dag(seed)
-    spec, _ = spec_at(net, seed, 0.3)
+def search_at_a_point(net, seed: int, eps: float):
+    """A graph search's specification, the search, a sampled point of its input set, every
+    tensor's value there and the search's first domain (unsplit)."""
+    spec, _ = spec_at(net, seed, eps)
     search = relu_bab.ReluSearch(net, spec, relu_bab.ReluBaBOptions(device="cpu"),
                                  relu_bab.deadlines.Deadline())
     point = spec.input_set.sample(1, np.random.default_rng(seed))[0]
     with torch.no_grad():
         values = net.run(net.split_input(torch.as_tensor(point)[None]))
-    domains = search.domains.take(torch.tensor([0]))
+    return spec, search, point, values, search.domains.take(torch.tensor([0]))
+
+
+def split_by_a_point(seed: int, full: bool):
+    """A graph search's first domain, its unstable Relus (the first two per node, or all) split
+    by the phases of a sampled point, which therefore lies in the domain."""
+    net = residual_dag(seed)
+    spec, search, point, values, domains = search_at_a_point(net, seed, 0.3)
     for key, z in search.problem.input_of.items():
         lower, upper = (t.flatten(1)[0] for t in search.root[z])
         unstable = torch.nonzero((lower < 0) & (upper > 0)).squeeze(1)
@@ -340,13 +346,8 @@ def test_relu_bab_on_a_piecewise_linear_graph_is_complete(seed, eps, norm):
 def fully_split_leaf(net, seed: int, eps: float):
     """The first domain of a search with every unstable Relu split by a sampled point's phases:
     (search, domain bounds, the point, its row's margin there)."""
-    spec, _ = spec_at(net, seed, eps)
-    search = relu_bab.ReluSearch(net, spec, relu_bab.ReluBaBOptions(device="cpu"),
-                                 relu_bab.deadlines.Deadline())
-    point = spec.input_set.sample(1, np.random.default_rng(seed))[0]
+    spec, search, point, values, domains = search_at_a_point(net, seed, eps)
     with torch.no_grad():
-        values = net.run(net.split_input(torch.as_tensor(point)[None]))
-        domains = search.domains.take(torch.tensor([0]))
         for key, z in search.problem.input_of.items():
             phase = torch.where(values[z].flatten(1)[0] >= 0, 1, -1).to(torch.int8)
             domains.splits[key][0] = phase

@@ -176,11 +176,8 @@ def parse_timeout(text: Optional[str]) -> float:
     return value
 
 
-def _network_models(networks: Sequence[str], query, query_path: str) -> dict[str, Path]:
-    """The model file of every declared network (section 5.3.2, first error condition); a
-    network declared `equal-to` another one may be left out: it reuses that one's file."""
-    if query.network is None or len(query.networks) <= 1:
-        return {query.network: _network_model(networks, query, query_path)}
+def _network_pairs(networks: Sequence[str]) -> dict[str, str]:
+    """NAME -> MODEL path of the --network NAME=MODEL.onnx options, each name once."""
     pairs: dict[str, str] = {}
     for token in networks:
         name, sep, path = token.partition("=")
@@ -189,6 +186,15 @@ def _network_models(networks: Sequence[str], query, query_path: str) -> dict[str
         if name in pairs:
             raise UsageError(f"--network maps '{name}' more than once")
         pairs[name] = path
+    return pairs
+
+
+def _network_models(networks: Sequence[str], query, query_path: str) -> dict[str, Path]:
+    """The model file of every declared network (section 5.3.2, first error condition); a
+    network declared `equal-to` another one may be left out: it reuses that one's file."""
+    if query.network is None or len(query.networks) <= 1:
+        return {query.network: _network_model(networks, query, query_path)}
+    pairs = _network_pairs(networks)
     declared = {n.name: n for n in query.networks}
     for name in pairs:
         if name not in declared:
@@ -209,14 +215,7 @@ def _network_models(networks: Sequence[str], query, query_path: str) -> dict[str
 
 def _network_model(networks: Sequence[str], query, query_path: str) -> Path:
     """The model file for the query's network (section 5.3.2, first error condition)."""
-    pairs: dict[str, str] = {}
-    for token in networks:
-        name, sep, path = token.partition("=")
-        if not (sep and name and path):
-            raise UsageError(f"--network takes NAME=MODEL.onnx, got '{token}'")
-        if name in pairs:
-            raise UsageError(f"--network maps '{name}' more than once")
-        pairs[name] = path
+    pairs = _network_pairs(networks)
     if query.network is None:  # VNN-LIB 1.0 declares no network: one model, any name
         if len(pairs) != 1:
             raise UsageError(f"{query_path} is VNN-LIB 1.0 and needs exactly one --network "
