@@ -367,3 +367,35 @@ def test_verify_vnnlib_points_a_two_network_query_to_verify_solver(tmp_path, rel
     err = capsys.readouterr().err
     assert "declares 2 networks (N1, N2)" in err and "verify-solver" in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_auto_on_two_copies_of_a_small_piecewise_linear_graph_reaches_the_milp(tmp_path, capsys):
+    """Two copies of one residual ReLU network on a shared input: Y2 - Y >= 1e-3 is unsat (they
+    are equal), which input splitting struggles with (the copies' bounds are not correlated)
+    and the exact MILP of the composed graph decides: auto gives bab half the time, then the
+    MILP."""
+    rng = np.random.default_rng(0)
+    n, h = 6, 8
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["a"], transB=1),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Gemm", ["r", "W2", "b2"], ["c"], transB=1),
+             helper.make_node("Relu", ["c"], ["s"]),
+             helper.make_node("Add", ["r", "s"], ["t"]),
+             helper.make_node("Gemm", ["t", "W3", "b3"], ["y"], transB=1)]
+    consts = {"W1": rng.normal(size=(h, n)), "b1": rng.normal(size=h) * 0.3,
+              "W2": rng.normal(size=(h, h)) * 0.5, "b2": rng.normal(size=h) * 0.3,
+              "W3": rng.normal(size=(1, h)), "b3": np.zeros(1)}
+    model = _model(tmp_path / "res.onnx", nodes, {"x": [1, n]}, {"y": [1, 1]}, consts)
+    lines = ["(vnnlib-version <2.0>)",
+             f"(declare-network A (declare-input X real [1, {n}]) (declare-output Y real [1, 1]))",
+             f"(declare-network B (equal-to A) (declare-input U real [1, {n}]) "
+             "(declare-output V real [1, 1]))"]
+    for i in range(n):
+        lines += [f"(assert (>= X[0,{i}] -1.0))", f"(assert (<= X[0,{i}] 1.0))",
+                  f"(assert (>= U[0,{i}] -1.0))", f"(assert (<= U[0,{i}] 1.0))",
+                  f"(assert (== U[0,{i}] X[0,{i}]))"]
+    lines.append("(assert (>= (- V[0,0] Y[0,0]) 0.001))")
+    code, out, err = _solve(tmp_path, "\n".join(lines) + "\n", {"A": model}, capsys,
+                            "--timeout", "30")
+    assert (code, out) == (0, "unsat\n"), err

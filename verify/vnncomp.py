@@ -41,6 +41,7 @@ GRAPH_AUTO_STAGES = AUTO_STAGES  # graphs too: the MILP is exact on piecewise-li
 # then relu-bab gets all the rest.
 NO_MILP_STAGES = (("attack", 0.15), ("alpha-crown", 0.35 / 0.85), ("relu-bab", 1.0))
 BAB_ATTACK_SHARE = 0.15  # "auto"/"bab" on few inputs: the attack before the searches
+GRAPH_BAB_SHARE = 0.5  # "auto" on a small graph the MILP encodes exactly: bab, then the MILP
 # Methods that bound every disjunct in one batched call; the others take one disjunct at a time.
 BATCHED_METHODS = ("attack", "ibp", "crown", "alpha-crown")
 
@@ -323,6 +324,14 @@ def _milp_holds(net) -> bool:
                    for node in net.graph.nodes for v in node.params.values())
 
 
+def _exact_milp(net) -> bool:
+    """Whether the MILP encodes this GraphNetwork exactly (piecewise-linear ops only) and
+    HiGHS can hold its constants."""
+    from .graph.encoding import relaxed_ops
+
+    return not relaxed_ops(net) and _milp_holds(net)
+
+
 def _solve(net: Network, query: VnnlibQuery, method: str, options: dict,
            slack: Optional[np.ndarray] = None) -> QueryResult:
     """`solve` under its deadline (the active one)."""
@@ -352,7 +361,15 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict,
         from .bounds.graph import refuse
         raise refuse(method)
     if method == "bab" or (method == "auto" and net.input_size <= BAB_MAX_INPUTS):
-        return _solve_bab(net, query, options)
+        if not (method == "auto" and graph and _exact_milp(net)):
+            return _solve_bab(net, query, options)
+        # graphs have no local MILP inside bab (chains do): the MILP gets what bab leaves
+        with deadlines.limit(deadlines.active().split(GRAPH_BAB_SHARE)):
+            result = _solve_bab(net, query, options)
+        if result.result in ("sat", "unsat") or deadlines.active().expired():
+            return result
+        milp = _solve_with_certifier(net, query, "milp", {})
+        return milp if milp.result in ("sat", "unsat") else result
     if method == "auto":
         result = QueryResult("unknown")
         pairs = _disjunct_specs(query)  # each stage gets the disjuncts the earlier ones left
