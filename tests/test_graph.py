@@ -221,3 +221,34 @@ def test_default_exporter_model_loads(tmp_path):
     net = load_onnx(path)
     x = np.random.default_rng(0).uniform(-1, 1, 5)
     np.testing.assert_allclose(net.forward(x), ort_outputs(path, x), rtol=1e-4, atol=1e-5)
+
+
+def test_max_pool_ceil_mode_matches_onnxruntime(tmp_path):
+    """MaxPool with ceil_mode=1 (the extra end cells as -inf padding; a last window starting
+    in the end padding dropped): the same values and output shape as onnxruntime."""
+    import itertools
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from verify.onnx_io import load_onnx
+
+    rng = np.random.default_rng(0)
+    for size, k, s, p, d in itertools.product([5, 6, 7], [2, 3], [2, 3], [0, 1], [1, 2]):
+        node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s],
+                                pads=[p] * 4, dilations=[d, d], ceil_mode=1)
+        graph = helper.make_graph(
+            [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, size, size])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+        model.ir_version = 8
+        path = tmp_path / "pool.onnx"
+        onnx.save(model, str(path))
+        x = rng.normal(size=(1, 1, size, size)).astype(np.float32)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        expected = ort.InferenceSession(str(path), options).run(None, {"x": x})[0]
+        got = load_onnx(path).forward(x.reshape(-1).astype(np.float64))
+        assert got.shape == (expected.size,) and np.allclose(got, expected.reshape(-1)), \
+            (size, k, s, p, d)

@@ -361,7 +361,6 @@ def test_vnnlib2_structure_and_assignment_format(vnnlib2):
     ("(assert (<= X[0,0] 1))", r"t2\.vnnlib:6: Type mismatch .*'1'"),
     ("(assert (<= X[2,0] 1.0))", r"t2\.vnnlib:6: Index out of bounds"),
     ("(assert (<= Z[0] 1.0))", r"t2\.vnnlib:6: Undeclared variable"),
-    (f"(assert (and {BOX1_2}))", r"input X\[1,0\] is not bounded on both sides"),
 ])
 def test_vnnlib2_errors_are_one_line_with_position(body, pattern, vnnlib2):
     with pytest.raises(VnnlibError, match=pattern) as err:
@@ -370,8 +369,6 @@ def test_vnnlib2_errors_are_one_line_with_position(body, pattern, vnnlib2):
 
 
 @pytest.mark.parametrize("text, pattern", [
-    ("(vnnlib-version <2.0>)\n(declare-network f (declare-input X real [2]) (declare-output Y "
-     "real [2]))\n(assert (<= X[0] 1.0))", r"input X\[0\] is not bounded on both sides"),
     ("(vnnlib-version <2.0>)\n(declare-network f (declare-input X int32 [2]) (declare-output Y "
      "real [2]))\n(assert (<= X[0] 1))", "input X has element type I32"),
     ("(vnnlib-version <2.1>)\n(declare-network f (declare-input X real [2]) (declare-output Y "
@@ -468,3 +465,41 @@ def test_vnnlib2_agrees_with_the_package_compat_on_single_assert_queries(shared_
              [(p.coeff_matrix, p.rhs) for p in c.output_constraints]) for c in theirs) == \
             _canonical_cases((c.box.lower, c.box.upper, [(d.A, d.b) for d in c.disjuncts])
                              for c in ours.cases)
+
+
+def test_vnnlib2_unbounded_inputs_get_a_search_window_and_no_unsat(tmp_path, vnnlib2, capsys):
+    """VNN-LIB 2.0 may leave an input unbounded (1.0 may not: refused above): it is searched in
+    vnnlib.INPUT_WINDOW; a sat found there is a real one, an unsat there is only 'unknown'."""
+    import io
+
+    import onnx
+    from onnx import helper
+
+    from onnx_reference import make_model, tensor
+    from verify.solver_cli import main as solver
+    from verify.vnnlib import INPUT_WINDOW
+
+    head = ("(vnnlib-version <2.0>)\n(declare-network f (declare-input X real [2]) "
+            "(declare-output Y real [1]))\n(assert (<= X[0] 1.0))\n")
+    q = parse_vnnlib(head + "(assert (>= Y[0] 0.5))", "t2.vnnlib")
+    (case,) = q.cases
+    assert q.windowed_inputs == ["X[0]", "X[1]"]
+    assert list(case.box.lower) == [1.0 - 2 * INPUT_WINDOW, -INPUT_WINDOW]
+    assert list(case.box.upper) == [1.0, INPUT_WINDOW]
+    model = tmp_path / "sum.onnx"  # Y = X0 + X1
+    onnx.save(make_model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+                         [tensor("x", [2])], [tensor("y", [1])], [("w", np.ones((2, 1)))]),
+              str(model))
+    for bound, expected in (("0.5", "sat"), ("50.0", "unknown")):  # 50: sat far outside
+        query = tmp_path / "q.vnnlib"
+        query.write_text(head + f"(assert (>= Y[0] {bound}))\n")
+        out = io.StringIO()
+        code = solver(["verify", str(query), "--network", f"f={model}", "--timeout", "30"],
+                      out=out)
+        err = capsys.readouterr().err
+        assert code == 0 and out.getvalue().splitlines()[0] == expected, err
+        if expected == "sat":
+            x = [float(v) for v in out.getvalue().splitlines()[2:4]]
+            assert x[0] <= 1.0 and x[0] + x[1] >= 0.5
+        else:
+            assert "search window" in err

@@ -437,6 +437,12 @@ def solve(net: Network, query: VnnlibQuery, method: str = "auto", timeout: float
         except DeadlineExpired as exc:  # a loop that raises rather than returning its best
             result = QueryResult("timeout", method=method, reason=str(exc))
     result.time_s = time.monotonic() - t0
+    if result.result == "unsat" and query.windowed_inputs:
+        result.result = "unknown"
+        result.reason = (f"unsat within the search window of the unbounded input(s) "
+                         f"{', '.join(query.windowed_inputs[:3])}"
+                         f"{' and more' if len(query.windowed_inputs) > 3 else ''} only "
+                         f"(vnnlib.INPUT_WINDOW), not over their whole range")
     if result.result == "sat" and result.counterexample is None:
         result.result, result.reason = "unknown", "counterexample failed the float64 replay"
     if result.result == "unknown" and whole.expired():

@@ -55,6 +55,9 @@ from .errors import InputError, not_a_file
 from .spec import Box, OutputProperty, Specification
 
 MAX_DNF_TERMS = 100_000
+# VNN-LIB 2.0 inputs left unbounded: searched for a sat in [b, b + 2 W], [b - 2 W, b] or
+# [-W, W] (W this): a sat there is one of the query; an unsat is not (the answer is unknown).
+INPUT_WINDOW = 1.0
 
 
 class VnnlibError(InputError):
@@ -179,6 +182,8 @@ class VnnlibQuery:
     variables: list[VnnlibVariable] = field(default_factory=list)  # in declaration order
     networks: list[VnnlibNetwork] = field(default_factory=list)  # 2.0, in declaration order
     observes_inputs: bool = False
+    # 2.0 inputs the query leaves unbounded, searched within INPUT_WINDOW only: no unsat
+    windowed_inputs: list[str] = field(default_factory=list)
 
     @property
     def simple(self) -> bool:
@@ -490,12 +495,16 @@ def _reads_inputs(atom) -> bool:
 def _cases_from_dnf(terms: list[list[_Atom]], n_in: int, n_out: int, source: str,
                     fail: Callable[[Any, str], VnnlibError],
                     input_name: Callable[[int], str],
-                    observes_inputs: bool = False) -> list[VnnlibCase]:
+                    observes_inputs: bool = False,
+                    windowed: Optional[list[str]] = None) -> list[VnnlibCase]:
     """Conjunctions of atoms `sum coef * var + constant <= 0` (< 0 if strict) -> cases (one per
     distinct input box, empty boxes dropped), each with its disjuncts over the outputs. With
     `observes_inputs`, y is the n_out - n_in observed values followed by x, and atoms other than
     single-input bounds become rows (or polynomials) over y; an atom's fifth entry, if any,
-    holds its nonlinear monomials {((kind, index), ...): coefficient}."""
+    holds its nonlinear monomials {((kind, index), ...): coefficient}. With `windowed` (a
+    list, VNN-LIB 2.0), an input left unbounded gets the search window of INPUT_WINDOW (its
+    name is appended): a sat found there holds, an unsat does not (vnncomp.solve says unknown);
+    without it such an input is refused."""
     base = n_out - n_in if observes_inputs else n_out
 
     def column(key) -> int:
@@ -547,7 +556,18 @@ def _cases_from_dnf(terms: list[list[_Atom]], n_in: int, n_out: int, source: str
                 np.any((lower == upper) & (open_lower | open_upper)):
             continue
         missing = np.flatnonzero(~np.isfinite(lower) | ~np.isfinite(upper))
-        if missing.size:
+        if missing.size and windowed is not None:
+            lower, upper = lower.copy(), upper.copy()
+            for i in missing:
+                if np.isfinite(lower[i]):
+                    upper[i] = lower[i] + 2 * INPUT_WINDOW
+                elif np.isfinite(upper[i]):
+                    lower[i] = upper[i] - 2 * INPUT_WINDOW
+                else:
+                    lower[i], upper[i] = -INPUT_WINDOW, INPUT_WINDOW
+                if input_name(int(i)) not in windowed:
+                    windowed.append(input_name(int(i)))
+        elif missing.size:
             raise VnnlibError(f"{source}: input {input_name(int(missing[0]))} is not bounded "
                               "on both sides")
         key = lower.tobytes() + upper.tobytes() + open_lower.tobytes() + open_upper.tobytes()
@@ -907,10 +927,11 @@ def parse_vnnlib2(text: str, source: str = "<vnnlib>") -> VnnlibQuery:
                  and v.shares is None)
         return v.name + (_dims(np.unravel_index(i - v.offset, v.shape)) if v.shape else "")
 
+    windowed: list[str] = []
     cases = _cases_from_dnf(terms, n_in, n_out, source, reader.fail, input_name,
-                            observes_inputs)
+                            observes_inputs, windowed)
     return VnnlibQuery(n_in, n_out, cases, source, version, networks[0].name, variables,
-                       networks, observes_inputs)
+                       networks, observes_inputs, windowed)
 
 
 def format_counterexample(x: np.ndarray, y: np.ndarray) -> str:

@@ -486,12 +486,26 @@ class GraphReader:
             "pads": list(attrs.get("pads", [0] * (2 * k))),
             "output_padding": list(attrs.get("output_padding", [0] * k))}, node.output[0])
 
-    def _pool(self, attrs: dict, shape: Shape) -> dict:
+    def _pool(self, attrs: dict, shape: Shape, ceil_mode_as_padding: bool = False) -> dict:
+        """Kernel, strides, dilations, pads. ceil_mode=1 (output sizes rounded up): for MaxPool
+        the extra end cells are padding (-inf, never the maximum), so it becomes end pads; a
+        last window that would start in the end padding is dropped, as onnxruntime does."""
         kernel = list(attrs["kernel_shape"])
-        if attrs.get("ceil_mode", 0):
+        if attrs.get("ceil_mode", 0) and not ceil_mode_as_padding:
             raise NodeError("ceil_mode=1 is not supported")
         params = self._spatial_attrs(attrs, shape, kernel)
         params["kernel"] = kernel
+        if attrs.get("ceil_mode", 0):
+            k = len(kernel)
+            pads = list(params["pads"])
+            for a, (size, s, d, kk) in enumerate(zip(shape[2:], params["strides"],
+                                                      params["dilations"], kernel)):
+                span = size + pads[a] + pads[a + k] - d * (kk - 1) - 1
+                out = -(-span // s) + 1
+                if (out - 1) * s >= size + pads[a]:
+                    out -= 1
+                pads[a + k] += max((out - 1) * s - span, 0)
+            params["pads"] = pads
         return params
 
     def op_AveragePool(self, node, names, consts, attrs) -> None:
@@ -510,7 +524,7 @@ class GraphReader:
     def op_MaxPool(self, node, names, consts, attrs) -> None:
         if len(node.output) > 1 and node.output[1]:
             raise NodeError("the Indices output is not supported")
-        params = self._pool(attrs, self.shapes[names[0]])
+        params = self._pool(attrs, self.shapes[names[0]], ceil_mode_as_padding=True)
         self.emit("MaxPool", node.name, [names[0]], params, node.output[0])
 
     def op_GlobalAveragePool(self, node, names, consts, attrs) -> None:
