@@ -137,6 +137,9 @@ def test_supports_answers_from_the_loader(capsys):
     assert {"Conv", "MaxPool", "Sigmoid", "Slice", "Concat", "Softmax"} <= set(claimed)
     assert {"Where", "Pow", "Equal", "Cast"} <= set(claimed)  # graph.discrete (Cast: to int)
     assert not {"Sin", "Floor", "Not"} & set(claimed)
+    # MaxPool takes ceil_mode=1 (as end padding); AveragePool does not, so it is not claimed
+    assert "AveragePool" not in claimed and "ceil_mode" in _probe_fails(
+        "AveragePool", ATTRIBUTE_PROBES["AveragePool"][0])
     assert answers["--onnx-element-types"] == ["real", "float32", "float16", "float64"]
     assert answers["--vnnlib-versions"][0] == "1.0"
     assert _run(["capabilities", "--multiple-inputs-output-theories"], capsys)[1] == "SIO\nMIO\n"

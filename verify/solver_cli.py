@@ -102,6 +102,10 @@ ATTRIBUTE_PROBES = {
     ),
     "MatMul": (("variable times a 2-D matrix", [1, 3], {"W": [3, 2]}, {}),),
     "Cast": (("a variable tensor to int64", [1, 3], {}, {"to": 7}),),  # TensorProto.INT64
+    "AveragePool": (("ceil_mode=1", [1, 1, 5, 5], {},
+                     {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),),
+    "MaxPool": (("ceil_mode=1", [1, 1, 5, 5], {},
+                 {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),),
 }
 
 
