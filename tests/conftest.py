@@ -81,3 +81,14 @@ def shared_benchmarks(benchmark_data: Path) -> Path:
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+def run_solver(argv: list[str], capsys) -> tuple[int, str, str]:
+    """verify-solver in this process: (exit code, stdout, stderr)."""
+    import io
+
+    from verify.solver_cli import main
+
+    out = io.StringIO()
+    code = main(argv, out=out)
+    return code, out.getvalue(), capsys.readouterr().err

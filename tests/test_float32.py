@@ -4,7 +4,6 @@ case, and verify-solver's float32 answers (sat assignments re-checked in float32
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +11,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import run_solver
 from verify.backends import certify_specs
 from verify.float_rounding import (evaluation_error, graph_float_forward, onnxruntime_forward,
                                    round_into_box, widen_query)
 from verify.onnx_io import load_onnx
-from verify.solver_cli import main
 from verify.spec import Box, OutputProperty, Specification
 
 
@@ -182,19 +181,13 @@ def test_unwidened_bound_would_be_wrong_and_widened_is_not(tmp_path):
     assert cert.margin_lower[0] - (wide_disjunct.b[0] - disjunct.b[0]) <= 0
 
 
-def _solver(argv: list[str], capsys) -> tuple[int, str, str]:
-    out = io.StringIO()
-    code = main(argv, out=out)
-    return code, out.getvalue(), capsys.readouterr().err
-
-
 def test_solver_answers_the_float32_case_sat_and_reals_unsat(tmp_path, capsys):
     pytest.importorskip("vnnlib")
     path, query_path, x0 = _cancellation_case(tmp_path)
     argv = ["verify", str(query_path), "--network", f"N={path}", "--timeout", "60"]
-    code, out, err = _solver(argv + ["--floats-as-reals"], capsys)
+    code, out, err = run_solver(argv + ["--floats-as-reals"], capsys)
     assert (code, out) == (0, "unsat\n"), err
-    code, out, err = _solver(argv, capsys)
+    code, out, err = run_solver(argv, capsys)
     assert code == 0 and out.splitlines()[0] == "sat", err
     lines = out.splitlines()
     assert lines[1] == "X float32 [1]" and lines[3] == "Y float32 [1]"
@@ -210,7 +203,7 @@ def test_solver_float32_unsat_needs_the_widened_proof(tmp_path, capsys):
     pytest.importorskip("vnnlib")
     path, query_path, _ = _cancellation_case(tmp_path)
     query_path.write_text(query_path.read_text().replace("0.09999", "0.08"))
-    code, out, err = _solver(["verify", str(query_path), "--network", f"N={path}",
+    code, out, err = run_solver(["verify", str(query_path), "--network", f"N={path}",
                               "--timeout", "60"], capsys)
     assert (code, out) == (0, "unsat\n"), err
 
@@ -221,13 +214,13 @@ def test_float16_is_answered_and_bfloat16_refused(tmp_path, capsys):
     text = query_path.read_text().replace("0.09999", "0.08")
     f16 = tmp_path / "f16.vnnlib"
     f16.write_text(text.replace("float32", "float16"))
-    code, out, err = _solver(["verify", str(f16), "--network", f"N={path}", "--timeout", "60"],
+    code, out, err = run_solver(["verify", str(f16), "--network", f"N={path}", "--timeout", "60"],
                              capsys)
     # float16 rounds 16384 + 0.1 to a multiple of 16: y is 0 or 16, far below 0.099: no unsat.
     assert code == 0 and out.splitlines()[0] in ("sat", "unknown"), err
     bf16 = tmp_path / "bf16.vnnlib"
     bf16.write_text(text.replace("float32", "bfloat16"))
-    code, out, err = _solver(["verify", str(bf16), "--network", f"N={path}"], capsys)
+    code, out, err = run_solver(["verify", str(bf16), "--network", f"N={path}"], capsys)
     assert code == 1 and out == "" and "bfloat16" in err and err.count("\n") == 1
 
 
@@ -241,7 +234,7 @@ def test_satisfactory_driver_checks_assignments(tmp_path, capsys):
     from benchmarks.vnnlib_satisfactory import valid_assignment
 
     path, query_path, x0 = _cancellation_case(tmp_path)
-    code, out, _ = _solver(["verify", str(query_path), "--network", f"N={path}",
+    code, out, _ = run_solver(["verify", str(query_path), "--network", f"N={path}",
                             "--timeout", "60"], capsys)
     assert code == 0 and out.startswith("sat\n")
     assert valid_assignment(out, {"N": path}, query_path) == (True, "")
@@ -276,13 +269,13 @@ def test_graph_model_float32_sat_by_onnxruntime_and_unsat_with_the_bound(tmp_pat
     evaluation confirms, and unsat when the margin beats the float32 rounding bound."""
     pytest.importorskip("vnnlib")
     path, query = _sigmoid_graph_case(tmp_path, 0.85)  # sigmoid(2) = 0.8808: reachable
-    code, out, err = _solver(["verify", str(query), "--network", f"N={path}",
+    code, out, err = run_solver(["verify", str(query), "--network", f"N={path}",
                               "--timeout", "30"], capsys)
     assert code == 0 and out.splitlines()[0] == "sat", err
     x = float(out.splitlines()[2])
     assert float(onnxruntime_forward(path, np.float32([x]))[0]) >= 0.85
     path, query = _sigmoid_graph_case(tmp_path, 0.95)  # above sigmoid(2): unsat over the reals
     for extra in ([], ["--floats-as-reals"]):
-        code, out, err = _solver(["verify", str(query), "--network", f"N={path}",
+        code, out, err = run_solver(["verify", str(query), "--network", f"N={path}",
                                   "--timeout", "30", *extra], capsys)
         assert (code, out) == (0, "unsat\n"), err

@@ -6,7 +6,6 @@ reals but sat in float32 is never answered unsat."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +14,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import run_solver
 from verify.float_rounding import (evaluation_error, graph_float_forward, onnxruntime_forward,
                                    round_into_box)
 from verify.onnx_io import load_onnx
-from verify.solver_cli import main
 
 
 class _Builder:
@@ -167,12 +166,6 @@ def _cancel_graph(tmp_path: Path) -> Path:
     return _one_input_model(tmp_path, build, "cancel")
 
 
-def _solver(argv: list[str], capsys) -> tuple[int, str, str]:
-    out = io.StringIO()
-    code = main(argv, out=out)
-    return code, out.getvalue(), capsys.readouterr().err
-
-
 def test_unsat_over_reals_but_sat_in_float32_is_not_unsat(tmp_path, capsys):
     pytest.importorskip("vnnlib")
     path = _cancel_graph(tmp_path)
@@ -184,9 +177,9 @@ def test_unsat_over_reals_but_sat_in_float32_is_not_unsat(tmp_path, capsys):
                      "  (declare-output Y float32 [1])\n)\n(assert (>= X[0] 0.01))\n"
                      "(assert (<= X[0] 1.0))\n(assert (<= Y[0] -0.0005))\n")
     argv = ["verify", str(query), "--network", f"N={path}", "--timeout", "30"]
-    code, out, err = _solver(argv + ["--floats-as-reals"], capsys)
+    code, out, err = run_solver(argv + ["--floats-as-reals"], capsys)
     assert (code, out) == (0, "unsat\n"), err  # y = 0 over the reals
-    code, out, err = _solver(argv, capsys)
+    code, out, err = run_solver(argv, capsys)
     assert code == 0 and out.splitlines()[0] in ("sat", "unknown"), err
     error = evaluation_error(path, np.array([0.01]), np.array([1.0]))
     assert error[0] >= abs(ys).max()
@@ -210,7 +203,7 @@ def test_graph_float32_unsat_with_the_bound(tmp_path, capsys):
     lines.append(f"(assert (>= Y[0,{top}] {min(bound, 0.999)}))")
     query = tmp_path / "q.vnnlib"
     query.write_text("\n".join(lines) + "\n")
-    code, out, err = _solver(["verify", str(query), "--network", f"N={path}", "--timeout", "60"],
+    code, out, err = run_solver(["verify", str(query), "--network", f"N={path}", "--timeout", "60"],
                              capsys)
     assert (code, out) == (0, "unsat\n"), err
 

@@ -4,14 +4,13 @@ the float32 error bound against sampled evaluations, and the solver on square / 
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import run_solver
 from verify.bounds import InputBatch
 from verify.bounds.graph import crown_bounds, interval_bounds, output_bounds
 from verify.errors import InputError
@@ -19,7 +18,6 @@ from verify.float_rounding import evaluation_error, onnxruntime_forward, round_i
 from verify.graph import bilinear
 from verify.graph.ir import Node
 from verify.onnx_io import load_onnx
-from verify.solver_cli import main
 from verify.spec import Box, OutputProperty, Specification
 
 
@@ -158,17 +156,11 @@ def _single_node(tmp_path, node, n_in: int):
     return path
 
 
-def _solve(argv, capsys):
-    out = io.StringIO()
-    code = main(argv, out=out)
-    return code, out.getvalue(), capsys.readouterr().err
-
-
 def test_solver_square_and_quotient(tmp_path, capsys):
     pytest.importorskip("vnnlib")
     square = _single_node(tmp_path, helper.make_node("Mul", ["X", "X"], ["Y"]), 1)
     query = _query(tmp_path, 1, [(-500.0, 500.0)], "(assert (<= Y[0] -1.0))")
-    code, out, err = _solve(["verify", str(query), "--network", f"N={square}", "--timeout", "60"],
+    code, out, err = run_solver(["verify", str(query), "--network", f"N={square}", "--timeout", "60"],
                             capsys)
     assert (code, out) == (0, "unsat\n"), err
     # y = x0 / x1 on [4, 8] x [2, 4] lies in [1, 4]: y >= 5 is unsat, y >= 3.9 is sat (8 / 2).
@@ -182,7 +174,7 @@ def test_solver_square_and_quotient(tmp_path, capsys):
         path = tmp_path / "div.onnx"
         onnx.save(model, str(path))
         query = _query(tmp_path, 2, [(4.0, 8.0), (2.0, 4.0)], f"(assert (>= Y[0] {bound}))")
-        code, out, err = _solve(["verify", str(query), "--network", f"N={path}", "--timeout", "60"],
+        code, out, err = run_solver(["verify", str(query), "--network", f"N={path}", "--timeout", "60"],
                                 capsys)
         assert code == 0 and out.splitlines()[0] == expected, err
         if expected == "sat":

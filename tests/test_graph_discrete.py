@@ -4,14 +4,13 @@ error rule against sampling, and the solver's answers (a sat assignment replayed
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import run_solver
 from verify.bounds import InputBatch
 from verify.bounds.graph import crown_bounds, interval_bounds, output_bounds
 from verify.errors import VerifyError
@@ -19,7 +18,7 @@ from verify.float_rounding import onnxruntime_forward
 from verify.graph import discrete
 from verify.graph.ir import Node
 from verify.onnx_io import load_onnx
-from verify.solver_cli import claimed_operators, main
+from verify.solver_cli import claimed_operators
 from verify.spec import Box, OutputProperty, Specification
 
 N = 4
@@ -228,11 +227,6 @@ def _query(tmp_path, box, output: str, kind: str = "float32", out_kind: str = "f
     return str(path)
 
 
-def _solve(argv, capsys):
-    out = io.StringIO()
-    code = main(argv, out=out)
-    return code, out.getvalue(), capsys.readouterr().err
-
 
 @pytest.mark.slow
 def test_solver_answers_and_replays_sat(tmp_path, capsys):
@@ -245,7 +239,7 @@ def test_solver_answers_and_replays_sat(tmp_path, capsys):
                                    ("(assert (<= Y[0] 9.0))", "float32", "unsat"),
                                    ("(assert (>= Y[2] 0.9))", "float32", "sat")):
         query = _query(tmp_path, box, output, kind, kind)
-        code, out, err = _solve(["verify", query, "--network", f"N={path}", "--timeout", "60"],
+        code, out, err = run_solver(["verify", query, "--network", f"N={path}", "--timeout", "60"],
                                 capsys)
         assert code == 0 and out.splitlines()[0] == expected, err
         if expected == "sat":
@@ -254,6 +248,6 @@ def test_solver_answers_and_replays_sat(tmp_path, capsys):
     shape = _save(tmp_path / "shape.onnx", "shape")
     for bound, expected in ((5, "unsat"), (4, "sat")):
         query = _query(tmp_path, box, f"(assert (>= Y[0] {bound}))", "real", "int64", 1)
-        code, out, err = _solve(["verify", query, "--network", f"N={shape}", "--timeout", "60"],
+        code, out, err = run_solver(["verify", query, "--network", f"N={shape}", "--timeout", "60"],
                                 capsys)
         assert code == 0 and out.splitlines()[0] == expected, err
