@@ -466,3 +466,9 @@ def test_auto_answers_unknown_when_the_milp_cannot_encode_the_graph(monkeypatch)
     result = solve(net, parse_vnnlib("\n".join(lines)), "auto", timeout=30.0)
     assert result.result == "unknown" and result.method == "auto:milp"
     assert "cannot encode" in result.reason
+    # few inputs: bab first, then the MILP; a refused MILP leaves bab's answer (not an error)
+    monkeypatch.setattr(vnncomp, "BAB_MAX_INPUTS", 16)
+    monkeypatch.setattr(vnncomp, "_solve_bab", lambda net_, query_, options:
+                        vnncomp.QueryResult("unknown", method="bab", reason="bab left it open"))
+    result = solve(net, parse_vnnlib("\n".join(lines)), "auto", timeout=30.0)
+    assert (result.result, result.method, result.reason) == ("unknown", "bab", "bab left it open")

@@ -368,7 +368,10 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict,
             result = _solve_bab(net, query, options)
         if result.result in ("sat", "unsat") or deadlines.active().expired():
             return result
-        milp = _solve_with_certifier(net, query, "milp", {})
+        try:
+            milp = _solve_with_certifier(net, query, "milp", {})
+        except InputError:  # HiGHS cannot hold this program (e.g. unbounded neuron bounds)
+            return result
         return milp if milp.result in ("sat", "unsat") else result
     if method == "auto":
         result = QueryResult("unknown")
