@@ -176,3 +176,29 @@ def test_cuda_matches_cpu(digits_mlp_path, digits_test):
     for a, b in zip(cpu, gpu):
         np.testing.assert_allclose([v for v in a.margin_lower if v is not None],
                                    [v for v in b.margin_lower if v is not None], atol=1e-10)
+
+
+def test_outward_margin_is_sound_and_exact_on_unit_rows():
+    """On rows with one +-1 coefficient the margin's only rounding is the subtraction of d: the
+    bound must lie below (above) the exact rational c . y - d, and be 0 when y_k = d."""
+    from fractions import Fraction
+
+    from verify.bounds import outward_margin, rounding_slack
+
+    rng = np.random.default_rng(0)
+    y = torch.tensor(rng.normal(size=(200, 3)) * 10.0 ** rng.integers(-8, 8, size=(200, 1)))
+    d = torch.tensor(rng.normal(size=(200, 1)) * 10.0 ** rng.integers(-8, 8, size=(200, 1)))
+    d[:20, 0] = y[:20, 1]  # y_k - d = 0 exactly
+    C = torch.zeros(200, 1, 3, dtype=torch.float64)
+    C[:, 0, 1] = torch.tensor(rng.choice([-1.0, 1.0], size=200))
+    C[:20, 0, 1] = 1.0
+    value = torch.einsum("bmk,bk->bm", C, y) - d
+    slack = rounding_slack(torch.einsum("bmk,bk->bm", C.abs(), y.abs()) + d.abs(), 3)
+    low, high = outward_margin(C, value, slack), outward_margin(C, value, slack, down=False)
+    for b in range(200):
+        exact = Fraction(float(C[b, 0, 1])) * Fraction(float(y[b, 1])) - Fraction(float(d[b, 0]))
+        assert Fraction(float(low[b, 0])) <= exact <= Fraction(float(high[b, 0]))
+    assert torch.all(low[:20] == 0) and torch.all(high[:20] == 0)
+    assert torch.all(low >= value - slack) and torch.all(high <= value + slack)
+    C[:, 0, 0] = 0.5  # two coefficients: the sum's allowance again
+    assert torch.equal(outward_margin(C, value, slack), value - slack)

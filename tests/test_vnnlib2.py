@@ -399,3 +399,45 @@ def test_auto_on_two_copies_of_a_small_piecewise_linear_graph_reaches_the_milp(t
     code, out, err = _solve(tmp_path, "\n".join(lines) + "\n", {"A": model}, capsys,
                             "--timeout", "30")
     assert (code, out) == (0, "unsat\n"), err
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown", "auto"])
+def test_strict_violation_is_refuted_by_a_bound_of_exactly_zero(tmp_path, relu, method, capsys):
+    """relu(x) < 0 never holds, and IBP / CROWN bound relu(x) - 0 below by exactly 0; the closed
+    violation relu(x) <= 0 holds at x <= 0, so the same bound must not refute it."""
+    head = """(vnnlib-version <2.0>)
+(declare-network N (declare-input X real [1]) (declare-output Y real [1]))
+(assert (and (>= X[0] -1.0) (<= X[0] 1.0)))
+"""
+    code, out, err = _solve(tmp_path, head + "(assert (< Y[0] 0.0))", {"N": relu}, capsys,
+                            "--method", method)
+    assert (code, out) == (0, "unsat\n"), err
+    code, out, err = _solve(tmp_path, head + "(assert (<= Y[0] 0.0))", {"N": relu}, capsys,
+                            "--method", method)
+    assert out != "unsat\n", err
+    if method == "auto":
+        assert code == 0 and out.startswith("sat\n") and _assignment(out)["X"] <= 0
+
+
+@pytest.mark.parametrize("method", ["ibp", "auto"])
+def test_softmax_outputs_never_leave_the_unit_interval(tmp_path, method, capsys):
+    """The suite's softmax01: y = softmax(x), x in [-1000, 1000]^2 (exp overflows at the ends);
+    y_0 < 0 or y_0 > 1 is unsat, refuted by the interval [0, 1] on the strict rows. y_0 >= 0.75
+    is sat (checked by onnxruntime)."""
+    path = tmp_path / "softmax.onnx"
+    _model(path, [helper.make_node("Softmax", ["x"], ["y"], axis=0)], {"x": [2]}, {"y": [2]})
+    head = """(vnnlib-version <2.0>)
+(declare-network N (declare-input X real [2]) (declare-output Y real [2]))
+(assert (and (<= X[0] 1000.0) (>= X[0] -1000.0)))
+(assert (and (<= X[1] 1000.0) (>= X[1] -1000.0)))
+"""
+    code, out, err = _solve(tmp_path, head + "(assert (or (< Y[0] 0.0) (> Y[0] 1.0)))",
+                            {"N": path}, capsys, "--method", method)
+    assert (code, out) == (0, "unsat\n"), err
+    if method == "auto":
+        code, out, err = _solve(tmp_path, head + "(assert (>= Y[0] 0.75))", {"N": path}, capsys)
+        assert code == 0 and out.startswith("sat\n"), err
+        x = np.array(out.splitlines()[2:4], dtype=np.float32)  # "X real [2]", then its values
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (y,) = session.run(None, {"x": x})
+        assert y[0] >= 0.75 - 1e-6

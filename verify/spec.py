@@ -207,11 +207,13 @@ InputSet = Union[Box, LpBall]
 @dataclass
 class OutputProperty:
     """Holds at x when C f(x) - d > 0 row by row. `row_class[i]` is the class row i competes
-    with (robustness), or None for general rows."""
+    with (robustness), or None for general rows. `closed[i]`: row i refutes a strict violation
+    (C_i f(x) - d_i < 0, from VNN-LIB's `<`), so C_i f(x) - d_i >= 0 already holds it."""
 
     C: np.ndarray
     d: np.ndarray
     row_class: list = field(default_factory=list)
+    closed: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         self.C = np.atleast_2d(np.asarray(self.C, dtype=np.float64))
@@ -241,9 +243,18 @@ class OutputProperty:
         out = []
         for b, row_class in enumerate(rows.tolist()):
             prop = object.__new__(cls)  # already float64 arrays of the right shapes
-            prop.C, prop.d, prop.row_class = C[b], d[b], row_class
+            prop.C, prop.d, prop.row_class, prop.closed = C[b], d[b], row_class, None
             out.append(prop)
         return out
+
+    def refuted_by(self, lower: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
+        """Per row, whether `lower`, a lower bound of C_i f(x) - d_i over the input set, proves
+        the row: > `tolerance`, or >= it on a closed row (NaN proves nothing)."""
+        lower = np.asarray(lower, dtype=np.float64)
+        proved = lower > tolerance
+        if self.closed is not None:
+            proved |= np.asarray(self.closed, dtype=bool) & (lower >= tolerance)
+        return proved
 
     def values(self, logits: np.ndarray) -> np.ndarray:
         """C z - d for logits of shape (..., k)."""

@@ -77,8 +77,9 @@ def replay(net: Network, query: VnnlibQuery, x: np.ndarray) -> Optional[tuple[np
 
 
 def _disjunct_specs(query: VnnlibQuery) -> list[tuple[Specification, int]]:
-    """One specification per (case, disjunct): rows A y - b, to be refuted by *some* row > 0."""
-    return [(Specification(case.box, OutputProperty(d.A, d.b)), len(d.A))
+    """One specification per (case, disjunct): rows A y - b, to be refuted by *some* row > 0
+    (>= 0 for a strict row, `OutputProperty.closed`)."""
+    return [(Specification(case.box, OutputProperty(d.A, d.b, closed=d.strict)), len(d.A))
             for case in query.cases for d in case.disjuncts]
 
 
@@ -119,7 +120,7 @@ def _solve_with_certifier(net: Network, query: VnnlibQuery, method: str, options
             lower = np.array([-np.inf if v is None else v for v in cert.margin_lower])
             # A solver's bound counts only above its tolerance, as in the certificate's own YES.
             tolerance = cert.details.get("yes_tolerance", 0.0)
-            refuted = cert.proved if rows == 1 else bool(np.max(lower) > tolerance)
+            refuted = cert.proved or bool(spec.output.refuted_by(lower, tolerance).any())
             if not refuted:
                 open_reasons.append(cert.reason or "not proved")
                 still_open.append((spec, rows))
@@ -151,7 +152,8 @@ def _solve_bab(net: Network, query: VnnlibQuery, options: dict) -> QueryResult:
             return QueryResult("sat", found, method="bab")
         hints.append((x, value))
     searches = search_all([BoxSearch(net, case.box, d.A, d.b, opts,
-                                     check=lambda x: replay(net, query, x) is not None, hint=hint)
+                                     check=lambda x: replay(net, query, x) is not None, hint=hint,
+                                     strict=d.strict)
                            for (case, d), hint in zip(pairs, hints)], None)
     for s in searches:
         if s.result.status == "sat":
@@ -186,10 +188,11 @@ def _solve_relu_bab(net: Network, query: VnnlibQuery, options: dict,
             if found is not None:
                 return QueryResult("sat", found, method="relu-bab")
         lower = np.array([-np.inf if v is None else v for v in cert.margin_lower])
-        if parts is None and not np.max(lower) > 0:
+        if parts is None and not spec.output.refuted_by(lower).any():
             still_open.append((spec, len(lower)))
-        elif parts is not None:  # row i refuted when its own bound is > 0
-            still_open += [(part, 1) for part, value in zip(parts, lower) if not value > 0]
+        elif parts is not None:  # row i refuted when its own bound is > 0 (>= 0 if closed)
+            still_open += [(part, 1) for part, value in zip(parts, lower)
+                           if not part.output.refuted_by([value])[0]]
         if cert.reason and still_open:
             reasons.append(cert.reason)
     if not still_open:

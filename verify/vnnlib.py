@@ -8,7 +8,8 @@ counterexample exists), `unsat` means the property is proved. We read the file i
 Each case is one input box; each disjunct is a conjunction of linear constraints on the outputs.
 Strict inequalities (`<`, `>`) keep their strictness in the parsed form (`Disjunct.strict`,
 `VnnlibCase.open_lower/open_upper`): the certifiers work on the closure (rows and boxes as if
-non-strict), so an unsat proof of the closed violation region holds for the open one, while a sat
+non-strict; a strict one-row violation is refuted by a bound >= 0, `OutputProperty.closed`), so an
+unsat proof of the closed violation region holds for the open one, while a sat
 needs a point that `violated_by` confirms with the strict comparisons in float64 (`(> Y_0 Y_0)`
 is unsatisfiable; a point with Y_0 = Y_1 exactly does not satisfy `(< Y_0 Y_1)`). A disjunct
 with one row a.y <= b is the complement of the row a.y - b > 0, so a case whose disjuncts all

@@ -34,7 +34,8 @@ from ..errors import InputError
 from ..graph import bilinear, discrete, ops
 from ..graph.ir import size_of
 from ..spec import Specification
-from . import UNDERFLOW, InputBatch, certify_with_bounds, norm_underflow, rounding_slack
+from . import (UNDERFLOW, InputBatch, certify_with_bounds, norm_underflow,
+               outward_margin, rounding_slack)
 from .crown import concretize, relu_relaxation
 
 Bounds = tuple[torch.Tensor, torch.Tensor]
@@ -213,7 +214,8 @@ def interval_margin(batch: InputBatch, lower: torch.Tensor, upper: torch.Tensor)
     c_pos, c_neg = batch.C.clamp(min=0), batch.C.clamp(max=0)
     lo = torch.einsum("bmk,bk->bm", c_pos, lower) + torch.einsum("bmk,bk->bm", c_neg, upper)
     magnitude = torch.einsum("bmk,bk->bm", batch.C.abs(), torch.maximum(lower.abs(), upper.abs()))
-    return lo - batch.d - rounding_slack(magnitude + batch.d.abs(), batch.C.shape[2])
+    slack = rounding_slack(magnitude + batch.d.abs(), batch.C.shape[2])
+    return outward_margin(batch.C, lo - batch.d, slack)
 
 
 def _dot(t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,8 @@ import torch
 from ..certificate import Certificate
 from ..network import AFFINE, Dense, Network, ReLU
 from ..spec import Specification
-from . import UNDERFLOW, InputBatch, certify_with_bounds, norm_underflow, rounding_slack
+from . import (UNDERFLOW, InputBatch, certify_with_bounds, norm_underflow,
+               outward_margin, rounding_slack)
 
 Bounds = tuple[torch.Tensor, torch.Tensor]  # (lower, upper), each (B, size) flat
 
@@ -123,7 +124,8 @@ def margin_bounds(net: Network, batch: InputBatch, bounds: list[Bounds]) -> Boun
         up = torch.einsum("bmk,bk->bm", c_pos, upper) + torch.einsum("bmk,bk->bm", c_neg, lower)
         magnitude = torch.einsum("bmk,bk->bm", batch.C.abs(), torch.maximum(lower.abs(), upper.abs()))
         slack = rounding_slack(magnitude + batch.d.abs(), batch.C.shape[2])
-        return lo - batch.d - slack, up - batch.d + slack
+        return (outward_margin(batch.C, lo - batch.d, slack),
+                outward_margin(batch.C, up - batch.d, slack, down=False))
     p = net.torch_params(batch.lower.device)[-1]
     weight = torch.einsum("bmk,kn->bmn", batch.C, p["weight"])  # (B, m, n)
     bias = torch.einsum("bmk,k->bm", batch.C, p["bias"]) - batch.d

@@ -297,7 +297,10 @@ class BoxSearch:
 
     def __init__(self, net: Network, box: Box, A: np.ndarray, b: np.ndarray,
                  options: BaBOptions, check=None,
-                 hint: Optional[tuple[np.ndarray, float]] = None):
+                 hint: Optional[tuple[np.ndarray, float]] = None,
+                 strict: Optional[np.ndarray] = None):
+        """`strict[i]`: the violation's row i is strict (A_i y < b_i), so a box where
+        A_i f(x) - b_i >= 0 holds is refuted too."""
         self.net, self.options, self.check = net, options, check
         self.graph = getattr(net, "is_graph", False)  # no alpha-CROWN, no local MILP (yet)
         self.box, self.A_array, self.b_array = box, A, b
@@ -315,6 +318,8 @@ class BoxSearch:
         check_choices(options, "bab")
         self.A = torch.as_tensor(A, dtype=torch.float64, device=self.device)
         self.b = torch.as_tensor(b, dtype=torch.float64, device=self.device)
+        self.strict = torch.zeros(len(b), dtype=torch.bool, device=self.device) if strict is None \
+            else torch.as_tensor(np.asarray(strict, dtype=bool), device=self.device)
         self.lower = torch.as_tensor(box.lower, dtype=torch.float64, device=self.device)[None]
         self.upper = torch.as_tensor(box.upper, dtype=torch.float64, device=self.device)[None]
         self.priority = torch.full((1,), -np.inf, dtype=torch.float64, device=self.device)
@@ -355,7 +360,8 @@ class BoxSearch:
         result.boxes += take
         result.passes += 1
         best_row = row_lower.max(dim=1).values
-        refuted = best_row > 0  # some row of A f(x) - b is > 0 on the whole box
+        # some row of A f(x) - b is > 0 on the whole box (>= 0 for a strict row)
+        refuted = (best_row > 0) | ((row_lower >= 0) & self.strict).any(dim=1)
         refine = options.alpha_steps > 0 and options.bounds == "crown" and \
             time.monotonic() - self.started >= options.alpha_after and not self.graph
         if refine and not bool(refuted.all()):
@@ -363,7 +369,7 @@ class BoxSearch:
             best_row[open_] = torch.maximum(best_row[open_], optimized_lower(
                 self.net, lo[open_], up[open_], self.A, self.b,
                 [(l[open_], u[open_]) for l, u in neuron], options.alpha_steps, options.alpha_lr))
-            refuted = best_row > 0
+            refuted = refuted | (best_row > 0)
         self.seconds_per_box = (time.monotonic() - step_start) / take
         if torch.any(refuted):
             result.proved_lower = min(result.proved_lower, best_row[refuted].min().item())
