@@ -284,8 +284,8 @@ def cmd_demo(args) -> int:
 
 def cmd_compare(args) -> int:
     from .compare import (check_methods, compare, compare_one, format_table, plot_curves,
-                          write_json)
-
+                          one_input_records, write_json, write_one_input)
+    from .spec import robustness_spec
     from .threads import configure
 
     net = load_onnx(args.model)
@@ -298,9 +298,21 @@ def cmd_compare(args) -> int:
             raise InputError("--input needs --label")
         if len(args.eps) > 1:
             raise InputError(f"--input compares one radius: give one --eps, not {len(args.eps)}")
-        table, _ = compare_one(net, read_input(args.input), args.label, args.eps[0], args.norm,
-                               args.methods, domain, options)
+        x = read_input(args.input)
+        robustness_spec(net.input_size, net.output_size, x, args.label, args.eps[0], args.norm,
+                        domain)  # input, label and eps refused before the folder is made
+        out = check_output_folder(args.out) if args.out else None
+        table, certs = compare_one(net, x, args.label, args.eps[0], args.norm, args.methods,
+                                   domain, options)
         print(table)
+        if out is not None:
+            write_text_atomically(out / "compare.txt", table + "\n")
+            written = write_one_input(one_input_records(certs, args.label, args.eps[0],
+                                                        args.norm), certs, out,
+                                      f"{net.name}, label {args.label}, l_{args.norm} "
+                                      f"eps {args.eps[0]:g}")
+            print(f"wrote {', '.join(str(p) for p in [out / 'compare.txt', *written])}"
+                  + ("" if len(written) == 3 else " (no plot: matplotlib missing)"))
         return 0
     data_path = Path(args.data) if args.data else bundled_model()[1]
     if not data_path.is_file():
@@ -328,11 +340,13 @@ def cmd_compare(args) -> int:
                             progress=_progress_line, options=options, workers=args.workers,
                             cluster=args.cluster,
                             tick=_progress_bar if sys.stderr.isatty() else None)
-    print(format_table(rows))
+    table = format_table(rows)
+    print(table)
     if out is not None:
+        write_text_atomically(out / "compare.txt", table + "\n")
         write_json(rows, records, out / "compare.json")
         drawn = plot_curves(rows, out / "compare.png", f"{net.name}, l_{args.norm}")
-        print(f"wrote {out / 'compare.csv'}, {out / 'compare.json'}"
+        print(f"wrote {out / 'compare.txt'}, {out / 'compare.csv'}, {out / 'compare.json'}"
               + (f", {out / 'compare.png'}" if drawn else " (no plot: matplotlib missing)"))
     return 0
 
@@ -566,7 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None,
                    help=".npz with arrays x, y (default: the bundled digits test split)")
     p.add_argument("--domain", default=None)
-    p.add_argument("--out", default=None, help="folder for compare.csv, .json, .png")
+    p.add_argument("--out", default=None,
+                   help="folder (made if missing) for compare.txt (the table), .csv, .json, "
+                        ".png; with --input the per-class margins")
     p.add_argument("--workers", type=int, default=1, help="local processes sharing the inputs")
     p.add_argument("--cluster", default=None, help="address of an existing Dask scheduler")
     p.add_argument("--input", default=None, help="one input: per-class margins side by side")
