@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
 
 from verify import InputError, load_onnx
 from verify.cli import main
-from verify.compare import compare, compare_one
+from verify.compare import compare, compare_one, format_table
 
 
 @pytest.mark.slow
@@ -99,6 +100,21 @@ def test_cli_writes_csv_json_png(tmp_path, capsys, digits_mlp_path):
     assert len(data["rows"]) == 6 and len(data["inputs"]) == 48
     assert (tmp_path / "out" / "compare.png").stat().st_size > 1000
     assert not list((tmp_path / "out").glob("*.part*"))
+    table = captured.out[: captured.out.index("\nwrote ")]
+    assert (tmp_path / "out" / "compare.txt").read_text() == table + "\n"
+    with open(tmp_path / "out" / "compare.csv") as fh:
+        saved = list(csv.DictReader(fh))
+    lines = table.splitlines()
+    shown = [_aligned_cells(lines[1 + 6 * k], line) for k in range(2)
+             for line in lines[2 + 6 * k: 5 + 6 * k]]  # two blocks: eps line, header, 3 rows
+    assert len(saved) == len(shown) == 6
+    for row, cells in zip(saved, shown):
+        assert cells["method"] == row["method"]
+        assert [cells[k] for k in ("YES", "NO", "MAYBE")] == [row[k] for k in ("yes", "no",
+                                                                               "maybe")]
+        assert cells["robust acc"] == f"{float(row['robust_accuracy']):.3f}"
+        mean = float(row["mean_margin_lower"])
+        assert cells["mean lower"] == (f"{mean:.4g}" if np.isfinite(mean) else "-")
     assert main(["compare", str(digits_mlp_path), "--eps", "0.01", "--n", "0"]) == 2
     bad = tmp_path / "bad.npz"
     np.savez(bad, a=np.zeros(3))
@@ -229,3 +245,123 @@ def test_one_input_compare_marks_milp_rows_a_time_limit_left_open(digits_mlp_pat
     assert table.count(">=") == len(open_rows) + 1  # and once in the header
     with pytest.raises(InputError, match="exact_margins"):
         compare_one(net, x, y, 0.05, "inf", ["milp"], (0, 1), {"milp": {"exact_margins": False}})
+
+
+def _spans(line: str) -> list[tuple[int, int]]:
+    """(start, end) of each cell of a table line: cells are two or more spaces apart."""
+    return [m.span() for m in re.finditer(r"\S+(?: \S+)*", line)]
+
+
+def _aligned_cells(header: str, line: str) -> dict[str, str]:
+    """The cells of `line` keyed by the header they sit under, asserting the layout: the first
+    cell starts where the first header starts, every other cell ends where its header ends."""
+    heads = {end: header[start:end] for start, end in _spans(header)}
+    cells = {}
+    for k, (start, end) in enumerate(_spans(line)):
+        if k == 0 and start == _spans(header)[0][0]:
+            cells[header[slice(*_spans(header)[0])]] = line[start:end]
+            continue
+        assert end in heads, f"'{line[start:end]}' sits under no header:\n{header}\n{line}"
+        cells[heads[end]] = line[start:end]
+    return cells
+
+
+def test_every_column_sits_under_its_own_header(digits_mlp_path, digits_test):
+    """Logit margins and smoothing's probability margins of g have their own columns; each
+    value ends where its header ends, whatever the sizes of the numbers (huge eps, no domain)."""
+    net = load_onnx(digits_mlp_path.with_name("digits_mlp_noise025.onnx"))
+    xs, ys = digits_test
+    opts = {"smoothing": {"sigma": 0.25, "n": 300}}
+    for eps in (0.1, 30.0):
+        rows, _ = compare(net, xs[:3], ys[:3], [eps], "2", ["crown", "smoothing", "attack"],
+                          None, options=opts)
+        lines = format_table(rows).splitlines()
+        header = lines[1]
+        assert "g mean lower" in header and "g median lower" in header
+        by_method = {r["method"]: r for r in rows}
+        for line in lines[2:5]:
+            cells = _aligned_cells(header, line)
+            assert len(cells) == len(_spans(header))
+            r = by_method[cells["method"]]
+            assert int(cells["YES"]) == r["yes"] and cells["acc is"] == r["bound"]
+            logits, of_g = (cells["mean lower"], cells["median lower"]), \
+                (cells["g mean lower"], cells["g median lower"])
+            if r["method"] == "crown":
+                assert of_g == ("-", "-")
+                assert float(logits[0]) == pytest.approx(r["mean_margin_lower"], rel=1e-3)
+            elif r["method"] == "smoothing":
+                assert logits == ("-", "-")
+                assert float(of_g[1]) == pytest.approx(r["median_margin_lower"], rel=1e-3,
+                                                       abs=1e-4)
+    plain = format_table(compare(net, xs[:2], ys[:2], [0.1], "2", ["ibp", "crown"])[0])
+    assert "g mean lower" not in plain  # the g columns only when smoothing is in the table
+    table, certs = compare_one(net, xs[4], int(ys[4]), 30.0, "2",
+                               ["ibp", "crown", "smoothing", "attack"], None, opts)
+    lines = table.splitlines()
+    kinds = _aligned_cells(lines[1], lines[2])
+    assert kinds == {"ibp": "z lower", "crown": "z lower", "smoothing": "g lower",
+                     "attack": "z upper"}
+    for line in lines[3:]:
+        cells = _aligned_cells(lines[1], line)
+        assert len(cells) == 5 or (len(cells) == 4 and "class" not in cells)  # status row
+        if "class" in cells:
+            j = int(cells["class"])
+            assert float(cells["ibp"]) == pytest.approx(certs["ibp"].margin_lower[j], abs=1e-4)
+
+
+def _one_input_table(stdout: str) -> dict[tuple[int, str], str]:
+    """{(class, method): cell} from `verify compare --input`'s table on stdout."""
+    lines = stdout.splitlines()
+    header = lines[1]
+    cells = {}
+    for line in lines[3:]:
+        row = _aligned_cells(header, line)
+        if "class" in row:
+            cells.update({(int(row["class"]), m): v for m, v in row.items() if m != "class"})
+    return cells
+
+
+def test_one_input_out_writes_the_table_csv_json_png(tmp_path, capsys, digits_mlp_path,
+                                                     digits_test):
+    """--input with --out: the folder is made and holds compare.txt (what was printed),
+    compare.csv and compare.json with the very numbers of the table, and a plot; nothing
+    half-written. Bad input: exit 2 before the folder exists."""
+    noisy = digits_mlp_path.with_name("digits_mlp_noise025.onnx")
+    x, y = digits_test[0][4], int(digits_test[1][4])
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "new" / "cmp"
+    code = main(["compare", str(noisy), "--eps", "0.1", "--norm", "2", "--input",
+                 str(tmp_path / "x.npy"), "--label", str(y), "--methods", "ibp", "crown",
+                 "smoothing", "attack", "--option", "smoothing.sigma=0.25", "--option",
+                 "smoothing.n=300", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    table = printed[: printed.index("\nwrote ")]
+    assert (out / "compare.txt").read_text() == table + "\n"
+    shown = _one_input_table(table)
+    with open(out / "compare.csv") as fh:
+        records = list(csv.DictReader(fh))
+    assert len(records) == 9 * 4 == len(shown)
+    for r in records:
+        assert r["margin_of"] == ("g" if r["method"] == "smoothing" else "z")
+        value = shown[(int(r["class"]), r["method"])]
+        assert value == f"{float(r['value']):.4f}"
+        bound = "margin_upper" if r["method"] == "attack" else "margin_lower"
+        assert float(r["value"]) == float(r[bound])
+    saved = json.loads((out / "compare.json").read_text())
+    assert len(saved["margins"]) == len(records)
+    status_row = table.splitlines()[-1].split()
+    assert status_row == [saved["certificates"][m]["status"]
+                          for m in ("ibp", "crown", "smoothing", "attack")]
+    assert (out / "compare.png").stat().st_size > 1000
+    assert sorted(p.name for p in out.iterdir()) == ["compare.csv", "compare.json",
+                                                     "compare.png", "compare.txt"]
+    never = tmp_path / "never"
+    for extra, expected in ((["--label", "12"], "label 12 is outside the classes 0..9"),
+                            (["--label", str(y), "--eps", "-1"], "eps must be a finite")):
+        argv = ["compare", str(noisy), "--input", str(tmp_path / "x.npy"), "--methods", "ibp",
+                "--out", str(never)]
+        code = main(argv + (extra if "--eps" in extra else extra + ["--eps", "0.1"]))
+        captured = capsys.readouterr()
+        assert code == 2 and expected in captured.err and captured.out == ""
+        assert not never.exists()

@@ -62,6 +62,7 @@ def test_limit_is_restored_after_an_exception():
 
 # -- every method under an expired deadline: MAYBE "timeout" or a replayed NO, never a wrong YES --
 
+import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -384,3 +385,50 @@ def test_a_timeout_option_becomes_the_active_deadline_of_the_call():
     finally:
         backends.REGISTRY.pop("timed-test", None)
     assert 9.0 < seen[0] <= 10.0 and seen[1] == math.inf and seen[2] <= 1.0
+
+
+# -- verify vnnlib's clock: from the process start, as verify-solver's ----------------------
+
+def test_vnnlib_command_counts_its_timeout_from_the_process_start(benchmark_data, capsys,
+                                                                  monkeypatch, tmp_path):
+    """Run as a command (argv from sys.argv), `verify vnnlib --timeout` includes the process's
+    age (process_age, monkeypatched here): past it the answer is timeout, naming the start-up,
+    with --out written; within it the answer stands and the reported time includes the age.
+    Called in-process with argv, the host process's age is not counted."""
+    import verify.solver_cli
+    from verify.cli import main
+
+    folder = benchmark_data / "mnist_fc"
+    files = [str(folder / "onnx/mnist-net_256x2.onnx"), str(folder / "vnnlib/prop_1_0.03.vnnlib")]
+    out = tmp_path / "result.txt"
+    for age, limit, answer in ((1e6, 30, "timeout"), (2.5, 2.0, "timeout"), (0.5, 60, "sat")):
+        monkeypatch.setattr(verify.solver_cli, "process_age", lambda: age)
+        monkeypatch.setattr(sys, "argv", ["verify", "vnnlib", *files, "--timeout", str(limit),
+                                          "--out", str(out)])
+        assert main() == 0
+        captured = capsys.readouterr()
+        assert captured.out.splitlines()[0] == answer == out.read_text().splitlines()[0]
+        reported = float(re.search(r", ([0-9.]+) s", captured.err).group(1))
+        assert reported >= age
+        assert ("start-up took" in captured.err) == (answer == "timeout")
+    monkeypatch.setattr(verify.solver_cli, "process_age", lambda: 1e6)
+    assert main(["vnnlib", *files, "--timeout", "30"]) == 0  # not counted: no timeout
+    assert capsys.readouterr().out.startswith("sat\n")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_vnnlib_command_in_a_fresh_process_counts_its_start_up(benchmark_data):
+    """A real process that sleeps 1 s before `verify vnnlib --timeout 0.9`: timeout, start-up
+    named; the same process's second command with --timeout 60 reports at least that 1 s."""
+    folder = benchmark_data / "mnist_fc"
+    files = [str(folder / "onnx/mnist-net_256x2.onnx"), str(folder / "vnnlib/prop_1_0.03.vnnlib")]
+    code = ("import sys, time; time.sleep(1.0); from verify.cli import main; "
+            f"sys.argv = ['verify', 'vnnlib', *{files!r}, '--timeout', '0.9']; main(); "
+            f"sys.argv = ['verify', 'vnnlib', *{files!r}, '--timeout', '60']; main()")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "timeout" and "sat" in done.stdout.splitlines()
+    first, second = (float(t) for t in re.findall(r", ([0-9.]+) s", done.stderr))
+    assert "start-up took" in done.stderr and first >= 1.0 and second >= 1.0

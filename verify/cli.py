@@ -284,8 +284,8 @@ def cmd_demo(args) -> int:
 
 def cmd_compare(args) -> int:
     from .compare import (check_methods, compare, compare_one, format_table, plot_curves,
-                          write_json)
-
+                          one_input_records, write_json, write_one_input)
+    from .spec import robustness_spec
     from .threads import configure
 
     net = load_onnx(args.model)
@@ -298,9 +298,21 @@ def cmd_compare(args) -> int:
             raise InputError("--input needs --label")
         if len(args.eps) > 1:
             raise InputError(f"--input compares one radius: give one --eps, not {len(args.eps)}")
-        table, _ = compare_one(net, read_input(args.input), args.label, args.eps[0], args.norm,
-                               args.methods, domain, options)
+        x = read_input(args.input)
+        robustness_spec(net.input_size, net.output_size, x, args.label, args.eps[0], args.norm,
+                        domain)  # input, label and eps refused before the folder is made
+        out = check_output_folder(args.out) if args.out else None
+        table, certs = compare_one(net, x, args.label, args.eps[0], args.norm, args.methods,
+                                   domain, options)
         print(table)
+        if out is not None:
+            write_text_atomically(out / "compare.txt", table + "\n")
+            written = write_one_input(one_input_records(certs, args.label, args.eps[0],
+                                                        args.norm), certs, out,
+                                      f"{net.name}, label {args.label}, l_{args.norm} "
+                                      f"eps {args.eps[0]:g}")
+            print(f"wrote {', '.join(str(p) for p in [out / 'compare.txt', *written])}"
+                  + ("" if len(written) == 3 else " (no plot: matplotlib missing)"))
         return 0
     data_path = Path(args.data) if args.data else bundled_model()[1]
     if not data_path.is_file():
@@ -328,11 +340,13 @@ def cmd_compare(args) -> int:
                             progress=_progress_line, options=options, workers=args.workers,
                             cluster=args.cluster,
                             tick=_progress_bar if sys.stderr.isatty() else None)
-    print(format_table(rows))
+    table = format_table(rows)
+    print(table)
     if out is not None:
+        write_text_atomically(out / "compare.txt", table + "\n")
         write_json(rows, records, out / "compare.json")
         drawn = plot_curves(rows, out / "compare.png", f"{net.name}, l_{args.norm}")
-        print(f"wrote {out / 'compare.csv'}, {out / 'compare.json'}"
+        print(f"wrote {out / 'compare.txt'}, {out / 'compare.csv'}, {out / 'compare.json'}"
               + (f", {out / 'compare.png'}" if drawn else " (no plot: matplotlib missing)"))
     return 0
 
@@ -409,14 +423,24 @@ def cmd_export(args) -> int:
 
 
 def cmd_vnnlib(args) -> int:
+    """Answer one property; run as a command, --timeout counts from the process start (Python's
+    start-up and the imports included, as verify-solver's), so the whole command ends near it."""
+    from .solver_cli import process_age
     from .threads import check_threads
-    from .vnncomp import check_seconds, solve_files
+    from .vnncomp import QueryResult, check_seconds, solve_files
 
     check_seconds(args.timeout, "--timeout")
     if args.out:
         check_output_file(args.out)
-    result = solve_files(args.model, args.property, args.method, args.timeout,
-                         check_threads(args.threads))
+    threads = check_threads(args.threads)
+    started = process_age() if getattr(args, "as_command", False) else 0.0
+    if started >= args.timeout:
+        result = QueryResult("timeout", time_s=started, reason=f"Python's start-up took "
+                             f"{started:.2f} s of the {args.timeout:g} s")
+    else:
+        result = solve_files(args.model, args.property, args.method, args.timeout - started,
+                             threads)
+        result.time_s += started
     text = result.text()
     if args.out:  # written before anything is printed: a failure leaves no half-reported answer
         write_text_atomically(args.out, text)
@@ -566,7 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None,
                    help=".npz with arrays x, y (default: the bundled digits test split)")
     p.add_argument("--domain", default=None)
-    p.add_argument("--out", default=None, help="folder for compare.csv, .json, .png")
+    p.add_argument("--out", default=None,
+                   help="folder (made if missing) for compare.txt (the table), .csv, .json, "
+                        ".png; with --input the per-class margins")
     p.add_argument("--workers", type=int, default=1, help="local processes sharing the inputs")
     p.add_argument("--cluster", default=None, help="address of an existing Dask scheduler")
     p.add_argument("--input", default=None, help="one input: per-class margins side by side")
@@ -609,8 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("property", help="VNN-LIB 1.0 or 2.0 file (describes the violation; 2.0 "
                    "needs the 'vnnlib' package)")
     p.add_argument("--timeout", type=float, default=60.0,
-                   help="seconds, loading the model included (not Python's start-up; "
-                        "verify-solver counts that too)")
+                   help="seconds from the process start: Python's start-up, the imports and "
+                        "loading included, as in verify-solver (default 60)")
     p.add_argument("--method", default="auto", help="auto, bab, or a certifier name")
     p.add_argument("--out", default=None, help="write the result (and counterexample) here")
     _add_threads_argument(p)
@@ -641,6 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        args.as_command = argv is None  # a process of its own: vnnlib's clock starts with it
         if args.command is None:
             build_parser().print_help()
             return 2

@@ -34,9 +34,9 @@ def _worst(values: Sequence[Optional[float]]) -> float:
     return min(finite) if finite else float("nan")
 
 
-def _number(value: float, width: int) -> str:
+def _number(value: float) -> str:
     """A table cell: the value, or '-' where there is none (the attack bounds no margin)."""
-    return f"{value:{width}.4g}" if np.isfinite(value) else f"{'-':>{width}s}"
+    return f"{value:.4g}" if np.isfinite(value) else "-"
 
 
 def summarize(eps: float, norm: str, method: str, certs: list[Certificate],
@@ -150,31 +150,62 @@ def _solved(cert: Certificate, j: int) -> bool:
     return lower is not None and upper is not None and upper - lower <= 1e-6 * (1 + abs(lower))
 
 
+def _layout(header_rows: list[list[str]], rows: list[list[str]], indent: str = "") -> list[str]:
+    """Columns as wide as their widest cell, two spaces apart: the first left-aligned, the others
+    right-aligned, so each value ends where its header ends (whatever the numbers' sizes)."""
+    every = header_rows + rows
+    widths = [max(len(r[k]) for r in every) for k in range(len(every[0]))]
+    return [indent + "  ".join(cell.ljust(w) if k == 0 else cell.rjust(w)
+                               for k, (cell, w) in enumerate(zip(r, widths))).rstrip()
+            for r in every]
+
+
+def _margins_of_g(row: dict) -> bool:
+    """Whether a row's margins are the smoothed classifier g's (probabilities), not logits."""
+    return row["bound"] == KIND["smoothing"]
+
+
 def format_table(rows: list[dict]) -> str:
-    """One block per radius: counts, robust accuracy (and which bound it is), margins, time."""
+    """One block per radius: counts, robust accuracy (and which bound it is), margins, time.
+
+    Logit margins (z_y - z_j) and the smoothed classifier's probability margins
+    (p_y - p_j of g) are different quantities: each has its own pair of columns, the latter
+    only when smoothing is in the table."""
+    with_g = any(_margins_of_g(r) for r in rows)
+    header = ["method", "YES", "NO", "MAYBE", "robust acc", "acc is", "mean lower",
+              "median lower"] + (["g mean lower", "g median lower"] if with_g else []) \
+        + ["median time", "total"]
     lines = []
     for eps in dict.fromkeys(r["eps"] for r in rows):
         block = [r for r in rows if r["eps"] == eps]
         lines.append(f"eps {eps:g} (l_{block[0]['norm']}), {block[0]['inputs']} inputs")
-        lines.append(f"  {'method':12s} {'YES':>4s} {'NO':>4s} {'MAYBE':>5s}  {'robust acc':>10s}"
-                     f" {'acc is':>6s}  {'mean lower':>10s} {'median lower':>12s}"
-                     f"  {'median time':>11s} {'total':>8s}")
+        cells = []
         for r in block:
-            lines.append(
-                f"  {r['method']:12s} {r['yes']:4d} {r['no']:4d} {r['maybe']:5d}  "
-                f"{r['robust_accuracy']:10.3f} {r['bound']:>6s}  "
-                f"{_number(r['mean_margin_lower'], 10)} {_number(r['median_margin_lower'], 12)}  "
-                f"{r['median_time_s'] * 1e3:8.2f} ms "
-                f"{r['total_time_s']:7.2f}s")
+            margins = [_number(r["mean_margin_lower"]), _number(r["median_margin_lower"])]
+            none = ["-", "-"]
+            if with_g:
+                margins = none + margins if _margins_of_g(r) else margins + none
+            cells.append([r["method"], str(r["yes"]), str(r["no"]), str(r["maybe"]),
+                          f"{r['robust_accuracy']:.3f}", r["bound"], *margins,
+                          f"{r['median_time_s'] * 1e3:.2f} ms", f"{r['total_time_s']:.2f}s"])
+        lines += _layout([header], cells, indent="  ")
         lines.append("")
     lines.append("acc is: a lower bound on the network's true robust accuracy (relaxed "
                  "certifiers), its exact value (complete methods), an upper bound (the attack), "
                  "or the smoothed classifier g's (smoothing).")
+    lines.append("mean/median lower: over the inputs, the lower bound on the worst margin "
+                 "min_j z_y - z_j (logits)" + (
+                     "; g mean/median lower: the same for g's class probabilities, "
+                     "min_j p_y - p_j (smoothing)." if with_g else "."))
     if any(r["method"] in ("milp", "bab") for r in rows):
         lines.append("milp/bab: YES/NO counts are exact; their margin columns are lower bounds "
                      "from a search that stops once each sign is decided, not minima (one input "
                      "with --input gives the exact minima).")
     return "\n".join(lines)
+
+
+ONE_INPUT_FIELDS = ["eps", "norm", "label", "class", "method", "margin_of", "bound", "value",
+                    "margin_lower", "margin_upper", "status"]
 
 
 def compare_one(net: Network, x: np.ndarray, label: int, eps: float, norm: str = "inf",
@@ -183,7 +214,7 @@ def compare_one(net: Network, x: np.ndarray, label: int, eps: float, norm: str =
                 ) -> tuple[str, dict[str, Certificate]]:
     """One input: every method's per-class margin bounds side by side (the exact minimum from
     the MILP with exact_margins, the attack's value as an upper bound). `options[method]`
-    passes options to one method."""
+    passes options to one method. The table is `format_one(one_input_records(...))`."""
     certs = {}
     if "exact_margins" in (options or {}).get("milp", {}):
         raise InputError("one-input compare solves milp with exact_margins=true (the exact "
@@ -193,26 +224,120 @@ def compare_one(net: Network, x: np.ndarray, label: int, eps: float, norm: str =
         extra = {"exact_margins": True} if method == "milp" else {}
         extra.update((options or {}).get(method, {}))
         certs[method] = certify(net, x, label, eps, norm, method, domain, **extra)
-    header = f"{'class':>5s} " + " ".join(f"{m:>12s}" for m in methods)
-    lines = [f"label {label}, l_{norm} ball of radius {eps:g}: lower bounds on min z_{label} - "
-             "z_j (milp: the exact minimum, or '>=' a lower bound where its time ran out; "
-             "attack: an upper bound)", header]
-    for j in range(net.output_size):
+    return format_one(one_input_records(certs, label, eps, norm)), certs
+
+
+def one_input_records(certs: dict[str, Certificate], label: int, eps: float, norm: str
+                      ) -> list[dict]:
+    """One record per (class j != label, method): the value the table shows and what it is.
+
+    margin_of: "z" (logits, z_label - z_j) or "g" (smoothing: the smoothed classifier's class
+    probabilities, p_label - p_j). bound: "lower", "upper" (the attack's value at its point),
+    "exact" (the MILP's minimum) or ">=" (a MILP row its time limit left open: a lower bound).
+    value: None where the method bounds nothing for that class."""
+    records = []
+    n_classes = len(next(iter(certs.values())).margin_lower)
+    for j in range(n_classes):
         if j == label:
             continue
-        cells = []
-        for method in methods:
-            c = certs[method]
+        for method, c in certs.items():
+            bound = {"attack": "upper", "milp": "exact" if _solved(c, j) else ">="}.get(
+                method, "lower")
             value = c.margin_upper[j] if method == "attack" else c.margin_lower[j]
-            if value is None:
-                cells.append(f"{'-':>12s}")
-            elif method == "milp" and not _solved(c, j):
-                cells.append(f">={value:10.4f}")
+            records.append({"eps": eps, "norm": norm, "label": label, "class": j,
+                            "method": method, "margin_of": "g" if method == "smoothing" else "z",
+                            "bound": bound, "value": value, "margin_lower": c.margin_lower[j],
+                            "margin_upper": c.margin_upper[j], "status": c.status.value})
+    return records
+
+
+def format_one(records: list[dict]) -> str:
+    """The one-input table: a column per method, a row per class; under each method's name
+    what its column holds (z lower, z exact, z upper, g lower)."""
+    first = records[0]
+    label, methods = first["label"], list(dict.fromkeys(r["method"] for r in records))
+    what = {r["method"]: r["margin_of"] + (" exact" if r["bound"] in ("exact", ">=")
+                                           else f" {r['bound']}") for r in records}
+    status = {r["method"]: r["status"] for r in records}
+    cells = []
+    for j in dict.fromkeys(r["class"] for r in records):
+        row = {r["method"]: r for r in records if r["class"] == j}
+        line = [str(j)]
+        for method in methods:
+            r = row[method]
+            if r["value"] is None:
+                line.append("-")
             else:
-                cells.append(f"{value:12.4f}")
-        lines.append(f"{j:5d} " + " ".join(cells))
-    lines.append(f"{'':5s} " + " ".join(f"{certs[m].status.value:>12s}" for m in methods))
-    return "\n".join(lines), certs
+                line.append((">=" if r["bound"] == ">=" else "") + f"{r['value']:.4f}")
+        cells.append(line)
+    cells.append([""] + [status[m] for m in methods])
+    lines = [f"label {label}, l_{first['norm']} ball of radius {first['eps']:g}: bounds on the "
+             f"margin min z_{label} - z_j over the ball (z: logits; g: the smoothed "
+             f"classifier's probabilities p_{label} - p_j; milp: the exact minimum, or '>=' a "
+             "lower bound where its time ran out; attack: an upper bound)"]
+    lines += _layout([["class", *methods], ["", *(what[m] for m in methods)]], cells)
+    return "\n".join(lines)
+
+
+def write_one_input(records: list[dict], certs: dict[str, Certificate], folder: Path,
+                    title: str = "") -> list[Path]:
+    """compare.csv (the records), compare.json (records and certificates) and compare.png
+    (margins per class, when matplotlib is there) in `folder`, each written whole; the paths
+    written."""
+    csv_path = folder / "compare.csv"
+    with atomic_path(csv_path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, ONE_INPUT_FIELDS)
+            writer.writeheader()
+            writer.writerows({k: ("" if r[k] is None else r[k]) for k in ONE_INPUT_FIELDS}
+                             for r in records)
+    json_path = folder / "compare.json"
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps(json_safe({
+            "margins": records, "certificates": {m: c.to_dict() for m, c in certs.items()}}),
+            indent=1, allow_nan=False))
+    written = [csv_path, json_path]
+    if plot_margins(records, folder / "compare.png", title):
+        written.append(folder / "compare.png")
+    return written
+
+
+def plot_margins(records: list[dict], path: Path, title: str = "") -> bool:
+    """Margin bounds per class, one marker series per method (g's probability margins on their
+    own axes below); False if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    kinds = list(dict.fromkeys(r["margin_of"] for r in records))
+    fig, axes = plt.subplots(len(kinds), 1, figsize=(6, 3.2 * len(kinds)), squeeze=False)
+    marker = {"lower": "^", "upper": "v", "exact": "o", ">=": "^"}
+    for ax, kind in zip(axes[:, 0], kinds):
+        mine = [r for r in records if r["margin_of"] == kind]
+        for method in dict.fromkeys(r["method"] for r in mine):
+            pts = [(r["class"], r["value"]) for r in mine
+                   if r["method"] == method and r["value"] is not None]
+            if pts:
+                bound = next(r["bound"] for r in mine if r["method"] == method)
+                ax.plot(*zip(*pts), marker[bound],
+                        label=f"{method} ({'exact' if bound == '>=' else bound})")
+        ax.axhline(0.0, color="grey", lw=0.8)
+        label = mine[0]["label"]
+        ax.set_xlabel("class j")
+        ax.set_ylabel(f"z_{label} - z_j" if kind == "z" else f"p_{label} - p_j of g")
+        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_title(title or "margin bounds per class")
+    fig.tight_layout()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
+    return True
 
 
 def plot_curves(rows: list[dict], path: Path, title: str = "") -> bool:

@@ -653,7 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default=[], help="the ONNX model of the declared network (any name for "
                                     "VNN-LIB 1.0)")
     p.add_argument("--timeout", metavar="<seconds>", default=None,
-                   help="seconds, loading included (whole or decimal; default: none)")
+                   help="seconds from the process start, Python's start-up and loading "
+                        "included (whole or decimal; default: none)")
     p.add_argument("--serialise-assignments", "--assignments", metavar="<filepath>",
                    dest="serialise_assignments", default=None,
                    help="not supported: the assignment is printed on stdout")
