@@ -4,7 +4,8 @@ whose counterexample does not replay counts as wrong).
 
 Methods: "auto" (falsify, then complete search: input-splitting branch and bound for inputs of at
 most `BAB_MAX_INPUTS` dimensions, else bound with alpha-CROWN, search over ReLU splits (relu-bab)
-and finish with the MILP where one is registered), "bab", "relu-bab", or any registered certifier
+and finish with the MILP where one is registered; on a graph with one Relu layer, the MILP
+before relu-bab), "bab", "relu-bab", or any registered certifier
 (incomplete ones answer unsat or unknown).
 """
 
