@@ -74,12 +74,13 @@ def test_vnncomp2021_networks_get_their_plans(benchmark_data):
         if not path.is_file():
             pytest.skip(f"{path} not found")
         assert vnncomp._auto_stages(load_onnx(str(path))) == vnncomp.ONE_RELU_LAYER_STAGES
-    path = root / "cifar10_resnet" / "onnx" / "resnet_2b.onnx"
-    if path.is_file():  # residual: Relus read Relus; the plan is the one it had before
-        net = load_onnx(str(path))
-        assert not vnncomp._one_relu_layer(net)
-        assert vnncomp._auto_stages(net) == (vnncomp.GRAPH_AUTO_STAGES if vnncomp._milp_holds(net)
-                                             else vnncomp.NO_MILP_STAGES)
+    for name in ("resnet_2b", "resnet_4b"):  # residual: Relus read Relus; the plan as before
+        path = root / "cifar10_resnet" / "onnx" / f"{name}.onnx"
+        if path.is_file():
+            net = load_onnx(str(path))
+            assert not vnncomp._one_relu_layer(net)
+            assert vnncomp._auto_stages(net) == (
+                vnncomp.GRAPH_AUTO_STAGES if vnncomp._milp_holds(net) else vnncomp.NO_MILP_STAGES)
 
 
 @pytest.mark.parametrize("seed,pool,eps", [(1, "MaxPool", 0.1), (3, "AveragePool", 0.15)])
