@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import shutil
 import statistics
 import sys
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from verify.vnncomp import run_instances, summary, write_results  # noqa: E402
-from benchmarks.reporting import machine  # noqa: E402
+from benchmarks.reporting import SHARED_NOTE, machine  # noqa: E402
 
 DATA = REPO / "benchmarks" / "data" / "vnncomp2021"
 RESULTS = REPO / "benchmarks" / "results"
@@ -54,9 +55,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--stride", type=int, default=1,
                         help="run every STRIDE-th instance only (a quicker regression check)")
+    parser.add_argument("--note", default="",
+                        help="a line on the run's conditions for the .md (e.g. the machine's load)")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     for bench in args.bench:
+        load_start = os.getloadavg()[0]
         with tempfile.TemporaryDirectory() as tmp:
             instances = DATA / bench / "instances.csv"
             if args.stride > 1:  # the chosen rows, with absolute paths, beside the ground truth
@@ -77,12 +81,23 @@ def main() -> None:
         for r in rows:
             table.append(f"| {r.network} | {r.property} | {r.expected} | {r.result} | "
                          f"{r.method} | {r.time_s:.1f} |")
+        per_network = ["| network | instances | solved | wrong | median time of the solved (s) |",
+                       "|---|---|---|---|---|"]
+        for network in dict.fromkeys(r.network for r in rows):
+            group = [r for r in rows if r.network == network]
+            times = [r.time_s for r in group if r.result in ("sat", "unsat")]
+            per_network.append(f"| {network} | {len(group)} | {len(times)} | "
+                               f"{sum(r.score < 0 for r in group)} | "
+                               f"{statistics.median(times) if times else float('nan'):.1f} |")
         stages: dict[str, int] = {}
         for r in solved:
             stages[r.method] = stages.get(r.method, 0) + 1
         subset = f", one instance in {args.stride}" if args.stride > 1 else ""
         md = (f"# VNN-COMP 2021 {bench}: method auto, each instance capped at "
               f"{args.timeout_cap:g} s{subset}\n\nMachine: {machine()}\n\n"
+              f"{SHARED_NOTE} Load average (1 min) at the start / end of the run: "
+              f"{load_start:.1f} / {os.getloadavg()[0]:.1f}.{' ' + args.note if args.note else ''}"
+              "\n\n"
               f"Solved {len(solved)} of {len(rows)} ({len(decidable)} with a known answer), "
               f"wrong {sum(r.score < 0 for r in rows)}; median time of the solved "
               f"{statistics.median(r.time_s for r in solved) if solved else float('nan'):.1f} s; "
@@ -90,7 +105,8 @@ def main() -> None:
               f"2021 tools on these {len(rows)} instances (their hardware, timeouts "
               f"300-420 s): {', '.join(tool_counts(rows))}.\n"
               f"2021 tools on the whole benchmark: {FULL_COUNTS.get(bench, '-')}.\n\n"
-              f"```\n{summary(rows)}\n```\n\n" + "\n".join(table) + "\n")
+              f"```\n{summary(rows)}\n```\n\n" + "\n".join(per_network) + "\n\n"
+              + "\n".join(table) + "\n")
         (RESULTS / f"vnncomp2021_{bench}.md").write_text(md)
         print(md)
 

@@ -4,7 +4,8 @@ whose counterexample does not replay counts as wrong).
 
 Methods: "auto" (falsify, then complete search: input-splitting branch and bound for inputs of at
 most `BAB_MAX_INPUTS` dimensions, else bound with alpha-CROWN, search over ReLU splits (relu-bab)
-and finish with the MILP where one is registered), "bab", "relu-bab", or any registered certifier
+and finish with the MILP where one is registered; on a graph with one Relu layer, the MILP
+before relu-bab), "bab", "relu-bab", or any registered certifier
 (incomplete ones answer unsat or unknown).
 """
 
@@ -40,6 +41,15 @@ GRAPH_AUTO_STAGES = AUTO_STAGES  # graphs too: the MILP is exact on piecewise-li
 # ... unless a node's constant has an entry HiGHS would drop (the MILP refuses the network):
 # then relu-bab gets all the rest.
 NO_MILP_STAGES = (("attack", 0.15), ("alpha-crown", 0.35 / 0.85), ("relu-bab", 1.0))
+# ... and on a graph whose every Relu reads an affine function of the input (`_one_relu_layer`,
+# e.g. verivital's Conv-Relu-Pool CNNs) with an exact MILP: the pre-activation bounds are exact,
+# so the big-M constants are the tightest there are, and HiGHS decides what relu-bab's splits of
+# thousands of unstable Relus in that one layer leave open (VNN-COMP 2021 verivital, 60 s: see
+# benchmarks/results/vnncomp2021_verivital.md): the MILP goes before relu-bab, with 3/4 of what
+# remains after alpha-CROWN, relu-bab gets the rest.
+ONE_RELU_LAYER_STAGES = (("attack", 0.15), ("alpha-crown", 0.35 / 0.85), ("milp", 0.75),
+                         ("relu-bab", 1.0))
+AUTO_RELU_BAB_OPTIONS = {"attack": False}  # relu-bab's options in "auto" (the attack ran before)
 BAB_ATTACK_SHARE = 0.15  # "auto"/"bab" on few inputs: the attack before the searches
 GRAPH_BAB_SHARE = 0.5  # "auto" on a small graph the MILP encodes exactly: bab, then the MILP
 # Methods that bound every disjunct in one batched call; the others take one disjunct at a time.
@@ -335,6 +345,31 @@ def _exact_milp(net) -> bool:
     return not relaxed_ops(net) and _milp_holds(net)
 
 
+def _one_relu_layer(net) -> bool:
+    """Whether every Relu of a GraphNetwork reads an affine function of the network input (only
+    linear nodes between them), so that its pre-activation bounds over a box are exact."""
+    from .graph.ops import LINEAR
+
+    affine = set(net.graph.inputs)  # variable tensors affine in the input
+    for node in net.graph.nodes:
+        reads_affine = all(name in affine for name in node.inputs)
+        if node.op == "Relu" and not reads_affine:
+            return False
+        if node.op in LINEAR and reads_affine:
+            affine.add(node.output)
+    return True
+
+
+def _auto_stages(net) -> tuple[tuple[str, float], ...]:
+    """The (stage, share of the time that remains) plan of "auto" past BAB_MAX_INPUTS inputs."""
+    if not getattr(net, "is_graph", False):
+        return AUTO_STAGES
+    if not _milp_holds(net):
+        return NO_MILP_STAGES
+    return ONE_RELU_LAYER_STAGES if _exact_milp(net) and _one_relu_layer(net) \
+        else GRAPH_AUTO_STAGES
+
+
 def _solve(net: Network, query: VnnlibQuery, method: str, options: dict,
            slack: Optional[np.ndarray] = None) -> QueryResult:
     """`solve` under its deadline (the active one)."""
@@ -385,15 +420,13 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict,
             if found is not None:
                 found.method = f"auto:{found.method}"
                 return found
-        stages = AUTO_STAGES if not graph else GRAPH_AUTO_STAGES if _milp_holds(net) \
-            else NO_MILP_STAGES
-        for step, share in stages:
+        for step, share in _auto_stages(net):
             if deadlines.active().expired():
                 break
             stage_options = {"stop_at_first": True} if step == "attack" else {}
             with deadlines.limit(deadlines.active().split(share)):
                 try:
-                    result = _solve_relu_bab(net, query, {"attack": False}, pairs) \
+                    result = _solve_relu_bab(net, query, dict(AUTO_RELU_BAB_OPTIONS), pairs) \
                         if step == "relu-bab" else \
                         _solve_with_certifier(net, query, step, stage_options, pairs)
                 except InputError as error:  # the last stage cannot encode this network
