@@ -40,6 +40,10 @@ GRAPH_AUTO_STAGES = AUTO_STAGES  # graphs too: the MILP is exact on piecewise-li
 # ... unless a node's constant has an entry HiGHS would drop (the MILP refuses the network):
 # then relu-bab gets all the rest.
 NO_MILP_STAGES = (("attack", 0.15), ("alpha-crown", 0.35 / 0.85), ("relu-bab", 1.0))
+# ... and when the graph MILP has more unstable Relus than this (at the CROWN bounds it starts
+# from, on some open disjunct's input set): it would spend its time tightening their bounds by LPs
+# and decide nothing (cifar10_resnet: over 1000), so relu-bab gets all the rest.
+MILP_MAX_UNSTABLE = 400
 BAB_ATTACK_SHARE = 0.15  # "auto"/"bab" on few inputs: the attack before the searches
 GRAPH_BAB_SHARE = 0.5  # "auto" on a small graph the MILP encodes exactly: bab, then the MILP
 # Methods that bound every disjunct in one batched call; the others take one disjunct at a time.
@@ -324,6 +328,30 @@ def _milp_holds(net) -> bool:
                    for node in net.graph.nodes for v in node.params.values())
 
 
+def _milp_too_large(net, pairs: list[tuple[Specification, int]]) -> bool:
+    """Whether a graph MILP on some open disjunct would have more than MILP_MAX_UNSTABLE unstable
+    Relus at its starting bounds (graph.crown_bounds: remembered from alpha-CROWN, and what
+    relu-bab starts from too)."""
+    import torch
+
+    from .bounds import InputBatch
+    from .bounds.graph import crown_bounds
+    from .network import resolve_device
+
+    relu_inputs = [node.inputs[0] for node in net.graph.nodes if node.op == "Relu"]
+    seen: set[int] = set()
+    for spec, _ in pairs:
+        if id(spec.input_set) in seen:
+            continue
+        seen.add(id(spec.input_set))
+        with torch.no_grad():
+            bounds = crown_bounds(net, InputBatch.from_specs([spec], resolve_device("auto")))
+        unstable = sum(int(((bounds[z][0] < 0) & (bounds[z][1] > 0)).sum()) for z in relu_inputs)
+        if unstable > MILP_MAX_UNSTABLE:
+            return True
+    return False
+
+
 def _exact_milp(net) -> bool:
     """Whether the MILP encodes this GraphNetwork exactly (piecewise-linear ops only) and
     HiGHS can hold its constants."""
@@ -388,6 +416,8 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict,
             if deadlines.active().expired():
                 break
             stage_options = {"stop_at_first": True} if step == "attack" else {}
+            last = step == "relu-bab" and graph and share < 1.0 and _milp_too_large(net, pairs)
+            share = 1.0 if last else share  # no MILP after: relu-bab gets all the rest
             with deadlines.limit(deadlines.active().split(share)):
                 try:
                     result = _solve_relu_bab(net, query, {"attack": False}, pairs) \
@@ -398,7 +428,7 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict,
                         raise
                     result = QueryResult("unknown", method=step, reason=str(error),
                                          open_pairs=pairs)
-            if result.result in ("sat", "unsat"):
+            if result.result in ("sat", "unsat") or last:
                 break
             pairs = result.open_pairs
             if graph and step == "crown" and pairs:  # multi-row disjuncts: combined rows
