@@ -441,6 +441,76 @@ def test_auto_on_a_graph_reaches_the_milp_stage(monkeypatch):
         answers.add(result.result)
 
 
+def test_auto_skips_the_milp_on_a_graph_with_too_many_unstable_relus(monkeypatch):
+    """A graph whose MILP would have more than MILP_MAX_UNSTABLE unstable Relus ends auto with
+    relu-bab (given all the time left), and the MILP stage is not run; under the limit it is."""
+    from verify import vnncomp
+
+    net = residual_mlp(1)
+    x = np.random.default_rng(1).uniform(-1, 1, 3)
+    label = int(np.argmax(net.forward(x)))
+    calls = []
+    def stage(net_, query_, step, options, pairs=None):
+        calls.append(step)
+        return vnncomp.QueryResult("unknown", method=step, open_pairs=pairs)
+
+    monkeypatch.setattr(vnncomp, "_solve_with_certifier", stage)
+    monkeypatch.setattr(vnncomp, "_solve_relu_bab", lambda net_, query_, options, pairs=None:
+                        stage(net_, query_, "relu-bab", options, pairs))
+    monkeypatch.setattr(vnncomp, "BAB_MAX_INPUTS", 0)
+    lines = [f"(declare-const X_{i} Real)" for i in range(3)]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(3)]
+    for i, v in enumerate(x):
+        lines += [f"(assert (>= X_{i} {float(v - 0.6)!r}))", f"(assert (<= X_{i} {float(v + 0.6)!r}))"]
+    others = [j for j in range(3) if j != label]
+    lines.append("(assert (or " + " ".join(f"(and (>= Y_{j} Y_{label}))" for j in others) + "))")
+    query = parse_vnnlib("\n".join(lines))
+    pairs = vnncomp._disjunct_specs(query)
+    with torch.no_grad():
+        bounds = graph_bounds.crown_bounds(net, InputBatch.from_specs([pairs[0][0]], "cpu"))
+    unstable = sum(int(((bounds[n.inputs[0]][0] < 0) & (bounds[n.inputs[0]][1] > 0)).sum())
+                   for n in net.graph.nodes if n.op == "Relu")
+    assert unstable > 0  # the rule can tell the two cases apart
+    for limit, milp_runs in ((unstable - 1, False), (unstable, True)):
+        calls.clear()
+        monkeypatch.setattr(vnncomp, "MILP_MAX_UNSTABLE", limit)
+        result = solve(net, query, "auto", timeout=30.0)
+        assert result.result == "unknown"
+        assert calls[-1] == ("milp" if milp_runs else "relu-bab"), calls
+        assert ("milp" in calls) == milp_runs
+
+
+def test_auto_attack_on_a_graph_runs_in_float32_and_its_sat_replays_in_float64(monkeypatch):
+    """auto's attack stage on a graph searches in float32 (GRAPH_ATTACK_DTYPE); a sat it finds
+    is the float64 replay's: the counterexample violates the query in float64."""
+    from verify import vnncomp
+
+    net = residual_mlp(2)
+    x = np.random.default_rng(2).uniform(-1, 1, 3)
+    label = int(np.argmax(net.forward(x)))
+    seen = []
+    real = vnncomp._solve_with_certifier
+
+    def record(net_, query_, step, options, pairs=None):
+        seen.append((step, dict(options)))
+        return real(net_, query_, step, options, pairs)
+
+    monkeypatch.setattr(vnncomp, "_solve_with_certifier", record)
+    monkeypatch.setattr(vnncomp, "BAB_MAX_INPUTS", 0)
+    lines = [f"(declare-const X_{i} Real)" for i in range(3)]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(3)]
+    for i, v in enumerate(x):
+        lines += [f"(assert (>= X_{i} {float(v - 2.0)!r}))", f"(assert (<= X_{i} {float(v + 2.0)!r}))"]
+    others = [j for j in range(3) if j != label]
+    lines.append("(assert (or " + " ".join(f"(and (>= Y_{j} Y_{label}))" for j in others) + "))")
+    query = parse_vnnlib("\n".join(lines))
+    result = solve(net, query, "auto", timeout=30.0)
+    assert seen[0] == ("attack", {"stop_at_first": True, "dtype": "float32"})
+    assert result.result == "sat", result.reason  # a wide box: some other class wins somewhere
+    x_found, y_found = result.counterexample
+    assert query.violated_by(x_found, net.forward(x_found))
+
+
 def test_auto_answers_unknown_when_the_milp_cannot_encode_the_graph(monkeypatch):
     """A network the MILP refuses (e.g. a weight HiGHS would drop) ends auto with unknown and
     that reason, not an error."""

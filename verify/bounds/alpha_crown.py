@@ -198,6 +198,99 @@ def graph_optimized_margin_lower(net, batch: InputBatch, options: AlphaCROWNOpti
     return best, crown_lower, cost
 
 
+def graph_relu_inputs(net) -> list[str]:
+    """The Relu nodes' input tensors of a GraphNetwork, in topological order, without repeats
+    and without those affine in the input (over a box their interval is CROWN's bound already:
+    nothing to optimise)."""
+    from . import graph
+
+    affine = set(graph.affine_in_input(net))
+    out = []
+    for node in net.graph.nodes:
+        z = node.inputs[0] if node.op == "Relu" else None
+        if z is not None and z not in affine and z not in out:
+            out.append(z)
+    return out
+
+
+def _relu_ancestors(net, name: str) -> set[str]:
+    """Outputs of the Relu nodes that `name` depends on (whose slopes its CROWN bound uses)."""
+    producer = {node.output: node for node in net.graph.nodes}
+    seen, stack, out = set(), [name], set()
+    while stack:
+        t = stack.pop()
+        node = producer.get(t)
+        if node is None or t in seen:
+            continue
+        seen.add(t)
+        if node.op == "Relu":
+            out.add(t)
+        stack.extend(node.inputs)
+    return out
+
+
+def graph_optimized_intermediate(net, batch: InputBatch, bounds: dict[str, Bounds],
+                                 targets: Sequence[str], steps: int, lr: float = 0.1,
+                                 lr_decay: float = 0.98, max_rows: int = 1024
+                                 ) -> tuple[dict[str, Bounds], dict]:
+    """alpha-CROWN on the pre-activation bounds of a GraphNetwork: for each tensor z in
+    `targets` (Relu inputs, topological order), min and max of each unstable entry z_i
+    (l_i < 0 < u_i in some input of the batch; at most `max_rows` of them, the widest) are
+    bounded by backward passes from +-e_i whose Relu lower slopes, one set per bound and per
+    upstream Relu, follow `steps` of projected Adam on the sum of the bounds. Each bound keeps
+    its best iterate and is intersected with the given one (every slope in [0, 1] is sound), so
+    the result is never looser; later targets are bounded with the earlier ones' new bounds.
+    Stops at the active deadline with what it has (sound). Returns the bounds (a new dict; the
+    tensors downstream of a tightened z keep their old, still sound, bounds) and a cost dict."""
+    from . import graph
+
+    bounds = dict(bounds)
+    timer = deadline.active()
+    cost = {"intermediate_targets": 0, "intermediate_rows": 0, "intermediate_steps": 0}
+    for z in targets:
+        if timer.expired():
+            cost["stopped_at_deadline"] = 1
+            break
+        lo, up = bounds[z]
+        shape = net.graph.shapes[z]
+        flat_lo, flat_up = lo.flatten(1), up.flatten(1)
+        open_ = (flat_lo < 0) & (flat_up > 0)
+        width = torch.where(open_, flat_up - flat_lo, torch.zeros_like(flat_lo)).max(0).values
+        rows = torch.nonzero(open_.any(0)).flatten()
+        if len(rows) == 0:
+            continue
+        if len(rows) > max_rows:
+            rows = rows[torch.argsort(width[rows], descending=True)[:max_rows]]
+        r, b = len(rows), len(batch)
+        eye = torch.zeros((r, flat_lo.shape[1]), dtype=lo.dtype, device=lo.device)
+        eye[torch.arange(r, device=lo.device), rows] = 1.0
+        coeffs = torch.cat([eye, -eye]).reshape(2 * r, *shape).expand(b, 2 * r, *shape)
+        const = torch.zeros((b, 2 * r), dtype=lo.dtype, device=lo.device)
+        ancestors = _relu_ancestors(net, z)
+        alphas = {name: a.requires_grad_(True) for name, a in
+                  graph.relu_slopes(net, bounds, 2 * r).items() if name in ancestors}
+        best = torch.cat([flat_lo[:, rows], -flat_up[:, rows]], 1)
+        optimizer = ProjectedAdam(list(alphas.values()), lr, lr_decay)
+        for step in range(steps + 1):
+            value = graph.backward_bound(net, batch, bounds, z, coeffs, const, alphas)
+            best = torch.maximum(best, value.detach())
+            cost["intermediate_steps"] += 1
+            if step == steps or not value.requires_grad or timer.expired():
+                break
+            optimizer.zero_grad()
+            (-value.sum()).backward()
+            optimizer.step()
+            with torch.no_grad():
+                for alpha in alphas.values():
+                    alpha.clamp_(0.0, 1.0)
+        new_lo, new_up = flat_lo.clone(), flat_up.clone()
+        new_lo[:, rows], new_up[:, rows] = best[:, :r], -best[:, r:]
+        bounds[z] = (new_lo.reshape(lo.shape), new_up.reshape(up.shape))
+        cost["intermediate_targets"] += 1
+        cost["intermediate_rows"] += r
+    return bounds, cost
+
+
 def _group_key(spec: Specification) -> tuple:
     return norm_of(spec.input_set), spec.output.C.shape
 
