@@ -368,14 +368,35 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
     return np.concatenate([errors[o].reshape(-1).numpy() for o in net.graph.outputs])
 
 
+def _check_constant_range(reader, element_type: str) -> None:
+    """A graph evaluated in a format coarser than float32 (float16: an isomorphic network
+    declared in another precision) rounds its float32 / float64 constants to it: one rounding
+    of relative u each (within EXTRA_ROUNDINGS) as long as they are normal numbers of the
+    format; a nonzero constant below its smallest normal (absolute, not relative, error) or
+    beyond half its largest (overflow to inf) is not modelled."""
+    u, tiny, largest, _ = FLOAT_FORMATS[element_type]
+    if u < FLOAT_FORMATS["float32"][0]:
+        return
+    for name, value in reader.consts.items():
+        value = np.abs(np.asarray(value))
+        if value.dtype.kind != "f" or not value.size:
+            continue
+        nonzero = value[value != 0]
+        if nonzero.size and (nonzero.min() < tiny or nonzero.max() >= largest / 2):
+            raise FloatSemanticsError(f"constant '{name}' has a value outside the normal range "
+                                      f"of {element_type}; its rounding is not modelled")
+
+
 def evaluation_error(path: Union[str, Path], lower: np.ndarray, upper: np.ndarray,
                      element_type: str = "float32") -> np.ndarray:
     """Per output, a bound on |N_fl(x) - N(x)| over the box [lower, upper] (flat network
     input), N the ONNX model at `path` over the reals and N_fl the same graph evaluated in
-    `element_type` (any summation order). FloatSemanticsError when it cannot be bounded."""
+    `element_type` (any summation order; its constants rounded to it when the model stores
+    them finer). FloatSemanticsError when it cannot be bounded."""
     model, reader, net = read_graph(path)
     _check_casts(model, reader)
     _check_constant_arithmetic(model, reader)
+    _check_constant_range(reader, element_type)
     return network_error(net, lower, upper, element_type, _batchnorm_extras(model, reader))
 
 
@@ -431,6 +452,42 @@ def graph_float_forward(path: Union[str, Path], x: np.ndarray,
     value = torch.as_tensor(np.asarray(x, dtype=np.float64).reshape(1, -1)).to(dtype)
     with torch.no_grad():
         return net.torch_forward(value).reshape(-1).to(torch.float64).numpy()
+
+
+ONNX_FLOAT_TYPES = {"float32": 1, "float16": 10, "float64": 11}
+
+
+def retyped_model(model, element_type: str):
+    """A copy of the ModelProto `model` computing in `element_type` (the same graph declared in
+    another precision, as a VNN-LIB isomorphic network may be): every float32 / float16 /
+    float64 tensor it declares or stores (graph inputs, outputs, value_info, initializers,
+    Constant and ConstantOfShape values) and every Cast to one of those types retyped."""
+    from onnx import numpy_helper
+
+    target = ONNX_FLOAT_TYPES[element_type]
+    dtype = np.dtype(FLOAT_FORMATS[element_type][3])
+    floats = set(ONNX_FLOAT_TYPES.values())
+    copy = type(model)()
+    copy.CopyFrom(model)
+    graph = copy.graph
+
+    def retensor(tensor) -> None:
+        if tensor.data_type in floats and tensor.data_type != target:
+            value = numpy_helper.to_array(tensor).astype(dtype)
+            tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
+
+    for info in (*graph.input, *graph.output, *graph.value_info):
+        if info.type.tensor_type.elem_type in floats:
+            info.type.tensor_type.elem_type = target
+    for tensor in graph.initializer:
+        retensor(tensor)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i in floats:
+                attribute.i = target
+            elif attribute.name == "value" and attribute.HasField("t"):
+                retensor(attribute.t)
+    return copy
 
 
 def onnxruntime_forward(path: Union[str, Path], x: np.ndarray) -> np.ndarray:
