@@ -579,8 +579,10 @@ def _own_observed(query, net, x, kinds: dict[str, Optional[str]]):
 
     dtypes = {None: torch.float64, "float32": torch.float32, "float64": torch.float64,
               "float16": torch.float16}
+    from .graph.ops import rounding_casts
+
     runs = {}
-    with torch.no_grad():
+    with torch.no_grad(), rounding_casts():
         for fmt in set(kinds.values()):
             value = net.torch_forward(torch.as_tensor(x[None], dtype=dtypes[fmt]))[0]
             runs[fmt] = value.double().numpy().reshape(-1)
