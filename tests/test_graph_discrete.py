@@ -69,8 +69,25 @@ for exponent in (0.0, 1.0, 2.0, 3.0, -1.0, 0.5, -0.5, 4.0, [2.0, 3.0, 1.5, -2.0]
                                  [N], TensorProto.FLOAT)
 
 
+# casts between float precisions: the identity over the reals, rounded in floats (not in
+# MODELS: onnxruntime's float16 rounding is not the real forward's identity)
+ROUNDING_CASTS = {
+    "cast_f16": ([_const("three", 3.0), _const("tenth", 0.1), _const("one", 1.0),
+                  helper.make_node("Mul", ["X", "three"], ["a"]),
+                  helper.make_node("Add", ["a", "tenth"], ["b"]),
+                  _cast("b", "h", TensorProto.FLOAT16), _cast("h", "f"),
+                  _cast("f", "d", TensorProto.DOUBLE), _cast("d", "e"),
+                  helper.make_node("Add", ["e", "one"], ["Y"])], [N], TensorProto.FLOAT),
+    "cast_f16_gap": ([_cast("X", "h", TensorProto.FLOAT16), _cast("h", "f"),
+                      helper.make_node("Sub", ["f", "X"], ["Y"])], [N], TensorProto.FLOAT),
+}
+MODELS["cast_f64"] = ([_const("three", 3.0), helper.make_node("Mul", ["X", "three"], ["a"]),
+                       _cast("a", "d", TensorProto.DOUBLE), _cast("d", "Y")], [N],
+                      TensorProto.FLOAT)
+
+
 def _save(path, name: str) -> str:
-    nodes, shape, elem = MODELS[name]
+    nodes, shape, elem = {**MODELS, **ROUNDING_CASTS}[name]
     graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("X", TensorProto.FLOAT, [N])],
                               [helper.make_tensor_value_info("Y", elem, shape)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -251,3 +268,57 @@ def test_solver_answers_and_replays_sat(tmp_path, capsys):
         code, out, err = run_solver(["verify", query, "--network", f"N={shape}", "--timeout", "60"],
                                 capsys)
         assert code == 0 and out.splitlines()[0] == expected, err
+
+
+def test_float_casts_are_identities_rounded_to_the_target(tmp_path):
+    """Casts float32 -> float16 -> float32 -> float64 -> float32: the real forward is the
+    identity; float_rounding's bound covers onnxruntime's float32 evaluation (float16 rounding,
+    relative 2^-11) on random points of random boxes, and a widening cast costs nothing."""
+    from verify.float_rounding import evaluation_error
+
+    path = _save(tmp_path / "m.onnx", "cast_f16")
+    net = load_onnx(path)
+    rng = np.random.default_rng(3)
+    worst = 0.0
+    for _ in range(4):
+        lower = rng.uniform(-30, 30, N)
+        upper = lower + rng.choice([0.0, 0.5, 8.0], N)
+        x = rng.uniform(lower, upper, (200, N)).astype(np.float32).astype(np.float64)
+        x = np.clip(x, lower, upper)
+        real = x * 3 + 0.1 + 1
+        assert np.allclose(net.forward(x), real, rtol=1e-12)
+        bound = evaluation_error(path, lower, upper)
+        gap = np.abs(np.stack([onnxruntime_forward(path, row) for row in x]) - real)
+        assert np.all(gap <= bound)
+        worst = max(worst, float((gap / bound).max()))
+    assert worst > 0.25  # the float16 rounding is really charged, not a much larger bound
+    wide = evaluation_error(_save(tmp_path / "w.onnx", "cast_f64"), np.full(N, -2.0),
+                            np.full(N, 2.0))
+    plain = tmp_path / "p.onnx"  # the same Mul without the casts
+    graph = helper.make_graph([_const("three", 3.0), helper.make_node("Mul", ["X", "three"], ["Y"])],
+                              "p", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [N])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [N])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(plain))
+    # (up to the walk's 1e-9 self-slack per node)
+    assert np.allclose(wide, evaluation_error(str(plain), np.full(N, -2.0), np.full(N, 2.0)),
+                       rtol=1e-8, atol=0)
+
+
+def test_solver_through_a_float16_cast(tmp_path, capsys):
+    """Y = float32(float16(X)) - X on X in [2048.25, 2048.75]: 0 over the reals; in float32
+    every such X rounds to 2048 in float16 (spacing 2 there), so Y = 2048 - X <= -0.25, while
+    |Y| <= 1 (half a float16 spacing) anywhere."""
+    pytest.importorskip("vnnlib")
+    path = _save(tmp_path / "gap.onnx", "cast_f16_gap")
+    box = [(2048.25, 2048.75)] * N
+    for output, extra, expected in (("(assert (<= Y[0] -0.2))", [], "sat"),
+                                    ("(assert (<= Y[0] -0.2))", ["--floats-as-reals"], "unsat"),
+                                    ("(assert (>= Y[1] 1.5))", [], "unsat")):
+        query = _query(tmp_path, box, output)
+        code, out, err = run_solver(["verify", query, "--network", f"N={path}", "--timeout", "60",
+                                     *extra], capsys)
+        assert code == 0 and out.splitlines()[0] == expected, err
+        if expected == "sat":
+            x = np.array([float(v) for v in out.splitlines()[2:2 + N]])
+            assert np.all(x == x.astype(np.float32)) and 2048.25 <= x[0] <= 2048.75
+            assert onnxruntime_forward(path, x)[0] <= -0.2

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from verify.graph.compose import Member, compose, read_member
 from verify.solver_cli import main
-from verify.vnnlib import parse_vnnlib
+from verify.vnnlib import VnnlibError, parse_vnnlib
 
 pytest.importorskip("vnnlib")
 ort = pytest.importorskip("onnxruntime")
@@ -441,3 +441,51 @@ def test_softmax_outputs_never_leave_the_unit_interval(tmp_path, method, capsys)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         (y,) = session.run(None, {"x": x})
         assert y[0] >= 0.75 - 1e-6
+
+
+ISOMORPHIC = """(vnnlib-version <2.0>)
+(declare-network N1 (declare-input X float32 [1]) (declare-output Y float32 [1]))
+(declare-network N2 (isomorphic-to N1) (declare-input X2 {t} [1]) (declare-output Y2 {t} [1]))
+(assert (and (>= X[0] 0.0) (<= X[0] 1.0) (>= X2[0] 2048.0) (<= X2[0] 2048.0)))
+(assert (>= Y[0] 0.0))
+"""
+
+
+def test_isomorphic_network_in_another_precision_is_read_with_its_own_types():
+    query = parse_vnnlib(ISOMORPHIC.format(t="float16") + "(assert (<= Y2[0] 2048.0))", "q")
+    assert [(v.name, v.element_type) for v in query.variables] == [
+        ("X", "float32"), ("Y", "float32"), ("X2", "float16"), ("Y2", "float16")]
+    assert query.networks[1].isomorphic_to == "N1"
+    # only the isomorphic-types check is sidestepped: a comparison mixing float16 and float32
+    # is still the package's type error
+    with pytest.raises(VnnlibError, match="Type mismatch in arithmetic expression"):
+        parse_vnnlib(ISOMORPHIC.format(t="float16") + "(assert (<= Y2[0] Y[0]))", "q")
+
+
+def test_isomorphic_network_is_evaluated_in_its_own_precision(tmp_path, capsys):
+    # y = x + 1 at x = 2048: 2049 over the reals and in float32, 2048 in float16 (ties to even)
+    plus_one = _model(tmp_path / "plus_one.onnx", [helper.make_node("Add", ["x", "one"], ["y"])],
+                      {"x": [1]}, {"y": [1]}, {"one": [1.0]})
+    assert np.float16(2048) + np.float16(1) == 2048 and np.float32(2048) + 1 == 2049
+    nets = {"N1": plus_one, "N2": plus_one}
+    code, out, err = _solve(tmp_path, ISOMORPHIC.format(t="float16")
+                            + "(assert (<= Y2[0] 2048.0))", nets, capsys)
+    assert code == 0 and out.startswith("sat\n"), err
+    v = _assignment(out)
+    assert v["X2"] == 2048 and v["Y2"] == 2048 and 0 <= v["X"] <= 1
+    import onnx
+
+    half = onnx.load(str(plus_one))  # onnxruntime in float16 on a float16 copy built here
+    half.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    half.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    half.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array([1], np.float16), "one"))
+    session = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"x": np.array([v["X2"]], np.float16)})[0][0] == v["Y2"]
+    # the same network declared float32 cannot reach 2048, and float16 cannot go below it
+    code, out, err = _solve(tmp_path, ISOMORPHIC.format(t="float32")
+                            + "(assert (<= Y2[0] 2048.0))", nets, capsys)
+    assert (code, out) == (0, "unsat\n"), err
+    # float16's rounding bound (a few units at 2049, unit roundoff 2^-11) still proves 2040
+    code, out, err = _solve(tmp_path, ISOMORPHIC.format(t="float16")
+                            + "(assert (<= Y2[0] 2040.0))", nets, capsys)
+    assert (code, out) == (0, "unsat\n"), err

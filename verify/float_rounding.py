@@ -23,6 +23,10 @@ float evaluation, a bound E_t on |t_fl - t| per tensor t; one rule per op kind (
             (R the spread of the widened inputs), FUNCTION_ULPS u per exp, gamma_n for the sum,
             2 roundings for the quotient (see _softmax_error)
     a b     E_a (|b| + E_b) + |a| E_b + u (|a| + E_a)(|b| + E_b); a / b: see _bilinear_error
+    Cast    to float32 / float16 / float64 (identity over the reals): E_x when the target is as
+            fine as the coarsest format the input's values are in; else one rounding to the
+            target T, E_x + u_T (max|x| + E_x) + TINY_T; nodes after it compute in T (each
+            tensor has a format, the rules use its u, TINY and range)
 
 Derivation of the linear rule: the float evaluation computes fl(L(x_fl) + b) with |x_fl - x| <=
 E_x. Exactly, L(x_fl) - L(x) = L(x_fl - x), at most |L|(E_x). The float sum of the n products
@@ -73,6 +77,8 @@ FLOAT_FORMATS = {
     "float16": (2.0 ** -11, 2.0 ** -14, float(np.finfo(np.float16).max), "float16"),
     "float64": (2.0 ** -53, 2.0 ** -1022, float(np.finfo(np.float64).max), "float64"),
 }
+ONNX_FLOAT_TYPES = {"float32": 1, "float16": 10, "float64": 11}  # their ONNX element types
+ONNX_FORMATS = {code: name for name, code in ONNX_FLOAT_TYPES.items()}
 BATCHNORM_ROUNDINGS = 8  # inv = 1/sqrt(var + eps), s = scale inv, (w - mean) s + B, in any form
 EXTRA_ROUNDINGS = 3
 SELF_SLACK = 1e-9  # relative inflation for the float64 rounding of this module's own sums
@@ -239,19 +245,51 @@ def _batchnorm_extras(model, reader) -> dict:
     return extras
 
 
-def _check_casts(model, reader) -> None:
-    """A Cast of a variable tensor to another float type rounds where the graph reads an
-    identity: not modelled (the reader takes only float casts)."""
+def _model_type(model, reader) -> int:
+    """The ONNX element type of the model's (first) variable input."""
     graph_input = next(i for i in model.graph.input if i.name not in reader.consts)
-    elem_type = graph_input.type.tensor_type.elem_type
+    return graph_input.type.tensor_type.elem_type
+
+
+def _check_casts(model, reader) -> None:
+    """Casts of variable tensors to float32 / float16 / float64 are the IR's Cast (rounded to
+    the target, `_cast_error`), to integer and bool types graph.discrete's Trunc / Compare;
+    a cast to another type (bfloat16) rounds in a way not modelled here."""
     for node in model.graph.node:
         if node.op_type == "Cast" and reader.var(node.input[0]) in reader.shapes:
             to = next((a.i for a in node.attribute if a.name == "to"), None)
-            # integer and bool targets are graph.discrete's Trunc / Compare, bounded below
-            if to != elem_type and to not in (2, 3, 4, 5, 6, 7, 9, 12, 13):
+            if to not in ONNX_FORMATS and to not in (2, 3, 4, 5, 6, 7, 9, 12, 13):
                 raise FloatSemanticsError(f"node '{node.name or node.op_type}' (Cast): a cast "
                                           f"of a variable tensor to element type {to} rounds; "
                                           "its rounding is not modelled")
+
+
+def _coarsest(formats) -> str:
+    """The format with the largest unit roundoff."""
+    return max(formats, key=lambda name: FLOAT_FORMATS[name][0])
+
+
+def _cast_target(node, element_type: str, retyped: bool) -> str:
+    """The format a Cast node rounds to: its target, or `element_type` in a retyped graph."""
+    to = node.params["to"]
+    if to not in ONNX_FORMATS:
+        raise FloatSemanticsError(f"node '{node.name}' (Cast): a cast to element type {to} "
+                                  "rounds; its rounding is not modelled")
+    return element_type if retyped else ONNX_FORMATS[to]
+
+
+def _cast_error(error, lower, upper, source: str, target: str):
+    """y = x cast to `target`, x holding values of the format `source` (the coarsest it was
+    last rounded to: a float32 value widened to float64 and cast back is exact): exact when
+    `target` is as fine or finer, else one rounding to the target, |fl_T(v) - v| <= u_T |v| + TINY_T (underflow, FTZ included), v
+    within E of x: E_y = E + u_T (max|x| + E) + TINY_T. Overflow: the walk's magnitude check
+    in the target's range."""
+    import torch
+
+    if FLOAT_FORMATS[target][0] <= FLOAT_FORMATS[source][0]:
+        return error
+    u, tiny = FLOAT_FORMATS[target][:2]
+    return error + u * (torch.maximum(lower.abs(), upper.abs()) + error) + tiny
 
 
 # Ops on constants whose float result is rounded once (IEEE correctly rounded), and ops whose
@@ -303,10 +341,16 @@ def read_graph(path: Union[str, Path]):
 
 
 def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str = "float32",
-                  batchnorm_means: Optional[dict] = None) -> np.ndarray:
+                  batchnorm_means: Optional[dict] = None,
+                  model_type: Optional[int] = None) -> np.ndarray:
     """Per output of the GraphNetwork `net`, a bound on |N_fl(x) - N(x)| over the box [lower,
     upper] (the recurrence of the module docstring, one rule per op); `batchnorm_means`: the
-    |running mean| per BatchNormalization output tensor."""
+    |running mean| per BatchNormalization output tensor. Each tensor has a format: the inputs
+    `element_type`, a Cast's output its target, any other node's output the coarsest of its
+    inputs'; each rule uses its output's u, TINY and range (and a Cast knows the coarsest
+    format its input's values are in, which may be coarser than the one it is stored in). `model_type`: the ONNX element type
+    the model declares; when it is not `element_type`'s (the graph evaluated in another
+    precision, float_rounding.retyped_model) every float Cast is to `element_type`."""
     import torch
 
     from .graph import discrete, ops
@@ -314,6 +358,7 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
     if element_type not in FLOAT_FORMATS:
         raise FloatSemanticsError(f"element type {element_type} has no float model here "
                                   f"({', '.join(FLOAT_FORMATS)})")
+    retyped = model_type is not None and model_type != ONNX_FLOAT_TYPES[element_type]
     u, tiny, largest, _ = FLOAT_FORMATS[element_type]
     lower = np.asarray(lower, dtype=np.float64).reshape(-1)
     upper = np.asarray(upper, dtype=np.float64).reshape(-1)
@@ -326,12 +371,23 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
                                 | ((lows[name] < 0) & (highs[name] > -tiny)),
                                 tiny, 0.0).to(torch.float64) for name in net.graph.inputs}
     means = batchnorm_means or {}
+    formats = {name: element_type for name in net.graph.inputs}  # the format computed in
+    held = dict(formats)  # the coarsest format whose values the tensor holds (casts keep it)
     with torch.no_grad():
         for k, node in enumerate(net.graph.nodes):
             partial = None
             ins = [errors[i] for i in node.inputs]
             box = [bounds[i] for i in node.inputs]
-            if node.op in ops.LINEAR:
+            fmt = _coarsest([formats[i] for i in node.inputs]) if node.inputs else element_type
+            held[node.output] = fmt
+            if node.op == "Cast":
+                fmt = _cast_target(node, element_type, retyped)
+                held[node.output] = _coarsest([held[node.inputs[0]], fmt])
+            u, tiny, largest, _ = FLOAT_FORMATS[fmt]
+            formats[node.output] = fmt
+            if node.op == "Cast":
+                error = _cast_error(ins[0], *box[0], held[node.inputs[0]], fmt)
+            elif node.op in ops.LINEAR:
                 extra = None
                 if node.op == "Affine" and node.output in means:  # (x - mean) s + B
                     scale = node.params["scale"]
@@ -368,15 +424,37 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
     return np.concatenate([errors[o].reshape(-1).numpy() for o in net.graph.outputs])
 
 
+def _check_constant_range(reader, element_type: str) -> None:
+    """A graph evaluated in a format coarser than float32 (float16: an isomorphic network
+    declared in another precision) rounds its float32 / float64 constants to it: one rounding
+    of relative u each (within EXTRA_ROUNDINGS) as long as they are normal numbers of the
+    format; a nonzero constant below its smallest normal (absolute, not relative, error) or
+    beyond half its largest (overflow to inf) is not modelled."""
+    u, tiny, largest, _ = FLOAT_FORMATS[element_type]
+    if u < FLOAT_FORMATS["float32"][0]:
+        return
+    for name, value in reader.consts.items():
+        value = np.abs(np.asarray(value))
+        if value.dtype.kind != "f" or not value.size:
+            continue
+        nonzero = value[value != 0]
+        if nonzero.size and (nonzero.min() < tiny or nonzero.max() >= largest / 2):
+            raise FloatSemanticsError(f"constant '{name}' has a value outside the normal range "
+                                      f"of {element_type}; its rounding is not modelled")
+
+
 def evaluation_error(path: Union[str, Path], lower: np.ndarray, upper: np.ndarray,
                      element_type: str = "float32") -> np.ndarray:
     """Per output, a bound on |N_fl(x) - N(x)| over the box [lower, upper] (flat network
     input), N the ONNX model at `path` over the reals and N_fl the same graph evaluated in
-    `element_type` (any summation order). FloatSemanticsError when it cannot be bounded."""
+    `element_type` (any summation order; its constants rounded to it when the model stores
+    them finer). FloatSemanticsError when it cannot be bounded."""
     model, reader, net = read_graph(path)
     _check_casts(model, reader)
     _check_constant_arithmetic(model, reader)
-    return network_error(net, lower, upper, element_type, _batchnorm_extras(model, reader))
+    _check_constant_range(reader, element_type)
+    return network_error(net, lower, upper, element_type, _batchnorm_extras(model, reader),
+                         _model_type(model, reader))
 
 
 def widen_query(query, error: np.ndarray):
@@ -422,15 +500,53 @@ def graph_float_forward(path: Union[str, Path], x: np.ndarray,
     """The own float replay: the graph IR of the model evaluated node by node in the format
     (torch on the CPU), every constant rounded to the format; a Div by a constant as the
     product by its rounded reciprocal (the reader's form), rewrites of Max / Clip / LeakyRelu
-    into Relu and sums as such."""
+    into Relu and sums as such; a Cast rounds to its target (the nodes after it then compute
+    in the replay's format, not the target's)."""
     import torch
+
+    from .graph.ops import rounding_casts
 
     _, _, net = read_graph(path)
     dtype = {"float32": torch.float32, "float16": torch.float16,
              "float64": torch.float64}[element_type]
     value = torch.as_tensor(np.asarray(x, dtype=np.float64).reshape(1, -1)).to(dtype)
-    with torch.no_grad():
+    with torch.no_grad(), rounding_casts():
         return net.torch_forward(value).reshape(-1).to(torch.float64).numpy()
+
+
+
+
+def retyped_model(model, element_type: str):
+    """A copy of the ModelProto `model` computing in `element_type` (the same graph declared in
+    another precision, as a VNN-LIB isomorphic network may be): every float32 / float16 /
+    float64 tensor it declares or stores (graph inputs, outputs, value_info, initializers,
+    Constant and ConstantOfShape values) and every Cast to one of those types retyped."""
+    from onnx import numpy_helper
+
+    target = ONNX_FLOAT_TYPES[element_type]
+    dtype = np.dtype(FLOAT_FORMATS[element_type][3])
+    floats = set(ONNX_FLOAT_TYPES.values())
+    copy = type(model)()
+    copy.CopyFrom(model)
+    graph = copy.graph
+
+    def retensor(tensor) -> None:
+        if tensor.data_type in floats and tensor.data_type != target:
+            value = numpy_helper.to_array(tensor).astype(dtype)
+            tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
+
+    for info in (*graph.input, *graph.output, *graph.value_info):
+        if info.type.tensor_type.elem_type in floats:
+            info.type.tensor_type.elem_type = target
+    for tensor in graph.initializer:
+        retensor(tensor)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i in floats:
+                attribute.i = target
+            elif attribute.name == "value" and attribute.HasField("t"):
+                retensor(attribute.t)
+    return copy
 
 
 def onnxruntime_forward(path: Union[str, Path], x: np.ndarray) -> np.ndarray:

@@ -254,6 +254,18 @@ def _float_format(query, query_path: str, floats_as_reals: bool = False) -> Opti
     return kind
 
 
+def _network_formats(query) -> dict[str, Optional[str]]:
+    """Per declared network, the float format it is evaluated in: the coarsest type among its
+    own variables (None: the reals). Networks may differ: an isomorphic network declared in
+    another precision is the same graph evaluated in that format."""
+    from .float_rounding import query_format
+
+    return {net.name: query_format([v.element_type for v in query.variables
+                                    if v.network == net.name
+                                    and not v.element_type.startswith(("int", "uint"))])
+            for net in query.networks}
+
+
 def _float_widened_error(model: Path, lower, upper, kind: str):
     """(the float evaluation error of `model` per output over the box, None) or (None, the
     reason no unsat can be given) when that error cannot be bounded."""
@@ -449,11 +461,11 @@ def _sub_model(model, inputs: list[str], tensor: str):
     return sub
 
 
-def _composed_float_widened(query, parts: list[_Part], kind: str):
+def _composed_float_widened(query, parts: list[_Part], kinds: dict[str, Optional[str]]):
     """As _float_widened, the error bounded per observed tensor: the sub-model from the
     network's inputs to that tensor (onnx.utils.Extractor), bounded by
-    float_rounding.evaluation_error on the hull of those inputs; inputs read as outputs are
-    exact (error 0)."""
+    float_rounding.evaluation_error in its network's format (`kinds`, None: the reals, error
+    0) on the hull of those inputs; inputs read as outputs are exact (error 0)."""
     import tempfile
 
     import numpy as np
@@ -464,7 +476,8 @@ def _composed_float_widened(query, parts: list[_Part], kind: str):
     error = np.zeros(query.n_outputs)
     with tempfile.TemporaryDirectory(prefix="verify-solver-") as scratch:
         for part in parts:
-            for tensor, v in part.observed:
+            kind = kinds[part.name]
+            for tensor, v in part.observed if kind is not None else ():
                 needed = _dependencies(part.model, tensor)
                 slices = {own: var for own, var in part.inputs}
                 lo = np.concatenate([lower[slices[n].offset:slices[n].offset + slices[n].size]
@@ -485,17 +498,27 @@ def _composed_float_widened(query, parts: list[_Part], kind: str):
     return widen_query(query, error), None, error
 
 
-def _onnxruntime_observed(query, parts: list[_Part], x, kind: str):
+def _onnxruntime_observed(query, parts: list[_Part], x, kinds: dict[str, Optional[str]]):
     """The observed vector y (hidden nodes and outputs, declaration order) from onnxruntime,
-    each network run on its own model at its slice of x (fed in its inputs' own types)."""
+    each network run on its own model at its slice of x (fed in its inputs' own types); a
+    network whose format (`kinds`) is not its model's float type is run on the model retyped
+    to that format (float_rounding.retyped_model: an isomorphic network in another precision)."""
     import numpy as np
     import onnxruntime as ort
+
+    from .float_rounding import ONNX_FLOAT_TYPES, retyped_model
 
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     y = np.zeros(query.n_outputs - (query.n_inputs if query.observes_inputs else 0))
     for part in parts:
         model = type(part.model)()
         model.CopyFrom(part.model)
+        first = next(i for i in model.graph.input if i.name == part.inputs[0][0])
+        kind = kinds.get(part.name)
+        if kind in ONNX_FLOAT_TYPES and first.type.tensor_type.elem_type in \
+                ONNX_FLOAT_TYPES.values() and \
+                first.type.tensor_type.elem_type != ONNX_FLOAT_TYPES[kind]:
+            model = retyped_model(model, kind)
         existing = {o.name for o in model.graph.output}
         elem_type = next(i for i in model.graph.input
                          if i.name == part.inputs[0][0]).type.tensor_type.elem_type
@@ -521,35 +544,81 @@ def _onnxruntime_observed(query, parts: list[_Part], x, kind: str):
     return y
 
 
-def _composed_counterexample(query, parts: list[_Part], net, x, kind: Optional[str]):
-    """(x, y) for a composed query's sat: x (rounded into the format inside a case's box when
-    `kind`) violating the query in the own replay (the composed graph in float64, or in the
-    format's torch dtype) and in onnxruntime on every network's own model (float semantics);
-    y the observed vector printed (onnxruntime's in float semantics). Else None."""
+_FINE_TO_COARSE = (None, "float64", "float32", "float16")
+
+
+def _rounded_inputs(query, x, box, kinds: dict[str, Optional[str]]):
+    """x with each entry rounded to the coarsest format of the networks reading it (`kinds`)
+    and moved into the box where rounding left it (float_rounding.round_into_box); None when
+    some entry has no such value in the box. Entries read by real networks only stay."""
     import numpy as np
-    import torch
 
     from .float_rounding import round_into_box
 
-    if kind is None:
+    x = np.asarray(x, dtype=np.float64).reshape(-1).copy()
+    entry_kind: dict[int, Optional[str]] = {}
+    for v in query.variables:
+        if v.kind == "input":
+            for i in range(v.offset, v.offset + v.size):
+                entry_kind[i] = max(entry_kind.get(i), kinds.get(v.network),
+                                    key=_FINE_TO_COARSE.index)
+    for fmt in set(entry_kind.values()) - {None}:
+        index = np.array([i for i, k in entry_kind.items() if k == fmt])
+        rounded = round_into_box(x[index], box.lower[index], box.upper[index], fmt)
+        if rounded is None:
+            return None
+        x[index] = rounded.astype(np.float64)
+    return x
+
+
+def _own_observed(query, net, x, kinds: dict[str, Optional[str]]):
+    """The composed graph's observed vector at x, each network's entries from a replay in its
+    own format (torch dtype; the reals: float64), inputs read as outputs as they are."""
+    import numpy as np
+    import torch
+
+    dtypes = {None: torch.float64, "float32": torch.float32, "float64": torch.float64,
+              "float16": torch.float16}
+    from .graph.ops import rounding_casts
+
+    runs = {}
+    with torch.no_grad(), rounding_casts():
+        for fmt in set(kinds.values()):
+            value = net.torch_forward(torch.as_tensor(x[None], dtype=dtypes[fmt]))[0]
+            runs[fmt] = value.double().numpy().reshape(-1)
+    y = runs[next(iter(runs))].copy()
+    for v in query.variables:
+        if v.kind != "input":
+            y[v.offset:v.offset + v.size] = runs[kinds[v.network]][v.offset:v.offset + v.size]
+    if query.observes_inputs:
+        y[query.n_outputs - query.n_inputs:] = x
+    return y
+
+
+def _composed_counterexample(query, parts: list[_Part], net, x,
+                             kinds: Optional[dict[str, Optional[str]]]):
+    """(x, y) for a composed query's sat: x (rounded into each network's format inside a
+    case's box when `kinds`) violating the query in the own replay (the composed graph in
+    float64, or each network's entries in its format's torch dtype) and in onnxruntime on every
+    network's own model (float semantics); y the observed vector printed (onnxruntime's in
+    float semantics). Else None."""
+    import numpy as np
+
+    if kinds is None:
         y = net.forward(x)
         return (x, y) if query.violated_by(x, y) else None
-    dtypes = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16}
     for case in query.cases:
-        xf = round_into_box(x, case.box.lower, case.box.upper, kind)
-        if xf is None:
+        xf = _rounded_inputs(query, x, case.box, kinds)
+        if xf is None or not case.box.contains(xf):
             continue
-        xf = xf.astype(np.float64)
         try:
-            with torch.no_grad():
-                own = net.torch_forward(torch.as_tensor(xf[None], dtype=dtypes[kind]))[0]
-            own = own.double().numpy()
+            own = _own_observed(query, net, xf, kinds)
         except Exception:  # noqa: BLE001 - no own replay in this dtype: onnxruntime's alone
             own = None
         if own is not None and not query.violated_by(xf, own):
             continue
         try:
-            y = _onnxruntime_observed(query, parts, xf, kind)
+            y = _onnxruntime_observed(query, parts, xf, kinds)
         except Exception:  # noqa: BLE001 - no onnxruntime evaluation: no sat claimed
             return None
         if query.violated_by(xf, y):
@@ -601,7 +670,8 @@ def cmd_verify(args: argparse.Namespace, out: TextIO, t0: float) -> int:
     elif parts is None:
         solved_query, no_unsat, error = _float_widened(query, model, kind)
     else:
-        solved_query, no_unsat, error = _composed_float_widened(query, parts, kind)
+        kinds = _network_formats(query)
+        solved_query, no_unsat, error = _composed_float_widened(query, parts, kinds)
     remaining = timeout - (time.perf_counter() - t0)
     if remaining <= 0:
         result, counterexample, method = "timed-out", None, "loading"
@@ -618,7 +688,8 @@ def cmd_verify(args: argparse.Namespace, out: TextIO, t0: float) -> int:
     if result == "sat":
         x, _ = counterexample
         if parts is not None:
-            found = _composed_counterexample(query, parts, net, x, kind)
+            found = _composed_counterexample(query, parts, net, x,
+                                             None if kind is None else kinds)
         elif kind is None:
             y = net.forward(x)  # replayed once more, here, on the numbers that are printed
             found = (x, y) if query.violated_by(x, y) else None

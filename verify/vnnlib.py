@@ -661,6 +661,9 @@ def _package_error(exc: Exception, source: str) -> VnnlibError:
             return VnnlibError(f"{source}:{line}:{col}: {what.strip().lower()}{near}")
         return VnnlibError(f"{source}: {' '.join(body.split()) or 'cannot be parsed'}")
     errors = report.get("errors") if isinstance(report, dict) else None
+    if errors and all(isinstance(e, dict) for e in errors):  # isomorphic retyping aside
+        errors = [e for e in errors if not _ISOMORPHIC_MISMATCH.fullmatch(
+            str(e.get("message", "")).strip())] or errors
     if not errors or not isinstance(errors[0], dict):
         return VnnlibError(f"{source}: the VNN-LIB 2.0 type checker refused the query")
     first = errors[0]
@@ -851,6 +854,80 @@ def _share_inputs(terms: list[list], variables: list[VnnlibVariable], n_in: int
     return out, len(kept)
 
 
+_ISOMORPHIC_MISMATCH = re.compile(r"Type mismatch for variable number (\d+) between networks "
+                                  r"'([^']+)' and '([^']+)'")
+
+
+def _isomorphic_retyped(text: str, source: str, exc: Exception
+                        ) -> Optional[tuple[str, dict[str, str]]]:
+    """Isomorphic networks may differ in element type (the same graph evaluated in another
+    precision), which the package's type checker refuses ("Type mismatch for variable number k
+    between networks 'N2' and 'N1'"). When that is every error it reports, and the k-th
+    declarations of such a pair have real or floating-point types, the query text with every
+    real or float variable of the isomorphic network retyped to its counterpart's (the same
+    declaration of the network it is isomorphic to) and {variable name: its declared type};
+    else None (the error stands). Every other check of the package runs on the retyped text (a
+    comparison mixing types included)."""
+    try:
+        report = json.loads(str(exc))
+        errors = report["errors"]
+        matches = [_ISOMORPHIC_MISMATCH.fullmatch(str(e.get("message", "")).strip())
+                   for e in errors]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not errors or not all(matches):
+        return None
+    try:
+        forms = _parse_sexprs(text, source)
+    except VnnlibError:
+        return None
+    line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+    networks: dict[str, tuple[Optional[str], list[_Node]]] = {}
+    for form in forms:
+        parts = form.value if isinstance(form.value, list) else []
+        if len(parts) < 2 or parts[0].value != "declare-network" or \
+                not isinstance(parts[1].value, str):
+            continue
+        isomorphic_to, types = None, []
+        for part in parts[2:]:
+            if not isinstance(part.value, list) or not part.value:
+                continue
+            head = part.value[0].value
+            if head == "isomorphic-to" and len(part.value) == 2:
+                isomorphic_to = part.value[1].value
+            elif head in ("declare-input", "declare-hidden", "declare-output") and \
+                    len(part.value) >= 3 and isinstance(part.value[2].value, str):
+                types.append(part.value[2])
+        networks[parts[1].value] = (isomorphic_to, types)
+    edits: dict[int, tuple[_Node, str]] = {}
+    declared: dict[str, str] = {}
+    readable = set(_ELEMENT_TYPES.values())
+    for match in matches:  # the package may stop at the first: every variable of the pair
+        k, mine, theirs = int(match.group(1)), match.group(2), match.group(3)
+        if mine not in networks or networks[mine][0] != theirs or theirs not in networks:
+            return None
+        own, other = networks[mine][1], networks[theirs][1]
+        if k >= min(len(own), len(other)) or \
+                not {own[k].value, other[k].value} <= readable:
+            return None
+        for mine_type, their_type in zip(own, other):
+            if mine_type.value != their_type.value and \
+                    {mine_type.value, their_type.value} <= readable:
+                offset = line_starts[mine_type.line - 1] + mine_type.col - 1
+                edits[offset] = (mine_type, their_type.value)
+    for offset in sorted(edits, reverse=True):
+        token, replacement = edits[offset]
+        text = text[:offset] + replacement + text[offset + len(token.value):]
+    for form in forms:  # the variable names of the retyped declarations
+        parts = form.value if isinstance(form.value, list) else []
+        for part in parts[2:] if len(parts) > 2 else []:
+            if isinstance(part.value, list) and len(part.value) >= 3:
+                token = part.value[2]
+                if isinstance(token.value, str) and any(t is token for t, _ in edits.values()):
+                    declared[part.value[1].value] = token.value
+    return text, declared
+
+
 def _onnx_name(decl: Any) -> Optional[str]:
     """The ONNX tensor name a declaration gives (the package keeps the quotes), or None."""
     name = getattr(decl, "onnx_name", None)
@@ -873,11 +950,20 @@ def parse_vnnlib2(text: str, source: str = "<vnnlib>") -> VnnlibQuery:
     version = vnnlib_version(text)
     if version != "{}.{}".format(*VNNLIB2_VERSION):
         raise VnnlibError(f"{source}: VNN-LIB version {version} is not supported (1.0 and 2.0)")
+    declared_types: dict[str, str] = {}
     try:
         with _quiet_native_stderr():
             query = vnnlib.parse_query_string(text)
     except vnnlib.VNNLibException as exc:
-        raise _package_error(exc, source) from None
+        retyped = _isomorphic_retyped(text, source, exc)
+        if retyped is None:
+            raise _package_error(exc, source) from None
+        text, declared_types = retyped
+        try:
+            with _quiet_native_stderr():
+                query = vnnlib.parse_query_string(text)
+        except vnnlib.VNNLibException as again:
+            raise _package_error(again, source) from None
     except (IndexError, ValueError) as exc:  # the package's C++ std::stod: out_of_range
         if str(exc).startswith("sto"):
             raise VnnlibError(f"{source}: a numeric literal is beyond float64's range (the "
@@ -906,6 +992,7 @@ def parse_vnnlib2(text: str, source: str = "<vnnlib>") -> VnnlibQuery:
                 side = "X" if kind == "input" else "Y"
                 variable = VnnlibVariable(decl.name, element_type, tuple(decl.shape), kind,
                                           size[side], net.name, _onnx_name(decl))
+                variable.element_type = declared_types.get(decl.name, element_type)
                 if kind == "hidden" and variable.onnx_name is None:
                     raise VnnlibError(f"{source}: hidden node {decl.name} names no ONNX tensor")
                 variables.append(variable)

@@ -83,7 +83,8 @@ def tag_of(k: int, node) -> str:
 
 
 # Ops where each output entry reads at most one entry of each input (copies, scalings, sums).
-SINGLE_SOURCE = ("Affine", "Sum", "Reshape", "Transpose", "Select", "Concat", "Pad", "Expand")
+SINGLE_SOURCE = ("Affine", "Sum", "Reshape", "Transpose", "Select", "Concat", "Pad", "Expand",
+                 "Cast")
 
 
 def input_colors(node, shape) -> Optional[np.ndarray]:

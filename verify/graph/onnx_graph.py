@@ -36,6 +36,7 @@ FOLD_OPS = (
     "ReduceProd", "ReduceSum", "Relu", "Reshape", "Shape", "Sigmoid", "Size", "Slice", "Sqrt",
     "Squeeze", "Sub", "Tanh", "Tile", "Transpose", "Unsqueeze", "Where",
 )
+FLOAT_TYPES = (1, 10, 11, 16)  # float32, float16, float64, bfloat16
 # Integer element types: [low, high) of their values (a cast of a float truncates toward zero)
 INTEGER_RANGES = {2: (0, 2 ** 8), 3: (-2 ** 7, 2 ** 7), 4: (0, 2 ** 16), 5: (-2 ** 15, 2 ** 15),
                   6: (-2 ** 31, 2 ** 31), 7: (-2 ** 63, 2 ** 63), 12: (0, 2 ** 32),
@@ -254,8 +255,10 @@ class GraphReader:
         to = attrs.get("to")
         producer = next((n for n in reversed(self.nodes) if n.output == names[0]), None)
         zero_one = producer is not None and producer.op == "Compare"
-        if to in (1, 10, 11, 16) or (to in INTEGER_RANGES and zero_one):
+        if to in INTEGER_RANGES and zero_one or to in FLOAT_TYPES and zero_one:
             self.alias_of(node, names, consts, attrs)
+        elif to in FLOAT_TYPES:  # identity over the reals, rounds in floats (float_rounding)
+            self.emit("Cast", node.name, [names[0]], {"to": int(to)}, node.output[0])
         elif to == 9:  # bool: x != 0 (graph.discrete)
             self.compare(node, "NotEqual", names[0], np.zeros(()))
         elif to in INTEGER_RANGES:  # toward zero (graph.discrete's Trunc)

@@ -24,7 +24,9 @@ handles Relu handles them.
 from __future__ import annotations
 
 import itertools
-from typing import Callable
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -148,6 +150,32 @@ def f_reshape(node: Node, xs: list[Tensor], p: dict) -> Tensor:
     return xs[0].reshape(xs[0].shape[0], *p["shape"])
 
 
+_CAST_DTYPES = {1: torch.float32, 10: torch.float16, 11: torch.float64}
+_ROUNDING_CASTS = threading.local()
+
+
+@contextmanager
+def rounding_casts() -> Iterator[None]:
+    """Within: Cast nodes round to their target type (a float replay of the graph); outside,
+    their forward is the identity (the reals)."""
+    before = getattr(_ROUNDING_CASTS, "on", False)
+    _ROUNDING_CASTS.on = True
+    try:
+        yield
+    finally:
+        _ROUNDING_CASTS.on = before
+
+
+def f_cast(node: Node, xs: list[Tensor], p: dict) -> Tensor:
+    """A Cast of a float tensor to a float type (params["to"], the ONNX type): the identity
+    over the reals; rounded to the target within `rounding_casts` (its rounding bound is
+    float_rounding's)."""
+    target = _CAST_DTYPES.get(p["to"])
+    if getattr(_ROUNDING_CASTS, "on", False) and target is not None:
+        return xs[0].to(target).to(xs[0].dtype)
+    return xs[0]
+
+
 def f_transpose(node: Node, xs: list[Tensor], p: dict) -> Tensor:
     return xs[0].permute(0, *[a + 1 for a in p["perm"]])
 
@@ -243,6 +271,7 @@ LINEAR: dict[str, tuple[Callable, Callable[[dict], dict], Callable[[Node], int]]
     "Pad": (f_pad, _abs_weights("value"), lambda n: 0),
     "Reduce": (f_reduce, _abs_weights(), lambda n: n.params["count"] + 1),
     "Reshape": (f_reshape, _abs_weights(), lambda n: 0),
+    "Cast": (f_cast, _abs_weights(), lambda n: 0),
     "Transpose": (f_transpose, _abs_weights(), lambda n: 0),
     "Select": (f_select, _abs_weights(), lambda n: 0),
     "Concat": (f_concat, _abs_concat, lambda n: 0),
