@@ -308,8 +308,10 @@ class GraphReader:
                   node.output[0])
 
     def op_Pow(self, node, names, consts, attrs) -> None:
-        if all(n in self.shapes for n in names):
-            raise NodeError("raises a variable tensor to a variable power")
+        if all(n in self.shapes for n in names):  # x^y: bounded where x >= 0 (discrete)
+            rank = max(len(self.shapes[n]) for n in names)
+            self.emit("Power", node.name, list(names), {"rank": rank}, node.output[0])
+            return
         if names[0] not in self.shapes:  # c^x = exp(x ln c), c > 0
             base = _finite(_as_float(consts[0]), "base")
             if np.any(base <= 0):
