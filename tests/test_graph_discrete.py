@@ -64,6 +64,8 @@ for relation in ("Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal"):
 MODELS["where_vars"] = ([_const("halves", [2, 2], np.int64), _split(),
                          helper.make_node("Less", ["a", "b"], ["r"]),
                          helper.make_node("Where", ["r", "a", "b"], ["Y"])], [2], TensorProto.FLOAT)
+MODELS["pow_vars"] = ([_const("halves", [2, 2], np.int64), _split(),
+                      helper.make_node("Pow", ["a", "b"], ["Y"])], [2], TensorProto.FLOAT)
 for exponent in (0.0, 1.0, 2.0, 3.0, -1.0, 0.5, -0.5, 4.0, [2.0, 3.0, 1.5, -2.0]):
     MODELS[f"pow_{exponent}"] = ([_const("p", exponent), helper.make_node("Pow", ["X", "p"], ["Y"])],
                                  [N], TensorProto.FLOAT)
@@ -168,14 +170,14 @@ def test_intervals_decide_where_they_can():
     assert lo.tolist() == [[-1.0, 2.0, -np.inf]] and up.tolist() == [[0.0, 3.0, np.inf]]
 
 
-@pytest.mark.parametrize("op", ["Compare", "Where", "Trunc", "Power"])
+@pytest.mark.parametrize("op", ["Compare", "Where", "Trunc", "Power", "PowerOfVariables"])
 def test_float_error_covers_perturbed_inputs(op):
     """|f(x + d) - f(x)| <= float_error for |d| <= E (the op's own rounding aside)."""
     rng = np.random.default_rng(2)
     n = 64
     lo = torch.as_tensor(rng.choice(np.arange(-2.0, 2.5, 0.5), n)[None])
     up = lo + torch.as_tensor(rng.choice([0.0, 0.25, 1.0], n)[None])
-    if op == "Power":
+    if op.startswith("Power"):
         lo, up = lo.abs() + 0.5, up.abs() + 0.5
         lo, up = torch.minimum(lo, up), torch.maximum(lo, up)
     e = torch.as_tensor(rng.choice([0.0, 1e-3, 0.3], n)[None])
@@ -192,9 +194,16 @@ def test_float_error_covers_perturbed_inputs(op):
     elif op == "Trunc":
         node, ins, errs = Node(op, op, ["x"], "y"), [(lo, up)], [e]
         params["range"] = torch.tensor([-2.0 ** 31, 2.0 ** 31], dtype=torch.float64)
-    else:
+    elif op == "Power":
         node, ins, errs = Node(op, op, ["x"], "y"), [(lo, up)], [e]
         params["exponent"] = torch.as_tensor(rng.choice([2.0, 3.0, -1.0, 0.5], n))
+    else:  # x^y, x in [0.5, 3], y in [-2.5, 3]
+        op = "Power"
+        node = Node(op, op, ["x", "p"], "y")
+        p_lo = torch.as_tensor(rng.choice([-2.5, -1.0, 0.0, 0.5, 2.0], n)[None])
+        p_up = p_lo + torch.as_tensor(rng.choice([0.0, 0.25, 1.0], n)[None])
+        e = e.clamp(max=0.1)  # the widened base stays positive
+        ins, errs = [(lo, up), (p_lo, p_up)], [e, e.flip(-1)]
     bound = discrete.float_error(node, params, errs, ins, 2.0 ** -24, 2.0 ** -126, 4.0)
     f = discrete.FORWARDS[op]
     for _ in range(200):
@@ -203,14 +212,13 @@ def test_float_error_covers_perturbed_inputs(op):
             xs[0] = torch.where(xs[0] > 0.5, 1.0, 0.0).double()
             xs[0] = torch.where(ins[0][0] == ins[0][1], ins[0][0], xs[0])
         moved = [x + torch.as_tensor(rng.uniform(-1, 1, n)[None]) * er for x, er in zip(xs, errs)]
-        if op == "Power":
-            moved = [m.clamp(min=1e-3) for m in moved]
+        if op == "Power":  # the base
+            moved[0] = moved[0].clamp(min=1e-3)
         gap = (f(node, moved, params) - f(node, xs, params)).abs()
         assert torch.all(gap <= bound + 1e-12), op
 
 
 @pytest.mark.parametrize("form", [
-    ("Pow of two variables", [helper.make_node("Pow", ["X", "X"], ["Y"])], "variable power"),
     ("negative base", [_const("b", -2.0), helper.make_node("Pow", ["b", "X"], ["Y"])], "base <= 0"),
     ("cast to string", [_cast("X", "Y", TensorProto.STRING)], "element type 8"),
 ])
@@ -322,3 +330,39 @@ def test_solver_through_a_float16_cast(tmp_path, capsys):
             x = np.array([float(v) for v in out.splitlines()[2:2 + N]])
             assert np.all(x == x.astype(np.float32)) and 2048.25 <= x[0] <= 2048.75
             assert onnxruntime_forward(path, x)[0] <= -0.2
+
+
+def test_power_of_two_variables(tmp_path, capsys):
+    """x^y of two variables: onnxruntime agrees on random points (test_model_matches_onnxruntime
+    above), the interval is exact at the corners of a positive base's box and unbounded where
+    the base may be negative (the float bound then refuses in one line); the solver proves and
+    finds x^y = 4 on x, y in [1, 2] (sat checked by onnxruntime)."""
+    from verify.float_rounding import FloatSemanticsError, evaluation_error
+
+    t = lambda v: torch.tensor([v], dtype=torch.float64)
+    lo, up = discrete.variable_power_interval(t([0.5, 2.0, -1.0, 0.0]), t([2.0, 3.0, 1.0, 1.0]),
+                                              t([-1.0, 0.5, 2.0, 0.0]), t([2.0, 2.0, 2.0, 2.0]))
+    assert torch.allclose(lo, t([0.25, 2 ** 0.5, -np.inf, 0.0]))
+    assert torch.allclose(up, t([4.0, 9.0, np.inf, 1.0]))
+    path = _save(tmp_path / "pow.onnx", "pow_vars")
+    rng = np.random.default_rng(5)
+    x = rng.uniform([0.5, 0.5, -1.0, -1.0], [2.0, 2.0, 2.0, 2.0], (300, N))
+    y = np.stack([onnxruntime_forward(path, row) for row in x])
+    box = (np.array([0.5, 0.5, -1.0, -1.0]), np.array([2.0, 2.0, 2.0, 2.0]))
+    bound = evaluation_error(path, *box)
+    real = x[:, :2] ** x[:, 2:]
+    assert np.all(np.abs(y - real) <= bound)
+    with pytest.raises(FloatSemanticsError, match="not provably positive") as exc:
+        evaluation_error(path, np.array([-0.5, 0.5, 1.0, 1.0]), np.array([2.0, 2.0, 2.0, 2.0]))
+    assert "\n" not in str(exc.value)
+    pytest.importorskip("vnnlib")
+    square = [(1.0, 2.0)] * N
+    for output, expected in (("(assert (>= Y[0] 4.001))", "unsat"),
+                             ("(assert (>= Y[0] 3.99))", "sat")):
+        query = _query(tmp_path, square, output, n_out=2)
+        code, out, err = run_solver(["verify", query, "--network", f"N={path}", "--timeout", "60"],
+                                    capsys)
+        assert code == 0 and out.splitlines()[0] == expected, err
+        if expected == "sat":
+            x = np.array([float(v) for v in out.splitlines()[2:2 + N]])
+            assert onnxruntime_forward(path, x)[0] >= 3.99

@@ -361,3 +361,37 @@ def test_random_dag_ball_bounds_hold(seed, n, smooth, norm, eps):
     assert np.all(lo[0].numpy() <= out.min(0)) and np.all(up[0].numpy() >= out.max(0)), "IBP"
     assert np.all(crown[:k] <= out.min(0)) and np.all(-crown[k:] >= out.max(0)), "CROWN"
     assert np.all(ibp_margin <= crown + 1e-12 * (1 + np.abs(crown))), "the order IBP <= CROWN"
+
+
+def test_average_pool_ceil_mode_matches_onnxruntime():
+    """AveragePool with ceil_mode 0 / 1 and count_include_pad 0 / 1, asymmetric pads, 1-D and
+    2-D: the loader's output shape and values (the last, partial window divided by the count
+    onnxruntime uses: its input cells, or those of the explicitly padded input, never the cells
+    ceil_mode adds) are onnxruntime's."""
+    import itertools
+
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(4)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    checked = 0
+    for size, k, s, p, include, ceil in itertools.product([4, 5, 7], [2, 3], [1, 2, 3], [0, 1],
+                                                          [0, 1], [0, 1]):
+        for spatial in ([size, size + 1], [size + 2]):
+            d = len(spatial)
+            pads = [p] * d + [min(p + 1, k - 1)] + [p] * (d - 1)  # end pads != begin pads
+            model = make_model([helper.make_node(
+                "AveragePool", ["x"], ["y"], kernel_shape=[k] * d, strides=[s] * d, pads=pads,
+                count_include_pad=include, ceil_mode=ceil)], [tensor("x", [1, 2, *spatial])],
+                [tensor("y", None)], opset=19)
+            x = rng.normal(size=(1, 2, *spatial)).astype(np.float32)
+            expected = ort.InferenceSession(model.SerializeToString(), options).run(
+                None, {"x": x})[0]
+            net = network_from_onnx(model, where="pool")
+            got = net.forward(x.reshape(1, -1).astype(np.float64))
+            assert got.size == expected.size, (size, k, s, p, include, ceil, spatial)
+            assert np.allclose(got.reshape(-1), expected.reshape(-1), atol=1e-5), \
+                (size, k, s, p, include, ceil, spatial)
+            checked += 1
+    assert checked == 288

@@ -411,6 +411,10 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
             elif node.op in ops.DISCRETE:  # comparisons, Where, trunc, powers
                 p = net.torch_params(torch.device("cpu"), torch.float64)[k]
                 error = discrete.float_error(node, p, ins, box, u, tiny, FUNCTION_ULPS)
+                if node.op == "Power" and len(node.inputs) == 2 and \
+                        not bool(torch.isfinite(error).all()):
+                    raise FloatSemanticsError(f"node '{node.name}' (Pow of two variables): the "
+                                              "base is not provably positive on the box")
             else:
                 raise FloatSemanticsError(f"node '{node.name or node.op}' ({node.op}): its float "
                                           "rounding is not modelled")

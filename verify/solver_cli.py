@@ -101,7 +101,8 @@ ATTRIBUTE_PROBES = {
          {"transB": 1, "alpha": 0.5, "beta": 2.0}),
     ),
     "MatMul": (("variable times a 2-D matrix", [1, 3], {"W": [3, 2]}, {}),),
-    "Cast": (("a variable tensor to int64", [1, 3], {}, {"to": 7}),),  # TensorProto.INT64
+    "Cast": (("a variable tensor to int64", [1, 3], {}, {"to": 7}),  # TensorProto.INT64
+             ("a variable tensor to float16", [1, 3], {}, {"to": 10})),  # TensorProto.FLOAT16
     "AveragePool": (("ceil_mode=1", [1, 1, 5, 5], {},
                      {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),),
     "MaxPool": (("ceil_mode=1", [1, 1, 5, 5], {},

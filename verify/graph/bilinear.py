@@ -54,7 +54,7 @@ def is_square(node: Node) -> bool:
     return node.op == "Product" and len(node.inputs) == 2 and node.inputs[0] == node.inputs[1]
 
 
-def _endpoint_hull(a_lo: Tensor, a_up: Tensor, b_lo: Tensor, b_up: Tensor
+def endpoint_hull(a_lo: Tensor, a_up: Tensor, b_lo: Tensor, b_up: Tensor
                    ) -> tuple[Tensor, Tensor]:
     """[min, max] of a b over the box (the four corners), NaN-free for infinite endpoints."""
     corners = torch.stack(torch.broadcast_tensors(a_lo * b_lo, a_lo * b_up, a_up * b_lo,
@@ -86,7 +86,7 @@ def interval(node: Node, ins: list[tuple[Tensor, Tensor]], p: dict) -> tuple[Ten
         inv_up = torch.where(away, 1 / b_lo, torch.full_like(b_up, torch.inf))
         inv_lo, inv_up = inv_lo - function_error(inv_lo), inv_up + function_error(inv_up)
         b_lo, b_up = inv_lo, inv_up
-    lo, up = _endpoint_hull(a_lo, a_up, b_lo, b_up)
+    lo, up = endpoint_hull(a_lo, a_up, b_lo, b_up)
     return lo - function_error(lo), up + function_error(up)
 
 

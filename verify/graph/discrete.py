@@ -18,7 +18,9 @@ broadcasting, inputs lifted to the node's `rank`).
   side, unbounded across 0; other p: defined for x >= 0 only, monotone there (increasing for
   p > 0, decreasing for p < 0); where x may be negative the interval is unbounded (the float
   result is NaN there). The loader rewrites the scalar exponents 0, 1, 2 and 3 into a constant,
-  an alias and graph.bilinear's products, and c^x (constant c > 0) into exp(x ln c).
+  an alias and graph.bilinear's products, and c^x (constant c > 0) into exp(x ln c). Of two
+  variables (inputs [x, y], no exponent): x^y = exp(y ln x), bounded where x >= 0 on the box
+  (the corners of y ln x), unbounded where x may be negative.
 
 All of them are `ops.BOUNDED`: CROWN reads their interval as constant bounds, the LP / MILP
 encodes their interval only (a relaxation, graph.encoding's default). Intervals are widened
@@ -103,6 +105,9 @@ def f_trunc(node: Node, xs: list[Tensor], p: dict) -> Tensor:
 
 
 def f_power(node: Node, xs: list[Tensor], p: dict) -> Tensor:
+    if len(node.inputs) == 2:  # x^y of two variables
+        x, y = _lifted(xs, p)
+        return torch.pow(x, y)
     (x,) = _lifted(xs, p)
     return torch.pow(x, p["exponent"].to(x.dtype))
 
@@ -198,6 +203,23 @@ def power_interval(lo: Tensor, up: Tensor, exponent: Tensor) -> tuple[Tensor, Te
     return y_lo, y_up
 
 
+def variable_power_interval(x_lo: Tensor, x_up: Tensor, y_lo: Tensor, y_up: Tensor
+                            ) -> tuple[Tensor, Tensor]:
+    """[min, max] of x^y = exp(y ln x) over the box (exact real endpoints): y ln x is bilinear
+    in (y, ln x), so its extremes are at the four corners (ln 0 = -inf; 0 * inf read as 0:
+    0^0 = inf^0 = 1), and exp is increasing. Unbounded where x may be negative (x^y is then
+    NaN or, for integer y, of either sign)."""
+    from .bilinear import endpoint_hull
+
+    with torch.no_grad():
+        low, high = endpoint_hull(y_lo, y_up, torch.log(x_lo.clamp(min=0)),
+                                   torch.log(x_up.clamp(min=0)))
+    y_min, y_max = torch.exp(low), torch.exp(high)
+    positive = x_lo >= 0
+    return (torch.where(positive, y_min, torch.full_like(y_min, -math.inf)),
+            torch.where(positive, y_max, torch.full_like(y_max, math.inf)))
+
+
 def interval(node: Node, ins: list[tuple[Tensor, Tensor]], p: dict) -> tuple[Tensor, Tensor]:
     """Sound bounds of the output from the inputs' intervals (float64 rounding included)."""
     from .ops import function_error, lift
@@ -215,6 +237,11 @@ def interval(node: Node, ins: list[tuple[Tensor, Tensor]], p: dict) -> tuple[Ten
         lo, up = torch.trunc(ins[0][0]), torch.trunc(ins[0][1])
         inside = (lo >= p["range"][0]) & (up < p["range"][1])
         return torch.where(inside, lo, -math.inf), torch.where(inside, up, math.inf)
+    if len(node.inputs) == 2:
+        (x_lo, x_up), (e_lo, e_up) = [tuple(lift(t, p["rank"]) for t in b) for b in ins]
+        y_lo, y_up = variable_power_interval(x_lo, x_up, e_lo, e_up)
+        y_lo = torch.where(x_lo >= 0, (y_lo - function_error(y_lo)).clamp(min=0), y_lo)
+        return y_lo, y_up + function_error(y_up)
     lo, up = (lift(t, p["rank"]) for t in ins[0])
     y_lo, y_up = power_interval(lo, up, p["exponent"])
     return y_lo - function_error(y_lo), y_up + function_error(y_up)
@@ -251,6 +278,8 @@ def float_error(node: Node, p: dict, errors: list[Tensor], bounds: list[tuple[Te
         cell = w_lo == w_up  # + u |y|: the integer read back as a float rounds above 2^24
         magnitude = torch.maximum(w_lo.abs(), w_up.abs())
         return torch.where(cell, torch.zeros_like(width), w_up - w_lo) + u * magnitude
+    if len(node.inputs) == 2:
+        return _variable_power_error(widened, errors, y_lo, y_up, p, u, tiny, function_ulps)
     w_lo, w_up = (lift(t, p["rank"]) for t in widened[0])
     exponent = p["exponent"].to(w_lo.dtype)
     s_lo, s_up = power_interval(w_lo, w_up, exponent - 1)  # x^(p-1): f' = p x^(p-1)
@@ -259,3 +288,26 @@ def float_error(node: Node, p: dict, errors: list[Tensor], bounds: list[tuple[Te
     magnitude = torch.maximum(y_lo.abs(), y_up.abs())
     return slope * lift(errors[0], p["rank"]) + function_ulps * u * torch.maximum(
         magnitude, torch.ones_like(magnitude)) + tiny
+
+
+def _variable_power_error(widened: list, errors: list[Tensor], y_lo: Tensor, y_up: Tensor,
+                          p: dict, u: float, tiny: float, function_ulps: float) -> Tensor:
+    """x^y of two variables, both within E of their real values (the widened box): mean
+    value theorem, |d(x^y)| <= max|y x^(y-1)| E_x + max|x^y ln x| E_y over the widened box, plus
+    pow's own rounding function_ulps u max(|x^y|, 1). Infinite where the widened base may reach
+    0 or below."""
+    from .ops import lift
+
+    (x_lo, x_up), (e_lo, e_up) = [tuple(lift(t, p["rank"]) for t in b) for b in widened]
+    e_x, e_y = (lift(e, p["rank"]) for e in errors)
+    d_lo, d_up = variable_power_interval(x_lo, x_up, e_lo - 1, e_up - 1)  # x^(y-1)
+    w_lo, w_up = variable_power_interval(x_lo, x_up, e_lo, e_up)
+    ln_mag = torch.maximum(torch.log(x_lo.clamp(min=0)).abs(), torch.log(x_up.clamp(min=0)).abs())
+    slope_x = torch.maximum(e_lo.abs(), e_up.abs()) * torch.maximum(d_lo.abs(), d_up.abs())
+    slope_y = torch.maximum(w_lo.abs(), w_up.abs()) * ln_mag
+    slope_x = torch.where(e_x == 0, torch.zeros_like(slope_x), slope_x * e_x)
+    slope_y = torch.where(e_y == 0, torch.zeros_like(slope_y), slope_y * e_y)
+    magnitude = torch.maximum(y_lo.abs(), y_up.abs())
+    error = slope_x + slope_y + function_ulps * u * torch.maximum(
+        magnitude, torch.ones_like(magnitude)) + tiny
+    return torch.where(x_lo > 0, error, torch.full_like(error, math.inf))

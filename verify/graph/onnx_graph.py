@@ -308,8 +308,10 @@ class GraphReader:
                   node.output[0])
 
     def op_Pow(self, node, names, consts, attrs) -> None:
-        if all(n in self.shapes for n in names):
-            raise NodeError("raises a variable tensor to a variable power")
+        if all(n in self.shapes for n in names):  # x^y: bounded where x >= 0 (discrete)
+            rank = max(len(self.shapes[n]) for n in names)
+            self.emit("Power", node.name, list(names), {"rank": rank}, node.output[0])
+            return
         if names[0] not in self.shapes:  # c^x = exp(x ln c), c > 0
             base = _finite(_as_float(consts[0]), "base")
             if np.any(base <= 0):
@@ -489,13 +491,12 @@ class GraphReader:
             "pads": list(attrs.get("pads", [0] * (2 * k))),
             "output_padding": list(attrs.get("output_padding", [0] * k))}, node.output[0])
 
-    def _pool(self, attrs: dict, shape: Shape, ceil_mode_as_padding: bool = False) -> dict:
-        """Kernel, strides, dilations, pads. ceil_mode=1 (output sizes rounded up): for MaxPool
-        the extra end cells are padding (-inf, never the maximum), so it becomes end pads; a
-        last window that would start in the end padding is dropped, as onnxruntime does."""
+    def _pool(self, attrs: dict, shape: Shape) -> dict:
+        """Kernel, strides, dilations, pads. ceil_mode=1 (output sizes rounded up): the extra
+        end cells become end pads (for MaxPool -inf, never the maximum; for AveragePool zeros
+        left out of the divisor, see op_AveragePool); a last window that would start in the end
+        padding is dropped, as onnxruntime does."""
         kernel = list(attrs["kernel_shape"])
-        if attrs.get("ceil_mode", 0) and not ceil_mode_as_padding:
-            raise NodeError("ceil_mode=1 is not supported")
         params = self._spatial_attrs(attrs, shape, kernel)
         params["kernel"] = kernel
         if attrs.get("ceil_mode", 0):
@@ -512,22 +513,39 @@ class GraphReader:
         return params
 
     def op_AveragePool(self, node, names, consts, attrs) -> None:
+        """Window sums over the input padded with zeros, each divided by its count of cells:
+        the input's cells (count_include_pad=0), or those of the explicitly padded input
+        (count_include_pad=1; the cells ceil_mode=1 adds at the end are never counted), as
+        onnxruntime divides; `factor` = kernel size / count per output cell."""
         shape = self.shapes[names[0]]
         params = self._pool(attrs, shape)
-        if params["dilations"] != [1] * len(params["kernel"]):
+        k = len(params["kernel"])
+        if params["dilations"] != [1] * k:
             raise NodeError("dilated average pooling is not supported")
+        explicit = self._spatial_attrs(attrs, shape, params["kernel"])["pads"]
         params["factor"] = np.ones(1)
-        if not attrs.get("count_include_pad", 0) and any(params["pads"]):
-            ones = torch.ones((1, 1, 1, *shape[2:]), dtype=torch.float64)
-            probe = Node("AveragePool", node.name, [], "", params)
-            counts = ops.f_average_pool(probe, [ones], ops.to_torch(params, torch.device("cpu"), torch.float64))
-            params["factor"] = 1.0 / counts[0, 0].numpy()  # (1, *out spatial): cells counted
+        if attrs.get("count_include_pad", 0):  # counted: the explicitly padded input
+            counted = [d + explicit[a] + explicit[a + k] for a, d in enumerate(shape[2:])]
+            zeros = [0] * k + [p - q for p, q in zip(params["pads"][k:], explicit[k:])]
+        else:  # counted: the input's own cells
+            counted, zeros = list(shape[2:]), params["pads"]
+        if any(zeros):
+            ones = torch.ones((1, 1, 1, *counted), dtype=torch.float64)
+            probe_params = {**params, "pads": zeros}
+            probe = Node("AveragePool", node.name, [], "", probe_params)
+            counts = ops.f_average_pool(probe, [ones], ops.to_torch(probe_params,
+                                                                    torch.device("cpu"),
+                                                                    torch.float64))
+            fraction = counts[0, 0].numpy()  # (1, *out spatial): cells counted / kernel size
+            if np.any(fraction <= 0):
+                raise NodeError("a pooling window holds no counted cell")
+            params["factor"] = 1.0 / fraction
         self.emit("AveragePool", node.name, [names[0]], params, node.output[0])
 
     def op_MaxPool(self, node, names, consts, attrs) -> None:
         if len(node.output) > 1 and node.output[1]:
             raise NodeError("the Indices output is not supported")
-        params = self._pool(attrs, self.shapes[names[0]], ceil_mode_as_padding=True)
+        params = self._pool(attrs, self.shapes[names[0]])
         self.emit("MaxPool", node.name, [names[0]], params, node.output[0])
 
     def op_GlobalAveragePool(self, node, names, consts, attrs) -> None:
