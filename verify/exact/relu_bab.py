@@ -217,10 +217,16 @@ class GraphBounds(ChainBounds):
 
     def __init__(self, net, base, device: torch.device):
         from ..bounds import graph
+        from ..bounds.alpha_crown import remembered_bounds
 
         self.net = net
         with torch.no_grad():
             self.root = graph.crown_bounds(net, base)
+        tighter = remembered_bounds(net, base)  # alpha-CROWN's optimised ones, when it ran
+        if tighter is not None:  # on this input set just before (auto): both sound, intersect
+            self.root = {name: (torch.maximum(lo, tighter[name][0]),
+                                torch.minimum(up, tighter[name][1]))
+                         for name, (lo, up) in self.root.items()}
         produced = {node.output for node in net.graph.nodes}
         self.input_of = {node.output: node.inputs[0] for node in net.graph.nodes
                          if node.op == "Relu" and node.inputs[0] in produced}
