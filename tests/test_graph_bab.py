@@ -330,7 +330,7 @@ def test_relu_bab_on_a_piecewise_linear_graph_is_complete(seed, eps, norm):
     label = int(np.argmax(net.forward(x)))
     spec = robustness_spec(3, 3, x, label, eps, norm, None)
     result = relu_bab.search(net, spec, relu_bab.ReluBaBOptions(
-        device="cpu", timeout=0, steps=0, root_steps=0, attack=False))
+        device="cpu", timeout=0, steps=0, graph_steps=0, root_steps=0, attack=False))
     assert result.status in ("sat", "unsat") and result.leaf_lps > 0, result.reason
     milp = backends.certify_specs(net, [spec], "milp")[0]
     assert milp.proved or milp.counterexample is not None, milp.reason
