@@ -160,13 +160,22 @@ def optimized_margin_lower(net: Network, batch: InputBatch, options: AlphaCROWNO
 def graph_optimized_margin_lower(net, batch: InputBatch, options: AlphaCROWNOptions
                                  ) -> tuple[Tensor, Tensor, dict]:
     """The same for a GraphNetwork (verify.bounds.graph): the slopes of every Relu node in the
-    backward pass from C are optimised; the intermediate bounds stay CROWN's."""
+    backward pass from C are optimised; with `optimize_intermediate`, first the pre-activation
+    bounds too (`graph_tightened_bounds`: small graphs only, GRAPH_INTERMEDIATE_ROWS), else the
+    intermediate bounds stay CROWN's."""
     from . import graph
 
     with torch.no_grad():
         bounds = graph.crown_bounds(net, batch)
         crown_lower = graph.margin_lower_from(net, batch, bounds)
     best = crown_lower.clone()
+    inner_cost: dict = {}
+    if options.optimize_intermediate and options.steps > 0 and \
+            not (options.early_stop and bool((best > 0).all())):
+        bounds, inner_cost = graph_tightened_bounds(net, batch, bounds, options)
+        if inner_cost:  # CROWN on the tighter bounds (its slopes: the start below)
+            with torch.no_grad():
+                best = torch.maximum(best, graph.margin_lower_from(net, batch, bounds))
     alphas = {name: a.requires_grad_(True) for name, a in
               graph.relu_slopes(net, bounds, batch.C.shape[1]).items()}
     steps_done, timed_out = 0, False
@@ -192,8 +201,8 @@ def graph_optimized_margin_lower(net, batch: InputBatch, options: AlphaCROWNOpti
             with torch.no_grad():  # projection onto [0, 1]: keeps the next iterate sound
                 for alpha in alphas.values():
                     alpha.clamp_(0.0, 1.0)
-    cost = {"bound_passes": 1 + steps_done, "alpha_steps": steps_done}
-    if timed_out:
+    cost = {"bound_passes": 1 + steps_done, "alpha_steps": steps_done, **inner_cost}
+    if timed_out or inner_cost.get("stopped_at_deadline"):
         cost["stopped_at_deadline"] = 1
     return best, crown_lower, cost
 
@@ -275,7 +284,10 @@ def graph_optimized_intermediate(net, batch: InputBatch, bounds: dict[str, Bound
             value = graph.backward_bound(net, batch, bounds, z, coeffs, const, alphas)
             best = torch.maximum(best, value.detach())
             cost["intermediate_steps"] += 1
-            if step == steps or not value.requires_grad or timer.expired():
+            if step == steps or not value.requires_grad:
+                break
+            if timer.expired():
+                cost["stopped_at_deadline"] = 1
                 break
             optimizer.zero_grad()
             (-value.sum()).backward()
@@ -289,6 +301,59 @@ def graph_optimized_intermediate(net, batch: InputBatch, bounds: dict[str, Bound
         cost["intermediate_targets"] += 1
         cost["intermediate_rows"] += r
     return bounds, cost
+
+
+GRAPH_INTERMEDIATE_ROWS = 256  # optimise a graph's pre-activation bounds only when its Relu
+# inputs have at most this many unstable entries in all (each step costs about one backward pass
+# per entry: cifar10_resnet's resnet_4b has about 1100, where 10 steps on its last Relu input
+# alone moved the final bound less than relu-bab gains in the same time)
+_REMEMBERED: list = []  # [key, bounds] of the last optimised intermediate bounds (one input set)
+
+
+def _set_key(net, batch: InputBatch, index: int) -> tuple:
+    """Identifies input set `index` of the batch on this network (for `remembered_bounds`)."""
+    rows = torch.cat([batch.lower[index], batch.upper[index], batch.center[index],
+                      batch.eps[index:index + 1]])
+    return (id(net), net.fingerprint(), str(rows.device), batch.norm,
+            rows.detach().cpu().numpy().tobytes())
+
+
+def remembered_bounds(net, batch: InputBatch) -> Optional[dict[str, Bounds]]:
+    """The bounds `graph_optimized_margin_lower` last optimised, when they are for this network
+    and this batch's one input set (relu-bab's root reads them: sound, at least as tight as
+    graph.crown_bounds); else None."""
+    if len(batch) != 1 or not _REMEMBERED or _REMEMBERED[0] != _set_key(net, batch, 0):
+        return None
+    return dict(_REMEMBERED[1])
+
+
+def graph_tightened_bounds(net, batch: InputBatch, bounds: dict[str, Bounds],
+                           options: AlphaCROWNOptions) -> tuple[dict[str, Bounds], dict]:
+    """`graph_optimized_intermediate` on every Relu input of a GraphNetwork (`options.steps`,
+    `lr`, `lr_decay`), once per distinct input set of the batch, when the unstable entries number
+    at most GRAPH_INTERMEDIATE_ROWS; else the bounds as given. The result for a batch of one
+    input set is remembered for relu-bab (`remembered_bounds`)."""
+    targets = graph_relu_inputs(net)
+    key = torch.cat([batch.lower, batch.upper, batch.center, batch.eps[:, None]], 1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), len(batch), dtype=torch.long,
+                       device=inverse.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(batch), device=inverse.device),
+                                 "amin")
+    sub = {name: (lo[first], up[first]) for name, (lo, up) in bounds.items()}
+    unstable = sum(int(((sub[z][0] < 0) & (sub[z][1] > 0)).flatten(1).sum(1).max())
+                   for z in targets) if targets else 0
+    if not targets or unstable == 0 or unstable > GRAPH_INTERMEDIATE_ROWS or options.steps == 0:
+        return bounds, {}
+    sub_batch = InputBatch(lower=batch.lower[first], upper=batch.upper[first],
+                           center=batch.center[first], eps=batch.eps[first], norm=batch.norm,
+                           C=batch.C[first], d=batch.d[first])
+    tight, cost = graph_optimized_intermediate(net, sub_batch, sub, targets, options.steps,
+                                               options.lr, options.lr_decay)
+    if len(first) == 1:  # (cut short at the deadline: still sound, and no looser)
+        _REMEMBERED[:] = [_set_key(net, sub_batch, 0),
+                          {name: (lo.detach(), up.detach()) for name, (lo, up) in tight.items()}]
+    return {name: (lo[inverse], up[inverse]) for name, (lo, up) in tight.items()}, cost
 
 
 def _group_key(spec: Specification) -> tuple:
