@@ -128,9 +128,10 @@ def _real_bounds(net, lower: np.ndarray, upper: np.ndarray) -> dict:
 
 def _linear_error(net, k: int, node, errors: list, bounds: list, u: float, tiny: float,
                   extra=None):
-    """(error, magnitude) of a linear node y = L(x) + b: error |L|(E) + gamma_m magnitude +
-    m TINY, magnitude |L|(max|x| + E) + |b| + extra (a bound on every partial sum), m = terms +
-    EXTRA_ROUNDINGS; a pure data movement (no terms) carries E only."""
+    """(error, magnitude, local) of a linear node y = L(x) + b: error |L|(E) + local, local =
+    gamma_m magnitude + m TINY (the node's own rounding), magnitude |L|(max|x| + E) + |b| +
+    extra (a bound on every partial sum), m = terms + EXTRA_ROUNDINGS; a pure data movement (no
+    terms) carries E only (local None)."""
     import torch
 
     from .graph import ops
@@ -141,15 +142,15 @@ def _linear_error(net, k: int, node, errors: list, bounds: list, u: float, tiny:
     carried = forward(node, errors, p_abs)
     n = terms(node)
     if n == 0:
-        return carried, carried
+        return carried, carried, None
     bias = forward(node, [torch.zeros_like(e) for e in errors], p).abs()
     magnitude = forward(node, [torch.maximum(lo.abs(), up.abs()) + e
                                for (lo, up), e in zip(bounds, errors)], p_abs) + bias
     m = n + EXTRA_ROUNDINGS
     if extra is not None:
         magnitude, m = magnitude + extra, m + BATCHNORM_ROUNDINGS
-    error = carried + float(gamma(np.asarray(m, dtype=np.float64), u)) * magnitude + m * tiny
-    return error, magnitude
+    local = float(gamma(np.asarray(m, dtype=np.float64), u)) * magnitude + m * tiny
+    return carried + local, magnitude, local
 
 
 def _elementwise_error(op: str, error, lower, upper, u: float, tiny: float):
@@ -161,14 +162,47 @@ def _elementwise_error(op: str, error, lower, upper, u: float, tiny: float):
 
     if op == "Relu":
         return torch.where(upper + error * (1 + SELF_SLACK) < 0, torch.zeros_like(error), error)
+    _, slope, local = _smooth_slopes(op, error, lower, upper, u, tiny)
+    return slope * error + local
+
+
+def _smooth_slopes(op: str, error, lower, upper, u: float, tiny: float):
+    """(s_lo, s_hi, local) of a smooth increasing f: f(x_fl) - f(x) = f'(xi) (x_fl - x) with xi
+    in [l - E, h + E] (mean value theorem), f' in [s_lo, s_hi] there (widened by torch's own
+    rounding of f', ops.function_error); local = FUNCTION_ULPS u max(|f|, 1) + TINY, the
+    runtime's rounding of f."""
+    import torch
+
+    from .graph import ops
+
     f, df, shape = ops.ELEMENTWISE[op]
     lo, up = lower - error, upper + error
-    if shape == "s":  # f' largest at 0, monotone on either side
+    if shape == "s":  # f' largest at 0, monotone on either side: smallest at an end
         slope = df(torch.minimum(torch.maximum(torch.zeros_like(lo), lo), up))
-    else:  # convex, increasing: f' largest at the top
-        slope = df(up)
+        least = torch.minimum(df(lo), df(up))
+    else:  # convex, increasing: f' largest at the top, smallest at the bottom
+        slope, least = df(up), df(lo)
+    least = torch.nan_to_num(least - ops.function_error(least), nan=0.0).clamp(min=0)
     value = torch.maximum(torch.maximum(f(lo).abs(), f(up).abs()), torch.ones_like(lo))
-    return slope * error + FUNCTION_ULPS * u * value + tiny
+    return least, slope, FUNCTION_ULPS * u * value + tiny
+
+
+def _gain_step(op: str, error, lower, upper, u: float, tiny: float) -> tuple:
+    """The backward pass's step of an elementwise node: ('gain', local, lo, hi), its float
+    error d_y = g d_x + e with g in [lo, hi]. Relu: g = (relu(x_fl) - relu(x)) / (x_fl - x) is in
+    [0, 1]; 1 where l >= E (x and x_fl >= 0), 0 where h + E < 0 (both <= 0); e = 0. Smooth f:
+    [lo, hi] = _smooth_slopes's, e its local rounding."""
+    import torch
+
+    from .graph import ops
+
+    if op == "Relu":
+        error = error * (1 + SELF_SLACK)
+        active = (lower - error >= 0).to(error.dtype)
+        dead = upper + error < 0
+        return "gain", None, active, torch.where(dead, 0.0, 1.0).to(error.dtype)
+    least, slope, local = _smooth_slopes(op, error, lower, upper, u, tiny)
+    return "gain", local * (1 + SELF_SLACK), least, slope + ops.function_error(slope)
 
 
 def _softmax_error(axis: int, error, lower, upper, u: float, tiny: float):
@@ -302,6 +336,129 @@ def read_graph(path: Union[str, Path]):
     return model, reader, GraphNetwork(graph)
 
 
+# The backward error pass (module docstring): rows per pass, and the most entries of one tensor
+# whose error the walk tightens by it before a node reads that error non-linearly.
+BACKWARD_ROWS = 256
+TIGHTEN_ENTRIES = 4096
+F64_UNIT, F64_UNDERFLOW = 2.0 ** -53, 2.0 ** -1074
+
+
+def _transpose(node, p: dict, shapes: list, coeffs) -> list:
+    """L^T applied to coeffs (R, *out) for a linear node y = L(x) + b: one (R, *in_i) per input,
+    the vector-Jacobian product of its ops forward (the bias drops out)."""
+    import torch
+
+    from .graph import ops
+
+    forward = ops.LINEAR[node.op][0]
+    with torch.enable_grad():
+        xs = [torch.zeros((len(coeffs), *s), dtype=coeffs.dtype, requires_grad=True)
+              for s in shapes]
+        y = forward(node, xs, p)
+        grads = torch.autograd.grad((y * coeffs.reshape(y.shape)).sum(), xs, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(xs, grads)]
+
+
+def _backward_error(net, steps: list, errors: dict, start: str, entries) -> "torch.Tensor":
+    """Bounds on |t_fl - t| for the listed flat `entries` of tensor `start`: one backward pass
+    through the error recursion d_y = L d_x + e (linear), d_y = g d_x + e (Relu, smooth f; g in
+    [lo, hi]), recorded in `steps` by the walk, with interval coefficients C +- R per row:
+
+        linear   C_x = L^T C_y,  R_x = |L|^T R_y
+        gain     [C_x - R_x, C_x + R_x] = hull of [C_y - R_y, C_y + R_y] [lo, hi]
+        charged  (|C_y| + R_y) . local_y for every node's own rounding e (|e| <= local), and
+                 (|C| + R) . E at a node taken as it is (`stop`) and at the graph inputs.
+
+    Exactly, d_start = sum_k J_k e_k + sum_stops J_s d_s, J the products of the L^T and the
+    (unknown, in-range) gains along the paths, so |d_start| <= sum (|C| + R) . bound. With
+    M = |L|^T M_y carried beside C and R (M >= |C| + R), the float64 rounding of every step is
+    added to R and M: (n + 4) 2^-53 M + n 2^-1074 (n terms per backward sum: the node's output
+    size); the nonnegative sums (R, M, the charges) are off by a relative (1 + 2^-53)^N at most,
+    covered by SELF_SLACK."""
+    import torch
+
+    from .graph.ir import size_of
+
+    graph = net.graph
+    params = net.torch_params(torch.device("cpu"), torch.float64)
+    params_abs = net.torch_params(torch.device("cpu"), torch.float64, absolute=True)
+    shape = graph.shapes[start]
+    rows = len(entries)
+    eye = torch.zeros((rows, size_of(shape)), dtype=torch.float64)
+    eye[torch.arange(rows), torch.as_tensor(entries)] = 1.0
+    eye = eye.reshape(rows, *shape)
+    coeffs = {start: (eye, torch.zeros_like(eye), eye.clone())}
+    total = torch.zeros(rows, dtype=torch.float64)
+
+    def charge(c, rad, bound):
+        return ((c.abs() + rad) * bound.reshape(1, *c.shape[1:])).flatten(1).sum(1)
+
+    last = next((k for k, node in enumerate(graph.nodes) if node.output == start), -1)
+    for k in range(last, -1, -1):
+        node = graph.nodes[k]
+        if node.output not in coeffs:
+            continue
+        c, rad, mag = coeffs.pop(node.output)
+        kind, local, lo, hi = steps[k]
+        if local is not None:
+            total += charge(c, rad, local)
+        if kind == "stop":
+            total += charge(c, rad, errors[node.output])
+            continue
+        if kind == "gain":
+            lo, hi = lo.reshape(1, *c.shape[1:]), hi.reshape(1, *c.shape[1:])
+            ends = torch.stack([(c - rad) * lo, (c - rad) * hi, (c + rad) * lo, (c + rad) * hi])
+            a, b = ends.amin(0), ends.amax(0)
+            parts, n = [(node.inputs[0], (a + b) / 2, (b - a) / 2, mag * hi)], 1
+        else:
+            shapes = [graph.shapes[i] for i in node.inputs]
+            centers = _transpose(node, params[k], shapes, c)
+            spreads = _transpose(node, params_abs[k], shapes, torch.cat([rad, mag]))
+            parts = [(name, ci, si[:rows], si[rows:])
+                     for name, ci, si in zip(node.inputs, centers, spreads)]
+            n = size_of(graph.shapes[node.output])
+        for name, ci, ri, mi in parts:
+            slack = (n + 4) * F64_UNIT * mi + n * F64_UNDERFLOW
+            ri, mi = ri + slack, mi + slack
+            if name in coeffs:
+                c0, r0, m0 = coeffs[name]
+                ci, ri, mi = c0 + ci, r0 + ri, m0 + mi
+            coeffs[name] = (ci, ri, mi)
+    for name, (c, rad, _) in coeffs.items():  # graph inputs
+        total += charge(c, rad, errors[name])
+    return total * (1 + SELF_SLACK)
+
+
+def _tighten(net, steps: list, errors: dict, bounds: dict, name: str, op: str) -> None:
+    """errors[name] lowered to the backward pass's bound where that matters to a node `op`
+    reading it: a Relu at the entries whose stability the forward error decides (0 < l <= E or
+    -E <= h < 0), MaxPool / Softmax / bilinear / discrete nodes at every entry; at most
+    TIGHTEN_ENTRIES entries, and not past the enclosing deadline (the forward error stays:
+    sound)."""
+    import torch
+
+    from . import deadline
+    from .graph import ops
+
+    if name in net.graph.inputs or op in ops.ELEMENTWISE and op != "Relu":
+        return
+    error = errors[name].reshape(-1)
+    if op == "Relu":
+        lo, up = (t.reshape(-1) for t in bounds[name])
+        entries = torch.nonzero(((lo > 0) & (lo - error < 0)) | ((up < 0) & (up + error >= 0)))
+    else:
+        entries = torch.nonzero(error > 0)
+    entries = entries.flatten()
+    if len(entries) == 0 or len(entries) > TIGHTEN_ENTRIES:
+        return
+    tight = error.clone()
+    for chunk in torch.split(entries, BACKWARD_ROWS):
+        if deadline.active().expired():
+            return
+        tight[chunk] = torch.minimum(error[chunk], _backward_error(net, steps, errors, name, chunk))
+    errors[name] = tight.reshape(errors[name].shape)
+
+
 def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str = "float32",
                   batchnorm_means: Optional[dict] = None) -> np.ndarray:
     """Per output of the GraphNetwork `net`, a bound on |N_fl(x) - N(x)| over the box [lower,
@@ -326,9 +483,13 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
                                 | ((lows[name] < 0) & (highs[name] > -tiny)),
                                 tiny, 0.0).to(torch.float64) for name in net.graph.inputs}
     means = batchnorm_means or {}
+    steps: list = []  # per node, how its error enters the backward pass (_backward_error)
     with torch.no_grad():
         for k, node in enumerate(net.graph.nodes):
-            partial = None
+            partial, step = None, ("stop", None, None, None)
+            if node.op not in ops.LINEAR:
+                for name in dict.fromkeys(node.inputs):
+                    _tighten(net, steps, errors, bounds, name, node.op)
             ins = [errors[i] for i in node.inputs]
             box = [bounds[i] for i in node.inputs]
             if node.op in ops.LINEAR:
@@ -341,9 +502,11 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
                          "shift": 2 * np.abs(scale) * mean}
                     extra = ops.f_affine(node, [torch.zeros_like(ins[0])],
                                          ops.to_torch(p, torch.device("cpu"), torch.float64))
-                error, partial = _linear_error(net, k, node, ins, box, u, tiny, extra)
+                error, partial, local = _linear_error(net, k, node, ins, box, u, tiny, extra)
+                step = ("linear", None if local is None else local * (1 + SELF_SLACK), None, None)
             elif node.op in ops.ELEMENTWISE:
                 error = _elementwise_error(node.op, ins[0], *box[0], u, tiny)
+                step = _gain_step(node.op, ins[0], *box[0], u, tiny)
             elif node.op == "MaxPool":  # max is exact and 1-Lipschitz in the window's max norm
                 p = net.torch_params(torch.device("cpu"), torch.float64)[k]
                 error = ops.f_max_pool(node, ins, p)
@@ -359,12 +522,15 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
                 raise FloatSemanticsError(f"node '{node.name or node.op}' ({node.op}): its float "
                                           "rounding is not modelled")
             errors[node.output] = error * (1 + SELF_SLACK)
+            steps.append(step)
             lo, up = bounds[node.output]
             peak = float((torch.maximum(lo.abs(), up.abs()) + error).max())
             if partial is not None:
                 peak = max(peak, float(partial.max()))
             if not math.isfinite(peak) or peak >= largest / 2:
                 return np.full(net.output_size, np.inf)
+        for name in dict.fromkeys(net.graph.outputs):
+            _tighten(net, steps, errors, bounds, name, "output")
     return np.concatenate([errors[o].reshape(-1).numpy() for o in net.graph.outputs])
 
 
