@@ -359,22 +359,42 @@ def _transpose(node, p: dict, shapes: list, coeffs) -> list:
     return [torch.zeros_like(x) if g is None else g for x, g in zip(xs, grads)]
 
 
+def _column_sums(net, k: int) -> list:
+    """S_i = |L|^T 1 per input i of linear node k (shape (1, *in_i)), inflated by 1e-6 for its
+    own float64 rounding; cached on the network."""
+    import torch
+
+    cache = net.__dict__.setdefault("_float_column_sums", {})
+    if k not in cache:
+        node = net.graph.nodes[k]
+        p_abs = net.torch_params(torch.device("cpu"), torch.float64, absolute=True)[k]
+        ones = torch.ones((1, *net.graph.shapes[node.output]), dtype=torch.float64)
+        cache[k] = [s * (1 + 1e-6) for s in _transpose(
+            node, p_abs, [net.graph.shapes[i] for i in node.inputs], ones)]
+    return cache[k]
+
+
 def _backward_error(net, steps: list, errors: dict, start: str, entries) -> "torch.Tensor":
-    """Bounds on |t_fl - t| for the listed flat `entries` of tensor `start`: one backward pass
-    through the error recursion d_y = L d_x + e (linear), d_y = g d_x + e (Relu, smooth f; g in
-    [lo, hi]), recorded in `steps` by the walk, with interval coefficients C +- R per row:
+    """Bounds on |t_fl - t| for the flat `entries` of tensor `start`, by one backward pass
+    through the error recursion the walk recorded in `steps`: d_y = L d_x + e (linear), d_y =
+    g d_x + e (Relu, smooth f; g in [lo, hi] per entry), d_y = anything within E_y (other ops:
+    `stop`), |e| <= local. Each row carries a coefficient C (and a radius R >= 0 where C is
+    only known to lie in [C - R, C + R]) with d_start = C . d_t + (terms charged so far):
 
-        linear   C_x = L^T C_y,  R_x = |L|^T R_y
-        gain     [C_x - R_x, C_x + R_x] = hull of [C_y - R_y, C_y + R_y] [lo, hi]
-        charged  (|C_y| + R_y) . local_y for every node's own rounding e (|e| <= local), and
-                 (|C| + R) . E at a node taken as it is (`stop`) and at the graph inputs.
+        linear   C_x = L^T C_y, R_x = |L|^T R_y; charged (|C_y| + R_y) . local_y
+        gain     where E_x came from a backward pass itself (`tight`): C_x = C_y mid(g),
+                 charged (|C_y| half(g) + R_y hi) . E_x  (|C g - C mid| <= |C| half, g <= hi);
+                 elsewhere the hull of [C_y - R_y, C_y + R_y] [lo, hi], as C_x +- R_x
+        stop     charged (|C| + R) . E_y; graph inputs likewise (E: the subnormal allowance)
 
-    Exactly, d_start = sum_k J_k e_k + sum_stops J_s d_s, J the products of the L^T and the
-    (unknown, in-range) gains along the paths, so |d_start| <= sum (|C| + R) . bound. With
-    M = |L|^T M_y carried beside C and R (M >= |C| + R), the float64 rounding of every step is
-    added to R and M: (n + 4) 2^-53 M + n 2^-1074 (n terms per backward sum: the node's output
-    size); the nonnegative sums (R, M, the charges) are off by a relative (1 + 2^-53)^N at most,
-    covered by SELF_SLACK."""
+    Sound for every x in the box: d_start is exactly the sum of the products along the paths,
+    with the actual gains, and every term is charged at most once per path. Relu: g =
+    (relu(x_fl) - relu(x)) / (x_fl - x) is in [0, 1]; 1 where l >= E_x, 0 where h + E_x < 0.
+    Float64 rounding of the pass itself: a coefficient off by D (the transpose's sums: |D| <=
+    gamma_n |L|^T |C_y| + n 2^-1074 <= gamma_n max|C_y| S + n 2^-1074, S = |L|^T 1; a product
+    C mid: 2^-53 |C| mid; a sum of k consumers' coefficients: gamma_k sum |C_i|) changes the
+    result by D . d_x, charged as |D| . E_x; the nonnegative sums (R, the charges) are off by
+    a relative (1 + 2^-53)^N at most, covered by SELF_SLACK."""
     import torch
 
     from .graph.ir import size_of
@@ -386,77 +406,131 @@ def _backward_error(net, steps: list, errors: dict, start: str, entries) -> "tor
     rows = len(entries)
     eye = torch.zeros((rows, size_of(shape)), dtype=torch.float64)
     eye[torch.arange(rows), torch.as_tensor(entries)] = 1.0
-    eye = eye.reshape(rows, *shape)
-    coeffs = {start: (eye, torch.zeros_like(eye), eye.clone())}
+    # name -> [C, R or None (0), sum of |C_i| over the consumers' parts, number of parts]
+    coeffs = {start: [eye.reshape(rows, *shape), None, None, 1]}
     total = torch.zeros(rows, dtype=torch.float64)
 
-    def charge(c, rad, bound):
-        return ((c.abs() + rad) * bound.reshape(1, *c.shape[1:])).flatten(1).sum(1)
+    def charge(t, bound):  # (rows, *S) . (1, *S) per row
+        return (t * bound.reshape(1, *t.shape[1:])).flatten(1).sum(1)
+
+    def push(name, c, rad):
+        if name not in coeffs:
+            coeffs[name] = [c, rad, None, 1]
+            return
+        c0, r0, a0, k0 = coeffs[name]
+        a0 = c0.abs() if a0 is None else a0
+        rad = r0 if rad is None else rad if r0 is None else r0 + rad
+        coeffs[name] = [c0 + c, rad, a0 + c.abs(), k0 + 1]
+
+    def width(c, rad):
+        return c.abs() if rad is None else c.abs() + rad
+
+    def gamma64(n):
+        return (n * F64_UNIT) / (1 - n * F64_UNIT)
 
     last = next((k for k, node in enumerate(graph.nodes) if node.output == start), -1)
     for k in range(last, -1, -1):
         node = graph.nodes[k]
         if node.output not in coeffs:
             continue
-        c, rad, mag = coeffs.pop(node.output)
-        kind, local, lo, hi = steps[k]
+        c, rad, parts, count = coeffs.pop(node.output)
+        if count > 1:
+            total += gamma64(count) * charge(parts, errors[node.output])
+        kind, local = steps[k][0], steps[k][1]
         if local is not None:
-            total += charge(c, rad, local)
+            total += charge(width(c, rad), local)
         if kind == "stop":
-            total += charge(c, rad, errors[node.output])
-            continue
-        if kind == "gain":
-            lo, hi = lo.reshape(1, *c.shape[1:]), hi.reshape(1, *c.shape[1:])
-            ends = torch.stack([(c - rad) * lo, (c - rad) * hi, (c + rad) * lo, (c + rad) * hi])
-            a, b = ends.amin(0), ends.amax(0)
-            parts, n = [(node.inputs[0], (a + b) / 2, (b - a) / 2, mag * hi)], 1
+            total += charge(width(c, rad), errors[node.output])
+        elif kind == "gain":
+            name = node.inputs[0]
+            lo, hi, tight = (t.reshape(1, *c.shape[1:]) for t in steps[k][2:])
+            mid, half = (lo + hi) / 2, (hi - lo) / 2
+            paid = c.abs() * (half + 2 * F64_UNIT * mid) + (0 if rad is None else rad * hi)
+            total += charge(torch.where(tight, paid, 0.0), errors[name])
+            if bool(tight.all()):
+                push(name, c * mid, None)
+                continue
+            low, up = (c, c) if rad is None else (c - rad, c + rad)
+            a = torch.minimum(low * lo, low * hi)
+            b = torch.maximum(up * lo, up * hi)
+            hull = (b - a) / 2 + 4 * F64_UNIT * (a.abs() + b.abs())
+            push(name, torch.where(tight, c * mid, (a + b) / 2), torch.where(tight, 0.0, hull))
         else:
             shapes = [graph.shapes[i] for i in node.inputs]
-            centers = _transpose(node, params[k], shapes, c)
-            spreads = _transpose(node, params_abs[k], shapes, torch.cat([rad, mag]))
-            parts = [(name, ci, si[:rows], si[rows:])
-                     for name, ci, si in zip(node.inputs, centers, spreads)]
             n = size_of(graph.shapes[node.output])
-        for name, ci, ri, mi in parts:
-            slack = (n + 4) * F64_UNIT * mi + n * F64_UNDERFLOW
-            ri, mi = ri + slack, mi + slack
-            if name in coeffs:
-                c0, r0, m0 = coeffs[name]
-                ci, ri, mi = c0 + ci, r0 + ri, m0 + mi
-            coeffs[name] = (ci, ri, mi)
-    for name, (c, rad, _) in coeffs.items():  # graph inputs
-        total += charge(c, rad, errors[name])
+            centers = _transpose(node, params[k], shapes, c)
+            spreads = [None] * len(shapes) if rad is None else \
+                _transpose(node, params_abs[k], shapes, rad)
+            biggest = c.abs().flatten(1).amax(1)
+            for name, ci, ri, s in zip(node.inputs, centers, spreads, _column_sums(net, k)):
+                e = errors[name]
+                total += gamma64(n) * biggest * float((s * e).sum()) + \
+                    n * F64_UNDERFLOW * float(e.sum())
+                push(name, ci, ri)
+    for name, (c, rad, parts, count) in coeffs.items():  # graph inputs
+        e = errors[name]
+        total += charge(width(c, rad), e) + \
+            (0 if count == 1 else gamma64(count) * charge(parts, e))
     return total * (1 + SELF_SLACK)
 
 
-def _tighten(net, steps: list, errors: dict, bounds: dict, name: str, op: str) -> None:
-    """errors[name] lowered to the backward pass's bound where that matters to a node `op`
-    reading it: a Relu at the entries whose stability the forward error decides (0 < l <= E or
-    -E <= h < 0), MaxPool / Softmax / bilinear / discrete nodes at every entry; at most
-    TIGHTEN_ENTRIES entries, and not past the enclosing deadline (the forward error stays:
-    sound)."""
+def _tighten(net, steps: list, errors: dict, bounds: dict, tight: dict, name: str,
+             op: str) -> None:
+    """errors[name] lowered to the backward pass's bound where a node `op` reads it: a Relu
+    at the entries whose gain is not fixed (l - E < 0 <= h + E), smooth f, MaxPool, Softmax,
+    bilinear and discrete nodes (and the outputs) at every entry; at most TIGHTEN_ENTRIES
+    entries, and not past the enclosing deadline (the walk's error stays: sound). tight[name]
+    marks the entries so bounded (all of a tensor behind fewer than two sign-mixing maps,
+    where the walk's error is the pass's)."""
     import torch
 
     from . import deadline
-    from .graph import ops
 
-    if name in net.graph.inputs or op in ops.ELEMENTWISE and op != "Relu":
-        return
     error = errors[name].reshape(-1)
+    if _mixing_depth(net).get(name, 0) < 2:
+        tight[name] = torch.ones_like(errors[name], dtype=torch.bool)
+        return
+    mask = tight.setdefault(name, torch.zeros_like(errors[name], dtype=torch.bool)).reshape(-1)
     if op == "Relu":
         lo, up = (t.reshape(-1) for t in bounds[name])
-        entries = torch.nonzero(((lo > 0) & (lo - error < 0)) | ((up < 0) & (up + error >= 0)))
+        wanted = (lo - error < 0) & (up + error >= 0)
     else:
-        entries = torch.nonzero(error > 0)
-    entries = entries.flatten()
+        wanted = error > 0
+    entries = torch.nonzero(wanted & ~mask).flatten()
     if len(entries) == 0 or len(entries) > TIGHTEN_ENTRIES:
         return
-    tight = error.clone()
+    error = error.clone()
     for chunk in torch.split(entries, BACKWARD_ROWS):
         if deadline.active().expired():
-            return
-        tight[chunk] = torch.minimum(error[chunk], _backward_error(net, steps, errors, name, chunk))
-    errors[name] = tight.reshape(errors[name].shape)
+            break
+        error[chunk] = torch.minimum(error[chunk],
+                                     _backward_error(net, steps, errors, name, chunk))
+        mask[chunk] = True
+    errors[name] = error.reshape(errors[name].shape)
+
+
+MIXING = ("MatMul", "Gemm", "Conv", "ConvTranspose")  # linear ops whose weights mix signs
+
+
+def _mixing_depth(net) -> dict:
+    """{tensor: the most MIXING nodes on a path to it from a graph input or a nonlinear node
+    that the backward pass takes as it is}; cached on the graph. Through one such map (and
+    diagonal, sum or data-movement ones) |L| E is exactly what the backward pass gives; only
+    a composition |L2 L1| < |L2| |L1| (and the Relu gains met on the way) can be tighter."""
+    from .graph import ops
+
+    cached = getattr(net.graph, "_float_mixing_depth", None)
+    if cached is not None:
+        return cached
+    depth = {name: 0 for name in net.graph.inputs}
+    for node in net.graph.nodes:
+        if node.op in ops.LINEAR or node.op in ops.ELEMENTWISE:
+            depth[node.output] = max((depth[i] for i in node.inputs), default=0) + \
+                (node.op in MIXING)
+        else:
+            depth[node.output] = 0
+    net.graph._float_mixing_depth = depth
+    return depth
 
 
 def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str = "float32",
@@ -484,12 +558,13 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
                                 tiny, 0.0).to(torch.float64) for name in net.graph.inputs}
     means = batchnorm_means or {}
     steps: list = []  # per node, how its error enters the backward pass (_backward_error)
+    tight: dict = {}  # per tensor, the entries whose error a backward pass bounded (_tighten)
     with torch.no_grad():
         for k, node in enumerate(net.graph.nodes):
-            partial, step = None, ("stop", None, None, None)
+            partial, step = None, ("stop", None)
             if node.op not in ops.LINEAR:
                 for name in dict.fromkeys(node.inputs):
-                    _tighten(net, steps, errors, bounds, name, node.op)
+                    _tighten(net, steps, errors, bounds, tight, name, node.op)
             ins = [errors[i] for i in node.inputs]
             box = [bounds[i] for i in node.inputs]
             if node.op in ops.LINEAR:
@@ -503,10 +578,11 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
                     extra = ops.f_affine(node, [torch.zeros_like(ins[0])],
                                          ops.to_torch(p, torch.device("cpu"), torch.float64))
                 error, partial, local = _linear_error(net, k, node, ins, box, u, tiny, extra)
-                step = ("linear", None if local is None else local * (1 + SELF_SLACK), None, None)
+                step = ("linear", None if local is None else local * (1 + SELF_SLACK))
             elif node.op in ops.ELEMENTWISE:
                 error = _elementwise_error(node.op, ins[0], *box[0], u, tiny)
-                step = _gain_step(node.op, ins[0], *box[0], u, tiny)
+                step = (*_gain_step(node.op, ins[0], *box[0], u, tiny),
+                        tight.get(node.inputs[0], torch.zeros_like(ins[0], dtype=torch.bool)))
             elif node.op == "MaxPool":  # max is exact and 1-Lipschitz in the window's max norm
                 p = net.torch_params(torch.device("cpu"), torch.float64)[k]
                 error = ops.f_max_pool(node, ins, p)
@@ -530,7 +606,7 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
             if not math.isfinite(peak) or peak >= largest / 2:
                 return np.full(net.output_size, np.inf)
         for name in dict.fromkeys(net.graph.outputs):
-            _tighten(net, steps, errors, bounds, name, "output")
+            _tighten(net, steps, errors, bounds, tight, name, "output")
     return np.concatenate([errors[o].reshape(-1).numpy() for o in net.graph.outputs])
 
 
