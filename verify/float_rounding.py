@@ -81,9 +81,11 @@ SELF_SLACK = 1e-9  # relative inflation for the float64 rounding of this module'
 # measured: at most 4.5 u max(|f|, 1) over [-100, 100]), like the fused-kernel caveat.
 FUNCTION_ULPS = 16
 # CROWN tightening of the intervals the bound reads, on networks up to this many multiply-adds
-# (ACAS Xu 14k, MNIST 256x2 270k; a CIFAR ResNet-2b, 692k, takes IBP: 20+ s of CROWN passes on
-# 2 loaded cores for a bound 1.5 times smaller).
-CROWN_MACS = 500_000
+# (ACAS Xu 14k, MNIST 256x2 270k, CIFAR ResNet-2b 692k, ResNet-4b 2.9M). The backward error pass
+# needs them: which Relus are stable, and the magnitudes (ResNet-2b prop 2: 0.026 with CROWN,
+# 0.79 with IBP; 7-15 s of CROWN passes on 2 loaded cores, shared with the certifiers when the
+# caller passes its network: bounds.graph.crown_bounds' memo).
+CROWN_MACS = 5_000_000
 
 
 class FloatSemanticsError(InputError):
@@ -345,12 +347,20 @@ F64_UNIT, F64_UNDERFLOW = 2.0 ** -53, 2.0 ** -1074
 
 def _transpose(node, p: dict, shapes: list, coeffs) -> list:
     """L^T applied to coeffs (R, *out) for a linear node y = L(x) + b: one (R, *in_i) per input,
-    the vector-Jacobian product of its ops forward (the bias drops out)."""
+    the vector-Jacobian product of its ops forward (the bias drops out), mapped over the R rows
+    (torch.func.vmap; autograd on R samples for an op whose backward has no batching rule)."""
     import torch
 
     from .graph import ops
 
     forward = ops.LINEAR[node.op][0]
+    one = [torch.zeros((1, *s), dtype=coeffs.dtype) for s in shapes]
+    try:
+        y, pullback = torch.func.vjp(lambda *xs: forward(node, list(xs), p), *one)
+        grads = torch.func.vmap(pullback)(coeffs.reshape(len(coeffs), *y.shape))
+        return [g.squeeze(1) for g in grads]
+    except RuntimeError:
+        pass
     with torch.enable_grad():
         xs = [torch.zeros((len(coeffs), *s), dtype=coeffs.dtype, requires_grad=True)
               for s in shapes]
@@ -534,10 +544,11 @@ def _mixing_depth(net) -> dict:
 
 
 def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str = "float32",
-                  batchnorm_means: Optional[dict] = None) -> np.ndarray:
+                  batchnorm_means: Optional[dict] = None, backward: bool = True) -> np.ndarray:
     """Per output of the GraphNetwork `net`, a bound on |N_fl(x) - N(x)| over the box [lower,
     upper] (the recurrence of the module docstring, one rule per op); `batchnorm_means`: the
-    |running mean| per BatchNormalization output tensor."""
+    |running mean| per BatchNormalization output tensor; `backward` False: the forward walk
+    alone (no backward error pass; looser, for comparison)."""
     import torch
 
     from .graph import discrete, ops
@@ -562,7 +573,7 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
     with torch.no_grad():
         for k, node in enumerate(net.graph.nodes):
             partial, step = None, ("stop", None)
-            if node.op not in ops.LINEAR:
+            if backward and node.op not in ops.LINEAR:
                 for name in dict.fromkeys(node.inputs):
                     _tighten(net, steps, errors, bounds, tight, name, node.op)
             ins = [errors[i] for i in node.inputs]
@@ -605,20 +616,28 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
                 peak = max(peak, float(partial.max()))
             if not math.isfinite(peak) or peak >= largest / 2:
                 return np.full(net.output_size, np.inf)
-        for name in dict.fromkeys(net.graph.outputs):
+        for name in dict.fromkeys(net.graph.outputs) if backward else ():
             _tighten(net, steps, errors, bounds, tight, name, "output")
     return np.concatenate([errors[o].reshape(-1).numpy() for o in net.graph.outputs])
 
 
 def evaluation_error(path: Union[str, Path], lower: np.ndarray, upper: np.ndarray,
-                     element_type: str = "float32") -> np.ndarray:
+                     element_type: str = "float32", net=None,
+                     backward: bool = True) -> np.ndarray:
     """Per output, a bound on |N_fl(x) - N(x)| over the box [lower, upper] (flat network
     input), N the ONNX model at `path` over the reals and N_fl the same graph evaluated in
-    `element_type` (any summation order). FloatSemanticsError when it cannot be bounded."""
-    model, reader, net = read_graph(path)
+    `element_type` (any summation order). FloatSemanticsError when it cannot be bounded.
+    `net`: the caller's GraphNetwork of the same model, if any: used when its graph is the
+    one read here (same fingerprint), so that the certifiers reuse the CROWN bounds computed
+    here (bounds.graph.crown_bounds keeps the last ones per network object). `backward`:
+    see network_error."""
+    model, reader, read = read_graph(path)
+    same = getattr(net, "is_graph", False) and net.fingerprint() == read.fingerprint()
+    net = net if same else read
     _check_casts(model, reader)
     _check_constant_arithmetic(model, reader)
-    return network_error(net, lower, upper, element_type, _batchnorm_extras(model, reader))
+    return network_error(net, lower, upper, element_type, _batchnorm_extras(model, reader),
+                         backward)
 
 
 def widen_query(query, error: np.ndarray):
