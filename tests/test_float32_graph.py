@@ -89,7 +89,19 @@ def _mlp_mixed(b: _Builder, x: str) -> str:
     return b.op("Div", [r, b.const(3.0)])
 
 
-BUILDERS = {"conv_residual": (_conv_residual, [1, 2, 6, 6]), "mlp_mixed": (_mlp_mixed, [1, 6])}
+def _deep_residual(b: _Builder, x: str) -> str:
+    """(1, 8): four Gemm + Relu blocks with two residual Adds and mixed-sign weights (the
+    backward error pass and its tightening of the inner Relus' errors run), a final Gemm."""
+    h = x
+    for block in range(4):
+        z = b.op("Gemm", [h, b.const(b.weights(8, 8, scale=2)), b.const(b.rng.normal(size=8))])
+        z = b.op("Relu", [z])
+        h = b.op("Add", [z, h]) if block % 2 else z
+    return b.op("Gemm", [h, b.const(b.weights(8, 4, scale=2)), b.const(b.rng.normal(size=4))])
+
+
+BUILDERS = {"conv_residual": (_conv_residual, [1, 2, 6, 6]), "mlp_mixed": (_mlp_mixed, [1, 6]),
+            "deep_residual": (_deep_residual, [1, 8])}
 
 
 def _save(path: Path, kind: str, seed: int, elem) -> Path:
@@ -270,3 +282,125 @@ def test_softmax_bound_holds_with_a_wide_spread(tmp_path, scale):
     gaps = np.abs(_ort(path, points, np.float32) - net.forward(points))
     assert np.all(gaps <= error), (gaps.max(0), error)
     assert 0 < gaps.max() and np.max(error) < 1e-3
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+@pytest.mark.parametrize("element_type", ["float32", "float16"])
+def test_backward_pass_is_at_most_the_walk(tmp_path, kind, element_type):
+    """The bound with the backward error pass is at most the forward walk's alone (the bound
+    before it), on every output; on the deep residual net it is several times smaller."""
+    path = _save(tmp_path / "f32.onnx", kind, 4, TensorProto.FLOAT)
+    n = load_onnx(path).input_size
+    rng = np.random.default_rng(4)
+    lower = rng.uniform(-1, 0, n)
+    upper = lower + rng.uniform(0.1, 1, n)
+    new = evaluation_error(path, lower, upper, element_type)
+    old = evaluation_error(path, lower, upper, element_type, backward=False)
+    assert np.all(new <= old), (new, old)
+    if kind == "deep_residual":
+        assert np.max(new / old) < 0.5, (new, old)
+
+
+def _coherent_model(tmp_path: Path, n: int = 32) -> tuple[Path, np.ndarray]:
+    """Y = 1^T relu(h Q + 10) Q^T... read as Y = sum_i h_i + const: h = (X + 16384) - 16384
+    rounds every X_i to a multiple of 2^-9 in float32, Q a random orthogonal n x n mixing
+    (the Relus active on [0, 1]^n), so the n rounding errors reach Y summed with sign +1: at
+    points whose every X_i lies 3/8 of the way between multiples of 2^-9, all n errors have
+    one sign (an adversarial, ill-conditioned input), |Y_fl - Y| about n 3 2^-12."""
+    rng = np.random.default_rng(7)
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    b = _Builder(rng, np.float32)
+    h = b.op("Sub", [b.op("Add", ["X", b.const(16384.0)]), b.const(16384.0)])
+    z = b.op("Relu", [b.op("Add", [b.op("MatMul", [h, b.const(q)]), b.const(np.full(n, 10.0))])])
+    y = b.op("MatMul", [z, b.const(q.T @ np.ones((n, 1)))])
+    b.nodes.append(helper.make_node("Identity", [y], ["Y"]))
+    graph = helper.make_graph(b.nodes, "coherent",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", n])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+                              b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "coherent.onnx"
+    onnx.save(model, str(path))
+    ks = rng.integers(0, 511, (50, n))
+    points = (ks * 2.0 ** -9 + 3 * 2.0 ** -12).astype(np.float32).astype(np.float64)
+    return path, points
+
+
+def test_bound_holds_at_coherent_worst_case_inputs(tmp_path):
+    """Ill-conditioned sums at adversarial points: the deviation is close to the worst case,
+    the bound contains it, and with the backward pass it is within a small factor of it (the
+    forward walk alone charges the errors through |Q^T 1| |Q|, several times more)."""
+    path, points = _coherent_model(tmp_path)
+    net = load_onnx(path)
+    lower, upper = np.zeros(32), np.ones(32)
+    error = evaluation_error(path, lower, upper)
+    gaps = np.abs(_ort(path, points, np.float32) - net.forward(points))
+    assert gaps.min() > 0.8 * 32 * 3 * 2.0 ** -12  # the errors did add up with one sign
+    assert np.all(gaps <= error), (gaps.max(), error)
+    for x in points[:5]:
+        assert np.all(np.abs(graph_float_forward(path, x) - net.forward(x)) <= error)
+    walk = evaluation_error(path, lower, upper, backward=False)
+    assert error[0] < 20 * gaps.max() and walk[0] > 2 * error[0], (gaps.max(), error, walk)
+
+
+BUNDLED = {
+    "acasxu_3_7": ("acasxu/onnx/ACASXU_run2a_3_7_batch_2000.onnx", "acasxu/vnnlib/prop_3.vnnlib"),
+    "convnet_avgpool": ("vnncomp2021/verivital/onnx/Convnet_avgpool.onnx",
+                        "vnncomp2021/verivital/vnnlib/prop_0_0.02.vnnlib"),
+    "mnist_256x2": ("mnist_fc/onnx/mnist-net_256x2.onnx", "mnist_fc/vnnlib/prop_0_0.03.vnnlib"),
+    "resnet_2b": ("vnncomp2021/cifar10_resnet/onnx/resnet_2b.onnx",
+                  "vnncomp2021/cifar10_resnet/vnnlib/prop_2_eps_0.008.vnnlib"),
+}
+
+
+def _bundled_gaps(path: Path, lower, upper, net, rng, error) -> np.ndarray:
+    """|float32 - float64| per output at random points of the box, at random corners, and at
+    points a hill-climb moved (a few ulps on random coordinates) towards a larger gap relative
+    to the bound."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+
+    def gaps(xs):
+        f32 = np.stack([session.run(None, {inp.name: x.astype(np.float32).reshape(shape)})[0]
+                        .reshape(-1) for x in xs]).astype(np.float64)
+        return np.abs(f32 - net.forward(xs))
+
+    xs = np.concatenate([rng.uniform(lower, upper, (60, len(lower))),
+                         np.where(rng.random((60, len(lower))) < 0.5, lower, upper)])
+    xs = np.stack([round_into_box(x, lower, upper) for x in xs]).astype(np.float64)
+    found = gaps(xs)
+    best = xs[np.argmax((found / error).max(1))]
+    for _ in range(4):  # hill-climb from the worst point
+        moves = np.repeat(best[None], 20, 0).astype(np.float32)
+        for m in moves:
+            picked = rng.choice(len(best), size=max(1, len(best) // 8), replace=False)
+            m[picked] = np.nextafter(m[picked], np.where(rng.random(len(picked)) < 0.5,
+                                                          np.float32(-np.inf), np.float32(np.inf)))
+        moves = np.clip(moves.astype(np.float64), lower, upper)
+        moves = np.stack([round_into_box(x, lower, upper) for x in moves]).astype(np.float64)
+        more = gaps(moves)
+        found = np.concatenate([found, more])
+        if (more / error).max() > (found[:-len(more)] / error).max():
+            best = moves[np.argmax((more / error).max(1))]
+    return found
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow)
+                                  if name == "resnet_2b" else name
+                                  for name in BUNDLED])
+def test_bound_holds_on_bundled_networks(benchmark_data, name):
+    """On the bundled VNN-COMP networks over a property's box: onnxruntime's float32 outputs
+    stay within the bound of the float64 ones (random points, corners, a hill-climb towards the
+    bound), and the bound is at most the forward walk's alone."""
+    from verify.vnnlib import load_vnnlib
+
+    model, prop = (benchmark_data / part for part in BUNDLED[name])
+    box = load_vnnlib(prop).cases[0].box
+    error = evaluation_error(model, box.lower, box.upper)
+    assert np.all(np.isfinite(error)) and np.all(error > 0)
+    assert np.all(error <= evaluation_error(model, box.lower, box.upper, backward=False))
+    gaps = _bundled_gaps(model, box.lower, box.upper, load_onnx(model),
+                         np.random.default_rng(11), error)
+    assert gaps.max() > 0 and np.all(gaps <= error), ((gaps / error).max(), error)

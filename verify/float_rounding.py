@@ -87,9 +87,11 @@ SELF_SLACK = 1e-9  # relative inflation for the float64 rounding of this module'
 # measured: at most 4.5 u max(|f|, 1) over [-100, 100]), like the fused-kernel caveat.
 FUNCTION_ULPS = 16
 # CROWN tightening of the intervals the bound reads, on networks up to this many multiply-adds
-# (ACAS Xu 14k, MNIST 256x2 270k; a CIFAR ResNet-2b, 692k, takes IBP: 20+ s of CROWN passes on
-# 2 loaded cores for a bound 1.5 times smaller).
-CROWN_MACS = 500_000
+# (ACAS Xu 14k, MNIST 256x2 270k, CIFAR ResNet-2b 692k, ResNet-4b 2.9M). The backward error pass
+# needs them: which Relus are stable, and the magnitudes (ResNet-2b prop 2: 0.026 with CROWN,
+# 0.79 with IBP; 7-15 s of CROWN passes on 2 loaded cores, shared with the certifiers when the
+# caller passes its network: bounds.graph.crown_bounds' memo).
+CROWN_MACS = 5_000_000
 
 
 class FloatSemanticsError(InputError):
@@ -134,9 +136,10 @@ def _real_bounds(net, lower: np.ndarray, upper: np.ndarray) -> dict:
 
 def _linear_error(net, k: int, node, errors: list, bounds: list, u: float, tiny: float,
                   extra=None):
-    """(error, magnitude) of a linear node y = L(x) + b: error |L|(E) + gamma_m magnitude +
-    m TINY, magnitude |L|(max|x| + E) + |b| + extra (a bound on every partial sum), m = terms +
-    EXTRA_ROUNDINGS; a pure data movement (no terms) carries E only."""
+    """(error, magnitude, local) of a linear node y = L(x) + b: error |L|(E) + local, local =
+    gamma_m magnitude + m TINY (the node's own rounding), magnitude |L|(max|x| + E) + |b| +
+    extra (a bound on every partial sum), m = terms + EXTRA_ROUNDINGS; a pure data movement (no
+    terms) carries E only (local None)."""
     import torch
 
     from .graph import ops
@@ -147,15 +150,15 @@ def _linear_error(net, k: int, node, errors: list, bounds: list, u: float, tiny:
     carried = forward(node, errors, p_abs)
     n = terms(node)
     if n == 0:
-        return carried, carried
+        return carried, carried, None
     bias = forward(node, [torch.zeros_like(e) for e in errors], p).abs()
     magnitude = forward(node, [torch.maximum(lo.abs(), up.abs()) + e
                                for (lo, up), e in zip(bounds, errors)], p_abs) + bias
     m = n + EXTRA_ROUNDINGS
     if extra is not None:
         magnitude, m = magnitude + extra, m + BATCHNORM_ROUNDINGS
-    error = carried + float(gamma(np.asarray(m, dtype=np.float64), u)) * magnitude + m * tiny
-    return error, magnitude
+    local = float(gamma(np.asarray(m, dtype=np.float64), u)) * magnitude + m * tiny
+    return carried + local, magnitude, local
 
 
 def _elementwise_error(op: str, error, lower, upper, u: float, tiny: float):
@@ -167,14 +170,47 @@ def _elementwise_error(op: str, error, lower, upper, u: float, tiny: float):
 
     if op == "Relu":
         return torch.where(upper + error * (1 + SELF_SLACK) < 0, torch.zeros_like(error), error)
+    _, slope, local = _smooth_slopes(op, error, lower, upper, u, tiny)
+    return slope * error + local
+
+
+def _smooth_slopes(op: str, error, lower, upper, u: float, tiny: float):
+    """(s_lo, s_hi, local) of a smooth increasing f: f(x_fl) - f(x) = f'(xi) (x_fl - x) with xi
+    in [l - E, h + E] (mean value theorem), f' in [s_lo, s_hi] there (widened by torch's own
+    rounding of f', ops.function_error); local = FUNCTION_ULPS u max(|f|, 1) + TINY, the
+    runtime's rounding of f."""
+    import torch
+
+    from .graph import ops
+
     f, df, shape = ops.ELEMENTWISE[op]
     lo, up = lower - error, upper + error
-    if shape == "s":  # f' largest at 0, monotone on either side
+    if shape == "s":  # f' largest at 0, monotone on either side: smallest at an end
         slope = df(torch.minimum(torch.maximum(torch.zeros_like(lo), lo), up))
-    else:  # convex, increasing: f' largest at the top
-        slope = df(up)
+        least = torch.minimum(df(lo), df(up))
+    else:  # convex, increasing: f' largest at the top, smallest at the bottom
+        slope, least = df(up), df(lo)
+    least = torch.nan_to_num(least - ops.function_error(least), nan=0.0).clamp(min=0)
     value = torch.maximum(torch.maximum(f(lo).abs(), f(up).abs()), torch.ones_like(lo))
-    return slope * error + FUNCTION_ULPS * u * value + tiny
+    return least, slope, FUNCTION_ULPS * u * value + tiny
+
+
+def _gain_step(op: str, error, lower, upper, u: float, tiny: float) -> tuple:
+    """The backward pass's step of an elementwise node: ('gain', local, lo, hi), its float
+    error d_y = g d_x + e with g in [lo, hi]. Relu: g = (relu(x_fl) - relu(x)) / (x_fl - x) is in
+    [0, 1]; 1 where l >= E (x and x_fl >= 0), 0 where h + E < 0 (both <= 0); e = 0. Smooth f:
+    [lo, hi] = _smooth_slopes's, e its local rounding."""
+    import torch
+
+    from .graph import ops
+
+    if op == "Relu":
+        error = error * (1 + SELF_SLACK)
+        active = (lower - error >= 0).to(error.dtype)
+        dead = upper + error < 0
+        return "gain", None, active, torch.where(dead, 0.0, 1.0).to(error.dtype)
+    least, slope, local = _smooth_slopes(op, error, lower, upper, u, tiny)
+    return "gain", local * (1 + SELF_SLACK), least, slope + ops.function_error(slope)
 
 
 def _softmax_error(axis: int, error, lower, upper, u: float, tiny: float):
@@ -340,17 +376,224 @@ def read_graph(path: Union[str, Path]):
     return model, reader, GraphNetwork(graph)
 
 
+# The backward error pass (module docstring): rows per pass, and the most entries of one tensor
+# whose error the walk tightens by it before a node reads that error non-linearly.
+BACKWARD_ROWS = 256
+TIGHTEN_ENTRIES = 4096
+F64_UNIT, F64_UNDERFLOW = 2.0 ** -53, 2.0 ** -1074
+
+
+def _transpose(node, p: dict, shapes: list, coeffs) -> list:
+    """L^T applied to coeffs (R, *out) for a linear node y = L(x) + b: one (R, *in_i) per input,
+    the vector-Jacobian product of its ops forward (the bias drops out), mapped over the R rows
+    (torch.func.vmap; autograd on R samples for an op whose backward has no batching rule)."""
+    import torch
+
+    from .graph import ops
+
+    forward = ops.LINEAR[node.op][0]
+    one = [torch.zeros((1, *s), dtype=coeffs.dtype) for s in shapes]
+    try:
+        y, pullback = torch.func.vjp(lambda *xs: forward(node, list(xs), p), *one)
+        grads = torch.func.vmap(pullback)(coeffs.reshape(len(coeffs), *y.shape))
+        return [g.squeeze(1) for g in grads]
+    except RuntimeError:
+        pass
+    with torch.enable_grad():
+        xs = [torch.zeros((len(coeffs), *s), dtype=coeffs.dtype, requires_grad=True)
+              for s in shapes]
+        y = forward(node, xs, p)
+        grads = torch.autograd.grad((y * coeffs.reshape(y.shape)).sum(), xs, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(xs, grads)]
+
+
+def _column_sums(net, k: int) -> list:
+    """S_i = |L|^T 1 per input i of linear node k (shape (1, *in_i)), inflated by 1e-6 for its
+    own float64 rounding; cached on the network."""
+    import torch
+
+    cache = net.__dict__.setdefault("_float_column_sums", {})
+    if k not in cache:
+        node = net.graph.nodes[k]
+        p_abs = net.torch_params(torch.device("cpu"), torch.float64, absolute=True)[k]
+        ones = torch.ones((1, *net.graph.shapes[node.output]), dtype=torch.float64)
+        cache[k] = [s * (1 + 1e-6) for s in _transpose(
+            node, p_abs, [net.graph.shapes[i] for i in node.inputs], ones)]
+    return cache[k]
+
+
+def _backward_error(net, steps: list, errors: dict, start: str, entries) -> "torch.Tensor":
+    """Bounds on |t_fl - t| for the flat `entries` of tensor `start`, by one backward pass
+    through the error recursion the walk recorded in `steps`: d_y = L d_x + e (linear), d_y =
+    g d_x + e (Relu, smooth f; g in [lo, hi] per entry), d_y = anything within E_y (other ops:
+    `stop`), |e| <= local. Each row carries a coefficient C (and a radius R >= 0 where C is
+    only known to lie in [C - R, C + R]) with d_start = C . d_t + (terms charged so far):
+
+        linear   C_x = L^T C_y, R_x = |L|^T R_y; charged (|C_y| + R_y) . local_y
+        gain     where E_x came from a backward pass itself (`tight`): C_x = C_y mid(g),
+                 charged (|C_y| half(g) + R_y hi) . E_x  (|C g - C mid| <= |C| half, g <= hi);
+                 elsewhere the hull of [C_y - R_y, C_y + R_y] [lo, hi], as C_x +- R_x
+        stop     charged (|C| + R) . E_y; graph inputs likewise (E: the subnormal allowance)
+
+    Sound for every x in the box: d_start is exactly the sum of the products along the paths,
+    with the actual gains, and every term is charged at most once per path. Relu: g =
+    (relu(x_fl) - relu(x)) / (x_fl - x) is in [0, 1]; 1 where l >= E_x, 0 where h + E_x < 0.
+    Float64 rounding of the pass itself: a coefficient off by D (the transpose's sums: |D| <=
+    gamma_n |L|^T |C_y| + n 2^-1074 <= gamma_n max|C_y| S + n 2^-1074, S = |L|^T 1; a product
+    C mid: 2^-53 |C| mid; a sum of k consumers' coefficients: gamma_k sum |C_i|) changes the
+    result by D . d_x, charged as |D| . E_x; the nonnegative sums (R, the charges) are off by
+    a relative (1 + 2^-53)^N at most, covered by SELF_SLACK."""
+    import torch
+
+    from .graph.ir import size_of
+
+    graph = net.graph
+    params = net.torch_params(torch.device("cpu"), torch.float64)
+    params_abs = net.torch_params(torch.device("cpu"), torch.float64, absolute=True)
+    shape = graph.shapes[start]
+    rows = len(entries)
+    eye = torch.zeros((rows, size_of(shape)), dtype=torch.float64)
+    eye[torch.arange(rows), torch.as_tensor(entries)] = 1.0
+    # name -> [C, R or None (0), sum of |C_i| over the consumers' parts, number of parts]
+    coeffs = {start: [eye.reshape(rows, *shape), None, None, 1]}
+    total = torch.zeros(rows, dtype=torch.float64)
+
+    def charge(t, bound):  # (rows, *S) . (1, *S) per row
+        return (t * bound.reshape(1, *t.shape[1:])).flatten(1).sum(1)
+
+    def push(name, c, rad):
+        if name not in coeffs:
+            coeffs[name] = [c, rad, None, 1]
+            return
+        c0, r0, a0, k0 = coeffs[name]
+        a0 = c0.abs() if a0 is None else a0
+        rad = r0 if rad is None else rad if r0 is None else r0 + rad
+        coeffs[name] = [c0 + c, rad, a0 + c.abs(), k0 + 1]
+
+    def width(c, rad):
+        return c.abs() if rad is None else c.abs() + rad
+
+    def gamma64(n):
+        return (n * F64_UNIT) / (1 - n * F64_UNIT)
+
+    last = next((k for k, node in enumerate(graph.nodes) if node.output == start), -1)
+    for k in range(last, -1, -1):
+        node = graph.nodes[k]
+        if node.output not in coeffs:
+            continue
+        c, rad, parts, count = coeffs.pop(node.output)
+        if count > 1:
+            total += gamma64(count) * charge(parts, errors[node.output])
+        kind, local = steps[k][0], steps[k][1]
+        if local is not None:
+            total += charge(width(c, rad), local)
+        if kind == "stop":
+            total += charge(width(c, rad), errors[node.output])
+        elif kind == "gain":
+            name = node.inputs[0]
+            lo, hi, tight = (t.reshape(1, *c.shape[1:]) for t in steps[k][2:])
+            mid, half = (lo + hi) / 2, (hi - lo) / 2
+            paid = c.abs() * (half + 2 * F64_UNIT * mid) + (0 if rad is None else rad * hi)
+            total += charge(torch.where(tight, paid, 0.0), errors[name])
+            if bool(tight.all()):
+                push(name, c * mid, None)
+                continue
+            low, up = (c, c) if rad is None else (c - rad, c + rad)
+            a = torch.minimum(low * lo, low * hi)
+            b = torch.maximum(up * lo, up * hi)
+            hull = (b - a) / 2 + 4 * F64_UNIT * (a.abs() + b.abs())
+            push(name, torch.where(tight, c * mid, (a + b) / 2), torch.where(tight, 0.0, hull))
+        else:
+            shapes = [graph.shapes[i] for i in node.inputs]
+            n = size_of(graph.shapes[node.output])
+            centers = _transpose(node, params[k], shapes, c)
+            spreads = [None] * len(shapes) if rad is None else \
+                _transpose(node, params_abs[k], shapes, rad)
+            biggest = c.abs().flatten(1).amax(1)
+            for name, ci, ri, s in zip(node.inputs, centers, spreads, _column_sums(net, k)):
+                e = errors[name]
+                total += gamma64(n) * biggest * float((s * e).sum()) + \
+                    n * F64_UNDERFLOW * float(e.sum())
+                push(name, ci, ri)
+    for name, (c, rad, parts, count) in coeffs.items():  # graph inputs
+        e = errors[name]
+        total += charge(width(c, rad), e) + \
+            (0 if count == 1 else gamma64(count) * charge(parts, e))
+    return total * (1 + SELF_SLACK)
+
+
+def _tighten(net, steps: list, errors: dict, bounds: dict, tight: dict, name: str,
+             op: str) -> None:
+    """errors[name] lowered to the backward pass's bound where a node `op` reads it: a Relu
+    at the entries whose gain is not fixed (l - E < 0 <= h + E), smooth f, MaxPool, Softmax,
+    bilinear and discrete nodes (and the outputs) at every entry; at most TIGHTEN_ENTRIES
+    entries, and not past the enclosing deadline (the walk's error stays: sound). tight[name]
+    marks the entries so bounded (all of a tensor behind fewer than two sign-mixing maps,
+    where the walk's error is the pass's)."""
+    import torch
+
+    from . import deadline
+
+    error = errors[name].reshape(-1)
+    if _mixing_depth(net).get(name, 0) < 2:
+        tight[name] = torch.ones_like(errors[name], dtype=torch.bool)
+        return
+    mask = tight.setdefault(name, torch.zeros_like(errors[name], dtype=torch.bool)).reshape(-1)
+    if op == "Relu":
+        lo, up = (t.reshape(-1) for t in bounds[name])
+        wanted = (lo - error < 0) & (up + error >= 0)
+    else:
+        wanted = error > 0
+    entries = torch.nonzero(wanted & ~mask).flatten()
+    if len(entries) == 0 or len(entries) > TIGHTEN_ENTRIES:
+        return
+    error = error.clone()
+    for chunk in torch.split(entries, BACKWARD_ROWS):
+        if deadline.active().expired():
+            break
+        error[chunk] = torch.minimum(error[chunk],
+                                     _backward_error(net, steps, errors, name, chunk))
+        mask[chunk] = True
+    errors[name] = error.reshape(errors[name].shape)
+
+
+MIXING = ("MatMul", "Gemm", "Conv", "ConvTranspose")  # linear ops whose weights mix signs
+
+
+def _mixing_depth(net) -> dict:
+    """{tensor: the most MIXING nodes on a path to it from a graph input or a nonlinear node
+    that the backward pass takes as it is}; cached on the graph. Through one such map (and
+    diagonal, sum or data-movement ones) |L| E is exactly what the backward pass gives; only
+    a composition |L2 L1| < |L2| |L1| (and the Relu gains met on the way) can be tighter."""
+    from .graph import ops
+
+    cached = getattr(net.graph, "_float_mixing_depth", None)
+    if cached is not None:
+        return cached
+    depth = {name: 0 for name in net.graph.inputs}
+    for node in net.graph.nodes:
+        if node.op in ops.LINEAR or node.op in ops.ELEMENTWISE:
+            depth[node.output] = max((depth[i] for i in node.inputs), default=0) + \
+                (node.op in MIXING)
+        else:
+            depth[node.output] = 0
+    net.graph._float_mixing_depth = depth
+    return depth
+
+
 def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str = "float32",
                   batchnorm_means: Optional[dict] = None,
-                  model_type: Optional[int] = None) -> np.ndarray:
+                  model_type: Optional[int] = None, backward: bool = True) -> np.ndarray:
     """Per output of the GraphNetwork `net`, a bound on |N_fl(x) - N(x)| over the box [lower,
     upper] (the recurrence of the module docstring, one rule per op); `batchnorm_means`: the
     |running mean| per BatchNormalization output tensor. Each tensor has a format: the inputs
     `element_type`, a Cast's output its target, any other node's output the coarsest of its
     inputs'; each rule uses its output's u, TINY and range (and a Cast knows the coarsest
-    format its input's values are in, which may be coarser than the one it is stored in). `model_type`: the ONNX element type
-    the model declares; when it is not `element_type`'s (the graph evaluated in another
-    precision, float_rounding.retyped_model) every float Cast is to `element_type`."""
+    format its input's values are in, which may be coarser than the one it is stored in).
+    `model_type`: the ONNX element type the model declares; when it is not `element_type`'s
+    (the graph evaluated in another precision, float_rounding.retyped_model) every float Cast
+    is to `element_type`. `backward` False: the forward walk alone (no backward error pass;
+    looser, for comparison)."""
     import torch
 
     from .graph import discrete, ops
@@ -373,9 +616,14 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
     means = batchnorm_means or {}
     formats = {name: element_type for name in net.graph.inputs}  # the format computed in
     held = dict(formats)  # the coarsest format whose values the tensor holds (casts keep it)
+    steps: list = []  # per node, how its error enters the backward pass (_backward_error)
+    tight: dict = {}  # per tensor, the entries whose error a backward pass bounded (_tighten)
     with torch.no_grad():
         for k, node in enumerate(net.graph.nodes):
-            partial = None
+            partial, step = None, ("stop", None)
+            if backward and node.op not in ops.LINEAR:
+                for name in dict.fromkeys(node.inputs):
+                    _tighten(net, steps, errors, bounds, tight, name, node.op)
             ins = [errors[i] for i in node.inputs]
             box = [bounds[i] for i in node.inputs]
             fmt = _coarsest([formats[i] for i in node.inputs]) if node.inputs else element_type
@@ -397,9 +645,12 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
                          "shift": 2 * np.abs(scale) * mean}
                     extra = ops.f_affine(node, [torch.zeros_like(ins[0])],
                                          ops.to_torch(p, torch.device("cpu"), torch.float64))
-                error, partial = _linear_error(net, k, node, ins, box, u, tiny, extra)
+                error, partial, local = _linear_error(net, k, node, ins, box, u, tiny, extra)
+                step = ("linear", None if local is None else local * (1 + SELF_SLACK))
             elif node.op in ops.ELEMENTWISE:
                 error = _elementwise_error(node.op, ins[0], *box[0], u, tiny)
+                step = (*_gain_step(node.op, ins[0], *box[0], u, tiny),
+                        tight.get(node.inputs[0], torch.zeros_like(ins[0], dtype=torch.bool)))
             elif node.op == "MaxPool":  # max is exact and 1-Lipschitz in the window's max norm
                 p = net.torch_params(torch.device("cpu"), torch.float64)[k]
                 error = ops.f_max_pool(node, ins, p)
@@ -419,12 +670,15 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
                 raise FloatSemanticsError(f"node '{node.name or node.op}' ({node.op}): its float "
                                           "rounding is not modelled")
             errors[node.output] = error * (1 + SELF_SLACK)
+            steps.append(step)
             lo, up = bounds[node.output]
             peak = float((torch.maximum(lo.abs(), up.abs()) + error).max())
             if partial is not None:
                 peak = max(peak, float(partial.max()))
             if not math.isfinite(peak) or peak >= largest / 2:
                 return np.full(net.output_size, np.inf)
+        for name in dict.fromkeys(net.graph.outputs) if backward else ():
+            _tighten(net, steps, errors, bounds, tight, name, "output")
     return np.concatenate([errors[o].reshape(-1).numpy() for o in net.graph.outputs])
 
 
@@ -448,17 +702,24 @@ def _check_constant_range(reader, element_type: str) -> None:
 
 
 def evaluation_error(path: Union[str, Path], lower: np.ndarray, upper: np.ndarray,
-                     element_type: str = "float32") -> np.ndarray:
+                     element_type: str = "float32", net=None,
+                     backward: bool = True) -> np.ndarray:
     """Per output, a bound on |N_fl(x) - N(x)| over the box [lower, upper] (flat network
     input), N the ONNX model at `path` over the reals and N_fl the same graph evaluated in
     `element_type` (any summation order; its constants rounded to it when the model stores
-    them finer). FloatSemanticsError when it cannot be bounded."""
-    model, reader, net = read_graph(path)
+    them finer). FloatSemanticsError when it cannot be bounded.
+    `net`: the caller's GraphNetwork of the same model, if any: used when its graph is the
+    one read here (same fingerprint), so that the certifiers reuse the CROWN bounds computed
+    here (bounds.graph.crown_bounds keeps the last ones per network object). `backward`:
+    see network_error."""
+    model, reader, read = read_graph(path)
+    same = getattr(net, "is_graph", False) and net.fingerprint() == read.fingerprint()
+    net = net if same else read
     _check_casts(model, reader)
     _check_constant_arithmetic(model, reader)
     _check_constant_range(reader, element_type)
     return network_error(net, lower, upper, element_type, _batchnorm_extras(model, reader),
-                         _model_type(model, reader))
+                         _model_type(model, reader), backward)
 
 
 def widen_query(query, error: np.ndarray):

@@ -267,7 +267,7 @@ def _network_formats(query) -> dict[str, Optional[str]]:
             for net in query.networks}
 
 
-def _float_widened_error(model: Path, lower, upper, kind: str):
+def _float_widened_error(model: Path, lower, upper, kind: str, net=None):
     """(the float evaluation error of `model` per output over the box, None) or (None, the
     reason no unsat can be given) when that error cannot be bounded."""
     import numpy as np
@@ -275,7 +275,7 @@ def _float_widened_error(model: Path, lower, upper, kind: str):
     from .float_rounding import FloatSemanticsError, evaluation_error
 
     try:
-        error = evaluation_error(model, lower, upper, kind)
+        error = evaluation_error(model, lower, upper, kind, net)
     except FloatSemanticsError as exc:
         return None, f"{kind} rounding not bounded: {exc}"
     except Exception as exc:  # noqa: BLE001 - e.g. onnxruntime refusing the shape probe: the
@@ -287,12 +287,12 @@ def _float_widened_error(model: Path, lower, upper, kind: str):
     return error, None
 
 
-def _float_widened(query, model: Path, kind: str):
+def _float_widened(query, model: Path, kind: str, net=None):
     """(the query widened by the float evaluation error, None, that error per output) or (the
     query itself, the reason no unsat can be given, None) when it cannot be bounded."""
     from .float_rounding import query_hull, widen_query
 
-    error, reason = _float_widened_error(model, *query_hull(query), kind)
+    error, reason = _float_widened_error(model, *query_hull(query), kind, net)
     return (query, reason, None) if error is None else (widen_query(query, error), None, error)
 
 
@@ -669,7 +669,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO, t0: float) -> int:
     if kind is None:
         solved_query, no_unsat, error = query, None, None
     elif parts is None:
-        solved_query, no_unsat, error = _float_widened(query, model, kind)
+        solved_query, no_unsat, error = _float_widened(query, model, kind, net)
     else:
         kinds = _network_formats(query)
         solved_query, no_unsat, error = _composed_float_widened(query, parts, kinds)
