@@ -137,3 +137,29 @@ def test_deep_graph_keeps_relu_bab_before_the_milp(monkeypatch):
         assert result.result == exact.status and result.method == "auto:milp", result
         if result.result == "sat":
             assert query.violated_by(*result.counterexample)
+
+
+def test_one_relu_layer_graph_tries_crown_before_the_attack(monkeypatch):
+    """What CROWN proves is answered before the attack spends its share; a sat query still goes
+    on to the attack, whose counterexample replays."""
+    net = pooled_cnn(0, "AveragePool")
+    assert [s for s, _ in vnncomp.ONE_RELU_LAYER_STAGES][:2] == ["crown", "attack"]
+    calls = []
+    real = vnncomp._solve_with_certifier
+
+    def recorded(net_, query_, step, options, pairs=None):
+        calls.append(step)
+        return real(net_, query_, step, options, pairs)
+
+    monkeypatch.setattr(vnncomp, "_solve_with_certifier", recorded)
+    for eps, expected in ((0.05, Status.YES), (0.3, Status.NO)):
+        calls.clear()
+        query, spec = robustness_query(net, 0, eps)
+        assert certify_specs(net, [spec], "milp")[0].status is expected
+        result = vnncomp.solve(net, query, "auto", timeout=60.0)
+        if expected is Status.YES:
+            assert certify_specs(net, [spec], "crown")[0].status is Status.YES
+            assert (result.result, result.method, calls) == ("unsat", "auto:crown", ["crown"])
+        else:
+            assert result.result == "sat" and calls[:2] == ["crown", "attack"], (result, calls)
+            assert query.violated_by(*result.counterexample)
