@@ -303,8 +303,9 @@ def test_float_casts_are_identities_rounded_to_the_target(tmp_path):
     wide = evaluation_error(_save(tmp_path / "w.onnx", "cast_f64"), np.full(N, -2.0),
                             np.full(N, 2.0))
     plain = tmp_path / "p.onnx"  # the same Mul without the casts
-    graph = helper.make_graph([_const("three", 3.0), helper.make_node("Mul", ["X", "three"], ["Y"])],
-                              "p", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [N])],
+    graph = helper.make_graph([_const("three", 3.0),
+                               helper.make_node("Mul", ["X", "three"], ["Y"])], "p",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [N])],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [N])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(plain))
     # (up to the walk's 1e-9 self-slack per node)

@@ -489,3 +489,24 @@ def test_isomorphic_network_is_evaluated_in_its_own_precision(tmp_path, capsys):
     code, out, err = _solve(tmp_path, ISOMORPHIC.format(t="float16")
                             + "(assert (<= Y2[0] 2040.0))", nets, capsys)
     assert (code, out) == (0, "unsat\n"), err
+
+
+def test_float16_evaluation_of_a_float32_model_refuses_constants_out_of_float16_range(tmp_path):
+    """A float32 model evaluated in float16 (an isomorphic network) rounds its constants to
+    float16: 70000 overflows to inf, 1e-6 underflows (absolute, not relative, error); both are
+    refused in one line, while in float32 they are bounded; retyped_model runs in float16."""
+    from verify.float_rounding import FloatSemanticsError, evaluation_error, retyped_model
+
+    for weight in (70000.0, 1e-6):
+        path = _model(tmp_path / "w.onnx", [helper.make_node("Mul", ["x", "w"], ["y"])],
+                      {"x": [1]}, {"y": [1]}, {"w": [weight]})
+        assert np.isfinite(evaluation_error(path, np.array([0.0]), np.array([1e-3]))).all()
+        with pytest.raises(FloatSemanticsError, match="normal range of float16") as exc:
+            evaluation_error(path, np.array([0.0]), np.array([1e-3]), "float16")
+        assert "\n" not in str(exc.value)
+    import onnx
+
+    half = retyped_model(onnx.load(str(path)), "float16")
+    session = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"x": np.array([0.5], np.float16)})
+    assert y.dtype == np.float16 and y[0] == np.float16(np.float16(1e-6) * np.float16(0.5))

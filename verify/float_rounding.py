@@ -317,9 +317,9 @@ def _cast_target(node, element_type: str, retyped: bool) -> str:
 def _cast_error(error, lower, upper, source: str, target: str):
     """y = x cast to `target`, x holding values of the format `source` (the coarsest it was
     last rounded to: a float32 value widened to float64 and cast back is exact): exact when
-    `target` is as fine or finer, else one rounding to the target, |fl_T(v) - v| <= u_T |v| + TINY_T (underflow, FTZ included), v
-    within E of x: E_y = E + u_T (max|x| + E) + TINY_T. Overflow: the walk's magnitude check
-    in the target's range."""
+    `target` is as fine or finer, else one rounding to the target, |fl_T(v) - v| <= u_T |v| +
+    TINY_T (underflow, FTZ included), v within E of x: E_y = E + u_T (max|x| + E) + TINY_T.
+    Overflow: the walk's magnitude check in the target's range."""
     import torch
 
     if FLOAT_FORMATS[target][0] <= FLOAT_FORMATS[source][0]:
@@ -591,7 +591,7 @@ def network_error(net, lower: np.ndarray, upper: np.ndarray, element_type: str =
     inputs'; each rule uses its output's u, TINY and range (and a Cast knows the coarsest
     format its input's values are in, which may be coarser than the one it is stored in).
     `model_type`: the ONNX element type the model declares; when it is not `element_type`'s
-    (the graph evaluated in another precision, float_rounding.retyped_model) every float Cast
+    (the graph evaluated in another precision, retyped_model) every float Cast
     is to `element_type`. `backward` False: the forward walk alone (no backward error pass;
     looser, for comparison)."""
     import torch

@@ -914,6 +914,8 @@ def _isomorphic_retyped(text: str, source: str, exc: Exception
             if mine_type.value != their_type.value and \
                     {mine_type.value, their_type.value} <= readable:
                 offset = line_starts[mine_type.line - 1] + mine_type.col - 1
+                if text[offset:offset + len(mine_type.value)] != mine_type.value:
+                    return None  # (a quoted name this tokenizer misread: leave the error)
                 edits[offset] = (mine_type, their_type.value)
     for offset in sorted(edits, reverse=True):
         token, replacement = edits[offset]
