@@ -4,10 +4,11 @@ Intra-op threads pay off only when one operation has enough work to share. A net
 multiply-accumulates per input (MACs: the weight count of its Dense layers, weights times output
 positions for Conv2d) measure that work; below `SMALL_NETWORK_MACS` (2M: ACAS Xu has 13k, the
 mnist_fc nets 0.2-0.4M) torch's thread start and join cost more than they save, and with a busy
-neighbour each synchronisation waits for a descheduled thread (2 cores, ACAS Xu 1_1 prop_3 next
-to one busy process: 39 s with torch's default 2 threads, 6.7 s with one; quiet: 10.7 s and
-5.3 s; benchmarks/results/runtime.md). Larger networks get the free cores: the CPUs this process
-may run on minus the 1-minute load average (other processes' runnable threads), at least one.
+neighbour each synchronisation waits for a descheduled thread (2 cores shared with other jobs,
+ACAS Xu 1_1 prop_3 next to one busy process: 123 s with torch's default 2 threads, 15.5 s with
+one; without it: 52 s and 10.9 s; benchmarks/results/runtime.md). Larger networks get the free
+cores: the CPUs this process may run on minus the 1-minute load average (other processes'
+runnable threads), at least one.
 
 `--threads N` on the command line overrides the policy (`configure(net, requested=N)`).
 """
