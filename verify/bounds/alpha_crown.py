@@ -178,6 +178,7 @@ def graph_optimized_margin_lower(net, batch: InputBatch, options: AlphaCROWNOpti
                 best = torch.maximum(best, graph.margin_lower_from(net, batch, bounds))
     alphas = {name: a.requires_grad_(True) for name, a in
               graph.relu_slopes(net, bounds, batch.C.shape[1]).items()}
+    best_slopes = {name: a.detach().clone() for name, a in alphas.items()}
     steps_done, timed_out = 0, False
     if alphas and options.steps > 0 and not (options.early_stop and bool((best > 0).all())):
         optimizer = ProjectedAdam(list(alphas.values()), options.lr, options.lr_decay)
@@ -191,7 +192,10 @@ def graph_optimized_margin_lower(net, batch: InputBatch, options: AlphaCROWNOpti
                 break  # Product / Quotient, bounded by its interval): CROWN's bound is final
             proved = (best > 0).all(dim=1) if options.early_stop else \
                 torch.zeros(len(best), dtype=torch.bool, device=best.device)
+            better = (lower.detach() > best) & ~proved[:, None]
             best = torch.where(proved[:, None], best, torch.maximum(best, lower.detach()))
+            for name, alpha in alphas.items():  # the slopes of each row's best iterate
+                best_slopes[name][better] = alpha.detach()[better]
             steps_done = step + 1
             if options.early_stop and bool((best > 0).all()):
                 break
@@ -201,6 +205,7 @@ def graph_optimized_margin_lower(net, batch: InputBatch, options: AlphaCROWNOpti
             with torch.no_grad():  # projection onto [0, 1]: keeps the next iterate sound
                 for alpha in alphas.values():
                     alpha.clamp_(0.0, 1.0)
+    _remember_slopes(net, batch, best_slopes)
     cost = {"bound_passes": 1 + steps_done, "alpha_steps": steps_done, **inner_cost}
     if timed_out or inner_cost.get("stopped_at_deadline"):
         cost["stopped_at_deadline"] = 1
@@ -316,6 +321,37 @@ def _set_key(net, batch: InputBatch, index: int) -> tuple:
                       batch.eps[index:index + 1]])
     return (id(net), net.fingerprint(), str(rows.device), batch.norm,
             rows.detach().cpu().numpy().tobytes())
+
+
+_SLOPES: dict = {}  # (input set key, row C, d) -> {Relu output: best slopes}, one network's
+SLOPES_ROWS = 4096  # at most this many rows remembered (the last call's)
+
+
+def _remember_slopes(net, batch: InputBatch, slopes: dict[str, Tensor]) -> None:
+    """Keep each row's best final-pass slopes of a graph alpha-CROWN call for relu-bab's root
+    (`remembered_slopes`); replaces what an earlier call left."""
+    _SLOPES.clear()
+    b, m = batch.C.shape[:2]
+    if b * m > SLOPES_ROWS:
+        return
+    C, d = batch.C.detach().cpu().numpy(), batch.d.detach().cpu().numpy()
+    for i in range(b):
+        key = _set_key(net, batch, i)
+        for j in range(m):
+            _SLOPES[(key, C[i, j].tobytes(), d[i, j].tobytes())] = \
+                {name: a[i, j].detach().clone() for name, a in slopes.items()}
+
+
+def remembered_slopes(net, batch: InputBatch, c: np.ndarray, d: float
+                      ) -> Optional[dict[str, Tensor]]:
+    """The best final-pass slopes (per Relu output, flat) that the last graph alpha-CROWN call
+    found for the row c . y - d on this batch's one input set, or None (any slopes in [0, 1]
+    are sound: relu-bab starts its root from them)."""
+    if len(batch) != 1:
+        return None
+    key = (_set_key(net, batch, 0), np.asarray(c, dtype=np.float64).tobytes(),
+           np.float64(d).tobytes())
+    return _SLOPES.get(key)
 
 
 def remembered_bounds(net, batch: InputBatch) -> Optional[dict[str, Bounds]]:

@@ -306,6 +306,14 @@ class ReluSearch:
         for k in self.relus:
             relax = crown.relu_relaxation(*inputs[k])
             alphas[k] = relax.lower_slope[:, None, :].expand(m, -1, -1).clone()
+        if isinstance(self.problem, GraphBounds):  # alpha-CROWN's best slopes per row (auto)
+            from ..bounds.alpha_crown import remembered_slopes
+
+            for i in range(m):
+                found = remembered_slopes(net, self.base, spec.output.C[i], spec.output.d[i])
+                for k in self.relus if found is not None else ():
+                    if k in found and found[k].numel() == alphas[k].shape[2]:
+                        alphas[k][i, 0] = found[k].to(alphas[k])
         self.domains = Domains(torch.arange(m, device=self.device), splits, alphas,
                                {k: torch.zeros_like(a) for k, a in alphas.items()},
                                torch.full((m,), -math.inf, dtype=torch.float64,
