@@ -315,12 +315,11 @@ GRAPH_INTERMEDIATE_ROWS = 256  # optimise a graph's pre-activation bounds only w
 _REMEMBERED: list = []  # [key, bounds] of the last optimised intermediate bounds (one input set)
 
 
-def _set_key(net, batch: InputBatch, index: int) -> tuple:
-    """Identifies input set `index` of the batch on this network (for `remembered_bounds`)."""
-    rows = torch.cat([batch.lower[index], batch.upper[index], batch.center[index],
-                      batch.eps[index:index + 1]])
-    return (id(net), net.fingerprint(), str(rows.device), batch.norm,
-            rows.detach().cpu().numpy().tobytes())
+def _set_keys(net, batch: InputBatch) -> list[tuple]:
+    """Identifies each input set of the batch on this network (for `remembered_bounds`)."""
+    rows = torch.cat([batch.lower, batch.upper, batch.center, batch.eps[:, None]], 1)
+    head = (id(net), net.fingerprint(), str(rows.device), batch.norm)
+    return [(*head, row.tobytes()) for row in rows.detach().cpu().numpy()]
 
 
 _SLOPES: dict = {}  # (input set key, row C, d) -> {Relu output: best slopes}, one network's
@@ -335,30 +334,29 @@ def _remember_slopes(net, batch: InputBatch, slopes: dict[str, Tensor]) -> None:
     if b * m > SLOPES_ROWS:
         return
     C, d = batch.C.detach().cpu().numpy(), batch.d.detach().cpu().numpy()
-    for i in range(b):
-        key = _set_key(net, batch, i)
+    for i, key in enumerate(_set_keys(net, batch)):
         for j in range(m):
             _SLOPES[(key, C[i, j].tobytes(), d[i, j].tobytes())] = \
                 {name: a[i, j].detach().clone() for name, a in slopes.items()}
 
 
-def remembered_slopes(net, batch: InputBatch, c: np.ndarray, d: float
-                      ) -> Optional[dict[str, Tensor]]:
-    """The best final-pass slopes (per Relu output, flat) that the last graph alpha-CROWN call
-    found for the row c . y - d on this batch's one input set, or None (any slopes in [0, 1]
-    are sound: relu-bab starts its root from them)."""
-    if len(batch) != 1:
-        return None
-    key = (_set_key(net, batch, 0), np.asarray(c, dtype=np.float64).tobytes(),
-           np.float64(d).tobytes())
-    return _SLOPES.get(key)
+def remembered_slopes(net, batch: InputBatch, C: np.ndarray, d: np.ndarray
+                      ) -> list[Optional[dict[str, Tensor]]]:
+    """Per row C[i] . y - d[i] on this batch's one input set: the best final-pass slopes (per
+    Relu output, flat) that the last graph alpha-CROWN call found for it, or None (any slopes in
+    [0, 1] are sound: relu-bab starts its root from them)."""
+    if len(batch) != 1 or not _SLOPES:
+        return [None] * len(C)
+    key = _set_keys(net, batch)[0]
+    C, d = np.asarray(C, dtype=np.float64), np.asarray(d, dtype=np.float64)
+    return [_SLOPES.get((key, C[i].tobytes(), d[i].tobytes())) for i in range(len(C))]
 
 
 def remembered_bounds(net, batch: InputBatch) -> Optional[dict[str, Bounds]]:
     """The bounds `graph_optimized_margin_lower` last optimised, when they are for this network
     and this batch's one input set (relu-bab's root reads them: sound, at least as tight as
     graph.crown_bounds); else None."""
-    if len(batch) != 1 or not _REMEMBERED or _REMEMBERED[0] != _set_key(net, batch, 0):
+    if len(batch) != 1 or not _REMEMBERED or _REMEMBERED[0] != _set_keys(net, batch)[0]:
         return None
     return dict(_REMEMBERED[1])
 
@@ -387,7 +385,7 @@ def graph_tightened_bounds(net, batch: InputBatch, bounds: dict[str, Bounds],
     tight, cost = graph_optimized_intermediate(net, sub_batch, sub, targets, options.steps,
                                                options.lr, options.lr_decay)
     if len(first) == 1:  # (cut short at the deadline: still sound, and no looser)
-        _REMEMBERED[:] = [_set_key(net, sub_batch, 0),
+        _REMEMBERED[:] = [_set_keys(net, sub_batch)[0],
                           {name: (lo.detach(), up.detach()) for name, (lo, up) in tight.items()}]
     return {name: (lo[inverse], up[inverse]) for name, (lo, up) in tight.items()}, cost
 

@@ -309,8 +309,8 @@ class ReluSearch:
         if isinstance(self.problem, GraphBounds):  # alpha-CROWN's best slopes per row (auto)
             from ..bounds.alpha_crown import remembered_slopes
 
-            for i in range(m):
-                found = remembered_slopes(net, self.base, spec.output.C[i], spec.output.d[i])
+            remembered = remembered_slopes(net, self.base, spec.output.C, spec.output.d)
+            for i, found in enumerate(remembered):
                 for k in self.relus if found is not None else ():
                     if k in found and found[k].numel() == alphas[k].shape[2]:
                         alphas[k][i, 0] = found[k].to(alphas[k])
