@@ -183,11 +183,12 @@ def graph_optimized_margin_lower(net, batch: InputBatch, options: AlphaCROWNOpti
     if alphas and options.steps > 0 and not (options.early_stop and bool((best > 0).all())):
         optimizer = ProjectedAdam(list(alphas.values()), options.lr, options.lr_decay)
         timer = deadline.active()
+        reuse: dict = {}  # graph.backward_bound's, over the fixed bounds
         for step in range(options.steps):
             if timer.expired():  # every iterate is sound: stop with the best bounds so far
                 timed_out = True
                 break
-            lower = graph.margin_lower_from(net, batch, bounds, alphas)
+            lower = graph.margin_lower_from(net, batch, bounds, alphas, reuse=reuse)
             if not lower.requires_grad:  # no Relu slope reaches the margin (e.g. behind a
                 break  # Product / Quotient, bounded by its interval): CROWN's bound is final
             proved = (best > 0).all(dim=1) if options.early_stop else \
@@ -285,8 +286,10 @@ def graph_optimized_intermediate(net, batch: InputBatch, bounds: dict[str, Bound
                   graph.relu_slopes(net, bounds, 2 * r).items() if name in ancestors}
         best = torch.cat([flat_lo[:, rows], -flat_up[:, rows]], 1)
         optimizer = ProjectedAdam(list(alphas.values()), lr, lr_decay)
+        reuse: dict = {}  # (the bounds are fixed while z's are optimised)
         for step in range(steps + 1):
-            value = graph.backward_bound(net, batch, bounds, z, coeffs, const, alphas)
+            value = graph.backward_bound(net, batch, bounds, z, coeffs, const, alphas,
+                                         reuse=reuse)
             best = torch.maximum(best, value.detach())
             cost["intermediate_steps"] += 1
             if step == steps or not value.requires_grad:

@@ -210,7 +210,7 @@ class ChainBounds:
         """Domain `index`'s neuron bounds as `build_program` takes them (float64 numpy)."""
         return [(lo[index].cpu().numpy(), up[index].cpu().numpy()) for lo, up in bounds]
 
-    def margin_lower(self, batch, bounds, alphas, terms, record) -> Tensor:
+    def margin_lower(self, batch, bounds, alphas, terms, record, reuse=None) -> Tensor:
         from ..bounds import crown
 
         return crown.margin_lower_from(self.net, batch, bounds, alphas, terms, record)
@@ -249,10 +249,11 @@ class GraphBounds(ChainBounds):
         return {name: (lo[index].reshape(-1).cpu().numpy(), up[index].reshape(-1).cpu().numpy())
                 for name, (lo, up) in bounds.items()}
 
-    def margin_lower(self, batch, bounds, alphas, terms, record) -> Tensor:
+    def margin_lower(self, batch, bounds, alphas, terms, record, reuse=None) -> Tensor:
+        """(`reuse`: graph.backward_bound's, one dict per round of passes over `bounds`)"""
         from ..bounds import graph
 
-        return graph.margin_lower_from(self.net, batch, bounds, alphas, terms, record)
+        return graph.margin_lower_from(self.net, batch, bounds, alphas, terms, record, reuse)
 
 
 def babsr_scores(inputs: dict, record: dict, splits: dict
@@ -348,12 +349,13 @@ class ReluSearch:
         best_betas = {k: b.detach().clone() for k, b in betas.items()}
         optimizers = (ProjectedAdam(list(alphas.values()), self.options.lr_alpha),
                       ProjectedAdam(list(betas.values()), self.options.lr_beta))
+        reuse: dict = {}  # the bounds are fixed for this round's passes
         for step in range(steps + 1):
             last = step == steps or self.deadline.expired()
             with torch.enable_grad() if not last else torch.no_grad():
                 terms = {k: betas[k] * signs[k] for k in betas}
                 value = self.problem.margin_lower(batch, bounds, alphas, terms,
-                                                  record if last else None)[:, 0]
+                                                  record if last else None, reuse)[:, 0]
             with torch.no_grad():
                 better = value.detach() > best
                 best = torch.where(better, value.detach(), best)
@@ -366,7 +368,7 @@ class ReluSearch:
                 break
             if not value.requires_grad:  # no slope or split term reaches the margin (no Relu,
                 with torch.no_grad():  # or only behind a Product's interval): nothing to
-                    self.problem.margin_lower(batch, bounds, alphas, terms, record)  # optimise
+                    self.problem.margin_lower(batch, bounds, alphas, terms, record, reuse)
                 break
             for optimizer in optimizers:
                 optimizer.zero_grad()
