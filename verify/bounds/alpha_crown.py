@@ -1,7 +1,9 @@
 """alpha-CROWN: CROWN with optimised lower ReLU slopes.
 
 Accepts:   Network of Dense/Conv2d/ReLU layers, or a GraphNetwork (verify.graph: the slopes of
-           the final pass only); input set = l_inf/l_2/l_1 ball ∩ box, or a box.
+           the final pass, and those of the pre-activation bounds on graphs with at most
+           GRAPH_INTERMEDIATE_ROWS unstable Relu inputs); input set = l_inf/l_2/l_1 ball ∩ box,
+           or a box.
 Returns:   Certificate; margin_lower[j] <= min over the set of z_y - z_j (YES or MAYBE; NO only
            when the set's center is itself a counterexample); details["crown_margin_lower"] holds
            plain CROWN's bounds for comparison.
