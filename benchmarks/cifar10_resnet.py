@@ -47,6 +47,20 @@ def tool_counts(rows) -> list[str]:
             sorted(counts.items(), key=lambda kv: -kv[1]) if n > 0]
 
 
+def previous_run(path: Path) -> tuple[str, dict[tuple[str, str], str]]:
+    """From an earlier results CSV (the file this run replaces): its solved count and median of
+    the solved, and per (network, property) its 'result (time s)'; ('', {}) when there is none."""
+    if not path.exists():
+        return "", {}
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    solved = [float(r["time_s"]) for r in rows if r["result"] in ("sat", "unsat")]
+    median = f"{statistics.median(solved):.1f} s" if solved else "-"
+    each = {(r["network"], r["property"]): f"{r['result']} ({float(r['time_s']):.1f})"
+            for r in rows}
+    return f"solved {len(solved)} of {len(rows)}, median time of the solved {median}", each
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bench", nargs="+", default=["cifar10_resnet"])
@@ -60,6 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     for bench in args.bench:
+        before, before_each = previous_run(RESULTS / f"vnncomp2021_{bench}.csv")
         load_start = os.getloadavg()[0]
         with tempfile.TemporaryDirectory() as tmp:
             instances = DATA / bench / "instances.csv"
@@ -73,14 +88,16 @@ def main() -> None:
                 instances = folder / "instances.csv"
             rows = run_instances(str(instances), "auto", args.timeout_cap, limit=args.limit,
                                  threads=args.threads)
+        load_end = os.getloadavg()[0]
         write_results(rows, str(RESULTS / f"vnncomp2021_{bench}.csv"))
         solved = [r for r in rows if r.result in ("sat", "unsat")]
         decidable = [r for r in rows if r.expected in ("sat", "unsat")]
-        table = ["| network | property | expected | result | stage | time (s) |",
-                 "|---|---|---|---|---|---|"]
+        table = ["| network | property | expected | result | stage | time (s) | replaced file |",
+                 "|---|---|---|---|---|---|---|"]
         for r in rows:
             table.append(f"| {r.network} | {r.property} | {r.expected} | {r.result} | "
-                         f"{r.method} | {r.time_s:.1f} |")
+                         f"{r.method} | {r.time_s:.1f} | "
+                         f"{before_each.get((r.network, r.property), '-')} |")
         per_network = ["| network | instances | solved | wrong | median time of the solved (s) |",
                        "|---|---|---|---|---|"]
         for network in dict.fromkeys(r.network for r in rows):
@@ -94,11 +111,11 @@ def main() -> None:
             stages[r.method] = stages.get(r.method, 0) + 1
         subset = f", one instance in {args.stride}" if args.stride > 1 else ""
         md = (f"# VNN-COMP 2021 {bench}: method auto, each instance capped at "
-              f"{args.timeout_cap:g} s{subset}\n\nMachine: {machine()}\n\n"
-              f"{SHARED_NOTE} Load average (1 min) at the start / end of the run: "
-              f"{load_start:.1f} / {os.getloadavg()[0]:.1f}.{' ' + args.note if args.note else ''}"
-              "\n\n"
-              f"Solved {len(solved)} of {len(rows)} ({len(decidable)} with a known answer), "
+              f"{args.timeout_cap:g} s{subset}\n\nMachine: {machine()}; load average "
+              f"(1 min) {load_start:.1f} at the start, {load_end:.1f} at the end"
+              f"{'; ' + args.note if args.note else ''}\n\n{SHARED_NOTE}\n\n"
+              + (f"The results file this run replaced: {before}.\n\n" if before else "")
+              + f"Solved {len(solved)} of {len(rows)} ({len(decidable)} with a known answer), "
               f"wrong {sum(r.score < 0 for r in rows)}; median time of the solved "
               f"{statistics.median(r.time_s for r in solved) if solved else float('nan'):.1f} s; "
               f"decided by: {', '.join(f'{k} {v}' for k, v in sorted(stages.items()))}.\n\n"

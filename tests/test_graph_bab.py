@@ -653,3 +653,51 @@ def test_relu_bab_on_a_graph_agrees_with_itself_at_any_graph_steps(seed):
         check_verdict(net, spec, x, 0.3, cert)
         answers.append(cert.proved)
     assert answers[0] == answers[1]
+
+
+def test_relu_bab_root_starts_from_alpha_crowns_slopes_and_bounds():
+    """After alpha-CROWN on a graph, relu-bab's root domains start from its best slopes per row
+    (and its intermediate bounds): the root bound with no step taken is at least alpha-CROWN's,
+    and still below the sampled margins. (Graphs whose Relus all read a node's output: a Relu
+    on the input is not split, and relu-bab keeps CROWN's slope there.)"""
+    from verify import deadline as deadlines
+
+    moved = 0
+    for seed in range(4):
+        net = residual_mlp(seed, width=8)
+        spec, _ = spec_at(net, seed, 0.5)
+        batch = InputBatch.from_specs([spec], "cpu")
+        alpha, crown, _ = graph_optimized_margin_lower(net, batch,
+                                                       AlphaCROWNOptions(early_stop=False))
+        search = relu_bab.ReluSearch(net, spec, relu_bab.ReluBaBOptions(device="cpu", timeout=0),
+                                     deadlines.active())
+        root, _, _, _ = search.bound(search.domains, steps=0)
+        assert bool((root >= alpha[0] - 1e-9).all()), (seed, root, alpha, crown)
+        values = _sampled_tensors(net, batch.lower, batch.upper, seed)
+        margins = net.join_outputs(values) @ batch.C[0].T - batch.d[0]
+        assert bool((root <= margins.min(0).values + 1e-9).all())
+        moved += bool((alpha > crown + 1e-6).any())
+    assert moved  # alpha-CROWN's slopes beat CROWN's somewhere: the first check can fail
+
+
+def test_graph_backward_bound_reuse_gives_the_same_numbers():
+    """backward_bound's `reuse` dict (per-node quantities of fixed bounds, kept across alpha /
+    beta passes) changes no number: passes with other slopes and split terms over the same
+    bounds equal those computed afresh, bit for bit."""
+    net = residual_dag(3, n=4, width=10)
+    spec, _ = spec_at(net, 3, 0.3)
+    batch = InputBatch.from_specs([spec], "cpu")
+    with torch.no_grad():
+        bounds = graph_bounds.crown_bounds(net, batch)
+    m = batch.C.shape[1]
+    rng = torch.Generator().manual_seed(0)
+    reuse: dict = {}
+    for trial in range(3):
+        alphas = {name: torch.rand(a.shape, generator=rng, dtype=torch.float64)
+                  for name, a in graph_bounds.relu_slopes(net, bounds, m).items()}
+        terms = {name: torch.randn(a.shape, generator=rng, dtype=torch.float64)
+                 for name, a in alphas.items()}
+        fresh = graph_bounds.margin_lower_from(net, batch, bounds, alphas, terms)
+        kept = graph_bounds.margin_lower_from(net, batch, bounds, alphas, terms, reuse=reuse)
+        assert torch.equal(fresh, kept), trial
+        assert reuse  # filled on the first pass, read on the others

@@ -1,7 +1,9 @@
 """alpha-CROWN: CROWN with optimised lower ReLU slopes.
 
 Accepts:   Network of Dense/Conv2d/ReLU layers, or a GraphNetwork (verify.graph: the slopes of
-           the final pass only); input set = l_inf/l_2/l_1 ball ∩ box, or a box.
+           the final pass, and those of the pre-activation bounds on graphs with at most
+           GRAPH_INTERMEDIATE_ROWS unstable Relu inputs); input set = l_inf/l_2/l_1 ball ∩ box,
+           or a box.
 Returns:   Certificate; margin_lower[j] <= min over the set of z_y - z_j (YES or MAYBE; NO only
            when the set's center is itself a counterexample); details["crown_margin_lower"] holds
            plain CROWN's bounds for comparison.
@@ -178,20 +180,25 @@ def graph_optimized_margin_lower(net, batch: InputBatch, options: AlphaCROWNOpti
                 best = torch.maximum(best, graph.margin_lower_from(net, batch, bounds))
     alphas = {name: a.requires_grad_(True) for name, a in
               graph.relu_slopes(net, bounds, batch.C.shape[1]).items()}
+    best_slopes = {name: a.detach().clone() for name, a in alphas.items()}
     steps_done, timed_out = 0, False
     if alphas and options.steps > 0 and not (options.early_stop and bool((best > 0).all())):
         optimizer = ProjectedAdam(list(alphas.values()), options.lr, options.lr_decay)
         timer = deadline.active()
+        reuse: dict = {}  # graph.backward_bound's, over the fixed bounds
         for step in range(options.steps):
             if timer.expired():  # every iterate is sound: stop with the best bounds so far
                 timed_out = True
                 break
-            lower = graph.margin_lower_from(net, batch, bounds, alphas)
+            lower = graph.margin_lower_from(net, batch, bounds, alphas, reuse=reuse)
             if not lower.requires_grad:  # no Relu slope reaches the margin (e.g. behind a
                 break  # Product / Quotient, bounded by its interval): CROWN's bound is final
             proved = (best > 0).all(dim=1) if options.early_stop else \
                 torch.zeros(len(best), dtype=torch.bool, device=best.device)
+            better = (lower.detach() > best) & ~proved[:, None]
             best = torch.where(proved[:, None], best, torch.maximum(best, lower.detach()))
+            for name, alpha in alphas.items():  # the slopes of each row's best iterate
+                best_slopes[name][better] = alpha.detach()[better]
             steps_done = step + 1
             if options.early_stop and bool((best > 0).all()):
                 break
@@ -201,6 +208,7 @@ def graph_optimized_margin_lower(net, batch: InputBatch, options: AlphaCROWNOpti
             with torch.no_grad():  # projection onto [0, 1]: keeps the next iterate sound
                 for alpha in alphas.values():
                     alpha.clamp_(0.0, 1.0)
+    _remember_slopes(net, batch, best_slopes)
     cost = {"bound_passes": 1 + steps_done, "alpha_steps": steps_done, **inner_cost}
     if timed_out or inner_cost.get("stopped_at_deadline"):
         cost["stopped_at_deadline"] = 1
@@ -280,8 +288,10 @@ def graph_optimized_intermediate(net, batch: InputBatch, bounds: dict[str, Bound
                   graph.relu_slopes(net, bounds, 2 * r).items() if name in ancestors}
         best = torch.cat([flat_lo[:, rows], -flat_up[:, rows]], 1)
         optimizer = ProjectedAdam(list(alphas.values()), lr, lr_decay)
+        reuse: dict = {}  # (the bounds are fixed while z's are optimised)
         for step in range(steps + 1):
-            value = graph.backward_bound(net, batch, bounds, z, coeffs, const, alphas)
+            value = graph.backward_bound(net, batch, bounds, z, coeffs, const, alphas,
+                                         reuse=reuse)
             best = torch.maximum(best, value.detach())
             cost["intermediate_steps"] += 1
             if step == steps or not value.requires_grad:
@@ -310,19 +320,48 @@ GRAPH_INTERMEDIATE_ROWS = 256  # optimise a graph's pre-activation bounds only w
 _REMEMBERED: list = []  # [key, bounds] of the last optimised intermediate bounds (one input set)
 
 
-def _set_key(net, batch: InputBatch, index: int) -> tuple:
-    """Identifies input set `index` of the batch on this network (for `remembered_bounds`)."""
-    rows = torch.cat([batch.lower[index], batch.upper[index], batch.center[index],
-                      batch.eps[index:index + 1]])
-    return (id(net), net.fingerprint(), str(rows.device), batch.norm,
-            rows.detach().cpu().numpy().tobytes())
+def _set_keys(net, batch: InputBatch) -> list[tuple]:
+    """Identifies each input set of the batch on this network (for `remembered_bounds`)."""
+    rows = torch.cat([batch.lower, batch.upper, batch.center, batch.eps[:, None]], 1)
+    head = (id(net), net.fingerprint(), str(rows.device), batch.norm)
+    return [(*head, row.tobytes()) for row in rows.detach().cpu().numpy()]
+
+
+_SLOPES: dict = {}  # (input set key, row C, d) -> {Relu output: best slopes}, one network's
+SLOPES_ROWS = 4096  # at most this many rows remembered (the last call's)
+
+
+def _remember_slopes(net, batch: InputBatch, slopes: dict[str, Tensor]) -> None:
+    """Keep each row's best final-pass slopes of a graph alpha-CROWN call for relu-bab's root
+    (`remembered_slopes`); replaces what an earlier call left."""
+    _SLOPES.clear()
+    b, m = batch.C.shape[:2]
+    if b * m > SLOPES_ROWS:
+        return
+    C, d = batch.C.detach().cpu().numpy(), batch.d.detach().cpu().numpy()
+    for i, key in enumerate(_set_keys(net, batch)):
+        for j in range(m):
+            _SLOPES[(key, C[i, j].tobytes(), d[i, j].tobytes())] = \
+                {name: a[i, j].detach().clone() for name, a in slopes.items()}
+
+
+def remembered_slopes(net, batch: InputBatch, C: np.ndarray, d: np.ndarray
+                      ) -> list[Optional[dict[str, Tensor]]]:
+    """Per row C[i] . y - d[i] on this batch's one input set: the best final-pass slopes (per
+    Relu output, flat) that the last graph alpha-CROWN call found for it, or None (any slopes in
+    [0, 1] are sound: relu-bab starts its root from them)."""
+    if len(batch) != 1 or not _SLOPES:
+        return [None] * len(C)
+    key = _set_keys(net, batch)[0]
+    C, d = np.asarray(C, dtype=np.float64), np.asarray(d, dtype=np.float64)
+    return [_SLOPES.get((key, C[i].tobytes(), d[i].tobytes())) for i in range(len(C))]
 
 
 def remembered_bounds(net, batch: InputBatch) -> Optional[dict[str, Bounds]]:
     """The bounds `graph_optimized_margin_lower` last optimised, when they are for this network
     and this batch's one input set (relu-bab's root reads them: sound, at least as tight as
     graph.crown_bounds); else None."""
-    if len(batch) != 1 or not _REMEMBERED or _REMEMBERED[0] != _set_key(net, batch, 0):
+    if len(batch) != 1 or not _REMEMBERED or _REMEMBERED[0] != _set_keys(net, batch)[0]:
         return None
     return dict(_REMEMBERED[1])
 
@@ -351,7 +390,7 @@ def graph_tightened_bounds(net, batch: InputBatch, bounds: dict[str, Bounds],
     tight, cost = graph_optimized_intermediate(net, sub_batch, sub, targets, options.steps,
                                                options.lr, options.lr_decay)
     if len(first) == 1:  # (cut short at the deadline: still sound, and no looser)
-        _REMEMBERED[:] = [_set_key(net, sub_batch, 0),
+        _REMEMBERED[:] = [_set_keys(net, sub_batch)[0],
                           {name: (lo.detach(), up.detach()) for name, (lo, up) in tight.items()}]
     return {name: (lo[inverse], up[inverse]) for name, (lo, up) in tight.items()}, cost
 

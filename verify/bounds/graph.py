@@ -253,7 +253,8 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
                    coeffs: torch.Tensor, const: torch.Tensor,
                    alphas: Optional[dict[str, torch.Tensor]] = None,
                    split_terms: Optional[dict[str, torch.Tensor]] = None,
-                   record: Optional[dict] = None) -> torch.Tensor:
+                   record: Optional[dict] = None, reuse: Optional[dict] = None
+                   ) -> torch.Tensor:
     """Sound lower bound (B, m) of coeffs . t + const over the input set, t the tensor `start`
     (coeffs (B, m, *shape of t)), by a backward linear pass through the DAG.
 
@@ -264,7 +265,10 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
     constraints hold, coeffs . t + const >= that - sum beta s z, so the term is subtracted from
     the coefficients on z (its one float subtraction charged through the carried |A|).
     `record[r]`, if given, receives the coefficients (detached, (B, m, size)) on Relu output r,
-    and `record[-1]` those (B, m, input_size) on the flat input."""
+    and `record[-1]` those (B, m, input_size) on the flat input. `reuse`: a dict the caller
+    keeps across passes over the same `bounds` (alpha / beta steps): what depends on the bounds
+    only (each linear node's bias and output magnitude, each Relu's relaxation) is computed on
+    the first pass and read back on the others (the same numbers)."""
     graph, b, m = net.graph, coeffs.shape[0], coeffs.shape[1]
     device, dtype = coeffs.device, coeffs.dtype
     params = net.torch_params(device, dtype)
@@ -289,14 +293,21 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
         if node.op in ops.LINEAR:
             forward, _, terms = ops.LINEAR[node.op]
             n_terms += terms(node) + 1
-            bias = forward(node, [torch.zeros((1, *s), dtype=dtype, device=device) for s in shapes],
-                           params[k])
+            if reuse is None or k not in reuse:
+                bias = forward(node, [torch.zeros((1, *s), dtype=dtype, device=device)
+                                      for s in shapes], params[k])
+                with torch.no_grad():  # settled below: mag . |y| <= mag . (|L| max|x| + |b|)
+                    in_mag = [torch.maximum(bounds[i][0].abs(), bounds[i][1].abs())
+                              for i in node.inputs]
+                    step = forward(node, in_mag, params_abs[k]) + bias.abs()
+                    finite = bool(torch.isfinite(step).all())
+                if reuse is not None:
+                    reuse[k] = (bias, step, finite)
+            else:
+                bias, step, finite = reuse[k]
             const = const + _dot(a, bias)
-            with torch.no_grad():  # settled here: mag . |y| <= mag . (|L| max|x| + |b|)
-                in_mag = [torch.maximum(bounds[i][0].abs(), bounds[i][1].abs())
-                          for i in node.inputs]
-                step = forward(node, in_mag, params_abs[k]) + bias.abs()
-                spread = mag.detach() * step[:, None] if not bool(torch.isfinite(step).all()) \
+            with torch.no_grad():
+                spread = mag.detach() * step[:, None] if not finite \
                     else None  # an infinite bound: 0 * inf counts 0 (no coefficient there)
                 owed = owed + (_dot(mag.detach(), step) if spread is None else
                                spread.nan_to_num(nan=0.0).flatten(2).sum(-1))
@@ -343,7 +354,11 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
                 continue
             else:
                 if node.op == "Relu":
-                    r = relu_relaxation(lo, up)
+                    r = reuse.get(("relu", k)) if reuse is not None else None
+                    if r is None:
+                        r = relu_relaxation(lo, up)
+                        if reuse is not None:
+                            reuse[("relu", k)] = r
                     a_l, a_u, b_u = r.lower_slope, r.upper_slope, r.upper_intercept
                     if record is not None:
                         record[node.output] = a.detach().reshape(b, m, -1).clone()
@@ -499,9 +514,10 @@ def relu_slopes(net, bounds: dict[str, Bounds], rows: int) -> dict[str, torch.Te
 def margin_lower_from(net, batch: InputBatch, bounds: dict[str, Bounds],
                       alphas: Optional[dict[str, torch.Tensor]] = None,
                       split_terms: Optional[dict[str, torch.Tensor]] = None,
-                      record: Optional[dict] = None) -> torch.Tensor:
+                      record: Optional[dict] = None, reuse: Optional[dict] = None
+                      ) -> torch.Tensor:
     """CROWN's lower bound of C f(x) - d given intermediate bounds; f's outputs concatenated
-    (alphas, split terms and record as in `backward_bound`)."""
+    (alphas, split terms, record and reuse as in `backward_bound`)."""
     graph = net.graph
     b, m = batch.C.shape[:2]
     best = interval_margin(batch, *output_bounds(net, bounds))
@@ -513,7 +529,8 @@ def margin_lower_from(net, batch: InputBatch, bounds: dict[str, Bounds],
         coeffs = batch.C[:, :, start:start + size].reshape(b, m, *graph.shapes[name])
         start += size
         const = -batch.d if total is None else torch.zeros_like(batch.d)
-        part = backward_bound(net, batch, bounds, name, coeffs, const, alphas, split_terms, record)
+        part = backward_bound(net, batch, bounds, name, coeffs, const, alphas, split_terms, record,
+                              reuse)
         total = part if total is None else total + part
     return torch.maximum(best, total)
 

@@ -210,7 +210,7 @@ class ChainBounds:
         """Domain `index`'s neuron bounds as `build_program` takes them (float64 numpy)."""
         return [(lo[index].cpu().numpy(), up[index].cpu().numpy()) for lo, up in bounds]
 
-    def margin_lower(self, batch, bounds, alphas, terms, record) -> Tensor:
+    def margin_lower(self, batch, bounds, alphas, terms, record, reuse=None) -> Tensor:
         from ..bounds import crown
 
         return crown.margin_lower_from(self.net, batch, bounds, alphas, terms, record)
@@ -249,10 +249,11 @@ class GraphBounds(ChainBounds):
         return {name: (lo[index].reshape(-1).cpu().numpy(), up[index].reshape(-1).cpu().numpy())
                 for name, (lo, up) in bounds.items()}
 
-    def margin_lower(self, batch, bounds, alphas, terms, record) -> Tensor:
+    def margin_lower(self, batch, bounds, alphas, terms, record, reuse=None) -> Tensor:
+        """(`reuse`: graph.backward_bound's, one dict per round of passes over `bounds`)"""
         from ..bounds import graph
 
-        return graph.margin_lower_from(self.net, batch, bounds, alphas, terms, record)
+        return graph.margin_lower_from(self.net, batch, bounds, alphas, terms, record, reuse)
 
 
 def babsr_scores(inputs: dict, record: dict, splits: dict
@@ -306,6 +307,14 @@ class ReluSearch:
         for k in self.relus:
             relax = crown.relu_relaxation(*inputs[k])
             alphas[k] = relax.lower_slope[:, None, :].expand(m, -1, -1).clone()
+        if isinstance(self.problem, GraphBounds):  # alpha-CROWN's best slopes per row (auto)
+            from ..bounds.alpha_crown import remembered_slopes
+
+            remembered = remembered_slopes(net, self.base, spec.output.C, spec.output.d)
+            for i, found in enumerate(remembered):
+                for k in self.relus if found is not None else ():
+                    if k in found and found[k].numel() == alphas[k].shape[2]:
+                        alphas[k][i, 0] = found[k].to(alphas[k])
         self.domains = Domains(torch.arange(m, device=self.device), splits, alphas,
                                {k: torch.zeros_like(a) for k, a in alphas.items()},
                                torch.full((m,), -math.inf, dtype=torch.float64,
@@ -340,12 +349,13 @@ class ReluSearch:
         best_betas = {k: b.detach().clone() for k, b in betas.items()}
         optimizers = (ProjectedAdam(list(alphas.values()), self.options.lr_alpha),
                       ProjectedAdam(list(betas.values()), self.options.lr_beta))
+        reuse: dict = {}  # the bounds are fixed for this round's passes
         for step in range(steps + 1):
             last = step == steps or self.deadline.expired()
             with torch.enable_grad() if not last else torch.no_grad():
                 terms = {k: betas[k] * signs[k] for k in betas}
                 value = self.problem.margin_lower(batch, bounds, alphas, terms,
-                                                  record if last else None)[:, 0]
+                                                  record if last else None, reuse)[:, 0]
             with torch.no_grad():
                 better = value.detach() > best
                 best = torch.where(better, value.detach(), best)
@@ -358,7 +368,7 @@ class ReluSearch:
                 break
             if not value.requires_grad:  # no slope or split term reaches the margin (no Relu,
                 with torch.no_grad():  # or only behind a Product's interval): nothing to
-                    self.problem.margin_lower(batch, bounds, alphas, terms, record)  # optimise
+                    self.problem.margin_lower(batch, bounds, alphas, terms, record, reuse)
                 break
             for optimizer in optimizers:
                 optimizer.zero_grad()
