@@ -186,3 +186,23 @@ def test_crown_stage_refutes_a_multirow_disjunct_by_a_row_combination(monkeypatc
     assert any(region.A[1] @ net.forward(x) <= region.b[1] for x in grid)  # row 2 alone holds
     result = vnncomp.solve(net, query, "auto", timeout=30.0)
     assert (result.result, result.method) == ("unsat", "auto:crown+combined-rows"), result
+
+
+def test_one_relu_layer_graph_whose_milp_refuses_goes_on_to_relu_bab(monkeypatch):
+    """A MILP stage that cannot encode the network (InputError) is not the plan's end there:
+    relu-bab, after it, still decides (as the exact MILP says)."""
+    from verify.errors import InputError
+
+    net = pooled_cnn(1, "MaxPool")
+    query, spec = robustness_query(net, 1, 0.1)
+    assert certify_specs(net, [spec], "milp")[0].status is Status.YES
+    real = vnncomp._solve_with_certifier
+
+    def refusing_milp(net_, query_, step, options, pairs=None):
+        if step == "milp":
+            raise InputError("milp cannot encode this network")
+        return real(net_, query_, step, options, pairs)
+
+    monkeypatch.setattr(vnncomp, "_solve_with_certifier", refusing_milp)
+    result = vnncomp.solve(net, query, "auto", timeout=60.0)
+    assert (result.result, result.method) == ("unsat", "auto:relu-bab"), result

@@ -432,7 +432,7 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict,
                     result = _solve_relu_bab(net, query, dict(AUTO_RELU_BAB_OPTIONS), pairs) \
                         if step == "relu-bab" else \
                         _solve_with_certifier(net, query, step, stage_options, pairs)
-                except InputError as error:  # the last stage cannot encode this network
+                except InputError as error:  # the MILP cannot encode this network
                     if step != "milp":
                         raise
                     result = QueryResult("unknown", method=step, reason=str(error),
