@@ -62,9 +62,13 @@ def test_plans_chains_deep_graphs_and_one_relu_layer_graphs():
         assert vnncomp._auto_stages(pooled_cnn(0, pool, deep=True)) == vnncomp.GRAPH_AUTO_STAGES
     steps = [step for step, _ in vnncomp.ONE_RELU_LAYER_STAGES]
     assert steps.index("milp") < steps.index("relu-bab") and steps[-1] == "relu-bab"
-    assert [s for s, _ in vnncomp.GRAPH_AUTO_STAGES][-2:] == ["relu-bab", "milp"]
-    assert all(0 < share <= 1 for _, share in vnncomp.ONE_RELU_LAYER_STAGES)
-    assert vnncomp.ONE_RELU_LAYER_STAGES[-1][1] == 1.0  # the last stage gets all the rest
+    # graphs: CROWN first, then the chains' plan; chains: no CROWN stage
+    assert vnncomp.GRAPH_AUTO_STAGES[1:] == vnncomp.AUTO_STAGES
+    assert [s for s, _ in vnncomp.AUTO_STAGES] == ["attack", "alpha-crown", "relu-bab", "milp"]
+    for plan in (vnncomp.GRAPH_AUTO_STAGES, vnncomp.NO_MILP_STAGES,
+                 vnncomp.ONE_RELU_LAYER_STAGES):
+        assert [s for s, _ in plan][:3] == ["crown", "attack", "alpha-crown"]
+        assert all(0 < share <= 1 for _, share in plan) and plan[-1][1] == 1.0  # all the rest
 
 
 def test_vnncomp2021_networks_get_their_plans(benchmark_data):
@@ -132,7 +136,7 @@ def test_deep_graph_keeps_relu_bab_before_the_milp(monkeypatch):
         calls.clear()
         query, spec = robustness_query(net, 1, eps)
         result = vnncomp.solve(net, query, "auto", timeout=60.0)
-        assert calls == ["attack", "alpha-crown", "relu-bab", "milp"], calls
+        assert calls == ["crown", "attack", "alpha-crown", "relu-bab", "milp"], calls
         exact = relu_bab.search(net, spec, relu_bab.ReluBaBOptions(device="cpu", timeout=0))
         assert result.result == exact.status and result.method == "auto:milp", result
         if result.result == "sat":
@@ -163,3 +167,42 @@ def test_one_relu_layer_graph_tries_crown_before_the_attack(monkeypatch):
         else:
             assert result.result == "sat" and calls[:2] == ["crown", "attack"], (result, calls)
             assert query.violated_by(*result.counterexample)
+
+
+def test_crown_stage_refutes_a_multirow_disjunct_by_a_row_combination(monkeypatch):
+    """y = (2x, x + 10), x in [0, 1]: the region y1 >= 1.5 and y2 <= 10.5 is empty, though each
+    row alone holds somewhere; the graph plan's CROWN stage refutes it by a combination of the
+    rows and stops there (unsat, checked on a grid of x)."""
+    model = make_model([helper.make_node("Gemm", ["x", "W", "b"], ["y"], transB=1)],
+                       [tensor("x", [1, 1])], [tensor("y", None)],
+                       [("W", np.array([[2.0], [1.0]])), ("b", np.array([0.0, 10.0]))])
+    net = GraphNetwork(GraphReader(model, "lin").read(), name="lin")
+    monkeypatch.setattr(vnncomp, "BAB_MAX_INPUTS", 0)  # the staged plan, not input splitting
+    region = Disjunct(np.array([[-1.0, 0.0], [0.0, 1.0]]), np.array([-1.5, 10.5]))
+    query = VnnlibQuery(1, 2, [VnnlibCase(Box(np.zeros(1), np.ones(1)), [region])])
+    grid = np.linspace(0, 1, 1001)[:, None]
+    assert not any(query.violated_by(x, net.forward(x)) for x in grid)
+    assert any(region.A[0] @ net.forward(x) <= region.b[0] for x in grid)  # row 1 alone holds
+    assert any(region.A[1] @ net.forward(x) <= region.b[1] for x in grid)  # row 2 alone holds
+    result = vnncomp.solve(net, query, "auto", timeout=30.0)
+    assert (result.result, result.method) == ("unsat", "auto:crown+combined-rows"), result
+
+
+def test_one_relu_layer_graph_whose_milp_refuses_goes_on_to_relu_bab(monkeypatch):
+    """A MILP stage that cannot encode the network (InputError) is not the plan's end there:
+    relu-bab, after it, still decides (as the exact MILP says)."""
+    from verify.errors import InputError
+
+    net = pooled_cnn(1, "MaxPool")
+    query, spec = robustness_query(net, 1, 0.1)
+    assert certify_specs(net, [spec], "milp")[0].status is Status.YES
+    real = vnncomp._solve_with_certifier
+
+    def refusing_milp(net_, query_, step, options, pairs=None):
+        if step == "milp":
+            raise InputError("milp cannot encode this network")
+        return real(net_, query_, step, options, pairs)
+
+    monkeypatch.setattr(vnncomp, "_solve_with_certifier", refusing_milp)
+    result = vnncomp.solve(net, query, "auto", timeout=60.0)
+    assert (result.result, result.method) == ("unsat", "auto:relu-bab"), result

@@ -4,8 +4,8 @@ whose counterexample does not replay counts as wrong).
 
 Methods: "auto" (falsify, then complete search: input-splitting branch and bound for inputs of at
 most `BAB_MAX_INPUTS` dimensions, else bound with alpha-CROWN, search over ReLU splits (relu-bab)
-and finish with the MILP where one is registered; on a graph with one Relu layer, CROWN first
-and the MILP before relu-bab), "bab", "relu-bab", or any registered certifier
+and finish with the MILP where one is registered; graphs start with CROWN, and on a graph with
+one Relu layer the MILP goes before relu-bab), "bab", "relu-bab", or any registered certifier
 (incomplete ones answer unsat or unknown).
 """
 
@@ -37,18 +37,23 @@ BAB_MAX_INPUTS = 16
 # when it starts, so of the whole budget the attack gets 15%, alpha-CROWN 35% (plus what the
 # attack left), the ReLU-split search 3/4 of what remains then, and the MILP all the rest.
 AUTO_STAGES = (("attack", 0.15), ("alpha-crown", 0.35 / 0.85), ("relu-bab", 0.75), ("milp", 1.0))
-GRAPH_AUTO_STAGES = AUTO_STAGES  # graphs too: the MILP is exact on piecewise-linear ones
+# Graphs: the same after CROWN (up to 10%; the MILP is exact on piecewise-linear graphs). CROWN
+# proves many graph queries in a fraction of a second (verivital; cifar10_resnet's resnet_2b,
+# where its intermediate bounds are the ones alpha-CROWN reuses) that the attack, finding
+# nothing, would spend its whole share on before alpha-CROWN (benchmarks/results/
+# auto_plans_ab.md); chains keep AUTO_STAGES.
+GRAPH_AUTO_STAGES = (("crown", 0.1),) + AUTO_STAGES
 # ... unless a node's constant has an entry HiGHS would drop (the MILP refuses the network):
 # then relu-bab gets all the rest.
-NO_MILP_STAGES = (("attack", 0.15), ("alpha-crown", 0.35 / 0.85), ("relu-bab", 1.0))
+NO_MILP_STAGES = (("crown", 0.1), ("attack", 0.15), ("alpha-crown", 0.35 / 0.85),
+                  ("relu-bab", 1.0))
 # ... and on a graph whose every Relu reads an affine function of the input (`_one_relu_layer`,
 # e.g. verivital's Conv-Relu-Pool CNNs) with an exact MILP: the pre-activation bounds are exact,
 # so the big-M constants are the tightest there are, and HiGHS decides what relu-bab's splits of
 # thousands of unstable Relus in that one layer leave open (VNN-COMP 2021 verivital, 60 s: see
 # benchmarks/results/vnncomp2021_verivital.md): the MILP goes before relu-bab, with 3/4 of what
-# remains after alpha-CROWN, relu-bab gets the rest. CROWN goes first: it proves most of these
-# in a fraction of a second, where an attack that finds nothing spends its whole share.
-ONE_RELU_LAYER_STAGES = (("crown", 0.05), ("attack", 0.15), ("alpha-crown", 0.35 / 0.85),
+# remains after alpha-CROWN, relu-bab gets the rest.
+ONE_RELU_LAYER_STAGES = (("crown", 0.1), ("attack", 0.15), ("alpha-crown", 0.35 / 0.85),
                          ("milp", 0.75), ("relu-bab", 1.0))
 AUTO_RELU_BAB_OPTIONS = {"attack": False}  # relu-bab's options in "auto" (the attack ran before)
 # ... and when the graph MILP has more unstable Relus than this (at the CROWN bounds it starts
@@ -465,7 +470,7 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict,
                     result = _solve_relu_bab(net, query, dict(AUTO_RELU_BAB_OPTIONS), pairs) \
                         if step == "relu-bab" else \
                         _solve_with_certifier(net, query, step, stage_options, pairs)
-                except InputError as error:  # the last stage cannot encode this network
+                except InputError as error:  # the MILP cannot encode this network
                     if step != "milp":
                         raise
                     result = QueryResult("unknown", method=step, reason=str(error),
@@ -477,6 +482,7 @@ def _solve(net: Network, query: VnnlibQuery, method: str, options: dict,
                 pairs = _combine_rows(net, query, pairs)
                 if not pairs:
                     result = QueryResult("unsat", method="crown+combined-rows")
+                    break
         result.method = f"auto:{result.method}"
         return result
     if method == "relu-bab":
