@@ -83,6 +83,9 @@ def base_module(ref: str):
 
 
 def timed_bound(module, model: Path, lower, upper) -> tuple[np.ndarray, float]:
+    from verify.bounds import graph
+
+    graph._LAST_BOUNDS.clear()  # no CROWN bounds kept from the other tree's call
     start = time.process_time()
     error = module.evaluation_error(model, lower, upper, "float32")
     return error, time.process_time() - start
