@@ -514,7 +514,7 @@ def _tighten(net, steps: list, errors: dict, bounds: dict, tight: dict, name: st
     bilinear and discrete nodes (and the outputs) at every entry; at most TIGHTEN_ENTRIES
     entries, and not past the enclosing deadline (the walk's error stays: sound). tight[name]
     marks the entries so bounded (all of a tensor behind fewer than two sign-mixing maps,
-    where the walk's error is the pass's)."""
+    where the walk's error is the pass's). Beyond CROWN_MACS multiply-adds only the outputs."""
     import torch
 
     from . import deadline
@@ -523,6 +523,8 @@ def _tighten(net, steps: list, errors: dict, bounds: dict, tight: dict, name: st
     if _mixing_depth(net).get(name, 0) < 2:
         tight[name] = torch.ones_like(errors[name], dtype=torch.bool)
         return
+    if op != "output" and net.multiply_accumulates() > CROWN_MACS:
+        return  # as costly as CROWN's intermediate bounds, and as much of a gain: neither
     mask = tight.setdefault(name, torch.zeros_like(errors[name], dtype=torch.bool)).reshape(-1)
     if op == "Relu":
         lo, up = (t.reshape(-1) for t in bounds[name])
