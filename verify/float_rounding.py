@@ -425,7 +425,8 @@ def _backward_error(net, steps: list, errors: dict, start: str, entries) -> "tor
     (relu(x_fl) - relu(x)) / (x_fl - x) is in [0, 1]; 1 where l >= E_x, 0 where h + E_x < 0.
     Float64 rounding of the pass itself: a coefficient off by D (the transpose's sums: |D| <=
     gamma_n |L|^T |C_y| + n 2^-1074 <= gamma_n max|C_y| S + n 2^-1074, S = |L|^T 1; a product
-    C mid: 2^-53 |C| mid; a sum of k consumers' coefficients: gamma_k sum |C_i|) changes the
+    C mid, with mid and half rounded: 4 2^-53 |C| hi; a hull's ends: 4 2^-53 (|a| + |b|) on R;
+    a sum of k consumers' coefficients: gamma_k sum |C_i|) changes the
     result by D . d_x, charged as |D| . E_x; the nonnegative sums (R, the charges) are off by
     a relative (1 + 2^-53)^N at most, covered by SELF_SLACK."""
     import torch
@@ -478,7 +479,7 @@ def _backward_error(net, steps: list, errors: dict, start: str, entries) -> "tor
             name = node.inputs[0]
             lo, hi, tight = (t.reshape(1, *c.shape[1:]) for t in steps[k][2:])
             mid, half = (lo + hi) / 2, (hi - lo) / 2
-            paid = c.abs() * (half + 2 * F64_UNIT * mid) + (0 if rad is None else rad * hi)
+            paid = c.abs() * (half + 4 * F64_UNIT * hi) + (0 if rad is None else rad * hi)
             total += charge(torch.where(tight, paid, 0.0), errors[name])
             if bool(tight.all()):
                 push(name, c * mid, None)
