@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import run_solver
@@ -404,3 +406,76 @@ def test_bound_holds_on_bundled_networks(benchmark_data, name):
     gaps = _bundled_gaps(model, box.lower, box.upper, load_onnx(model),
                          np.random.default_rng(11), error)
     assert gaps.max() > 0 and np.all(gaps <= error), ((gaps / error).max(), error)
+
+
+@pytest.mark.slow
+def test_float32_unsat_on_cifar_resnet(benchmark_data, tmp_path, capsys):
+    """VNN-COMP 2021 cifar10_resnet resnet_2b prop 2 (unsat over the reals) declared float32:
+    the bound (about 0.03 per logit) leaves the margin for unsat (the forward walk alone gave
+    about 4: unknown)."""
+    pytest.importorskip("vnnlib")
+    import re
+
+    folder = benchmark_data / "vnncomp2021" / "cifar10_resnet"
+    text = (folder / "vnnlib" / "prop_2_eps_0.008.vnnlib").read_text()
+    body = "\n".join(line for line in text.splitlines()
+                     if line.strip() and not line.startswith(";") and "declare-const" not in line)
+
+    def x_name(match):
+        c, rest = divmod(int(match.group(1)), 1024)
+        return f"X[0,{c},{rest // 32},{rest % 32}]"
+
+    body = re.sub(r"Y_(\d+)", r"Y[0,\1]", re.sub(r"X_(\d+)", x_name, body))
+    query = tmp_path / "q.vnnlib"
+    query.write_text("(vnnlib-version <2.0>)\n(declare-network N\n"
+                     "  (declare-input X float32 [1, 3, 32, 32])\n"
+                     "  (declare-output Y float32 [1, 10])\n)\n" + body + "\n")
+    code, out, err = run_solver(["verify", str(query), "--network",
+                                 f"N={folder / 'onnx' / 'resnet_2b.onnx'}", "--timeout", "200"],
+                                capsys)
+    assert (code, out) == (0, "unsat\n"), err
+
+
+def _random_mlp(b: _Builder, x: str, widths: list[int], acts: list[str], skips: list[bool],
+                scale: float) -> str:
+    """Gemm + activation blocks of the given widths (a block keeps a residual Add where its
+    input has its width and `skips` says so), a final Gemm to 3 outputs."""
+    h, width = x, 4
+    for w, act, skip in zip(widths, acts, skips):
+        z = b.op(act, [b.op("Gemm", [h, b.const(b.weights(width, w, scale=scale)),
+                                     b.const(b.rng.normal(size=w))])])
+        h, width = (b.op("Add", [z, h]) if skip and w == width else z), w
+    return b.op("Gemm", [h, b.const(b.weights(width, 3, scale=scale)),
+                         b.const(b.rng.normal(size=3))])
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), depth=st.integers(2, 5), width=st.sampled_from([4, 6, 12]),
+       scale=st.sampled_from([1.0, 3.0]), radius=st.sampled_from([0.05, 1.0, 4.0]))
+def test_random_graph_bound_holds(tmp_path_factory, seed, depth, width, scale, radius):
+    """Random Gemm nets (Relu, Tanh, Sigmoid, residual Adds) over random boxes: onnxruntime's
+    float32 outputs stay within the bound of the float64 forward at random points and corners,
+    and the bound is at most the forward walk's alone."""
+    rng = np.random.default_rng(seed)
+    b = _Builder(rng, np.float32)
+    acts = list(rng.choice(["Relu", "Relu", "Tanh", "Sigmoid"], depth))
+    y = _random_mlp(b, "X", [width] * depth, acts, list(rng.random(depth) < 0.5), scale)
+    b.nodes.append(helper.make_node("Identity", [y], ["Y"]))
+    graph = helper.make_graph(b.nodes, "random",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+                              b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path_factory.mktemp("random") / "m.onnx"
+    onnx.save(model, str(path))
+    center = rng.normal(size=4)
+    lower = center - radius * rng.uniform(0.2, 1, 4)
+    upper = center + radius * rng.uniform(0.2, 1, 4)
+    error = evaluation_error(path, lower, upper)
+    assert np.all(error <= evaluation_error(path, lower, upper, backward=False))
+    points = np.concatenate([rng.uniform(lower, upper, (100, 4)),
+                             np.where(rng.random((100, 4)) < 0.5, lower, upper)])
+    points = np.stack([round_into_box(x, lower, upper) for x in points]).astype(np.float64)
+    gaps = np.abs(_ort(path, points, np.float32) - load_onnx(path).forward(points))
+    assert np.all(gaps <= error), (gaps.max(0), error)

@@ -9,7 +9,8 @@ the bound allows two). Every model, a Dense/Conv/ReLU chain included, is read as
 (verify.graph: one node per ONNX node, piecewise-linear ops rewritten into Relu and sums); the
 walk goes over its nodes in topological order with sound real intervals [l, h] of every tensor
 (IBP, the inputs of nonlinear nodes tightened by CROWN: bounds.graph.crown_bounds) and, for the
-float evaluation, a bound E_t on |t_fl - t| per tensor t; one rule per op kind (graph.ops):
+float evaluation, a bound E_t on |t_fl - t| per tensor t (tightened by a backward error pass,
+below); one rule per op kind (graph.ops):
 
     linear  y = L(x) + b (MatMul, Gemm, Conv, pools, Reduce, Affine, Sum; n = terms per output):
             E_y = |L|(E_x) + gamma_m (|L|(max|x| + E_x) + |b|) + m TINY,  m = n + 3,
@@ -42,6 +43,28 @@ absolute error of one product that underflows, also when subnormals are flushed 
 could reach the format's largest finite number (overflow) makes the bound infinite. The
 rewrites of Max / Min / Clip / Abs / LeakyRelu / PRelu into Relu and sums are charged at least
 the Lipschitz propagation of E, which is all the exact float max / min / select costs.
+
+The backward error pass. The walk charges errors through |L2| |L1| and through every Relu that
+may be active: on deep nets 10^2 to 10^6 times more than they can do (|W2 W1| |e| can be far
+below |W2| |W1| |e|). Exactly, the float error d_t = t_fl - t obeys
+
+    linear  d_y = L d_x + e_y,   |e_y| <= local_y = gamma_m magnitude + m TINY (above)
+    Relu    d_y = g d_x,   g = (relu(x_fl) - relu(x)) / (x_fl - x) in [0, 1]; g = 1 where
+            l >= E_x (x, x_fl >= 0), g = 0 where h + E_x < 0 (both <= 0)
+    smooth  d_y = f'(xi) d_x + e_y,   f' in [lo, hi] on [l - E_x, h + E_x], |e_y| <= its local
+
+(other ops: d_y is within the walk's E_y, taken as it is), so the error of a tensor t is a sum
+over paths of products of L's and gains applied to the e's: a linear function of them, whose
+coefficients a backward pass from t bounds (`_backward_error`; CROWN's pass, on the error). An
+open gain g in [lo, hi] is split as mid + (g - mid): mid passes on, |C| half |d_x| <= |C| half
+E_x is charged against the input's own backward-pass bound E_x. The walk takes the pass's bound
+(a) at every output, (b) before a Relu, at the entries whose gain the walk's E leaves open
+(l - E < 0 <= h + E): the cascade that keeps deep Relus stable, (c) before smooth f, MaxPool,
+Softmax, bilinear and discrete nodes, at most TIGHTEN_ENTRIES entries per tensor; not where
+fewer than two sign-mixing maps (MatMul, Gemm, Conv) lead to the tensor, where the walk's E is
+the pass's. Each E is the smaller of two sound bounds, so the result is at most the walk's
+alone (network_error(backward=False)); the monotone rules keep that through the graph. It needs
+good intervals: which Relus are stable, and the magnitudes (CROWN up to CROWN_MACS).
 
 `widen_query` adds sum_j |A_rj| E_j to the right-hand side of every violation row A_r y <= b_r:
 a real-arithmetic proof that no x in the box satisfies the widened rows is a proof that no
@@ -440,7 +463,8 @@ def _backward_error(net, steps: list, errors: dict, start: str, entries) -> "tor
     (relu(x_fl) - relu(x)) / (x_fl - x) is in [0, 1]; 1 where l >= E_x, 0 where h + E_x < 0.
     Float64 rounding of the pass itself: a coefficient off by D (the transpose's sums: |D| <=
     gamma_n |L|^T |C_y| + n 2^-1074 <= gamma_n max|C_y| S + n 2^-1074, S = |L|^T 1; a product
-    C mid: 2^-53 |C| mid; a sum of k consumers' coefficients: gamma_k sum |C_i|) changes the
+    C mid, with mid and half rounded: 4 2^-53 |C| hi; a hull's ends: 4 2^-53 (|a| + |b|) on R;
+    a sum of k consumers' coefficients: gamma_k sum |C_i|) changes the
     result by D . d_x, charged as |D| . E_x; the nonnegative sums (R, the charges) are off by
     a relative (1 + 2^-53)^N at most, covered by SELF_SLACK."""
     import torch
@@ -493,7 +517,7 @@ def _backward_error(net, steps: list, errors: dict, start: str, entries) -> "tor
             name = node.inputs[0]
             lo, hi, tight = (t.reshape(1, *c.shape[1:]) for t in steps[k][2:])
             mid, half = (lo + hi) / 2, (hi - lo) / 2
-            paid = c.abs() * (half + 2 * F64_UNIT * mid) + (0 if rad is None else rad * hi)
+            paid = c.abs() * (half + 4 * F64_UNIT * hi) + (0 if rad is None else rad * hi)
             total += charge(torch.where(tight, paid, 0.0), errors[name])
             if bool(tight.all()):
                 push(name, c * mid, None)
@@ -529,7 +553,7 @@ def _tighten(net, steps: list, errors: dict, bounds: dict, tight: dict, name: st
     bilinear and discrete nodes (and the outputs) at every entry; at most TIGHTEN_ENTRIES
     entries, and not past the enclosing deadline (the walk's error stays: sound). tight[name]
     marks the entries so bounded (all of a tensor behind fewer than two sign-mixing maps,
-    where the walk's error is the pass's)."""
+    where the walk's error is the pass's). Beyond CROWN_MACS multiply-adds only the outputs."""
     import torch
 
     from . import deadline
@@ -538,6 +562,8 @@ def _tighten(net, steps: list, errors: dict, bounds: dict, tight: dict, name: st
     if _mixing_depth(net).get(name, 0) < 2:
         tight[name] = torch.ones_like(errors[name], dtype=torch.bool)
         return
+    if op != "output" and net.multiply_accumulates() > CROWN_MACS:
+        return  # as costly as CROWN's intermediate bounds, and as much of a gain: neither
     mask = tight.setdefault(name, torch.zeros_like(errors[name], dtype=torch.bool)).reshape(-1)
     if op == "Relu":
         lo, up = (t.reshape(-1) for t in bounds[name])
