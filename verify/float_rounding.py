@@ -407,27 +407,16 @@ F64_UNIT, F64_UNDERFLOW = 2.0 ** -53, 2.0 ** -1074
 
 
 def _transpose(node, p: dict, shapes: list, coeffs) -> list:
-    """L^T applied to coeffs (R, *out) for a linear node y = L(x) + b: one (R, *in_i) per input,
-    the vector-Jacobian product of its ops forward (the bias drops out), mapped over the R rows
-    (torch.func.vmap; autograd on R samples for an op whose backward has no batching rule)."""
+    """L^T applied to coeffs (R, *out) for a linear node y = L(x) + b: one (R, *in_i) per input
+    (zeros for an input y does not read), bounds.graph.linear_transpose batched over the rows."""
     import torch
 
+    from .bounds.graph import linear_transpose
     from .graph import ops
 
-    forward = ops.LINEAR[node.op][0]
-    one = [torch.zeros((1, *s), dtype=coeffs.dtype) for s in shapes]
-    try:
-        y, pullback = torch.func.vjp(lambda *xs: forward(node, list(xs), p), *one)
-        grads = torch.func.vmap(pullback)(coeffs.reshape(len(coeffs), *y.shape))
-        return [g.squeeze(1) for g in grads]
-    except RuntimeError:
-        pass
-    with torch.enable_grad():
-        xs = [torch.zeros((len(coeffs), *s), dtype=coeffs.dtype, requires_grad=True)
-              for s in shapes]
-        y = forward(node, xs, p)
-        grads = torch.autograd.grad((y * coeffs.reshape(y.shape)).sum(), xs, allow_unused=True)
-    return [torch.zeros_like(x) if g is None else g for x, g in zip(xs, grads)]
+    grads = linear_transpose(ops.LINEAR[node.op][0], node, p, shapes, coeffs, batched_from=0)
+    return [torch.zeros((len(coeffs), *s), dtype=coeffs.dtype) if g is None else g
+            for s, g in zip(shapes, grads)]
 
 
 def _column_sums(net, k: int) -> list:

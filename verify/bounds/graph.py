@@ -106,8 +106,8 @@ def _input_jacobian_norms(net, name: str, norm: str, device, dtype) -> Optional[
                 if node.output not in A:
                     continue
                 a = A.pop(node.output)
-                grads = _vjp(ops.LINEAR[node.op][0], node, p[k],
-                             [graph.shapes[i] for i in node.inputs], a)
+                grads = linear_transpose(ops.LINEAR[node.op][0], node, p[k],
+                                         [graph.shapes[i] for i in node.inputs], a)
                 for i, g in zip(node.inputs, grads):
                     if g is not None:
                         A[i] = A[i] + g if i in A else g
@@ -224,29 +224,37 @@ def _dot(t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return t @ v[0] if len(v) == 1 else torch.einsum("bmn,bn->bm", t, v)
 
 
-VMAP_ENTRIES = 2 ** 16  # coefficients from which a vmapped vjp beats autograd on R samples
+VMAP_ENTRIES = 2 ** 16  # coefficients from which a batched vjp beats autograd on R samples
 
 
-def _vjp(forward, node, p, shapes: list, coeffs: torch.Tensor) -> list[torch.Tensor]:
-    """Transpose of a linear node applied to coeffs (R, *out): one (R, *in_i) per input
-    (differentiable in coeffs when coeffs requires grad: alpha-CROWN's slopes, bab's split
-    scores). The forward runs once on one zero sample and its vjp is mapped over the R rows
-    (torch.func.vmap): the same sums as autograd on R samples, without R forward passes (small
-    coefficients, or an op whose backward has no batching rule: autograd on R samples, less
-    overhead)."""
-    xs = [torch.zeros((1, *s), dtype=coeffs.dtype, device=coeffs.device) for s in shapes]
-    if coeffs.numel() >= VMAP_ENTRIES:
+def linear_transpose(forward, node, p, shapes: list, coeffs: torch.Tensor,
+                     batched_from: int = VMAP_ENTRIES) -> list[Optional[torch.Tensor]]:
+    """L^T applied to coeffs (R, *out) for a linear node y = L(x) + b, `forward` its op: one
+    (R, *in_i) per input, None for an input y does not read (the bias drops out; differentiable
+    in coeffs when coeffs requires grad: alpha-CROWN's slopes, bab's split scores). From
+    `batched_from` coefficients the forward runs once on one zero sample and its vjp is batched
+    over the R rows (autograd's is_grads_batched: the same sums as autograd on R samples,
+    without R forward passes; torch.func's vjp would import torch._dynamo, seconds of start-up);
+    below it, or for an op whose backward has no batching rule, autograd on R samples."""
+    if coeffs.numel() >= batched_from:
         try:
-            _, pullback = torch.func.vjp(lambda *v: forward(node, list(v), p), *xs)
-            return [g.squeeze(1) for g in torch.func.vmap(pullback)(coeffs.unsqueeze(1))]
+            with torch.enable_grad():
+                xs = [torch.zeros((1, *s), dtype=coeffs.dtype, device=coeffs.device,
+                                  requires_grad=True) for s in shapes]
+                y = forward(node, xs, p)
+                grads = torch.autograd.grad(
+                    y, xs, coeffs.reshape(len(coeffs), *y.shape), is_grads_batched=True,
+                    allow_unused=True, create_graph=coeffs.requires_grad)
+            return [None if g is None else g.squeeze(1) for g in grads]
         except RuntimeError:
             pass
     with torch.enable_grad():
-        xs = [x.expand(len(coeffs), *x.shape[1:]).clone().requires_grad_(True) for x in xs]
+        xs = [torch.zeros((len(coeffs), *s), dtype=coeffs.dtype, device=coeffs.device,
+                          requires_grad=True) for s in shapes]
         y = forward(node, xs, p)
         # the gradient of <y, coeffs> (a scalar: no grad_outputs, whose check imports sympy)
-        return list(torch.autograd.grad((y * coeffs).sum(), xs, allow_unused=True,
-                                        create_graph=coeffs.requires_grad))
+        return list(torch.autograd.grad((y * coeffs.reshape(y.shape)).sum(), xs,
+                                        allow_unused=True, create_graph=coeffs.requires_grad))
 
 
 def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str,
@@ -311,7 +319,7 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
                     else None  # an infinite bound: 0 * inf counts 0 (no coefficient there)
                 owed = owed + (_dot(mag.detach(), step) if spread is None else
                                spread.nan_to_num(nan=0.0).flatten(2).sum(-1))
-            new = _vjp(forward, node, params[k], shapes, flat(a))
+            new = linear_transpose(forward, node, params[k], shapes, flat(a))
             new_mag = [None if g is None else g.detach().abs() for g in new]
         else:
             lo, up = bounds[node.inputs[0]]
@@ -333,8 +341,8 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
                 mag_select = mag * torch.maximum((a > 0).to(dtype), dominated)
                 window = lambda nd, xs, p: ops.max_pool_windows(nd, xs[0], p, 0.0)
                 spread = lambda t: (t.unsqueeze(2) * onehot[:, None]).reshape(b * m, *onehot.shape[1:])
-                new = _vjp(window, node, params[k], shapes, spread(select))
-                new_mag = _vjp(window, node, params[k], shapes, spread(mag_select))
+                new = linear_transpose(window, node, params[k], shapes, spread(select))
+                new_mag = linear_transpose(window, node, params[k], shapes, spread(mag_select))
                 n_terms += 1
             elif node.op == "Softmax":  # y = S x + b_l / b_u along the axis (ops.softmax_relaxation)
                 axis = node.params["axis"] + 2  # in (B, m, *shape)
