@@ -250,3 +250,34 @@ def test_relu_bab_without_a_splittable_relu_in_reach(tmp_path, kind):
             assert np.all(rows <= sampled + 1e-9)
         if cert.status.name == "NO":
             assert spec.output.values(net.forward(cert.counterexample)).min() <= 0
+
+
+def test_a_round_is_cut_to_fit_half_the_time_left(monkeypatch):
+    """With a fake clock on which bounding costs 0.01 s per domain (and no attack, so that a
+    property that fails keeps the search busy), every round after the first measured one is cut so that it ends within half the time left when it starts: the
+    search cannot run far past its deadline whatever its batch size."""
+    from verify import deadline as deadlines
+
+    now = [0.0]
+    monkeypatch.setattr(relu_bab.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(deadlines.time, "monotonic", lambda: now[0])
+    rounds = []
+    real = relu_bab.ReluSearch.bound
+
+    def costly(self, chosen, steps):
+        left = self.deadline.remaining()
+        out = real(self, chosen, steps)
+        now[0] += 0.01 * len(chosen)
+        rounds.append((len(chosen), left))
+        return out
+
+    monkeypatch.setattr(relu_bab.ReluSearch, "bound", costly)
+    monkeypatch.setattr(relu_bab.ReluSearch, "_attack_corners", lambda *a, **k: None)
+    net, x, label = _net_and_point(0, sizes=(5, 40, 40, 40, 3))
+    spec = robustness_spec(net.input_size, net.output_size, x, label, 2.0, "inf", None)
+    options = relu_bab.ReluBaBOptions(attack=False, timeout=0, batch_size=4096, device="cpu")
+    result = relu_bab.search(net, spec, options, deadlines.Deadline.after(2.0))
+    assert result.reason == "timeout" and len(rounds) >= 4
+    assert now[0] <= 2.0 + 0.01 * rounds[1][0] + 0.02  # past the deadline by one round at most
+    for take, left in rounds[2:]:
+        assert 0.01 * take <= 0.5 * left + 0.01  # within half the time left (or one domain)

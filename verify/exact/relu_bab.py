@@ -412,6 +412,9 @@ class ReluSearch:
     def run(self) -> SearchResult:
         result, options = self.result, self.options
         t0 = time.perf_counter()
+        # Seconds per domain of the last round: a round is cut to what fits in half the time
+        # left, so one round cannot run far past the deadline (as bab.BoxSearch does).
+        per_domain, last_take, first_round = None, 0, True
         while len(self.domains):
             if self.deadline.expired():
                 result.reason = "timeout"
@@ -420,12 +423,19 @@ class ReluSearch:
                 result.reason = f"domain budget of {options.max_domains} spent"
                 break
             take = min(options.batch_size, len(self.domains))
+            left = self.deadline.remaining()
+            if per_domain and math.isfinite(left):  # a round must fit in half the time left
+                take = max(1, min(take, 2 * last_take, int(0.5 * left / per_domain)))
+            last_take, round_start = take, time.perf_counter()
             order = torch.argsort(self.domains.lower)
             chosen, self.domains = self.domains.take(order[:take]), self.domains.take(order[take:])
             steps = options.root_steps if self.first else \
                 options.graph_steps if isinstance(self.problem, GraphBounds) else options.steps
             self.first = False
             lower, bounds, empty, record = self.bound(chosen, steps)
+            if not first_round:  # (the root's extra steps say nothing of a round's cost)
+                per_domain = (time.perf_counter() - round_start) / take
+            first_round = False
             result.domains += take
             result.rounds += 1
             proved = empty | (lower > 0)
