@@ -21,7 +21,7 @@ from .backends import certify, certify_batch, check_norm, make_options
 from .certificate import Certificate, Status, json_safe
 from .errors import InputError
 from .network import Network
-from .outputs import atomic_path, cannot_write
+from .outputs import atomic_path, cannot_write, save_figure
 
 KIND = {"attack": "upper", "milp": "exact", "bab": "exact", "smoothing": "of g"}
 FIELDS = ["eps", "norm", "method", "bound", "inputs", "yes", "no", "maybe",
@@ -332,11 +332,7 @@ def plot_margins(records: list[dict], path: Path, title: str = "") -> bool:
         ax.grid(alpha=0.3)
     axes[0, 0].set_title(title or "margin bounds per class")
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -362,11 +358,7 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> bool:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
     return True
 
 

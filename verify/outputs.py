@@ -84,3 +84,14 @@ def write_text_atomically(path: PathLike, text: str) -> None:
     """`text` into `path`, whole or not at all."""
     with atomic_path(check_output_file(path)) as tmp:
         tmp.write_text(text)
+
+
+def save_figure(fig, path: PathLike, dpi: int = 120) -> None:
+    """A matplotlib figure into `path`, whole or not at all; the figure is closed either way."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)

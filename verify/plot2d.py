@@ -22,7 +22,7 @@ from .bounds import InputBatch
 from .bounds.ibp import layer_bounds
 from .errors import InputError
 from .network import Network
-from .outputs import atomic_path
+from .outputs import save_figure
 from .spec import robustness_spec
 
 
@@ -111,10 +111,6 @@ def plot2d(net: Network, x: Sequence[float], eps: float, path: Path, norm: str =
     right.set_title("output space: reachable logits and bounds")
     right.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return {"label": label, "runner_up": j, "margin_lower": bounds,
             "sampled_min": float((z[:, label] - z[:, j]).min()), "row": row}
