@@ -265,7 +265,8 @@ def test_crown_bounds_cut_by_the_deadline_are_sound_and_resume_to_the_full_bound
     for name, (lo, up) in fresh.items():
         assert torch.equal(lo, resumed[name][0]) and torch.equal(up, resumed[name][1]), name
         assert bool((cut[name][0] <= lo).all() and (up <= cut[name][1]).all()), name
-        assert torch.equal(cut[name][0], ibp[name][0]), name  # nothing tightened past it
+        # nothing tightened past IBP (equal up to the summation order of a batch of 1 or 2)
+        assert torch.allclose(cut[name][0], ibp[name][0], rtol=1e-12, atol=1e-12), name
 
 
 def test_a_graph_without_splittable_relus_is_bounded_not_split():

@@ -194,11 +194,11 @@ def test_outward_margin_is_sound_and_exact_on_unit_rows():
     C[:20, 0, 1] = 1.0
     value = torch.einsum("bmk,bk->bm", C, y) - d
     slack = rounding_slack(torch.einsum("bmk,bk->bm", C.abs(), y.abs()) + d.abs(), 3)
-    low, high = outward_margin(C, value, slack), outward_margin(C, value, slack, down=False)
+    low, high = outward_margin(C, d, value, slack), outward_margin(C, d, value, slack, down=False)
     for b in range(200):
         exact = Fraction(float(C[b, 0, 1])) * Fraction(float(y[b, 1])) - Fraction(float(d[b, 0]))
         assert Fraction(float(low[b, 0])) <= exact <= Fraction(float(high[b, 0]))
     assert torch.all(low[:20] == 0) and torch.all(high[:20] == 0)
     assert torch.all(low >= value - slack) and torch.all(high <= value + slack)
     C[:, 0, 0] = 0.5  # two coefficients: the sum's allowance again
-    assert torch.equal(outward_margin(C, value, slack), value - slack)
+    assert torch.equal(outward_margin(C, d, value, slack), value - slack)

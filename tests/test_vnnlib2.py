@@ -7,6 +7,7 @@ unsat answers against a dense grid (the models are 1-D or 2-D and piecewise line
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -510,3 +511,44 @@ def test_float16_evaluation_of_a_float32_model_refuses_constants_out_of_float16_
     session = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"])
     (y,) = session.run(None, {"x": np.array([0.5], np.float16)})
     assert y.dtype == np.float16 and y[0] == np.float16(np.float16(1e-6) * np.float16(0.5))
+
+
+def test_data_movement_adds_no_rounding_allowance(tmp_path, capsys):
+    """Softmax then Reshape/Transpose/Slice: the moved entries keep their bounds exactly, so
+    y_0 < 0 is refuted by the bound 0 as without the moves (each charged a rounding allowance,
+    it was -1e-15 and never proved)."""
+    path = tmp_path / "softmax_moved.onnx"
+    _model(path, [helper.make_node("Softmax", ["x"], ["s"], axis=0),
+                  helper.make_node("Reshape", ["s", "shape"], ["r"]),
+                  helper.make_node("Transpose", ["r"], ["t"], perm=[1, 0]),
+                  helper.make_node("Reshape", ["t", "flat"], ["y"])],
+           {"x": [2]}, {"y": [2]}, {})
+    import onnx  # the shapes are int64 initializers
+
+    model = onnx.load(str(path))
+    model.graph.initializer.extend([numpy_helper.from_array(np.array([1, 2], np.int64), "shape"),
+                                    numpy_helper.from_array(np.array([2], np.int64), "flat")])
+    path.write_bytes(model.SerializeToString())
+    head = """(vnnlib-version <2.0>)
+(declare-network N (declare-input X real [2]) (declare-output Y real [2]))
+(assert (and (<= X[0] 1000.0) (>= X[0] -1000.0) (<= X[1] 1000.0) (>= X[1] -1000.0)))
+"""
+    code, out, err = _solve(tmp_path, head + "(assert (or (< Y[0] 0.0) (> Y[1] 1.0)))",
+                            {"N": path}, capsys, "--method", "ibp")
+    assert (code, out) == (0, "unsat\n"), err
+
+
+def test_interval_margin_reads_zero_times_an_infinite_bound_as_zero():
+    """A row that does not read an unbounded output gets a finite bound, not NaN."""
+    import torch
+
+    from verify.bounds import InputBatch
+    from verify.bounds.graph import interval_margin
+
+    C = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
+    batch = InputBatch(lower=torch.zeros(1, 1), upper=torch.ones(1, 1), center=torch.zeros(1, 1),
+                       eps=torch.zeros(1), norm="box", C=C, d=torch.zeros(1, 2))
+    lower = torch.tensor([[0.5, -math.inf]], dtype=torch.float64)
+    upper = torch.tensor([[2.0, math.inf]], dtype=torch.float64)
+    margin = interval_margin(batch, lower, upper)
+    assert margin[0, 0] == 0.5 and margin[0, 1] == -math.inf

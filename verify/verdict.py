@@ -175,7 +175,7 @@ def _certificate(net: Network, spec: Specification, method: str, lower: np.ndarr
     else:
         status = Status.MAYBE
         worst = int(np.argmin(lower))
-        unproved = sum(v <= yes_tolerance for v in lower_values)
+        unproved = sum(not v > yes_tolerance for v in lower_values)  # NaN: unproved
         reason = reason or (f"not proved: {unproved} of {len(lower)} rows unproved; lower bound "
                             f"for {row_name(spec, worst)} is {lower[worst]:.6g} (relaxation "
                             f"too loose, or the property does not hold)")

@@ -53,18 +53,19 @@ def rounding_slack(magnitude: torch.Tensor, n_terms: int, scale=0.0) -> torch.Te
     return magnitude * (terms * unit) + (terms * tiny) * (1 + scale)
 
 
-def outward_margin(C: torch.Tensor, value: torch.Tensor, slack: torch.Tensor,
+def outward_margin(C: torch.Tensor, d: torch.Tensor, value: torch.Tensor, slack: torch.Tensor,
                    down: bool = True) -> torch.Tensor:
     """value -/+ slack, where `value` = fl(c . y - d) for one end y of the box (B, m) and
     `slack` the rounding allowance of the sum; tighter on the rows with one coefficient, +1 or
     -1: there c . y is exact (the other products are +-0, and adding zeros rounds nothing), so
     only the subtraction of d is rounded, and one ulp outward covers it (the true value rounds
     to `value`, so it lies past the next float; a 0 is exact, as x - d = 0 in floats only when
-    x = d). This lets a bound of exactly 0 prove y_k >= 0 (a Softmax or Relu output, say)."""
+    x = d; with d = 0 nothing is rounded at all). This lets a bound of exactly 0 prove
+    y_k >= 0 (a Softmax or Relu output, say)."""
     nonzero = C != 0
     single = (nonzero.sum(-1) == 1) & ((C.abs() == 1) | ~nonzero).all(-1)
     step = torch.nextafter(value, torch.full_like(value, -math.inf if down else math.inf))
-    exact = torch.where(value == 0, value, step)
+    exact = torch.where((value == 0) | (d == 0), value, step)
     return torch.where(single, exact, value - slack if down else value + slack)
 
 

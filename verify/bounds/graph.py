@@ -24,6 +24,7 @@ Soundness: sound, incomplete.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -139,11 +140,16 @@ def ball_bounds(net, batch: InputBatch, name: str, center: Bounds, products: int
 
 
 def linear_interval(net, k: int, node, ins: list[Bounds]) -> Bounds:
-    """Sound bounds of a linear node's output from its inputs' intervals (rounding included)."""
+    """Sound bounds of a linear node's output from its inputs' intervals (rounding included).
+    A node without terms (Reshape, Transpose, Slice, Concat, Pad, Expand, Cast over the reals)
+    moves entries and constants: its bounds are its inputs' bounds moved, exactly."""
     device, dtype = ins[0][0].device, ins[0][0].dtype
     p = net.torch_params(device, dtype)[k]
-    p_abs = net.torch_params(device, dtype, absolute=True)[k]
     forward, _, terms = ops.LINEAR[node.op]
+    if terms(node) == 0:
+        return (forward(node, [lo for lo, _ in ins], p).contiguous(),
+                forward(node, [up for _, up in ins], p).contiguous())
+    p_abs = net.torch_params(device, dtype, absolute=True)[k]
     mids = [(up + lo) / 2 for lo, up in ins]
     rads = [(up - lo) / 2 + UNDERFLOW for lo, up in ins]
     y_mid = forward(node, mids, p)
@@ -212,10 +218,14 @@ def output_bounds(net, bounds: dict[str, Bounds]) -> Bounds:
 def interval_margin(batch: InputBatch, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
     """Lower bound of C y - d over the box [lower, upper] of y (rounding included)."""
     c_pos, c_neg = batch.C.clamp(min=0), batch.C.clamp(max=0)
-    lo = torch.einsum("bmk,bk->bm", c_pos, lower) + torch.einsum("bmk,bk->bm", c_neg, upper)
+    if not (torch.isfinite(lower).all() and torch.isfinite(upper).all()):  # 0 * inf is 0 here
+        lo = sum((c * v[:, None, :]).nan_to_num(nan=0.0, posinf=math.inf, neginf=-math.inf)
+                 for c, v in ((c_pos, lower), (c_neg, upper))).sum(-1)
+    else:
+        lo = torch.einsum("bmk,bk->bm", c_pos, lower) + torch.einsum("bmk,bk->bm", c_neg, upper)
     magnitude = torch.einsum("bmk,bk->bm", batch.C.abs(), torch.maximum(lower.abs(), upper.abs()))
-    slack = rounding_slack(magnitude + batch.d.abs(), batch.C.shape[2])
-    return outward_margin(batch.C, lo - batch.d, slack)
+    slack = rounding_slack(magnitude.nan_to_num(nan=0.0) + batch.d.abs(), batch.C.shape[2])
+    return outward_margin(batch.C, batch.d, lo - batch.d, slack)
 
 
 def _dot(t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -124,8 +124,8 @@ def margin_bounds(net: Network, batch: InputBatch, bounds: list[Bounds]) -> Boun
         up = torch.einsum("bmk,bk->bm", c_pos, upper) + torch.einsum("bmk,bk->bm", c_neg, lower)
         magnitude = torch.einsum("bmk,bk->bm", batch.C.abs(), torch.maximum(lower.abs(), upper.abs()))
         slack = rounding_slack(magnitude + batch.d.abs(), batch.C.shape[2])
-        return (outward_margin(batch.C, lo - batch.d, slack),
-                outward_margin(batch.C, up - batch.d, slack, down=False))
+        return (outward_margin(batch.C, batch.d, lo - batch.d, slack),
+                outward_margin(batch.C, batch.d, up - batch.d, slack, down=False))
     p = net.torch_params(batch.lower.device)[-1]
     weight = torch.einsum("bmk,kn->bmn", batch.C, p["weight"])  # (B, m, n)
     bias = torch.einsum("bmk,k->bm", batch.C, p["bias"]) - batch.d
