@@ -701,3 +701,37 @@ def test_graph_backward_bound_reuse_gives_the_same_numbers():
         kept = graph_bounds.margin_lower_from(net, batch, bounds, alphas, terms, reuse=reuse)
         assert torch.equal(fresh, kept), trial
         assert reuse  # filled on the first pass, read on the others
+
+
+@pytest.mark.parametrize("calls", [3, 6, 10])
+def test_relu_bab_past_its_deadline_stops_inside_the_round_with_sound_bounds(calls):
+    """A deadline that expires inside a round (after `calls` checks): the search branches no
+    further (no round after it), answers unknown with reason timeout, and its row bounds stay
+    below the sampled margins, and no looser than the root's."""
+    from verify import deadline as deadlines
+
+    class ExpiresAfter:
+        def __init__(self, n: int):
+            self.n = n
+
+        def expired(self) -> bool:
+            self.n -= 1
+            return self.n < 0
+
+    net = residual_dag(1, n=4, width=10)
+    spec, _ = spec_at(net, 1, 0.4)
+    root = relu_bab.ReluSearch(net, spec, relu_bab.ReluBaBOptions(device="cpu", timeout=0),
+                               deadlines.active())
+    root_lower, _, _, _ = root.bound(root.domains, steps=0)
+    deadline = ExpiresAfter(calls)
+    search = relu_bab.ReluSearch(net, spec, relu_bab.ReluBaBOptions(device="cpu", timeout=0),
+                                 deadline)
+    result = search.run()
+    assert result.status == "unknown" and result.reason == "timeout", (result.status, result.reason)
+    assert deadline.n < 0 and deadline.n >= -2  # checked once or twice after expiring, no more
+    batch = InputBatch.from_specs([spec], "cpu")
+    values = _sampled_tensors(net, batch.lower, batch.upper, 1)
+    margins = net.join_outputs(values) @ batch.C[0].T - batch.d[0]
+    sampled = margins.min(0).values.numpy()
+    assert np.all(result.row_lower <= sampled + 1e-9)
+    assert np.all(result.row_lower >= np.minimum(root_lower.numpy(), sampled) - 1e-9)
