@@ -443,6 +443,18 @@ def test_auto_on_a_graph_reaches_the_milp_stage(monkeypatch):
         answers.add(result.result)
 
 
+def robustness_query(x: np.ndarray, label: int, eps: float):
+    """The VNN-LIB query 'some other output >= output `label`' over the box x ± eps (3 outputs)."""
+    lines = [f"(declare-const X_{i} Real)" for i in range(len(x))]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(3)]
+    for i, v in enumerate(x):
+        lines += [f"(assert (>= X_{i} {float(v - eps)!r}))",
+                  f"(assert (<= X_{i} {float(v + eps)!r}))"]
+    others = [j for j in range(3) if j != label]
+    lines.append("(assert (or " + " ".join(f"(and (>= Y_{j} Y_{label}))" for j in others) + "))")
+    return parse_vnnlib("\n".join(lines))
+
+
 def test_auto_skips_the_milp_on_a_graph_with_too_many_unstable_relus(monkeypatch):
     """A graph whose MILP would have more than MILP_MAX_UNSTABLE unstable Relus ends auto with
     relu-bab (given all the time left), and the MILP stage is not run; under the limit it is."""
@@ -460,13 +472,7 @@ def test_auto_skips_the_milp_on_a_graph_with_too_many_unstable_relus(monkeypatch
     monkeypatch.setattr(vnncomp, "_solve_relu_bab", lambda net_, query_, options, pairs=None:
                         stage(net_, query_, "relu-bab", options, pairs))
     monkeypatch.setattr(vnncomp, "BAB_MAX_INPUTS", 0)
-    lines = [f"(declare-const X_{i} Real)" for i in range(3)]
-    lines += [f"(declare-const Y_{j} Real)" for j in range(3)]
-    for i, v in enumerate(x):
-        lines += [f"(assert (>= X_{i} {float(v - 0.6)!r}))", f"(assert (<= X_{i} {float(v + 0.6)!r}))"]
-    others = [j for j in range(3) if j != label]
-    lines.append("(assert (or " + " ".join(f"(and (>= Y_{j} Y_{label}))" for j in others) + "))")
-    query = parse_vnnlib("\n".join(lines))
+    query = robustness_query(x, label, 0.6)
     pairs = vnncomp._disjunct_specs(query)
     with torch.no_grad():
         bounds = graph_bounds.crown_bounds(net, InputBatch.from_specs([pairs[0][0]], "cpu"))
@@ -499,13 +505,7 @@ def test_auto_attack_on_a_graph_runs_in_float32_and_its_sat_replays_in_float64(m
 
     monkeypatch.setattr(vnncomp, "_solve_with_certifier", record)
     monkeypatch.setattr(vnncomp, "BAB_MAX_INPUTS", 0)
-    lines = [f"(declare-const X_{i} Real)" for i in range(3)]
-    lines += [f"(declare-const Y_{j} Real)" for j in range(3)]
-    for i, v in enumerate(x):
-        lines += [f"(assert (>= X_{i} {float(v - 2.0)!r}))", f"(assert (<= X_{i} {float(v + 2.0)!r}))"]
-    others = [j for j in range(3) if j != label]
-    lines.append("(assert (or " + " ".join(f"(and (>= Y_{j} Y_{label}))" for j in others) + "))")
-    query = parse_vnnlib("\n".join(lines))
+    query = robustness_query(x, label, 2.0)
     result = solve(net, query, "auto", timeout=30.0)
     assert seen[0] == ("attack", {"stop_at_first": True, "dtype": "float32"})
     assert result.result == "sat", result.reason  # a wide box: some other class wins somewhere
