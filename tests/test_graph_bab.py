@@ -444,6 +444,18 @@ def test_auto_on_a_graph_reaches_the_milp_stage(monkeypatch):
         answers.add(result.result)
 
 
+def robustness_query(x: np.ndarray, label: int, eps: float):
+    """The VNN-LIB query 'some other output >= output `label`' over the box x ± eps (3 outputs)."""
+    lines = [f"(declare-const X_{i} Real)" for i in range(len(x))]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(3)]
+    for i, v in enumerate(x):
+        lines += [f"(assert (>= X_{i} {float(v - eps)!r}))",
+                  f"(assert (<= X_{i} {float(v + eps)!r}))"]
+    others = [j for j in range(3) if j != label]
+    lines.append("(assert (or " + " ".join(f"(and (>= Y_{j} Y_{label}))" for j in others) + "))")
+    return parse_vnnlib("\n".join(lines))
+
+
 def test_auto_skips_the_milp_on_a_graph_with_too_many_unstable_relus(monkeypatch):
     """A graph whose MILP would have more than MILP_MAX_UNSTABLE unstable Relus ends auto with
     relu-bab (given all the time left), and the MILP stage is not run; under the limit it is."""
@@ -461,13 +473,7 @@ def test_auto_skips_the_milp_on_a_graph_with_too_many_unstable_relus(monkeypatch
     monkeypatch.setattr(vnncomp, "_solve_relu_bab", lambda net_, query_, options, pairs=None:
                         stage(net_, query_, "relu-bab", options, pairs))
     monkeypatch.setattr(vnncomp, "BAB_MAX_INPUTS", 0)
-    lines = [f"(declare-const X_{i} Real)" for i in range(3)]
-    lines += [f"(declare-const Y_{j} Real)" for j in range(3)]
-    for i, v in enumerate(x):
-        lines += [f"(assert (>= X_{i} {float(v - 0.6)!r}))", f"(assert (<= X_{i} {float(v + 0.6)!r}))"]
-    others = [j for j in range(3) if j != label]
-    lines.append("(assert (or " + " ".join(f"(and (>= Y_{j} Y_{label}))" for j in others) + "))")
-    query = parse_vnnlib("\n".join(lines))
+    query = robustness_query(x, label, 0.6)
     pairs = vnncomp._disjunct_specs(query)
     with torch.no_grad():
         bounds = graph_bounds.crown_bounds(net, InputBatch.from_specs([pairs[0][0]], "cpu"))
@@ -500,13 +506,7 @@ def test_auto_attack_on_a_graph_runs_in_float32_and_its_sat_replays_in_float64(m
 
     monkeypatch.setattr(vnncomp, "_solve_with_certifier", record)
     monkeypatch.setattr(vnncomp, "BAB_MAX_INPUTS", 0)
-    lines = [f"(declare-const X_{i} Real)" for i in range(3)]
-    lines += [f"(declare-const Y_{j} Real)" for j in range(3)]
-    for i, v in enumerate(x):
-        lines += [f"(assert (>= X_{i} {float(v - 2.0)!r}))", f"(assert (<= X_{i} {float(v + 2.0)!r}))"]
-    others = [j for j in range(3) if j != label]
-    lines.append("(assert (or " + " ".join(f"(and (>= Y_{j} Y_{label}))" for j in others) + "))")
-    query = parse_vnnlib("\n".join(lines))
+    query = robustness_query(x, label, 2.0)
     result = solve(net, query, "auto", timeout=30.0)
     assert ("attack", {"stop_at_first": True, "dtype": "float32"}) in seen
     assert result.result == "sat", result.reason  # a wide box: some other class wins somewhere
@@ -702,3 +702,37 @@ def test_graph_backward_bound_reuse_gives_the_same_numbers():
         kept = graph_bounds.margin_lower_from(net, batch, bounds, alphas, terms, reuse=reuse)
         assert torch.equal(fresh, kept), trial
         assert reuse  # filled on the first pass, read on the others
+
+
+@pytest.mark.parametrize("calls", [3, 6, 10])
+def test_relu_bab_past_its_deadline_stops_inside_the_round_with_sound_bounds(calls):
+    """A deadline that expires inside a round (after `calls` checks): the search branches no
+    further (no round after it), answers unknown with reason timeout, and its row bounds stay
+    below the sampled margins, and no looser than the root's."""
+    from verify import deadline as deadlines
+
+    class ExpiresAfter:
+        def __init__(self, n: int):
+            self.n = n
+
+        def expired(self) -> bool:
+            self.n -= 1
+            return self.n < 0
+
+    net = residual_dag(1, n=4, width=10)
+    spec, _ = spec_at(net, 1, 0.4)
+    root = relu_bab.ReluSearch(net, spec, relu_bab.ReluBaBOptions(device="cpu", timeout=0),
+                               deadlines.active())
+    root_lower, _, _, _ = root.bound(root.domains, steps=0)
+    deadline = ExpiresAfter(calls)
+    search = relu_bab.ReluSearch(net, spec, relu_bab.ReluBaBOptions(device="cpu", timeout=0),
+                                 deadline)
+    result = search.run()
+    assert result.status == "unknown" and result.reason == "timeout", (result.status, result.reason)
+    assert deadline.n < 0 and deadline.n >= -2  # checked once or twice after expiring, no more
+    batch = InputBatch.from_specs([spec], "cpu")
+    values = _sampled_tensors(net, batch.lower, batch.upper, 1)
+    margins = net.join_outputs(values) @ batch.C[0].T - batch.d[0]
+    sampled = margins.min(0).values.numpy()
+    assert np.all(result.row_lower <= sampled + 1e-9)
+    assert np.all(result.row_lower >= np.minimum(root_lower.numpy(), sampled) - 1e-9)

@@ -351,7 +351,10 @@ class ReluSearch:
                       ProjectedAdam(list(betas.values()), self.options.lr_beta))
         reuse: dict = {}  # the bounds are fixed for this round's passes
         for step in range(steps + 1):
-            last = step == steps or self.deadline.expired()
+            expired = self.deadline.expired()
+            if expired and step > 0:  # the best iterate stands (sound); no coefficients are
+                break  # recorded, and `run` branches no further past the deadline
+            last = step == steps or expired
             with torch.enable_grad() if not last else torch.no_grad():
                 terms = {k: betas[k] * signs[k] for k in betas}
                 value = self.problem.margin_lower(batch, bounds, alphas, terms,
@@ -449,6 +452,11 @@ class ReluSearch:
             index = torch.nonzero(open_).squeeze(1)
             chosen = chosen.take(index)
             chosen.lower = lower[index]
+            if self.deadline.expired():  # no branching past it: they stay open, bounded
+                self.domains = Domains.cat([self.domains, chosen]) if len(self.domains) \
+                    else chosen
+                result.reason = "timeout"
+                break
             bounds = [(lo[index], up[index]) for lo, up in bounds] if isinstance(bounds, list) \
                 else {name: (lo[index], up[index]) for name, (lo, up) in bounds.items()}
             record = {k: v[index] for k, v in record.items()}
