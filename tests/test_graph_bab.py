@@ -4,6 +4,8 @@ sampling, the attack and, for a chain read as a graph, the chain's complete relu
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -718,6 +720,9 @@ def test_relu_bab_past_its_deadline_stops_inside_the_round_with_sound_bounds(cal
         def expired(self) -> bool:
             self.n -= 1
             return self.n < 0
+
+        def remaining(self) -> float:  # no limit on the clock: rounds are not cut
+            return math.inf
 
     net = residual_dag(1, n=4, width=10)
     spec, _ = spec_at(net, 1, 0.4)
