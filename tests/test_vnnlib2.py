@@ -552,3 +552,21 @@ def test_interval_margin_reads_zero_times_an_infinite_bound_as_zero():
     upper = torch.tensor([[2.0, math.inf]], dtype=torch.float64)
     margin = interval_margin(batch, lower, upper)
     assert margin[0, 0] == 0.5 and margin[0, 1] == -math.inf
+
+
+def test_one_network_declared_float16_is_checked_in_float16(tmp_path, capsys):
+    """y = 0.3 x stored in float32, queried in float16 at x = 1: float16's 0.3 is 0.30004883,
+    float32's 0.30000001, so y > 0.30002 is sat in float16 (onnxruntime runs the model retyped
+    to float16, as the error bound assumes) and unsat in float32."""
+    path = _model(tmp_path / "mul.onnx", [helper.make_node("Mul", ["x", "w"], ["y"])],
+                  {"x": [1]}, {"y": [1]}, {"w": [0.3]})
+    query = """(vnnlib-version <2.0>)
+(declare-network N (declare-input X {t} [1]) (declare-output Y {t} [1]))
+(assert (and (>= X[0] 1.0) (<= X[0] 1.0)))
+(assert (> Y[0] 0.30002))
+"""
+    code, out, err = _solve(tmp_path, query.format(t="float16"), {"N": path}, capsys)
+    assert code == 0 and out.startswith("sat\n"), err
+    assert float(out.splitlines()[-1]) == float(np.float16(0.3))
+    code, out, err = _solve(tmp_path, query.format(t="float32"), {"N": path}, capsys)
+    assert (code, out) == (0, "unsat\n"), err

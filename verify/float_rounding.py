@@ -829,13 +829,23 @@ def retyped_model(model, element_type: str):
     return copy
 
 
-def onnxruntime_forward(path: Union[str, Path], x: np.ndarray) -> np.ndarray:
-    """The model's first output from onnxruntime (CPU) on x, fed in the input's own type."""
+def onnxruntime_forward(path: Union[str, Path], x: np.ndarray,
+                        element_type: Optional[str] = None) -> np.ndarray:
+    """The model's first output from onnxruntime (CPU) on x, fed in the input's own type; with
+    `element_type` (a float format) other than the model's, the model retyped to it
+    (`retyped_model`: the graph evaluated in that precision, as the error bound assumes)."""
+    import onnx
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = onnx.load(str(path))
+    declared = model.graph.input[0].type.tensor_type.elem_type if model.graph.input else None
+    if element_type in ONNX_FLOAT_TYPES and declared in set(ONNX_FLOAT_TYPES.values()) \
+            and declared != ONNX_FLOAT_TYPES[element_type]:
+        model = retyped_model(model, element_type)
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
     inp = session.get_inputs()[0]
     dtype = {"tensor(float)": np.float32, "tensor(double)": np.float64,
              "tensor(float16)": np.float16}.get(inp.type, np.float32)

@@ -313,7 +313,7 @@ def _float_counterexample(query, model: Path, x, kind: str):
         if own is not None and not query.violated_by(xf, own):
             continue
         try:
-            y = onnxruntime_forward(model, xf)
+            y = onnxruntime_forward(model, xf, kind)
         except Exception:  # noqa: BLE001 - no onnxruntime evaluation: no sat claimed
             return None
         if query.violated_by(xf, y):
