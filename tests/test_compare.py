@@ -365,3 +365,19 @@ def test_one_input_out_writes_the_table_csv_json_png(tmp_path, capsys, digits_ml
         captured = capsys.readouterr()
         assert code == 2 and expected in captured.err and captured.out == ""
         assert not never.exists()
+
+
+def test_out_with_a_folder_where_a_file_goes_writes_nothing(tmp_path, capsys, digits_mlp_path,
+                                                           digits_test):
+    """compare.csv already a folder in --out: one line, exit 2, and no compare.txt left
+    behind (every file name is checked before any is written)."""
+    x, y = digits_test[0][4], int(digits_test[1][4])
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "cmp"
+    (out / "compare.csv").mkdir(parents=True)
+    code = main(["compare", str(digits_mlp_path), "--eps", "0.1", "--input",
+                 str(tmp_path / "x.npy"), "--label", str(y), "--methods", "ibp",
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "compare.csv" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["compare.csv"]

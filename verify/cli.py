@@ -282,6 +282,9 @@ def cmd_demo(args) -> int:
     return 0
 
 
+COMPARE_FILES = ("compare.txt", "compare.csv", "compare.json", "compare.png")
+
+
 def cmd_compare(args) -> int:
     from .compare import (check_methods, compare, compare_one, format_table, plot_curves,
                           one_input_records, write_json, write_one_input)
@@ -301,7 +304,7 @@ def cmd_compare(args) -> int:
         x = read_input(args.input)
         robustness_spec(net.input_size, net.output_size, x, args.label, args.eps[0], args.norm,
                         domain)  # input, label and eps refused before the folder is made
-        out = check_output_folder(args.out) if args.out else None
+        out = check_output_folder(args.out, COMPARE_FILES) if args.out else None
         table, certs = compare_one(net, x, args.label, args.eps[0], args.norm, args.methods,
                                    domain, options)
         print(table)
@@ -334,7 +337,7 @@ def cmd_compare(args) -> int:
     for eps in args.eps:  # all of them before any file is opened
         if not np.isfinite(eps) or eps < 0:
             raise InputError(f"--eps must be finite and >= 0, got {eps}")
-    out = check_output_folder(args.out) if args.out else None
+    out = check_output_folder(args.out, COMPARE_FILES) if args.out else None
     rows, records = compare(net, xs, ys, args.eps, args.norm, args.methods, domain,
                             out / "compare.csv" if out else None,
                             progress=_progress_line, options=options, workers=args.workers,

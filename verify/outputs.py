@@ -16,7 +16,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Sequence, Union
 
 from .errors import InputError
 
@@ -42,18 +42,23 @@ def check_output_file(path: PathLike) -> Path:
     """`path` as a Path, once its folder exists and takes a new file; InputError otherwise."""
     out = Path(path)
     if not out.parent.is_dir():
-        raise InputError(f"{path}: the folder {out.parent} does not exist")
+        raise InputError(f"{path}: {out.parent} is a file, not a folder" if out.parent.exists()
+                         else f"{path}: the folder {out.parent} does not exist")
     if out.is_dir():
         raise InputError(f"{path}: a folder is there; give a file name")
     _probe(out.parent, path)
     return out
 
 
-def check_output_folder(path: PathLike) -> Path:
-    """`path` as a folder (made if missing) that takes new files; InputError otherwise."""
+def check_output_folder(path: PathLike, names: Sequence[str] = ()) -> Path:
+    """`path` as a folder (made if missing) that takes new files, among them `names` (none of
+    which may be a folder there); InputError otherwise, before anything is written."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise InputError(f"{path}: a file is there; --out takes a folder")
+    for name in names:
+        if (out / name).is_dir():
+            raise InputError(f"{out / name}: a folder is there, where {name} goes")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
