@@ -364,8 +364,8 @@ def test_random_dag_ball_bounds_hold(seed, n, smooth, norm, eps):
 
 
 def test_average_pool_ceil_mode_matches_onnxruntime():
-    """AveragePool with ceil_mode 0 / 1 and count_include_pad 0 / 1, asymmetric pads, 1-D and
-    2-D: the loader's output shape and values (the last, partial window divided by the count
+    """AveragePool with ceil_mode 0 / 1, count_include_pad 0 / 1, dilations 1 / 2, asymmetric
+    pads, 1-D and 2-D: the loader's output shape and values (the last, partial window divided by the count
     onnxruntime uses: its input cells, or those of the explicitly padded input, never the cells
     ceil_mode adds) are onnxruntime's."""
     import itertools
@@ -378,12 +378,14 @@ def test_average_pool_ceil_mode_matches_onnxruntime():
     checked = 0
     for size, k, s, p, include, ceil in itertools.product([4, 5, 7], [2, 3], [1, 2, 3], [0, 1],
                                                           [0, 1], [0, 1]):
+        dilation = 2 if (size + k + s) % 3 == 0 else 1  # a third of the shapes dilated
         for spatial in ([size, size + 1], [size + 2]):
             d = len(spatial)
             pads = [p] * d + [min(p + 1, k - 1)] + [p] * (d - 1)  # end pads != begin pads
             model = make_model([helper.make_node(
                 "AveragePool", ["x"], ["y"], kernel_shape=[k] * d, strides=[s] * d, pads=pads,
-                count_include_pad=include, ceil_mode=ceil)], [tensor("x", [1, 2, *spatial])],
+                count_include_pad=include, ceil_mode=ceil, dilations=[dilation] * d)],
+                [tensor("x", [1, 2, *spatial])],
                 [tensor("y", None)], opset=19)
             x = rng.normal(size=(1, 2, *spatial)).astype(np.float32)
             expected = ort.InferenceSession(model.SerializeToString(), options).run(

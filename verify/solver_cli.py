@@ -104,7 +104,9 @@ ATTRIBUTE_PROBES = {
     "Cast": (("a variable tensor to int64", [1, 3], {}, {"to": 7}),  # TensorProto.INT64
              ("a variable tensor to float16", [1, 3], {}, {"to": 10})),  # TensorProto.FLOAT16
     "AveragePool": (("ceil_mode=1", [1, 1, 5, 5], {},
-                     {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),),
+                     {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),
+                    ("dilations", [1, 1, 6, 6], {},
+                     {"kernel_shape": [2, 2], "dilations": [2, 2], "pads": [1, 0, 0, 1]})),
     "MaxPool": (("ceil_mode=1", [1, 1, 5, 5], {},
                  {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),),
 }

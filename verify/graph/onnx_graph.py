@@ -520,8 +520,6 @@ class GraphReader:
         shape = self.shapes[names[0]]
         params = self._pool(attrs, shape)
         k = len(params["kernel"])
-        if params["dilations"] != [1] * k:
-            raise NodeError("dilated average pooling is not supported")
         explicit = self._spatial_attrs(attrs, shape, params["kernel"])["pads"]
         params["factor"] = np.ones(1)
         if attrs.get("count_include_pad", 0):  # counted: the explicitly padded input

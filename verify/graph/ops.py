@@ -24,6 +24,7 @@ handles Relu handles them.
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -126,9 +127,17 @@ def f_average_pool(node: Node, xs: list[Tensor], p: dict) -> Tensor:
     (all cells with count_include_pad, else only the real ones): `factor` holds that scaling."""
     x, b = _spatial(xs[0], node)
     x = F.pad(x, _pad_pairs(p["pads"]))
-    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[len(p["kernel"])]
-    y = pool(x, p["kernel"], p["strides"]) * p["factor"]
-    return _unspatial(y, b)
+    k = len(p["kernel"])
+    if any(d != 1 for d in p.get("dilations", [1] * k)):  # a dilated window: a depthwise conv
+        channels = x.shape[1]
+        weight = torch.full((channels, 1, *p["kernel"]), 1.0 / math.prod(p["kernel"]),
+                            dtype=x.dtype, device=x.device)
+        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[k]
+        y = conv(x, weight, stride=p["strides"], dilation=p["dilations"], groups=channels)
+    else:
+        pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[k]
+        y = pool(x, p["kernel"], p["strides"])
+    return _unspatial(y * p["factor"], b)
 
 
 def f_global_average_pool(node: Node, xs: list[Tensor], p: dict) -> Tensor:
