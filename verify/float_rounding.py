@@ -314,13 +314,16 @@ def _check_casts(model, reader) -> None:
     """Casts of variable tensors to float32 / float16 / float64 are the IR's Cast (rounded to
     the target, `_cast_error`), to integer and bool types graph.discrete's Trunc / Compare;
     a cast to another type (bfloat16) rounds in a way not modelled here."""
+    from .onnx_proto import type_name
+
     for node in model.graph.node:
         if node.op_type == "Cast" and reader.var(node.input[0]) in reader.shapes:
             to = next((a.i for a in node.attribute if a.name == "to"), None)
             if to not in ONNX_FORMATS and to not in (2, 3, 4, 5, 6, 7, 9, 12, 13):
                 raise FloatSemanticsError(f"node '{node.name or node.op_type}' (Cast): a cast "
-                                          f"of a variable tensor to element type {to} rounds; "
-                                          "its rounding is not modelled")
+                                          "of a variable tensor to element type "
+                                          f"{type_name(to)} rounds; its rounding is not "
+                                          "modelled")
 
 
 def _coarsest(formats) -> str:
@@ -330,10 +333,12 @@ def _coarsest(formats) -> str:
 
 def _cast_target(node, element_type: str, retyped: bool) -> str:
     """The format a Cast node rounds to: its target, or `element_type` in a retyped graph."""
+    from .onnx_proto import type_name
+
     to = node.params["to"]
     if to not in ONNX_FORMATS:
-        raise FloatSemanticsError(f"node '{node.name}' (Cast): a cast to element type {to} "
-                                  "rounds; its rounding is not modelled")
+        raise FloatSemanticsError(f"node '{node.name}' (Cast): a cast to element type "
+                                  f"{type_name(to)} rounds; its rounding is not modelled")
     return element_type if retyped else ONNX_FORMATS[to]
 
 

@@ -80,7 +80,8 @@ _DTYPES: dict[int, tuple[Any, str]] = {
 _BFLOAT16 = 16
 
 
-def _type_name(data_type: int) -> str:
+def type_name(data_type: int) -> str:
+    """An ONNX element type's name (BFLOAT16 for 16), or the number when it has none."""
     try:
         return TensorProto.DataType.Name(data_type)
     except ValueError:
@@ -97,7 +98,7 @@ def tensor_to_array(tensor) -> np.ndarray:
     if tensor.data_location == TensorProto.EXTERNAL:
         raise ValueError(f"tensor '{name}' has external data that was not loaded")
     if tensor.data_type not in _DTYPES:
-        raise ValueError(f"tensor '{name}' has type {_type_name(tensor.data_type)}, "
+        raise ValueError(f"tensor '{name}' has type {type_name(tensor.data_type)}, "
                          f"which is not numeric")
     dtype, field = _DTYPES[tensor.data_type]
     shape = tuple(int(d) for d in tensor.dims)

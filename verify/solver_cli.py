@@ -285,7 +285,8 @@ def _float_widened_error(model: Path, lower, upper, kind: str, net=None):
         return None, f"{kind} rounding not bounded: {type(exc).__name__}: " \
                      f"{' '.join(str(exc).split())[:200]}"
     if not np.all(np.isfinite(error)):
-        return None, f"{kind} evaluation may overflow on the box"
+        return None, f"{kind} evaluation may overflow on the box, or its rounding error bound is " \
+                     "unbounded there"
     return error, None
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import UnsupportedModelError
-from ..onnx_proto import attribute_value, static_input_shape, tensor_to_array
+from ..onnx_proto import attribute_value, static_input_shape, tensor_to_array, type_name
 from . import ops
 from .ir import Graph, Node, Shape, size_of
 
@@ -265,8 +265,8 @@ class GraphReader:
             self.emit("Trunc", node.name, [names[0]], {"range": np.asarray(
                 INTEGER_RANGES[to], dtype=np.float64)}, node.output[0])
         else:
-            raise NodeError(f"casts a variable tensor to element type {to} (only float, bool "
-                            "and integer casts are supported)")
+            raise NodeError(f"casts a variable tensor to element type {type_name(to)} (only "
+                            "float, bool and integer casts are supported)")
 
     # -- comparisons, Where, Pow (graph.discrete) ----------------------------------------------
     def compare(self, node, relation: str, a, b) -> None:
