@@ -76,6 +76,16 @@ class ProjectedAdam:
         for p in self.params:
             p.grad = None
 
+    def ascend(self, objective: Tensor, slopes) -> None:
+        """One step up the scalar `objective`, then the Relu `slopes` projected onto [0, 1]
+        (which keeps the next iterate sound)."""
+        self.zero_grad()
+        (-objective).backward()
+        self.step()
+        with torch.no_grad():
+            for alpha in slopes:
+                alpha.clamp_(0.0, 1.0)
+
     @torch.no_grad()
     def step(self) -> None:
         self.t += 1
@@ -143,12 +153,7 @@ def optimized_margin_lower(net: Network, batch: InputBatch, options: AlphaCROWNO
             if timer.expired():  # every iterate is sound: stop with the best bounds so far
                 timed_out = True
                 break
-            optimizer.zero_grad()
-            (-lower[~proved].sum()).backward()
-            optimizer.step()
-            with torch.no_grad():  # projection onto [0, 1]: keeps the next iterate sound
-                for alpha in trainable:
-                    alpha.clamp_(0.0, 1.0)
+            optimizer.ascend(lower[~proved].sum(), trainable)
     rows = sum(int(valid.sum()) for _, valid in selections.values())
     passes_per_step = 1 + (len(inner_alphas) if inner_alphas else 0)
     cost = {"bound_passes": len(selections) + 1 + steps_done * passes_per_step,
@@ -202,12 +207,7 @@ def graph_optimized_margin_lower(net, batch: InputBatch, options: AlphaCROWNOpti
             steps_done = step + 1
             if options.early_stop and bool((best > 0).all()):
                 break
-            optimizer.zero_grad()
-            (-lower[~proved].sum()).backward()
-            optimizer.step()
-            with torch.no_grad():  # projection onto [0, 1]: keeps the next iterate sound
-                for alpha in alphas.values():
-                    alpha.clamp_(0.0, 1.0)
+            optimizer.ascend(lower[~proved].sum(), alphas.values())
     _remember_slopes(net, batch, best_slopes)
     cost = {"bound_passes": 1 + steps_done, "alpha_steps": steps_done, **inner_cost}
     if timed_out or inner_cost.get("stopped_at_deadline"):
@@ -299,12 +299,7 @@ def graph_optimized_intermediate(net, batch: InputBatch, bounds: dict[str, Bound
             if timer.expired():
                 cost["stopped_at_deadline"] = 1
                 break
-            optimizer.zero_grad()
-            (-value.sum()).backward()
-            optimizer.step()
-            with torch.no_grad():
-                for alpha in alphas.values():
-                    alpha.clamp_(0.0, 1.0)
+            optimizer.ascend(value.sum(), alphas.values())
         new_lo, new_up = flat_lo.clone(), flat_up.clone()
         new_lo[:, rows], new_up[:, rows] = best[:, :r], -best[:, r:]
         bounds[z] = (new_lo.reshape(lo.shape), new_up.reshape(up.shape))

@@ -196,12 +196,7 @@ def optimized_lower(net: Network, lower: torch.Tensor, upper: torch.Tensor, A: t
                 magnitude = ((lam_abs @ A.abs()) * f_max).sum(1) + lam_abs @ b.abs()
                 best = torch.maximum(best, value.detach() - rounding_slack(
                     magnitude, len(A), f_max.sum(-1)))  # (lam A's entries, times f)
-            optimizer.zero_grad()
-            (-value.sum()).backward()
-            optimizer.step()
-            with torch.no_grad():
-                for alpha in alphas.values():
-                    alpha.clamp_(0.0, 1.0)
+            optimizer.ascend(value.sum(), alphas.values())
     return best
 
 
