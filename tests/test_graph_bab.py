@@ -223,14 +223,7 @@ def test_auto_on_a_graph_goes_through_alpha_crown_and_relu_bab():
     x = np.random.default_rng(5).uniform(-1, 1, net.input_size)
     label = int(np.argmax(net.forward(x)))
     eps = 0.1
-    lines = [f"(declare-const X_{i} Real)" for i in range(net.input_size)]
-    lines += [f"(declare-const Y_{j} Real)" for j in range(3)]
-    for i, v in enumerate(x):
-        lines += [f"(assert (>= X_{i} {float(v - eps)!r}))",
-                  f"(assert (<= X_{i} {float(v + eps)!r}))"]
-    others = [j for j in range(3) if j != label]
-    lines.append("(assert (or " + " ".join(f"(and (>= Y_{j} Y_{label}))" for j in others) + "))")
-    query = parse_vnnlib("\n".join(lines))
+    query = robustness_query(x, label, eps)
     result = solve(net, query, "auto", timeout=20.0)
     assert result.method.startswith("auto:") and result.result in ("sat", "unsat")
     spec = robustness_spec(net.input_size, 3, x, label, eps, "inf", None)
