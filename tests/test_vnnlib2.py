@@ -552,6 +552,30 @@ def test_interval_margin_reads_zero_times_an_infinite_bound_as_zero():
     upper = torch.tensor([[2.0, math.inf]], dtype=torch.float64)
     margin = interval_margin(batch, lower, upper)
     assert margin[0, 0] == 0.5 and margin[0, 1] == -math.inf
+    # a NaN bound (inf - inf upstream) proves nothing: its row stays NaN, the other row as is
+    lower, upper = lower.clone(), upper.clone()
+    lower[0, 1], upper[0, 1] = math.nan, math.nan
+    margin = interval_margin(batch, lower, upper)
+    assert margin[0, 0] == 0.5 and math.isnan(margin[0, 1])
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown"])
+def test_an_unbounded_exp_gives_no_unsat(tmp_path, method, capsys):
+    """y0 = -exp(x0) with x0 up to 1000 (exp overflows: an infinite, then NaN, bound), y1 = x1:
+    y0 < 0 and y1 = 0.3 holds at x = (0, 0.3), so no method may answer unsat (a NaN bound once
+    read as 0 made IBP and CROWN refute it)."""
+    path = _model(tmp_path / "expneg.onnx", [
+        helper.make_node("Exp", ["x"], ["e"]), helper.make_node("MatMul", ["e", "W"], ["a"]),
+        helper.make_node("MatMul", ["x", "V"], ["b"]), helper.make_node("Add", ["a", "b"], ["y"])],
+        {"x": [1, 2]}, {"y": [1, 2]},
+        {"W": [[-1.0, 0.0], [0.0, 0.0]], "V": [[0.0, 0.0], [0.0, 1.0]]})
+    query = """(vnnlib-version <2.0>)
+(declare-network N (declare-input X real [1,2]) (declare-output Y real [1,2]))
+(assert (and (>= X[0,0] -1.0) (<= X[0,0] 1000.0) (>= X[0,1] -1.0) (<= X[0,1] 1.0)))
+(assert (and (< Y[0,0] 0.0) (>= Y[0,1] 0.3) (<= Y[0,1] 0.3)))
+"""
+    code, out, err = _solve(tmp_path, query, {"N": path}, capsys, "--method", method)
+    assert code == 0 and out != "unsat\n", err
 
 
 def test_one_network_declared_float16_is_checked_in_float16(tmp_path, capsys):

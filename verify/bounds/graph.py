@@ -216,15 +216,20 @@ def output_bounds(net, bounds: dict[str, Bounds]) -> Bounds:
 
 
 def interval_margin(batch: InputBatch, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
-    """Lower bound of C y - d over the box [lower, upper] of y (rounding included)."""
+    """Lower bound of C y - d over the box [lower, upper] of y (rounding included). A zero
+    coefficient times an infinite bound counts 0; a NaN bound leaves its rows NaN (unproved)."""
     c_pos, c_neg = batch.C.clamp(min=0), batch.C.clamp(max=0)
-    if not (torch.isfinite(lower).all() and torch.isfinite(upper).all()):  # 0 * inf is 0 here
-        lo = sum((c * v[:, None, :]).nan_to_num(nan=0.0, posinf=math.inf, neginf=-math.inf)
-                 for c, v in ((c_pos, lower), (c_neg, upper))).sum(-1)
-    else:
+    peak = torch.maximum(lower.abs(), upper.abs())
+    if torch.isfinite(lower).all() and torch.isfinite(upper).all():
         lo = torch.einsum("bmk,bk->bm", c_pos, lower) + torch.einsum("bmk,bk->bm", c_neg, upper)
-    magnitude = torch.einsum("bmk,bk->bm", batch.C.abs(), torch.maximum(lower.abs(), upper.abs()))
-    slack = rounding_slack(magnitude.nan_to_num(nan=0.0) + batch.d.abs(), batch.C.shape[2])
+        magnitude = torch.einsum("bmk,bk->bm", batch.C.abs(), peak)
+    else:
+        def times(c: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # (B, m): sum_k c v, 0 * v = 0
+            return torch.where(c == 0, torch.zeros((), dtype=c.dtype, device=c.device),
+                               c * v[:, None, :]).sum(-1)
+        lo = times(c_pos, lower) + times(c_neg, upper)
+        magnitude = times(batch.C.abs(), peak)  # (torch.maximum keeps a NaN)
+    slack = rounding_slack(magnitude + batch.d.abs(), batch.C.shape[2])
     return outward_margin(batch.C, batch.d, lo - batch.d, slack)
 
 
