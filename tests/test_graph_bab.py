@@ -553,11 +553,9 @@ def _sampled_tensors(net, lower: torch.Tensor, upper: torch.Tensor, seed: int,
         return net.run(net.split_input(x))
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_graph_optimized_intermediate_bounds_are_sound_and_no_looser_than_crown(seed):
-    """alpha-CROWN on the pre-activation bounds of a residual graph: every Relu input's new
-    bounds contain the sampled values (random points and corners), are at least as tight as
-    CROWN's, and over the seeds strictly tighter somewhere."""
+def _optimized_intermediate(seed: int):
+    """A residual graph's CROWN bounds and alpha-CROWN's optimised bounds of its Relu inputs:
+    (net, batch, crown, targets, tight, cost)."""
     from verify.bounds import alpha_crown
 
     net = residual_dag(seed, n=4, width=10)
@@ -566,8 +564,17 @@ def test_graph_optimized_intermediate_bounds_are_sound_and_no_looser_than_crown(
     with torch.no_grad():
         crown = graph_bounds.crown_bounds(net, batch)
     targets = alpha_crown.graph_relu_inputs(net)
-    assert "x" not in targets and targets  # the Relu on the input: affine, nothing to optimise
     tight, cost = alpha_crown.graph_optimized_intermediate(net, batch, crown, targets, steps=20)
+    return net, batch, crown, targets, tight, cost
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_graph_optimized_intermediate_bounds_are_sound_and_no_looser_than_crown(seed):
+    """alpha-CROWN on the pre-activation bounds of a residual graph: every Relu input's new
+    bounds contain the sampled values (random points and corners), are at least as tight as
+    CROWN's, and over the seeds strictly tighter somewhere."""
+    net, batch, crown, targets, tight, cost = _optimized_intermediate(seed)
+    assert "x" not in targets and targets  # the Relu on the input: affine, nothing to optimise
     values = _sampled_tensors(net, batch.lower, batch.upper, seed)
     for z in targets:
         (lo0, up0), (lo, up) = crown[z], tight[z]
@@ -579,17 +586,9 @@ def test_graph_optimized_intermediate_bounds_are_sound_and_no_looser_than_crown(
 def test_graph_optimized_intermediate_tightens_some_bound():
     """The optimisation does something: on some of a few residual graphs a Relu input's bounds
     shrink (the soundness test above only shows they never loosen)."""
-    from verify.bounds import alpha_crown
-
     gained = 0.0
     for seed in range(2):
-        net = residual_dag(seed, n=4, width=10)
-        spec, _ = spec_at(net, seed, 0.4)
-        batch = InputBatch.from_specs([spec], "cpu")
-        with torch.no_grad():
-            crown = graph_bounds.crown_bounds(net, batch)
-        targets = alpha_crown.graph_relu_inputs(net)
-        tight, _ = alpha_crown.graph_optimized_intermediate(net, batch, crown, targets, steps=20)
+        _, _, crown, targets, tight, _ = _optimized_intermediate(seed)
         gained += sum(float((crown[z][1] - crown[z][0]).sum() - (tight[z][1] - tight[z][0]).sum())
                       for z in targets)
     assert gained > 1e-6
