@@ -50,6 +50,19 @@ class _Builder:
     def weights(self, *shape, scale=1.0):
         return self.rng.standard_normal(shape) * scale / np.sqrt(np.prod(shape[1:]))
 
+    def save(self, y: str, path, input_shape: list, elem: int = TensorProto.FLOAT,
+             output_shape=None):
+        """The graph X -> ... -> y, its output renamed Y, as an opset-13 model at `path`."""
+        self.nodes.append(helper.make_node("Identity", [y], ["Y"]))
+        graph = helper.make_graph(self.nodes, Path(path).stem,
+                                  [helper.make_tensor_value_info("X", elem, input_shape)],
+                                  [helper.make_tensor_value_info("Y", elem, output_shape)],
+                                  self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        onnx.save(model, str(path))
+        return path
+
 
 def _conv_residual(b: _Builder, x: str) -> str:
     """(1, 2, 6, 6): Conv + BN + Relu, a residual Add, MaxPool, AveragePool, Sigmoid, Concat,
@@ -111,14 +124,7 @@ def _save(path: Path, kind: str, seed: int, elem) -> Path:
     dtype = np.float32 if elem == TensorProto.FLOAT else np.float64
     b = _Builder(np.random.default_rng(seed), dtype)
     y = build(b, "X")
-    b.nodes.append(helper.make_node("Identity", [y], ["Y"]))
-    graph = helper.make_graph(b.nodes, kind,
-                              [helper.make_tensor_value_info("X", elem, ["N", *shape[1:]])],
-                              [helper.make_tensor_value_info("Y", elem, None)], b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return b.save(y, path, ["N", *shape[1:]], elem)
 
 
 def _ort(path: Path, x: np.ndarray, dtype) -> np.ndarray:
@@ -226,16 +232,7 @@ def _one_input_model(tmp_path: Path, build, name: str = "m") -> Path:
     """X [1] -> build(builder) -> Y [1], float32, saved as NAME.onnx."""
     b = _Builder(np.random.default_rng(0), np.float32)
     y = build(b)
-    b.nodes.append(helper.make_node("Identity", [y], ["Y"]))
-    graph = helper.make_graph(b.nodes, "m",
-                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])],
-                              b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path = tmp_path / f"{name}.onnx"
-    onnx.save(model, str(path))
-    return path
+    return b.save(y, tmp_path / f"{name}.onnx", [1], output_shape=[1])
 
 
 @pytest.mark.parametrize("case", ["constant_cancellation", "cast_to_bfloat16"])
@@ -267,15 +264,7 @@ def test_softmax_bound_holds_with_a_wide_spread(tmp_path, scale):
     b = _Builder(rng, np.float32)
     y = b.op("Softmax", [b.op("MatMul", ["X", b.const(rng.standard_normal((5, 10)) * scale)])],
              axis=1)
-    b.nodes.append(helper.make_node("Identity", [y], ["Y"]))
-    graph = helper.make_graph(b.nodes, "softmax",
-                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 5])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
-                              b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path = tmp_path / "softmax.onnx"
-    onnx.save(model, str(path))
+    path = b.save(y, tmp_path / "softmax.onnx", ["N", 5])
     net = load_onnx(path)
     lower, upper = np.full(5, -1.0), np.full(5, 1.0)
     error = evaluation_error(path, lower, upper)
@@ -315,15 +304,7 @@ def _coherent_model(tmp_path: Path, n: int = 32) -> tuple[Path, np.ndarray]:
     h = b.op("Sub", [b.op("Add", ["X", b.const(16384.0)]), b.const(16384.0)])
     z = b.op("Relu", [b.op("Add", [b.op("MatMul", [h, b.const(q)]), b.const(np.full(n, 10.0))])])
     y = b.op("MatMul", [z, b.const(q.T @ np.ones((n, 1)))])
-    b.nodes.append(helper.make_node("Identity", [y], ["Y"]))
-    graph = helper.make_graph(b.nodes, "coherent",
-                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", n])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
-                              b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path = tmp_path / "coherent.onnx"
-    onnx.save(model, str(path))
+    path = b.save(y, tmp_path / "coherent.onnx", ["N", n])
     ks = rng.integers(0, 511, (50, n))
     points = (ks * 2.0 ** -9 + 3 * 2.0 ** -12).astype(np.float32).astype(np.float64)
     return path, points
@@ -460,15 +441,7 @@ def test_random_graph_bound_holds(tmp_path_factory, seed, depth, width, scale, r
     b = _Builder(rng, np.float32)
     acts = list(rng.choice(["Relu", "Relu", "Tanh", "Sigmoid"], depth))
     y = _random_mlp(b, "X", [width] * depth, acts, list(rng.random(depth) < 0.5), scale)
-    b.nodes.append(helper.make_node("Identity", [y], ["Y"]))
-    graph = helper.make_graph(b.nodes, "random",
-                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
-                              b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path = tmp_path_factory.mktemp("random") / "m.onnx"
-    onnx.save(model, str(path))
+    path = b.save(y, tmp_path_factory.mktemp("random") / "m.onnx", ["N", 4])
     center = rng.normal(size=4)
     lower = center - radius * rng.uniform(0.2, 1, 4)
     upper = center + radius * rng.uniform(0.2, 1, 4)
