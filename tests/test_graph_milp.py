@@ -156,14 +156,34 @@ def random_dag(seed: int) -> GraphNetwork:
     return graph_net(nodes, inits, shape=(1, 3), name=f"dag{seed}")
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_ordering_law_on_random_dags(seed):
-    """CROWN <= LP <= exact MILP <= sampled and attacked values, row by row."""
-    net = random_dag(seed)
+def moving_dag(seed: int) -> GraphNetwork:
+    """3 inputs -> Gemm -> Relu -> (1, 2, 2, 2) -> Pad with 0.25 -> dilated AveragePool
+    (ceil_mode) -> Concat with the Relu output -> Relu -> Gemm to 3 outputs: the data-movement
+    nodes (moved bounds) and a dilated pool in one graph."""
+    rng = np.random.default_rng(seed)
+    weight = lambda *s: rng.normal(size=s) * 0.7
+    nodes = [n("Gemm", ["x", "W0", "b0"], "h0"), n("Relu", ["h0"], "t0"),
+             n("Reshape", ["t0", "sh"], "i0"), n("Pad", ["i0", "pads", "pv"], "p0"),
+             n("AveragePool", ["p0"], "a0", kernel_shape=[2, 2], dilations=[2, 2], ceil_mode=1,
+               strides=[1, 1]),
+             n("Flatten", ["a0"], "f0"), n("Concat", ["f0", "t0"], "c0", axis=1),
+             n("Relu", ["c0"], "r0"), n("Gemm", ["r0", "Wout"], "y")]
+    inits = [("W0", weight(3, 8)), ("b0", weight(8) * 0.3), ("sh", np.array([1, 2, 2, 2])),
+             ("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1])), ("pv", np.array(0.25)),
+             ("Wout", weight(16, 3))]
+    return graph_net(nodes, inits, shape=(1, 3), name=f"moving{seed}")
+
+
+@pytest.mark.parametrize("seed,build", [(s, random_dag) for s in range(6)]
+                         + [(s, moving_dag) for s in range(3)])
+def test_ordering_law_on_random_dags(seed, build):
+    """IBP <= CROWN <= LP <= exact MILP <= sampled and attacked values, row by row."""
+    net = build(seed)
     rng = np.random.default_rng(seed)
     x, eps = rng.uniform(-1, 1, 3), 0.3
     label = int(np.argmax(net.forward(x)))
     spec = robustness_spec(3, 3, x, label, eps, "inf", None)
+    ibp = row_values(backends.certify_specs(net, [spec], "ibp", device="cpu")[0], label)[0]
     crown = row_values(backends.certify_specs(net, [spec], "crown", device="cpu")[0], label)[0]
     lp = row_values(backends.certify_specs(net, [spec], "lp")[0], label)[0]
     milp = backends.certify_specs(net, [spec], "milp", exact_margins=True)[0]
@@ -171,6 +191,7 @@ def test_ordering_law_on_random_dags(seed):
     attack = backends.certify_specs(net, [spec], "attack", device="cpu")[0]
     samples = x + rng.uniform(-eps, eps, (3000, 3))
     sampled = np.min([spec.output.values(o) for o in net.forward(samples)], axis=0)
+    assert np.all(ibp <= crown + 1e-12 * (1 + np.abs(crown)))  # (an ulp either way)
     assert np.all(crown <= lp + 1e-9) and np.all(lp <= exact + 1e-7)
     assert np.all(exact <= sampled + 1e-9) and np.all(upper - exact <= 1e-6)
     attacked = row_values(attack, label)[1]
