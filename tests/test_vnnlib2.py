@@ -594,3 +594,29 @@ def test_one_network_declared_float16_is_checked_in_float16(tmp_path, capsys):
     assert float(out.splitlines()[-1]) == float(np.float16(0.3))
     code, out, err = _solve(tmp_path, query.format(t="float32"), {"N": path}, capsys)
     assert (code, out) == (0, "unsat\n"), err
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown", "auto"])
+def test_unbounded_ends_never_read_as_zero_in_products_and_polynomials(tmp_path, method, capsys):
+    """5 - exp(x) over x in [0, 1000]: its upper end was inf - inf = NaN, which the product's
+    corners and the polynomial's interval read as 0 * inf = 0. (5 - exp(x)) x >= 1 and the
+    polynomial y0 y1 >= 1, (y1 - 0.5)^2 <= 1e-12 both hold at x = 0.5, so neither is unsat."""
+    five = {"five": [5.0]}
+    product = _model(tmp_path / "product.onnx", [
+        helper.make_node("Exp", ["x"], ["e"]), helper.make_node("Sub", ["five", "e"], ["n"]),
+        helper.make_node("Mul", ["n", "x"], ["y"])], {"x": [1]}, {"y": [1]}, five)
+    pair = _model(tmp_path / "pair.onnx", [
+        helper.make_node("Exp", ["x"], ["e"]), helper.make_node("Sub", ["five", "e"], ["n"]),
+        helper.make_node("Concat", ["n", "x"], ["y"], axis=0)], {"x": [1]}, {"y": [2]}, five)
+    box = "(assert (and (>= X[0] 0.0) (<= X[0] 1000.0)))\n"
+    head = "(vnnlib-version <2.0>)\n(declare-network N (declare-input X real [1]) " \
+        "(declare-output Y real [{n}]))\n" + box
+    code, out, err = _solve(tmp_path, head.format(n=1) + "(assert (>= Y[0] 1.0))",
+                            {"N": product}, capsys, "--method", method)
+    assert code == 0 and out != "unsat\n", err
+    (y,) = _ort(product, {"x": 0.5}, ["y"])
+    assert y[0] >= 1.0  # the witness
+    code, out, err = _solve(tmp_path, head.format(n=2) + "(assert (>= (* Y[0] Y[1]) 1.0))\n"
+                            "(assert (<= (* (- Y[1] 0.5) (- Y[1] 0.5)) 0.000000000001))",
+                            {"N": pair}, capsys, "--method", method)
+    assert code == 0 and out != "unsat\n", err

@@ -105,7 +105,10 @@ class Polynomial:
 
     def lower_bound(self, lower: np.ndarray, upper: np.ndarray) -> float:
         """A lower bound of the polynomial over the box lower <= y <= upper (interval
-        arithmetic, float64 with outward slack)."""
+        arithmetic, float64 with outward slack). A NaN bound counts as unbounded (-inf / +inf),
+        so a NaN corner below can only be 0 * inf, which is 0."""
+        lower = np.where(np.isnan(lower), -np.inf, lower)
+        upper = np.where(np.isnan(upper), np.inf, upper)
         total = self.const
         for m, c in self.terms.items():
             lo, hi = 1.0, 1.0

@@ -161,6 +161,15 @@ def linear_interval(net, k: int, node, ins: list[Bounds]) -> Bounds:
 
 
 def node_interval(net, k: int, node, ins: list[Bounds]) -> Bounds:
+    """Sound bounds of node k's output from its inputs' intervals; an end that comes out NaN
+    (inf - inf from an unbounded input) is widened to -inf / +inf, so no rule downstream reads a
+    NaN bound (a rule that reads 0 * inf as 0 would read it as 0)."""
+    lo, up = _node_interval(net, k, node, ins)
+    return lo.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf), \
+        up.nan_to_num(nan=math.inf, posinf=math.inf, neginf=-math.inf)
+
+
+def _node_interval(net, k: int, node, ins: list[Bounds]) -> Bounds:
     if node.op in ops.LINEAR:
         return linear_interval(net, k, node, ins)
     lo, up = ins[0]
@@ -323,6 +332,9 @@ def backward_bound(net, batch: InputBatch, bounds: dict[str, Bounds], start: str
                     in_mag = [torch.maximum(bounds[i][0].abs(), bounds[i][1].abs())
                               for i in node.inputs]
                     step = forward(node, in_mag, params_abs[k]) + bias.abs()
+                    # a NaN entry (a zero weight times an infinite input, summed with inf) is
+                    # an unbounded one; only a zero coefficient on it (below) makes it count 0
+                    step = step.nan_to_num(nan=math.inf)
                     finite = bool(torch.isfinite(step).all())
                 if reuse is not None:
                     reuse[k] = (bias, step, finite)

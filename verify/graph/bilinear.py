@@ -19,6 +19,8 @@ backward pass takes two-input relaxations.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .ir import Node
@@ -56,7 +58,11 @@ def is_square(node: Node) -> bool:
 
 def endpoint_hull(a_lo: Tensor, a_up: Tensor, b_lo: Tensor, b_up: Tensor
                    ) -> tuple[Tensor, Tensor]:
-    """[min, max] of a b over the box (the four corners), NaN-free for infinite endpoints."""
+    """[min, max] of a b over the box (the four corners), NaN-free for infinite endpoints: a NaN
+    end is first widened to -inf / +inf, so a NaN corner can only be 0 * inf, which is 0."""
+    inf = torch.tensor(math.inf, dtype=a_lo.dtype, device=a_lo.device)
+    a_lo, b_lo = (t.where(~t.isnan(), -inf) for t in (a_lo, b_lo))
+    a_up, b_up = (t.where(~t.isnan(), inf) for t in (a_up, b_up))
     corners = torch.stack(torch.broadcast_tensors(a_lo * b_lo, a_lo * b_up, a_up * b_lo,
                                                   a_up * b_up))
     corners = torch.where(corners.isnan(), torch.zeros_like(corners), corners)  # 0 * inf: 0
