@@ -213,6 +213,7 @@ def test_hidden_nodes_sat_and_unsat(tmp_path, hidden, capsys):
     code, out, err = _solve(tmp_path, head.replace('"h"', '"nowhere"') +
                             "(assert (<= H[0] 1.0))", {"N": hidden}, capsys)
     assert code == 1 and out == "" and "no tensor named 'nowhere'" in err
+    assert "q.vnnlib: network N" in err  # where: the query's declaration, then its model
     assert len(err.strip().splitlines()) == 1
 
 

@@ -369,16 +369,16 @@ def _query_parts(query, models: dict[str, Path]) -> list[_Part]:
         mine = [v for v in query.variables if v.network == net.name]
         declared_in = [v for v in mine if v.kind == "input"]
         declared_out = [v for v in mine if v.kind == "output"]
-        onnx_in = _matched(declared_in, _onnx_inputs(model), "input", where)
-        if sorted(onnx_in) != sorted(_onnx_inputs(model)):
+        own_inputs = _onnx_inputs(model)
+        onnx_in = _matched(declared_in, own_inputs, "input", where)
+        if sorted(onnx_in) != sorted(own_inputs):
             raise UsageError(f"{where}: every model input must be declared; "
-                             f"{', '.join(sorted(set(_onnx_inputs(model)) - set(onnx_in)))} "
-                             "is not")
+                             f"{', '.join(sorted(set(own_inputs) - set(onnx_in)))} is not")
         onnx_out = _matched(declared_out, [o.name for o in model.graph.output], "output", where)
         by_var = dict(zip((v.name for v in declared_out), onnx_out))
         by_var.update({v.name: v.onnx_name for v in mine if v.kind == "hidden"})
         inputs = sorted(zip(onnx_in, declared_in),
-                        key=lambda pair: _onnx_inputs(model).index(pair[0]))
+                        key=lambda pair: own_inputs.index(pair[0]))
         observed = [(by_var[v.name], v) for v in mine if v.kind != "input"]
         parts.append(_Part(net.name, path, model, inputs, observed))
     return parts
@@ -395,10 +395,11 @@ def _composed_network(query, parts: list[_Part]):
     for part in parts:
         names = [o.name for o in part.model.graph.output]
         hidden = [t for t, v in part.observed if v.kind == "hidden" and t not in names]
-        graph = read_member(part.model, str(part.path), tuple(hidden))
+        where = f"{query.source}: network {part.name} ({part.path})"
+        graph = read_member(part.model, where, tuple(hidden))
         for own, v in part.inputs:
             if size_of(graph.shapes[own]) != v.size:
-                raise UsageError(f"{part.path}: input {v.name} is declared {list(v.shape)}, "
+                raise UsageError(f"{where}: input {v.name} is declared {list(v.shape)}, "
                                  f"the model's '{own}' has shape {list(graph.shapes[own])}")
             input_shapes.setdefault(v.shares or v.name, graph.shapes[own])
         members.append(Member(part.name, graph, [v.shares or v.name for _, v in part.inputs]))
@@ -406,7 +407,7 @@ def _composed_network(query, parts: list[_Part]):
             k = names.index(tensor) if tensor in names else len(names) + hidden.index(tensor)
             name = graph.outputs[k]
             if size_of(graph.shapes[name]) != v.size:
-                raise UsageError(f"{part.path}: {v.kind} {v.name} is declared {list(v.shape)}, "
+                raise UsageError(f"{where}: {v.kind} {v.name} is declared {list(v.shape)}, "
                                  f"the tensor '{tensor}' has shape {list(graph.shapes[name])}")
             outputs.append((part.name, name))
     inputs = [(v.name, input_shapes[v.name]) for v in query.variables
