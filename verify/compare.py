@@ -21,7 +21,7 @@ from .backends import certify, certify_batch, check_norm, make_options
 from .certificate import Certificate, Status, json_safe
 from .errors import InputError
 from .network import Network
-from .outputs import atomic_path, cannot_write, save_figure
+from .outputs import atomic_path, cannot_write, pyplot, save_figure
 
 KIND = {"attack": "upper", "milp": "exact", "bab": "exact", "smoothing": "of g"}
 FIELDS = ["eps", "norm", "method", "bound", "inputs", "yes", "no", "maybe",
@@ -305,12 +305,8 @@ def write_one_input(records: list[dict], certs: dict[str, Certificate], folder: 
 def plot_margins(records: list[dict], path: Path, title: str = "") -> bool:
     """Margin bounds per class, one marker series per method (g's probability margins on their
     own axes below); False if matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     kinds = list(dict.fromkeys(r["margin_of"] for r in records))
     fig, axes = plt.subplots(len(kinds), 1, figsize=(6, 3.2 * len(kinds)), squeeze=False)
@@ -338,12 +334,8 @@ def plot_margins(records: list[dict], path: Path, title: str = "") -> bool:
 
 def plot_curves(rows: list[dict], path: Path, title: str = "") -> bool:
     """Robust accuracy vs eps, one curve per method; False if matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in dict.fromkeys(r["method"] for r in rows):

@@ -91,6 +91,18 @@ def write_text_atomically(path: PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
 def save_figure(fig, path: PathLike, dpi: int = 120) -> None:
     """A matplotlib figure into `path`, whole or not at all; the figure is closed either way."""
     import matplotlib.pyplot as plt
