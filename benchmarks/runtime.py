@@ -1,6 +1,6 @@
 """Start-up, deadline overshoot and threads under load, each in fresh processes.
 
-    python benchmarks/runtime.py [--repeats 5] [--skip startup overshoot threads]
+    python benchmarks/runtime.py [--repeats 5] [--skip startup overshoot threads exit]
 
 1. Start-up: `verify vnnlib` and `verify-solver verify` on an instance the attack refutes at
    once (mnist_fc prop_1_0.03) against `python -c "import torch"`, and reading an ONNX model with
@@ -17,6 +17,11 @@
 3. Threads: ACAS Xu 1_1 prop_3 (bab, a few seconds) with the thread policy (1 thread: a small
    network) and with torch's default (one per core), alone and next to a busy neighbour (a
    second process spinning on a core). Goal: loaded / quiet <= 3 for the policy.
+4. Exit: `verify-solver verify` on verivital instances (one that times out at --timeout 3, one
+   answered sat at once), ended by os._exit after the answer (the command, console_main)
+   against the interpreter's normal exit (`sys.exit(main())`: torch's and onnxruntime's
+   teardown), fresh processes alternating; per way the medians of the reported time, of the
+   wall time and of wall - reported (the exit, plus the process spawn).
 
 Writes benchmarks/results/runtime.md and runtime.csv.
 """
@@ -273,11 +278,98 @@ def threads(repeats: int, rows: list[dict], lines: list[str]) -> dict:
     return ratios
 
 
+VERIVITAL = "vnncomp2021/verivital"
+
+
+def exit_cases() -> list[tuple[str, float, list[str]]]:
+    """(case, timeout, verify-solver arguments after the program) on verivital: one that runs
+    into its timeout (or answers just before it), one the attack answers sat at once."""
+    folder = SHARED / VERIVITAL
+
+    def args(net: str, prop: str, timeout: float) -> list[str]:
+        return ["verify", str(folder / "vnnlib" / f"{prop}.vnnlib"), "--network",
+                f"N={folder / 'onnx' / f'{net}.onnx'}", "--timeout", str(timeout)]
+
+    return [("Convnet_maxpool prop_0_0.04 (timeout 3)", 3.0,
+             args("Convnet_maxpool", "prop_0_0.04", 3.0)),
+            ("Convnet_avgpool prop_4_0.04 (sat)", 60.0, args("Convnet_avgpool", "prop_4_0.04", 60))]
+
+
+def exit_teardown(repeats: int, rows: list[dict], lines: list[str]) -> dict[str, float]:
+    """os._exit after the answer against the interpreter's exit; {way: median wall - reported
+    over all cases}."""
+    ways = {"interpreter exit": [PY, "-c", "import sys; from verify.solver_cli import main; "
+                                           "sys.exit(main())"],
+            "os._exit (console_main)": [PY, "-m", "verify.solver_cli"]}
+    lines += ["## Exit after the answer: verify-solver verify, fresh processes, medians of %d, "
+              "order alternating" % repeats, "",
+              f"1-minute load average {load_average()} at the start.", "",
+              "| case | exit | answer | reported (s) | wall (s) | wall - reported (s) "
+              "| wall - timeout (s) |", "|---|---|---|---|---|---|---|"]
+    gaps: dict[str, list[float]] = {way: [] for way in ways}
+    for name, limit, arguments in exit_cases():
+        got: dict[str, list[tuple[float, float, str]]] = {way: [] for way in ways}
+        for k in range(repeats):
+            for way in (list(ways) if k % 2 == 0 else list(ways)[::-1]):
+                wall, done = timed(ways[way] + arguments)
+                match = _REPORTED.search(done.stderr)
+                if done.returncode != 0 or match is None:
+                    raise SystemExit(f"{name}, {way} failed: {done.stderr.strip()[-300:]}")
+                got[way].append((wall, float(match.group(2)),
+                                 (done.stdout.strip().splitlines() or ["?"])[0]))
+        for way, runs in got.items():
+            wall = statistics.median(r[0] for r in runs)
+            reported = statistics.median(r[1] for r in runs)
+            gap = statistics.median(r[0] - r[1] for r in runs)
+            gaps[way] += [r[0] - r[1] for r in runs]
+            answers = "/".join(sorted({r[2] for r in runs}))
+            rows.append({"part": "exit", "case": f"{name}, {way}", "timeout_s": limit,
+                         "answer": answers, "reported_s": round(reported, 3),
+                         "median_s": round(wall, 3), "runs": len(runs)})
+            over = f"{wall - limit:+.2f}" if limit < 60 else "-"
+            lines.append(f"| {name} | {way} | {answers} | {reported:.3f} | {wall:.2f} | "
+                         f"{gap:.2f} | {over} |")
+    medians = {way: statistics.median(v) for way, v in gaps.items()}
+    lines += ["", "Wall - reported, median over all runs: " + ", ".join(
+        f"{way} **{v:.2f} s** (max {max(gaps[way]):.2f} s)" for way, v in medians.items()) +
+        ". `reported` is verify-solver's own time from the process start to the answer.", ""]
+    return medians
+
+
+# Per part: the start of its section heading in runtime.md and of its line under Goals.
+PARTS = {"startup": ("## Start-up", "- start-up"), "overshoot": ("## Deadline overshoot",
+                                                                 "- overshoot"),
+         "threads": ("## Threads", "- loaded / quiet"), "exit": ("## Exit after the answer",
+                                                                 "- exit after")}
+
+
+def previous_results(skipped: list[str]) -> tuple[list[str], list[str], list[dict]]:
+    """The sections, goal lines and CSV rows of the `skipped` parts in the results written
+    before (kept, so that running one part does not erase the others)."""
+    import csv
+
+    text = (RESULTS / "runtime.md").read_text() if (RESULTS / "runtime.md").is_file() else ""
+    sections, goals = [], []
+    for block in text.split("\n## ")[1:]:
+        block = "## " + block
+        if block.startswith("## Goals"):
+            goals = [line for line in block.splitlines()
+                     if any(line.startswith(PARTS[part][1]) for part in skipped)]
+        elif any(block.startswith(PARTS[part][0]) for part in skipped):
+            sections += block.rstrip("\n").splitlines() + [""]
+    rows = []
+    if (RESULTS / "runtime.csv").is_file():
+        with (RESULTS / "runtime.csv").open(newline="") as f:
+            rows = [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)
+                    if row["part"] in skipped]
+    return sections, goals, rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["startup", "overshoot", "threads"])
+                        choices=["startup", "overshoot", "threads", "exit"])
     parser.add_argument("--benchmarks", type=Path, default=SHARED,
                         help="the third-party benchmarks folder (default benchmarks/data)")
     args = parser.parse_args()
@@ -291,7 +383,10 @@ def main() -> None:
     lines += [f"Load: other jobs share the machine (1-minute load average {load_average()} "
               "when this run began); `quiet` means no neighbour of this script's own, `busy "
               "neighbour` adds one process spinning on a core.", ""]
-    goals = []
+    kept_sections, goals, rows = previous_results(args.skip)
+    if kept_sections:
+        lines += [f"Sections kept from the previous run (parts skipped in this one: "
+                  f"{', '.join(args.skip)}):", "", *kept_sections]
     if "startup" not in args.skip:
         ratio = startup(args.repeats, rows, lines)
         goals.append(f"- start-up <= 1.3x import torch: {'met' if ratio <= 1.3 else 'NOT met'}"
@@ -307,6 +402,11 @@ def main() -> None:
         policy = ratios["policy (1 thread)"]
         goals.append(f"- loaded / quiet <= 3x with the policy: "
                      f"{'met' if policy <= 3 else 'NOT met'} ({policy:.2f}x)")
+    if "exit" not in args.skip:
+        gaps = exit_teardown(args.repeats, rows, lines)
+        goals.append(f"- exit after the answer, wall - reported: interpreter exit "
+                     f"{gaps['interpreter exit']:.2f} s, os._exit "
+                     f"{gaps['os._exit (console_main)']:.2f} s (no goal; smaller is better)")
     lines += ["## Goals", "", *goals, ""]
     write_csv(rows, RESULTS / "runtime.csv")
     write_text(RESULTS / "runtime.md", "\n".join(lines))

@@ -281,3 +281,29 @@ def test_process_age_counts_from_the_process_start():
                           timeout=120, cwd=Path(__file__).resolve().parents[1])
     age = float(proc.stdout)
     assert 1.5 <= age < 120, proc.stderr
+
+
+@pytest.mark.parametrize("argv, code, stream, text", [
+    (["--name"], 0, "stdout", "verify (ReLU network verifier"),
+    (["verify"], 1, "stderr", "verify-solver: error: "),
+])
+def test_the_command_exits_at_once_after_flushing_its_answer(argv, code, stream, text):
+    """console_main ends the process with os._exit once stdout and stderr are flushed: the
+    answer (block-buffered, stdout a pipe) arrives whole, with main()'s exit code, and the
+    interpreter's teardown (here an atexit handler standing for torch's) never runs."""
+    repo = Path(__file__).resolve().parents[1]
+    program = ("import atexit, sys; atexit.register(print, 'teardown ran', file=sys.stderr); "
+               "from verify.solver_cli import console_main; "
+               f"sys.argv = ['verify-solver', *{argv!r}]; console_main()")
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=120, cwd=repo)
+    assert proc.returncode == code, proc.stderr
+    assert getattr(proc, stream).startswith(text) and getattr(proc, stream).endswith("\n")
+    assert "teardown ran" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_main_in_process_returns_its_code():
+    """main() itself returns (no os._exit): callers in the same process go on."""
+    out = io.StringIO()
+    assert main(["--version"], out=out) == 0 and out.getvalue().strip()
+    assert main(["verify", "--timeout", "-1", "q.vnnlib"], out=io.StringIO()) == 1
