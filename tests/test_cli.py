@@ -406,3 +406,43 @@ def test_vnnlib_refuses_before_solving(capsys, tmp_path, shared_benchmarks):
     code, _, err = run(capsys, "certify", model, "--input", "x.npy", "--label", "7.5",
                        "--eps", "0.1")
     assert code == 2 and err.count("verify") == 2 and "see verify certify --help" in err, err
+
+
+HEAVY = ("torch", "onnx", "onnxruntime", "highspy")
+
+
+@pytest.mark.parametrize("module, argv, code", [
+    ("verify.cli", ["certify", "m.onnx", "--input", "x.npy", "--label", "0", "--eps", "0.1",
+                    "--timeout", "-1"], 2),
+    ("verify.cli", ["certify", "m.onnx", "--input", "x.npy", "--label", "0", "--eps", "0.1",
+                    "--threads", "0"], 2),
+    ("verify.cli", ["vnnlib", "m.onnx", "p.vnnlib", "--timeout", "nan"], 2),
+    ("verify.cli", ["vnncomp", "i.csv", "--limit", "0"], 2),
+    ("verify.cli", ["certify", "m.onnx", "--label", "zero"], 2),
+    ("verify.solver_cli", ["verify", "q.vnnlib", "--timeout", "-1"], 1),
+    ("verify.solver_cli", ["verify", "q.vnnlib", "--threads", "0"], 1),
+])
+def test_bad_plain_arguments_are_refused_before_heavy_imports(module, argv, code):
+    """A bad number or range is refused before torch, onnx, onnxruntime or highspy is imported
+    (their import takes seconds), in a fresh process: `import verify` imports none of them."""
+    repo = __import__("pathlib").Path(__file__).resolve().parents[1]
+    program = (f"import sys; from {module} import main; code = main({argv!r}); "
+               f"print(code, sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=120, cwd=repo)
+    assert proc.stdout.split(None, 1) == [str(code), "[]\n"], proc.stderr
+    assert proc.stderr.count("\n") == 1 and "error: " in proc.stderr
+
+
+def test_public_names_resolve_on_first_use():
+    """verify's public names (imported lazily) are the defining modules' objects."""
+    import verify
+    from verify.backends import certify
+    from verify.spec import robustness_spec
+
+    assert verify.certify is certify and verify.robustness_spec is robustness_spec
+    assert set(verify.__all__) <= set(dir(verify))
+    for name in verify.__all__:
+        assert getattr(verify, name) is not None
+    with pytest.raises(AttributeError):
+        verify.no_such_name  # noqa: B018

@@ -6,12 +6,23 @@
     >>> cert.status            # Status.YES / NO / MAYBE
 """
 
-from .backends import certify, certify_batch, certify_specs, methods, register
-from .certificate import Certificate, Status
-from .errors import InputError, ModelLoadError, UnsupportedModelError, VerifyError
-from .network import Conv2d, Dense, Network, ReLU
-from .onnx_io import load_onnx
-from .spec import Box, LpBall, OutputProperty, Specification, robustness_spec
+import importlib
+
+# Public name -> the module defining it, imported on first use (PEP 562): `import verify` and
+# the command lines stay free of torch until a name that needs it is read, so that a bad
+# argument is refused before torch's import (seconds).
+_EXPORTS = {
+    **dict.fromkeys(("certify", "certify_batch", "certify_specs", "methods", "register"),
+                    "backends"),
+    **dict.fromkeys(("Certificate", "Status"), "certificate"),
+    **dict.fromkeys(("InputError", "ModelLoadError", "UnsupportedModelError", "VerifyError"),
+                    "errors"),
+    **dict.fromkeys(("Conv2d", "Dense", "Network", "ReLU"), "network"),
+    "load_onnx": "onnx_io",
+    **dict.fromkeys(("Box", "LpBall", "OutputProperty", "Specification", "robustness_spec"),
+                    "spec"),
+}
+_SUBMODULES = ("smoothing", "attack", "vnnlib", "vnncomp", "bounds", "exact")
 
 __all__ = [
     "Box", "Certificate", "Conv2d", "Dense", "InputError", "LpBall", "ModelLoadError", "Network",
@@ -23,9 +34,16 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """`verify.smoothing`, `verify.attack`, `verify.vnnlib`, ... imported on first use."""
-    import importlib
-
-    if name in ("smoothing", "attack", "vnnlib", "vnncomp", "bounds", "exact"):
+    """The public names (`_EXPORTS`) and `verify.smoothing`, `verify.attack`, `verify.vnnlib`,
+    ... imported on first use."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # later reads skip this function
+        return value
+    if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'verify' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS, *_SUBMODULES})

@@ -29,10 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import __version__
-from .backends import certify, certify_batch, get_backend, methods, option_kind
 from .errors import InputError, VerifyError
-from .network import Network
-from .onnx_io import load_onnx
 from .outputs import atomic_path, check_output_file, check_output_folder, write_text_atomically
 
 
@@ -105,6 +102,8 @@ def parse_domain(text: Optional[str], model_path: str):
 def _options(args, method: Optional[str] = None) -> dict:
     """--device for the methods that take one; for the others, a note on stderr that it is
     ignored."""
+    from .backends import get_backend
+
     method = method or args.method
     if not args.device:
         return {}
@@ -148,6 +147,8 @@ def _typed_options(method: str, pairs: Sequence[str], prefix: str = "") -> dict:
     """KEY=VALUE pairs as keyword options of `method`: each value is read as the type of the
     option's default (bool: true/false/1/0); a key given twice is refused (`prefix`: how the
     user wrote the key's start, e.g. "crown."); unknown keys are left to make_options."""
+    from .backends import get_backend, option_kind
+
     defaults = get_backend(method).options_type()
     options: dict = {}
     given: dict[str, str] = {}  # key -> the pair that set it
@@ -182,6 +183,8 @@ def _typed_options(method: str, pairs: Sequence[str], prefix: str = "") -> dict:
 
 
 def cmd_info(args) -> int:
+    from .onnx_io import load_onnx
+
     net = load_onnx(args.model)
     print(net.summary())
     print(f"  fingerprint {net.fingerprint()}, file sha256 {net.source_sha256}")
@@ -204,10 +207,15 @@ def cmd_methods(args) -> int:
 
 
 def cmd_certify(args) -> int:
+    from .threads import check_threads
+
+    timeout = _check_timeout(args.timeout)  # plain arguments first: before torch's import
+    check_threads(args.threads)
     from . import deadline
+    from .backends import certify, get_backend
+    from .onnx_io import load_onnx
     from .threads import configure
 
-    timeout = _check_timeout(args.timeout)
     get_backend(args.method)
     net = load_onnx(args.model)
     configure(net, args.threads)
@@ -228,7 +236,7 @@ def _check_timeout(seconds: Optional[float]) -> Optional[float]:
     """--timeout: None (no limit) or a finite number of seconds > 0."""
     if seconds is None:
         return None
-    from .vnncomp import check_seconds
+    from .deadline import check_seconds
 
     return check_seconds(seconds, "--timeout")
 
@@ -249,12 +257,14 @@ def bundled_model() -> tuple[Path, Path]:
 def cmd_demo(args) -> int:
     if args.count < 1:
         raise InputError(f"--count must be at least 1, got {args.count}")
+    from .backends import certify, certify_batch
     from .compare import check_methods
+    from .onnx_io import load_onnx
 
     device_options = {method: _options(args, method) for method in args.methods}  # notes once
     check_methods(args.methods, args.norm, device_options)  # before anything is printed
     model_path, data_path = bundled_model()
-    net: Network = load_onnx(model_path)
+    net = load_onnx(model_path)
     data = np.load(data_path)
     xs, ys = data["x"][: args.count], data["y"][: args.count]
     domain = tuple(model_metadata(str(model_path)).get("domain", (0.0, 1.0)))
@@ -288,6 +298,7 @@ COMPARE_FILES = ("compare.txt", "compare.csv", "compare.json", "compare.png")
 def cmd_compare(args) -> int:
     from .compare import (check_methods, compare, compare_one, format_table, plot_curves,
                           one_input_records, write_json, write_one_input)
+    from .onnx_io import load_onnx
     from .spec import robustness_spec
     from .threads import configure
 
@@ -368,8 +379,6 @@ def _progress_line(text: str) -> None:
 
 
 def cmd_plot2d(args) -> int:
-    from .plot2d import plot2d
-
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -383,6 +392,9 @@ def cmd_plot2d(args) -> int:
     if len(x) != 2:
         raise InputError(f"--x must be two numbers X0,X1, got '{args.x}'")
     out = check_output_file(args.out)
+    from .onnx_io import load_onnx
+    from .plot2d import plot2d
+
     net = load_onnx(args.model)
     info = plot2d(net, x, args.eps, out, args.norm, args.label,
                   parse_domain(args.domain, args.model), args.methods,
@@ -396,6 +408,7 @@ def cmd_plot2d(args) -> int:
 def cmd_export(args) -> int:
     """The MILP (or its LP relaxation) of one margin row as a readable .lp / .mps file."""
     from .exact.milp import export_model
+    from .onnx_io import load_onnx
     from .spec import robustness_spec
 
     net = load_onnx(args.model)
@@ -428,14 +441,15 @@ def cmd_export(args) -> int:
 def cmd_vnnlib(args) -> int:
     """Answer one property; run as a command, --timeout counts from the process start (Python's
     start-up and the imports included, as verify-solver's), so the whole command ends near it."""
+    from .deadline import check_seconds
     from .solver_cli import process_age
     from .threads import check_threads
-    from .vnncomp import QueryResult, check_seconds, solve_files
 
     check_seconds(args.timeout, "--timeout")
     if args.out:
         check_output_file(args.out)
     threads = check_threads(args.threads)
+    from .vnncomp import QueryResult, solve_files  # torch: after the plain arguments' checks
     started = process_age() if getattr(args, "as_command", False) else 0.0
     if started >= args.timeout:
         result = QueryResult("timeout", time_s=started, reason=f"Python's start-up took "
@@ -454,8 +468,8 @@ def cmd_vnnlib(args) -> int:
 
 
 def cmd_vnncomp(args) -> int:
+    from .deadline import check_seconds
     from .threads import check_threads
-    from .vnncomp import check_seconds, run_instances, summary
 
     if args.timeout_cap is not None:
         check_seconds(args.timeout_cap, "--timeout-cap")
@@ -463,9 +477,11 @@ def cmd_vnncomp(args) -> int:
         raise InputError(f"--limit must be at least 1, got {args.limit}")
     if args.out:
         check_output_file(args.out)
+    threads = check_threads(args.threads)
+    from .vnncomp import run_instances, summary  # torch: after the plain arguments' checks
     rows = run_instances(args.instances, args.method, args.timeout_cap, args.out, args.limit,
                          workers=args.workers, cluster=args.cluster,
-                         threads=check_threads(args.threads))
+                         threads=threads)
     print(summary(rows))
     return 0
 
@@ -510,6 +526,7 @@ def _smoothing_options(args) -> dict:
 
 
 def cmd_smooth_predict(args) -> int:
+    from .onnx_io import load_onnx
     from .smoothing import predict
 
     net = load_onnx(args.model)

@@ -29,6 +29,15 @@ from dataclasses import dataclass
 from typing import Iterator, Optional, Union
 
 
+def check_seconds(value: float, name: str = "timeout") -> float:
+    """`value`, a finite number of seconds > 0; else InputError naming it (`name`)."""
+    from .errors import InputError
+
+    if not (math.isfinite(value) and value > 0):
+        raise InputError(f"{name} must be > 0 seconds (a finite number), got {value}")
+    return value
+
+
 class DeadlineExpired(TimeoutError):
     """The active deadline passed; `where` names the loop that noticed."""
 

@@ -645,16 +645,16 @@ def process_age() -> float:
 def cmd_verify(args: argparse.Namespace, out: TextIO, t0: float) -> int:
     """Load (timed), solve with `verify.vnncomp.solve`, replay, print; the clock started at t0
     (time.perf_counter's scale)."""
+    timeout = parse_timeout(args.timeout)  # plain arguments first: before torch's import
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    if not args.query:
+        raise UsageError("verify needs the path to a query file")
     from .onnx_io import load_onnx
     from .threads import configure
     from .vnncomp import solve
     from .vnnlib import load_vnnlib
 
-    timeout = parse_timeout(args.timeout)
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {args.threads}")
-    if not args.query:
-        raise UsageError("verify needs the path to a query file")
     query = load_vnnlib(args.query)
     models = _network_models(args.networks, query, args.query)
     kind = _float_format(query, args.query, args.floats_as_reals)

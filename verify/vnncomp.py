@@ -25,7 +25,7 @@ import numpy as np
 
 from . import deadline as deadlines
 from .backends import certify_specs, get_backend
-from .deadline import DeadlineExpired
+from .deadline import DeadlineExpired, check_seconds  # noqa: F401 (check_seconds re-exported)
 from .errors import InputError
 from .network import Network
 from .onnx_io import load_onnx
@@ -83,13 +83,6 @@ class QueryResult:
         if self.result == "sat" and self.counterexample is not None:
             return "sat\n" + format_counterexample(*self.counterexample) + "\n"
         return self.result + "\n"
-
-
-def check_seconds(value: float, name: str = "timeout") -> float:
-    """`value`, a finite number of seconds > 0; else InputError naming it (`name`)."""
-    if not (math.isfinite(value) and value > 0):
-        raise InputError(f"{name} must be > 0 seconds (a finite number), got {value}")
-    return value
 
 
 def replay(net: Network, query: VnnlibQuery, x: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
