@@ -446,3 +446,24 @@ def test_public_names_resolve_on_first_use():
         assert getattr(verify, name) is not None
     with pytest.raises(AttributeError):
         verify.no_such_name  # noqa: B018
+
+
+def test_option_with_the_method_prefix(capsys, digits_mlp_path, digit_file):
+    """certify reads `METHOD.KEY=VALUE` (compare's form) as KEY=VALUE when METHOD is --method:
+    a bad value is named as such with the valid values (it was called an unknown option, and
+    the valid ones listed included it); another method's prefix is refused."""
+    path, label = digit_file
+    base = ["certify", digits_mlp_path, "--input", path, "--label", label, "--eps", "0.02",
+            "--method", "crown", "--json"]
+    code, _, err = run(capsys, *base, "--option", "crown.intermediate=bad")
+    assert code == 2 and err.count("\n") == 1
+    assert "option intermediate of method 'crown' must be one of crown, ibp, got 'bad'" in err
+    assert "unknown" not in err
+    prefixed = run(capsys, *base, "--option", "crown.intermediate=ibp")
+    plain = run(capsys, *base, "--option", "intermediate=ibp")
+    assert prefixed[0] == plain[0] == 0
+    drop = ("time_s",)
+    assert {k: v for k, v in json.loads(prefixed[1]).items() if k not in drop} == \
+        {k: v for k, v in json.loads(plain[1]).items() if k not in drop}
+    code, _, err = run(capsys, *base, "--option", "milp.timeout=3")
+    assert code == 2 and "for method 'milp', but --method is crown" in err

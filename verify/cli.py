@@ -116,8 +116,18 @@ def _options(args, method: Optional[str] = None) -> dict:
 
 def _method_options(args) -> dict:
     """`--option KEY=VALUE` (and `--lp-tighten`) as typed keyword options of the method; an
-    option also given by its own flag (--device, --lp-tighten, --sigma, ...) is refused."""
-    options = _typed_options(args.method, args.option or [])
+    option also given by its own flag (--device, --lp-tighten, --sigma, ...) is refused. A
+    key may carry the method's name, as compare's do (`crown.intermediate=ibp` with --method
+    crown); another method's name is refused."""
+    pairs = []
+    for pair in args.option or []:
+        method, dot, rest = pair.partition("=")[0].partition(".")
+        if dot and method.strip() != args.method:
+            raise InputError(f"--option {pair}: the option is for method '{method.strip()}', "
+                             f"but --method is {args.method} (give KEY=VALUE or "
+                             f"{args.method}.KEY=VALUE)")
+        pairs.append(pair.split(".", 1)[1] if dot else pair)
+    options = _typed_options(args.method, pairs)
     for key in options:
         flag = _FLAG_OPTIONS.get(key)
         if flag is not None and getattr(args, key, None) not in (None, False, ""):
@@ -577,7 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lp: tighten unstable neurons layer by layer with two LPs each (LP-all)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="any option of the method, e.g. steps=50 for alpha-crown, timeout=30 "
-                   "for milp, intermediate=ibp for crown (repeatable)")
+                   "for milp, intermediate=ibp (or crown.intermediate=ibp) for crown "
+                   "(repeatable)")
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds for the certifier (default: none); past it MAYBE 'timeout'")
     _add_threads_argument(p)
