@@ -367,3 +367,23 @@ def test_power_of_two_variables(tmp_path, capsys):
         if expected == "sat":
             x = np.array([float(v) for v in out.splitlines()[2:2 + N]])
             assert onnxruntime_forward(path, x)[0] >= 3.99
+
+
+@pytest.mark.parametrize("before, cast_kept", [
+    ([helper.make_node("Greater", ["X", "zero"], ["c"])], False),  # a 0 / 1 tensor: alias
+    ([helper.make_node("Greater", ["X", "zero"], ["b"]),
+      helper.make_node("Identity", ["b"], ["c"])], False),  # through an alias: still a Compare
+    ([helper.make_node("Relu", ["X"], ["c"])], True),  # any value: rounds in float semantics
+])
+def test_cast_finds_its_producer_in_the_readers_map(before, cast_kept):
+    """A float Cast of a comparison's 0 / 1 output is an identity (no node); of anything else
+    it stays a Cast (rounding to the target in float semantics)."""
+    from verify.graph.onnx_graph import GraphReader
+
+    nodes = [_const("zero", np.zeros(N)), *before, _cast("c", "Y", TensorProto.FLOAT16)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "X", TensorProto.FLOAT, [N])], [helper.make_tensor_value_info("Y", TensorProto.FLOAT16,
+                                                                      [N])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    ops = [node.op for node in GraphReader(model, "m.onnx").read().nodes]
+    assert ("Cast" in ops) == cast_kept and ops.count("Compare") == (not cast_kept)

@@ -621,3 +621,77 @@ def test_unbounded_ends_never_read_as_zero_in_products_and_polynomials(tmp_path,
                             "(assert (<= (* (- Y[1] 0.5) (- Y[1] 0.5)) 0.000000000001))",
                             {"N": pair}, capsys, "--method", method)
     assert code == 0 and out != "unsat\n", err
+
+
+def test_sub_model_keeps_only_what_the_tensor_needs(tmp_path, sub, two_out):
+    """_upstream walks back from a tensor once per model's producer map; _sub_model copies only
+    the nodes, inputs and initializers it reads, and computes the tensor as the model does
+    (onnxruntime on both)."""
+    from verify.onnx_proto import read_model_proto
+    from verify.solver_cli import _sub_model, _upstream
+
+    model = read_model_proto(two_out)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for tensor, const in (("y1", "two"), ("y2", "ten")):
+        inputs, nodes = _upstream(model, producers, tensor)
+        assert inputs == ["x"] and [n.output[0] for n in nodes] == [tensor]
+        part = _sub_model(model, inputs, nodes, tensor)
+        assert [t.name for t in part.graph.initializer] == [const]
+        assert [o.name for o in part.graph.output] == [tensor]
+        path = tmp_path / f"{tensor}.onnx"
+        path.write_bytes(part.SerializeToString())
+        for x in (-3.5, 0.0, 7.25):
+            assert _ort(path, {"x": x}, [tensor]) == pytest.approx(
+                _ort(two_out, {"x": x}, [tensor]))
+    model = read_model_proto(sub)  # two inputs, both read
+    producers = {out: node for node in model.graph.node for out in node.output}
+    assert _upstream(model, producers, "y")[0] == ["x1", "x2"]
+    assert _upstream(model, producers, "x2") == (["x2"], [])
+
+
+def test_float_counterexample_reads_the_model_once(tmp_path, relu, monkeypatch):
+    """_float_counterexample tries the cases in turn: the graph IR and the onnxruntime session
+    are each read once (they were read again per case), and the answer is the case whose
+    float32 evaluation violates the query (relu(0.75) >= 0.5; not >= 5)."""
+    import verify.float_rounding as float_rounding
+    from verify.solver_cli import _float_counterexample
+
+    query = parse_vnnlib("""
+(declare-const X_0 Real)
+(declare-const Y_0 Real)
+(assert (or (and (>= X_0 0.0) (<= X_0 1.0) (>= Y_0 5.0))
+            (and (>= X_0 0.5) (<= X_0 1.0) (>= Y_0 0.5))))
+""", "q.vnnlib")
+    assert len(query.cases) == 2
+    calls = {"read_graph": 0, "float_session": 0}
+    for name in calls:
+        def counted(*args, _name=name, _real=getattr(float_rounding, name)):
+            calls[_name] += 1
+            return _real(*args)
+        monkeypatch.setattr(float_rounding, name, counted)
+    x, y = _float_counterexample(query, relu, np.array([0.75]), "float32")
+    assert calls == {"read_graph": 1, "float_session": 1}
+    assert x.tolist() == [0.75] and y.tolist() == [0.75]
+    calls.update(read_graph=0, float_session=0)
+    x, y = _float_counterexample(query, relu, np.array([0.25]), "float32")  # moved into case 2
+    assert calls == {"read_graph": 1, "float_session": 1}
+    assert x.tolist() == [0.5] and y.tolist() == [0.5]
+
+
+def test_onnxruntime_feed_types_and_dynamic_dimensions():
+    """The shared feed rule: the input's own float type; a symbolic or unknown dimension is 1,
+    a dimension <= 0 too only with nonpositive_as_one (verify-solver's composed queries)."""
+    from types import SimpleNamespace
+
+    from verify.float_rounding import onnxruntime_feed
+
+    values = np.array([0.1, 0.2, 0.3])
+    half = onnxruntime_feed(SimpleNamespace(type="tensor(float16)", shape=["N", None, 3]), values)
+    assert half.dtype == np.float16 and half.shape == (1, 1, 3)
+    other = SimpleNamespace(type="tensor(int64)", shape=[0, 3])
+    assert onnxruntime_feed(other, values, nonpositive_as_one=True).dtype == np.float32
+    assert onnxruntime_feed(other, values, nonpositive_as_one=True).shape == (1, 3)
+    with pytest.raises(ValueError):  # a 0 dimension kept: no room for the values
+        onnxruntime_feed(other, values)
+    kept = onnxruntime_feed(SimpleNamespace(type="tensor(double)", shape=[-1, 3]), values)
+    assert kept.dtype == np.float64 and kept.shape == (1, 3)

@@ -786,19 +786,22 @@ def graph_float_forward(path: Union[str, Path], x: np.ndarray,
     (torch on the CPU), every constant rounded to the format; a Div by a constant as the
     product by its rounded reciprocal (the reader's form), rewrites of Max / Clip / LeakyRelu
     into Relu and sums as such; a Cast rounds to its target (the nodes after it then compute
-    in the replay's format, not the target's)."""
+    in the replay's format, not the target's). `replay_forward` on a model read already."""
+    return replay_forward(read_graph(path)[2], x, element_type)
+
+
+def replay_forward(net, x: np.ndarray, element_type: str = "float32") -> np.ndarray:
+    """graph_float_forward on `net`, the GraphNetwork of `read_graph` (read once, replayed at
+    several points)."""
     import torch
 
     from .graph.ops import rounding_casts
 
-    _, _, net = read_graph(path)
     dtype = {"float32": torch.float32, "float16": torch.float16,
              "float64": torch.float64}[element_type]
     value = torch.as_tensor(np.asarray(x, dtype=np.float64).reshape(1, -1)).to(dtype)
     with torch.no_grad(), rounding_casts():
         return net.torch_forward(value).reshape(-1).to(torch.float64).numpy()
-
-
 
 
 def retyped_model(model, element_type: str):
@@ -834,26 +837,51 @@ def retyped_model(model, element_type: str):
     return copy
 
 
-def onnxruntime_forward(path: Union[str, Path], x: np.ndarray,
-                        element_type: Optional[str] = None) -> np.ndarray:
-    """The model's first output from onnxruntime (CPU) on x, fed in the input's own type; with
-    `element_type` (a float format) other than the model's, the model retyped to it
-    (`retyped_model`: the graph evaluated in that precision, as the error bound assumes)."""
-    import onnx
+def onnxruntime_session(model):
+    """An onnxruntime CPU session of the ModelProto `model` (warnings and info not logged)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    model = onnx.load(str(path))
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_feed(arg, values: np.ndarray, nonpositive_as_one: bool = False) -> np.ndarray:
+    """`values` as the feed of the session input `arg` (an onnxruntime NodeArg): its own float
+    type (float32 for any other) and shape, a symbolic or unknown dimension as 1 (with
+    `nonpositive_as_one` also a dimension <= 0)."""
+    dtype = {"tensor(float)": np.float32, "tensor(double)": np.float64,
+             "tensor(float16)": np.float16}.get(arg.type, np.float32)
+    shape = [d if isinstance(d, int) and (d > 0 or not nonpositive_as_one) else 1
+             for d in arg.shape]
+    return np.asarray(values).astype(dtype).reshape(shape)
+
+
+def float_session(path: Union[str, Path], element_type: Optional[str] = None):
+    """The onnxruntime session of the model at `path`; with `element_type` (a float format)
+    other than the model's, of the model retyped to it (`retyped_model`: the graph evaluated
+    in that precision, as the error bound assumes)."""
+    from .onnx_proto import read_model_proto
+
+    model = read_model_proto(path)
     declared = model.graph.input[0].type.tensor_type.elem_type if model.graph.input else None
     if element_type in ONNX_FLOAT_TYPES and declared in set(ONNX_FLOAT_TYPES.values()) \
             and declared != ONNX_FLOAT_TYPES[element_type]:
         model = retyped_model(model, element_type)
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    return onnxruntime_session(model)
+
+
+def session_forward(session, x: np.ndarray) -> np.ndarray:
+    """The session's first output on x fed to its first input (onnxruntime_feed), flat."""
     inp = session.get_inputs()[0]
-    dtype = {"tensor(float)": np.float32, "tensor(double)": np.float64,
-             "tensor(float16)": np.float16}.get(inp.type, np.float32)
-    shape = [1 if not isinstance(d, int) else d for d in inp.shape]
-    out = session.run(None, {inp.name: np.asarray(x).astype(dtype).reshape(shape)})[0]
+    out = session.run(None, {inp.name: onnxruntime_feed(inp, x)})[0]
     return np.asarray(out, dtype=np.float64).reshape(-1)
+
+
+def onnxruntime_forward(path: Union[str, Path], x: np.ndarray,
+                        element_type: Optional[str] = None) -> np.ndarray:
+    """The model's first output from onnxruntime (CPU) on x, fed in the input's own type; with
+    `element_type` (a float format) other than the model's, the model retyped to it
+    (`float_session`)."""
+    return session_forward(float_session(path, element_type), x)

@@ -196,18 +196,24 @@ def _network_pairs(networks: Sequence[str]) -> dict[str, str]:
     return pairs
 
 
-def _network_models(networks: Sequence[str], query, query_path: str) -> dict[str, Path]:
+def _network_models(networks: Sequence[str], query, query_path: str
+                    ) -> dict[Optional[str], Path]:
     """The model file of every declared network (section 5.3.2, first error condition); a
-    network declared `equal-to` another one may be left out: it reuses that one's file."""
-    if query.network is None or len(query.networks) <= 1:
-        return {query.network: _network_model(networks, query, query_path)}
+    network declared `equal-to` another one may be left out: it reuses that one's file. A
+    VNN-LIB 1.0 query declares no network: exactly one --network, any name (key None)."""
     pairs = _network_pairs(networks)
+    if query.network is None:
+        if len(pairs) != 1:
+            raise UsageError(f"{query_path} is VNN-LIB 1.0 and needs exactly one --network "
+                             f"NAME=MODEL.onnx, got {len(pairs)}")
+        return {None: Path(next(iter(pairs.values())))}
     declared = {n.name: n for n in query.networks}
     for name in pairs:
         if name not in declared:
+            listed = f"network '{query.network}'" if len(declared) == 1 else ", ".join(declared)
             raise UsageError(f"--network maps '{name}', which {query_path} does not declare "
-                             f"(it declares {', '.join(declared)})")
-    models: dict[str, Path] = {}
+                             f"(it declares {listed})")
+    models: dict[Optional[str], Path] = {}
     for net in query.networks:
         source, seen = net, set()
         while source.name not in pairs and source.equal_to and source.name not in seen:
@@ -218,24 +224,6 @@ def _network_models(networks: Sequence[str], query, query_path: str) -> dict[str
                              f"declares: give --network {net.name}=MODEL.onnx")
         models[net.name] = Path(pairs[source.name])
     return models
-
-
-def _network_model(networks: Sequence[str], query, query_path: str) -> Path:
-    """The model file for the query's network (section 5.3.2, first error condition)."""
-    pairs = _network_pairs(networks)
-    if query.network is None:  # VNN-LIB 1.0 declares no network: one model, any name
-        if len(pairs) != 1:
-            raise UsageError(f"{query_path} is VNN-LIB 1.0 and needs exactly one --network "
-                             f"NAME=MODEL.onnx, got {len(pairs)}")
-        return Path(next(iter(pairs.values())))
-    for name in pairs:
-        if name != query.network:
-            raise UsageError(f"--network maps '{name}', which {query_path} does not declare "
-                             f"(it declares network '{query.network}')")
-    if query.network not in pairs:
-        raise UsageError(f"no model file for network '{query.network}', which {query_path} "
-                         f"declares: give --network {query.network}=MODEL.onnx")
-    return Path(pairs[query.network])
 
 
 def _float_format(query, query_path: str, floats_as_reals: bool = False) -> Optional[str]:
@@ -302,21 +290,32 @@ def _float_widened(query, model: Path, kind: str, net=None):
 def _float_counterexample(query, model: Path, x, kind: str):
     """(x, y) with x in the format, inside a case's box, whose float evaluation violates the
     query both in the own replay and in onnxruntime (y: onnxruntime's outputs); else None.
-    Graph-IR models have no own float replay yet: there onnxruntime's evaluation decides."""
-    from .float_rounding import graph_float_forward, onnxruntime_forward, round_into_box
+    Graph-IR models have no own float replay yet: there onnxruntime's evaluation decides. The
+    model is read once for the replay and once for onnxruntime, on first need."""
+    from .float_rounding import (float_session, read_graph, replay_forward, round_into_box,
+                                 session_forward)
 
+    net, session, read = None, None, False  # the graph IR and the session, read on first need
     for case in query.cases:
         xf = round_into_box(x, case.box.lower, case.box.upper, kind)
         if xf is None:
             continue
+        if not read:
+            read = True
+            try:
+                net = read_graph(model)[2]
+            except Exception:  # noqa: BLE001 - no own replay of this graph
+                net = None
         try:
-            own = graph_float_forward(model, xf, kind)
+            own = None if net is None else replay_forward(net, xf, kind)
         except Exception:  # noqa: BLE001 - no own replay of this graph: onnxruntime's alone
             own = None
         if own is not None and not query.violated_by(xf, own):
             continue
         try:
-            y = onnxruntime_forward(model, xf, kind)
+            if session is None:
+                session = float_session(model, kind)
+            y = session_forward(session, xf)
         except Exception:  # noqa: BLE001 - no onnxruntime evaluation: no sat claimed
             return None
         if query.violated_by(xf, y):
@@ -421,46 +420,40 @@ def _composed_network(query, parts: list[_Part]):
     return net
 
 
-def _dependencies(model, tensor: str) -> list[str]:
-    """The graph inputs that `tensor` depends on, in the model's input order."""
-    producers = {out: node for node in model.graph.node for out in node.output}
-    inputs, seen, stack = set(_onnx_inputs(model)), set(), [tensor]
+def _upstream(model, producers: dict, tensor: str) -> tuple[list[str], list]:
+    """(the graph inputs `tensor` depends on, in the model's input order; the nodes computing
+    it, in the model's order), walking back from `tensor` through `producers` (output name ->
+    node, one map per model)."""
+    nodes, seen, stack = set(), set(), [tensor]
     while stack:
         name = stack.pop()
         if name in seen:
             continue
         seen.add(name)
-        if name in producers:
-            stack.extend(n for n in producers[name].input if n)
-    return [name for name in _onnx_inputs(model) if name in seen]
+        node = producers.get(name)
+        if node is not None:
+            nodes.add(id(node))
+            stack.extend(n for n in node.input if n)
+    return ([name for name in _onnx_inputs(model) if name in seen],
+            [node for node in model.graph.node if id(node) in nodes])
 
 
-def _sub_model(model, inputs: list[str], tensor: str):
-    """A copy of `model` computing `tensor` (its only output) from the graph inputs `inputs`:
-    the nodes it depends on, in the model's order, and the initializers they read."""
-    producers = {out: node for node in model.graph.node for out in node.output}
-    needed_nodes, seen, stack = set(), set(), [tensor]
-    while stack:
-        name = stack.pop()
-        if name in seen or name not in producers:
-            continue
-        seen.add(name)
-        needed_nodes.add(id(producers[name]))
-        stack.extend(n for n in producers[name].input if n)
+def _sub_model(model, inputs: list[str], nodes: list, tensor: str):
+    """A model computing `tensor` (its only output) from the graph inputs `inputs` with `nodes`
+    (_upstream's) and the initializers they read; only those parts of `model` are copied."""
     sub = type(model)()
-    sub.CopyFrom(model)
-    graph = sub.graph
-    nodes = [node for node in model.graph.node if id(node) in needed_nodes]
+    sub.ir_version = model.ir_version
+    sub.opset_import.extend(model.opset_import)
+    sub.functions.extend(model.functions)
+    graph, source = sub.graph, model.graph
+    graph.name = source.name
     read = {n for node in nodes for n in node.input} | {tensor}
-    elem_type = next(i for i in model.graph.input if i.name in inputs or not inputs
+    elem_type = next(i for i in source.input if i.name in inputs or not inputs
                      ).type.tensor_type.elem_type
-    kept_inputs = [i for i in model.graph.input if i.name in inputs]
-    kept_inits = [t for t in model.graph.initializer if t.name in read]
-    del graph.node[:], graph.input[:], graph.output[:], graph.value_info[:]
-    del graph.initializer[:]
     graph.node.extend(nodes)
-    graph.input.extend(kept_inputs)
-    graph.initializer.extend(kept_inits)
+    graph.input.extend(i for i in source.input if i.name in inputs)
+    graph.initializer.extend(t for t in source.initializer if t.name in read)
+    graph.sparse_initializer.extend(source.sparse_initializer)
     out = graph.output.add()
     out.name, out.type.tensor_type.elem_type = tensor, elem_type
     return sub
@@ -468,7 +461,7 @@ def _sub_model(model, inputs: list[str], tensor: str):
 
 def _composed_float_widened(query, parts: list[_Part], kinds: dict[str, Optional[str]]):
     """As _float_widened, the error bounded per observed tensor: the sub-model from the
-    network's inputs to that tensor (onnx.utils.Extractor), bounded by
+    network's inputs to that tensor (_upstream, _sub_model), bounded by
     float_rounding.evaluation_error in its network's format (`kinds`, None: the reals, error
     0) on the hull of those inputs; inputs read as outputs are exact (error 0)."""
     import tempfile
@@ -482,8 +475,9 @@ def _composed_float_widened(query, parts: list[_Part], kinds: dict[str, Optional
     with tempfile.TemporaryDirectory(prefix="verify-solver-") as scratch:
         for part in parts:
             kind = kinds[part.name]
+            producers = {out: node for node in part.model.graph.node for out in node.output}
             for tensor, v in part.observed if kind is not None else ():
-                needed = _dependencies(part.model, tensor)
+                needed, nodes = _upstream(part.model, producers, tensor)
                 slices = {own: var for own, var in part.inputs}
                 lo = np.concatenate([lower[slices[n].offset:slices[n].offset + slices[n].size]
                                      for n in needed]) if needed else np.zeros(0)
@@ -494,7 +488,8 @@ def _composed_float_widened(query, parts: list[_Part], kinds: dict[str, Optional
                     sub = part.path
                 else:
                     sub = Path(scratch) / f"{len(list(Path(scratch).iterdir()))}.onnx"
-                    sub.write_bytes(_sub_model(part.model, needed, tensor).SerializeToString())
+                    sub.write_bytes(_sub_model(part.model, needed, nodes, tensor
+                                               ).SerializeToString())
                 widened, reason = _float_widened_error(sub, lo, hi, kind)
                 if reason is not None:
                     return query, f"{reason} ({part.name}, {v.kind} {v.name})", None
@@ -509,9 +504,9 @@ def _onnxruntime_observed(query, parts: list[_Part], x, kinds: dict[str, Optiona
     network whose format (`kinds`) is not its model's float type is run on the model retyped
     to that format (float_rounding.retyped_model: an isomorphic network in another precision)."""
     import numpy as np
-    import onnxruntime as ort
 
-    from .float_rounding import ONNX_FLOAT_TYPES, retyped_model
+    from .float_rounding import (ONNX_FLOAT_TYPES, onnxruntime_feed, onnxruntime_session,
+                                 retyped_model)
 
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     y = np.zeros(query.n_outputs - (query.n_inputs if query.observes_inputs else 0))
@@ -532,17 +527,12 @@ def _onnxruntime_observed(query, parts: list[_Part], x, kinds: dict[str, Optiona
                 out = model.graph.output.add()
                 out.name, out.type.tensor_type.elem_type = tensor, elem_type
                 existing.add(tensor)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(model.SerializeToString(), options,
-                                       providers=["CPUExecutionProvider"])
+        session = onnxruntime_session(model)
         feeds = {}
-        types = {"tensor(double)": np.float64, "tensor(float16)": np.float16}
         for inp in session.get_inputs():
             v = dict(part.inputs)[inp.name]
-            shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
-            feeds[inp.name] = x[v.offset:v.offset + v.size].astype(
-                types.get(inp.type, np.float32)).reshape(shape)
+            feeds[inp.name] = onnxruntime_feed(inp, x[v.offset:v.offset + v.size],
+                                               nonpositive_as_one=True)
         names = [t for t, _ in part.observed]
         for (tensor, v), value in zip(part.observed, session.run(names, feeds)):
             y[v.offset:v.offset + v.size] = np.asarray(value, dtype=np.float64).reshape(-1)

@@ -92,6 +92,7 @@ class GraphReader:
         self.shapes: dict[str, Shape] = {}  # variable tensors
         self.alias: dict[str, str] = {}
         self.nodes: list[Node] = []
+        self.producers: dict[str, Node] = {}  # IR tensor -> the node emitting it
         self.offending: list[str] = []
         self.poisoned: set[str] = set()
         self.opset = 0
@@ -121,6 +122,7 @@ class GraphReader:
         if size_of(self.shapes[output]) == 0:
             raise NodeError(f"output shape {self.shapes[output]} is empty")
         self.nodes.append(node)
+        self.producers[output] = node
         return output
 
     def affine(self, name: str, x: str, scale, shift, output: Optional[str] = None) -> str:
@@ -253,7 +255,7 @@ class GraphReader:
 
     def op_Cast(self, node, names, consts, attrs) -> None:
         to = attrs.get("to")
-        producer = next((n for n in reversed(self.nodes) if n.output == names[0]), None)
+        producer = self.producers.get(names[0])
         zero_one = producer is not None and producer.op == "Compare"
         if to in INTEGER_RANGES and zero_one or to in FLOAT_TYPES and zero_one:
             self.alias_of(node, names, consts, attrs)
