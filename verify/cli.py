@@ -217,14 +217,13 @@ def cmd_methods(args) -> int:
 
 
 def cmd_certify(args) -> int:
-    from .threads import check_threads
+    from .threads import check_threads, configure
 
     timeout = _check_timeout(args.timeout)  # plain arguments first: before torch's import
     check_threads(args.threads)
     from . import deadline
     from .backends import certify, get_backend
     from .onnx_io import load_onnx
-    from .threads import configure
 
     get_backend(args.method)
     net = load_onnx(args.model)
