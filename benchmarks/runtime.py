@@ -1,6 +1,6 @@
 """Start-up, deadline overshoot and threads under load, each in fresh processes.
 
-    python benchmarks/runtime.py [--repeats 5] [--skip startup overshoot threads exit]
+    python benchmarks/runtime.py [--repeats 5] [--skip startup overshoot threads exit refusal]
 
 1. Start-up: `verify vnnlib` and `verify-solver verify` on an instance the attack refutes at
    once (mnist_fc prop_1_0.03) against `python -c "import torch"`, and reading an ONNX model with
@@ -22,6 +22,8 @@
    against the interpreter's normal exit (`sys.exit(main())`: torch's and onnxruntime's
    teardown), fresh processes alternating; per way the medians of the reported time, of the
    wall time and of wall - reported (the exit, plus the process spawn).
+5. Refusal: `verify certify --timeout -1` and `verify-solver verify --timeout -1` against
+   `python -c "import torch"`. Goal: < 1x (refused before torch is imported).
 
 Writes benchmarks/results/runtime.md and runtime.csv.
 """
@@ -80,10 +82,11 @@ def load_average() -> str:
     return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "?"
 
 
-def alternating(commands: dict[str, list[str]], repeats: int, warm_up: bool = False
-                ) -> dict[str, list[float]]:
+def alternating(commands: dict[str, list[str]], repeats: int, warm_up: bool = False,
+                codes: dict[str, int] = {}) -> dict[str, list[float]]:  # noqa: B006 (read only)
     """Wall times of each command, run in turn, the order reversed every other repeat (after
-    one untimed round with `warm_up`: caches filled, .pyc files written)."""
+    one untimed round with `warm_up`: caches filled, .pyc files written); each must exit with
+    its code in `codes` (default 0)."""
     times: dict[str, list[float]] = {name: [] for name in commands}
     names = list(commands)
     for name in names if warm_up else []:
@@ -91,10 +94,39 @@ def alternating(commands: dict[str, list[str]], repeats: int, warm_up: bool = Fa
     for k in range(repeats):
         for name in (names if k % 2 == 0 else names[::-1]):
             wall, done = timed(commands[name])
-            if done.returncode != 0:
+            if done.returncode != codes.get(name, 0):
                 raise SystemExit(f"{name} failed: {done.stderr.strip()[-300:]}")
             times[name].append(wall)
     return times
+
+
+def refusal(repeats: int, rows: list[dict], lines: list[str]) -> float:
+    """A bad --timeout refused (exit 2 / 1) by `verify certify` and `verify-solver verify`,
+    against `python -c "import torch"`; the larger ratio to import torch."""
+    model = REPO / "models" / "digits_mlp.onnx"
+    commands = {
+        "import torch": [PY, "-c", "import torch"],
+        "verify certify --timeout -1": [PY, "-m", "verify", "certify", str(model), "--input",
+                                        "x.npy", "--label", "0", "--eps", "0.1", "--timeout",
+                                        "-1"],
+        "verify-solver verify --timeout -1": [PY, "-m", "verify.solver_cli", "verify",
+                                              "q.vnnlib", "--timeout", "-1"],
+    }
+    codes = {"verify certify --timeout -1": 2, "verify-solver verify --timeout -1": 1}
+    load = load_average()
+    times = alternating(commands, repeats, warm_up=True, codes=codes)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    for name, t in times.items():
+        rows.append({"part": "refusal", "case": name, "median_s": round(med[name], 3),
+                     "runs": len(t)})
+    lines += ["## Bad argument refused (fresh processes, medians of %d, order alternating)"
+              % repeats, "", f"1-minute load average {load} at the start.", "",
+              "| command | median wall (s) | / import torch |", "|---|---|---|"]
+    lines += [f"| {name} | {med[name]:.3f} | {med[name] / med['import torch']:.2f}x |"
+              for name in commands]
+    lines += ["", "The plain arguments are checked before torch, onnx, onnxruntime and highspy "
+              "are imported (verify/__init__ resolves its names on first use).", ""]
+    return max(med[name] / med["import torch"] for name in codes)
 
 
 def startup(repeats: int, rows: list[dict], lines: list[str]) -> float:
@@ -340,7 +372,8 @@ def exit_teardown(repeats: int, rows: list[dict], lines: list[str]) -> dict[str,
 PARTS = {"startup": ("## Start-up", "- start-up"), "overshoot": ("## Deadline overshoot",
                                                                  "- overshoot"),
          "threads": ("## Threads", "- loaded / quiet"), "exit": ("## Exit after the answer",
-                                                                 "- exit after")}
+                                                                 "- exit after"),
+         "refusal": ("## Bad argument refused", "- bad argument")}
 
 
 def previous_results(skipped: list[str]) -> tuple[list[str], list[str], list[dict]]:
@@ -369,7 +402,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["startup", "overshoot", "threads", "exit"])
+                        choices=["startup", "overshoot", "threads", "exit", "refusal"])
     parser.add_argument("--benchmarks", type=Path, default=SHARED,
                         help="the third-party benchmarks folder (default benchmarks/data)")
     args = parser.parse_args()
@@ -407,6 +440,10 @@ def main() -> None:
         goals.append(f"- exit after the answer, wall - reported: interpreter exit "
                      f"{gaps['interpreter exit']:.2f} s, os._exit "
                      f"{gaps['os._exit (console_main)']:.2f} s (no goal; smaller is better)")
+    if "refusal" not in args.skip:
+        ratio = refusal(args.repeats, rows, lines)
+        goals.append(f"- bad argument refused faster than import torch: "
+                     f"{'met' if ratio < 1 else 'NOT met'} ({ratio:.2f}x)")
     lines += ["## Goals", "", *goals, ""]
     write_csv(rows, RESULTS / "runtime.csv")
     write_text(RESULTS / "runtime.md", "\n".join(lines))
