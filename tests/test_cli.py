@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -425,7 +426,7 @@ HEAVY = ("torch", "onnx", "onnxruntime", "highspy")
 def test_bad_plain_arguments_are_refused_before_heavy_imports(module, argv, code):
     """A bad number or range is refused before torch, onnx, onnxruntime or highspy is imported
     (their import takes seconds), in a fresh process: `import verify` imports none of them."""
-    repo = __import__("pathlib").Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[1]
     program = (f"import sys; from {module} import main; code = main({argv!r}); "
                f"print(code, sorted(m for m in {HEAVY!r} if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
@@ -448,6 +449,21 @@ def test_public_names_resolve_on_first_use():
         verify.no_such_name  # noqa: B018
 
 
+def test_every_submodule_is_an_attribute_in_a_fresh_process():
+    """`import verify; verify.spec.robustness_spec` (as docs/architecture.md and the notebooks
+    write) works before anything else imported verify.spec: every submodule resolves lazily."""
+    repo = Path(__file__).resolve().parents[1]
+    modules = sorted(p.stem for p in (repo / "verify").iterdir()
+                     if not p.stem.startswith("_") and (p.suffix == ".py" or p.is_dir()
+                                                        and (p / "__init__.py").exists()))
+    program = ("import verify, types; "
+               f"print(all(isinstance(getattr(verify, m), types.ModuleType) for m in {modules!r}),"
+               " set(dir(verify)) >= set(" + repr(modules) + "))")
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=120, cwd=repo)
+    assert proc.stdout.split() == ["True", "True"], proc.stderr
+
+
 def test_option_with_the_method_prefix(capsys, digits_mlp_path, digit_file):
     """certify reads `METHOD.KEY=VALUE` (compare's form) as KEY=VALUE when METHOD is --method:
     a bad value is named as such with the valid values (it was called an unknown option, and
@@ -459,6 +475,13 @@ def test_option_with_the_method_prefix(capsys, digits_mlp_path, digit_file):
     assert code == 2 and err.count("\n") == 1
     assert "option intermediate of method 'crown' must be one of crown, ibp, got 'bad'" in err
     assert "unknown" not in err
+    for option, message in (
+            (["crown.intermediate"], "--option expects crown.KEY=VALUE, got 'crown.intermediate'"),
+            (["crown.intermediate=ibp", "intermediate=crown"],
+             "--option intermediate given twice ('crown.intermediate=ibp', 'intermediate=crown')"),
+            ([".x=1"], "--option .x=1: the option names no method, but --method is crown")):
+        code, _, err = run(capsys, *base, *[a for o in option for a in ("--option", o)])
+        assert code == 2 and err.count("\n") == 1 and message in err, err
     prefixed = run(capsys, *base, "--option", "crown.intermediate=ibp")
     plain = run(capsys, *base, "--option", "intermediate=ibp")
     assert prefixed[0] == plain[0] == 0

@@ -302,6 +302,19 @@ def test_the_command_exits_at_once_after_flushing_its_answer(argv, code, stream,
     assert "teardown ran" not in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_the_command_without_stdout_still_answers_in_one_line():
+    """A closed stdout (`>&-`: sys.stdout is None) is skipped by the flush before os._exit:
+    the error is the one line, no traceback, exit 1."""
+    repo = Path(__file__).resolve().parents[1]
+    program = ("import sys; sys.stdout = None; from verify.solver_cli import console_main; "
+               "sys.argv = ['verify-solver', 'verify', '--timeout', '-1', 'q.vnnlib']; "
+               "console_main()")
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=120, cwd=repo)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("verify-solver: error: ") and "Traceback" not in proc.stderr
+
+
 def test_main_in_process_returns_its_code():
     """main() itself returns (no os._exit): callers in the same process go on."""
     out = io.StringIO()

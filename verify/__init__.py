@@ -7,6 +7,7 @@
 """
 
 import importlib
+import pkgutil
 
 # Public name -> the module defining it, imported on first use (PEP 562): `import verify` and
 # the command lines stay free of torch until a name that needs it is read, so that a bad
@@ -22,7 +23,9 @@ _EXPORTS = {
     **dict.fromkeys(("Box", "LpBall", "OutputProperty", "Specification", "robustness_spec"),
                     "spec"),
 }
-_SUBMODULES = ("smoothing", "attack", "vnnlib", "vnncomp", "bounds", "exact")
+# every submodule and subpackage (verify.spec, verify.graph, verify.smoothing, ...)
+_SUBMODULES = frozenset(module.name for module in pkgutil.iter_modules(__path__)
+                        if not module.name.startswith("_"))
 
 __all__ = [
     "Box", "Certificate", "Conv2d", "Dense", "InputError", "LpBall", "ModelLoadError", "Network",
@@ -34,8 +37,8 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """The public names (`_EXPORTS`) and `verify.smoothing`, `verify.attack`, `verify.vnnlib`,
-    ... imported on first use."""
+    """The public names (`_EXPORTS`) and the submodules (`verify.spec`, `verify.smoothing`,
+    ...) imported on first use."""
     if name in _EXPORTS:
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value  # later reads skip this function

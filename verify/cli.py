@@ -119,15 +119,14 @@ def _method_options(args) -> dict:
     option also given by its own flag (--device, --lp-tighten, --sigma, ...) is refused. A
     key may carry the method's name, as compare's do (`crown.intermediate=ibp` with --method
     crown); another method's name is refused."""
-    pairs = []
-    for pair in args.option or []:
+    pairs = list(args.option or [])
+    for pair in pairs:
         method, dot, rest = pair.partition("=")[0].partition(".")
         if dot and method.strip() != args.method:
-            raise InputError(f"--option {pair}: the option is for method '{method.strip()}', "
-                             f"but --method is {args.method} (give KEY=VALUE or "
-                             f"{args.method}.KEY=VALUE)")
-        pairs.append(pair.split(".", 1)[1] if dot else pair)
-    options = _typed_options(args.method, pairs)
+            named = f"is for method '{method.strip()}'" if method.strip() else "names no method"
+            raise InputError(f"--option {pair}: the option {named}, but --method is "
+                             f"{args.method} (give KEY=VALUE or {args.method}.KEY=VALUE)")
+    options = _typed_options(args.method, pairs, prefix=f"{args.method}.")
     for key in options:
         flag = _FLAG_OPTIONS.get(key)
         if flag is not None and getattr(args, key, None) not in (None, False, ""):
@@ -148,15 +147,16 @@ def _compare_options(args) -> dict:
         if not dot or method not in args.methods:
             raise InputError(f"--option expects METHOD.KEY=VALUE with METHOD one of --methods "
                              f"({', '.join(args.methods)}), got '{pair}'")
-        pairs.setdefault(method, []).append(rest)
+        pairs.setdefault(method, []).append(pair)
     return {method: _typed_options(method, items, prefix=f"{method}.")
             for method, items in pairs.items()}
 
 
 def _typed_options(method: str, pairs: Sequence[str], prefix: str = "") -> dict:
-    """KEY=VALUE pairs as keyword options of `method`: each value is read as the type of the
-    option's default (bool: true/false/1/0); a key given twice is refused (`prefix`: how the
-    user wrote the key's start, e.g. "crown."); unknown keys are left to make_options."""
+    """KEY=VALUE pairs, each may start with `prefix` (e.g. "crown."), as keyword options of
+    `method`: each value is read as the type of the option's default (bool: true/false/1/0);
+    a key given twice is refused, messages quote the pairs as typed; unknown keys are left to
+    make_options."""
     from .backends import get_backend, option_kind
 
     defaults = get_backend(method).options_type()
@@ -164,13 +164,14 @@ def _typed_options(method: str, pairs: Sequence[str], prefix: str = "") -> dict:
     given: dict[str, str] = {}  # key -> the pair that set it
     for pair in pairs:
         key, sep, text = pair.partition("=")
-        key = key.strip().replace("-", "_")
+        key = key.strip()
+        key = key[len(prefix):] if prefix and key.startswith(prefix) else key
+        key = key.replace("-", "_")
         if not sep or not key:
-            raise InputError(f"--option expects {'METHOD.' if prefix else ''}KEY=VALUE, got "
-                             f"'{prefix}{pair}'")
+            raise InputError(f"--option expects {prefix}KEY=VALUE, got '{pair}'")
         if key in given:
-            raise InputError(f"--option {prefix}{key} given twice ('{prefix}{given[key]}', "
-                             f"'{prefix}{pair}'): give each option once")
+            raise InputError(f"--option {pair.partition('=')[0].strip()} given twice "
+                             f"('{given[key]}', '{pair}'): give each option once")
         given[key] = pair
         if not hasattr(defaults, key):  # backends.make_options names the valid ones
             options[key] = text

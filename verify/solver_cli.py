@@ -796,7 +796,7 @@ def exit_now(code: int) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed or broken stream: nothing more to say there
+        except (OSError, ValueError, AttributeError):  # closed, broken or None (no stream)
             pass
     os._exit(code)
 
