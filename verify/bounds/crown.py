@@ -105,20 +105,18 @@ def relu_relaxation(lower: Tensor, upper: Tensor) -> ReluRelaxation:
     )
 
 
-# Below this many products a matvec is products then a sum (no page faults at that size; ~2x
-# faster than a batched one-column product on the digits MLP's tensors).
-SMALL_MATVEC = 2 ** 17
-
-
 def _matvec(matrix: Tensor, vector: Tensor) -> Tensor:
-    """(L, m, n) x (B, n) -> (B, m), L in {1, B}. A batched product with one column: slower than
-    products then a sum when memory is plentiful, but it makes no (B, m, n) temporary, and with
-    glibc's default allocator every such temporary faults in fresh pages (docs/crown.md); small
-    ones (< SMALL_MATVEC products) take products then a sum."""
-    if max(matrix.shape[0], vector.shape[0]) * matrix.shape[-2] * matrix.shape[-1] \
-            <= SMALL_MATVEC:
-        return (matrix * vector.unsqueeze(-2)).sum(-1)
-    return (matrix @ vector.unsqueeze(-1)).squeeze(-1)
+    """(L, m, n) x (B, n) -> (B, m), L in {1, B}: products then a sum over n. Without autograd
+    the products go into a reused buffer (`scratch`: with glibc's default allocator every large
+    fresh temporary faults in fresh pages, docs/crown.md); with it, into a fresh tensor: the same
+    arithmetic, so alpha-CROWN's first iterate equals CROWN bit for bit. (A batched product with
+    one column, torch's bmm, is ~3x slower on a CPU at every size seen here.)"""
+    shape = (max(matrix.shape[0], vector.shape[0]), *matrix.shape[1:])
+    buffer = scratch("matvec", shape, matrix, avoid=matrix) \
+        if not matrix.requires_grad and not vector.requires_grad else None
+    if buffer is None:  # (contiguous, as the buffer: the sum then adds in the same order)
+        return (matrix * vector.unsqueeze(-2)).contiguous().sum(-1)
+    return torch.mul(matrix, vector.unsqueeze(-2), out=buffer).sum(-1)
 
 
 def _abs_affine(layer, params: dict, magnitude: Tensor) -> Tensor:
@@ -175,14 +173,32 @@ def scratch(role: str, shape: Sequence[int], like: Tensor, avoid: Optional[Tenso
     return None  # pragma: no cover - two buffers of one role, `avoid` is at most one of them
 
 
+def times_weight(coeffs: Tensor, weight: Tensor, reuse: bool = False) -> Tensor:
+    """coeffs (L, m, out) @ weight (out, in) -> (L, m, in), contiguous. Computed as
+    (weight^T coeffs^T)^T and copied back: torch picks the BLAS orientation from the output's
+    layout, and MKL's float64 GEMM with the long side (L m) as the rows of a column-major result
+    runs up to ~2x faster for the narrow products here (in < out, or L m >> in); the copy is
+    small next to the product. Each entry is still one dot product of `out` terms (in another
+    order: the rounding analysis holds for any order). With `reuse` (no autograd) the result
+    lies in `scratch` buffers (valid until the next such call)."""
+    *lead, n_out = coeffs.shape
+    flat = coeffs.reshape(math.prod(lead), n_out)
+    size, n_in = flat.shape[0], weight.shape[1]
+    transposed = scratch("product_t", (n_in, size), coeffs, avoid=coeffs) if reuse else None
+    out = scratch("product", (*lead, n_in), coeffs, avoid=coeffs) if reuse else None
+    if transposed is None or out is None:
+        return (weight.t() @ flat.t()).t().contiguous().view(*lead, n_in)
+    torch.mm(weight.t(), flat.t(), out=transposed)
+    out.view(size, n_in).copy_(transposed.t())
+    return out
+
+
 def transpose_apply(layer, params: dict, coeffs: Tensor, reuse: bool = False) -> Tensor:
     """coeffs @ W for coefficients (L, m, out) on the layer's output: (L, m, in), no autograd.
     With `reuse` the result may lie in a `scratch` buffer (valid until the next such call)."""
     dense = dense_weight(layer, params)
     if dense is not None:
-        out = scratch("product", (*coeffs.shape[:-1], dense.shape[1]), coeffs, avoid=coeffs) \
-            if reuse and coeffs.dim() == 3 else None
-        return coeffs @ dense if out is None else torch.matmul(coeffs, dense, out=out)
+        return times_weight(coeffs, dense, reuse)
     lead, rows = coeffs.shape[:2]
     c_in, h, w = layer.in_shape
     top, left, bottom, right = layer.padding
@@ -334,10 +350,8 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
                 coeffs = transpose_apply(layer, p, coeffs, reuse=True)
             else:  # only the live outputs' rows of W and b (the other coefficients are 0)
                 const = const + coeffs @ layer.bias_per_output(p["bias"]).index_select(0, live)
-                weight = dense_weight(layer, p).index_select(0, live)
-                out = scratch("product", (*coeffs.shape[:-1], weight.shape[1]), coeffs,
-                              avoid=coeffs) if coeffs.dim() == 3 else None
-                coeffs = coeffs @ weight if out is None else torch.matmul(coeffs, weight, out=out)
+                coeffs = times_weight(coeffs, dense_weight(layer, p).index_select(0, live),
+                                      reuse=True)
             abs_coeffs, owed, live = None, None, None
             owned = not torch.is_grad_enabled()
         elif isinstance(layer, ReLU):
