@@ -174,18 +174,21 @@ def scratch(role: str, shape: Sequence[int], like: Tensor, avoid: Optional[Tenso
 
 
 def times_weight(coeffs: Tensor, weight: Tensor, reuse: bool = False) -> Tensor:
-    """coeffs (L, m, out) @ weight (out, in) -> (L, m, in), contiguous. Computed as
+    """coeffs (..., out) @ weight (out, in) -> (..., in), contiguous. Where out >= 4 in (a
+    product that narrows the rows a lot: the first layers of the digits CNN) it is computed as
     (weight^T coeffs^T)^T and copied back: torch picks the BLAS orientation from the output's
-    layout, and MKL's float64 GEMM with the long side (L m) as the rows of a column-major result
-    runs up to ~2x faster for the narrow products here (in < out, or L m >> in); the copy is
-    small next to the product. Each entry is still one dot product of `out` terms (in another
-    order: the rounding analysis holds for any order). With `reuse` (no autograd) the result
-    lies in `scratch` buffers (valid until the next such call)."""
+    layout, and MKL's float64 GEMM runs such a product ~2x faster with the long side as the rows
+    of a column-major result; elsewhere the copy costs more than it saves. Each entry is one dot
+    product of `out` terms either way (summed in another order: the rounding analysis holds for
+    any order). With `reuse` (no autograd) the result lies in `scratch` buffers (valid until the
+    next such call)."""
     *lead, n_out = coeffs.shape
-    flat = coeffs.reshape(math.prod(lead), n_out)
-    size, n_in = flat.shape[0], weight.shape[1]
-    transposed = scratch("product_t", (n_in, size), coeffs, avoid=coeffs) if reuse else None
+    size, n_in = math.prod(lead), weight.shape[1]
     out = scratch("product", (*lead, n_in), coeffs, avoid=coeffs) if reuse else None
+    if n_out < 4 * n_in:
+        return coeffs @ weight if out is None else torch.matmul(coeffs, weight, out=out)
+    flat = coeffs.reshape(size, n_out)
+    transposed = scratch("product_t", (n_in, size), coeffs, avoid=coeffs) if reuse else None
     if transposed is None or out is None:
         return (weight.t() @ flat.t()).t().contiguous().view(*lead, n_in)
     torch.mm(weight.t(), flat.t(), out=transposed)
@@ -375,21 +378,28 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
             lower_slope = relax.lower_slope[:, None, :]
             if alpha is not None:
                 lower_slope = torch.where(relax.unstable[:, None, :], alpha, lower_slope)
-            buffer = scratch("negative", coeffs.shape, coeffs, avoid=coeffs) if owned else None
-            # negative entries use the chord s z + t, the others alpha z
-            negative = coeffs.clamp(max=0) if buffer is None else \
-                torch.clamp(coeffs, max=0, out=buffer)
-            positive = coeffs.sub_(negative) if owned else coeffs - negative  # exact
-            increment = _matvec(negative, relax.upper_intercept)
-            const = const + increment
             upper_slope = relax.upper_slope[:, None, :]
-            if torch.is_grad_enabled() or len(positive) != len(upper_slope):  # (L = 1: broadcast)
+            if torch.is_grad_enabled() or not owned or len(coeffs) != len(upper_slope):
+                # negative entries use the chord s z + t, the others alpha z (L = 1: broadcast)
+                negative = coeffs.clamp(max=0)
+                positive = coeffs - negative  # exact
+                increment = _matvec(negative, relax.upper_intercept)
                 coeffs = positive * lower_slope + negative * upper_slope
                 abs_coeffs = coeffs.detach().abs()
-            else:  # the same arithmetic in place: each large tensor allocated is fresh pages to
-                # fault in (glibc's default allocator), so `negative` is reused for |coeffs|
-                coeffs = positive.mul_(lower_slope).add_(negative.mul_(upper_slope))
-                abs_coeffs, owned = torch.abs(coeffs, out=negative), True
+            else:  # the same numbers in fewer passes, in place (each large tensor allocated is
+                # fresh pages to fault in with glibc's default allocator): one of the two
+                # products above is an exact 0, so the sum is the other, c times the slope its
+                # sign picks; and t >= 0, so fl(min(c, 0) t) = min(fl(c t), 0)
+                buffer = scratch("matvec", coeffs.shape, coeffs, avoid=coeffs)
+                terms = coeffs * relax.upper_intercept[:, None, :] if buffer is None else \
+                    torch.mul(coeffs, relax.upper_intercept[:, None, :], out=buffer)
+                increment = terms.clamp_(max=0).sum(-1)
+                buffer = scratch("negative", coeffs.shape, coeffs, avoid=coeffs)
+                slope = torch.where(coeffs < 0, upper_slope, lower_slope) if buffer is None \
+                    else torch.where(coeffs < 0, upper_slope, lower_slope, out=buffer)
+                coeffs = coeffs.mul_(slope)
+                abs_coeffs = torch.abs(coeffs, out=slope)
+            const = const + increment
             if split_terms is not None and k in split_terms:  # - beta s on z (beta-CROWN)
                 coeffs = coeffs - split_terms[k]
                 abs_coeffs, owned = coeffs.detach().abs(), not torch.is_grad_enabled()
