@@ -27,14 +27,19 @@ Writes benchmarks/results/crown_vs_auto_lirpa.md, keeping the earlier runs' rati
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-import torch
+# One thread for numpy's BLAS too: OpenBLAS reads this when numpy loads (later is too late; it
+# ran two threads before, and process-CPU time counted both on the verdicts' forward passes).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))

@@ -239,9 +239,11 @@ def test_reused_buffers_change_no_bound(monkeypatch):
 
 def test_no_buffer_reuse_under_autograd():
     like = torch.zeros(2, dtype=torch.float64)
+    shape = (2, crown.SCRATCH_MIN_ENTRIES)
     with torch.no_grad():
-        assert crown.scratch("test", (2, 3), like) is not None
-    assert crown.scratch("test", (2, 3), like) is None  # a graph may keep it
+        assert crown.scratch("test", shape, like) is not None
+        assert crown.scratch("test", (2, 3), like) is None  # small: a fresh tensor is cheaper
+    assert crown.scratch("test", shape, like) is None  # a graph may keep it
 
 
 def test_threads_have_their_own_buffers():
