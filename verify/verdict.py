@@ -92,19 +92,36 @@ def certificates_from_bounds(net: Network, specs: Sequence[Specification], metho
     lower = np.asarray(lower, dtype=np.float64).reshape(len(specs), -1)
     if not specs:
         return []
-    domains = _domain(np.stack([s.input_set.lower for s in specs]),
-                      np.stack([s.input_set.upper for s in specs]))
+    # (np.array of a list of equal-shape arrays: the rows of np.stack, ~2.5x faster for a
+    # hundred small arrays; unequal shapes raise as np.stack does)
+    domains = _domain(np.array([s.input_set.lower for s in specs], dtype=np.float64),
+                      np.array([s.input_set.upper for s in specs], dtype=np.float64))
     model = f"{net.name}@{net.fingerprint()}"
     balls = all(isinstance(spec.input_set, LpBall) for spec in specs)
     if balls:  # an l_p ball's center lies in it (LpBall refuses one outside its box)
-        centers = np.stack([spec.input_set.center for spec in specs])
+        centers = np.array([spec.input_set.center for spec in specs], dtype=np.float64)
         logits_all = _screening_forward(net, centers).reshape(len(specs), -1)
-        C = np.stack([spec.output.C for spec in specs])
-        values_all = np.einsum("bmk,bk->bm", C, logits_all) - np.stack([s.output.d for s in specs])
+        C = np.array([spec.output.C for spec in specs], dtype=np.float64)
+        values_all = np.einsum("bmk,bk->bm", C, logits_all) - np.array(
+            [s.output.d for s in specs], dtype=np.float64)
         scale = np.einsum("bmk,bk->bm", np.abs(C), np.abs(logits_all))
         clear = (values_all > REPLAY_MARGIN * (1 + scale)).all(axis=1)
     out = []
+    # YES without a NO (every row bound > 0, every center row value clear of 0): built here from
+    # the rows read once as Python floats (`_certificate` gives the same certificate)
+    fast = ((lower > 0).all(axis=1) & clear).tolist() if balls else [False] * len(specs)
+    lower_rows = lower.tolist() if balls else None
+    upper_rows = values_all.tolist() if balls else None
+    n_classes = net.output_size
     for b, (spec, row, domain) in enumerate(zip(specs, lower, domains)):
+        if fast[b]:
+            ball = spec.input_set
+            out.append(Certificate(
+                status=Status.YES, method=method, label=spec.label, norm=ball.norm,
+                eps=ball.eps, margin_lower=_per_class(spec, lower_rows[b], n_classes),
+                margin_upper=_per_class(spec, upper_rows[b], n_classes), reason="",
+                time_s=time_s, domain=domain, model=model, cost=dict(cost or {}), details={}))
+            continue
         if balls and clear[b]:  # every row clearly > 0 in either summation order: no NO
             upper, counterexample = values_all[b], None
         elif balls:  # `_replay` of the center alone

@@ -762,14 +762,16 @@ def propagate(net: Network, batch: InputBatch, ibp_bounds: list[Bounds], *,
     params = net.torch_params(batch.lower.device)
     selections = {} if selections is None else selections
     bounds: list[Bounds] = []
+    as_ibp = True  # bounds[k - 1] are IBP's own: the interval step from them gives IBP's again
     for k, layer in enumerate(net.layers):
         lower, upper = ibp_bounds[k]
-        if k > 0:
+        if k > 0 and not as_ibp:
             prev_lower, prev_upper = bounds[k - 1]
             step_lower, step_upper = ibp.layer_interval(layer, params[k], prev_lower, prev_upper)
             lower, upper = _intersect(lower, upper, step_lower, step_upper)
         if floor is not None:
             lower, upper = _intersect(lower, upper, *floor[k])
+            as_ibp = False
         if _needs_crown(net, k, include_last):
             if k not in selections:
                 last = k == len(net.layers) - 1
@@ -783,6 +785,7 @@ def propagate(net: Network, batch: InputBatch, ibp_bounds: list[Bounds], *,
                     net, batch, bounds, k, selections[k], None if alphas is None else alphas.get(k),
                     dtype=dtype)
                 lower, upper = _intersect(lower, upper, crown_lower, crown_upper)
+                as_ibp = False
         bounds.append((lower, upper))
     return bounds, selections
 
