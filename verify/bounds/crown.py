@@ -87,8 +87,8 @@ def relu_relaxation(lower: Tensor, upper: Tensor) -> ReluRelaxation:
     upper = torch.nan_to_num(upper, nan=float("inf"))
     unstable = (lower < 0) & (upper > 0)
     active = (lower >= 0).to(lower.dtype)
-    neg_l = torch.where(unstable, -lower, torch.ones_like(lower))  # -l > 0; placeholder if stable
-    u = torch.where(unstable, upper, torch.ones_like(upper))
+    neg_l = torch.where(unstable, -lower, 1.0)  # -l > 0; placeholder if stable
+    u = torch.where(unstable, upper, 1.0)
     slope = u / (u + neg_l)
     # The chord s (z - l) with s = u / (u - l) is computed with rounding. ReLU is convex, so a line
     # lies above it on [l, u] iff it does at both ends: s l + t >= 0 and s u + t >= u. With s and
@@ -96,13 +96,14 @@ def relu_relaxation(lower: Tensor, upper: Tensor) -> ReluRelaxation:
     # most ~2u (s |l| + u); raising t by 8u (s |l| + u) keeps the line above ReLU in real numbers.
     # Underflow adds at most UNDERFLOW / 2 to s, hence (u - l) UNDERFLOW / 2 at the upper end, and
     # UNDERFLOW / 2 to each product: raising t by 4 UNDERFLOW (-l + u + 1) covers those too.
-    intercept = (slope * neg_l + 8 * unit * (slope * neg_l + u)
+    chord_at_zero = slope * neg_l
+    intercept = (chord_at_zero + 8 * unit * (chord_at_zero + u)
                  + 4 * tiny * (neg_l + u + 1))
     return ReluRelaxation(
-        unstable=unstable,
-        lower_slope=torch.where(unstable, (upper > -lower).to(lower.dtype), active),
+        unstable=unstable,  # (on unstable neurons neg_l = -l: u > -l there)
+        lower_slope=torch.where(unstable, (upper > neg_l).to(lower.dtype), active),
         upper_slope=torch.where(unstable, slope, active),
-        upper_intercept=torch.where(unstable, intercept, torch.zeros_like(intercept)),
+        upper_intercept=torch.where(unstable, intercept, 0.0),
     )
 
 
@@ -165,15 +166,14 @@ def scratch(role: str, shape: Sequence[int], like: Tensor, avoid: Optional[Tenso
             or size < SCRATCH_MIN_ENTRIES:
         return None
     buffers = _scratch.__dict__.setdefault("buffers", {})
+    avoid_at = None if avoid is None else avoid.untyped_storage().data_ptr()
     for key in ((role, like.dtype), (role + "'", like.dtype)):  # a second one to alternate
-        buffer = buffers.get(key)
-        if buffer is None or buffer.numel() < size:
-            buffer = buffers[key] = torch.empty(max(size, SCRATCH_ENTRIES // 8),
-                                                dtype=like.dtype)
-        view = buffer[:size].view(*shape)
-        if avoid is None or view.untyped_storage().data_ptr() \
-                != avoid.untyped_storage().data_ptr():
-            return view
+        entry = buffers.get(key)  # (buffer, its entries, its storage's address)
+        if entry is None or entry[1] < size:
+            buffer = torch.empty(max(size, SCRATCH_ENTRIES // 8), dtype=like.dtype)
+            entry = buffers[key] = (buffer, buffer.numel(), buffer.untyped_storage().data_ptr())
+        if entry[2] != avoid_at:
+            return entry[0][:size].view(*shape)
     return None  # pragma: no cover - two buffers of one role, `avoid` is at most one of them
 
 
