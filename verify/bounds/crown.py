@@ -351,7 +351,7 @@ def backward_lower(net: Network, batch: InputBatch, bounds: list[Bounds], top: i
                     step = step.index_select(1, live)
                 owed = step if owed is None else owed + step
                 slack = slack + rounding_slack(_matvec(abs_coeffs, owed) + const.detach().abs(),
-                                               width, in_magnitude.sum(-1, keepdim=True))
+                                               width, magnitude_sum)
             if live is None:
                 const = const + coeffs @ layer.bias_per_output(p["bias"])
                 coeffs = transpose_apply(layer, p, coeffs, reuse=True)
