@@ -113,13 +113,22 @@ def certificates_from_bounds(net: Network, specs: Sequence[Specification], metho
     lower_rows = lower.tolist() if balls else None
     upper_rows = values_all.tolist() if balls else None
     n_classes = net.output_size
+    usual: dict = {}  # label -> the usual row order of a robustness property (every other class)
     for b, (spec, row, domain) in enumerate(zip(specs, lower, domains)):
         if fast[b]:
-            ball = spec.input_set
+            ball, label = spec.input_set, spec.label
+            if label is not None and label not in usual:
+                usual[label] = [j for j in range(n_classes) if j != label]
+            if label is not None and spec.output.row_class == usual[label]:  # (`_per_class`)
+                lows, ups = lower_rows[b], upper_rows[b]
+                margin_lower = lows[:label] + [None] + lows[label:]
+                margin_upper = ups[:label] + [None] + ups[label:]
+            else:
+                margin_lower = _per_class(spec, lower_rows[b], n_classes)
+                margin_upper = _per_class(spec, upper_rows[b], n_classes)
             out.append(Certificate(
-                status=Status.YES, method=method, label=spec.label, norm=ball.norm,
-                eps=ball.eps, margin_lower=_per_class(spec, lower_rows[b], n_classes),
-                margin_upper=_per_class(spec, upper_rows[b], n_classes), reason="",
+                status=Status.YES, method=method, label=label, norm=ball.norm,
+                eps=ball.eps, margin_lower=margin_lower, margin_upper=margin_upper, reason="",
                 time_s=time_s, domain=domain, model=model, cost=dict(cost or {}), details={}))
             continue
         if balls and clear[b]:  # every row clearly > 0 in either summation order: no NO
