@@ -573,6 +573,9 @@ def _windows(net: Network, k: int, device: torch.device) -> Optional[_Windows]:
                        Dense(below_matrix[picked], below_bias[picked], below.in_shape,
                              (len(picked),)),
                        ReLU((len(picked),))], net.input_shape, name=f"{net.name}[{k}:{t}]")
+        # the layers kept whole share the network's parameter tensors (and their dense matrices)
+        sub._torch_params[(str(device), torch.float64)] = [
+            *params[:k - 2], *sub.torch_params(device)[k - 2:]]
         blocks.append(_Window(columns, dense.index_select(1, columns).contiguous(), sub))
     if total > WINDOW_FRACTION * dense.numel():
         return None
