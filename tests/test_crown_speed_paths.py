@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from conftest import MODELS, random_conv_net, random_mlp, sampled_margins
-from verify import Box, Dense, Network, OutputProperty, ReLU, Specification, certify_batch, load_onnx
+from verify import (Box, Conv2d, Dense, Network, OutputProperty, ReLU, Specification,
+                    certify_batch, load_onnx)
 from verify.bounds import InputBatch, crown, ibp
 from verify.spec import robustness_specs
 from verify.verdict import certificate_from_bounds, certificates_from_bounds
@@ -239,9 +240,11 @@ def test_reused_buffers_change_no_bound(monkeypatch):
 
 def test_no_buffer_reuse_under_autograd():
     like = torch.zeros(2, dtype=torch.float64)
+    shape = (2, crown.SCRATCH_MIN_ENTRIES)
     with torch.no_grad():
-        assert crown.scratch("test", (2, 3), like) is not None
-    assert crown.scratch("test", (2, 3), like) is None  # a graph may keep it
+        assert crown.scratch("test", shape, like) is not None
+        assert crown.scratch("test", (2, 3), like) is None  # small: a fresh tensor is cheaper
+    assert crown.scratch("test", shape, like) is None  # a graph may keep it
 
 
 def test_threads_have_their_own_buffers():
@@ -327,6 +330,63 @@ def test_dropping_dead_columns_changes_only_rounding(norm, monkeypatch):
         results.append((value.detach(), alpha.grad))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-10, atol=1e-10)
+
+
+def three_conv_net(seed: int) -> Network:
+    """Conv(3x3, pad 1) -> ReLU -> Conv(3x3, pad 1) -> ReLU -> Conv(3x3, stride 2) -> ReLU -> Dense
+    on 1 x 7 x 7: the last convolution's windows sit above two layers kept whole."""
+    rng = np.random.default_rng(seed)
+    conv1 = Conv2d(rng.normal(size=(3, 1, 3, 3)) * 0.6, rng.normal(size=3) * 0.1, (1, 1),
+                   (1, 1, 1, 1), (1, 1), (1, 7, 7))
+    conv2 = Conv2d(rng.normal(size=(4, 3, 3, 3)) * 0.4, rng.normal(size=4) * 0.1, (1, 1),
+                   (1, 1, 1, 1), (1, 1), conv1.out_shape)
+    conv3 = Conv2d(rng.normal(size=(4, 4, 3, 3)) * 0.4, rng.normal(size=4) * 0.1, (2, 2),
+                   (0, 0, 0, 0), (1, 1), conv2.out_shape)
+    n3 = int(np.prod(conv3.out_shape))
+    dense = Dense(rng.normal(size=(3, n3)) * 0.5, rng.normal(size=3) * 0.1, (n3,), (3,))
+    return Network([conv1, ReLU((147,)), conv2, ReLU((196,)), conv3, ReLU((n3,)), dense],
+                   (1, 7, 7), name="three_conv")
+
+
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_receptive_field_windows_give_the_full_passes_bounds(norm, monkeypatch):
+    """Convolutions' neuron bounds block by block on their receptive fields (crown._windows) or
+    by the full rows: the same bounds up to rounding (the windows' allowances count fewer
+    terms), on the digits CNN, a random conv net and one whose windowed layer sits above two
+    layers kept whole; every neuron and margin bound below the values at sampled points."""
+    nets = [(load_onnx(MODELS / "digits_cnn.onnx"), 0.05), (random_conv_net(
+        np.random.default_rng(5)), 0.15), (three_conv_net(0), 0.1), (three_conv_net(1), 0.2)]
+    used = []
+    for net, eps in nets:
+        specs, batch = random_batch(net, 3, eps=eps * (3 if norm == "2" else 1), norm=norm)
+        crown._WINDOWS.clear()
+        with torch.no_grad():
+            windowed, _ = crown.propagate(net, batch, ibp.layer_bounds(net, batch),
+                                          all_neurons=True)
+        used.append(any(v is not None for v in crown._WINDOWS.get(net, {}).values()))
+        low = crown.margin_lower_bounds(net, batch)[0]
+        with monkeypatch.context() as m:
+            m.setattr(crown, "WINDOW_FRACTION", -1.0)  # never pays: the full rows
+            crown._WINDOWS.clear()
+            with torch.no_grad():
+                full, _ = crown.propagate(net, batch, ibp.layer_bounds(net, batch),
+                                          all_neurons=True)
+            full_low = crown.margin_lower_bounds(net, batch)[0]
+        crown._WINDOWS.clear()
+        for (a_lo, a_up), (b_lo, b_up) in zip(windowed, full):
+            torch.testing.assert_close(a_lo, b_lo, rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(a_up, b_up, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(low, full_low, rtol=1e-9, atol=1e-9)
+        for b, spec in enumerate(specs[:4]):  # soundness at sampled points, every layer
+            points = torch.as_tensor(spec.input_set.sample(300, np.random.default_rng(b)))
+            h = points
+            for k, (layer, p) in enumerate(zip(net.layers, net.torch_params(CPU))):
+                h = layer.torch_forward(h, p).flatten(1)
+                assert bool((windowed[k][0][b] <= h + 1e-12).all())
+                assert bool((h <= windowed[k][1][b] + 1e-12).all())
+            margins = spec.output.values(net.forward(points.numpy()))
+            assert bool((low[b].numpy() <= margins.min(axis=0) + 1e-12).all())
+    assert all(used)
 
 
 def test_rows_to_bound_rules():

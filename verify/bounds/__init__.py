@@ -101,20 +101,20 @@ class InputBatch:
         assert len(norms) == 1, "one norm per batch"
         norm = norms.pop()
         eps = np.array([radius_of(x) for x in sets], dtype=np.float64)
-        set_lower = np.stack([x.lower for x in sets])
-        set_upper = np.stack([x.upper for x in sets])
+        set_lower = np.array([x.lower for x in sets], dtype=np.float64)  # (np.stack's rows,
+        set_upper = np.array([x.upper for x in sets], dtype=np.float64)  # faster for many)
         if norm == "box":
             lower, upper = set_lower, set_upper
             center = (lower + upper) / 2
         else:  # LpBall.bounding_box: center ± eps rounded outwards, then ∩ [lower, upper]
-            center = np.stack([x.center for x in sets])
+            center = np.array([x.center for x in sets], dtype=np.float64)
             radius = eps[:, None]
             lower = np.maximum(np.nextafter(center - radius, -np.inf), set_lower)
             upper = np.minimum(np.nextafter(center + radius, np.inf), set_upper)
         return cls(lower=tensor(lower), upper=tensor(upper), center=tensor(center),
                    eps=tensor(eps), norm=norm,
-                   C=tensor(np.stack([s.output.C for s in specs])),
-                   d=tensor(np.stack([s.output.d for s in specs])))
+                   C=tensor(np.array([s.output.C for s in specs], dtype=np.float64)),
+                   d=tensor(np.array([s.output.d for s in specs], dtype=np.float64)))
 
     def __len__(self) -> int:
         return len(self.lower)
