@@ -365,6 +365,16 @@ def test_receptive_field_windows_give_the_full_passes_bounds(norm, monkeypatch):
                                           all_neurons=True)
         used.append(any(v is not None for v in crown._WINDOWS.get(net, {}).values()))
         low = crown.margin_lower_bounds(net, batch)[0]
+        with monkeypatch.context() as m:  # pairs in chunks of ~10 rows: the same bounds
+            whole = crown._window_neuron_bounds
+            m.setattr(crown, "_window_neuron_bounds",
+                      lambda *a: whole(*a[:6], max_elements=2 ** 14))
+            with torch.no_grad():
+                chunked, _ = crown.propagate(net, batch, ibp.layer_bounds(net, batch),
+                                             all_neurons=True)
+        for (a_lo, a_up), (b_lo, b_up) in zip(windowed, chunked):
+            torch.testing.assert_close(a_lo, b_lo, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(a_up, b_up, rtol=1e-12, atol=1e-12)
         with monkeypatch.context() as m:
             m.setattr(crown, "WINDOW_FRACTION", -1.0)  # never pays: the full rows
             crown._WINDOWS.clear()

@@ -10,7 +10,8 @@ Method:    backward propagation of linear bounds from the margin matrix C (rows 
            the box (keeping the larger bound) for l_2/l_1. Pre-activation bounds come from the same
            backward pass, layer by layer, for the neurons auto_LiRPA bounds (the batch's union
            of unstable ones, or all past 90% of a layer), less each input's inactive ones.
-           Every bound is intersected with IBP's, so CROWN is never looser than IBP, and widened by
+           Every bound is intersected with IBP's, so CROWN is never looser than IBP (up to the
+           rounding of the margin step, which runs from the tightened bounds), and widened by
            a float64 rounding allowance, so YES holds for the real-arithmetic network.
 Soundness: sound, incomplete.
 Reference: Zhang et al., "Efficient Neural Network Robustness Certification with General
@@ -475,7 +476,8 @@ def neuron_bounds(net: Network, batch: InputBatch, bounds: list[Bounds], k: int,
     if alphas is None and dtype == batch.lower.dtype:
         windows = _windows(net, k, batch.lower.device)
         if windows is not None:
-            return _window_neuron_bounds(net, batch, bounds, k, selection, windows)
+            return _window_neuron_bounds(net, batch, bounds, k, selection, windows,
+                                         max_elements)
     index, valid = selection
     n = int(np.prod(net.layers[k].out_shape))
     widths = [net.input_size] + [int(np.prod(layer.out_shape)) for layer in net.layers[:k + 1]]
@@ -584,7 +586,8 @@ def _windows(net: Network, k: int, device: torch.device) -> Optional[_Windows]:
 
 
 def _window_neuron_bounds(net: Network, batch: InputBatch, bounds: list[Bounds], k: int,
-                          selection: Selection, windows: _Windows) -> Bounds:
+                          selection: Selection, windows: _Windows,
+                          max_elements: int = 2 ** 20) -> Bounds:
     """`neuron_bounds` for a convolution, block by block of its receptive-field windows.
 
     Every selected (input, neuron) pair of a block goes through one backward pass on the block's
@@ -593,7 +596,8 @@ def _window_neuron_bounds(net: Network, batch: InputBatch, bounds: list[Bounds],
     ReLU below and layer k-2 restricted to the window, then the layers below in full. That is
     CROWN on a network that computes the same neurons, with its own rounding allowances (over
     the s terms the restricted sums add), so the bounds are sound and equal to the full pass's
-    up to rounding. No padding: each pair is one row of the batch (L = pairs, m = 2)."""
+    up to rounding. No padding: each pair is one row of the batch (L = pairs, m = 2), in chunks
+    of at most ~`max_elements` coefficients, as `neuron_bounds`'s."""
     index, valid = selection
     layer = net.layers[k]
     n = int(np.prod(layer.out_shape))
@@ -609,12 +613,14 @@ def _window_neuron_bounds(net: Network, batch: InputBatch, bounds: list[Bounds],
     counts = torch.bincount(block, minlength=len(windows.blocks)).tolist()
     bias = layer.bias_per_output(net.torch_params(batch.lower.device)[k]["bias"])
     below_lower, below_upper = bounds[k - 2]
-    start = 0
+    widest = max([net.input_size] + [int(np.prod(layer.out_shape)) for layer in net.layers[:k]])
+    step = max(1, max_elements // (2 * widest))
+    chunks, start = [], 0
     for window, count in zip(windows.blocks, counts):
-        if count == 0:
-            continue
-        pick = order[start:start + count]
+        chunks += [(window, order[a:min(a + step, start + count)])
+                   for a in range(start, start + count, step)]
         start += count
+    for window, pick in chunks:
         rows, cols = inputs.index_select(0, pick), neurons.index_select(0, pick)
         weight = window.weight.index_select(0, cols)
         coeffs = torch.stack([weight, -weight], dim=1)  # (P, 2, s): +-e_i W_k, exact
