@@ -76,6 +76,38 @@ def test_batched_certificates_equal_one_by_one():
                                    [v for v in one.margin_upper if v is not None], rtol=1e-12)
 
 
+def test_candidates_replay_in_one_pass_as_one_by_one():
+    """certificate_from_bounds replays its candidates in one batched float64 pass: the row
+    upper bounds are each point's values' minimum, and the NO is the worst violating point
+    with its own one-point values (candidates outside the set are projected or skipped)."""
+    net = load_onnx(MODELS / "digits_mlp.onnx")
+    xs, ys = digits(8)
+    rng = np.random.default_rng(4)
+    statuses = []
+    for x, y in zip(xs, ys):
+        spec = robustness_specs(net.input_size, net.output_size, x[None], [y], 0.3, "inf",
+                                (0.0, 1.0))[0]
+        candidates = [x + rng.uniform(-0.5, 0.5, x.shape) for _ in range(12)]
+        cert = certificate_from_bounds(net, spec, "crown", np.full(9, -np.inf),
+                                       candidates=candidates)
+        values = []
+        for c in [x, *candidates]:
+            c = spec.input_set.project(c)
+            values.append(spec.output.values(net.forward(c)))
+        values = np.array(values)
+        np.testing.assert_allclose([v for v in cert.margin_upper if v is not None],
+                                   values.min(axis=0), rtol=1e-12, atol=1e-12)
+        worst = values.min(axis=1)
+        statuses.append(cert.status.value)
+        if worst.min() > 0:
+            assert cert.status.value == "MAYBE"
+            continue
+        assert cert.status.value == "NO"
+        replayed = spec.output.values(net.forward(np.asarray(cert.counterexample)))
+        assert replayed.min() == pytest.approx(worst.min(), abs=1e-12) and replayed.min() <= 0
+    assert "NO" in statuses
+
+
 def test_an_input_on_the_decision_boundary_is_replayed_alone():
     """Two equal logits at the center: the row value is 0 in any order of sums; NO either way."""
     net = Network([Dense(np.array([[1.0, 0.0], [1.0, 0.0]]), np.zeros(2), (2,), (2,))], (2,))

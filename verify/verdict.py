@@ -176,22 +176,32 @@ REPLAY_MARGIN = 1e-6
 def _replay(net: Network, spec: Specification, upper: np.ndarray,
             candidates: Iterable[np.ndarray]) -> tuple[np.ndarray, Optional[tuple]]:
     """(row upper bounds lowered by the float64 row values of the set's center and of every
-    candidate projected into the set, the worst violating (x, logits, values) or None)."""
-    counterexample = None
+    candidate projected into the set, the worst violating (x, logits, values) or None).
+
+    One batched float64 pass gives every point's values; the worst violating point is then
+    replayed alone (validated_counterexample's one-point pass), and only a point that pass
+    confirms is returned (the next worst otherwise)."""
     # An l_p ball's center lies in it (LpBall refuses one outside its box): no projection.
     center_inside = isinstance(spec.input_set, LpBall)
-    for i, x in enumerate([spec.input_set.center, *candidates]):  # validated_counterexample's
-        if not (i == 0 and center_inside):  # test, one forward pass per point
+    points = []
+    for i, x in enumerate([spec.input_set.center, *candidates]):
+        if not (i == 0 and center_inside):
             x = spec.input_set.project(np.asarray(x, dtype=np.float64).reshape(-1))
             if not spec.input_set.contains(x):
                 continue
-        logits, values = property_values(net, spec, x)
-        upper = np.minimum(upper, values)
-        if (values > 0).all():
-            continue
-        if counterexample is None or values.min() < counterexample[2].min():
-            counterexample = (x, logits, values)
-    return upper, counterexample
+        points.append(np.asarray(x, dtype=np.float64).reshape(-1))
+    if not points:
+        return upper, None
+    values = np.asarray(spec.output.values(net.forward(np.stack(points))), dtype=np.float64)
+    upper = np.minimum(upper, values.min(axis=0))
+    violating = ~(values > 0).all(axis=1)
+    worst = values.min(axis=1)
+    for i in sorted(np.flatnonzero(violating).tolist(), key=lambda i: (not worst[i] <= 0, worst[i])):
+        logits, single = property_values(net, spec, points[i])
+        upper = np.minimum(upper, single)
+        if not (single > 0).all():
+            return upper, (points[i], logits, single)
+    return upper, None
 
 
 def _domain(lower: np.ndarray, upper: np.ndarray) -> list[Optional[list]]:
