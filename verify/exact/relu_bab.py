@@ -81,8 +81,11 @@ class Domains:
 
     rows: Tensor  # (D,) row index into C
     splits: dict[int, Tensor]  # k -> (D, n) int8 in {-1, 0, +1}, ReLU layer k's input z
-    alphas: dict[int, Tensor]  # k -> (D, 1, n) lower slopes
-    betas: dict[int, Tensor]  # k -> (D, 1, n) >= 0 multipliers of the split constraints
+    # ReLU k's lower slopes and >= 0 multipliers of the split constraints, (D, 1, n_k) over the
+    # n_k entries of k unstable at the root (`ReluSearch.unstable`): only those are ever relaxed
+    # or split (a domain's bounds lie within the root's), so the stack stores nothing else
+    alphas: dict[int, Tensor]
+    betas: dict[int, Tensor]
     lower: Tensor  # (D,) best bound so far (the parent's for new children)
 
     def __len__(self) -> int:
@@ -150,20 +153,32 @@ def domain_bounds(net: Network, root: list, splits: dict[int, Tensor], params: l
 def graph_domain_bounds(net, root: dict, splits: dict[str, Tensor], input_of: dict[str, str],
                         count: int) -> tuple[dict, Tensor]:
     """`domain_bounds` for a GraphNetwork: every tensor's bounds (D, *shape) are the root's, the
-    split Relu inputs clamped, the others re-tightened by the nodes' interval rules in
-    topological order; and the (D,) empty mask."""
+    split Relu inputs clamped, the tensors downstream of a clamped one re-tightened by the
+    nodes' interval rules in topological order (the others keep the root's: their inputs' are
+    the root's, which those rules produced); and the (D,) empty mask."""
     from ..bounds import graph
 
     clamp_at: dict[str, list[str]] = {}
     for key, z in input_of.items():
-        clamp_at.setdefault(z, []).append(key)
+        if bool((splits[key] != 0).any()):  # (a key split in no domain clamps nothing)
+            clamp_at.setdefault(z, []).append(key)
     bounds = {name: (lo.expand(count, *lo.shape[1:]), up.expand(count, *up.shape[1:]))
               for name, (lo, up) in root.items() if name in net.graph.inputs}
     empty = torch.zeros(count, dtype=torch.bool, device=next(iter(root.values()))[0].device)
+    moved: set[str] = set()  # tensors whose bounds differ from the root's in some domain
     for k, node in enumerate(net.graph.nodes):
-        lower, upper = (t.expand(count, *t.shape[1:]) for t in root[node.output])
-        step_lower, step_upper = graph.node_interval(net, k, node, [bounds[i] for i in node.inputs])
-        lower, upper = torch.maximum(lower, step_lower), torch.minimum(upper, step_upper)
+        lower, upper = root[node.output]
+        if node.output not in clamp_at and not moved.intersection(node.inputs):
+            empty = empty | (lower > upper).flatten(1).any(dim=1)
+            bounds[node.output] = (lower.expand(count, *lower.shape[1:]),
+                                   upper.expand(count, *upper.shape[1:]))
+            continue
+        moved.add(node.output)
+        lower, upper = lower.expand(count, *lower.shape[1:]), upper.expand(count, *upper.shape[1:])
+        if moved.intersection(node.inputs):
+            step_lower, step_upper = graph.node_interval(net, k, node,
+                                                         [bounds[i] for i in node.inputs])
+            lower, upper = torch.maximum(lower, step_lower), torch.minimum(upper, step_upper)
         for key in clamp_at.get(node.output, []):
             phase = splits[key].reshape(lower.shape)
             lower = torch.where(phase > 0, lower.clamp(min=0), lower)
@@ -232,6 +247,11 @@ class GraphBounds(ChainBounds):
             self.root = {name: (torch.maximum(lo, tighter[name][0]),
                                 torch.minimum(up, tighter[name][1]))
                          for name, (lo, up) in self.root.items()}
+        with torch.no_grad():  # one interval pass over the root (graph_domain_bounds re-runs
+            for k, node in enumerate(net.graph.nodes):  # the rules downstream of splits only)
+                lo, up = self.root[node.output]
+                step = graph.node_interval(net, k, node, [self.root[i] for i in node.inputs])
+                self.root[node.output] = (torch.maximum(lo, step[0]), torch.minimum(up, step[1]))
         produced = {node.output for node in net.graph.nodes}
         self.input_of = {node.output: node.inputs[0] for node in net.graph.nodes
                          if node.op == "Relu" and node.inputs[0] in produced}
@@ -301,11 +321,14 @@ class ReluSearch:
         self.row_lower = np.full(m, np.inf)  # least proved bound per row
         self.leaf_open: list[str] = []
         self.result = SearchResult("unknown", self.row_lower)
+        self.widths = {k: inputs[k][0].shape[1] for k in self.relus}
         splits = {k: torch.zeros((m, inputs[k][0].shape[1]), dtype=torch.int8,
                                  device=self.device) for k in self.relus}
         alphas = {}
+        self.unstable = {}  # k -> indices of ReLU k's entries unstable at the root
         for k in self.relus:
             relax = crown.relu_relaxation(*inputs[k])
+            self.unstable[k] = torch.nonzero(relax.unstable.any(0)).flatten()
             alphas[k] = relax.lower_slope[:, None, :].expand(m, -1, -1).clone()
         if isinstance(self.problem, GraphBounds):  # alpha-CROWN's best slopes per row (auto)
             from ..bounds.alpha_crown import remembered_slopes
@@ -315,6 +338,7 @@ class ReluSearch:
                 for k in self.relus if found is not None else ():
                     if k in found and found[k].numel() == alphas[k].shape[2]:
                         alphas[k][i, 0] = found[k].to(alphas[k])
+        alphas = {k: a[:, :, self.unstable[k]] for k, a in alphas.items()}
         self.domains = Domains(torch.arange(m, device=self.device), splits, alphas,
                                {k: torch.zeros_like(a) for k, a in alphas.items()},
                                torch.full((m,), -math.inf, dtype=torch.float64,
@@ -331,6 +355,14 @@ class ReluSearch:
                           center=base.center.expand(count, -1), eps=base.eps.expand(count),
                           norm=base.norm, C=C[rows][:, None, :], d=d[rows][:, None])
 
+    def _full(self, k, compact: Tensor) -> Tensor:
+        """(D, 1, n) over all of ReLU k's entries from the stack's (D, 1, n_k) (0 elsewhere:
+        a stable entry's slope and multiplier are never read)."""
+        full = torch.zeros((*compact.shape[:2], self.widths[k]), dtype=compact.dtype,
+                           device=compact.device)
+        full[:, :, self.unstable[k]] = compact
+        return full
+
     def bound(self, chosen: Domains, steps: int) -> tuple[Tensor, list, Tensor, dict]:
         """beta-CROWN lower bounds (D,) of the chosen domains, their neuron bounds, the empty
         mask, and the coefficients on each ReLU's output (for branching). alpha and beta are
@@ -341,8 +373,8 @@ class ReluSearch:
         with torch.no_grad():
             bounds, empty = self.problem.domain_bounds(chosen.splits, len(chosen))
         signs = {k: s.to(torch.float64)[:, None, :] for k, s in chosen.splits.items()}
-        alphas = {k: a.clone().requires_grad_(True) for k, a in chosen.alphas.items()}
-        betas = {k: b.clone().requires_grad_(True) for k, b in chosen.betas.items()}
+        alphas = {k: self._full(k, a).requires_grad_(True) for k, a in chosen.alphas.items()}
+        betas = {k: self._full(k, b).requires_grad_(True) for k, b in chosen.betas.items()}
         best = torch.full((len(chosen),), -math.inf, dtype=torch.float64, device=self.device)
         record: dict[int, Tensor] = {}
         best_alphas = {k: a.detach().clone() for k, a in alphas.items()}
@@ -383,7 +415,8 @@ class ReluSearch:
                     a.clamp_(0.0, 1.0)
                 for b in betas.values():
                     b.clamp_(min=0.0)
-        chosen.alphas, chosen.betas = best_alphas, best_betas
+        chosen.alphas = {k: a[:, :, self.unstable[k]] for k, a in best_alphas.items()}
+        chosen.betas = {k: b[:, :, self.unstable[k]] for k, b in best_betas.items()}
         return torch.maximum(best, chosen.lower), bounds, empty, record
 
     def leaf_lp(self, row: int, bounds, index: int
