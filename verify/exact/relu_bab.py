@@ -54,6 +54,9 @@ from ..verdict import certificate_from_bounds, validated_counterexample
 Tensor = torch.Tensor
 
 
+REFINE_ROWS = 4096  # GraphBounds.refine: at most this many (domain, entry) rows per pass
+
+
 @dataclass
 class ReluBaBOptions:
     LIMITS: ClassVar[dict[str, str]] = {  # checked by make_options
@@ -73,6 +76,9 @@ class ReluBaBOptions:
     max_domains: int = 1_000_000  # domains bounded in all before giving up
     leaf_lps: int = 100_000  # exact LPs on fully split leaves before giving up
     attack: bool = True  # PGD before the search
+    # on a GraphNetwork, per domain CROWN bounds of the Relu inputs downstream of its splits
+    # (`GraphBounds.refine`); off: those are the root's, clamped and re-tightened by intervals
+    refine_intermediate: bool = False
 
 
 @dataclass
@@ -256,6 +262,19 @@ class GraphBounds(ChainBounds):
         self.input_of = {node.output: node.inputs[0] for node in net.graph.nodes
                          if node.op == "Relu" and node.inputs[0] in produced}
         self.keys = list(self.input_of)
+        # `refine`'s targets: the split Relus' inputs, each with the keys whose clamped input
+        # it depends on
+        producer = {node.output: node for node in net.graph.nodes}
+        self.targets = list(dict.fromkeys(self.input_of.values()))
+        self.upstream = {}
+        for z in self.targets:
+            seen, stack = set(), list(producer[z].inputs)
+            while stack:
+                t = stack.pop()
+                if t not in seen:
+                    seen.add(t)
+                    stack.extend(producer[t].inputs if t in producer else ())
+            self.upstream[z] = {k for k, clamped in self.input_of.items() if clamped in seen}
 
     def relu_inputs(self, bounds: dict) -> dict[str, tuple[Tensor, Tensor]]:
         return {k: (bounds[z][0].flatten(1), bounds[z][1].flatten(1))
@@ -263,6 +282,71 @@ class GraphBounds(ChainBounds):
 
     def domain_bounds(self, splits: dict, count: int) -> tuple[dict, Tensor]:
         return graph_domain_bounds(self.net, self.root, splits, self.input_of, count)
+
+    def refine(self, batch, bounds: dict, splits: dict, empty: Tensor, deadline,
+               budget: int = REFINE_ROWS) -> tuple[dict, Tensor]:
+        """Per domain, CROWN bounds of the Relu inputs downstream of the domain's splits
+        (beta-CROWN recomputes them on every domain): for each such z in topological order, the
+        entries unstable in some domain of the batch (l < 0 < u) are bounded by backward passes
+        from +-e_i over that domain's bounds (the split Relus' clamped ones: their relaxation is
+        exact there), at most `budget` (domain, entry) rows per pass; each is intersected with
+        the given bound, so never looser, and the tensors downstream are re-tightened by their
+        interval rules. No split term enters these passes (beta = 0: sound on the domain). Stops
+        at `deadline` with what it has (sound). Returns the bounds and the (D,) empty mask."""
+        from ..bounds import InputBatch, graph
+
+        split_keys = {k for k, s in splits.items() if bool((s != 0).any())}
+        if not split_keys:
+            return bounds, empty
+        bounds, nodes = dict(bounds), self.net.graph.nodes
+        position = {node.output: i for i, node in enumerate(nodes)}
+        for z in self.targets:
+            upstream = self.upstream[z] & split_keys
+            if not upstream or deadline.expired():
+                continue
+            mine = torch.zeros(len(empty), dtype=torch.bool, device=empty.device)
+            for k in upstream:
+                mine |= (splits[k] != 0).any(1)
+            domains = torch.nonzero(mine & ~empty).squeeze(1)
+            lo, up = bounds[z]
+            flat_lo, flat_up = lo.flatten(1)[domains], up.flatten(1)[domains]
+            rows = torch.nonzero(((flat_lo < 0) & (flat_up > 0)).any(0)).squeeze(1)
+            if len(domains) == 0 or len(rows) == 0:
+                continue
+            sub = {name: (l[domains], u[domains]) for name, (l, u) in bounds.items()}
+            sub_batch = InputBatch(lower=batch.lower[domains], upper=batch.upper[domains],
+                                   center=batch.center[domains], eps=batch.eps[domains],
+                                   norm=batch.norm, C=batch.C[domains], d=batch.d[domains])
+            shape = self.net.graph.shapes[z]
+            new_lo, new_up = flat_lo.clone(), flat_up.clone()
+            for chunk in torch.split(rows, max(1, budget // (2 * len(domains)))):
+                if deadline.expired():
+                    break
+                r = len(chunk)
+                eye = torch.zeros((r, flat_lo.shape[1]), dtype=lo.dtype, device=lo.device)
+                eye[torch.arange(r, device=lo.device), chunk] = 1.0
+                coeffs = torch.cat([eye, -eye]).reshape(2 * r, *shape).expand(
+                    len(domains), 2 * r, *shape)
+                found = graph.backward_bound(self.net, sub_batch, sub, z, coeffs, torch.zeros(
+                    (len(domains), 2 * r), dtype=lo.dtype, device=lo.device))
+                new_lo[:, chunk] = torch.maximum(flat_lo[:, chunk], found[:, :r])
+                new_up[:, chunk] = torch.minimum(flat_up[:, chunk], -found[:, r:])
+            full_lo, full_up = lo.flatten(1).clone(), up.flatten(1).clone()
+            full_lo[domains], full_up[domains] = new_lo, new_up
+            bounds[z] = (full_lo.reshape(lo.shape), full_up.reshape(up.shape))
+            empty = empty | (full_lo > full_up).any(1)
+            moved = {z}  # the interval rules downstream of z, on every domain of the batch
+            for i in range(position[z] + 1, len(nodes)):
+                node = nodes[i]
+                if not moved.intersection(node.inputs):
+                    continue
+                moved.add(node.output)
+                old_lo, old_up = bounds[node.output]
+                step = graph.node_interval(self.net, i, node, [bounds[t] for t in node.inputs])
+                new = (torch.maximum(old_lo, step[0]), torch.minimum(old_up, step[1]))
+                bounds[node.output] = new
+                empty = empty | (new[0] > new[1]).flatten(1).any(1)
+        return bounds, empty
 
     def leaf_bounds(self, bounds: dict, index: int) -> dict:
         """Per tensor name, its flat bounds in domain `index` (as `build_program` takes them)."""
@@ -372,6 +456,9 @@ class ReluSearch:
         batch = self._batch(chosen.rows)
         with torch.no_grad():
             bounds, empty = self.problem.domain_bounds(chosen.splits, len(chosen))
+            if self.options.refine_intermediate and isinstance(self.problem, GraphBounds):
+                bounds, empty = self.problem.refine(batch, bounds, chosen.splits, empty,
+                                                    self.deadline)
         signs = {k: s.to(torch.float64)[:, None, :] for k, s in chosen.splits.items()}
         alphas = {k: self._full(k, a).requires_grad_(True) for k, a in chosen.alphas.items()}
         betas = {k: self._full(k, b).requires_grad_(True) for k, b in chosen.betas.items()}
