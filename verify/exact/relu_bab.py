@@ -17,8 +17,7 @@ Method:    PGD attack first (verify.attack). Then a search over ReLU splits: a d
            resnet_4b it costs ~40x the domains and lifts no bound at equal domains); every split
            constraint s z >= 0 enters as a Lagrangian term - beta s z (beta >= 0) and the lower
            ReLU slopes alpha in [0, 1] are optimised with beta by projected Adam (beta-CROWN;
-           `root_steps` at the root, then `steps` per round, `graph_steps` on a graph: 0, the
-           root's slopes inherited, as more domains per second beat tighter ones there).
+           `root_steps` at the root, then `steps` per round, `graph_steps` on a graph).
            Proved domains (bound > 0) and empty ones (some l > u) are dropped; the rest split on
            the unsplit unstable neuron of highest BaBSR score, children inheriting alpha and beta.
            A domain with no unstable neuron left is a leaf, linear on every ReLU: its LP (HiGHS,
@@ -76,9 +75,10 @@ class ReluBaBOptions:
     timeout: float = 60.0  # seconds per specification (0: none; the active deadline still holds)
     batch_size: int = 256  # domains bounded per batched pass
     steps: int = 10  # projected Adam steps on alpha and beta per round
-    # the same on a GraphNetwork: on cifar10_resnet's resnet_4b prop_0 a round at 0 steps costs
-    # a fifth of one at 2, and in 60 s 0 steps lifts the least bound further (docs/relu_bab.md)
-    graph_steps: int = 0
+    # the same on a GraphNetwork: 0 (no beta) wins on cifar10_resnet's resnet_4b prop_0 (a
+    # round costs a fifth, the least bound in 60 s -0.135 against -0.20), but a one-Relu-layer
+    # MaxPool CNN that 2 proves in 1.3 s stays open at 30 s with 0 (docs/relu_bab.md)
+    graph_steps: int = 2
     root_steps: int = 30  # the same at the root (alpha-CROWN on each row)
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
