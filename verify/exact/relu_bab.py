@@ -75,9 +75,9 @@ class ReluBaBOptions:
     timeout: float = 60.0  # seconds per specification (0: none; the active deadline still holds)
     batch_size: int = 256  # domains bounded per batched pass
     steps: int = 10  # projected Adam steps on alpha and beta per round
-    # the same on a GraphNetwork: 0 (no beta) wins on cifar10_resnet's resnet_4b prop_0 (a
-    # round costs a fifth, the least bound in 60 s -0.135 against -0.20), but a one-Relu-layer
-    # MaxPool CNN that 2 proves in 1.3 s stays open at 30 s with 0 (docs/relu_bab.md)
+    # the same on a GraphNetwork: on cifar10_resnet's resnet_4b prop_0 the least bound at 60 s
+    # is -0.11 with 2, -0.16 with 0 (no beta: more, looser domains), -0.20 with 4; a
+    # one-Relu-layer MaxPool CNN that 2 proves in 1.3 s stays open at 30 s with 0
     graph_steps: int = 2
     root_steps: int = 30  # the same at the root (alpha-CROWN on each row)
     lr_alpha: float = 0.1
