@@ -6,9 +6,9 @@ Method:    IBP: in topological order, linear nodes in center/radius form y = L(m
            C y - d from the output intervals. CROWN: a backward pass from C through the DAG,
            coefficients of a node summed over its consumers; linear nodes transpose by their
            vector-Jacobian product (exact for a linear map; a 2-D Conv by conv_transpose2d),
-           Relu takes CROWN's relaxation, smooth ops chord / tangent lines (ops.relax), MaxPool its window candidates, Softmax a
-           mean-value form around the box's midpoint (ops.softmax_relaxation; its interval where
-           tighter). For l_2 / l_1 balls, tensors affine in the input get the exact ball bound
+           Relu takes CROWN's relaxation, smooth ops chord / tangent lines (ops.relax), MaxPool
+           its window candidates, Softmax a mean-value form around the box's midpoint
+           (ops.softmax_relaxation; its interval where tighter). For l_2 / l_1 balls, tensors affine in the input get the exact ball bound
            x0 ± eps ||J_i||_q in IBP too. Intermediate bounds: IBP, tightened by CROWN passes (at
            most `crown_rows` rows each) from each nonlinear node's input where at most
            `max_rows` entries need it.
