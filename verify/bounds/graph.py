@@ -8,8 +8,8 @@ Method:    IBP: in topological order, linear nodes in center/radius form y = L(m
            vector-Jacobian product (exact for a linear map; a 2-D Conv by conv_transpose2d),
            Relu takes CROWN's relaxation, smooth ops chord / tangent lines (ops.relax), MaxPool
            its window candidates, Softmax a mean-value form around the box's midpoint
-           (ops.softmax_relaxation; its interval where tighter). For l_2 / l_1 balls, tensors affine in the input get the exact ball bound
-           x0 ± eps ||J_i||_q in IBP too. Intermediate bounds: IBP, tightened by CROWN passes (at
+           (ops.softmax_relaxation; its interval where tighter). For l_2 / l_1 balls, tensors
+           affine in the input get the exact ball bound x0 ± eps ||J_i||_q in IBP too. Intermediate bounds: IBP, tightened by CROWN passes (at
            most `crown_rows` rows each) from each nonlinear node's input where at most
            `max_rows` entries need it.
            Rounding: with M >= |A| carried beside the coefficients A, a linear step
