@@ -9,9 +9,9 @@ Method:    IBP: in topological order, linear nodes in center/radius form y = L(m
            Relu takes CROWN's relaxation, smooth ops chord / tangent lines (ops.relax), MaxPool
            its window candidates, Softmax a mean-value form around the box's midpoint
            (ops.softmax_relaxation; its interval where tighter). For l_2 / l_1 balls, tensors
-           affine in the input get the exact ball bound x0 ± eps ||J_i||_q in IBP too. Intermediate bounds: IBP, tightened by CROWN passes (at
-           most `crown_rows` rows each) from each nonlinear node's input where at most
-           `max_rows` entries need it.
+           affine in the input get the exact ball bound x0 ± eps ||J_i||_q in IBP too.
+           Intermediate bounds: IBP, tightened by CROWN passes (at most `crown_rows` rows each)
+           from each nonlinear node's input where at most `max_rows` entries need it.
            Rounding: with M >= |A| carried beside the coefficients A, a linear step
            y = L x + b (computed A_x = fl(A_y L)) errs by at most gamma_n M_y . (|L| max|x| + |b|),
            max|x| from the tensor bounds, which also covers the M_y . |y| owed by earlier steps;
