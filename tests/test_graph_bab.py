@@ -808,3 +808,29 @@ def test_a_search_with_minutes_to_spend_tightens_the_roots_last_relu_inputs():
         assert bool((lo <= values[name] + 1e-9).all() and (values[name] <= up + 1e-9).all())
         tighter += int((lo > old_lo + 1e-9).sum() + (up < old_up - 1e-9).sum())
     assert tighter > 0
+
+
+@pytest.mark.parametrize("cin,cout,kernel,stride,dilation,group,pads,height", [
+    (3, 16, (3, 3), (2, 2), (1, 1), 1, [1, 1, 1, 1], 32),  # resnet's first Conv
+    (16, 32, (1, 1), (2, 2), (1, 1), 1, [0, 0, 0, 0], 16),  # a 1x1 stride-2 shortcut
+    (4, 6, (3, 3), (2, 2), (2, 2), 2, [0, 1, 2, 0], 9),  # dilated, grouped, uneven pads
+    (3, 5, (2, 3), (1, 2), (2, 1), 1, [1, 2, 0, 1], 8)])
+def test_conv_transpose_is_the_vector_jacobian_product(cin, cout, kernel, stride, dilation,
+                                                       group, pads, height):
+    """graph.conv_transpose (the backward pass's Conv step) against autograd's vjp of the Conv
+    forward, on an input with rows and columns the last window leaves out."""
+    from verify.graph import ops
+
+    torch.manual_seed(0)
+    node = type("Node", (), {"op": "Conv"})()
+    p = {"weight": torch.randn(cout, cin // group, *kernel, dtype=torch.float64),
+         "bias": torch.randn(cout, dtype=torch.float64), "pads": pads, "strides": list(stride),
+         "dilations": list(dilation), "group": group}
+    shape = (1, cin, height, height + 1)
+    x = torch.zeros((5, *shape), dtype=torch.float64, requires_grad=True)
+    y = ops.f_conv(node, [x], p)
+    coeffs = torch.randn(y.shape, dtype=torch.float64)
+    expected = torch.autograd.grad((y * coeffs).sum(), [x])[0]
+    found = graph_bounds.conv_transpose(node, p, shape, coeffs)
+    assert found is not None and found.shape == expected.shape
+    assert torch.allclose(found, expected, rtol=1e-12, atol=1e-12)
