@@ -14,7 +14,9 @@ Method:    PGD attack first (verify.attack). Then a search over ReLU splits: a d
            CROWN bounds clamped by the splits and re-tightened by intervals (on a graph only
            downstream of a split; `refine_intermediate`: also per-domain CROWN bounds of the
            Relu inputs downstream of its splits, `GraphBounds.refine`, off by default: on
-           resnet_4b it costs ~40x the domains and lifts no bound at equal domains); every split
+           resnet_4b it costs ~40x the domains and lifts no bound at equal domains; with
+           minutes to search, the root's last Relu inputs are first tightened by alpha-CROWN,
+           `GraphBounds.tighten_root`, which every domain inherits); every split
            constraint s z >= 0 enters as a Lagrangian term - beta s z (beta >= 0) and the lower
            ReLU slopes alpha in [0, 1] are optimised with beta by projected Adam (beta-CROWN;
            `root_steps` at the root, then `steps` per round, `graph_steps` on a graph).
