@@ -5,13 +5,13 @@ Method:    IBP: in topological order, linear nodes in center/radius form y = L(m
            (|L| the node with absolute weights), nonlinear ones by their interval rule; the margin
            C y - d from the output intervals. CROWN: a backward pass from C through the DAG,
            coefficients of a node summed over its consumers; linear nodes transpose by their
-           vector-Jacobian product (exact for a linear map), Relu takes CROWN's relaxation, smooth
-           ops chord / tangent lines (ops.relax), MaxPool its window candidates, Softmax a
-           mean-value form around the box's midpoint (ops.softmax_relaxation; its interval where
-           tighter). For l_2 / l_1 balls, tensors affine in the input get the exact ball bound
-           x0 ± eps ||J_i||_q in IBP too. Intermediate bounds: IBP, tightened by CROWN passes (at
-           most `crown_rows` rows each) from each nonlinear node's input where at most
-           `max_rows` entries need it.
+           vector-Jacobian product (exact for a linear map; a 2-D Conv by conv_transpose2d),
+           Relu takes CROWN's relaxation, smooth ops chord / tangent lines (ops.relax), MaxPool
+           its window candidates, Softmax a mean-value form around the box's midpoint
+           (ops.softmax_relaxation; its interval where tighter). For l_2 / l_1 balls, tensors
+           affine in the input get the exact ball bound x0 ± eps ||J_i||_q in IBP too.
+           Intermediate bounds: IBP, tightened by CROWN passes (at most `crown_rows` rows each)
+           from each nonlinear node's input where at most `max_rows` entries need it.
            Rounding: with M >= |A| carried beside the coefficients A, a linear step
            y = L x + b (computed A_x = fl(A_y L)) errs by at most gamma_n M_y . (|L| max|x| + |b|),
            max|x| from the tensor bounds, which also covers the M_y . |y| owed by earlier steps;
@@ -251,6 +251,32 @@ def _dot(t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 VMAP_ENTRIES = 2 ** 16  # coefficients from which a batched vjp beats autograd on R samples
 
 
+def conv_transpose(node, p, shape, coeffs: torch.Tensor) -> Optional[torch.Tensor]:
+    """L^T coeffs (R, N, C_in, H, W) for a 2-D Conv node y = L x + b on an input of `shape`
+    (N, C_in, H, W), coeffs (R, N, C_out, H', W'): the transposed convolution of coeffs (the
+    vector-Jacobian product of the padded input), cropped to the unpadded input; None when the
+    node is not a 2-D Conv on a 4-D input."""
+    weight = p["weight"]
+    if weight.dim() != 4 or len(shape) != 4:
+        return None
+    n, channels, height, width = shape
+    top, left, bottom, right = p["pads"]
+    stride, dilation = p["strides"], p["dilations"]
+    c = coeffs.reshape(coeffs.shape[0] * n, *coeffs.shape[2:])
+    padding = []
+    for axis, size in enumerate((height + top + bottom, width + left + right)):
+        reached = (c.shape[2 + axis] - 1) * stride[axis] + dilation[axis] * \
+            (weight.shape[2 + axis] - 1) + 1
+        padding.append(size - reached)  # input rows past the last window: no coefficient
+        if not 0 <= padding[-1] < max(stride[axis], dilation[axis]):
+            return None
+    grad = torch.nn.functional.conv_transpose2d(c, weight, None, stride=stride,
+                                                dilation=dilation, groups=p["group"],
+                                                output_padding=padding)
+    grad = grad[:, :, top:top + height, left:left + width]
+    return grad.reshape(coeffs.shape[0], n, channels, height, width)
+
+
 def linear_transpose(forward, node, p, shapes: list, coeffs: torch.Tensor,
                      batched_from: int = VMAP_ENTRIES) -> list[Optional[torch.Tensor]]:
     """L^T applied to coeffs (R, *out) for a linear node y = L(x) + b, `forward` its op: one
@@ -259,7 +285,13 @@ def linear_transpose(forward, node, p, shapes: list, coeffs: torch.Tensor,
     `batched_from` coefficients the forward runs once on one zero sample and its vjp is batched
     over the R rows (autograd's is_grads_batched: the same sums as autograd on R samples,
     without R forward passes; torch.func's vjp would import torch._dynamo, seconds of start-up);
-    below it, or for an op whose backward has no batching rule, autograd on R samples."""
+    below it, or for an op whose backward has no batching rule, autograd on R samples. A 2-D
+    Conv is transposed directly (`conv_transpose`: the same sums, no autograd graph of its own
+    when coeffs requires grad)."""
+    if node.op == "Conv":
+        found = conv_transpose(node, p, shapes[0], coeffs)
+        if found is not None:
+            return [found, *[None] * (len(shapes) - 1)]
     if coeffs.numel() >= batched_from:
         try:
             with torch.enable_grad():

@@ -11,7 +11,12 @@ Method:    PGD attack first (verify.attack). Then a search over ReLU splits: a d
            row plus, per ReLU, a phase in {inactive z <= 0, unsplit, active z >= 0}. Each round
            bounds up to `batch_size` domains (lowest bound first) in one batched CROWN pass stack
            (verify.bounds.crown.backward_lower with split terms): neuron bounds are the root's
-           CROWN bounds clamped by the splits and re-tightened by intervals; every split
+           CROWN bounds clamped by the splits and re-tightened by intervals (on a graph only
+           downstream of a split; `refine_intermediate`: also per-domain CROWN bounds of the
+           Relu inputs downstream of its splits, `GraphBounds.refine`, off by default: on
+           resnet_4b it costs ~40x the domains and lifts no bound at equal domains; with
+           minutes to search, the root's last Relu inputs are first tightened by alpha-CROWN,
+           `GraphBounds.tighten_root`, which every domain inherits); every split
            constraint s z >= 0 enters as a Lagrangian term - beta s z (beta >= 0) and the lower
            ReLU slopes alpha in [0, 1] are optimised with beta by projected Adam (beta-CROWN;
            `root_steps` at the root, then `steps` per round, `graph_steps` on a graph).
@@ -54,18 +59,27 @@ from ..verdict import certificate_from_bounds, validated_counterexample
 Tensor = torch.Tensor
 
 
+REFINE_ROWS = 4096  # GraphBounds.refine: at most this many (domain, entry) rows per pass
+# GraphBounds.tighten_root runs when the search has at least this many seconds (a finite
+# deadline), within this share of them: on resnet_4b prop_0 its ~29 s (the last 2 Relu inputs,
+# 10 steps) lift the least bound at 300 s from -0.090 to -0.070, and leave it at 60 s as it was
+ROOT_INTERMEDIATE_MIN_S = 120.0
+ROOT_INTERMEDIATE_SHARE = 0.15
+
+
 @dataclass
 class ReluBaBOptions:
     LIMITS: ClassVar[dict[str, str]] = {  # checked by make_options
         "timeout": ">= 0", "batch_size": ">= 1", "steps": ">= 0", "graph_steps": ">= 0",
-        "root_steps": ">= 0",
+        "root_steps": ">= 0", "root_intermediate": ">= 0", "root_intermediate_steps": ">= 0",
         "lr_alpha": "> 0", "lr_beta": "> 0", "max_domains": ">= 1", "leaf_lps": ">= 0"}
     device: str = "auto"
     timeout: float = 60.0  # seconds per specification (0: none; the active deadline still holds)
     batch_size: int = 256  # domains bounded per batched pass
     steps: int = 10  # projected Adam steps on alpha and beta per round
-    # the same on a GraphNetwork: on cifar10_resnet's resnet_4b the least bound after r rounds is
-    # the same with 0, 1, 2, 4 or 10 steps, and a round with 2 costs about a third of one with 10
+    # the same on a GraphNetwork: on cifar10_resnet's resnet_4b prop_0 the least bound at 60 s
+    # is -0.11 with 2, -0.16 with 0 (no beta: more, looser domains), -0.20 with 4; a
+    # one-Relu-layer MaxPool CNN that 2 proves in 1.3 s stays open at 30 s with 0
     graph_steps: int = 2
     root_steps: int = 30  # the same at the root (alpha-CROWN on each row)
     lr_alpha: float = 0.1
@@ -73,6 +87,13 @@ class ReluBaBOptions:
     max_domains: int = 1_000_000  # domains bounded in all before giving up
     leaf_lps: int = 100_000  # exact LPs on fully split leaves before giving up
     attack: bool = True  # PGD before the search
+    # on a GraphNetwork, per domain CROWN bounds of the Relu inputs downstream of its splits
+    # (`GraphBounds.refine`); off: those are the root's, clamped and re-tightened by intervals
+    refine_intermediate: bool = False
+    # on a GraphNetwork with >= ROOT_INTERMEDIATE_MIN_S s to search: the root's bounds of the
+    # last `root_intermediate` Relu inputs optimised first (`GraphBounds.tighten_root`)
+    root_intermediate: int = 2
+    root_intermediate_steps: int = 10
 
 
 @dataclass
@@ -81,8 +102,11 @@ class Domains:
 
     rows: Tensor  # (D,) row index into C
     splits: dict[int, Tensor]  # k -> (D, n) int8 in {-1, 0, +1}, ReLU layer k's input z
-    alphas: dict[int, Tensor]  # k -> (D, 1, n) lower slopes
-    betas: dict[int, Tensor]  # k -> (D, 1, n) >= 0 multipliers of the split constraints
+    # ReLU k's lower slopes and >= 0 multipliers of the split constraints, (D, 1, n_k) over the
+    # n_k entries of k unstable at the root (`ReluSearch.unstable`): only those are ever relaxed
+    # or split (a domain's bounds lie within the root's), so the stack stores nothing else
+    alphas: dict[int, Tensor]
+    betas: dict[int, Tensor]
     lower: Tensor  # (D,) best bound so far (the parent's for new children)
 
     def __len__(self) -> int:
@@ -150,20 +174,32 @@ def domain_bounds(net: Network, root: list, splits: dict[int, Tensor], params: l
 def graph_domain_bounds(net, root: dict, splits: dict[str, Tensor], input_of: dict[str, str],
                         count: int) -> tuple[dict, Tensor]:
     """`domain_bounds` for a GraphNetwork: every tensor's bounds (D, *shape) are the root's, the
-    split Relu inputs clamped, the others re-tightened by the nodes' interval rules in
-    topological order; and the (D,) empty mask."""
+    split Relu inputs clamped, the tensors downstream of a clamped one re-tightened by the
+    nodes' interval rules in topological order (the others keep the root's: their inputs' are
+    the root's, which those rules produced); and the (D,) empty mask."""
     from ..bounds import graph
 
     clamp_at: dict[str, list[str]] = {}
     for key, z in input_of.items():
-        clamp_at.setdefault(z, []).append(key)
+        if bool((splits[key] != 0).any()):  # (a key split in no domain clamps nothing)
+            clamp_at.setdefault(z, []).append(key)
     bounds = {name: (lo.expand(count, *lo.shape[1:]), up.expand(count, *up.shape[1:]))
               for name, (lo, up) in root.items() if name in net.graph.inputs}
     empty = torch.zeros(count, dtype=torch.bool, device=next(iter(root.values()))[0].device)
+    moved: set[str] = set()  # tensors whose bounds differ from the root's in some domain
     for k, node in enumerate(net.graph.nodes):
-        lower, upper = (t.expand(count, *t.shape[1:]) for t in root[node.output])
-        step_lower, step_upper = graph.node_interval(net, k, node, [bounds[i] for i in node.inputs])
-        lower, upper = torch.maximum(lower, step_lower), torch.minimum(upper, step_upper)
+        lower, upper = root[node.output]
+        if node.output not in clamp_at and not moved.intersection(node.inputs):
+            empty = empty | (lower > upper).flatten(1).any(dim=1)
+            bounds[node.output] = (lower.expand(count, *lower.shape[1:]),
+                                   upper.expand(count, *upper.shape[1:]))
+            continue
+        moved.add(node.output)
+        lower, upper = lower.expand(count, *lower.shape[1:]), upper.expand(count, *upper.shape[1:])
+        if moved.intersection(node.inputs):
+            step_lower, step_upper = graph.node_interval(net, k, node,
+                                                         [bounds[i] for i in node.inputs])
+            lower, upper = torch.maximum(lower, step_lower), torch.minimum(upper, step_upper)
         for key in clamp_at.get(node.output, []):
             phase = splits[key].reshape(lower.shape)
             lower = torch.where(phase > 0, lower.clamp(min=0), lower)
@@ -232,10 +268,24 @@ class GraphBounds(ChainBounds):
             self.root = {name: (torch.maximum(lo, tighter[name][0]),
                                 torch.minimum(up, tighter[name][1]))
                          for name, (lo, up) in self.root.items()}
+        self._settle_root()
         produced = {node.output for node in net.graph.nodes}
         self.input_of = {node.output: node.inputs[0] for node in net.graph.nodes
                          if node.op == "Relu" and node.inputs[0] in produced}
         self.keys = list(self.input_of)
+        # `refine`'s targets: the split Relus' inputs, each with the keys whose clamped input
+        # it depends on
+        producer = {node.output: node for node in net.graph.nodes}
+        self.targets = list(dict.fromkeys(self.input_of.values()))
+        self.upstream = {}
+        for z in self.targets:
+            seen, stack = set(), list(producer[z].inputs)
+            while stack:
+                t = stack.pop()
+                if t not in seen:
+                    seen.add(t)
+                    stack.extend(producer[t].inputs if t in producer else ())
+            self.upstream[z] = {k for k, clamped in self.input_of.items() if clamped in seen}
 
     def relu_inputs(self, bounds: dict) -> dict[str, tuple[Tensor, Tensor]]:
         return {k: (bounds[z][0].flatten(1), bounds[z][1].flatten(1))
@@ -243,6 +293,95 @@ class GraphBounds(ChainBounds):
 
     def domain_bounds(self, splits: dict, count: int) -> tuple[dict, Tensor]:
         return graph_domain_bounds(self.net, self.root, splits, self.input_of, count)
+
+    def _settle_root(self) -> None:
+        """One interval pass over the root, each tensor intersected with its nodes' rule
+        (graph_domain_bounds re-runs the rules downstream of splits only)."""
+        from ..bounds import graph
+
+        with torch.no_grad():
+            for k, node in enumerate(self.net.graph.nodes):
+                lo, up = self.root[node.output]
+                step = graph.node_interval(self.net, k, node,
+                                           [self.root[i] for i in node.inputs])
+                self.root[node.output] = (torch.maximum(lo, step[0]), torch.minimum(up, step[1]))
+
+    def tighten_root(self, base, count: int, steps: int) -> None:
+        """alpha-CROWN on the root's bounds of the last `count` Relu inputs (topological order,
+        `alpha_crown.graph_optimized_intermediate`, `steps` each; never looser, stops at the
+        active deadline with what it has), then the interval pass downstream."""
+        from ..bounds.alpha_crown import graph_optimized_intermediate, graph_relu_inputs
+
+        targets = graph_relu_inputs(self.net)[-count:]
+        if targets:
+            self.root, _ = graph_optimized_intermediate(self.net, base, self.root, targets, steps)
+            self.root = {name: (lo.detach(), up.detach()) for name, (lo, up) in self.root.items()}
+            self._settle_root()
+
+    def refine(self, batch, bounds: dict, splits: dict, empty: Tensor, deadline,
+               budget: int = REFINE_ROWS) -> tuple[dict, Tensor]:
+        """Per domain, CROWN bounds of the Relu inputs downstream of the domain's splits
+        (beta-CROWN recomputes them on every domain): for each such z in topological order, the
+        entries unstable in some domain of the batch (l < 0 < u) are bounded by backward passes
+        from +-e_i over that domain's bounds (the split Relus' clamped ones: their relaxation is
+        exact there), at most `budget` (domain, entry) rows per pass; each is intersected with
+        the given bound, so never looser, and the tensors downstream are re-tightened by their
+        interval rules. No split term enters these passes (beta = 0: sound on the domain). Stops
+        at `deadline` with what it has (sound). Returns the bounds and the (D,) empty mask."""
+        from ..bounds import InputBatch, graph
+
+        split_keys = {k for k, s in splits.items() if bool((s != 0).any())}
+        if not split_keys:
+            return bounds, empty
+        bounds, nodes = dict(bounds), self.net.graph.nodes
+        position = {node.output: i for i, node in enumerate(nodes)}
+        for z in self.targets:
+            upstream = self.upstream[z] & split_keys
+            if not upstream or deadline.expired():
+                continue
+            mine = torch.zeros(len(empty), dtype=torch.bool, device=empty.device)
+            for k in upstream:
+                mine |= (splits[k] != 0).any(1)
+            domains = torch.nonzero(mine & ~empty).squeeze(1)
+            lo, up = bounds[z]
+            flat_lo, flat_up = lo.flatten(1)[domains], up.flatten(1)[domains]
+            rows = torch.nonzero(((flat_lo < 0) & (flat_up > 0)).any(0)).squeeze(1)
+            if len(domains) == 0 or len(rows) == 0:
+                continue
+            sub = {name: (l[domains], u[domains]) for name, (l, u) in bounds.items()}
+            sub_batch = InputBatch(lower=batch.lower[domains], upper=batch.upper[domains],
+                                   center=batch.center[domains], eps=batch.eps[domains],
+                                   norm=batch.norm, C=batch.C[domains], d=batch.d[domains])
+            shape = self.net.graph.shapes[z]
+            new_lo, new_up = flat_lo.clone(), flat_up.clone()
+            for chunk in torch.split(rows, max(1, budget // (2 * len(domains)))):
+                if deadline.expired():
+                    break
+                r = len(chunk)
+                eye = torch.zeros((r, flat_lo.shape[1]), dtype=lo.dtype, device=lo.device)
+                eye[torch.arange(r, device=lo.device), chunk] = 1.0
+                coeffs = torch.cat([eye, -eye]).reshape(2 * r, *shape).expand(
+                    len(domains), 2 * r, *shape)
+                found = graph.backward_bound(self.net, sub_batch, sub, z, coeffs, torch.zeros(
+                    (len(domains), 2 * r), dtype=lo.dtype, device=lo.device))
+                new_lo[:, chunk] = torch.maximum(flat_lo[:, chunk], found[:, :r])
+                new_up[:, chunk] = torch.minimum(flat_up[:, chunk], -found[:, r:])
+            full_lo, full_up = lo.flatten(1).clone(), up.flatten(1).clone()
+            full_lo[domains], full_up[domains] = new_lo, new_up
+            bounds[z] = (full_lo.reshape(lo.shape), full_up.reshape(up.shape))
+            empty = empty | (full_lo > full_up).any(1)
+            moved = {z}  # the interval rules downstream of z, on every domain of the batch
+            for i in range(position[z] + 1, len(nodes)):
+                node = nodes[i]
+                if not moved.intersection(node.inputs):
+                    continue
+                moved.add(node.output)
+                old_lo, old_up = bounds[node.output]
+                step = graph.node_interval(self.net, i, node, [bounds[t] for t in node.inputs])
+                new = (torch.maximum(old_lo, step[0]), torch.minimum(old_up, step[1]))
+                bounds[node.output] = new
+                empty = empty | (new[0] > new[1]).flatten(1).any(1)
+        return bounds, empty
 
     def leaf_bounds(self, bounds: dict, index: int) -> dict:
         """Per tensor name, its flat bounds in domain `index` (as `build_program` takes them)."""
@@ -294,6 +433,11 @@ class ReluSearch:
         self.base = InputBatch.from_specs([spec], self.device)
         kind = GraphBounds if getattr(net, "is_graph", False) else ChainBounds
         self.problem = kind(net, self.base, self.device)
+        if kind is GraphBounds and options.root_intermediate > 0 and \
+                ROOT_INTERMEDIATE_MIN_S <= deadline.remaining() < math.inf:
+            with deadlines.limit(deadline.split(ROOT_INTERMEDIATE_SHARE)):
+                self.problem.tighten_root(self.base, options.root_intermediate,
+                                          options.root_intermediate_steps)
         self.root, self.relus = self.problem.root, self.problem.keys
         self.params = getattr(self.problem, "params", None)
         m = spec.output.C.shape[0]
@@ -301,11 +445,14 @@ class ReluSearch:
         self.row_lower = np.full(m, np.inf)  # least proved bound per row
         self.leaf_open: list[str] = []
         self.result = SearchResult("unknown", self.row_lower)
+        self.widths = {k: inputs[k][0].shape[1] for k in self.relus}
         splits = {k: torch.zeros((m, inputs[k][0].shape[1]), dtype=torch.int8,
                                  device=self.device) for k in self.relus}
         alphas = {}
+        self.unstable = {}  # k -> indices of ReLU k's entries unstable at the root
         for k in self.relus:
             relax = crown.relu_relaxation(*inputs[k])
+            self.unstable[k] = torch.nonzero(relax.unstable.any(0)).flatten()
             alphas[k] = relax.lower_slope[:, None, :].expand(m, -1, -1).clone()
         if isinstance(self.problem, GraphBounds):  # alpha-CROWN's best slopes per row (auto)
             from ..bounds.alpha_crown import remembered_slopes
@@ -315,6 +462,7 @@ class ReluSearch:
                 for k in self.relus if found is not None else ():
                     if k in found and found[k].numel() == alphas[k].shape[2]:
                         alphas[k][i, 0] = found[k].to(alphas[k])
+        alphas = {k: a[:, :, self.unstable[k]] for k, a in alphas.items()}
         self.domains = Domains(torch.arange(m, device=self.device), splits, alphas,
                                {k: torch.zeros_like(a) for k, a in alphas.items()},
                                torch.full((m,), -math.inf, dtype=torch.float64,
@@ -331,6 +479,14 @@ class ReluSearch:
                           center=base.center.expand(count, -1), eps=base.eps.expand(count),
                           norm=base.norm, C=C[rows][:, None, :], d=d[rows][:, None])
 
+    def _full(self, k, compact: Tensor) -> Tensor:
+        """(D, 1, n) over all of ReLU k's entries from the stack's (D, 1, n_k) (0 elsewhere:
+        a stable entry's slope and multiplier are never read)."""
+        full = torch.zeros((*compact.shape[:2], self.widths[k]), dtype=compact.dtype,
+                           device=compact.device)
+        full[:, :, self.unstable[k]] = compact
+        return full
+
     def bound(self, chosen: Domains, steps: int) -> tuple[Tensor, list, Tensor, dict]:
         """beta-CROWN lower bounds (D,) of the chosen domains, their neuron bounds, the empty
         mask, and the coefficients on each ReLU's output (for branching). alpha and beta are
@@ -340,9 +496,12 @@ class ReluSearch:
         batch = self._batch(chosen.rows)
         with torch.no_grad():
             bounds, empty = self.problem.domain_bounds(chosen.splits, len(chosen))
+            if self.options.refine_intermediate and isinstance(self.problem, GraphBounds):
+                bounds, empty = self.problem.refine(batch, bounds, chosen.splits, empty,
+                                                    self.deadline)
         signs = {k: s.to(torch.float64)[:, None, :] for k, s in chosen.splits.items()}
-        alphas = {k: a.clone().requires_grad_(True) for k, a in chosen.alphas.items()}
-        betas = {k: b.clone().requires_grad_(True) for k, b in chosen.betas.items()}
+        alphas = {k: self._full(k, a).requires_grad_(True) for k, a in chosen.alphas.items()}
+        betas = {k: self._full(k, b).requires_grad_(True) for k, b in chosen.betas.items()}
         best = torch.full((len(chosen),), -math.inf, dtype=torch.float64, device=self.device)
         record: dict[int, Tensor] = {}
         best_alphas = {k: a.detach().clone() for k, a in alphas.items()}
@@ -383,7 +542,8 @@ class ReluSearch:
                     a.clamp_(0.0, 1.0)
                 for b in betas.values():
                     b.clamp_(min=0.0)
-        chosen.alphas, chosen.betas = best_alphas, best_betas
+        chosen.alphas = {k: a[:, :, self.unstable[k]] for k, a in best_alphas.items()}
+        chosen.betas = {k: b[:, :, self.unstable[k]] for k, b in best_betas.items()}
         return torch.maximum(best, chosen.lower), bounds, empty, record
 
     def leaf_lp(self, row: int, bounds, index: int
