@@ -538,7 +538,6 @@ def _crown_bounds(net, batch: InputBatch, crown_rows: int, max_rows: int,
             resume = (dict(bounds), set(tightened), k)
         if name is not None and name not in tightened and crown_rows > 0 and resume is None:
             before = (dict(bounds), set(tightened), k)
-            shape = net.graph.shapes[name]
             lo, up = bounds[name]
             flat_lo, flat_up = lo.flatten(1), up.flatten(1)
             if node.op == "Relu":
@@ -546,25 +545,39 @@ def _crown_bounds(net, batch: InputBatch, crown_rows: int, max_rows: int,
             else:
                 rows = torch.arange(flat_lo.shape[1], device=lo.device)
             if 0 < len(rows) <= max(max_rows, crown_rows):
-                new_lo, new_up = flat_lo.clone(), flat_up.clone()
-                for chunk in torch.split(rows, crown_rows):
-                    if deadlines.active().expired():
-                        resume = before  # this tensor again, whole, next time
-                        break
-                    r = len(chunk)
-                    eye = torch.zeros((r, flat_lo.shape[1]), dtype=lo.dtype, device=lo.device)
-                    eye[torch.arange(r, device=lo.device), chunk] = 1.0
-                    coeffs = torch.cat([eye, -eye]).reshape(2 * r, *shape).expand(
-                        len(batch), 2 * r, *shape)
-                    lower = backward_bound(net, batch, bounds, name, coeffs, torch.zeros(
-                        (len(batch), 2 * r), dtype=lo.dtype, device=lo.device))
-                    new_lo[:, chunk] = torch.maximum(flat_lo[:, chunk], lower[:, :r])
-                    new_up[:, chunk] = torch.minimum(flat_up[:, chunk], -lower[:, r:])
+                new_lo, new_up, whole = entry_bounds(net, batch, bounds, name, rows, crown_rows,
+                                                     deadlines.active())
+                if not whole:
+                    resume = before  # this tensor again, whole, next time
                 bounds[name] = (new_lo.reshape(lo.shape), new_up.reshape(up.shape))
             tightened.add(name)
         bounds[node.output] = ball.intersect(k, node, node_interval(
             net, k, node, [bounds[i] for i in node.inputs]))
     return bounds, resume
+
+
+def entry_bounds(net, batch: InputBatch, bounds: dict[str, Bounds], name: str, rows: torch.Tensor,
+                 chunk_rows: int, deadline) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """CROWN bounds (B, size) on the entries `rows` of tensor `name` (flattened): backward passes
+    from +-e_i, `chunk_rows` entries per pass, each intersected with bounds[name], so never
+    looser. Stops before a pass once `deadline` has expired (what it has is still sound);
+    returns (lower, upper, whether every row was bounded)."""
+    lo, up = bounds[name]
+    flat_lo, flat_up = lo.flatten(1), up.flatten(1)
+    shape = net.graph.shapes[name]
+    new_lo, new_up = flat_lo.clone(), flat_up.clone()
+    for chunk in torch.split(rows, chunk_rows):
+        if deadline.expired():
+            return new_lo, new_up, False
+        r = len(chunk)
+        eye = torch.zeros((r, flat_lo.shape[1]), dtype=lo.dtype, device=lo.device)
+        eye[torch.arange(r, device=lo.device), chunk] = 1.0
+        coeffs = torch.cat([eye, -eye]).reshape(2 * r, *shape).expand(len(batch), 2 * r, *shape)
+        lower = backward_bound(net, batch, bounds, name, coeffs, torch.zeros(
+            (len(batch), 2 * r), dtype=lo.dtype, device=lo.device))
+        new_lo[:, chunk] = torch.maximum(flat_lo[:, chunk], lower[:, :r])
+        new_up[:, chunk] = torch.minimum(flat_up[:, chunk], -lower[:, r:])
+    return new_lo, new_up, True
 
 
 def relu_slopes(net, bounds: dict[str, Bounds], rows: int) -> dict[str, torch.Tensor]:

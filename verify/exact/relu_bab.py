@@ -352,20 +352,8 @@ class GraphBounds(ChainBounds):
             sub_batch = InputBatch(lower=batch.lower[domains], upper=batch.upper[domains],
                                    center=batch.center[domains], eps=batch.eps[domains],
                                    norm=batch.norm, C=batch.C[domains], d=batch.d[domains])
-            shape = self.net.graph.shapes[z]
-            new_lo, new_up = flat_lo.clone(), flat_up.clone()
-            for chunk in torch.split(rows, max(1, budget // (2 * len(domains)))):
-                if deadline.expired():
-                    break
-                r = len(chunk)
-                eye = torch.zeros((r, flat_lo.shape[1]), dtype=lo.dtype, device=lo.device)
-                eye[torch.arange(r, device=lo.device), chunk] = 1.0
-                coeffs = torch.cat([eye, -eye]).reshape(2 * r, *shape).expand(
-                    len(domains), 2 * r, *shape)
-                found = graph.backward_bound(self.net, sub_batch, sub, z, coeffs, torch.zeros(
-                    (len(domains), 2 * r), dtype=lo.dtype, device=lo.device))
-                new_lo[:, chunk] = torch.maximum(flat_lo[:, chunk], found[:, :r])
-                new_up[:, chunk] = torch.minimum(flat_up[:, chunk], -found[:, r:])
+            new_lo, new_up, _ = graph.entry_bounds(self.net, sub_batch, sub, z, rows,
+                                                   max(1, budget // (2 * len(domains))), deadline)
             full_lo, full_up = lo.flatten(1).clone(), up.flatten(1).clone()
             full_lo[domains], full_up[domains] = new_lo, new_up
             bounds[z] = (full_lo.reshape(lo.shape), full_up.reshape(up.shape))
