@@ -810,15 +810,17 @@ def test_a_search_with_minutes_to_spend_tightens_the_roots_last_relu_inputs():
     assert tighter > 0
 
 
-@pytest.mark.parametrize("cin,cout,kernel,stride,dilation,group,pads,height", [
-    (3, 16, (3, 3), (2, 2), (1, 1), 1, [1, 1, 1, 1], 32),  # resnet's first Conv
-    (16, 32, (1, 1), (2, 2), (1, 1), 1, [0, 0, 0, 0], 16),  # a 1x1 stride-2 shortcut
-    (4, 6, (3, 3), (2, 2), (2, 2), 2, [0, 1, 2, 0], 9),  # dilated, grouped, uneven pads
-    (3, 5, (2, 3), (1, 2), (2, 1), 1, [1, 2, 0, 1], 8)])
+@pytest.mark.parametrize("cin,cout,kernel,stride,dilation,group,pads,height,n", [
+    (3, 16, (3, 3), (2, 2), (1, 1), 1, [1, 1, 1, 1], 32, 1),  # resnet's first Conv
+    (16, 32, (1, 1), (2, 2), (1, 1), 1, [0, 0, 0, 0], 16, 1),  # a 1x1 stride-2 shortcut
+    (4, 6, (3, 3), (2, 2), (2, 2), 2, [0, 1, 2, 0], 9, 2),  # dilated, grouped, uneven pads
+    (3, 5, (2, 3), (1, 2), (2, 1), 1, [1, 2, 0, 1], 8, 3),
+    (2, 3, (3, 3), (1, 1), (1, 1), 1, [-1, 0, 1, 0], 7, 1)])  # a negative pad: None
 def test_conv_transpose_is_the_vector_jacobian_product(cin, cout, kernel, stride, dilation,
-                                                       group, pads, height):
+                                                       group, pads, height, n):
     """graph.conv_transpose (the backward pass's Conv step) against autograd's vjp of the Conv
-    forward, on an input with rows and columns the last window leaves out."""
+    forward, on an input with rows and columns the last window leaves out; a negative pad
+    (a crop) is left to autograd (None)."""
     from verify.graph import ops
 
     torch.manual_seed(0)
@@ -826,7 +828,11 @@ def test_conv_transpose_is_the_vector_jacobian_product(cin, cout, kernel, stride
     p = {"weight": torch.randn(cout, cin // group, *kernel, dtype=torch.float64),
          "bias": torch.randn(cout, dtype=torch.float64), "pads": pads, "strides": list(stride),
          "dilations": list(dilation), "group": group}
-    shape = (1, cin, height, height + 1)
+    shape = (n, cin, height, height + 1)
+    if min(pads) < 0:
+        coeffs = torch.randn((5, n, cout, height, height + 1), dtype=torch.float64)
+        assert graph_bounds.conv_transpose(node, p, shape, coeffs) is None
+        return
     x = torch.zeros((5, *shape), dtype=torch.float64, requires_grad=True)
     y = ops.f_conv(node, [x], p)
     coeffs = torch.randn(y.shape, dtype=torch.float64)
@@ -834,3 +840,16 @@ def test_conv_transpose_is_the_vector_jacobian_product(cin, cout, kernel, stride
     found = graph_bounds.conv_transpose(node, p, shape, coeffs)
     assert found is not None and found.shape == expected.shape
     assert torch.allclose(found, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_a_sat_found_from_the_relaxations_corners_lies_in_the_input_set():
+    """search()'s counterexample from its corner attack is the projected point it replayed (it
+    was the raw PGD point, here 2.2e-16 outside the box)."""
+    net = residual_dag(1, n=4, width=10)
+    spec, _ = spec_at(net, 1, 0.2)
+    found = relu_bab.search(net, spec, relu_bab.ReluBaBOptions(device="cpu", timeout=5,
+                                                               attack=False))
+    assert found.status == "sat"
+    point = np.asarray(found.counterexample)
+    assert spec.input_set.contains(point)
+    assert spec.output.values(net.forward(point)).min() <= 0

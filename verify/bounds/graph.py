@@ -261,6 +261,8 @@ def conv_transpose(node, p, shape, coeffs: torch.Tensor) -> Optional[torch.Tenso
         return None
     n, channels, height, width = shape
     top, left, bottom, right = p["pads"]
+    if min(top, left, bottom, right) < 0:  # a crop, not a pad: autograd's transpose
+        return None
     stride, dilation = p["strides"], p["dilations"]
     c = coeffs.reshape(coeffs.shape[0] * n, *coeffs.shape[2:])
     padding = []

@@ -654,9 +654,10 @@ class ReluSearch:
             starts = corners[rows == r]
             x, value = falsify(self.net, lo.expand_as(starts), up.expand_as(starts),
                                C[r:r + 1], d[r:r + 1], starts, steps=steps)
-            if value <= 0 and validated_counterexample(self.net, self.spec,
-                                                       x.cpu().numpy()) is not None:
-                return x.cpu().numpy()
+            found = validated_counterexample(self.net, self.spec, x.cpu().numpy()) \
+                if value <= 0 else None
+            if found is not None:
+                return found[0]  # projected into the set, as replayed
         return None
 
     def _solve_leaves(self, chosen: Domains, bounds: list, leaves: Tensor
