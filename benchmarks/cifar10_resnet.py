@@ -6,8 +6,8 @@
 Runs `verify vnncomp` (auto: attack -> alpha-CROWN -> relu-bab -> MILP on graph networks) on
 benchmarks/data/vnncomp2021/<bench>/instances.csv, loading included, each instance capped at
 --timeout-cap seconds (their own timeouts are 300-420 s; an answer after the cap counts as a
-timeout). Writes benchmarks/results/vnncomp2021_<bench>.csv and .md: solved counts, wrong
-answers, medians, the stage that decided each instance, and how many of the same instances each
+timeout). Writes benchmarks/results/vnncomp2021_<bench>.csv and .md (another cap than 60 s:
+vnncomp2021_<bench>_<cap>s.*): solved counts, wrong answers, medians, the stage that decided each instance, and how many of the same instances each
 2021 tool solved (its own hardware and timeout), plus the full-benchmark counts of issue 16.
 """
 
@@ -30,6 +30,7 @@ from benchmarks.reporting import SHARED_NOTE, machine  # noqa: E402
 
 DATA = REPO / "benchmarks" / "data" / "vnncomp2021"
 RESULTS = REPO / "benchmarks" / "results"
+DEFAULT_CAP = 60.0
 # VNN-COMP 2021 solved counts on the whole benchmarks (issue 16; the report arXiv:2109.00498).
 FULL_COUNTS = {"cifar10_resnet": "72 instances: alpha-beta-CROWN 58, VeriNet 49, ERAN 44",
                "verivital": "60 instances: alpha-beta-CROWN 60, ERAN 59"}
@@ -64,7 +65,7 @@ def previous_run(path: Path) -> tuple[str, dict[tuple[str, str], str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bench", nargs="+", default=["cifar10_resnet"])
-    parser.add_argument("--timeout-cap", type=float, default=60.0)
+    parser.add_argument("--timeout-cap", type=float, default=DEFAULT_CAP)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--stride", type=int, default=1,
@@ -74,7 +75,10 @@ def main() -> None:
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     for bench in args.bench:
-        before, before_each = previous_run(RESULTS / f"vnncomp2021_{bench}.csv")
+        # a cap other than the default keeps its own files (vnncomp2021_<bench>_300s.md)
+        stem = f"vnncomp2021_{bench}" + ("" if args.timeout_cap == DEFAULT_CAP else
+                                         f"_{args.timeout_cap:g}s")
+        before, before_each = previous_run(RESULTS / f"{stem}.csv")
         load_start = os.getloadavg()[0]
         with tempfile.TemporaryDirectory() as tmp:
             instances = DATA / bench / "instances.csv"
@@ -89,7 +93,7 @@ def main() -> None:
             rows = run_instances(str(instances), "auto", args.timeout_cap, limit=args.limit,
                                  threads=args.threads)
         load_end = os.getloadavg()[0]
-        write_results(rows, str(RESULTS / f"vnncomp2021_{bench}.csv"))
+        write_results(rows, str(RESULTS / f"{stem}.csv"))
         solved = [r for r in rows if r.result in ("sat", "unsat")]
         decidable = [r for r in rows if r.expected in ("sat", "unsat")]
         table = ["| network | property | expected | result | stage | time (s) | replaced file |",
@@ -124,7 +128,7 @@ def main() -> None:
               f"2021 tools on the whole benchmark: {FULL_COUNTS.get(bench, '-')}.\n\n"
               f"```\n{summary(rows)}\n```\n\n" + "\n".join(per_network) + "\n\n"
               + "\n".join(table) + "\n")
-        (RESULTS / f"vnncomp2021_{bench}.md").write_text(md)
+        (RESULTS / f"{stem}.md").write_text(md)
         print(md)
 
 
