@@ -117,21 +117,13 @@ def observed_deviation(model: Path, lower, upper, bound: np.ndarray, points: int
                        rng) -> np.ndarray:
     """Largest |onnxruntime float32 - float64 forward| per output over random points, random
     corners and a hill-climb from the point nearest the bound (relatively)."""
-    import onnxruntime as ort
-
     from verify.onnx_io import load_onnx
 
     net = load_onnx(model)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    inp = session.get_inputs()[0]
-    shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+    session = float_rounding.float_session(model)
 
     def deviation(xs):
-        f32 = np.stack([session.run(None, {inp.name: x.astype(np.float32).reshape(shape)})[0]
-                        .reshape(-1) for x in xs]).astype(np.float64)
+        f32 = np.stack([float_rounding.session_forward(session, x) for x in xs])
         return np.abs(f32 - net.forward(xs))
 
     def into_box(xs):

@@ -1,7 +1,7 @@
 """What the benchmark scripts share: the machine line, one-thread setup, CSV / PNG writing, and
 the cross-method checks on `verify.compare` records.
 
-    from benchmarks.reporting import machine, write_csv, pyplot, save_png, check_records
+    from benchmarks.reporting import machine, write_csv, pyplot, finish_png, check_records
 
 `machine()` is the line every results/*.md starts with (platform, cores, library versions,
 threads, date).
@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 import verify
-from verify.outputs import atomic_path, write_text_atomically
+from verify.outputs import pyplot  # noqa: F401 (the scripts import it from here)
+from verify.outputs import atomic_path, save_figure, write_text_atomically
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_NOTE = ("The machine is shared with other jobs (2 cores): absolute times vary from run to "
@@ -91,29 +92,11 @@ def add_sampling_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 
 
-def pyplot():
-    """matplotlib.pyplot on the Agg backend, or None when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
-def save_png(fig, path: Path) -> None:
-    tmp = path.with_name(path.name + ".part.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
-
-
 def finish_png(fig, path: Path) -> bool:
-    """Lay out, write whole (`save_png`) and close a finished figure; True (it was drawn)."""
+    """Lay out, write whole (`verify.outputs.save_figure`, which closes it) a finished figure;
+    True (it was drawn)."""
     fig.tight_layout()
-    save_png(fig, path)
-    pyplot().close(fig)
+    save_figure(fig, path)
     return True
 
 

@@ -92,3 +92,24 @@ def run_solver(argv: list[str], capsys) -> tuple[int, str, str]:
     out = io.StringIO()
     code = main(argv, out=out)
     return code, out.getvalue(), capsys.readouterr().err
+
+
+def only_milp_decides(monkeypatch, calls: list) -> None:
+    """Make `vnncomp.solve`'s auto stages answer unknown, all but the MILP (run for real), each
+    stage's name appended to `calls`: what the MILP stage decides, when the plan reaches it."""
+    from verify import vnncomp
+
+    real = vnncomp._solve_with_certifier
+
+    def certifier(net_, query_, step, options, pairs=None):
+        calls.append(step)
+        if step == "milp":
+            return real(net_, query_, step, options, pairs)
+        return vnncomp.QueryResult("unknown", method=step, open_pairs=pairs)
+
+    def stuck_relu_bab(net_, query_, options, pairs=None):
+        calls.append("relu-bab")
+        return vnncomp.QueryResult("unknown", method="relu-bab", open_pairs=pairs)
+
+    monkeypatch.setattr(vnncomp, "_solve_with_certifier", certifier)
+    monkeypatch.setattr(vnncomp, "_solve_relu_bab", stuck_relu_bab)

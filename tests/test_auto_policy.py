@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from conftest import random_mlp
+from conftest import only_milp_decides, random_mlp
 from onnx_reference import make_model, tensor
 from verify import vnncomp
 from verify.backends import certify_specs
@@ -118,20 +118,7 @@ def test_deep_graph_keeps_relu_bab_before_the_milp(monkeypatch):
     it leaves (a sat answer replays)."""
     net = pooled_cnn(1, "MaxPool", deep=True)
     calls = []
-    real_certifier = vnncomp._solve_with_certifier
-
-    def certifier(net_, query_, step, options, pairs=None):
-        calls.append(step)
-        if step == "milp":
-            return real_certifier(net_, query_, step, options, pairs)
-        return vnncomp.QueryResult("unknown", method=step, open_pairs=pairs)
-
-    def stuck_relu_bab(net_, query_, options, pairs=None):
-        calls.append("relu-bab")
-        return vnncomp.QueryResult("unknown", method="relu-bab", open_pairs=pairs)
-
-    monkeypatch.setattr(vnncomp, "_solve_with_certifier", certifier)
-    monkeypatch.setattr(vnncomp, "_solve_relu_bab", stuck_relu_bab)
+    only_milp_decides(monkeypatch, calls)
     for eps in (0.02, 0.4):
         calls.clear()
         query, spec = robustness_query(net, 1, eps)

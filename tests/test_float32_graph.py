@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import run_solver
-from verify.float_rounding import (evaluation_error, graph_float_forward, onnxruntime_forward,
-                                   round_into_box)
+from verify.float_rounding import (evaluation_error, float_session, graph_float_forward,
+                                   onnxruntime_forward, round_into_box, session_forward)
 from verify.onnx_io import load_onnx
 
 
@@ -341,13 +341,10 @@ def _bundled_gaps(path: Path, lower, upper, net, rng, error) -> np.ndarray:
     """|float32 - float64| per output at random points of the box, at random corners, and at
     points a hill-climb moved (a few ulps on random coordinates) towards a larger gap relative
     to the bound."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    inp = session.get_inputs()[0]
-    shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+    session = float_session(path)
 
     def gaps(xs):
-        f32 = np.stack([session.run(None, {inp.name: x.astype(np.float32).reshape(shape)})[0]
-                        .reshape(-1) for x in xs]).astype(np.float64)
+        f32 = np.stack([session_forward(session, x) for x in xs])
         return np.abs(f32 - net.forward(xs))
 
     xs = np.concatenate([rng.uniform(lower, upper, (60, len(lower))),

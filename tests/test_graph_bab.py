@@ -11,6 +11,7 @@ import pytest
 import torch
 from onnx import helper
 
+from conftest import only_milp_decides
 from onnx_reference import make_model, tensor
 from verify import backends
 from verify.attack import AttackOptions, find_counterexample
@@ -406,17 +407,7 @@ def test_auto_on_a_graph_reaches_the_milp_stage(monkeypatch):
     label = int(np.argmax(net.forward(x)))
     assert vnncomp.GRAPH_AUTO_STAGES[-1][0] == "milp"
     calls = []
-    real = vnncomp._solve_with_certifier
-
-    def only_milp(net_, query_, step, options, pairs=None):
-        calls.append(step)
-        if step == "milp":
-            return real(net_, query_, step, options, pairs)
-        return vnncomp.QueryResult("unknown", method=step, open_pairs=pairs)
-
-    monkeypatch.setattr(vnncomp, "_solve_with_certifier", only_milp)
-    monkeypatch.setattr(vnncomp, "_solve_relu_bab", lambda net_, query_, options, pairs=None:
-                        vnncomp.QueryResult("unknown", method="relu-bab", open_pairs=pairs))
+    only_milp_decides(monkeypatch, calls)
     monkeypatch.setattr(vnncomp, "BAB_MAX_INPUTS", 0)  # 3 inputs: not input splitting
     answers = set()
     for eps in (0.05, 0.6):
